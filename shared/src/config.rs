@@ -1,0 +1,195 @@
+//! Configuration read once at start from the environment. A missing or
+//! malformed variable is one error that names it.
+
+use std::str::FromStr;
+
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("environment variable {name} is missing: {hint}")]
+    Missing { name: &'static str, hint: &'static str },
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Where values come from: the process environment, or a map in tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct Environment;
+
+impl Source for Environment {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Source for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+pub fn required(
+    source: &dyn Source,
+    name: &'static str,
+    hint: &'static str,
+) -> Result<String, ConfigError> {
+    match source.get(name) {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError::Missing { name, hint }),
+    }
+}
+
+pub fn parsed_or<T>(source: &dyn Source, name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match source.get(name) {
+        None => Ok(default),
+        Some(v) if v.trim().is_empty() => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name,
+            reason: format!("`{v}`: {e}"),
+        }),
+    }
+}
+
+fn url(
+    source: &dyn Source,
+    name: &'static str,
+    schemes: &[&str],
+    hint: &'static str,
+) -> Result<SecretString, ConfigError> {
+    let value = required(source, name, hint)?;
+    if !schemes.iter().any(|s| value.starts_with(&format!("{s}://"))) {
+        // The value may hold a password: say what is wrong, not what it is.
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!("must start with {}", schemes.join(":// or ") + "://"),
+        });
+    }
+    Ok(SecretString::from(value))
+}
+
+/// Prefix of every exchange and queue name: letters, digits, `.`, `-`, `_`.
+fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
+    let value = source.get("AMQP_PREFIX").unwrap_or_default();
+    if value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(ConfigError::Invalid {
+            name: "AMQP_PREFIX",
+            reason: format!("`{value}`: use at most 64 letters, digits, `.`, `-` or `_`"),
+        });
+    }
+    Ok(value)
+}
+
+/// What every service needs: its database, the broker and its prefix.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub database_url: SecretString,
+    pub amqp_url: SecretString,
+    pub amqp_prefix: String,
+    /// Unacked deliveries a consumer holds, and so messages handled at once.
+    pub prefetch: u16,
+    /// Connections in the service's PostgreSQL pool.
+    pub database_pool_size: u32,
+}
+
+impl ServiceConfig {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let prefetch = parsed_or(source, "PREFETCH", 32u16)?;
+        if prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                name: "PREFETCH",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let database_pool_size = parsed_or(source, "DATABASE_POOL_SIZE", 16u32)?;
+        if database_pool_size == 0 {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_POOL_SIZE",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(ServiceConfig {
+            database_url: url(
+                source,
+                "DATABASE_URL",
+                &["postgres", "postgresql"],
+                "set it to this service's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/inventory",
+            )?,
+            amqp_url: url(
+                source,
+                "AMQP_URL",
+                &["amqp", "amqps"],
+                "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+            )?,
+            amqp_prefix: prefix(source)?,
+            prefetch,
+            database_pool_size,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Environment)
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+
+    pub fn amqp_url(&self) -> &str {
+        self.amqp_url.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn names_the_missing_variable() {
+        let err = ServiceConfig::from_source(&env(&[("AMQP_URL", "amqp://x")])).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL is missing"), "{err}");
+    }
+
+    #[test]
+    fn names_the_malformed_variable_without_echoing_secrets() {
+        let err = ServiceConfig::from_source(&env(&[
+            ("DATABASE_URL", "mysql://u:hunter2@x/y"),
+            ("AMQP_URL", "amqp://x"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("DATABASE_URL is invalid"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let err = ServiceConfig::from_source(&env(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("AMQP_URL", "amqp://x"),
+            ("PREFETCH", "lots"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("PREFETCH is invalid"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_urls() {
+        let config = ServiceConfig::from_source(&env(&[
+            ("DATABASE_URL", "postgres://u:hunter2@x/y"),
+            ("AMQP_URL", "amqp://u:hunter3@x"),
+        ]))
+        .unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2") && !text.contains("hunter3"), "{text}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The versioned JSON envelope every message travels in.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::messages::{Command, Outcome, ReplyPayload, Step};
+
+pub const ENVELOPE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope<P> {
+    pub version: u32,
+    pub message_id: Uuid,
+    pub saga_id: Uuid,
+    pub step: Step,
+    pub attempt: u32,
+    /// `inventory.reserve` for a command, `inventory.reserve.reply` for its reply.
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub sent_at: DateTime<Utc>,
+    pub payload: P,
+}
+
+/// Why a message body is not a message we can act on. Each of these sends
+/// the message to the dead-letter queue with this text in `x-error`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    #[error("body is not a JSON envelope: {0}")]
+    NotJson(String),
+    #[error("unsupported envelope version {0} (this build reads version {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("unknown message type `{0}`")]
+    UnknownType(String),
+    #[error("payload of `{message_type}` is invalid: {error}")]
+    BadPayload { message_type: String, error: String },
+}
+
+/// Only the version, read before anything else so that a future envelope
+/// with other fields is reported as a version problem, not a parse error.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+fn decode_raw(body: &[u8]) -> Result<Envelope<serde_json::Value>, DecodeError> {
+    let text = std::str::from_utf8(body).map_err(|_| DecodeError::NotUtf8)?;
+    let probe: VersionProbe =
+        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    if probe.version != ENVELOPE_VERSION {
+        return Err(DecodeError::UnsupportedVersion(probe.version));
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))
+}
+
+impl Envelope<Command> {
+    pub fn command(saga_id: Uuid, attempt: u32, command: Command) -> Self {
+        let step = command.step();
+        Envelope {
+            version: ENVELOPE_VERSION,
+            message_id: Uuid::now_v7(),
+            saga_id,
+            step,
+            attempt,
+            message_type: step.routing_key().to_owned(),
+            sent_at: Utc::now(),
+            payload: command,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with(self, self.payload.to_payload())
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let raw = decode_raw(body)?;
+        if raw.message_type != raw.step.routing_key() {
+            return Err(DecodeError::UnknownType(raw.message_type));
+        }
+        let payload =
+            Command::from_payload(raw.step, raw.payload.clone()).map_err(|e| {
+                DecodeError::BadPayload {
+                    message_type: raw.message_type.clone(),
+                    error: e.to_string(),
+                }
+            })?;
+        Ok(with_payload(raw, payload))
+    }
+
+    /// The reply to this command, for the same saga, step and attempt.
+    pub fn reply(&self, outcome: Outcome) -> Envelope<Outcome> {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            message_id: Uuid::now_v7(),
+            saga_id: self.saga_id,
+            step: self.step,
+            attempt: self.attempt,
+            message_type: self.step.reply_type(),
+            sent_at: Utc::now(),
+            payload: outcome,
+        }
+    }
+}
+
+impl Envelope<Outcome> {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with(self, self.payload.to_payload())
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let raw = decode_raw(body)?;
+        if raw.message_type != raw.step.reply_type() {
+            return Err(DecodeError::UnknownType(raw.message_type));
+        }
+        let bad = |e: serde_json::Error| DecodeError::BadPayload {
+            message_type: raw.message_type.clone(),
+            error: e.to_string(),
+        };
+        let wire: ReplyPayload = serde_json::from_value(raw.payload.clone()).map_err(bad)?;
+        let outcome = Outcome::from_payload(raw.step, wire).map_err(bad)?;
+        Ok(with_payload(raw, outcome))
+    }
+}
+
+fn with_payload<P>(raw: Envelope<serde_json::Value>, payload: P) -> Envelope<P> {
+    Envelope {
+        version: raw.version,
+        message_id: raw.message_id,
+        saga_id: raw.saga_id,
+        step: raw.step,
+        attempt: raw.attempt,
+        message_type: raw.message_type,
+        sent_at: raw.sent_at,
+        payload,
+    }
+}
+
+fn encode_with<P, W: Serialize>(envelope: &Envelope<P>, wire: W) -> Vec<u8> {
+    let wire = Envelope {
+        version: envelope.version,
+        message_id: envelope.message_id,
+        saga_id: envelope.saga_id,
+        step: envelope.step,
+        attempt: envelope.attempt,
+        message_type: envelope.message_type.clone(),
+        sent_at: envelope.sent_at,
+        payload: wire,
+    };
+    serde_json::to_vec(&wire).expect("envelopes always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{Charged, ReleaseStock, StepResult};
+
+    #[test]
+    fn command_round_trips() {
+        let cmd = Envelope::command(Uuid::new_v4(), 2, Command::Release(ReleaseStock {}));
+        let back = Envelope::<Command>::decode(&cmd.encode()).unwrap();
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn reply_round_trips() {
+        let cmd = Envelope::command(Uuid::new_v4(), 1, Command::Release(ReleaseStock {}));
+        let mut reply = cmd.reply(Outcome::Ok(StepResult::Charged(Charged {
+            payment_id: Uuid::new_v4(),
+            amount_cents: 10,
+        })));
+        // A charge result on a release reply is a contract violation.
+        assert!(matches!(
+            Envelope::<Outcome>::decode(&reply.encode()),
+            Err(DecodeError::BadPayload { .. })
+        ));
+        reply.payload = Outcome::Transient { error: "x".into() };
+        assert_eq!(Envelope::<Outcome>::decode(&reply.encode()).unwrap(), reply);
+    }
+
+    #[test]
+    fn poison_bodies_say_why() {
+        assert_eq!(Envelope::<Command>::decode(&[0xff, 0xfe]), Err(DecodeError::NotUtf8));
+        assert!(matches!(Envelope::<Command>::decode(b"nope"), Err(DecodeError::NotJson(_))));
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &Envelope::command(Uuid::new_v4(), 1, Command::Release(ReleaseStock {})).encode(),
+        )
+        .unwrap();
+        v["version"] = 9.into();
+        assert_eq!(
+            Envelope::<Command>::decode(v.to_string().as_bytes()),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
+        v["version"] = 1.into();
+        v["type"] = "inventory.explode".into();
+        assert!(matches!(
+            Envelope::<Command>::decode(v.to_string().as_bytes()),
+            Err(DecodeError::UnknownType(_))
+        ));
+    }
+}

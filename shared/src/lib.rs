@@ -1,0 +1,19 @@
+//! What every service of the checkout backend shares: the message contract,
+//! the AMQP topology and broker plumbing, configuration, telemetry and money.
+
+pub mod broker;
+pub mod config;
+pub mod database;
+pub mod envelope;
+pub mod messages;
+pub mod money;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+pub mod traceparent;
+
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use envelope::{Envelope, ENVELOPE_VERSION};
+pub use messages::{Step, WorkerKind};

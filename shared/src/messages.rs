@@ -1,0 +1,349 @@
+//! The message contract: every command a worker takes and every reply it
+//! sends. Field names here are the wire format; change them only with a new
+//! envelope version.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Which worker kind a command is for; each has one durable quorum queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerKind {
+    Inventory,
+    Tax,
+    Payment,
+}
+
+impl WorkerKind {
+    pub const ALL: [WorkerKind; 3] = [WorkerKind::Inventory, WorkerKind::Tax, WorkerKind::Payment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Inventory => "inventory",
+            WorkerKind::Tax => "tax",
+            WorkerKind::Payment => "payment",
+        }
+    }
+}
+
+/// A saga action, forward or compensating. Its wire name is also the
+/// command's routing key and the envelope's `step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Step {
+    #[serde(rename = "inventory.reserve")]
+    Reserve,
+    #[serde(rename = "tax.calculate")]
+    CalculateTax,
+    #[serde(rename = "payment.charge")]
+    Charge,
+    #[serde(rename = "inventory.release")]
+    Release,
+    #[serde(rename = "payment.refund")]
+    Refund,
+}
+
+impl Step {
+    pub const ALL: [Step; 5] = [
+        Step::Reserve,
+        Step::CalculateTax,
+        Step::Charge,
+        Step::Release,
+        Step::Refund,
+    ];
+
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Step::Reserve => "inventory.reserve",
+            Step::CalculateTax => "tax.calculate",
+            Step::Charge => "payment.charge",
+            Step::Release => "inventory.release",
+            Step::Refund => "payment.refund",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.routing_key() == name)
+    }
+
+    pub fn worker(self) -> WorkerKind {
+        match self {
+            Step::Reserve | Step::Release => WorkerKind::Inventory,
+            Step::CalculateTax => WorkerKind::Tax,
+            Step::Charge | Step::Refund => WorkerKind::Payment,
+        }
+    }
+
+    /// The message `type` of this step's reply.
+    pub fn reply_type(self) -> String {
+        format!("{}.reply", self.routing_key())
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.routing_key())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricedLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+    pub tax_category: String,
+}
+
+impl PricedLine {
+    pub fn amount_cents(&self) -> i64 {
+        self.unit_price_cents * i64::from(self.quantity)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipTo {
+    pub country: String,
+    #[serde(default)]
+    pub region: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveStock {
+    pub lines: Vec<LineRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseStock {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalculateTax {
+    pub ship_to: ShipTo,
+    pub currency: String,
+    pub lines: Vec<PricedLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargePayment {
+    pub amount_cents: i64,
+    pub currency: String,
+    pub payment_method: String,
+    pub customer_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundPayment {}
+
+/// A command, typed by its step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Reserve(ReserveStock),
+    CalculateTax(CalculateTax),
+    Charge(ChargePayment),
+    Release(ReleaseStock),
+    Refund(RefundPayment),
+}
+
+impl Command {
+    pub fn step(&self) -> Step {
+        match self {
+            Command::Reserve(_) => Step::Reserve,
+            Command::CalculateTax(_) => Step::CalculateTax,
+            Command::Charge(_) => Step::Charge,
+            Command::Release(_) => Step::Release,
+            Command::Refund(_) => Step::Refund,
+        }
+    }
+
+    pub fn to_payload(&self) -> serde_json::Value {
+        let value = match self {
+            Command::Reserve(c) => serde_json::to_value(c),
+            Command::CalculateTax(c) => serde_json::to_value(c),
+            Command::Charge(c) => serde_json::to_value(c),
+            Command::Release(c) => serde_json::to_value(c),
+            Command::Refund(c) => serde_json::to_value(c),
+        };
+        value.expect("command payloads always serialize")
+    }
+
+    pub fn from_payload(step: Step, payload: serde_json::Value) -> serde_json::Result<Command> {
+        Ok(match step {
+            Step::Reserve => Command::Reserve(serde_json::from_value(payload)?),
+            Step::CalculateTax => Command::CalculateTax(serde_json::from_value(payload)?),
+            Step::Charge => Command::Charge(serde_json::from_value(payload)?),
+            Step::Release => Command::Release(serde_json::from_value(payload)?),
+            Step::Refund => Command::Refund(serde_json::from_value(payload)?),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserved {
+    pub currency: String,
+    pub lines: Vec<PricedLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Released {
+    /// False when nothing was held (already released, or never reserved).
+    pub released: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineTax {
+    pub sku: String,
+    pub rate_bp: u32,
+    pub tax_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaxCalculated {
+    pub lines: Vec<LineTax>,
+    pub tax_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Charged {
+    pub payment_id: Uuid,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refunded {
+    /// Zero when there was nothing to refund.
+    pub refunded_cents: i64,
+}
+
+/// The result of a step that succeeded, typed by its step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepResult {
+    Reserved(Reserved),
+    TaxCalculated(TaxCalculated),
+    Charged(Charged),
+    Released(Released),
+    Refunded(Refunded),
+}
+
+impl StepResult {
+    pub fn step(&self) -> Step {
+        match self {
+            StepResult::Reserved(_) => Step::Reserve,
+            StepResult::TaxCalculated(_) => Step::CalculateTax,
+            StepResult::Charged(_) => Step::Charge,
+            StepResult::Released(_) => Step::Release,
+            StepResult::Refunded(_) => Step::Refund,
+        }
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        let value = match self {
+            StepResult::Reserved(r) => serde_json::to_value(r),
+            StepResult::TaxCalculated(r) => serde_json::to_value(r),
+            StepResult::Charged(r) => serde_json::to_value(r),
+            StepResult::Released(r) => serde_json::to_value(r),
+            StepResult::Refunded(r) => serde_json::to_value(r),
+        };
+        value.expect("step results always serialize")
+    }
+
+    pub fn from_value(step: Step, value: serde_json::Value) -> serde_json::Result<StepResult> {
+        Ok(match step {
+            Step::Reserve => StepResult::Reserved(serde_json::from_value(value)?),
+            Step::CalculateTax => StepResult::TaxCalculated(serde_json::from_value(value)?),
+            Step::Charge => StepResult::Charged(serde_json::from_value(value)?),
+            Step::Release => StepResult::Released(serde_json::from_value(value)?),
+            Step::Refund => StepResult::Refunded(serde_json::from_value(value)?),
+        })
+    }
+}
+
+/// Business reasons a step can refuse with. They are also the `reason` a
+/// client sees on a rejected checkout.
+pub mod reason {
+    pub const OUT_OF_STOCK: &str = "out_of_stock";
+    pub const UNKNOWN_SKU: &str = "unknown_sku";
+    pub const CURRENCY_MISMATCH: &str = "currency_mismatch";
+    pub const NO_TAX_RATE: &str = "no_tax_rate";
+    pub const PAYMENT_DECLINED: &str = "payment_declined";
+    pub const INVALID_PAYMENT_METHOD: &str = "invalid_payment_method";
+    /// A forward step that arrived after its compensation already ran.
+    pub const ALREADY_COMPENSATED: &str = "already_compensated";
+}
+
+/// How a worker answered a command, as it travels in a reply payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReplyPayload {
+    /// The step is done; `result` is the step's typed result.
+    Ok { result: serde_json::Value },
+    /// A final business answer: compensate.
+    Rejected { reason: String, detail: String },
+    /// Nothing was done; the same command may be tried again.
+    Transient { error: String },
+}
+
+/// A reply with its result typed by the step it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok(StepResult),
+    Rejected { reason: String, detail: String },
+    Transient { error: String },
+}
+
+impl Outcome {
+    pub fn to_payload(&self) -> ReplyPayload {
+        match self {
+            Outcome::Ok(r) => ReplyPayload::Ok {
+                result: r.to_value(),
+            },
+            Outcome::Rejected { reason, detail } => ReplyPayload::Rejected {
+                reason: reason.clone(),
+                detail: detail.clone(),
+            },
+            Outcome::Transient { error } => ReplyPayload::Transient {
+                error: error.clone(),
+            },
+        }
+    }
+
+    pub fn from_payload(step: Step, payload: ReplyPayload) -> serde_json::Result<Outcome> {
+        Ok(match payload {
+            ReplyPayload::Ok { result } => Outcome::Ok(StepResult::from_value(step, result)?),
+            ReplyPayload::Rejected { reason, detail } => Outcome::Rejected { reason, detail },
+            ReplyPayload::Transient { error } => Outcome::Transient { error },
+        })
+    }
+
+    pub fn rejected(reason: &str, detail: impl Into<String>) -> Outcome {
+        Outcome::Rejected {
+            reason: reason.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "ok",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Transient { .. } => "transient",
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Test support: a fresh database and a fresh broker prefix per test, both
+//! removed when the test ends, so tests run in parallel and never meet.
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::topology::Topology;
+
+/// A server URL with rights to create databases (`TEST_DATABASE_URL`).
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn random_suffix() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// A random `AMQP_PREFIX` for one test.
+pub fn random_prefix() -> String {
+    format!("t{}.", random_suffix())
+}
+
+/// Quiet tests unless `TEST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned()),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// An empty database with a random name, dropped (forcibly) on drop.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn create(label: &str) -> TestDatabase {
+        let name = format!("test_{label}_{}", random_suffix());
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to PostgreSQL as admin (is it running?)");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let url = database_url(&admin, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        TestDatabase { name, url, pool }
+    }
+}
+
+/// `admin` with its database name replaced by `name`.
+pub fn database_url(admin: &str, name: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin, String::new()),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{base}/{name}{query}")
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Drop runs outside async context guarantees: use a thread with its
+        // own runtime so the database is gone before the test returns.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Deletes every queue and exchange of `prefix` on drop.
+pub struct TopologyGuard {
+    pub topology: Topology,
+}
+
+impl TopologyGuard {
+    pub fn new(prefix: &str) -> Self {
+        TopologyGuard {
+            topology: Topology::new(prefix),
+        }
+    }
+}
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let props = lapin::ConnectionProperties::default();
+                if let Ok(conn) = lapin::Connection::connect(&amqp_url(), props).await {
+                    if let Ok(channel) = conn.create_channel().await {
+                        let _ = topology.delete(&channel).await;
+                    }
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Waits for `check` to return `Some`, polling until `timeout`; panics with
+/// `what` when the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,83 @@
+//! What the three worker binaries share: start-up, migrations, serving
+//! until a signal, and the exit codes of their operator subcommands.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use saga_shared::broker::Broker;
+use saga_shared::config::{self, ConfigError, ServiceConfig};
+use saga_shared::topology::Topology;
+use saga_shared::{database, shutdown};
+use sqlx::migrate::Migrator;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{run_worker_until_stopped, Handler};
+use crate::WorkerError;
+
+/// Runs a worker service until SIGTERM or ctrl-c.
+pub async fn serve<H: Handler>(
+    config: ServiceConfig,
+    migrator: &'static Migrator,
+    handler: impl FnOnce(PgPool) -> H,
+) -> Result<(), WorkerError> {
+    let stop = shutdown::on_signal();
+    let pool = connect_and_migrate(config.database_url(), config.database_pool_size, migrator, &stop).await?;
+    let name = format!("{}-worker", H::KIND.as_str());
+    let broker = Arc::new(
+        Broker::connect(config.amqp_url(), Topology::new(&config.amqp_prefix), &name, &stop).await?,
+    );
+    let result = run_worker_until_stopped(handler(pool.clone()), pool.clone(), broker.clone(), config.prefetch, stop).await;
+    broker.close().await;
+    pool.close().await;
+    result
+}
+
+/// Connects to this service's own database and applies its own migrations.
+pub async fn connect_and_migrate(
+    url: &str,
+    pool_size: u32,
+    migrator: &'static Migrator,
+    stop: &CancellationToken,
+) -> Result<PgPool, WorkerError> {
+    let pool = database::connect_with_backoff(url, pool_size, stop).await?;
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
+
+/// `DATABASE_URL` alone, for one-shot operator commands.
+pub fn database_url_from_env() -> Result<String, ConfigError> {
+    let url = config::required(
+        &config::Environment,
+        "DATABASE_URL",
+        "set it to this service's PostgreSQL URL",
+    )?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::Invalid {
+            name: "DATABASE_URL",
+            reason: "must start with postgres:// or postgresql://".into(),
+        });
+    }
+    Ok(url)
+}
+
+/// The process exit code for a command's result; errors print one line.
+pub fn exit_code(result: Result<(), WorkerError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(WorkerError::Input(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a configuration error as one line and returns exit code 2.
+pub fn config_error(error: ConfigError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,16 @@
+use saga_shared::broker::BrokerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The database failed or is unreachable: the command is neither acked
+    /// nor answered; it is tried again once the database is back.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Bad operator input (a CSV file, a subcommand argument).
+    #[error("{0}")]
+    Input(String),
+}

@@ -1,0 +1,51 @@
+//! The worker inbox: one row per command message handled, holding the reply
+//! that was sent for it.
+
+use saga_shared::messages::{Command, Outcome};
+use saga_shared::Envelope;
+use sqlx::PgConnection;
+
+/// Claims `command` for this transaction. `Some(reply)` means it was handled
+/// before (the recorded reply is to be sent again, nothing else done). A
+/// concurrent duplicate blocks on the primary key until the first commits.
+pub async fn claim(
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (message_id, saga_id, step, attempt) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(command.message_id)
+    .bind(command.saga_id)
+    .bind(command.step.routing_key())
+    .bind(command.attempt as i32)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let reply: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT reply FROM inbox WHERE message_id = $1")
+            .bind(command.message_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(reply)
+}
+
+/// Records the reply for a claimed command, in the same transaction as its effect.
+pub async fn record(
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+    reply: &Envelope<Outcome>,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let body: serde_json::Value =
+        serde_json::from_slice(&reply.encode()).expect("an encoded envelope is JSON");
+    sqlx::query("UPDATE inbox SET reply = $2 WHERE message_id = $1")
+        .bind(command.message_id)
+        .bind(&body)
+        .execute(&mut *conn)
+        .await?;
+    Ok(body)
+}

@@ -1,0 +1,228 @@
+//! The worker runtime: consume a worker kind's queue, run each command's
+//! handler in one transaction with the inbox, publish the reply with a
+//! confirm, then ack.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use saga_shared::broker::{header, Backoff, Broker, BrokerError, Outgoing};
+use saga_shared::messages::{Command, Outcome};
+use saga_shared::topology::REPLY_ROUTING_KEY;
+use saga_shared::{traceparent, Envelope, WorkerKind};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::inbox;
+use crate::WorkerError;
+
+/// A worker's business rules. `handle` runs inside the transaction that also
+/// records the inbox row, so its effect and the reply commit together. An
+/// `Err` means infrastructure failed: nothing commits and the command is
+/// tried again.
+pub trait Handler: Send + Sync + 'static {
+    const KIND: WorkerKind;
+
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        command: &'a Envelope<Command>,
+    ) -> impl Future<Output = Result<Outcome, sqlx::Error>> + Send + 'a;
+}
+
+struct Context<H> {
+    handler: H,
+    pool: PgPool,
+    broker: Arc<Broker>,
+}
+
+/// Consumes until `stop`, then stops fetching, lets in-flight commands
+/// finish, and returns. At most `prefetch` commands are handled at once.
+pub async fn run_worker_until_stopped<H: Handler>(
+    handler: H,
+    pool: PgPool,
+    broker: Arc<Broker>,
+    prefetch: u16,
+    stop: CancellationToken,
+) -> Result<(), WorkerError> {
+    let queue = broker.topology().command_queue(H::KIND);
+    let tag = format!("{}-{}", H::KIND.as_str(), Uuid::new_v4().simple());
+    let mut consumer = broker.consume(&queue, &tag, prefetch).await?;
+    tracing::info!(%queue, prefetch, "worker consuming");
+    let ctx = Arc::new(Context {
+        handler,
+        pool,
+        broker,
+    });
+    let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
+    let mut in_flight = JoinSet::new();
+    let result = loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
+            _ = stop.cancelled() => break Ok(()),
+        };
+        let delivery = tokio::select! {
+            next = consumer.next() => next,
+            _ = stop.cancelled() => break Ok(()),
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let ctx = ctx.clone();
+                let stop = stop.clone();
+                in_flight.spawn(async move {
+                    process(&ctx, delivery, &stop).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(error)) => break Err(BrokerError::from(error).into()),
+            None => break Ok(()),
+        }
+        while in_flight.try_join_next().is_some() {}
+    };
+    while in_flight.join_next().await.is_some() {}
+    tracing::info!(%queue, "worker stopped");
+    result
+}
+
+async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &CancellationToken) {
+    let command = match Envelope::<Command>::decode(&delivery.data) {
+        Ok(command) if command.step.worker() == H::KIND => command,
+        Ok(command) => {
+            let reason = format!(
+                "command `{}` is not for the {} worker",
+                command.step,
+                H::KIND.as_str()
+            );
+            return dead_letter(ctx, &delivery, &reason).await;
+        }
+        Err(error) => return dead_letter(ctx, &delivery, &error.to_string()).await,
+    };
+    let span = tracing::info_span!(
+        "command",
+        saga_id = %command.saga_id,
+        step = %command.step,
+        attempt = command.attempt,
+        worker = H::KIND.as_str(),
+    );
+    let acker = delivery.acker.clone();
+    let outcome = AssertUnwindSafe(answer(ctx, &delivery, &command, stop).instrument(span))
+        .catch_unwind()
+        .await;
+    if outcome.is_err() {
+        // Requeue: the quorum queue's delivery limit dead-letters a command
+        // that keeps crashing its handler.
+        tracing::error!(saga_id = %command.saga_id, step = %command.step, "handler panicked");
+        let _ = acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+    }
+}
+
+async fn answer<H: Handler>(
+    ctx: &Context<H>,
+    delivery: &Delivery,
+    command: &Envelope<Command>,
+    stop: &CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let reply = loop {
+        match handle_once(ctx, command).await {
+            Ok(reply) => break reply,
+            Err(error) => {
+                // Hold the message (no ack, no nack) while the database is
+                // away: a nack would count towards the delivery limit and
+                // dead-letter good commands during an outage.
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, ?wait, "command not handled; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => {
+                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let message_id = reply
+        .get("message_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(Uuid::now_v7);
+    let outgoing = Outgoing {
+        exchange: ctx.broker.topology().reply_exchange(),
+        routing_key: REPLY_ROUTING_KEY.to_owned(),
+        body: serde_json::to_vec(&reply).expect("JSON value serializes"),
+        message_id,
+        saga_id: command.saga_id,
+        message_type: command.step.reply_type(),
+        traceparent: header(delivery, traceparent::HEADER)
+            .unwrap_or_else(|| traceparent::for_saga(command.saga_id)),
+    };
+    match ctx.broker.publish(&outgoing).await {
+        Ok(()) => {
+            if !matches!(delivery.ack(BasicAckOptions::default()).await, Ok(true)) {
+                tracing::warn!("ack not sent; the command will be redelivered and answered from the inbox");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "reply not confirmed; requeueing the command");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+/// One transaction: inbox claim, effect, recorded reply. Returns the reply
+/// body to publish (the recorded one for a duplicate).
+async fn handle_once<H: Handler>(
+    ctx: &Context<H>,
+    command: &Envelope<Command>,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    if let Some(reply) = inbox::claim(&mut tx, command).await? {
+        tx.commit().await?;
+        tracing::info!("duplicate command: sending the recorded reply");
+        return Ok(reply);
+    }
+    let outcome = ctx.handler.handle(&mut tx, command).await?;
+    tracing::info!(outcome = outcome.label(), "command handled");
+    let reply = command.reply(outcome);
+    let body = inbox::record(&mut tx, command, &reply).await?;
+    tx.commit().await?;
+    Ok(body)
+}
+
+async fn dead_letter<H: Handler>(ctx: &Context<H>, delivery: &Delivery, reason: &str) {
+    match ctx.broker.dead_letter(delivery, reason).await {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(error) => {
+            // Reject without requeue: the queue's own dead-letter exchange
+            // keeps the message, without our reason header.
+            tracing::error!(%error, "could not dead-letter with a reason; rejecting");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
