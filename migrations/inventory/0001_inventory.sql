@@ -31,12 +31,16 @@ CREATE TABLE reservations (
     released_at timestamptz
 );
 
+-- `position` keeps the request's order, so a redelivered reserve replies
+-- with exactly the lines it first replied with; a SKU may appear on more
+-- than one line.
 CREATE TABLE reservation_lines (
     saga_id          uuid NOT NULL REFERENCES reservations (saga_id),
+    position         integer NOT NULL,
     sku              text NOT NULL REFERENCES products (sku),
     quantity         integer NOT NULL CHECK (quantity > 0),
     unit_price_cents bigint NOT NULL,
     tax_category     text NOT NULL,
-    PRIMARY KEY (saga_id, sku)
+    PRIMARY KEY (saga_id, position)
 );
 CREATE INDEX reservation_lines_sku ON reservation_lines (sku);

@@ -21,8 +21,14 @@ CREATE TABLE payments (
     customer_id        text,
     provider_reference uuid,
     transient_failures integer NOT NULL DEFAULT 0,
+    -- Why a `declined` payment was refused, replayed to a retried charge.
+    rejection_reason   text,
+    rejection_detail   text,
     created_at         timestamptz NOT NULL DEFAULT now(),
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    CHECK (status <> 'charged' OR provider_reference IS NOT NULL),
+    CHECK (status <> 'declined' OR rejection_reason IS NOT NULL),
+    CHECK (refunded_cents <= amount_cents)
 );
 
 -- Operator switch read by every copy: while on, every charge and refund is

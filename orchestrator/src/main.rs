@@ -1,1 +1,40 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+use orchestrator::app;
+use orchestrator::config::Config;
+use saga_shared::{shutdown, telemetry};
+
+/// The checkout saga orchestrator: serves the checkout API and drives each
+/// checkout through inventory, tax and payment over RabbitMQ.
+///
+/// Configuration comes from the environment: DATABASE_URL, AMQP_URL,
+/// AMQP_PREFIX, HTTP_ADDR, PREFETCH, DATABASE_POOL_SIZE, STEP_MAX_ATTEMPTS,
+/// STEP_BACKOFF_BASE_MS, STEP_BACKOFF_MAX_MS, RUST_LOG, LOG_FORMAT.
+#[derive(Parser)]
+#[command(name = "orchestrator", version)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init("info,sqlx=warn,tower_http=info");
+    let stop = shutdown::on_signal();
+    match app::start(config, stop).await {
+        Ok(running) => {
+            running.wait().await;
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -286,6 +286,9 @@ pub mod reason {
     pub const INVALID_PAYMENT_METHOD: &str = "invalid_payment_method";
     /// A forward step that arrived after its compensation already ran.
     pub const ALREADY_COMPENSATED: &str = "already_compensated";
+    /// A command that parses but no business could act on: no lines, a zero
+    /// quantity, a negative amount. Refusing it beats retrying it forever.
+    pub const INVALID_COMMAND: &str = "invalid_command";
 }
 
 /// How a worker answered a command, as it travels in a reply payload.

@@ -1,0 +1,103 @@
+//! Wiring: one orchestrator instance, its tasks, and their shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use saga_shared::broker::{Broker, BrokerError};
+use saga_shared::database;
+use saga_shared::topology::Topology;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::listener::run_listener_until_stopped;
+use crate::relay::run_relay_until_stopped;
+use crate::replies::run_reply_consumer_until_stopped;
+use crate::store::Store;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
+}
+
+/// A started orchestrator: its bound address and its tasks.
+pub struct Running {
+    pub addr: SocketAddr,
+    tasks: JoinSet<()>,
+    broker: Arc<Broker>,
+}
+
+impl Running {
+    /// Waits until every task has stopped (after `stop` was cancelled, or
+    /// one of them failed).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.broker.close().await;
+    }
+}
+
+pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, StartError> {
+    let service = &config.service;
+    let pool = database::connect_with_backoff(service.database_url(), service.database_pool_size, &stop).await?;
+    MIGRATOR.run(&pool).await?;
+    let broker = Arc::new(
+        Broker::connect(service.amqp_url(), Topology::new(&service.amqp_prefix), "orchestrator", &stop)
+            .await?,
+    );
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|error| StartError::Listen { addr: config.http_addr, error })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Listen { addr: config.http_addr, error })?;
+
+    let store = Store::new(pool.clone(), config.retry);
+    let relay = Arc::new(Notify::new());
+    let (finished, _) = broadcast::channel(1024);
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(run_listener_until_stopped(pool.clone(), relay.clone(), finished.clone(), stop.clone()));
+    tasks.spawn(run_relay_until_stopped(pool.clone(), broker.clone(), relay.clone(), stop.clone()));
+    {
+        let (store, broker, relay, stop) = (store.clone(), broker.clone(), relay.clone(), stop.clone());
+        let prefetch = service.prefetch;
+        tasks.spawn(async move {
+            if let Err(error) =
+                run_reply_consumer_until_stopped(store, broker, relay, prefetch, stop.clone()).await
+            {
+                // Without replies no saga can advance: stop the instance
+                // rather than serve requests that will never finish.
+                tracing::error!(%error, "reply consumer failed; stopping");
+                stop.cancel();
+            }
+        });
+    }
+    let state = AppState {
+        store,
+        broker: broker.clone(),
+        relay,
+        finished,
+    };
+    let app = http::router(state);
+    let http_stop = stop.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    tracing::info!(%addr, "orchestrator listening");
+    Ok(Running { addr, tasks, broker })
+}

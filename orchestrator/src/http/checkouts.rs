@@ -1,0 +1,163 @@
+//! The checkout client API.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::problem::{ApiError, FieldError};
+use super::validation::{self, MAX_BODY_BYTES};
+use super::AppState;
+use crate::listener::RECHECK_ALL;
+use crate::saga::ClientStatus;
+use crate::store::{Created, SagaRecord};
+
+/// The longest `?wait=` a client may ask for.
+pub const MAX_WAIT_SECONDS: u64 = 30;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckoutView {
+    pub checkout_id: Uuid,
+    pub status: ClientStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtotal_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&SagaRecord> for CheckoutView {
+    fn from(record: &SagaRecord) -> Self {
+        let saga = &record.saga;
+        let status = saga.status.client_status();
+        let rejected = status == ClientStatus::Rejected;
+        CheckoutView {
+            checkout_id: saga.id,
+            status,
+            reason: saga.reason.clone().filter(|_| rejected),
+            detail: saga.detail.clone().filter(|_| rejected),
+            subtotal_cents: saga.subtotal_cents(),
+            tax_cents: saga.tax_cents(),
+            total_cents: saga.total_cents(),
+            currency: saga.currency().map(str::to_owned),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+fn location(id: Uuid) -> String {
+    format!("/v1/checkouts/{id}")
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    })?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let key = validation::idempotency_key(headers.get("idempotency-key"))?;
+    let request = validation::parse_checkout(&body)?;
+    let hash = hex(&Sha256::digest(
+        serde_json::to_vec(&request).expect("request serializes"),
+    ));
+    let (status, record) = match state.store.create(request, key.as_deref(), &hash).await? {
+        Created::New(record) => {
+            state.relay.notify_one();
+            (StatusCode::ACCEPTED, record)
+        }
+        Created::Existing(record) => (StatusCode::OK, record),
+        Created::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+    };
+    let view = CheckoutView::from(&record);
+    Ok((
+        status,
+        [(header::LOCATION, location(view.checkout_id))],
+        Json(view),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct GetParams {
+    wait: Option<String>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<GetParams>,
+) -> Result<Json<CheckoutView>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no checkout with id `{id}`"));
+    let saga_id: Uuid = id.parse().map_err(|_| not_found())?;
+    let wait = match params.wait.as_deref() {
+        None => 0,
+        Some(text) => match text.parse::<u64>() {
+            Ok(s) if s <= MAX_WAIT_SECONDS => s,
+            _ => {
+                return Err(ApiError::Invalid(vec![FieldError::new(
+                    "wait",
+                    format!("must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}"),
+                )]))
+            }
+        },
+    };
+    // Subscribe before reading, so a completion between the read and the
+    // wait is not missed.
+    let mut finished = state.finished.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let record = state.store.get(saga_id).await?.ok_or_else(not_found)?;
+        let view = CheckoutView::from(&record);
+        if view.status != ClientStatus::Pending || wait == 0 {
+            return Ok(Json(view));
+        }
+        loop {
+            tokio::select! {
+                received = finished.recv() => match received {
+                    Ok(id) if id == saga_id || id == RECHECK_ALL => break,
+                    Ok(_) => continue,
+                    // Lagged: we may have missed ours; re-read.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(Json(view)),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(Json(view)),
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,73 @@
+//! The HTTP API: routes, shared state, health.
+
+pub mod checkouts;
+pub mod problem;
+pub mod validation;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use saga_shared::broker::Broker;
+use serde_json::json;
+use tokio::sync::{broadcast, Notify};
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::store::Store;
+use problem::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub broker: Arc<Broker>,
+    /// Wakes this instance's relay right after a commit.
+    pub relay: Arc<Notify>,
+    /// Ids of sagas that reached a final status (for long-polls).
+    pub finished: broadcast::Sender<Uuid>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/checkouts", post(checkouts::create))
+        .route("/v1/checkouts/{id}", get(checkouts::get))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(validation::MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when both the database and the broker answer; says which is down.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = sqlx::query("SELECT 1")
+        .execute(state.store.pool())
+        .await
+        .is_ok();
+    let broker = state.broker.is_connected();
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |up: bool| if up { "up" } else { "down" };
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "checks": {"database": word(database), "broker": word(broker)},
+        })),
+    )
+}

@@ -1,0 +1,208 @@
+//! Turns a checkout request body into a [`CheckoutRequest`], or into the
+//! list of fields that are wrong and why.
+
+use std::collections::HashMap;
+
+use saga_shared::messages::{LineRequest, ShipTo};
+use serde::Deserialize;
+use serde_json::error::Category;
+
+use super::problem::{ApiError, FieldError};
+use crate::saga::CheckoutRequest;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_ITEMS: usize = 100;
+pub const MAX_QUANTITY: i64 = 10_000;
+const MAX_ID_LEN: usize = 128;
+const MAX_SKU_LEN: usize = 64;
+const MAX_METHOD_LEN: usize = 64;
+const MAX_REGION_LEN: usize = 16;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    customer_id: String,
+    items: Vec<Item>,
+    ship_to: Address,
+    payment_method: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item {
+    sku: String,
+    // Wide on purpose: a negative or huge quantity is a validation error
+    // naming the field, not a type error.
+    quantity: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Address {
+    country: String,
+    #[serde(default)]
+    region: String,
+}
+
+pub fn parse_checkout(body: &[u8]) -> Result<CheckoutRequest, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: Body = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
+    de.end()
+        .map_err(|e| ApiError::MalformedJson(without_position(e.to_string())))?;
+    validate(parsed)
+}
+
+/// A serde error as the field it is about and a message without the
+/// parser's line and column.
+fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let inner = error.inner();
+    let message = without_position(inner.to_string());
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedJson(message),
+        Category::Data => {
+            // A missing field's path is its parent's; an unknown field's
+            // path already ends with its name.
+            let named = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            let field = match (named, path.as_str()) {
+                (Some(name), ".") => name.to_owned(),
+                (Some(name), parent) => format!("{parent}.{name}"),
+                (None, ".") => "body".to_owned(),
+                (None, p) => p.to_owned(),
+            };
+            ApiError::Invalid(vec![FieldError::new(field, message)])
+        }
+    }
+}
+
+fn without_position(message: String) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    }
+}
+
+fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
+    let mut errors = Vec::new();
+    text(&mut errors, "customer_id", &body.customer_id, MAX_ID_LEN);
+    text(&mut errors, "payment_method", &body.payment_method, MAX_METHOD_LEN);
+    if body.items.is_empty() {
+        errors.push(FieldError::new("items", "must contain at least one item"));
+    }
+    if body.items.len() > MAX_ITEMS {
+        errors.push(FieldError::new("items", format!("at most {MAX_ITEMS} items")));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, item) in body.items.iter().enumerate() {
+        let sku_field = format!("items[{i}].sku");
+        text(&mut errors, &sku_field, &item.sku, MAX_SKU_LEN);
+        if let Some(first) = seen.insert(item.sku.as_str(), i) {
+            errors.push(FieldError::new(
+                sku_field,
+                format!("duplicate SKU `{}` (also in items[{first}]); put the total quantity on one line", item.sku),
+            ));
+        }
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            errors.push(FieldError::new(
+                format!("items[{i}].quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}, got {}", item.quantity),
+            ));
+        }
+    }
+    let country = &body.ship_to.country;
+    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_alphabetic()) {
+        errors.push(FieldError::new(
+            "ship_to.country",
+            "must be a two-letter ISO 3166-1 country code",
+        ));
+    }
+    let region = &body.ship_to.region;
+    if region.len() > MAX_REGION_LEN || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        errors.push(FieldError::new(
+            "ship_to.region",
+            format!("must be at most {MAX_REGION_LEN} letters, digits or `-`"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    Ok(CheckoutRequest {
+        customer_id: body.customer_id,
+        items: body
+            .items
+            .into_iter()
+            .map(|i| LineRequest {
+                sku: i.sku,
+                quantity: i.quantity as u32,
+            })
+            .collect(),
+        ship_to: ShipTo {
+            country: country.to_ascii_uppercase(),
+            region: region.to_ascii_uppercase(),
+        },
+        payment_method: body.payment_method,
+    })
+}
+
+fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        errors.push(FieldError::new(field, "must not be empty"));
+    } else if value.chars().count() > max {
+        errors.push(FieldError::new(field, format!("must be at most {max} characters")));
+    } else if value.chars().any(char::is_control) {
+        errors.push(FieldError::new(field, "must not contain control characters"));
+    }
+}
+
+/// A valid `Idempotency-Key` header value, if any.
+pub fn idempotency_key(value: Option<&axum::http::HeaderValue>) -> Result<Option<String>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    let invalid = |m: &str| ApiError::Invalid(vec![FieldError::new("Idempotency-Key", m)]);
+    let text = value.to_str().map_err(|_| invalid("must be visible ASCII"))?;
+    if text.is_empty() || text.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(invalid("must be 1 to 255 characters"));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> Vec<String> {
+        match parse_checkout(body.as_bytes()) {
+            Err(ApiError::Invalid(errors)) => errors.into_iter().map(|e| e.field).collect(),
+            Err(other) => vec![format!("other: {other}")],
+            Ok(_) => vec![],
+        }
+    }
+
+    const OK: &str = r#"{"customer_id":"c","items":[{"sku":"A","quantity":1}],"ship_to":{"country":"us"},"payment_method":"sim_approve"}"#;
+
+    #[test]
+    fn accepts_a_good_body_and_normalises_country() {
+        let r = parse_checkout(OK.as_bytes()).unwrap();
+        assert_eq!(r.ship_to.country, "US");
+        assert_eq!(r.ship_to.region, "");
+    }
+
+    #[test]
+    fn names_the_offending_field() {
+        assert_eq!(fields(&OK.replace(r#""quantity":1"#, r#""quantity":0"#)), ["items[0].quantity"]);
+        assert_eq!(fields(&OK.replace(r#""quantity":1"#, r#""quantity":"x""#)), ["items[0].quantity"]);
+        assert_eq!(fields(&OK.replace(r#""sku":"A","#, "")), ["items[0].sku"]);
+        assert_eq!(fields(&OK.replace(r#""customer_id":"c","#, r#""customer_id":"c","color":1,"#)), ["color"]);
+        assert_eq!(fields(&OK.replace(r#""payment_method":"sim_approve""#, r#""payment_method":"sim_approve","extra":{}"#)), ["extra"]);
+        assert_eq!(fields(&OK.replace(r#"{"sku":"A","quantity":1}"#, "")), ["items"]);
+        assert_eq!(fields(&OK.replace(r#""country":"us""#, r#""country":"usa""#)), ["ship_to.country"]);
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        assert!(matches!(parse_checkout(b"{\"customer_id\":"), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(parse_checkout(format!("{OK} x").as_bytes()), Err(ApiError::MalformedJson(_))));
+    }
+}

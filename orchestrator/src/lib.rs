@@ -1,0 +1,11 @@
+//! The saga orchestrator: HTTP API, saga engine, store, outbox relay and
+//! reply consumer.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod relay;
+pub mod replies;
+pub mod saga;
+pub mod store;

@@ -1,0 +1,60 @@
+//! Turns PostgreSQL notifications into in-process wake-ups: new outbox rows
+//! wake the relay, finished sagas wake long-polling requests. Another
+//! orchestrator's commits arrive here too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_shared::broker::Backoff;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::{FINAL_CHANNEL, OUTBOX_CHANNEL};
+
+/// Sent to long-polls when notifications may have been missed (the
+/// listener reconnected): every waiter re-reads its saga.
+pub const RECHECK_ALL: Uuid = Uuid::nil();
+
+pub async fn run_listener_until_stopped(
+    pool: PgPool,
+    relay: Arc<Notify>,
+    finished: broadcast::Sender<Uuid>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen_all([OUTBOX_CHANNEL, FINAL_CHANNEL]).await?;
+            // Anything committed while we were not listening.
+            relay.notify_one();
+            let _ = finished.send(RECHECK_ALL);
+            loop {
+                let n = listener.recv().await?;
+                if n.channel() == OUTBOX_CHANNEL {
+                    relay.notify_one();
+                } else if let Ok(id) = n.payload().parse::<Uuid>() {
+                    let _ = finished.send(id);
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            result = listener => {
+                if let Err(error) = result {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%error, ?wait, "notification listener lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
+            _ = stop.cancelled() => break,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The outbox relay: publishes committed commands with confirms, then
+//! deletes them. Woken right after a commit (in-process, or by NOTIFY from
+//! another instance); the timed wake-up is only a fallback and the timer
+//! for delayed retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_shared::broker::{Backoff, Broker, Outgoing};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rows published per transaction.
+const BATCH: i64 = 256;
+/// Longest sleep with nothing due: a safety net should a wake-up be lost.
+const FALLBACK_POLL: Duration = Duration::from_secs(2);
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    message_id: Uuid,
+    saga_id: Uuid,
+    routing_key: String,
+    message_type: String,
+    body: String,
+    traceparent: String,
+}
+
+pub async fn run_relay_until_stopped(
+    pool: PgPool,
+    broker: Arc<Broker>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        let sleep_for = match relay_batch(&pool, &broker).await {
+            Ok(published) if published as i64 == BATCH => continue,
+            Ok(_) => {
+                backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+                next_due(&pool).await.unwrap_or(FALLBACK_POLL)
+            }
+            Err(error) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, ?wait, "outbox relay failed; retrying");
+                wait
+            }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    tracing::info!("outbox relay stopped");
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Broker(#[from] saga_shared::broker::BrokerError),
+}
+
+/// Publishes the due rows this instance could lock. `SKIP LOCKED` lets
+/// several orchestrators relay at once without publishing a row twice; a
+/// crash between confirm and delete republishes, and the worker inbox
+/// absorbs the duplicate.
+#[tracing::instrument(skip_all, fields(published))]
+async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT id, message_id, saga_id, routing_key, message_type, body, traceparent
+         FROM outbox WHERE not_before <= now()
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let exchange = broker.topology().command_exchange();
+    let messages: Vec<Outgoing> = rows
+        .iter()
+        .map(|row| Outgoing {
+            exchange: exchange.clone(),
+            routing_key: row.routing_key.clone(),
+            body: row.body.clone().into_bytes(),
+            message_id: row.message_id,
+            saga_id: row.saga_id,
+            message_type: row.message_type.clone(),
+            traceparent: row.traceparent.clone(),
+        })
+        .collect();
+    broker.publish_all(&messages).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::Span::current().record("published", ids.len());
+    Ok(ids.len())
+}
+
+/// How long until the next delayed row is due (capped by the fallback poll).
+async fn next_due(pool: &PgPool) -> Result<Duration, sqlx::Error> {
+    let ms: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000 FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(match ms {
+        Some(ms) if ms > 0.0 => Duration::from_millis(ms as u64).min(FALLBACK_POLL),
+        Some(_) => Duration::ZERO,
+        None => FALLBACK_POLL,
+    })
+}

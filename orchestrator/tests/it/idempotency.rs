@@ -1,0 +1,49 @@
+use crate::system::{order, System};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_same_body_is_the_same_checkout_and_another_body_is_422() {
+    let system = System::start().await;
+    let body = order(&[("BOOK", 1)], "sim_approve");
+    let (first_status, first) = system.post(&body, Some("key-1")).await;
+    assert_eq!(first_status, 202, "{first}");
+    let (again_status, again) = system.post(&body, Some("key-1")).await;
+    assert_eq!(again_status, 200, "{again}");
+    assert_eq!(again["checkout_id"], first["checkout_id"]);
+
+    let other = order(&[("BOOK", 2)], "sim_approve");
+    let (conflict_status, problem) = system.post(&other, Some("key-1")).await;
+    assert_eq!(conflict_status, 422, "{problem}");
+    assert_eq!(problem["status"], 422);
+    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"));
+
+    let done = system.wait_final(first["checkout_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed");
+    // A retry after completion still answers with the same, now completed, checkout.
+    let (_, replay) = system.post(&body, Some("key-1")).await;
+    assert_eq!(replay["checkout_id"], first["checkout_id"]);
+    assert_eq!(replay["status"], "completed");
+    assert_eq!(system.saga_count().await, 1);
+    assert_eq!(system.payments().await.len(), 1);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_with_one_key_create_one_checkout() {
+    let system = System::start().await;
+    let body = order(&[("TSHIRT", 1)], "sim_approve");
+    let answers = futures::future::join_all((0..8).map(|_| system.post(&body, Some("race-key")))).await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|(status, b)| {
+            assert!(*status == 202 || *status == 200, "{status} {b}");
+            b["checkout_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 202).count(), 1);
+    assert_eq!(system.saga_count().await, 1);
+    let done = system.wait_final(ids.iter().next().unwrap()).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(system.available("TSHIRT").await, 99);
+    system.stop().await;
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real orchestrator and the three real workers as
+//! tokio tasks, talking over the local RabbitMQ, each on its own fresh
+//! PostgreSQL database, under a random AMQP prefix.
+
+mod checkout;
+mod idempotency;
+mod run_command;
+mod system;
+mod validation;

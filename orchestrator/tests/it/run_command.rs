@@ -1,0 +1,124 @@
+//! The README's run command, started as a newcomer would, serves the curl
+//! line it prints.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use saga_shared::testing;
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The directory holding this build's binaries (`target/debug`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// Kills the script's whole process group when the test ends, however it ends.
+struct ProcessGroup(i32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &format!("-{}", self.0)]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_run_command_serves_its_printed_curl_line() {
+    testing::init_tracing();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    assert!(readme.contains("scripts/run"), "README names the run command");
+
+    // The binaries this test build made; cargo's build lock is held while
+    // tests run, so the script must not build again.
+    let bins = bin_dir();
+    for name in ["orchestrator", "inventory", "tax", "payment"] {
+        assert!(bins.join(name).exists(), "{name} not built in {bins:?}: run `cargo test --workspace`");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let suffix = testing::random_prefix().trim_end_matches('.').to_owned();
+    let db_prefix = format!("{suffix}_");
+    let run_dir = std::env::temp_dir().join(format!("run-{suffix}"));
+
+    let mut child = Command::new("setsid")
+        .arg(repo_root().join("scripts/run"))
+        .current_dir(repo_root())
+        .env("HTTP_PORT", port.to_string())
+        .env("AMQP_PREFIX", format!("{suffix}."))
+        .env("DB_PREFIX", &db_prefix)
+        .env("PROFILE", "debug")
+        .env("SKIP_BUILD", "1")
+        .env("BIN_DIR", &bins)
+        .env("RUN_DIR", &run_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("scripts/run starts");
+    let group = ProcessGroup(child.id() as i32);
+    let _topology = testing::TopologyGuard::new(&format!("{suffix}."));
+    let stdout = child.stdout.take().unwrap();
+
+    // Read its output until the curl line (deadline: it builds nothing, so a minute is plenty).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let curl = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("no curl line printed; output so far: {printed:#?}"));
+        printed.push(line.clone());
+        if line.trim_start().starts_with("curl ") && line.contains("/v1/checkouts") {
+            break line;
+        }
+    };
+    assert!(
+        printed.iter().any(|l| l.contains(&format!("http://127.0.0.1:{port}"))),
+        "prints its URL: {printed:#?}"
+    );
+
+    let output = Command::new("bash").arg("-c").arg(&curl).output().unwrap();
+    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    let created: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("curl printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)));
+    let id = created["checkout_id"].as_str().expect("a checkout id").to_owned();
+
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let body: Value = client
+            .get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=5"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "pending" {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still pending: {body}");
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["total_cents"].as_i64().unwrap() > 0);
+
+    drop(group);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    for service in ["orchestrator", "inventory", "tax", "payment"] {
+        let url = testing::admin_database_url();
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db_prefix}{service}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,220 @@
+//! A whole checkout system for one test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrator::config::Config;
+use orchestrator::saga::RetryPolicy;
+use saga_shared::broker::Broker;
+use saga_shared::config::ServiceConfig;
+use saga_shared::testing::{self, TestDatabase, TopologyGuard};
+use saga_shared::topology::Topology;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use workers::runtime::{run_worker_until_stopped, Handler};
+
+pub struct System {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub orchestrator_db: TestDatabase,
+    pub inventory_db: TestDatabase,
+    pub tax_db: TestDatabase,
+    pub payment_db: TestDatabase,
+    pub prefix: String,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _topology: TopologyGuard,
+}
+
+/// The catalogue every test starts with.
+pub const CATALOGUE: &[(&str, i32, i64, &str, &str)] = &[
+    // sku, on_hand, unit_price_cents, currency, tax_category
+    ("TSHIRT", 100, 2_000, "USD", "clothing"),
+    ("BOOK", 50, 1_500, "USD", "books"),
+    ("MUG", 10, 999, "USD", "general"),
+    ("SCARCE", 1, 500, "USD", "general"),
+    ("EUROMUG", 10, 900, "EUR", "general"),
+];
+
+/// Tax rates: (country, region, category, basis points).
+pub const TAX_RATES: &[(&str, &str, &str, i32)] = &[
+    ("US", "CA", "clothing", 725),
+    ("US", "", "books", 300),
+    ("US", "", "general", 600),
+    ("US", "CA", "general", 825),
+];
+
+async fn start_worker<H: Handler>(
+    handler: H,
+    db: &TestDatabase,
+    prefix: &str,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let broker = Arc::new(
+        Broker::connect(&testing::amqp_url(), Topology::new(prefix), "test-worker", stop)
+            .await
+            .expect("worker connects to RabbitMQ"),
+    );
+    let (pool, stop) = (db.pool.clone(), stop.clone());
+    tokio::spawn(async move {
+        run_worker_until_stopped(handler, pool, broker, 16, stop)
+            .await
+            .expect("worker runs");
+    })
+}
+
+impl System {
+    pub async fn start() -> System {
+        Self::start_with(RetryPolicy::default()).await
+    }
+
+    pub async fn start_with(retry: RetryPolicy) -> System {
+        testing::init_tracing();
+        let prefix = testing::random_prefix();
+        let topology = TopologyGuard::new(&prefix);
+        let (orchestrator_db, inventory_db, tax_db, payment_db) = tokio::join!(
+            TestDatabase::create("orchestrator"),
+            TestDatabase::create("inventory"),
+            TestDatabase::create("tax"),
+            TestDatabase::create("payment"),
+        );
+        workers::inventory::MIGRATOR.run(&inventory_db.pool).await.unwrap();
+        workers::tax::MIGRATOR.run(&tax_db.pool).await.unwrap();
+        workers::payment::MIGRATOR.run(&payment_db.pool).await.unwrap();
+        for (sku, on_hand, price, currency, category) in CATALOGUE {
+            sqlx::query(
+                "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
+                 VALUES ($1, $1, $2, $2, $3, $4, $5)",
+            )
+            .bind(sku).bind(on_hand).bind(price).bind(currency).bind(category)
+            .execute(&inventory_db.pool).await.unwrap();
+        }
+        for (country, region, category, rate) in TAX_RATES {
+            sqlx::query("INSERT INTO tax_rates (country, region, category, rate_bp) VALUES ($1, $2, $3, $4)")
+                .bind(country).bind(region).bind(category).bind(rate)
+                .execute(&tax_db.pool).await.unwrap();
+        }
+
+        let stop = CancellationToken::new();
+        let mut env = std::collections::HashMap::new();
+        env.insert("DATABASE_URL".to_owned(), orchestrator_db.url.clone());
+        env.insert("AMQP_URL".to_owned(), testing::amqp_url());
+        env.insert("AMQP_PREFIX".to_owned(), prefix.clone());
+        env.insert("DATABASE_POOL_SIZE".to_owned(), "8".to_owned());
+        let config = Config {
+            service: ServiceConfig::from_source(&env).unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            retry,
+        };
+        let running = orchestrator::app::start(config, stop.clone()).await.expect("orchestrator starts");
+        let base_url = format!("http://{}", running.addr);
+        let mut tasks = vec![tokio::spawn(running.wait())];
+        tasks.push(start_worker(workers::inventory::Inventory, &inventory_db, &prefix, &stop).await);
+        tasks.push(start_worker(workers::tax::Tax, &tax_db, &prefix, &stop).await);
+        tasks.push(start_worker(workers::payment::Payment::simulator(), &payment_db, &prefix, &stop).await);
+
+        System {
+            base_url,
+            http: reqwest::Client::new(),
+            orchestrator_db,
+            inventory_db,
+            tax_db,
+            payment_db,
+            prefix,
+            stop,
+            tasks,
+            _topology: topology,
+        }
+    }
+
+    pub async fn post(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/checkouts", self.base_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.expect("POST answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.base_url)).send().await.expect("GET answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Long-polls until the checkout is no longer pending (deadline 20 s).
+    pub async fn wait_final(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get(&format!("/v1/checkouts/{id}?wait=5")).await;
+            assert_eq!(status, 200, "{body}");
+            if body["status"] != "pending" {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "checkout {id} still pending: {body}");
+        }
+    }
+
+    /// Posts a checkout and waits for its final status.
+    pub async fn checkout(&self, body: &Value) -> Value {
+        let (status, created) = self.post(body, None).await;
+        assert_eq!(status, 202, "{created}");
+        self.wait_final(created["checkout_id"].as_str().unwrap()).await
+    }
+
+    pub async fn available(&self, sku: &str) -> i32 {
+        sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.inventory_db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Units held by active reservations, all SKUs.
+    pub async fn held(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COALESCE(SUM(l.quantity), 0)::int8 FROM reservation_lines l
+             JOIN reservations r USING (saga_id) WHERE r.status = 'active'",
+        )
+        .fetch_one(&self.inventory_db.pool)
+        .await
+        .unwrap()
+    }
+
+    /// (status, amount charged, amount refunded) of each payment row.
+    pub async fn payments(&self) -> Vec<(String, i64, i64)> {
+        sqlx::query_as("SELECT status, amount_cents, refunded_cents FROM payments ORDER BY created_at")
+            .fetch_all(&self.payment_db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn saga_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM sagas")
+            .fetch_one(&self.orchestrator_db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+pub fn order(items: &[(&str, u32)], payment_method: &str) -> Value {
+    json!({
+        "customer_id": "customer-1",
+        "items": items.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>(),
+        "ship_to": {"country": "US", "region": "CA"},
+        "payment_method": payment_method,
+    })
+}
