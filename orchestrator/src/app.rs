@@ -29,7 +29,10 @@ pub enum StartError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("cannot listen on {addr}: {error}")]
-    Listen { addr: SocketAddr, error: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// A started orchestrator: its bound address and its tasks.
@@ -50,26 +53,51 @@ impl Running {
 
 pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, StartError> {
     let service = &config.service;
-    let pool = database::connect_with_backoff(service.database_url(), service.database_pool_size, &stop).await?;
+    let pool =
+        database::connect_with_backoff(service.database_url(), service.database_pool_size, &stop)
+            .await?;
     MIGRATOR.run(&pool).await?;
     let broker = Arc::new(
-        Broker::connect(service.amqp_url(), Topology::new(&service.amqp_prefix), "orchestrator", &stop)
-            .await?,
+        Broker::connect(
+            service.amqp_url(),
+            Topology::new(&service.amqp_prefix),
+            "orchestrator",
+            &stop,
+        )
+        .await?,
     );
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|error| StartError::Listen { addr: config.http_addr, error })?;
-    let addr = listener.local_addr().map_err(|error| StartError::Listen { addr: config.http_addr, error })?;
+    let listener =
+        TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|error| StartError::Listen {
+                addr: config.http_addr,
+                error,
+            })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Listen {
+        addr: config.http_addr,
+        error,
+    })?;
 
     let store = Store::new(pool.clone(), config.retry);
     let relay = Arc::new(Notify::new());
     let (finished, _) = broadcast::channel(1024);
     let mut tasks = JoinSet::new();
 
-    tasks.spawn(run_listener_until_stopped(pool.clone(), relay.clone(), finished.clone(), stop.clone()));
-    tasks.spawn(run_relay_until_stopped(pool.clone(), broker.clone(), relay.clone(), stop.clone()));
+    tasks.spawn(run_listener_until_stopped(
+        pool.clone(),
+        relay.clone(),
+        finished.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(run_relay_until_stopped(
+        pool.clone(),
+        broker.clone(),
+        relay.clone(),
+        stop.clone(),
+    ));
     {
-        let (store, broker, relay, stop) = (store.clone(), broker.clone(), relay.clone(), stop.clone());
+        let (store, broker, relay, stop) =
+            (store.clone(), broker.clone(), relay.clone(), stop.clone());
         let prefetch = service.prefetch;
         tasks.spawn(async move {
             if let Err(error) =
@@ -99,5 +127,9 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         }
     });
     tracing::info!(%addr, "orchestrator listening");
-    Ok(Running { addr, tasks, broker })
+    Ok(Running {
+        addr,
+        tasks,
+        broker,
+    })
 }

@@ -110,7 +110,7 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
 /// How long until the next delayed row is due (capped by the fallback poll).
 async fn next_due(pool: &PgPool) -> Result<Duration, sqlx::Error> {
     let ms: Option<f64> = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000 FROM outbox",
+        "SELECT (EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000)::float8 FROM outbox",
     )
     .fetch_one(pool)
     .await?;

@@ -59,7 +59,8 @@ struct Row {
 
 impl Row {
     fn into_record(self) -> Result<SagaRecord, StoreError> {
-        let saga = serde_json::from_value(self.state).map_err(|e| StoreError::Corrupt(self.id, e))?;
+        let saga =
+            serde_json::from_value(self.state).map_err(|e| StoreError::Corrupt(self.id, e))?;
         Ok(SagaRecord {
             saga,
             created_at: self.created_at,
@@ -110,19 +111,32 @@ impl Store {
         let Some(row) = row else {
             tx.rollback().await?;
             let (hash, row): (String, Row) = {
-                let found: Option<(String, Uuid, serde_json::Value, DateTime<Utc>, DateTime<Utc>)> =
-                    sqlx::query_as(
-                        "SELECT request_hash, id, state, created_at, updated_at
+                let found: Option<(
+                    String,
+                    Uuid,
+                    serde_json::Value,
+                    DateTime<Utc>,
+                    DateTime<Utc>,
+                )> = sqlx::query_as(
+                    "SELECT request_hash, id, state, created_at, updated_at
                          FROM sagas WHERE idempotency_key = $1",
-                    )
-                    .bind(idempotency_key)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                )
+                .bind(idempotency_key)
+                .fetch_optional(&self.pool)
+                .await?;
                 let Some((hash, id, state, created_at, updated_at)) = found else {
                     // Conflicted on the key yet gone: cannot happen, sagas are never deleted.
                     return Err(StoreError::Database(sqlx::Error::RowNotFound));
                 };
-                (hash, Row { id, state, created_at, updated_at })
+                (
+                    hash,
+                    Row {
+                        id,
+                        state,
+                        created_at,
+                        updated_at,
+                    },
+                )
             };
             return Ok(if hash == request_hash {
                 Created::Existing(row.into_record()?)
@@ -191,7 +205,12 @@ async fn record_transition(
     }
     let (mut o_id, mut o_key, mut o_type, mut o_body, mut o_trace, mut o_delay_ms) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for Effect::Send { command, attempt, retry } in &t.effects {
+    for Effect::Send {
+        command,
+        attempt,
+        retry,
+    } in &t.effects
+    {
         let envelope = Envelope::command(saga.id, *attempt, command.clone());
         let delay = if *retry == 0 {
             std::time::Duration::ZERO

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -22,9 +24,15 @@ pub enum BrokerError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused the message (nack) for {exchange}/{routing_key}")]
-    Nacked { exchange: String, routing_key: String },
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("no queue is bound for {exchange}/{routing_key}: the message was returned")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("publisher confirms are not enabled on this channel")]
     NotConfirmed,
     #[error("stopped while connecting to RabbitMQ")]
@@ -56,7 +64,9 @@ impl Backoff {
             .saturating_mul(1u32 << self.attempt.min(20))
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(rand::random::<f64>()).max(Duration::from_millis(10))
+        ceiling
+            .mul_f64(rand::random::<f64>())
+            .max(Duration::from_millis(10))
     }
 }
 
@@ -173,9 +183,15 @@ impl Broker {
                 let (exchange, routing_key) =
                     (message.exchange.clone(), message.routing_key.clone());
                 if unroutable {
-                    BrokerError::Unroutable { exchange, routing_key }
+                    BrokerError::Unroutable {
+                        exchange,
+                        routing_key,
+                    }
                 } else {
-                    BrokerError::Nacked { exchange, routing_key }
+                    BrokerError::Nacked {
+                        exchange,
+                        routing_key,
+                    }
                 }
             };
             match confirm.await? {
@@ -216,11 +232,7 @@ impl Broker {
     #[tracing::instrument(skip_all, fields(queue_key = %delivery.routing_key, reason))]
     pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
         tracing::warn!(reason, "dead-lettering message");
-        let mut headers = delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(reason.into()));
         headers.insert(
             "x-original-exchange".into(),

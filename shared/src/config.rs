@@ -8,7 +8,10 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("environment variable {name} is missing: {hint}")]
-    Missing { name: &'static str, hint: &'static str },
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
     #[error("environment variable {name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
 }
@@ -65,7 +68,10 @@ fn url(
     hint: &'static str,
 ) -> Result<SecretString, ConfigError> {
     let value = required(source, name, hint)?;
-    if !schemes.iter().any(|s| value.starts_with(&format!("{s}://"))) {
+    if !schemes
+        .iter()
+        .any(|s| value.starts_with(&format!("{s}://")))
+    {
         // The value may hold a password: say what is wrong, not what it is.
         return Err(ConfigError::Invalid {
             name,
@@ -78,7 +84,11 @@ fn url(
 /// Prefix of every exchange and queue name: letters, digits, `.`, `-`, `_`.
 fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
     let value = source.get("AMQP_PREFIX").unwrap_or_default();
-    if value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if value.len() > 64
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         return Err(ConfigError::Invalid {
             name: "AMQP_PREFIX",
             reason: format!("`{value}`: use at most 64 letters, digits, `.`, `-` or `_`"),
@@ -153,7 +163,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -190,6 +203,9 @@ mod tests {
         ]))
         .unwrap();
         let text = format!("{config:?}");
-        assert!(!text.contains("hunter2") && !text.contains("hunter3"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("hunter3"),
+            "{text}"
+        );
     }
 }

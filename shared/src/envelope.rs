@@ -80,13 +80,12 @@ impl Envelope<Command> {
         if raw.message_type != raw.step.routing_key() {
             return Err(DecodeError::UnknownType(raw.message_type));
         }
-        let payload =
-            Command::from_payload(raw.step, raw.payload.clone()).map_err(|e| {
-                DecodeError::BadPayload {
-                    message_type: raw.message_type.clone(),
-                    error: e.to_string(),
-                }
-            })?;
+        let payload = Command::from_payload(raw.step, raw.payload.clone()).map_err(|e| {
+            DecodeError::BadPayload {
+                message_type: raw.message_type.clone(),
+                error: e.to_string(),
+            }
+        })?;
         Ok(with_payload(raw, payload))
     }
 
@@ -182,8 +181,14 @@ mod tests {
 
     #[test]
     fn poison_bodies_say_why() {
-        assert_eq!(Envelope::<Command>::decode(&[0xff, 0xfe]), Err(DecodeError::NotUtf8));
-        assert!(matches!(Envelope::<Command>::decode(b"nope"), Err(DecodeError::NotJson(_))));
+        assert_eq!(
+            Envelope::<Command>::decode(&[0xff, 0xfe]),
+            Err(DecodeError::NotUtf8)
+        );
+        assert!(matches!(
+            Envelope::<Command>::decode(b"nope"),
+            Err(DecodeError::NotJson(_))
+        ));
         let mut v: serde_json::Value = serde_json::from_slice(
             &Envelope::command(Uuid::new_v4(), 1, Command::Release(ReleaseStock {})).encode(),
         )

@@ -78,20 +78,22 @@ pub fn database_url(admin: &str, name: &str) -> String {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let pool = self.pool.clone();
         // Drop runs outside async context guarantees: use a thread with its
-        // own runtime so the database is gone before the test returns.
+        // own runtime so the database is gone before the test returns. The
+        // pool is not closed from there: its sockets belong to the test's
+        // runtime, which this drop blocks, so on a current-thread runtime
+        // closing would wait for ever. `WITH (FORCE)` ends its sessions.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
                 }
             });
         })

@@ -54,8 +54,10 @@ impl Topology {
     }
 
     pub fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> =
-            WorkerKind::ALL.iter().map(|w| self.command_queue(*w)).collect();
+        let mut queues: Vec<String> = WorkerKind::ALL
+            .iter()
+            .map(|w| self.command_queue(*w))
+            .collect();
         queues.push(self.reply_queue());
         queues.push(self.dead_letter_queue());
         queues
@@ -90,14 +92,31 @@ impl Topology {
         for worker in WorkerKind::ALL {
             let queue = self.command_queue(worker);
             declare_queue(channel, &queue, with_dead_letters.clone()).await?;
-            bind(channel, &queue, &self.command_exchange(), &format!("{}.*", worker.as_str()))
-                .await?;
+            bind(
+                channel,
+                &queue,
+                &self.command_exchange(),
+                &format!("{}.*", worker.as_str()),
+            )
+            .await?;
         }
         declare_queue(channel, &self.reply_queue(), with_dead_letters).await?;
-        bind(channel, &self.reply_queue(), &self.reply_exchange(), REPLY_ROUTING_KEY).await?;
+        bind(
+            channel,
+            &self.reply_queue(),
+            &self.reply_exchange(),
+            REPLY_ROUTING_KEY,
+        )
+        .await?;
 
         declare_queue(channel, &self.dead_letter_queue(), quorum_arguments(None)).await?;
-        bind(channel, &self.dead_letter_queue(), &self.dead_letter_exchange(), "").await?;
+        bind(
+            channel,
+            &self.dead_letter_queue(),
+            &self.dead_letter_exchange(),
+            "",
+        )
+        .await?;
         Ok(())
     }
 
@@ -119,10 +138,19 @@ impl Topology {
 
 fn quorum_arguments(dead_letter_exchange: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     if let Some(dlx) = dead_letter_exchange {
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(DELIVERY_LIMIT),
+        );
     }
     args
 }

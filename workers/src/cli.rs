@@ -22,12 +22,31 @@ pub async fn serve<H: Handler>(
     handler: impl FnOnce(PgPool) -> H,
 ) -> Result<(), WorkerError> {
     let stop = shutdown::on_signal();
-    let pool = connect_and_migrate(config.database_url(), config.database_pool_size, migrator, &stop).await?;
+    let pool = connect_and_migrate(
+        config.database_url(),
+        config.database_pool_size,
+        migrator,
+        &stop,
+    )
+    .await?;
     let name = format!("{}-worker", H::KIND.as_str());
     let broker = Arc::new(
-        Broker::connect(config.amqp_url(), Topology::new(&config.amqp_prefix), &name, &stop).await?,
+        Broker::connect(
+            config.amqp_url(),
+            Topology::new(&config.amqp_prefix),
+            &name,
+            &stop,
+        )
+        .await?,
     );
-    let result = run_worker_until_stopped(handler(pool.clone()), pool.clone(), broker.clone(), config.prefetch, stop).await;
+    let result = run_worker_until_stopped(
+        handler(pool.clone()),
+        pool.clone(),
+        broker.clone(),
+        config.prefetch,
+        stop,
+    )
+    .await;
     broker.close().await;
     pool.close().await;
     result
@@ -45,6 +64,29 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
+/// How long a one-shot operator command waits for its database: an operator
+/// at a terminal wants an error, not a silent wait for ever.
+pub const COMMAND_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Connects and migrates for a one-shot operator command, giving up after
+/// [`COMMAND_CONNECT_PATIENCE`].
+pub async fn connect_for_command(
+    url: &str,
+    migrator: &'static Migrator,
+) -> Result<PgPool, WorkerError> {
+    let give_up = CancellationToken::new();
+    let timer = tokio::spawn({
+        let give_up = give_up.clone();
+        async move {
+            tokio::time::sleep(COMMAND_CONNECT_PATIENCE).await;
+            give_up.cancel();
+        }
+    });
+    let pool = connect_and_migrate(url, 2, migrator, &give_up).await;
+    timer.abort();
+    pool
+}
+
 /// `DATABASE_URL` alone, for one-shot operator commands.
 pub fn database_url_from_env() -> Result<String, ConfigError> {
     let url = config::required(
@@ -59,6 +101,17 @@ pub fn database_url_from_env() -> Result<String, ConfigError> {
         });
     }
     Ok(url)
+}
+
+/// Writes an operator command's output. A reader that went away (`| head`)
+/// is not an error.
+pub fn write_stdout(bytes: &[u8]) -> Result<(), WorkerError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 /// The process exit code for a command's result; errors print one line.

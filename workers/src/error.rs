@@ -13,4 +13,7 @@ pub enum WorkerError {
     /// Bad operator input (a CSV file, a subcommand argument).
     #[error("{0}")]
     Input(String),
+    /// An operator command could not write its output.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
 }

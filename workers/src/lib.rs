@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod import;
 pub mod inbox;
 pub mod inventory;
 pub mod payment;

@@ -173,7 +173,9 @@ async fn answer<H: Handler>(
     match ctx.broker.publish(&outgoing).await {
         Ok(()) => {
             if !matches!(delivery.ack(BasicAckOptions::default()).await, Ok(true)) {
-                tracing::warn!("ack not sent; the command will be redelivered and answered from the inbox");
+                tracing::warn!(
+                    "ack not sent; the command will be redelivered and answered from the inbox"
+                );
             }
         }
         Err(error) => {

@@ -11,7 +11,11 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "checkout-bench", version, about = "POST-to-completed latency of checkouts")]
+#[command(
+    name = "checkout-bench",
+    version,
+    about = "POST-to-completed latency of checkouts"
+)]
 struct Args {
     /// Base URL of the orchestrator.
     #[arg(long, env = "CHECKOUT_URL", default_value = "http://127.0.0.1:8080")]
@@ -33,7 +37,11 @@ struct Args {
     payment_method: String,
 }
 
-async fn one(client: &reqwest::Client, args: &Args, n: usize) -> Result<(Duration, String), String> {
+async fn one(
+    client: &reqwest::Client,
+    args: &Args,
+    n: usize,
+) -> Result<(Duration, String), String> {
     let body = json!({
         "customer_id": format!("bench-{n}"),
         "items": args.skus.iter().map(|s| json!({"sku": s, "quantity": 1})).collect::<Vec<_>>(),
@@ -52,7 +60,10 @@ async fn one(client: &reqwest::Client, args: &Args, n: usize) -> Result<(Duratio
     if !status.is_success() {
         return Err(format!("POST answered {status}: {created}"));
     }
-    let id = created["checkout_id"].as_str().ok_or("no checkout_id")?.to_owned();
+    let id = created["checkout_id"]
+        .as_str()
+        .ok_or("no checkout_id")?
+        .to_owned();
     loop {
         let view: Value = client
             .get(format!("{}/v1/checkouts/{id}?wait=30", args.url))

@@ -88,12 +88,20 @@ fn without_position(message: String) -> String {
 fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
     let mut errors = Vec::new();
     text(&mut errors, "customer_id", &body.customer_id, MAX_ID_LEN);
-    text(&mut errors, "payment_method", &body.payment_method, MAX_METHOD_LEN);
+    text(
+        &mut errors,
+        "payment_method",
+        &body.payment_method,
+        MAX_METHOD_LEN,
+    );
     if body.items.is_empty() {
         errors.push(FieldError::new("items", "must contain at least one item"));
     }
     if body.items.len() > MAX_ITEMS {
-        errors.push(FieldError::new("items", format!("at most {MAX_ITEMS} items")));
+        errors.push(FieldError::new(
+            "items",
+            format!("at most {MAX_ITEMS} items"),
+        ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, item) in body.items.iter().enumerate() {
@@ -108,7 +116,10 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
         if !(1..=MAX_QUANTITY).contains(&item.quantity) {
             errors.push(FieldError::new(
                 format!("items[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}, got {}", item.quantity),
+                format!(
+                    "must be between 1 and {MAX_QUANTITY}, got {}",
+                    item.quantity
+                ),
             ));
         }
     }
@@ -120,7 +131,11 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
         ));
     }
     let region = &body.ship_to.region;
-    if region.len() > MAX_REGION_LEN || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if region.len() > MAX_REGION_LEN
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         errors.push(FieldError::new(
             "ship_to.region",
             format!("must be at most {MAX_REGION_LEN} letters, digits or `-`"),
@@ -151,17 +166,27 @@ fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
     if value.trim().is_empty() {
         errors.push(FieldError::new(field, "must not be empty"));
     } else if value.chars().count() > max {
-        errors.push(FieldError::new(field, format!("must be at most {max} characters")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     } else if value.chars().any(char::is_control) {
-        errors.push(FieldError::new(field, "must not contain control characters"));
+        errors.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
 }
 
 /// A valid `Idempotency-Key` header value, if any.
-pub fn idempotency_key(value: Option<&axum::http::HeaderValue>) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(
+    value: Option<&axum::http::HeaderValue>,
+) -> Result<Option<String>, ApiError> {
     let Some(value) = value else { return Ok(None) };
     let invalid = |m: &str| ApiError::Invalid(vec![FieldError::new("Idempotency-Key", m)]);
-    let text = value.to_str().map_err(|_| invalid("must be visible ASCII"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("must be visible ASCII"))?;
     if text.is_empty() || text.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(invalid("must be 1 to 255 characters"));
     }
@@ -191,18 +216,45 @@ mod tests {
 
     #[test]
     fn names_the_offending_field() {
-        assert_eq!(fields(&OK.replace(r#""quantity":1"#, r#""quantity":0"#)), ["items[0].quantity"]);
-        assert_eq!(fields(&OK.replace(r#""quantity":1"#, r#""quantity":"x""#)), ["items[0].quantity"]);
+        assert_eq!(
+            fields(&OK.replace(r#""quantity":1"#, r#""quantity":0"#)),
+            ["items[0].quantity"]
+        );
+        assert_eq!(
+            fields(&OK.replace(r#""quantity":1"#, r#""quantity":"x""#)),
+            ["items[0].quantity"]
+        );
         assert_eq!(fields(&OK.replace(r#""sku":"A","#, "")), ["items[0].sku"]);
-        assert_eq!(fields(&OK.replace(r#""customer_id":"c","#, r#""customer_id":"c","color":1,"#)), ["color"]);
-        assert_eq!(fields(&OK.replace(r#""payment_method":"sim_approve""#, r#""payment_method":"sim_approve","extra":{}"#)), ["extra"]);
-        assert_eq!(fields(&OK.replace(r#"{"sku":"A","quantity":1}"#, "")), ["items"]);
-        assert_eq!(fields(&OK.replace(r#""country":"us""#, r#""country":"usa""#)), ["ship_to.country"]);
+        assert_eq!(
+            fields(&OK.replace(r#""customer_id":"c","#, r#""customer_id":"c","color":1,"#)),
+            ["color"]
+        );
+        assert_eq!(
+            fields(&OK.replace(
+                r#""payment_method":"sim_approve""#,
+                r#""payment_method":"sim_approve","extra":{}"#
+            )),
+            ["extra"]
+        );
+        assert_eq!(
+            fields(&OK.replace(r#"{"sku":"A","quantity":1}"#, "")),
+            ["items"]
+        );
+        assert_eq!(
+            fields(&OK.replace(r#""country":"us""#, r#""country":"usa""#)),
+            ["ship_to.country"]
+        );
     }
 
     #[test]
     fn syntax_errors_are_malformed_json() {
-        assert!(matches!(parse_checkout(b"{\"customer_id\":"), Err(ApiError::MalformedJson(_))));
-        assert!(matches!(parse_checkout(format!("{OK} x").as_bytes()), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(
+            parse_checkout(b"{\"customer_id\":"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse_checkout(format!("{OK} x").as_bytes()),
+            Err(ApiError::MalformedJson(_))
+        ));
     }
 }

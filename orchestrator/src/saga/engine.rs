@@ -7,7 +7,7 @@
 //! saga as `suspended` with its last error.
 
 use saga_shared::messages::{
-    CalculateTax, ChargePayment, Command, Outcome, ReleaseStock, RefundPayment, ReserveStock,
+    CalculateTax, ChargePayment, Command, Outcome, RefundPayment, ReleaseStock, ReserveStock,
     StepResult,
 };
 use saga_shared::Step;
@@ -131,7 +131,10 @@ pub fn handle(saga: &Saga, event: Event, policy: &RetryPolicy) -> Transition {
         Outcome::Ok(result) if result.step() == step => succeeded(&mut t, result),
         Outcome::Ok(_) => {
             // Contract violation: park rather than guess.
-            suspend(&mut t, format!("reply to {step} carried another step's result"));
+            suspend(
+                &mut t,
+                format!("reply to {step} carried another step's result"),
+            );
         }
         Outcome::Rejected { reason, detail } => rejected(&mut t, step, reason, detail),
         Outcome::Transient { error } => retry_or_suspend(&mut t, policy, error),
@@ -162,7 +165,11 @@ fn succeeded(t: &mut Transition, result: StepResult) {
         return;
     }
     saga.completed.push(step);
-    match FORWARD.iter().position(|s| *s == step).and_then(|i| FORWARD.get(i + 1)) {
+    match FORWARD
+        .iter()
+        .position(|s| *s == step)
+        .and_then(|i| FORWARD.get(i + 1))
+    {
         Some(next) => begin(t, *next),
         None => finish(t, SagaStatus::Completed),
     }
@@ -200,7 +207,10 @@ fn next_compensation(t: &mut Transition) {
 fn retry_or_suspend(t: &mut Transition, policy: &RetryPolicy, error: String) {
     t.saga.last_error = Some(error.clone());
     if t.saga.attempt >= policy.max_attempts {
-        suspend(t, format!("attempts exhausted ({}): {error}", t.saga.attempt));
+        suspend(
+            t,
+            format!("attempts exhausted ({}): {error}", t.saga.attempt),
+        );
         return;
     }
     let step = t.saga.current.expect("an awaited reply has a current step");
@@ -255,7 +265,10 @@ fn command_for(saga: &Saga, step: Step) -> Command {
             lines: request.items.clone(),
         }),
         Step::CalculateTax => {
-            let reserved = saga.reserved.as_ref().expect("tax runs after a reservation");
+            let reserved = saga
+                .reserved
+                .as_ref()
+                .expect("tax runs after a reservation");
             Command::CalculateTax(CalculateTax {
                 ship_to: request.ship_to.clone(),
                 currency: reserved.currency.clone(),
@@ -263,7 +276,9 @@ fn command_for(saga: &Saga, step: Step) -> Command {
             })
         }
         Step::Charge => Command::Charge(ChargePayment {
-            amount_cents: saga.total_cents().expect("charge runs after reserve and tax"),
+            amount_cents: saga
+                .total_cents()
+                .expect("charge runs after reserve and tax"),
             currency: saga.currency().unwrap_or_default().to_owned(),
             payment_method: request.payment_method.clone(),
             customer_id: request.customer_id.clone(),

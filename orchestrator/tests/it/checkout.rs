@@ -7,7 +7,10 @@ async fn approved_checkout_completes_with_exact_totals_stock_and_one_charge() {
     // BOOK:   1 x 15.00 books, US default 3.00%     -> 1500, tax 45
     // MUG:    3 x  9.99 general, US/CA 8.25%        -> 2997, tax 247.2525 -> 247
     let done = system
-        .checkout(&order(&[("TSHIRT", 2), ("BOOK", 1), ("MUG", 3)], "sim_approve"))
+        .checkout(&order(
+            &[("TSHIRT", 2), ("BOOK", 1), ("MUG", 3)],
+            "sim_approve",
+        ))
         .await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["subtotal_cents"], 8_497);
@@ -20,22 +23,31 @@ async fn approved_checkout_completes_with_exact_totals_stock_and_one_charge() {
     assert_eq!(system.available("BOOK").await, 49);
     assert_eq!(system.available("MUG").await, 7);
     assert_eq!(system.held().await, 6);
-    assert_eq!(system.payments().await, vec![("charged".to_owned(), 9_079, 0)]);
+    assert_eq!(
+        system.payments().await,
+        vec![("charged".to_owned(), 9_079, 0)]
+    );
     system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_stock_and_unknown_sku_are_rejected_holding_nothing_charging_nothing() {
     let system = System::start().await;
-    let out = system.checkout(&order(&[("TSHIRT", 1), ("SCARCE", 2)], "sim_approve")).await;
+    let out = system
+        .checkout(&order(&[("TSHIRT", 1), ("SCARCE", 2)], "sim_approve"))
+        .await;
     assert_eq!(out["status"], "rejected", "{out}");
     assert_eq!(out["reason"], "out_of_stock");
 
-    let unknown = system.checkout(&order(&[("TSHIRT", 1), ("NOPE", 1)], "sim_approve")).await;
+    let unknown = system
+        .checkout(&order(&[("TSHIRT", 1), ("NOPE", 1)], "sim_approve"))
+        .await;
     assert_eq!(unknown["status"], "rejected", "{unknown}");
     assert_eq!(unknown["reason"], "unknown_sku");
 
-    let mixed = system.checkout(&order(&[("MUG", 1), ("EUROMUG", 1)], "sim_approve")).await;
+    let mixed = system
+        .checkout(&order(&[("MUG", 1), ("EUROMUG", 1)], "sim_approve"))
+        .await;
     assert_eq!(mixed["status"], "rejected", "{mixed}");
     assert_eq!(mixed["reason"], "currency_mismatch");
 
@@ -49,13 +61,26 @@ async fn out_of_stock_and_unknown_sku_are_rejected_holding_nothing_charging_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declined_payment_releases_the_stock_with_no_net_charge() {
     let system = System::start().await;
-    let done = system.checkout(&order(&[("TSHIRT", 3), ("MUG", 1)], "sim_decline")).await;
+    let done = system
+        .checkout(&order(&[("TSHIRT", 3), ("MUG", 1)], "sim_decline"))
+        .await;
     assert_eq!(done["status"], "rejected", "{done}");
     assert_eq!(done["reason"], "payment_declined");
     assert_eq!(system.available("TSHIRT").await, 100);
     assert_eq!(system.available("MUG").await, 10);
     assert_eq!(system.held().await, 0);
-    let net: i64 = system.payments().await.iter().map(|(s, a, r)| if s == "charged" || s == "refunded" { a - r } else { 0 }).sum();
+    let net: i64 = system
+        .payments()
+        .await
+        .iter()
+        .map(|(s, a, r)| {
+            if s == "charged" || s == "refunded" {
+                a - r
+            } else {
+                0
+            }
+        })
+        .sum();
     assert_eq!(net, 0);
     // The timeline shows the reserve, the refusal and the release.
     let events: Vec<String> = sqlx::query_scalar(
@@ -86,9 +111,14 @@ async fn transient_payment_failures_are_retried_until_charged_once() {
         max_delay: std::time::Duration::from_millis(100),
     })
     .await;
-    let done = system.checkout(&order(&[("BOOK", 1)], "sim_transient_2")).await;
+    let done = system
+        .checkout(&order(&[("BOOK", 1)], "sim_transient_2"))
+        .await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(system.payments().await, vec![("charged".to_owned(), 1_545, 0)]);
+    assert_eq!(
+        system.payments().await,
+        vec![("charged".to_owned(), 1_545, 0)]
+    );
     let attempts: Vec<(i32, String)> = sqlx::query_as(
         "SELECT attempt, event FROM saga_events WHERE step = 'payment.charge' ORDER BY id",
     )
@@ -97,7 +127,11 @@ async fn transient_payment_failures_are_retried_until_charged_once() {
     .unwrap();
     assert_eq!(
         attempts,
-        [(1, "transient".to_owned()), (2, "transient".to_owned()), (3, "ok".to_owned())]
+        [
+            (1, "transient".to_owned()),
+            (2, "transient".to_owned()),
+            (3, "ok".to_owned())
+        ]
     );
     system.stop().await;
 }
@@ -108,8 +142,14 @@ async fn many_concurrent_checkouts_all_finish_and_conserve_stock() {
     // 12 buyers race for 10 mugs: exactly 10 succeed.
     let body = order(&[("MUG", 1)], "sim_approve");
     let results = futures::future::join_all((0..12).map(|_| system.checkout(&body))).await;
-    let completed = results.iter().filter(|r| r["status"] == "completed").count();
-    let rejected = results.iter().filter(|r| r["reason"] == "out_of_stock").count();
+    let completed = results
+        .iter()
+        .filter(|r| r["status"] == "completed")
+        .count();
+    let rejected = results
+        .iter()
+        .filter(|r| r["reason"] == "out_of_stock")
+        .count();
     assert_eq!((completed, rejected), (10, 2), "{results:?}");
     assert_eq!(system.available("MUG").await, 0);
     assert_eq!(system.held().await, 10);

@@ -14,9 +14,14 @@ async fn same_key_same_body_is_the_same_checkout_and_another_body_is_422() {
     let (conflict_status, problem) = system.post(&other, Some("key-1")).await;
     assert_eq!(conflict_status, 422, "{problem}");
     assert_eq!(problem["status"], 422);
-    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
 
-    let done = system.wait_final(first["checkout_id"].as_str().unwrap()).await;
+    let done = system
+        .wait_final(first["checkout_id"].as_str().unwrap())
+        .await;
     assert_eq!(done["status"], "completed");
     // A retry after completion still answers with the same, now completed, checkout.
     let (_, replay) = system.post(&body, Some("key-1")).await;
@@ -31,7 +36,8 @@ async fn same_key_same_body_is_the_same_checkout_and_another_body_is_422() {
 async fn concurrent_posts_with_one_key_create_one_checkout() {
     let system = System::start().await;
     let body = order(&[("TSHIRT", 1)], "sim_approve");
-    let answers = futures::future::join_all((0..8).map(|_| system.post(&body, Some("race-key")))).await;
+    let answers =
+        futures::future::join_all((0..8).map(|_| system.post(&body, Some("race-key")))).await;
     let ids: std::collections::HashSet<String> = answers
         .iter()
         .map(|(status, b)| {

@@ -10,7 +10,10 @@ use saga_shared::testing;
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The directory holding this build's binaries (`target/debug`).
@@ -19,12 +22,15 @@ fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
-/// Kills the script's whole process group when the test ends, however it ends.
-struct ProcessGroup(i32);
+/// Stops the script when the test ends, however it ends: on TERM it stops
+/// the services it started, as on Ctrl-C.
+struct StopOnDrop(u32);
 
-impl Drop for ProcessGroup {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &format!("-{}", self.0)]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
     }
 }
 
@@ -32,21 +38,30 @@ impl Drop for ProcessGroup {
 async fn readme_run_command_serves_its_printed_curl_line() {
     testing::init_tracing();
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    assert!(readme.contains("scripts/run"), "README names the run command");
+    assert!(
+        readme.contains("scripts/run"),
+        "README names the run command"
+    );
 
     // The binaries this test build made; cargo's build lock is held while
     // tests run, so the script must not build again.
     let bins = bin_dir();
     for name in ["orchestrator", "inventory", "tax", "payment"] {
-        assert!(bins.join(name).exists(), "{name} not built in {bins:?}: run `cargo test --workspace`");
+        assert!(
+            bins.join(name).exists(),
+            "{name} not built in {bins:?}: run `cargo test --workspace`"
+        );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let suffix = testing::random_prefix().trim_end_matches('.').to_owned();
     let db_prefix = format!("{suffix}_");
     let run_dir = std::env::temp_dir().join(format!("run-{suffix}"));
 
-    let mut child = Command::new("setsid")
-        .arg(repo_root().join("scripts/run"))
+    let mut child = Command::new(repo_root().join("scripts/run"))
         .current_dir(repo_root())
         .env("HTTP_PORT", port.to_string())
         .env("AMQP_PREFIX", format!("{suffix}."))
@@ -56,17 +71,23 @@ async fn readme_run_command_serves_its_printed_curl_line() {
         .env("BIN_DIR", &bins)
         .env("RUN_DIR", &run_dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("scripts/run starts");
-    let group = ProcessGroup(child.id() as i32);
+    let group = StopOnDrop(child.id());
     let _topology = testing::TopologyGuard::new(&format!("{suffix}."));
-    let stdout = child.stdout.take().unwrap();
-
-    // Read its output until the curl line (deadline: it builds nothing, so a minute is plenty).
+    // Both streams feed one channel, so a failure shows everything it said.
     let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out_tx = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
@@ -81,15 +102,28 @@ async fn readme_run_command_serves_its_printed_curl_line() {
         }
     };
     assert!(
-        printed.iter().any(|l| l.contains(&format!("http://127.0.0.1:{port}"))),
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("http://127.0.0.1:{port}"))),
         "prints its URL: {printed:#?}"
     );
 
     let output = Command::new("bash").arg("-c").arg(&curl).output().unwrap();
-    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
-    let created: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("curl printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)));
-    let id = created["checkout_id"].as_str().expect("a checkout id").to_owned();
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "curl printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let id = created["checkout_id"]
+        .as_str()
+        .expect("a checkout id")
+        .to_owned();
 
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -105,7 +139,10 @@ async fn readme_run_command_serves_its_printed_curl_line() {
         if body["status"] != "pending" {
             break body;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still pending: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still pending: {body}"
+        );
     };
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["total_cents"].as_i64().unwrap() > 0);
@@ -115,10 +152,14 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     let _ = std::fs::remove_dir_all(&run_dir);
     for service in ["orchestrator", "inventory", "tax", "payment"] {
         let url = testing::admin_database_url();
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db_prefix}{service}\" WITH (FORCE)"))
-            .execute(&mut conn)
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
             .await
             .unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{db_prefix}{service}\" WITH (FORCE)"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }

@@ -19,8 +19,10 @@ pub struct System {
     pub http: reqwest::Client,
     pub orchestrator_db: TestDatabase,
     pub inventory_db: TestDatabase,
+    #[allow(dead_code)] // kept alive: dropping it drops the database
     pub tax_db: TestDatabase,
     pub payment_db: TestDatabase,
+    #[allow(dead_code)]
     pub prefix: String,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -52,9 +54,14 @@ async fn start_worker<H: Handler>(
     stop: &CancellationToken,
 ) -> JoinHandle<()> {
     let broker = Arc::new(
-        Broker::connect(&testing::amqp_url(), Topology::new(prefix), "test-worker", stop)
-            .await
-            .expect("worker connects to RabbitMQ"),
+        Broker::connect(
+            &testing::amqp_url(),
+            Topology::new(prefix),
+            "test-worker",
+            stop,
+        )
+        .await
+        .expect("worker connects to RabbitMQ"),
     );
     let (pool, stop) = (db.pool.clone(), stop.clone());
     tokio::spawn(async move {
@@ -79,9 +86,15 @@ impl System {
             TestDatabase::create("tax"),
             TestDatabase::create("payment"),
         );
-        workers::inventory::MIGRATOR.run(&inventory_db.pool).await.unwrap();
+        workers::inventory::MIGRATOR
+            .run(&inventory_db.pool)
+            .await
+            .unwrap();
         workers::tax::MIGRATOR.run(&tax_db.pool).await.unwrap();
-        workers::payment::MIGRATOR.run(&payment_db.pool).await.unwrap();
+        workers::payment::MIGRATOR
+            .run(&payment_db.pool)
+            .await
+            .unwrap();
         for (sku, on_hand, price, currency, category) in CATALOGUE {
             sqlx::query(
                 "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
@@ -107,12 +120,23 @@ impl System {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             retry,
         };
-        let running = orchestrator::app::start(config, stop.clone()).await.expect("orchestrator starts");
+        let running = orchestrator::app::start(config, stop.clone())
+            .await
+            .expect("orchestrator starts");
         let base_url = format!("http://{}", running.addr);
         let mut tasks = vec![tokio::spawn(running.wait())];
-        tasks.push(start_worker(workers::inventory::Inventory, &inventory_db, &prefix, &stop).await);
+        tasks
+            .push(start_worker(workers::inventory::Inventory, &inventory_db, &prefix, &stop).await);
         tasks.push(start_worker(workers::tax::Tax, &tax_db, &prefix, &stop).await);
-        tasks.push(start_worker(workers::payment::Payment::simulator(), &payment_db, &prefix, &stop).await);
+        tasks.push(
+            start_worker(
+                workers::payment::Payment::new(workers::payment::Simulator),
+                &payment_db,
+                &prefix,
+                &stop,
+            )
+            .await,
+        );
 
         System {
             base_url,
@@ -143,7 +167,12 @@ impl System {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.base_url)).send().await.expect("GET answers");
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .expect("GET answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -157,7 +186,10 @@ impl System {
             if body["status"] != "pending" {
                 return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "checkout {id} still pending: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "checkout {id} still pending: {body}"
+            );
         }
     }
 
@@ -165,7 +197,8 @@ impl System {
     pub async fn checkout(&self, body: &Value) -> Value {
         let (status, created) = self.post(body, None).await;
         assert_eq!(status, 202, "{created}");
-        self.wait_final(created["checkout_id"].as_str().unwrap()).await
+        self.wait_final(created["checkout_id"].as_str().unwrap())
+            .await
     }
 
     pub async fn available(&self, sku: &str) -> i32 {
@@ -189,10 +222,12 @@ impl System {
 
     /// (status, amount charged, amount refunded) of each payment row.
     pub async fn payments(&self) -> Vec<(String, i64, i64)> {
-        sqlx::query_as("SELECT status, amount_cents, refunded_cents FROM payments ORDER BY created_at")
-            .fetch_all(&self.payment_db.pool)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "SELECT status, amount_cents, refunded_cents FROM payments ORDER BY created_at",
+        )
+        .fetch_all(&self.payment_db.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn saga_count(&self) -> i64 {

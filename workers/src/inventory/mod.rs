@@ -1,1 +1,11 @@
+//! The inventory worker: a catalogue of products and, per saga, one
+//! reservation of stock. Per SKU, on hand = available + held by active
+//! reservations, always.
+
+pub mod catalogue;
+pub mod handler;
+pub mod reservation;
+
+pub use handler::Inventory;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/inventory");

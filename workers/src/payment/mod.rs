@@ -1,1 +1,14 @@
+//! The payment worker: one payment per saga, charged and refunded through a
+//! payment provider. What ships is a deterministic simulator, chosen by
+//! payment method, and an operator switch that rehearses a provider outage.
+
+pub mod handler;
+pub mod outage;
+pub mod provider;
+pub mod simulator;
+
+pub use handler::Payment;
+pub use provider::{PaymentProvider, ProviderAnswer};
+pub use simulator::Simulator;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/payment");

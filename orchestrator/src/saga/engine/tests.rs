@@ -10,10 +10,19 @@ fn request() -> CheckoutRequest {
     CheckoutRequest {
         customer_id: "c-1".into(),
         items: vec![
-            LineRequest { sku: "A".into(), quantity: 2 },
-            LineRequest { sku: "B".into(), quantity: 1 },
+            LineRequest {
+                sku: "A".into(),
+                quantity: 2,
+            },
+            LineRequest {
+                sku: "B".into(),
+                quantity: 1,
+            },
         ],
-        ship_to: ShipTo { country: "US".into(), region: "CA".into() },
+        ship_to: ShipTo {
+            country: "US".into(),
+            region: "CA".into(),
+        },
         payment_method: "sim_approve".into(),
     }
 }
@@ -23,36 +32,70 @@ fn ok_for(step: Step) -> Outcome {
         Step::Reserve => StepResult::Reserved(Reserved {
             currency: "USD".into(),
             lines: vec![
-                PricedLine { sku: "A".into(), quantity: 2, unit_price_cents: 1_000, tax_category: "clothing".into() },
-                PricedLine { sku: "B".into(), quantity: 1, unit_price_cents: 550, tax_category: "books".into() },
+                PricedLine {
+                    sku: "A".into(),
+                    quantity: 2,
+                    unit_price_cents: 1_000,
+                    tax_category: "clothing".into(),
+                },
+                PricedLine {
+                    sku: "B".into(),
+                    quantity: 1,
+                    unit_price_cents: 550,
+                    tax_category: "books".into(),
+                },
             ],
         }),
         Step::CalculateTax => StepResult::TaxCalculated(TaxCalculated {
             lines: vec![
-                LineTax { sku: "A".into(), rate_bp: 725, tax_cents: 145 },
-                LineTax { sku: "B".into(), rate_bp: 0, tax_cents: 0 },
+                LineTax {
+                    sku: "A".into(),
+                    rate_bp: 725,
+                    tax_cents: 145,
+                },
+                LineTax {
+                    sku: "B".into(),
+                    rate_bp: 0,
+                    tax_cents: 0,
+                },
             ],
             tax_cents: 145,
         }),
-        Step::Charge => StepResult::Charged(Charged { payment_id: Uuid::nil(), amount_cents: 2_695 }),
+        Step::Charge => StepResult::Charged(Charged {
+            payment_id: Uuid::nil(),
+            amount_cents: 2_695,
+        }),
         Step::Release => StepResult::Released(Released { released: true }),
-        Step::Refund => StepResult::Refunded(Refunded { refunded_cents: 2_695 }),
+        Step::Refund => StepResult::Refunded(Refunded {
+            refunded_cents: 2_695,
+        }),
     })
 }
 
 fn reply(saga: &Saga, outcome: Outcome) -> Event {
-    Event::Reply { step: saga.current.unwrap(), attempt: saga.attempt, outcome }
+    Event::Reply {
+        step: saga.current.unwrap(),
+        attempt: saga.attempt,
+        outcome,
+    }
 }
 
 fn sent_steps(t: &Transition) -> Vec<(Step, u32)> {
     t.effects
         .iter()
-        .map(|Effect::Send { command, attempt, .. }| (command.step(), *attempt))
+        .map(
+            |Effect::Send {
+                 command, attempt, ..
+             }| (command.step(), *attempt),
+        )
         .collect()
 }
 
 fn policy() -> RetryPolicy {
-    RetryPolicy { max_attempts: 3, ..RetryPolicy::default() }
+    RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    }
 }
 
 #[test]
@@ -60,7 +103,13 @@ fn start_reserves_the_requested_lines() {
     let t = start(Uuid::nil(), request());
     assert_eq!(t.saga.status, SagaStatus::Running);
     assert_eq!(sent_steps(&t), vec![(Step::Reserve, 1)]);
-    let Effect::Send { command: Command::Reserve(r), .. } = &t.effects[0] else { panic!() };
+    let Effect::Send {
+        command: Command::Reserve(r),
+        ..
+    } = &t.effects[0]
+    else {
+        panic!()
+    };
     assert_eq!(r.lines, request().items);
 }
 
@@ -71,7 +120,13 @@ fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
     assert_eq!(sent_steps(&t), vec![(Step::CalculateTax, 1)]);
     saga = t.saga;
     let t = handle(&saga, reply(&saga, ok_for(Step::CalculateTax)), &policy());
-    let Effect::Send { command: Command::Charge(charge), .. } = &t.effects[0] else { panic!() };
+    let Effect::Send {
+        command: Command::Charge(charge),
+        ..
+    } = &t.effects[0]
+    else {
+        panic!()
+    };
     assert_eq!(charge.amount_cents, 2_550 + 145);
     assert_eq!(charge.currency, "USD");
     saga = t.saga;
@@ -81,17 +136,27 @@ fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
     assert_eq!(t.saga.subtotal_cents(), Some(2_550));
     assert_eq!(t.saga.tax_cents(), Some(145));
     assert_eq!(t.saga.total_cents(), Some(2_695));
-    assert_eq!(t.saga.status.client_status(), crate::saga::ClientStatus::Completed);
+    assert_eq!(
+        t.saga.status.client_status(),
+        crate::saga::ClientStatus::Completed
+    );
 }
 
 #[test]
 fn rejected_reserve_compensates_nothing() {
     let saga = start(Uuid::nil(), request()).saga;
-    let t = handle(&saga, reply(&saga, Outcome::rejected(reason::OUT_OF_STOCK, "A")), &policy());
+    let t = handle(
+        &saga,
+        reply(&saga, Outcome::rejected(reason::OUT_OF_STOCK, "A")),
+        &policy(),
+    );
     assert!(t.effects.is_empty());
     assert_eq!(t.saga.status, SagaStatus::Compensated);
     assert_eq!(t.saga.reason.as_deref(), Some(reason::OUT_OF_STOCK));
-    assert_eq!(t.saga.status.client_status(), crate::saga::ClientStatus::Rejected);
+    assert_eq!(
+        t.saga.status.client_status(),
+        crate::saga::ClientStatus::Rejected
+    );
 }
 
 #[test]
@@ -100,7 +165,11 @@ fn declined_charge_releases_the_stock_then_is_rejected() {
     for step in [Step::Reserve, Step::CalculateTax] {
         saga = handle(&saga, reply(&saga, ok_for(step)), &policy()).saga;
     }
-    let t = handle(&saga, reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")), &policy());
+    let t = handle(
+        &saga,
+        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
+        &policy(),
+    );
     assert_eq!(t.saga.status, SagaStatus::Compensating);
     assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
     let t = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), &policy());
@@ -111,20 +180,40 @@ fn declined_charge_releases_the_stock_then_is_rejected() {
 #[test]
 fn transient_retries_with_backoff_then_suspends() {
     let saga = start(Uuid::nil(), request()).saga;
-    let t = handle(&saga, reply(&saga, Outcome::Transient { error: "db".into() }), &policy());
-    assert_eq!(t.effects, vec![Effect::Send {
-        command: Command::Reserve(ReserveStock { lines: request().items }),
-        attempt: 2,
-        retry: 1,
-    }]);
-    let t = handle(&t.saga, reply(&t.saga, Outcome::Transient { error: "db".into() }), &policy());
+    let t = handle(
+        &saga,
+        reply(&saga, Outcome::Transient { error: "db".into() }),
+        &policy(),
+    );
+    assert_eq!(
+        t.effects,
+        vec![Effect::Send {
+            command: Command::Reserve(ReserveStock {
+                lines: request().items
+            }),
+            attempt: 2,
+            retry: 1,
+        }]
+    );
+    let t = handle(
+        &t.saga,
+        reply(&t.saga, Outcome::Transient { error: "db".into() }),
+        &policy(),
+    );
     assert_eq!(sent_steps(&t), vec![(Step::Reserve, 3)]);
-    let t = handle(&t.saga, reply(&t.saga, Outcome::Transient { error: "db".into() }), &policy());
+    let t = handle(
+        &t.saga,
+        reply(&t.saga, Outcome::Transient { error: "db".into() }),
+        &policy(),
+    );
     assert!(t.effects.is_empty());
     assert_eq!(t.saga.status, SagaStatus::Suspended);
     assert_eq!(t.saga.current, Some(Step::Reserve));
     assert!(t.saga.last_error.as_deref().unwrap().contains("db"));
-    assert_eq!(t.saga.status.client_status(), crate::saga::ClientStatus::Pending);
+    assert_eq!(
+        t.saga.status.client_status(),
+        crate::saga::ClientStatus::Pending
+    );
 }
 
 #[test]
@@ -133,8 +222,16 @@ fn stale_and_duplicate_replies_change_nothing_but_the_timeline() {
     let after = handle(&saga, reply(&saga, ok_for(Step::Reserve)), &policy()).saga;
     // The same reserve reply again, and a reply for an old attempt.
     for event in [
-        Event::Reply { step: Step::Reserve, attempt: 1, outcome: ok_for(Step::Reserve) },
-        Event::Reply { step: Step::CalculateTax, attempt: 7, outcome: ok_for(Step::CalculateTax) },
+        Event::Reply {
+            step: Step::Reserve,
+            attempt: 1,
+            outcome: ok_for(Step::Reserve),
+        },
+        Event::Reply {
+            step: Step::CalculateTax,
+            attempt: 7,
+            outcome: ok_for(Step::CalculateTax),
+        },
     ] {
         let t = handle(&after, event, &policy());
         assert_eq!(t.saga, after);
@@ -150,8 +247,17 @@ fn a_refusing_compensation_parks_the_saga() {
     for step in [Step::Reserve, Step::CalculateTax] {
         saga = handle(&saga, reply(&saga, ok_for(step)), &policy()).saga;
     }
-    saga = handle(&saga, reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "")), &policy()).saga;
-    let t = handle(&saga, reply(&saga, Outcome::rejected("weird", "")), &policy());
+    saga = handle(
+        &saga,
+        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "")),
+        &policy(),
+    )
+    .saga;
+    let t = handle(
+        &saga,
+        reply(&saga, Outcome::rejected("weird", "")),
+        &policy(),
+    );
     assert_eq!(t.saga.status, SagaStatus::Suspended);
     assert_eq!(t.saga.compensations, vec![Step::Release]);
 }

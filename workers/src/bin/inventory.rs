@@ -1,0 +1,97 @@
+//! The inventory worker: serves reserve and release commands, and loads or
+//! dumps the catalogue for operators.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use saga_shared::config::ServiceConfig;
+use workers::inventory::{catalogue, Inventory, MIGRATOR};
+use workers::{cli, WorkerError};
+
+#[derive(Parser)]
+#[command(
+    name = "inventory",
+    version,
+    about = "Inventory worker of the checkout saga: reserves and releases stock",
+    long_about = "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
+        With no subcommand it serves: it consumes inventory commands from RabbitMQ \
+        until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, \
+        PREFETCH, DATABASE_POOL_SIZE, RUST_LOG. The operator subcommands need only \
+        DATABASE_URL."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Action>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Serve inventory commands until SIGTERM or ctrl-c (the default)
+    Serve,
+    /// Load a catalogue from CSV: sku,name,on_hand,unit_price_cents,currency,tax_category
+    #[command(long_about = "Load a catalogue from a CSV file with the header\n\
+        sku,name,on_hand,unit_price_cents,currency,tax_category\n\n\
+        Every row is checked first; if any is bad, nothing is imported and each \
+        problem is reported with its line (exit code 2). New SKUs start with all \
+        their stock available. An existing SKU takes the file's name, price, currency \
+        and category, and its on hand becomes the file's, keeping what active \
+        reservations hold (an on hand below that is refused).")]
+    Import {
+        /// The CSV file to load
+        file: PathBuf,
+    },
+    /// Print the catalogue as CSV, sorted by SKU: sku,name,on_hand,available,unit_price_cents,currency,tax_category
+    Export,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    // Operator commands log only warnings, e.g. a database still starting.
+    let filter = match args.command {
+        None | Some(Action::Serve) => "info,sqlx=warn",
+        Some(_) => "warn",
+    };
+    saga_shared::telemetry::init(filter);
+    match args.command.unwrap_or(Action::Serve) {
+        Action::Serve => {
+            let config = match ServiceConfig::from_env() {
+                Ok(config) => config,
+                Err(e) => return cli::config_error(e),
+            };
+            cli::exit_code(cli::serve(config, &MIGRATOR, |_pool| Inventory).await)
+        }
+        Action::Import { file } => {
+            let url = match cli::database_url_from_env() {
+                Ok(url) => url,
+                Err(e) => return cli::config_error(e),
+            };
+            cli::exit_code(import(&url, &file).await)
+        }
+        Action::Export => {
+            let url = match cli::database_url_from_env() {
+                Ok(url) => url,
+                Err(e) => return cli::config_error(e),
+            };
+            cli::exit_code(export(&url).await)
+        }
+    }
+}
+
+async fn import(url: &str, file: &Path) -> Result<(), WorkerError> {
+    let input = std::fs::File::open(file)
+        .map_err(|e| WorkerError::Input(format!("{}: cannot open: {e}", file.display())))?;
+    let pool = cli::connect_for_command(url, &MIGRATOR).await?;
+    let summary = catalogue::import(&pool, &file.display().to_string(), input).await;
+    pool.close().await;
+    println!("{}", summary?);
+    Ok(())
+}
+
+async fn export(url: &str) -> Result<(), WorkerError> {
+    let pool = cli::connect_for_command(url, &MIGRATOR).await?;
+    let csv = catalogue::export(&pool).await;
+    pool.close().await;
+    cli::write_stdout(&csv?)
+}

@@ -1,0 +1,81 @@
+//! The tax worker: serves tax calculations, and loads tax rates for
+//! operators.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use saga_shared::config::ServiceConfig;
+use workers::tax::{rates, Tax, MIGRATOR};
+use workers::{cli, WorkerError};
+
+#[derive(Parser)]
+#[command(
+    name = "tax",
+    version,
+    about = "Tax worker of the checkout saga: tax per line from ship-to and category",
+    long_about = "Tax worker of the checkout saga: tax per line from the ship-to country \
+        and region and the line's tax category. Rates are in basis points; each line's \
+        tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
+        With no subcommand it serves: it consumes tax commands from RabbitMQ until \
+        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH, \
+        DATABASE_POOL_SIZE, RUST_LOG. The operator subcommands need only DATABASE_URL."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Action>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Serve tax commands until SIGTERM or ctrl-c (the default)
+    Serve,
+    /// Load tax rates from CSV: country,region,category,rate_bp
+    #[command(long_about = "Load tax rates from a CSV file with the header\n\
+        country,region,category,rate_bp\n\n\
+        country is a two-letter code; an empty region is the country's default for the \
+        category; rate_bp is in basis points, 0 to 10000 (825 = 8.25%). Every row is \
+        checked first; if any is bad, nothing is imported and each problem is reported \
+        with its line (exit code 2). Existing rates take the file's value.")]
+    Import {
+        /// The CSV file to load
+        file: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    // Operator commands log only warnings, e.g. a database still starting.
+    let filter = match args.command {
+        None | Some(Action::Serve) => "info,sqlx=warn",
+        Some(_) => "warn",
+    };
+    saga_shared::telemetry::init(filter);
+    match args.command.unwrap_or(Action::Serve) {
+        Action::Serve => {
+            let config = match ServiceConfig::from_env() {
+                Ok(config) => config,
+                Err(e) => return cli::config_error(e),
+            };
+            cli::exit_code(cli::serve(config, &MIGRATOR, |_pool| Tax).await)
+        }
+        Action::Import { file } => {
+            let url = match cli::database_url_from_env() {
+                Ok(url) => url,
+                Err(e) => return cli::config_error(e),
+            };
+            cli::exit_code(import(&url, &file).await)
+        }
+    }
+}
+
+async fn import(url: &str, file: &Path) -> Result<(), WorkerError> {
+    let input = std::fs::File::open(file)
+        .map_err(|e| WorkerError::Input(format!("{}: cannot open: {e}", file.display())))?;
+    let pool = cli::connect_for_command(url, &MIGRATOR).await?;
+    let summary = rates::import(&pool, &file.display().to_string(), input).await;
+    pool.close().await;
+    println!("{}", summary?);
+    Ok(())
+}

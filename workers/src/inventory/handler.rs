@@ -1,0 +1,31 @@
+use saga_shared::messages::{reason, Command, Outcome};
+use saga_shared::{Envelope, WorkerKind};
+use sqlx::PgConnection;
+
+use super::reservation;
+use crate::runtime::Handler;
+
+/// Reserves and releases stock, keyed by saga id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inventory;
+
+impl Handler for Inventory {
+    const KIND: WorkerKind = WorkerKind::Inventory;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        command: &Envelope<Command>,
+    ) -> Result<Outcome, sqlx::Error> {
+        match &command.payload {
+            Command::Reserve(request) => reservation::reserve(conn, command.saga_id, request).await,
+            Command::Release(_) => reservation::release(conn, command.saga_id).await,
+            // The runtime dead-letters commands meant for another worker;
+            // refusing one here too beats retrying it forever.
+            other => Ok(Outcome::rejected(
+                reason::INVALID_COMMAND,
+                format!("the inventory worker does not handle `{}`", other.step()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Reservations: all or nothing, once per saga, and released at most once.
+
+use saga_shared::messages::{
+    reason, Command, LineRequest, Outcome, PricedLine, ReleaseStock, Released, ReserveStock,
+    Reserved, StepResult,
+};
+use saga_shared::testing::{eventually, TestDatabase};
+use saga_shared::Envelope;
+use sqlx::PgPool;
+use uuid::Uuid;
+use workers::inventory::{catalogue, Inventory, MIGRATOR};
+use workers::runtime::Handler;
+
+use crate::{handle, migrated, ok, rejected};
+
+const CATALOGUE: &str = "\
+sku,name,on_hand,unit_price_cents,currency,tax_category
+APPLE,Apple,10,125,USD,food
+BOOK,A book,3,1999,USD,books
+MUG,Mug,5,850,USD,general
+EURO-MUG,Euro mug,5,800,EUR,general
+";
+
+async fn stocked() -> TestDatabase {
+    let db = migrated("inventory", &MIGRATOR).await;
+    catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
+        .await
+        .expect("seed the catalogue");
+    db
+}
+
+fn reserve(lines: &[(&str, u32)]) -> Command {
+    Command::Reserve(ReserveStock {
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| LineRequest {
+                sku: (*sku).to_owned(),
+                quantity: *quantity,
+            })
+            .collect(),
+    })
+}
+
+fn release() -> Command {
+    Command::Release(ReleaseStock {})
+}
+
+async fn available(pool: &PgPool, sku: &str) -> i32 {
+    sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
+        .bind(sku)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Invariant 3: per SKU, on hand = available + held by active reservations.
+async fn assert_stock_conserved(pool: &PgPool) {
+    let broken: Vec<(String, i32, i32, i64)> = sqlx::query_as(
+        "SELECT p.sku, p.on_hand, p.available, coalesce(sum(l.quantity), 0)::int8
+         FROM products p
+         LEFT JOIN reservation_lines l ON l.sku = p.sku
+             AND l.saga_id IN (SELECT saga_id FROM reservations WHERE status = 'active')
+         GROUP BY p.sku, p.on_hand, p.available
+         HAVING p.on_hand <> p.available + coalesce(sum(l.quantity), 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        broken.is_empty(),
+        "stock not conserved (sku, on_hand, available, held): {broken:?}"
+    );
+}
+
+fn reserved(outcome: Outcome) -> Reserved {
+    match ok(outcome) {
+        StepResult::Reserved(reserved) => reserved,
+        other => panic!("expected a reservation, got {other:?}"),
+    }
+}
+
+fn released(outcome: Outcome) -> bool {
+    match ok(outcome) {
+        StepResult::Released(Released { released }) => released,
+        other => panic!("expected a release, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reserve_holds_stock_and_prices_lines_in_request_order() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+
+    let reservation = reserved(
+        handle(
+            &Inventory,
+            &db.pool,
+            saga,
+            reserve(&[("MUG", 2), ("APPLE", 4)]),
+        )
+        .await,
+    );
+
+    assert_eq!(
+        reservation,
+        Reserved {
+            currency: "USD".into(),
+            lines: vec![
+                PricedLine {
+                    sku: "MUG".into(),
+                    quantity: 2,
+                    unit_price_cents: 850,
+                    tax_category: "general".into(),
+                },
+                PricedLine {
+                    sku: "APPLE".into(),
+                    quantity: 4,
+                    unit_price_cents: 125,
+                    tax_category: "food".into(),
+                },
+            ],
+        }
+    );
+    assert_eq!(available(&db.pool, "MUG").await, 3);
+    assert_eq!(available(&db.pool, "APPLE").await, 6);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn out_of_stock_reserves_nothing_and_names_the_sku() {
+    let db = stocked().await;
+
+    let (why, detail) = rejected(
+        handle(
+            &Inventory,
+            &db.pool,
+            Uuid::new_v4(),
+            reserve(&[("APPLE", 2), ("BOOK", 4)]),
+        )
+        .await,
+    );
+
+    assert_eq!(why, reason::OUT_OF_STOCK);
+    assert!(
+        detail.contains("BOOK") && !detail.contains("APPLE"),
+        "{detail}"
+    );
+    assert_eq!(available(&db.pool, "APPLE").await, 10, "all or nothing");
+    assert_eq!(available(&db.pool, "BOOK").await, 3);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn a_sku_on_several_lines_is_checked_against_their_sum() {
+    let db = stocked().await;
+
+    let (why, _) = rejected(
+        handle(
+            &Inventory,
+            &db.pool,
+            Uuid::new_v4(),
+            reserve(&[("BOOK", 2), ("BOOK", 2)]),
+        )
+        .await,
+    );
+    assert_eq!(why, reason::OUT_OF_STOCK);
+
+    let reservation = reserved(
+        handle(
+            &Inventory,
+            &db.pool,
+            Uuid::new_v4(),
+            reserve(&[("BOOK", 2), ("MUG", 1), ("BOOK", 1)]),
+        )
+        .await,
+    );
+    let skus: Vec<&str> = reservation.lines.iter().map(|l| l.sku.as_str()).collect();
+    assert_eq!(skus, ["BOOK", "MUG", "BOOK"]);
+    assert_eq!(available(&db.pool, "BOOK").await, 0);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn unknown_sku_reserves_nothing_and_names_the_sku() {
+    let db = stocked().await;
+
+    let (why, detail) = rejected(
+        handle(
+            &Inventory,
+            &db.pool,
+            Uuid::new_v4(),
+            reserve(&[("APPLE", 1), ("GHOST", 1)]),
+        )
+        .await,
+    );
+
+    assert_eq!(why, reason::UNKNOWN_SKU);
+    assert!(detail.contains("GHOST"), "{detail}");
+    assert_eq!(available(&db.pool, "APPLE").await, 10);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn lines_in_two_currencies_are_refused() {
+    let db = stocked().await;
+
+    let (why, detail) = rejected(
+        handle(
+            &Inventory,
+            &db.pool,
+            Uuid::new_v4(),
+            reserve(&[("MUG", 1), ("EURO-MUG", 1)]),
+        )
+        .await,
+    );
+
+    assert_eq!(why, reason::CURRENCY_MISMATCH);
+    assert!(detail.contains("EUR") && detail.contains("USD"), "{detail}");
+    assert_eq!(available(&db.pool, "MUG").await, 5);
+    assert_eq!(available(&db.pool, "EURO-MUG").await, 5);
+}
+
+#[tokio::test]
+async fn empty_or_zero_quantity_reservations_are_invalid() {
+    let db = stocked().await;
+
+    let (why, _) = rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[])).await);
+    assert_eq!(why, reason::INVALID_COMMAND);
+    let (why, detail) =
+        rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[("MUG", 0)])).await);
+    assert_eq!(why, reason::INVALID_COMMAND);
+    assert!(detail.contains("MUG"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+    let first = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    // Prices change between the attempts: the reply must not.
+    sqlx::query("UPDATE products SET unit_price_cents = 1 WHERE sku = 'BOOK'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let again = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+
+    assert_eq!(again, first);
+    assert_eq!(available(&db.pool, "BOOK").await, 1);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn release_gives_stock_back_once() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+    reserved(
+        handle(
+            &Inventory,
+            &db.pool,
+            saga,
+            reserve(&[("APPLE", 3), ("MUG", 5)]),
+        )
+        .await,
+    );
+    assert_eq!(available(&db.pool, "MUG").await, 0);
+
+    assert!(released(
+        handle(&Inventory, &db.pool, saga, release()).await
+    ));
+    assert!(
+        !released(handle(&Inventory, &db.pool, saga, release()).await),
+        "second release is a no-op"
+    );
+
+    assert_eq!(available(&db.pool, "APPLE").await, 10);
+    assert_eq!(available(&db.pool, "MUG").await, 5);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+
+    assert!(
+        !released(handle(&Inventory, &db.pool, saga, release()).await),
+        "nothing was held"
+    );
+    let (why, _) = rejected(handle(&Inventory, &db.pool, saga, reserve(&[("APPLE", 1)])).await);
+
+    assert_eq!(why, reason::ALREADY_COMPENSATED);
+    assert_eq!(available(&db.pool, "APPLE").await, 10);
+    assert!(!released(
+        handle(&Inventory, &db.pool, saga, release()).await
+    ));
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn a_refused_reserve_leaves_no_reservation_to_release() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+    rejected(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 99)])).await);
+
+    assert!(!released(
+        handle(&Inventory, &db.pool, saga, release()).await
+    ));
+    assert_eq!(available(&db.pool, "BOOK").await, 3);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn concurrent_first_reserves_for_one_saga_hold_stock_once() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+    let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
+    let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
+
+    let mut tx1 = db.pool.begin().await.unwrap();
+    let outcome1 = Inventory.handle(&mut tx1, &first).await.unwrap();
+    // The second attempt waits on the first's uncommitted reservation key.
+    let pool = db.pool.clone();
+    let racer = tokio::spawn(async move {
+        let mut tx2 = pool.begin().await.unwrap();
+        let outcome = Inventory.handle(&mut tx2, &second).await.unwrap();
+        tx2.commit().await.unwrap();
+        outcome
+    });
+    let blocked = eventually_blocked(&db.pool).await;
+    assert!(blocked, "the second reserve should wait on the first");
+    tx1.commit().await.unwrap();
+    let outcome2 = racer.await.unwrap();
+
+    assert_eq!(reserved(outcome2), reserved(outcome1));
+    assert_eq!(available(&db.pool, "MUG").await, 3);
+    assert_stock_conserved(&db.pool).await;
+}
+
+/// True once some session of this database waits on a lock.
+async fn eventually_blocked(pool: &PgPool) -> bool {
+    eventually(
+        "a session waiting on a lock",
+        std::time::Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(true)
+        },
+    )
+    .await
+}

@@ -1,0 +1,63 @@
+//! The workers against the real PostgreSQL and RabbitMQ: every test gets its
+//! own database (and, over the broker, its own prefix), so tests run in
+//! parallel and leave nothing behind. `TEST_LOG=1` shows the logs.
+
+mod binaries;
+mod catalogue;
+mod inventory;
+mod payment;
+mod runtime;
+mod tax;
+
+use saga_shared::messages::{Command, Outcome, StepResult};
+use saga_shared::testing::{self, TestDatabase};
+use saga_shared::Envelope;
+use sqlx::migrate::Migrator;
+use sqlx::PgPool;
+use uuid::Uuid;
+use workers::runtime::Handler;
+
+/// A fresh database with `migrator`'s tables.
+pub async fn migrated(label: &str, migrator: &'static Migrator) -> TestDatabase {
+    testing::init_tracing();
+    let db = TestDatabase::create(label).await;
+    migrator
+        .run(&db.pool)
+        .await
+        .expect("migrate the test database");
+    db
+}
+
+/// Runs `command` for `saga_id` through `handler` in its own committed
+/// transaction, as the runtime does (a new message each time, as a retry is).
+pub async fn handle<H: Handler>(
+    handler: &H,
+    pool: &PgPool,
+    saga_id: Uuid,
+    command: Command,
+) -> Outcome {
+    let envelope = Envelope::command(saga_id, 1, command);
+    let mut tx = pool.begin().await.expect("begin");
+    let outcome = handler
+        .handle(&mut tx, &envelope)
+        .await
+        .expect("the handler reaches its database");
+    tx.commit().await.expect("commit");
+    outcome
+}
+
+/// The result of an `ok` outcome; panics with the outcome otherwise.
+pub fn ok(outcome: Outcome) -> StepResult {
+    match outcome {
+        Outcome::Ok(result) => result,
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+/// The reason and detail of a `rejected` outcome; panics otherwise.
+pub fn rejected(outcome: Outcome) -> (String, String) {
+    match outcome {
+        Outcome::Rejected { reason, detail } => (reason, detail),
+        other => panic!("expected rejected, got {other:?}"),
+    }
+}

@@ -1,0 +1,331 @@
+//! The inventory worker on the runtime, over the real RabbitMQ: duplicates
+//! get the recorded reply, poison goes to the dead-letter queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Consumer;
+use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
+use saga_shared::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
+use saga_shared::testing::{amqp_url, random_prefix, TestDatabase, TopologyGuard};
+use saga_shared::topology::REPLY_ROUTING_KEY;
+use saga_shared::{traceparent, Envelope};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use workers::inventory::{catalogue, Inventory, MIGRATOR};
+use workers::runtime::run_worker_until_stopped;
+use workers::WorkerError;
+
+use crate::migrated;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+const CATALOGUE: &str =
+    "sku,name,on_hand,unit_price_cents,currency,tax_category\nMUG,Mug,5,850,USD,general\n";
+
+/// A test-owned queue that receives a copy of every reply of the prefix.
+async fn reply_consumer(broker: &Broker) -> Consumer {
+    let channel = broker.channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            broker.topology().reply_exchange().into(),
+            REPLY_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "test-replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn next_reply(replies: &mut Consumer) -> Delivery {
+    tokio::time::timeout(PATIENCE, replies.next())
+        .await
+        .expect("a reply in time")
+        .expect("reply consumer open")
+        .expect("reply delivery")
+}
+
+async fn send(broker: &Broker, routing_key: &str, message_id: Uuid, saga_id: Uuid, body: Vec<u8>) {
+    broker
+        .publish(&Outgoing {
+            exchange: broker.topology().command_exchange(),
+            routing_key: routing_key.to_owned(),
+            body,
+            message_id,
+            saga_id,
+            message_type: routing_key.to_owned(),
+            traceparent: traceparent::for_saga(saga_id),
+        })
+        .await
+        .expect("publish confirmed");
+}
+
+/// An inventory worker consuming a private prefix, and a test-owned queue
+/// that receives a copy of every reply.
+struct Harness {
+    db: TestDatabase,
+    broker: Arc<Broker>,
+    replies: Consumer,
+    stop: CancellationToken,
+    worker: JoinHandle<Result<(), WorkerError>>,
+    // Dropped last: deletes the prefix's queues and exchanges.
+    _guard: TopologyGuard,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let db = migrated("inventory_runtime", &MIGRATOR).await;
+        catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
+            .await
+            .unwrap();
+        let guard = TopologyGuard::new(&random_prefix());
+        let stop = CancellationToken::new();
+        let broker = Arc::new(
+            Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
+                .await
+                .expect("connect to RabbitMQ (is it running?)"),
+        );
+        let replies = reply_consumer(&broker).await;
+        let worker = tokio::spawn(run_worker_until_stopped(
+            Inventory,
+            db.pool.clone(),
+            broker.clone(),
+            4,
+            stop.clone(),
+        ));
+        Harness {
+            db,
+            broker,
+            replies,
+            stop,
+            worker,
+            _guard: guard,
+        }
+    }
+
+    async fn publish(&self, routing_key: &str, message_id: Uuid, saga_id: Uuid, body: Vec<u8>) {
+        send(&self.broker, routing_key, message_id, saga_id, body).await;
+    }
+
+    async fn send(&self, command: &Envelope<Command>) {
+        self.publish(
+            command.step.routing_key(),
+            command.message_id,
+            command.saga_id,
+            command.encode(),
+        )
+        .await;
+    }
+
+    async fn next_reply(&mut self) -> Delivery {
+        next_reply(&mut self.replies).await
+    }
+
+    async fn available(&self, sku: &str) -> i32 {
+        sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the worker and checks that it stopped cleanly.
+    async fn stop(self) {
+        self.stop.cancel();
+        let result = tokio::time::timeout(PATIENCE, self.worker)
+            .await
+            .expect("the worker stops when asked")
+            .expect("the worker task did not panic");
+        assert!(result.is_ok(), "worker ended with {result:?}");
+        self.broker.close().await;
+    }
+}
+
+fn reserve_mugs(saga_id: Uuid, quantity: u32) -> Envelope<Command> {
+    Envelope::command(
+        saga_id,
+        1,
+        Command::Reserve(ReserveStock {
+            lines: vec![LineRequest {
+                sku: "MUG".into(),
+                quantity,
+            }],
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_command_gets_the_same_reply_and_acts_once() {
+    let mut harness = Harness::start().await;
+    let saga = Uuid::new_v4();
+    let command = reserve_mugs(saga, 2);
+
+    harness.send(&command).await;
+    harness.send(&command).await;
+    let first = harness.next_reply().await;
+    let second = harness.next_reply().await;
+
+    let (a, b) = (
+        Envelope::<Outcome>::decode(&first.data).expect("a reply envelope"),
+        Envelope::<Outcome>::decode(&second.data).expect("a reply envelope"),
+    );
+    assert_eq!(a, b, "same reply message id and payload");
+    assert_eq!(
+        first.properties.message_id(),
+        second.properties.message_id()
+    );
+    assert_eq!(
+        first
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(a.message_id.to_string())
+    );
+    assert_eq!(a.saga_id, saga);
+    assert_eq!(a.step, Step::Reserve);
+    assert!(
+        matches!(a.payload, Outcome::Ok(StepResult::Reserved(_))),
+        "{:?}",
+        a.payload
+    );
+    assert_eq!(harness.available("MUG").await, 3, "stock taken once");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
+    let mut harness = Harness::start().await;
+    let mut dead_letters = harness
+        .broker
+        .consume(
+            &harness.broker.topology().dead_letter_queue(),
+            "test-dead-letters",
+            1,
+        )
+        .await
+        .unwrap();
+
+    let poison_id = Uuid::new_v4();
+    harness
+        .publish(
+            Step::Reserve.routing_key(),
+            poison_id,
+            Uuid::new_v4(),
+            b"not json".to_vec(),
+        )
+        .await;
+    let command = reserve_mugs(Uuid::new_v4(), 1);
+    harness.send(&command).await;
+
+    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("dead-letter consumer open")
+        .expect("dead-letter delivery");
+    dead.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(dead.data, b"not json");
+    let error = header(&dead, ERROR_HEADER).expect("an x-error header");
+    assert!(error.contains("not a JSON envelope"), "{error}");
+    assert_eq!(
+        dead.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(poison_id.to_string())
+    );
+
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, command.saga_id);
+    assert!(
+        matches!(reply.payload, Outcome::Ok(_)),
+        "{:?}",
+        reply.payload
+    );
+    assert_eq!(harness.available("MUG").await, 4);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
+    let db = migrated("inventory_serve", &MIGRATOR).await;
+    catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
+        .await
+        .unwrap();
+    let guard = TopologyGuard::new(&random_prefix());
+    let stop = CancellationToken::new();
+    let broker = Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
+        .await
+        .expect("connect to RabbitMQ (is it running?)");
+    let mut replies = reply_consumer(&broker).await;
+    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_inventory"))
+        .env("DATABASE_URL", &db.url)
+        .env("AMQP_URL", amqp_url())
+        .env("AMQP_PREFIX", guard.topology.prefix())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the inventory binary");
+
+    let command = reserve_mugs(Uuid::new_v4(), 2);
+    send(
+        &broker,
+        command.step.routing_key(),
+        command.message_id,
+        command.saga_id,
+        command.encode(),
+    )
+    .await;
+    let reply = Envelope::<Outcome>::decode(&next_reply(&mut replies).await.data).unwrap();
+    assert_eq!(reply.saga_id, command.saga_id);
+    assert!(
+        matches!(reply.payload, Outcome::Ok(_)),
+        "{:?}",
+        reply.payload
+    );
+
+    let pid = service.id().expect("the service is running").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(signalled.success());
+    let status = tokio::time::timeout(PATIENCE, service.wait())
+        .await
+        .expect("the service stops on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    broker.close().await;
+}

@@ -1,0 +1,245 @@
+//! Tax per line, rounded half up, with the country default as fallback.
+
+use saga_shared::messages::{
+    reason, CalculateTax, Command, LineTax, PricedLine, ShipTo, StepResult, TaxCalculated,
+};
+use saga_shared::testing::TestDatabase;
+use uuid::Uuid;
+use workers::tax::{rates, Tax, MIGRATOR};
+use workers::WorkerError;
+
+use crate::{handle, migrated, ok, rejected};
+
+const RATES: &str = "\
+country,region,category,rate_bp
+US,,general,500
+US,CA,general,725
+us,ca,food,0
+DE,,general,1900
+";
+
+async fn with_rates() -> TestDatabase {
+    let db = migrated("tax", &MIGRATOR).await;
+    rates::import(&db.pool, "rates.csv", RATES.as_bytes())
+        .await
+        .expect("seed the rates");
+    db
+}
+
+fn line(sku: &str, quantity: u32, unit_price_cents: i64, category: &str) -> PricedLine {
+    PricedLine {
+        sku: sku.into(),
+        quantity,
+        unit_price_cents,
+        tax_category: category.into(),
+    }
+}
+
+fn calculate(country: &str, region: &str, lines: Vec<PricedLine>) -> Command {
+    Command::CalculateTax(CalculateTax {
+        ship_to: ShipTo {
+            country: country.into(),
+            region: region.into(),
+        },
+        currency: "USD".into(),
+        lines,
+    })
+}
+
+fn taxed(result: StepResult) -> TaxCalculated {
+    match result {
+        StepResult::TaxCalculated(taxed) => taxed,
+        other => panic!("expected tax, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tax_is_rounded_half_up_per_line_with_the_region_rate() {
+    let db = with_rates().await;
+    let lines = vec![
+        // 1000 * 7.25% = 72.5 -> 73
+        line("A", 1, 1000, "general"),
+        // 3 * 333 = 999 * 7.25% = 72.4275 -> 72
+        line("B", 3, 333, "general"),
+        line("C", 2, 500, "food"),
+        line("D", 1, 1000, "general"),
+    ];
+
+    let taxed = taxed(ok(handle(
+        &Tax,
+        &db.pool,
+        Uuid::new_v4(),
+        calculate("US", "CA", lines),
+    )
+    .await));
+
+    assert_eq!(
+        taxed,
+        TaxCalculated {
+            lines: vec![
+                LineTax {
+                    sku: "A".into(),
+                    rate_bp: 725,
+                    tax_cents: 73
+                },
+                LineTax {
+                    sku: "B".into(),
+                    rate_bp: 725,
+                    tax_cents: 72
+                },
+                LineTax {
+                    sku: "C".into(),
+                    rate_bp: 0,
+                    tax_cents: 0
+                },
+                LineTax {
+                    sku: "D".into(),
+                    rate_bp: 725,
+                    tax_cents: 73
+                },
+            ],
+            // Per line; on the 2999 taxed subtotal it would be 217.
+            tax_cents: 218,
+        }
+    );
+}
+
+#[tokio::test]
+async fn rounding_is_per_line_not_on_the_total() {
+    let db = with_rates().await;
+    // 10 cents at 5% is 0.5 -> 1 per line; on the 30-cent total it would be 1.5 -> 2.
+    let lines = vec![
+        line("A", 1, 10, "general"),
+        line("B", 1, 10, "general"),
+        line("C", 1, 10, "general"),
+    ];
+
+    let taxed = taxed(ok(handle(
+        &Tax,
+        &db.pool,
+        Uuid::new_v4(),
+        calculate("US", "", lines),
+    )
+    .await));
+
+    assert_eq!(taxed.tax_cents, 3);
+    assert!(taxed
+        .lines
+        .iter()
+        .all(|l| l.rate_bp == 500 && l.tax_cents == 1));
+}
+
+#[tokio::test]
+async fn an_unknown_region_falls_back_to_the_country_default_case_insensitively() {
+    let db = with_rates().await;
+
+    let taxed = taxed(ok(handle(
+        &Tax,
+        &db.pool,
+        Uuid::new_v4(),
+        calculate("us", "ny", vec![line("A", 1, 2000, "general")]),
+    )
+    .await));
+    assert_eq!(taxed.lines[0].rate_bp, 500);
+    assert_eq!(taxed.tax_cents, 100);
+
+    let taxed = taxed_in(&db, "Us", "cA").await;
+    assert_eq!(
+        taxed.lines[0].rate_bp, 725,
+        "region rates win over the default"
+    );
+}
+
+async fn taxed_in(db: &TestDatabase, country: &str, region: &str) -> TaxCalculated {
+    taxed(ok(handle(
+        &Tax,
+        &db.pool,
+        Uuid::new_v4(),
+        calculate(country, region, vec![line("A", 1, 2000, "general")]),
+    )
+    .await))
+}
+
+#[tokio::test]
+async fn no_rate_is_refused_naming_country_region_and_category() {
+    let db = with_rates().await;
+
+    let (why, detail) = rejected(
+        handle(
+            &Tax,
+            &db.pool,
+            Uuid::new_v4(),
+            calculate(
+                "US",
+                "NY",
+                vec![line("A", 1, 100, "general"), line("B", 1, 100, "food")],
+            ),
+        )
+        .await,
+    );
+    assert_eq!(why, reason::NO_TAX_RATE);
+    assert!(
+        detail.contains("US-NY") && detail.contains("food") && !detail.contains("general"),
+        "{detail}"
+    );
+
+    let (why, detail) = rejected(
+        handle(
+            &Tax,
+            &db.pool,
+            Uuid::new_v4(),
+            calculate("FR", "", vec![line("A", 1, 100, "general")]),
+        )
+        .await,
+    );
+    assert_eq!(why, reason::NO_TAX_RATE);
+    assert!(
+        detail.contains("FR") && detail.contains("general"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn rate_import_upserts_and_refuses_bad_rows() {
+    let db = with_rates().await;
+
+    let summary = rates::import(
+        &db.pool,
+        "more.csv",
+        "country,region,category,rate_bp\nUS,CA,general,800\nFR,,general,2000\n".as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.to_string(),
+        "imported 2 tax rates (1 new, 1 updated)"
+    );
+    assert_eq!(taxed_in(&db, "US", "CA").await.lines[0].rate_bp, 800);
+
+    let bad = "country,region,category,rate_bp\n\
+               USA,,general,100\n\
+               US,,,100\n\
+               US,,general,10001\n\
+               US,,general,x\n\
+               DE,,books,700\n\
+               de,,books,700\n";
+    let error = match rates::import(&db.pool, "bad.csv", bad.as_bytes()).await {
+        Err(WorkerError::Input(message)) => message,
+        other => panic!("expected an input error, got {other:?}"),
+    };
+    for expected in [
+        "bad.csv: line 2, country",
+        "line 3, category: is empty",
+        "line 4, rate_bp: 10001 is outside",
+        "line 5, rate_bp: `x`",
+        "line 7, country/region/category: DE `books` is already on line 6",
+        "nothing imported",
+    ] {
+        assert!(error.contains(expected), "missing `{expected}` in: {error}");
+    }
+    let books: i64 = sqlx::query_scalar("SELECT count(*) FROM tax_rates WHERE category = 'books'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(books, 0, "nothing imported");
+}
