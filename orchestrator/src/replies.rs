@@ -70,7 +70,7 @@ async fn process(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match store.apply_reply(&reply).await {
-            Ok(Applied::Advanced(_)) => break,
+            Ok(Applied::Advanced) => break,
             Ok(Applied::UnknownSaga) => {
                 let reason = format!("reply for unknown saga {}", reply.saga_id);
                 return dead_letter(broker, &delivery, &reason).await;

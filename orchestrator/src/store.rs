@@ -39,7 +39,7 @@ pub enum Created {
 }
 
 pub enum Applied {
-    Advanced(Saga),
+    Advanced,
     UnknownSaga,
 }
 
@@ -55,6 +55,13 @@ struct Row {
     state: serde_json::Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyedRow {
+    request_hash: String,
+    #[sqlx(flatten)]
+    row: Row,
 }
 
 impl Row {
@@ -110,34 +117,18 @@ impl Store {
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            let (hash, row): (String, Row) = {
-                let found: Option<(
-                    String,
-                    Uuid,
-                    serde_json::Value,
-                    DateTime<Utc>,
-                    DateTime<Utc>,
-                )> = sqlx::query_as(
-                    "SELECT request_hash, id, state, created_at, updated_at
-                         FROM sagas WHERE idempotency_key = $1",
-                )
-                .bind(idempotency_key)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some((hash, id, state, created_at, updated_at)) = found else {
-                    // Conflicted on the key yet gone: cannot happen, sagas are never deleted.
-                    return Err(StoreError::Database(sqlx::Error::RowNotFound));
-                };
-                (
-                    hash,
-                    Row {
-                        id,
-                        state,
-                        created_at,
-                        updated_at,
-                    },
-                )
-            };
+            let existing: Option<KeyedRow> = sqlx::query_as(
+                "SELECT request_hash, id, state, created_at, updated_at
+                 FROM sagas WHERE idempotency_key = $1",
+            )
+            .bind(idempotency_key)
+            .fetch_optional(&self.pool)
+            .await?;
+            // Conflicted on the key yet gone cannot happen: sagas are never deleted.
+            let KeyedRow {
+                request_hash: hash,
+                row,
+            } = existing.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
             return Ok(if hash == request_hash {
                 Created::Existing(row.into_record()?)
             } else {
@@ -181,7 +172,7 @@ impl Store {
         let transition = saga::handle(&saga, event, &self.policy);
         record_transition(&mut tx, &transition, &self.policy, Some(&saga)).await?;
         tx.commit().await?;
-        Ok(Applied::Advanced(transition.saga))
+        Ok(Applied::Advanced)
     }
 }
 
