@@ -85,7 +85,6 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
 
     tasks.spawn(run_listener_until_stopped(
         pool.clone(),
-        relay.clone(),
         finished.clone(),
         stop.clone(),
     ));

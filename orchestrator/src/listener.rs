@@ -1,18 +1,16 @@
-//! Turns PostgreSQL notifications into in-process wake-ups: new outbox rows
-//! wake the relay, finished sagas wake long-polling requests. Another
-//! orchestrator's commits arrive here too.
+//! Turns PostgreSQL notifications of finished sagas into in-process
+//! wake-ups of long-polling requests, whichever instance committed them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use saga_shared::broker::Backoff;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::{FINAL_CHANNEL, OUTBOX_CHANNEL};
+use crate::store::FINAL_CHANNEL;
 
 /// Sent to long-polls when notifications may have been missed (the
 /// listener reconnected): every waiter re-reads its saga.
@@ -20,7 +18,6 @@ pub const RECHECK_ALL: Uuid = Uuid::nil();
 
 pub async fn run_listener_until_stopped(
     pool: PgPool,
-    relay: Arc<Notify>,
     finished: broadcast::Sender<Uuid>,
     stop: CancellationToken,
 ) {
@@ -28,15 +25,12 @@ pub async fn run_listener_until_stopped(
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen_all([OUTBOX_CHANNEL, FINAL_CHANNEL]).await?;
+            listener.listen(FINAL_CHANNEL).await?;
             // Anything committed while we were not listening.
-            relay.notify_one();
             let _ = finished.send(RECHECK_ALL);
             loop {
                 let n = listener.recv().await?;
-                if n.channel() == OUTBOX_CHANNEL {
-                    relay.notify_one();
-                } else if let Ok(id) = n.payload().parse::<Uuid>() {
+                if let Ok(id) = n.payload().parse::<Uuid>() {
                     let _ = finished.send(id);
                 }
             }

@@ -1,7 +1,8 @@
 //! The outbox relay: publishes committed commands with confirms, then
-//! deletes them. Woken right after a commit (in-process, or by NOTIFY from
-//! another instance); the timed wake-up is only a fallback and the timer
-//! for delayed retries.
+//! deletes them. The instance that commits a transition wakes its own relay
+//! right after the commit; the timed wake-up is the timer of delayed
+//! retries and the fallback that picks up rows an instance that died left
+//! behind (any instance's relay publishes any due row).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,6 @@ const FALLBACK_POLL: Duration = Duration::from_secs(2);
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
-    id: i64,
     message_id: Uuid,
     saga_id: Uuid,
     routing_key: String,
@@ -72,10 +72,13 @@ enum RelayError {
 #[tracing::instrument(skip_all, fields(published))]
 async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
+    // Claim by deleting: the rows come back if publishing fails and the
+    // transaction rolls back.
     let rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT id, message_id, saga_id, routing_key, message_type, body, traceparent
-         FROM outbox WHERE not_before <= now()
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox WHERE not_before <= now()
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING message_id, saga_id, routing_key, message_type, body, traceparent",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -97,14 +100,9 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
         })
         .collect();
     broker.publish_all(&messages).await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
-    tracing::Span::current().record("published", ids.len());
-    Ok(ids.len())
+    tracing::Span::current().record("published", rows.len());
+    Ok(rows.len())
 }
 
 /// How long until the next delayed row is due (capped by the fallback poll).

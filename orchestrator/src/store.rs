@@ -4,13 +4,11 @@
 use chrono::{DateTime, Utc};
 use saga_shared::messages::Outcome;
 use saga_shared::{traceparent, Envelope};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::saga::{self, Effect, Event, RetryPolicy, Saga, Transition};
 
-/// Channel the relay listens on: new outbox rows.
-pub const OUTBOX_CHANNEL: &str = "outbox";
 /// Channel long-polls listen on: a saga reached a final status.
 pub const FINAL_CHANNEL: &str = "saga_final";
 
@@ -86,7 +84,8 @@ impl Store {
     }
 
     /// Creates a checkout's saga with its first command, or finds the one
-    /// an earlier request with the same idempotency key created.
+    /// an earlier request with the same idempotency key created. One
+    /// statement: saga, timeline and outbox rows commit together.
     #[tracing::instrument(skip_all, fields(saga_id))]
     pub async fn create(
         &self,
@@ -97,47 +96,51 @@ impl Store {
         let id = Uuid::now_v7();
         tracing::Span::current().record("saga_id", tracing::field::display(id));
         let transition = saga::start(id, request);
-        let mut tx = self.pool.begin().await?;
+        let rows = TransitionRows::new(&transition, &self.policy);
         // With a key, a concurrent twin blocks on the unique index until we
         // commit, then finds our row: one key, one checkout.
-        let row: Option<Row> = sqlx::query_as(
-            "INSERT INTO sagas (id, status, current_step, attempt, state, idempotency_key, request_hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id, state, created_at, updated_at",
-        )
-        .bind(id)
-        .bind(transition.saga.status.as_str())
-        .bind(transition.saga.current.map(|s| s.routing_key()))
-        .bind(transition.saga.attempt as i32)
-        .bind(serde_json::to_value(&transition.saga).expect("saga serializes"))
-        .bind(idempotency_key)
-        .bind(request_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            let existing: Option<KeyedRow> = sqlx::query_as(
-                "SELECT request_hash, id, state, created_at, updated_at
-                 FROM sagas WHERE idempotency_key = $1",
-            )
+        let query = sqlx::query_as::<_, Row>(
+            "WITH saga AS (
+                 INSERT INTO sagas (id, status, current_step, attempt, state, last_error, idempotency_key, request_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id, state, created_at, updated_at
+             ), history AS (
+                 INSERT INTO saga_events (saga_id, step, attempt, event, detail)
+                 SELECT saga.id, h.* FROM saga, unnest($9::text[], $10::int[], $11::text[], $12::text[]) AS h
+             ), outbox AS (
+                 INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
+                 SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
+                 FROM saga, unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[])
+                      AS o(m, k, t, b, tp, d)
+             )
+             SELECT * FROM saga",
+        );
+        let row = rows
+            .bind_to(query.bind(id), &transition.saga)
             .bind(idempotency_key)
-            .fetch_optional(&self.pool)
-            .await?;
-            // Conflicted on the key yet gone cannot happen: sagas are never deleted.
-            let KeyedRow {
-                request_hash: hash,
-                row,
-            } = existing.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
-            return Ok(if hash == request_hash {
-                Created::Existing(row.into_record()?)
-            } else {
-                Created::KeyReused
-            });
-        };
-        record_transition(&mut tx, &transition, &self.policy, None).await?;
-        tx.commit().await?;
-        Ok(Created::New(row.into_record()?))
+            .bind(request_hash);
+        let row = rows.bind_effects(row).fetch_optional(&self.pool).await?;
+        if let Some(row) = row {
+            return Ok(Created::New(row.into_record()?));
+        }
+        let existing: Option<KeyedRow> = sqlx::query_as(
+            "SELECT request_hash, id, state, created_at, updated_at
+             FROM sagas WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        // Conflicted on the key yet gone cannot happen: sagas are never deleted.
+        let KeyedRow {
+            request_hash: hash,
+            row,
+        } = existing.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+        Ok(if hash == request_hash {
+            Created::Existing(row.into_record()?)
+        } else {
+            Created::KeyReused
+        })
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
@@ -149,112 +152,154 @@ impl Store {
         row.map(Row::into_record).transpose()
     }
 
-    /// Applies a worker's reply: lock the saga, run the engine, store the
-    /// new state, its timeline and its commands, in one transaction.
+    /// Applies a worker's reply: read the saga, run the engine, and write
+    /// the new state, its timeline and its commands in one statement that
+    /// succeeds only if nobody advanced the saga meanwhile (else re-read).
     #[tracing::instrument(skip_all, fields(saga_id = %reply.saga_id, step = %reply.step, attempt = reply.attempt))]
     pub async fn apply_reply(&self, reply: &Envelope<Outcome>) -> Result<Applied, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT id, state, created_at, updated_at FROM sagas WHERE id = $1 FOR UPDATE",
-        )
-        .bind(reply.saga_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(Applied::UnknownSaga);
-        };
-        let saga = row.into_record()?.saga;
-        let event = Event::Reply {
-            step: reply.step,
-            attempt: reply.attempt,
-            outcome: reply.payload.clone(),
-        };
-        let transition = saga::handle(&saga, event, &self.policy);
-        record_transition(&mut tx, &transition, &self.policy, Some(&saga)).await?;
-        tx.commit().await?;
-        Ok(Applied::Advanced)
+        loop {
+            let current: Option<(i64, serde_json::Value)> =
+                sqlx::query_as("SELECT version, state FROM sagas WHERE id = $1")
+                    .bind(reply.saga_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let Some((version, state)) = current else {
+                return Ok(Applied::UnknownSaga);
+            };
+            let saga: Saga =
+                serde_json::from_value(state).map_err(|e| StoreError::Corrupt(reply.saga_id, e))?;
+            let event = Event::Reply {
+                step: reply.step,
+                attempt: reply.attempt,
+                outcome: reply.payload.clone(),
+            };
+            let transition = saga::handle(&saga, event, &self.policy);
+            let finished = transition.saga.status.is_final() && !saga.status.is_final();
+            let rows = TransitionRows::new(&transition, &self.policy);
+            let query = sqlx::query_as::<_, (i32,)>(
+                "WITH saga AS (
+                     UPDATE sagas SET status = $2, current_step = $3, attempt = $4, state = $5,
+                                      last_error = $6, version = version + 1, updated_at = now()
+                     WHERE id = $1 AND version = $7
+                     RETURNING id
+                 ), history AS (
+                     INSERT INTO saga_events (saga_id, step, attempt, event, detail)
+                     SELECT saga.id, h.* FROM saga, unnest($9::text[], $10::int[], $11::text[], $12::text[]) AS h
+                 ), outbox AS (
+                     INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
+                     SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
+                     FROM saga, unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[])
+                          AS o(m, k, t, b, tp, d)
+                 )
+                 -- Long-polls on every instance learn of a final status on commit.
+                 SELECT 1, CASE WHEN $8 THEN pg_notify($19, $1::text) END FROM saga",
+            );
+            let query = rows
+                .bind_to(query.bind(reply.saga_id), &transition.saga)
+                .bind(version)
+                .bind(finished);
+            let written = rows
+                .bind_effects(query)
+                .bind(FINAL_CHANNEL)
+                .fetch_optional(&self.pool)
+                .await?;
+            if written.is_some() {
+                return Ok(Applied::Advanced);
+            }
+            tracing::debug!("saga advanced concurrently; re-reading");
+        }
     }
 }
 
-/// Writes a transition in one statement: the saga row (unless unchanged),
-/// its timeline entries, its outbox rows, and the notifications that wake
-/// the relays and the long-polls once the transaction commits.
-async fn record_transition(
-    conn: &mut PgConnection,
-    t: &Transition,
-    policy: &RetryPolicy,
-    before: Option<&Saga>,
-) -> Result<(), sqlx::Error> {
-    let saga = &t.saga;
-    let changed = before != Some(saga);
-    let (mut h_step, mut h_attempt, mut h_event, mut h_detail) = (vec![], vec![], vec![], vec![]);
-    for entry in &t.history {
-        h_step.push(entry.step.map(|s| s.routing_key().to_owned()));
-        h_attempt.push(entry.attempt as i32);
-        h_event.push(entry.event.clone());
-        h_detail.push(entry.detail.clone());
-    }
-    let (mut o_id, mut o_key, mut o_type, mut o_body, mut o_trace, mut o_delay_ms) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for Effect::Send {
-        command,
-        attempt,
-        retry,
-    } in &t.effects
-    {
-        let envelope = Envelope::command(saga.id, *attempt, command.clone());
-        let delay = if *retry == 0 {
-            std::time::Duration::ZERO
-        } else {
-            policy.delay(*retry, rand::random::<f64>())
+/// A transition as the array parameters of one statement.
+struct TransitionRows {
+    h_step: Vec<Option<String>>,
+    h_attempt: Vec<i32>,
+    h_event: Vec<String>,
+    h_detail: Vec<Option<String>>,
+    o_id: Vec<Uuid>,
+    o_key: Vec<String>,
+    o_type: Vec<String>,
+    o_body: Vec<String>,
+    o_trace: Vec<String>,
+    o_delay_ms: Vec<i64>,
+}
+
+type PgArgs = sqlx::postgres::PgArguments;
+
+impl TransitionRows {
+    fn new(t: &Transition, policy: &RetryPolicy) -> Self {
+        let mut rows = TransitionRows {
+            h_step: vec![],
+            h_attempt: vec![],
+            h_event: vec![],
+            h_detail: vec![],
+            o_id: vec![],
+            o_key: vec![],
+            o_type: vec![],
+            o_body: vec![],
+            o_trace: vec![],
+            o_delay_ms: vec![],
         };
-        o_id.push(envelope.message_id);
-        o_key.push(envelope.step.routing_key().to_owned());
-        o_type.push(envelope.message_type.clone());
-        o_body.push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
-        o_trace.push(traceparent::for_saga(saga.id));
-        o_delay_ms.push(delay.as_millis() as i64);
+        for entry in &t.history {
+            rows.h_step
+                .push(entry.step.map(|s| s.routing_key().to_owned()));
+            rows.h_attempt.push(entry.attempt as i32);
+            rows.h_event.push(entry.event.clone());
+            rows.h_detail.push(entry.detail.clone());
+        }
+        for Effect::Send {
+            command,
+            attempt,
+            retry,
+        } in &t.effects
+        {
+            let envelope = Envelope::command(t.saga.id, *attempt, command.clone());
+            let delay = if *retry == 0 {
+                std::time::Duration::ZERO
+            } else {
+                policy.delay(*retry, rand::random::<f64>())
+            };
+            rows.o_id.push(envelope.message_id);
+            rows.o_key.push(envelope.step.routing_key().to_owned());
+            rows.o_type.push(envelope.message_type.clone());
+            rows.o_body
+                .push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
+            rows.o_trace.push(traceparent::for_saga(t.saga.id));
+            rows.o_delay_ms.push(delay.as_millis() as i64);
+        }
+        rows
     }
-    let is_final = saga.status.is_final() && before.is_none_or(|b| !b.status.is_final());
-    sqlx::query(
-        "WITH saga AS (
-             UPDATE sagas SET status = $2, current_step = $3, attempt = $4, state = $5,
-                              last_error = $6, updated_at = now()
-             WHERE id = $1 AND $7
-         ), history AS (
-             INSERT INTO saga_events (saga_id, step, attempt, event, detail)
-             SELECT $1, * FROM unnest($8::text[], $9::int[], $10::text[], $11::text[])
-         ), outbox AS (
-             INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
-             SELECT m, $1, k, t, b, tp, now() + d * interval '1 millisecond'
-             FROM unnest($12::uuid[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[])
-                  AS o(m, k, t, b, tp, d)
-         )
-         SELECT
-             CASE WHEN cardinality($12::uuid[]) > 0 THEN pg_notify($18, '') END,
-             CASE WHEN $19 THEN pg_notify($20, $1::text) END",
-    )
-    .bind(saga.id)
-    .bind(saga.status.as_str())
-    .bind(saga.current.map(|s| s.routing_key()))
-    .bind(saga.attempt as i32)
-    .bind(serde_json::to_value(saga).expect("saga serializes"))
-    .bind(saga.last_error.as_deref())
-    .bind(changed && before.is_some())
-    .bind(h_step)
-    .bind(h_attempt)
-    .bind(h_event)
-    .bind(h_detail)
-    .bind(o_id)
-    .bind(o_key)
-    .bind(o_type)
-    .bind(o_body)
-    .bind(o_trace)
-    .bind(o_delay_ms)
-    .bind(OUTBOX_CHANNEL)
-    .bind(is_final)
-    .bind(FINAL_CHANNEL)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+
+    /// Binds $2..$6: the saga's queryable columns and its state.
+    fn bind_to<'q, O>(
+        &self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs>,
+        saga: &Saga,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs> {
+        query
+            .bind(saga.status.as_str())
+            .bind(saga.current.map(|s| s.routing_key()))
+            .bind(saga.attempt as i32)
+            .bind(serde_json::to_value(saga).expect("saga serializes"))
+            .bind(saga.last_error.clone())
+    }
+
+    /// Binds $9..$18: timeline entries and outbox rows.
+    fn bind_effects<'q, O>(
+        self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs> {
+        query
+            .bind(self.h_step)
+            .bind(self.h_attempt)
+            .bind(self.h_event)
+            .bind(self.h_detail)
+            .bind(self.o_id)
+            .bind(self.o_key)
+            .bind(self.o_type)
+            .bind(self.o_body)
+            .bind(self.o_trace)
+            .bind(self.o_delay_ms)
+    }
 }

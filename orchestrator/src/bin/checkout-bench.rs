@@ -26,9 +26,12 @@ struct Args {
     /// Checkouts in flight at once (1 = sequential).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
-    /// SKUs to buy, one unit each (they must exist with enough stock).
+    /// SKUs to choose from (they must exist with enough stock).
     #[arg(long, value_delimiter = ',', default_value = "SKU-TSHIRT,SKU-BOOK")]
     skus: Vec<String>,
+    /// Lines per checkout, each a different SKU picked at random from `--skus`.
+    #[arg(long, default_value_t = 2)]
+    lines: usize,
     #[arg(long, default_value = "US")]
     country: String,
     #[arg(long, default_value = "CA")]
@@ -44,7 +47,10 @@ async fn one(
 ) -> Result<(Duration, String), String> {
     let body = json!({
         "customer_id": format!("bench-{n}"),
-        "items": args.skus.iter().map(|s| json!({"sku": s, "quantity": 1})).collect::<Vec<_>>(),
+        "items": rand::seq::index::sample(&mut rand::rng(), args.skus.len(), args.lines.min(args.skus.len()))
+            .into_iter()
+            .map(|i| json!({"sku": args.skus[i], "quantity": 1}))
+            .collect::<Vec<_>>(),
         "ship_to": {"country": args.country, "region": args.region},
         "payment_method": args.payment_method,
     });
