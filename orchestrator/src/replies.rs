@@ -1,17 +1,17 @@
 //! The reply consumer: every orchestrator instance consumes the reply
-//! queue; each reply advances its saga in one transaction, then is acked.
+//! queue; each reply advances its saga (one conditional write of state,
+//! timeline and commands), then is acked.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use saga_shared::broker::{Backoff, Broker, BrokerError};
+use saga_shared::consumer::{dead_letter, run_consumer_until_stopped};
 use saga_shared::messages::Outcome;
 use saga_shared::Envelope;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -26,34 +26,12 @@ pub async fn run_reply_consumer_until_stopped(
 ) -> Result<(), BrokerError> {
     let queue = broker.topology().reply_queue();
     let tag = format!("orchestrator-{}", Uuid::new_v4().simple());
-    let mut consumer = broker.consume(&queue, &tag, prefetch).await?;
-    let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
-    let mut in_flight = JoinSet::new();
-    let result = loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
-            _ = stop.cancelled() => break Ok(()),
-        };
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            _ = stop.cancelled() => break Ok(()),
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let (store, broker, relay, stop) =
-                    (store.clone(), broker.clone(), relay.clone(), stop.clone());
-                in_flight.spawn(async move {
-                    process(&store, &broker, &relay, delivery, &stop).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(error)) => break Err(error.into()),
-            None => break Ok(()),
-        }
-        while in_flight.try_join_next().is_some() {}
+    let handle = |delivery| {
+        let (store, broker, relay, stop) =
+            (store.clone(), broker.clone(), relay.clone(), stop.clone());
+        async move { process(&store, &broker, &relay, delivery, &stop).await }
     };
-    while in_flight.join_next().await.is_some() {}
-    result
+    run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await
 }
 
 async fn process(
@@ -92,18 +70,4 @@ async fn process(
     }
     relay.notify_one();
     let _ = delivery.ack(BasicAckOptions::default()).await;
-}
-
-async fn dead_letter(broker: &Broker, delivery: &Delivery, reason: &str) {
-    let requeue = broker.dead_letter(delivery, reason).await.is_err();
-    let _ = if requeue {
-        delivery
-            .nack(BasicNackOptions {
-                requeue: false,
-                ..Default::default()
-            })
-            .await
-    } else {
-        delivery.ack(BasicAckOptions::default()).await
-    };
 }

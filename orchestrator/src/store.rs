@@ -41,6 +41,24 @@ pub enum Applied {
     UnknownSaga,
 }
 
+/// The timeline and outbox inserts of a transition, as CTEs after a `saga`
+/// CTE that returns the saga's id: when it returns no row (a lost race, a
+/// reused idempotency key) nothing is written. Parameters $9..$18, bound by
+/// [`TransitionRows::bind_effects`].
+macro_rules! transition_writes {
+    () => {
+        "history AS (
+             INSERT INTO saga_events (saga_id, step, attempt, event, detail)
+             SELECT saga.id, h.* FROM saga, unnest($9::text[], $10::int[], $11::text[], $12::text[]) AS h
+         ), outbox AS (
+             INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
+             SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
+             FROM saga, unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[])
+                  AS o(m, k, t, b, tp, d)
+         )"
+    };
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -99,23 +117,16 @@ impl Store {
         let rows = TransitionRows::new(&transition, &self.policy);
         // With a key, a concurrent twin blocks on the unique index until we
         // commit, then finds our row: one key, one checkout.
-        let query = sqlx::query_as::<_, Row>(
+        let query = sqlx::query_as::<_, Row>(concat!(
             "WITH saga AS (
                  INSERT INTO sagas (id, status, current_step, attempt, state, last_error, idempotency_key, request_hash)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING id, state, created_at, updated_at
-             ), history AS (
-                 INSERT INTO saga_events (saga_id, step, attempt, event, detail)
-                 SELECT saga.id, h.* FROM saga, unnest($9::text[], $10::int[], $11::text[], $12::text[]) AS h
-             ), outbox AS (
-                 INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
-                 SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
-                 FROM saga, unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[])
-                      AS o(m, k, t, b, tp, d)
-             )
-             SELECT * FROM saga",
-        );
+             ), ",
+            transition_writes!(),
+            " SELECT * FROM saga"
+        ));
         let row = rows
             .bind_to(query.bind(id), &transition.saga)
             .bind(idempotency_key)
@@ -176,24 +187,17 @@ impl Store {
             let transition = saga::handle(&saga, event, &self.policy);
             let finished = transition.saga.status.is_final() && !saga.status.is_final();
             let rows = TransitionRows::new(&transition, &self.policy);
-            let query = sqlx::query_as::<_, (i32,)>(
+            let query = sqlx::query_as::<_, (i32,)>(concat!(
                 "WITH saga AS (
                      UPDATE sagas SET status = $2, current_step = $3, attempt = $4, state = $5,
                                       last_error = $6, version = version + 1, updated_at = now()
                      WHERE id = $1 AND version = $7
                      RETURNING id
-                 ), history AS (
-                     INSERT INTO saga_events (saga_id, step, attempt, event, detail)
-                     SELECT saga.id, h.* FROM saga, unnest($9::text[], $10::int[], $11::text[], $12::text[]) AS h
-                 ), outbox AS (
-                     INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
-                     SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
-                     FROM saga, unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[])
-                          AS o(m, k, t, b, tp, d)
-                 )
-                 -- Long-polls on every instance learn of a final status on commit.
-                 SELECT 1, CASE WHEN $8 THEN pg_notify($19, $1::text) END FROM saga",
-            );
+                 ), ",
+                transition_writes!(),
+                // Long-polls on every instance learn of a final status on commit.
+                " SELECT 1, CASE WHEN $8 THEN pg_notify($19, $1::text) END FROM saga"
+            ));
             let query = rows
                 .bind_to(query.bind(reply.saga_id), &transition.saga)
                 .bind(version)

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod consumer;
 pub mod database;
 pub mod envelope;
 pub mod messages;

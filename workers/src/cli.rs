@@ -134,3 +134,42 @@ pub fn config_error(error: ConfigError) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(2)
 }
+
+/// A worker binary's default action: read the configuration, serve until
+/// SIGTERM or ctrl-c, and turn the result into the exit code.
+pub async fn serve_from_env<H: Handler>(
+    migrator: &'static Migrator,
+    handler: impl FnOnce(PgPool) -> H,
+) -> ExitCode {
+    match ServiceConfig::from_env() {
+        Ok(config) => exit_code(serve(config, migrator, handler).await),
+        Err(error) => config_error(error),
+    }
+}
+
+/// Runs a one-shot operator command on the service's own database
+/// (`DATABASE_URL` alone), closing the pool afterwards.
+pub async fn with_database<F, Fut>(migrator: &'static Migrator, command: F) -> ExitCode
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = Result<(), WorkerError>>,
+{
+    let url = match database_url_from_env() {
+        Ok(url) => url,
+        Err(error) => return config_error(error),
+    };
+    let result = async {
+        let pool = connect_for_command(&url, migrator).await?;
+        let result = command(pool.clone()).await;
+        pool.close().await;
+        result
+    }
+    .await;
+    exit_code(result)
+}
+
+/// Opens an operator's input file, naming it in the error.
+pub fn open_input(file: &std::path::Path) -> Result<std::fs::File, WorkerError> {
+    std::fs::File::open(file)
+        .map_err(|e| WorkerError::Input(format!("{}: cannot open: {e}", file.display())))
+}

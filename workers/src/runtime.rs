@@ -3,20 +3,17 @@
 //! confirm, then ack.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use saga_shared::broker::{header, Backoff, Broker, BrokerError, Outgoing};
+use saga_shared::broker::{header, Backoff, Broker, Outgoing};
+use saga_shared::consumer::{dead_letter, run_consumer_until_stopped};
 use saga_shared::messages::{Command, Outcome};
 use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_shared::{traceparent, Envelope, WorkerKind};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -55,41 +52,17 @@ pub async fn run_worker_until_stopped<H: Handler>(
 ) -> Result<(), WorkerError> {
     let queue = broker.topology().command_queue(H::KIND);
     let tag = format!("{}-{}", H::KIND.as_str(), Uuid::new_v4().simple());
-    let mut consumer = broker.consume(&queue, &tag, prefetch).await?;
-    tracing::info!(%queue, prefetch, "worker consuming");
     let ctx = Arc::new(Context {
         handler,
         pool,
-        broker,
+        broker: broker.clone(),
     });
-    let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
-    let mut in_flight = JoinSet::new();
-    let result = loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
-            _ = stop.cancelled() => break Ok(()),
-        };
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            _ = stop.cancelled() => break Ok(()),
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let ctx = ctx.clone();
-                let stop = stop.clone();
-                in_flight.spawn(async move {
-                    process(&ctx, delivery, &stop).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(error)) => break Err(BrokerError::from(error).into()),
-            None => break Ok(()),
-        }
-        while in_flight.try_join_next().is_some() {}
+    let handle = |delivery| {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move { process(&ctx, delivery, &stop).await }
     };
-    while in_flight.join_next().await.is_some() {}
-    tracing::info!(%queue, "worker stopped");
-    result
+    run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await?;
+    Ok(())
 }
 
 async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &CancellationToken) {
@@ -101,9 +74,9 @@ async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &Cancel
                 command.step,
                 H::KIND.as_str()
             );
-            return dead_letter(ctx, &delivery, &reason).await;
+            return dead_letter(&ctx.broker, &delivery, &reason).await;
         }
-        Err(error) => return dead_letter(ctx, &delivery, &error.to_string()).await,
+        Err(error) => return dead_letter(&ctx.broker, &delivery, &error.to_string()).await,
     };
     let span = tracing::info_span!(
         "command",
@@ -112,21 +85,9 @@ async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &Cancel
         attempt = command.attempt,
         worker = H::KIND.as_str(),
     );
-    let acker = delivery.acker.clone();
-    let outcome = AssertUnwindSafe(answer(ctx, &delivery, &command, stop).instrument(span))
-        .catch_unwind()
-        .await;
-    if outcome.is_err() {
-        // Requeue: the quorum queue's delivery limit dead-letters a command
-        // that keeps crashing its handler.
-        tracing::error!(saga_id = %command.saga_id, step = %command.step, "handler panicked");
-        let _ = acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await;
-    }
+    answer(ctx, &delivery, &command, stop)
+        .instrument(span)
+        .await
 }
 
 async fn answer<H: Handler>(
@@ -208,23 +169,4 @@ async fn handle_once<H: Handler>(
     let body = inbox::record(&mut tx, command, &reply).await?;
     tx.commit().await?;
     Ok(body)
-}
-
-async fn dead_letter<H: Handler>(ctx: &Context<H>, delivery: &Delivery, reason: &str) {
-    match ctx.broker.dead_letter(delivery, reason).await {
-        Ok(()) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(error) => {
-            // Reject without requeue: the queue's own dead-letter exchange
-            // keeps the message, without our reason header.
-            tracing::error!(%error, "could not dead-letter with a reason; rejecting");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..Default::default()
-                })
-                .await;
-        }
-    }
 }

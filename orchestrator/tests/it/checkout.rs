@@ -156,3 +156,65 @@ async fn many_concurrent_checkouts_all_finish_and_conserve_stock() {
     assert_eq!(system.payments().await.len(), 10);
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_reply_is_dead_lettered_with_its_reason_and_checkouts_go_on() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions};
+    use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+
+    let system = System::start().await;
+    let topology = Topology::new(&system.prefix);
+    let conn = lapin::Connection::connect(&saga_shared::testing::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let unknown_saga = saga_shared::Envelope::command(
+        uuid::Uuid::new_v4(),
+        1,
+        saga_shared::messages::Command::Release(saga_shared::messages::ReleaseStock {}),
+    )
+    .reply(saga_shared::messages::Outcome::Transient { error: "x".into() })
+    .encode();
+    for body in [b"{not json".to_vec(), unknown_saga] {
+        channel
+            .basic_publish(
+                topology.reply_exchange().into(),
+                REPLY_ROUTING_KEY.into(),
+                BasicPublishOptions::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        let got = saga_shared::testing::eventually(
+            "a dead letter",
+            std::time::Duration::from_secs(10),
+            || {
+                let channel = channel.clone();
+                let queue = topology.dead_letter_queue();
+                async move {
+                    channel
+                        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                        .await
+                        .unwrap()
+                }
+            },
+        )
+        .await;
+        reasons
+            .push(saga_shared::broker::header(&got.delivery, "x-error").expect("x-error header"));
+    }
+    assert!(reasons[0].contains("not a JSON envelope"), "{reasons:?}");
+    assert!(reasons[1].contains("unknown saga"), "{reasons:?}");
+    let _ = conn.close(200, "bye".into()).await;
+    system.stop().await;
+}

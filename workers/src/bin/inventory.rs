@@ -1,13 +1,12 @@
 //! The inventory worker: serves reserve and release commands, and loads or
 //! dumps the catalogue for operators.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saga_shared::config::ServiceConfig;
+use workers::cli;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
-use workers::{cli, WorkerError};
 
 #[derive(Parser)]
 #[command(
@@ -55,43 +54,21 @@ async fn main() -> ExitCode {
     };
     saga_shared::telemetry::init(filter);
     match args.command.unwrap_or(Action::Serve) {
-        Action::Serve => {
-            let config = match ServiceConfig::from_env() {
-                Ok(config) => config,
-                Err(e) => return cli::config_error(e),
-            };
-            cli::exit_code(cli::serve(config, &MIGRATOR, |_pool| Inventory).await)
-        }
+        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Inventory).await,
         Action::Import { file } => {
-            let url = match cli::database_url_from_env() {
-                Ok(url) => url,
-                Err(e) => return cli::config_error(e),
-            };
-            cli::exit_code(import(&url, &file).await)
+            cli::with_database(&MIGRATOR, |pool| async move {
+                let input = cli::open_input(&file)?;
+                let summary = catalogue::import(&pool, &file.display().to_string(), input).await?;
+                println!("{summary}");
+                Ok(())
+            })
+            .await
         }
         Action::Export => {
-            let url = match cli::database_url_from_env() {
-                Ok(url) => url,
-                Err(e) => return cli::config_error(e),
-            };
-            cli::exit_code(export(&url).await)
+            cli::with_database(&MIGRATOR, |pool| async move {
+                cli::write_stdout(&catalogue::export(&pool).await?)
+            })
+            .await
         }
     }
-}
-
-async fn import(url: &str, file: &Path) -> Result<(), WorkerError> {
-    let input = std::fs::File::open(file)
-        .map_err(|e| WorkerError::Input(format!("{}: cannot open: {e}", file.display())))?;
-    let pool = cli::connect_for_command(url, &MIGRATOR).await?;
-    let summary = catalogue::import(&pool, &file.display().to_string(), input).await;
-    pool.close().await;
-    println!("{}", summary?);
-    Ok(())
-}
-
-async fn export(url: &str) -> Result<(), WorkerError> {
-    let pool = cli::connect_for_command(url, &MIGRATOR).await?;
-    let csv = catalogue::export(&pool).await;
-    pool.close().await;
-    cli::write_stdout(&csv?)
 }

@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use saga_shared::config::ServiceConfig;
+use workers::cli;
 use workers::payment::{outage, Payment, Simulator, MIGRATOR};
-use workers::{cli, WorkerError};
 
 #[derive(Parser)]
 #[command(
@@ -57,35 +56,18 @@ async fn main() -> ExitCode {
     };
     saga_shared::telemetry::init(filter);
     match args.command.unwrap_or(Action::Serve) {
-        Action::Serve => {
-            let config = match ServiceConfig::from_env() {
-                Ok(config) => config,
-                Err(e) => return cli::config_error(e),
-            };
-            cli::exit_code(cli::serve(config, &MIGRATOR, |_pool| Payment::new(Simulator)).await)
-        }
+        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Payment::new(Simulator)).await,
         Action::Outage { state } => {
-            let url = match cli::database_url_from_env() {
-                Ok(url) => url,
-                Err(e) => return cli::config_error(e),
-            };
-            cli::exit_code(switch_outage(&url, state).await)
+            cli::with_database(&MIGRATOR, |pool| async move {
+                let mut conn = pool.acquire().await?;
+                if let Some(state) = state {
+                    outage::set(&mut conn, matches!(state, Switch::On)).await?;
+                }
+                let on = outage::is_on(&mut conn).await?;
+                println!("payment provider outage: {}", if on { "on" } else { "off" });
+                Ok(())
+            })
+            .await
         }
     }
-}
-
-async fn switch_outage(url: &str, state: Option<Switch>) -> Result<(), WorkerError> {
-    let pool = cli::connect_for_command(url, &MIGRATOR).await?;
-    let result = async {
-        let mut conn = pool.acquire().await?;
-        if let Some(state) = state {
-            outage::set(&mut conn, matches!(state, Switch::On)).await?;
-        }
-        Ok::<bool, WorkerError>(outage::is_on(&mut conn).await?)
-    }
-    .await;
-    pool.close().await;
-    let on = result?;
-    println!("payment provider outage: {}", if on { "on" } else { "off" });
-    Ok(())
 }

@@ -1,0 +1,94 @@
+//! Consuming a queue: bounded concurrency, a handler that panics is
+//! requeued (the quorum queue's delivery limit then dead-letters a message
+//! that keeps crashing it), and on stop: stop fetching, drain, return.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError};
+
+/// Runs `handle` for each delivery of `queue`, at most `prefetch` at once,
+/// until `stop`; then lets the in-flight ones finish. `handle` owns the
+/// delivery's ack or nack.
+pub async fn run_consumer_until_stopped<F, Fut>(
+    broker: &Broker,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+    stop: &CancellationToken,
+    handle: F,
+) -> Result<(), BrokerError>
+where
+    F: Fn(Delivery) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut consumer = broker.consume(queue, consumer_tag, prefetch).await?;
+    tracing::info!(%queue, prefetch, "consuming");
+    let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
+    let mut in_flight = JoinSet::new();
+    let result = loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
+            _ = stop.cancelled() => break Ok(()),
+        };
+        let delivery = tokio::select! {
+            next = consumer.next() => next,
+            _ = stop.cancelled() => break Ok(()),
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let acker = delivery.acker.clone();
+                let message_id = delivery.properties.message_id().clone();
+                let handling = AssertUnwindSafe(handle(delivery)).catch_unwind();
+                in_flight.spawn(async move {
+                    if handling.await.is_err() {
+                        tracing::error!(?message_id, "handler panicked; message requeued");
+                        let _ = acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                    drop(permit);
+                });
+            }
+            Some(Err(error)) => break Err(error.into()),
+            None => break Ok(()),
+        }
+        while in_flight.try_join_next().is_some() {}
+    };
+    while in_flight.join_next().await.is_some() {}
+    tracing::info!(%queue, "consumer stopped");
+    result
+}
+
+/// Takes a message that can never be handled off its queue: a copy goes to
+/// the dead-letter queue with `reason` in `x-error`, then the original is
+/// acked, so the queue behind it keeps flowing.
+pub async fn dead_letter(broker: &Broker, delivery: &Delivery, reason: &str) {
+    match broker.dead_letter(delivery, reason).await {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(error) => {
+            // Reject without requeue: the queue's own dead-letter exchange
+            // keeps the message, without our reason header.
+            tracing::error!(%error, "could not dead-letter with a reason; rejecting");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
