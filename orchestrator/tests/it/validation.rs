@@ -188,11 +188,24 @@ async fn unknown_checkout_is_404_and_a_bad_wait_is_named() {
         assert_eq!(problem["status"], 404);
         assert!(problem["detail"].as_str().unwrap().contains(&id));
     }
-    let (status, created) = system
-        .post(&order(&[("BOOK", 1)], "sim_approve"), None)
-        .await;
-    assert_eq!(status, 202);
+    let response = system
+        .http
+        .post(format!("{}/v1/checkouts", system.base_url))
+        .json(&order(&[("BOOK", 1)], "sim_approve"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
     let id = created["checkout_id"].as_str().unwrap();
+    assert_eq!(created["status"], "pending");
+    assert_eq!(location, format!("/v1/checkouts/{id}"));
+    let (status, found) = system.get(&location).await;
+    assert_eq!(
+        (status, &found["checkout_id"]),
+        (200, &created["checkout_id"])
+    );
     for wait in ["31", "-1", "soon"] {
         let (status, problem) = system.get(&format!("/v1/checkouts/{id}?wait={wait}")).await;
         assert_eq!(status, 422, "{problem}");
