@@ -128,7 +128,7 @@ impl IntoResponse for ApiError {
             _ => &[],
         };
         let body = Problem {
-            kind: &format!("https://checkout-saga.dev/problems/{kind}"),
+            kind: &format!("urn:checkout-saga:problem:{kind}"),
             title,
             status: status.as_u16(),
             detail,
