@@ -173,3 +173,10 @@ pub fn open_input(file: &std::path::Path) -> Result<std::fs::File, WorkerError> 
     std::fs::File::open(file)
         .map_err(|e| WorkerError::Input(format!("{}: cannot open: {e}", file.display())))
 }
+
+/// Logging for a worker binary: the service logs at info; a one-shot
+/// operator command only warns (say, of a database still starting), so its
+/// output stays its own.
+pub fn init_logging(serving: bool) {
+    saga_shared::telemetry::init(if serving { "info,sqlx=warn" } else { "warn" });
+}

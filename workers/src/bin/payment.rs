@@ -49,12 +49,7 @@ enum Switch {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    // Operator commands log only warnings, e.g. a database still starting.
-    let filter = match args.command {
-        None | Some(Action::Serve) => "info,sqlx=warn",
-        Some(_) => "warn",
-    };
-    saga_shared::telemetry::init(filter);
+    cli::init_logging(matches!(args.command, None | Some(Action::Serve)));
     match args.command.unwrap_or(Action::Serve) {
         Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Payment::new(Simulator)).await,
         Action::Outage { state } => {
