@@ -214,6 +214,22 @@ async fn a_redelivered_command_gets_the_same_reply_and_acts_once() {
     );
     assert_eq!(a.saga_id, saga);
     assert_eq!(a.step, Step::Reserve);
+    // One checkout is one trace: the reply carries the saga's trace id, and
+    // the saga id as correlation id.
+    let trace =
+        saga_shared::broker::header(&first, traceparent::HEADER).expect("traceparent header");
+    assert_eq!(
+        traceparent::trace_id(&trace),
+        Some(saga.simple().to_string().as_str())
+    );
+    assert_eq!(
+        first
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(saga.to_string())
+    );
     assert!(
         matches!(a.payload, Outcome::Ok(StepResult::Reserved(_))),
         "{:?}",
