@@ -43,14 +43,6 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 5] = [
-        Step::Reserve,
-        Step::CalculateTax,
-        Step::Charge,
-        Step::Release,
-        Step::Refund,
-    ];
-
     pub fn routing_key(self) -> &'static str {
         match self {
             Step::Reserve => "inventory.reserve",
@@ -59,10 +51,6 @@ impl Step {
             Step::Release => "inventory.release",
             Step::Refund => "payment.refund",
         }
-    }
-
-    pub fn parse(name: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| s.routing_key() == name)
     }
 
     pub fn worker(self) -> WorkerKind {

@@ -124,7 +124,6 @@ impl IntoResponse for ApiError {
         };
         let errors: &[FieldError] = match &self {
             ApiError::Invalid(errors) => errors,
-            ApiError::MalformedJson(_) | ApiError::PayloadTooLarge(_) => &[],
             _ => &[],
         };
         let body = Problem {
