@@ -10,7 +10,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use saga_shared::broker::{header, Backoff, Broker, Outgoing};
 use saga_shared::consumer::{dead_letter, run_consumer_until_stopped};
-use saga_shared::messages::{Command, Outcome};
+use saga_shared::messages::{reason, Command, Outcome};
 use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_shared::{traceparent, Envelope, WorkerKind};
 use sqlx::{PgConnection, PgPool};
@@ -33,6 +33,20 @@ pub trait Handler: Send + Sync + 'static {
         conn: &'a mut PgConnection,
         command: &'a Envelope<Command>,
     ) -> impl Future<Output = Result<Outcome, sqlx::Error>> + Send + 'a;
+}
+
+/// A handler's answer to a command of another worker kind. The runtime
+/// dead-letters those before any handler sees them; a handler's catch-all
+/// arm refuses with this rather than leave the command to be retried.
+pub fn not_handled(kind: WorkerKind, command: &Command) -> Outcome {
+    Outcome::rejected(
+        reason::INVALID_COMMAND,
+        format!(
+            "the {} worker does not handle `{}`",
+            kind.as_str(),
+            command.step()
+        ),
+    )
 }
 
 struct Context<H> {

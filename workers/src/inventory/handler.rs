@@ -1,9 +1,9 @@
-use saga_shared::messages::{reason, Command, Outcome};
+use saga_shared::messages::{Command, Outcome};
 use saga_shared::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 
 use super::reservation;
-use crate::runtime::Handler;
+use crate::runtime::{not_handled, Handler};
 
 /// Reserves and releases stock, keyed by saga id.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,12 +20,7 @@ impl Handler for Inventory {
         match &command.payload {
             Command::Reserve(request) => reservation::reserve(conn, command.saga_id, request).await,
             Command::Release(_) => reservation::release(conn, command.saga_id).await,
-            // The runtime dead-letters commands meant for another worker;
-            // refusing one here too beats retrying it forever.
-            other => Ok(Outcome::rejected(
-                reason::INVALID_COMMAND,
-                format!("the inventory worker does not handle `{}`", other.step()),
-            )),
+            other => Ok(not_handled(Self::KIND, other)),
         }
     }
 }

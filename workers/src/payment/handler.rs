@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::outage::{self, OUTAGE_ERROR};
 use super::provider::{ChargeRequest, PaymentProvider, ProviderAnswer, RefundRequest};
 use super::simulator::Simulator;
-use crate::runtime::Handler;
+use crate::runtime::{not_handled, Handler};
 
 #[derive(Debug, Clone, Default)]
 pub struct Payment<P = Simulator> {
@@ -36,12 +36,7 @@ impl<P: PaymentProvider> Handler for Payment<P> {
         match &command.payload {
             Command::Charge(request) => self.charge(conn, command.saga_id, request).await,
             Command::Refund(_) => self.refund(conn, command.saga_id).await,
-            // The runtime dead-letters commands meant for another worker;
-            // refusing one here too beats retrying it forever.
-            other => Ok(Outcome::rejected(
-                reason::INVALID_COMMAND,
-                format!("the payment worker does not handle `{}`", other.step()),
-            )),
+            other => Ok(not_handled(Self::KIND, other)),
         }
     }
 }

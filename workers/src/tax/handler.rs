@@ -6,7 +6,7 @@ use saga_shared::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 
 use super::rates::{self, Destination};
-use crate::runtime::Handler;
+use crate::runtime::{not_handled, Handler};
 
 /// Calculates tax; it changes nothing, so a repeat gives the same answer
 /// for as long as the rates stay the same.
@@ -23,12 +23,7 @@ impl Handler for Tax {
     ) -> Result<Outcome, sqlx::Error> {
         match &command.payload {
             Command::CalculateTax(request) => calculate(conn, request).await,
-            // The runtime dead-letters commands meant for another worker;
-            // refusing one here too beats retrying it forever.
-            other => Ok(Outcome::rejected(
-                reason::INVALID_COMMAND,
-                format!("the tax worker does not handle `{}`", other.step()),
-            )),
+            other => Ok(not_handled(Self::KIND, other)),
         }
     }
 }
