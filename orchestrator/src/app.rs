@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::deadlines::run_deadlines_until_stopped;
 use crate::http::{self, AppState};
 use crate::listener::run_listener_until_stopped;
 use crate::relay::run_relay_until_stopped;
@@ -78,7 +79,10 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         error,
     })?;
 
-    let store = Store::new(pool.clone(), config.retry);
+    if config.admin_tokens.is_empty() {
+        tracing::warn!("ADMIN_TOKENS is not set: the support API and console refuse everyone");
+    }
+    let store = Store::new(pool.clone(), config.policies);
     let relay = Arc::new(Notify::new());
     let (finished, _) = broadcast::channel(1024);
     let mut tasks = JoinSet::new();
@@ -86,6 +90,11 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     tasks.spawn(run_listener_until_stopped(
         pool.clone(),
         finished.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(run_deadlines_until_stopped(
+        store.clone(),
+        relay.clone(),
         stop.clone(),
     ));
     tasks.spawn(run_relay_until_stopped(
@@ -114,6 +123,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         broker: broker.clone(),
         relay,
         finished,
+        admin_tokens: Arc::new(config.admin_tokens),
     };
     let app = http::router(state);
     let http_stop = stop.clone();

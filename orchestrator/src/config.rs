@@ -1,48 +1,191 @@
 //! The orchestrator's configuration, read and checked once at start.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use saga_shared::config::{parsed_or, ConfigError, Environment, ServiceConfig, Source};
+use saga_shared::Step;
 
-use crate::saga::RetryPolicy;
+use crate::http::auth::AdminTokens;
+use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub service: ServiceConfig,
     pub http_addr: SocketAddr,
-    pub retry: RetryPolicy,
+    pub policies: StepPolicies,
+    pub admin_tokens: AdminTokens,
+}
+
+/// The variables of one retry policy: the defaults (`STEP_*`), or one
+/// step's overrides (`STEP_PAYMENT_CHARGE_*`).
+struct PolicyVars {
+    max_attempts: &'static str,
+    backoff_base_ms: &'static str,
+    backoff_max_ms: &'static str,
+    deadline_ms: &'static str,
+    on_exhausted: &'static str,
+}
+
+macro_rules! policy_vars {
+    ($prefix:literal) => {
+        PolicyVars {
+            max_attempts: concat!($prefix, "_MAX_ATTEMPTS"),
+            backoff_base_ms: concat!($prefix, "_BACKOFF_BASE_MS"),
+            backoff_max_ms: concat!($prefix, "_BACKOFF_MAX_MS"),
+            deadline_ms: concat!($prefix, "_DEADLINE_MS"),
+            on_exhausted: concat!($prefix, "_ON_EXHAUSTED"),
+        }
+    };
+}
+
+const DEFAULT_VARS: PolicyVars = policy_vars!("STEP");
+
+fn step_vars(step: Step) -> PolicyVars {
+    match step {
+        Step::Reserve => policy_vars!("STEP_INVENTORY_RESERVE"),
+        Step::CalculateTax => policy_vars!("STEP_TAX_CALCULATE"),
+        Step::Charge => policy_vars!("STEP_PAYMENT_CHARGE"),
+        Step::Release => policy_vars!("STEP_INVENTORY_RELEASE"),
+        Step::Refund => policy_vars!("STEP_PAYMENT_REFUND"),
+    }
+}
+
+fn millis(source: &dyn Source, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(parsed_or(
+        source,
+        name,
+        default.as_millis() as u64,
+    )?))
+}
+
+/// `base` with whatever `vars` set on top.
+fn read_policy(
+    source: &dyn Source,
+    vars: &PolicyVars,
+    base: RetryPolicy,
+    compensation: bool,
+) -> Result<RetryPolicy, ConfigError> {
+    let on_exhausted = match source.get(vars.on_exhausted).as_deref().map(str::trim) {
+        None | Some("") => base.on_exhausted,
+        Some("park") => OnExhausted::Park,
+        Some("compensate") if !compensation => OnExhausted::Compensate,
+        Some("compensate") => {
+            return Err(ConfigError::Invalid {
+                name: vars.on_exhausted,
+                reason: "a compensation can only park when its attempts run out".into(),
+            })
+        }
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                name: vars.on_exhausted,
+                reason: format!("`{other}`: expected `park` or `compensate`"),
+            })
+        }
+    };
+    let policy = RetryPolicy {
+        max_attempts: parsed_or(source, vars.max_attempts, base.max_attempts)?,
+        base_delay: millis(source, vars.backoff_base_ms, base.base_delay)?,
+        max_delay: millis(source, vars.backoff_max_ms, base.max_delay)?,
+        deadline: millis(source, vars.deadline_ms, base.deadline)?,
+        on_exhausted,
+    };
+    if policy.max_attempts == 0 {
+        return Err(ConfigError::Invalid {
+            name: vars.max_attempts,
+            reason: "must be at least 1".into(),
+        });
+    }
+    if policy.deadline.is_zero() {
+        return Err(ConfigError::Invalid {
+            name: vars.deadline_ms,
+            reason: "must be at least 1 ms".into(),
+        });
+    }
+    Ok(policy)
+}
+
+/// The default policy (`STEP_*`), then each step's overrides on top.
+fn read_policies(source: &dyn Source) -> Result<StepPolicies, ConfigError> {
+    let defaults = read_policy(source, &DEFAULT_VARS, RetryPolicy::default(), false)?;
+    let mut policies = StepPolicies::uniform(RetryPolicy {
+        on_exhausted: OnExhausted::Park,
+        ..defaults
+    });
+    for step in Step::ALL {
+        let compensation = matches!(step, Step::Release | Step::Refund);
+        let base = if compensation {
+            *policies.for_step(step)
+        } else {
+            defaults
+        };
+        let policy = read_policy(source, &step_vars(step), base, compensation)?;
+        policies = policies.with(step, policy);
+    }
+    Ok(policies)
 }
 
 impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let defaults = RetryPolicy::default();
-        let retry = RetryPolicy {
-            max_attempts: parsed_or(source, "STEP_MAX_ATTEMPTS", defaults.max_attempts)?,
-            base_delay: std::time::Duration::from_millis(parsed_or(
-                source,
-                "STEP_BACKOFF_BASE_MS",
-                defaults.base_delay.as_millis() as u64,
-            )?),
-            max_delay: std::time::Duration::from_millis(parsed_or(
-                source,
-                "STEP_BACKOFF_MAX_MS",
-                defaults.max_delay.as_millis() as u64,
-            )?),
-        };
-        if retry.max_attempts == 0 {
-            return Err(ConfigError::Invalid {
-                name: "STEP_MAX_ATTEMPTS",
-                reason: "must be at least 1".into(),
-            });
-        }
         Ok(Config {
             service: ServiceConfig::from_source(source)?,
             http_addr: parsed_or(source, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            retry,
+            policies: read_policies(source)?,
+            admin_tokens: AdminTokens::from_source(source)?,
         })
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&Environment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn source(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = [
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("AMQP_URL", "amqp://localhost"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        map
+    }
+
+    #[test]
+    fn step_overrides_sit_on_top_of_the_defaults() {
+        let config = Config::from_source(&source(&[
+            ("STEP_MAX_ATTEMPTS", "7"),
+            ("STEP_DEADLINE_MS", "2000"),
+            ("STEP_PAYMENT_CHARGE_DEADLINE_MS", "30000"),
+            ("STEP_PAYMENT_CHARGE_ON_EXHAUSTED", "compensate"),
+        ]))
+        .unwrap();
+        let charge = config.policies.for_step(Step::Charge);
+        assert_eq!(charge.deadline, Duration::from_secs(30));
+        assert_eq!(charge.max_attempts, 7);
+        assert_eq!(charge.on_exhausted, OnExhausted::Compensate);
+        let reserve = config.policies.for_step(Step::Reserve);
+        assert_eq!(reserve.deadline, Duration::from_secs(2));
+        assert_eq!(reserve.on_exhausted, OnExhausted::Park);
+    }
+
+    #[test]
+    fn a_bad_policy_variable_is_named() {
+        for (name, value) in [
+            ("STEP_MAX_ATTEMPTS", "0"),
+            ("STEP_TAX_CALCULATE_DEADLINE_MS", "soon"),
+            ("STEP_PAYMENT_REFUND_ON_EXHAUSTED", "compensate"),
+            ("STEP_ON_EXHAUSTED", "retry"),
+        ] {
+            let error = Config::from_source(&source(&[(name, value)])).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 }

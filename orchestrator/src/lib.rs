@@ -1,8 +1,9 @@
 //! The saga orchestrator: HTTP API, saga engine, store, outbox relay and
-//! reply consumer.
+//! reply consumer, deadline timer and support tools.
 
 pub mod app;
 pub mod config;
+pub mod deadlines;
 pub mod http;
 pub mod listener;
 pub mod relay;

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::{Applied, Store};
+use crate::store::{Store, StoreError};
 
 pub async fn run_reply_consumer_until_stopped(
     store: Store,
@@ -48,8 +48,8 @@ async fn process(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match store.apply_reply(&reply).await {
-            Ok(Applied::Advanced) => break,
-            Ok(Applied::UnknownSaga) => {
+            Ok(()) => break,
+            Err(StoreError::UnknownSaga(_)) => {
                 let reason = format!("reply for unknown saga {}", reply.saga_id);
                 return dead_letter(broker, &delivery, &reason).await;
             }

@@ -43,6 +43,25 @@ pub enum Step {
 }
 
 impl Step {
+    pub const ALL: [Step; 5] = [
+        Step::Reserve,
+        Step::CalculateTax,
+        Step::Charge,
+        Step::Release,
+        Step::Refund,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A dense index, for per-step tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The step whose routing key is `key`.
+    pub fn from_routing_key(key: &str) -> Option<Step> {
+        Self::ALL.into_iter().find(|s| s.routing_key() == key)
+    }
+
     pub fn routing_key(self) -> &'static str {
         match self {
             Step::Reserve => "inventory.reserve",

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::problem::{ApiError, FieldError};
-use super::validation::{self, MAX_BODY_BYTES};
+use super::validation;
 use super::AppState;
 use crate::listener::RECHECK_ALL;
 use crate::saga::ClientStatus;
@@ -73,26 +73,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::MalformedJson(rejection.body_text())
-        }
-    })?;
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        });
-    if !json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    let body = validation::json_body(&headers, body)?;
     let key = validation::idempotency_key(headers.get("idempotency-key"))?;
     let request = validation::parse_checkout(&body)?;
     let hash = hex(&Sha256::digest(

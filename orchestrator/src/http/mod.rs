@@ -1,6 +1,9 @@
 //! The HTTP API: routes, shared state, health.
 
+pub mod admin;
+pub mod auth;
 pub mod checkouts;
+pub mod console;
 pub mod problem;
 pub mod validation;
 
@@ -18,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::store::Store;
+use auth::AdminTokens;
 use problem::ApiError;
 
 #[derive(Clone)]
@@ -28,12 +32,20 @@ pub struct AppState {
     pub relay: Arc<Notify>,
     /// Ids of sagas that reached a final status (for long-polls).
     pub finished: broadcast::Sender<Uuid>,
+    pub admin_tokens: Arc<AdminTokens>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/checkouts", post(checkouts::create))
         .route("/v1/checkouts/{id}", get(checkouts::get))
+        .route("/v1/admin/sagas", get(admin::list))
+        .route("/v1/admin/sagas/retry", post(admin::bulk_retry))
+        .route("/v1/admin/sagas/{id}", get(admin::detail))
+        .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
+        .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
+        .route("/v1/admin/failures", get(admin::failures))
+        .route("/admin", get(console::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

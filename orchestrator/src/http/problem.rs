@@ -36,6 +36,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the database is unavailable; try again shortly")]
     Unavailable,
     #[error("internal error")]
@@ -46,6 +50,8 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable,
+            StoreError::UnknownSaga(id) => ApiError::NotFound(format!("no saga with id `{id}`")),
+            StoreError::WrongState(refused) => ApiError::Conflict(refused.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -99,6 +105,10 @@ impl IntoResponse for ApiError {
                 "idempotency-key-reused",
                 "Idempotency-Key reused",
             ),
+            ApiError::Unauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -138,6 +148,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
         response
     }
 }

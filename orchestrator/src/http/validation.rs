@@ -1,9 +1,13 @@
-//! Turns a checkout request body into a [`CheckoutRequest`], or into the
-//! list of fields that are wrong and why.
+//! Turns request bodies into typed values (a checkout into a
+//! [`CheckoutRequest`]), or into the list of fields that are wrong and why.
 
 use std::collections::HashMap;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
 use saga_shared::messages::{LineRequest, ShipTo};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::error::Category;
 
@@ -46,11 +50,45 @@ struct Address {
 }
 
 pub fn parse_checkout(body: &[u8]) -> Result<CheckoutRequest, ApiError> {
+    validate(parse_json(body)?)
+}
+
+/// A JSON request body as `T`, or the field that does not fit and why.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: Body = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
     de.end()
         .map_err(|e| ApiError::MalformedJson(without_position(e.to_string())))?;
-    validate(parsed)
+    Ok(parsed)
+}
+
+/// The body of a request that must be JSON: within the size limit and
+/// declared as `application/json`.
+pub fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    })?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Ok(body)
 }
 
 /// A serde error as the field it is about and a message without the

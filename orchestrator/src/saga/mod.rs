@@ -1,10 +1,13 @@
 //! The checkout saga: its state, the pure engine that moves it, and the
-//! retry policy. Nothing here does I/O.
+//! retry policies. Nothing here does I/O.
 
 pub mod engine;
 pub mod model;
 pub mod policy;
 
-pub use engine::{handle, start, Effect, Event, HistoryEntry, Transition};
-pub use model::{CheckoutRequest, ClientStatus, Saga, SagaStatus};
-pub use policy::RetryPolicy;
+pub use engine::{
+    act, handle, start, Action, Context, Deadline, Effect, Event, HistoryEntry, Transition,
+    WrongState,
+};
+pub use model::{CheckoutRequest, ClientStatus, Phase, Saga, SagaStatus};
+pub use policy::{OnExhausted, RetryPolicy, StepPolicies};

@@ -77,7 +77,20 @@ pub struct Saga {
     pub request: CheckoutRequest,
     /// The action awaiting a reply (or parked, when suspended).
     pub current: Option<Step>,
+    /// The current attempt's number. It keeps counting across a support
+    /// retry, so a late reply to an earlier series is never mistaken for
+    /// the awaited one.
     pub attempt: u32,
+    /// The first attempt of the current series (a support retry starts a
+    /// new one); the retry policy counts attempts from here.
+    #[serde(default = "first_attempt")]
+    pub series_start: u32,
+    /// While suspended: the status to resume on a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_from: Option<SagaStatus>,
+    /// Support cancelled the saga: once compensated, it ends `cancelled`.
+    #[serde(default)]
+    pub cancelled: bool,
     /// Forward steps that replied `ok`, in order.
     pub completed: Vec<Step>,
     /// Compensations still to run, the current one first.
@@ -92,7 +105,46 @@ pub struct Saga {
     pub last_error: Option<String>,
 }
 
+fn first_attempt() -> u32 {
+    1
+}
+
+/// Which way a non-final saga is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Forward,
+    Compensating,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Compensating => "compensating",
+        }
+    }
+}
+
 impl Saga {
+    /// `None` once final; a suspended saga keeps the phase it parked in.
+    pub fn phase(&self) -> Option<Phase> {
+        let status = match self.status {
+            SagaStatus::Suspended => self.suspended_from.unwrap_or(SagaStatus::Running),
+            other => other,
+        };
+        match status {
+            SagaStatus::Running => Some(Phase::Forward),
+            SagaStatus::Compensating => Some(Phase::Compensating),
+            _ => None,
+        }
+    }
+
+    /// Attempts made in the current series.
+    pub fn attempts_in_series(&self) -> u32 {
+        self.attempt.saturating_sub(self.series_start) + 1
+    }
+
     pub fn subtotal_cents(&self) -> Option<i64> {
         self.reserved
             .as_ref()

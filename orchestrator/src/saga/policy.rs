@@ -1,11 +1,31 @@
+//! How often each action is tried, how long to wait between tries, how long
+//! to wait for a reply, and what to do when the tries run out.
+
 use std::time::Duration;
 
-/// How often an action is tried and how long to wait between tries.
+use saga_shared::Step;
+
+/// What a forward step does once its attempts are exhausted. Compensations
+/// always park: there is nothing left to fall back on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExhausted {
+    /// Suspend the saga for support: after a missed deadline the effect
+    /// may or may not have happened, so a person decides.
+    Park,
+    /// Compensate at once, including the failed step (its outcome may be
+    /// unknown; compensations are no-ops when there is nothing to undo).
+    Compensate,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// How long one attempt may go unanswered before it counts as
+    /// transient with an unknown outcome.
+    pub deadline: Duration,
+    pub on_exhausted: OnExhausted,
 }
 
 impl Default for RetryPolicy {
@@ -14,6 +34,8 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(10),
+            deadline: Duration::from_secs(10),
+            on_exhausted: OnExhausted::Park,
         }
     }
 }
@@ -29,6 +51,35 @@ impl RetryPolicy {
     }
 }
 
+/// One policy per step: the defaults, with per-step overrides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepPolicies {
+    by_step: [RetryPolicy; Step::COUNT],
+}
+
+impl StepPolicies {
+    pub fn uniform(policy: RetryPolicy) -> Self {
+        StepPolicies {
+            by_step: [policy; Step::COUNT],
+        }
+    }
+
+    pub fn with(mut self, step: Step, policy: RetryPolicy) -> Self {
+        self.by_step[step.index()] = policy;
+        self
+    }
+
+    pub fn for_step(&self, step: Step) -> &RetryPolicy {
+        &self.by_step[step.index()]
+    }
+}
+
+impl Default for StepPolicies {
+    fn default() -> Self {
+        StepPolicies::uniform(RetryPolicy::default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +91,16 @@ mod tests {
         assert_eq!(p.delay(2, 1.0), Duration::from_millis(400));
         assert_eq!(p.delay(30, 1.0), Duration::from_secs(10));
         assert_eq!(p.delay(3, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn overrides_apply_to_their_step_only() {
+        let slow = RetryPolicy {
+            deadline: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        let policies = StepPolicies::default().with(Step::Charge, slow);
+        assert_eq!(policies.for_step(Step::Charge).deadline, Duration::from_secs(60));
+        assert_eq!(policies.for_step(Step::Refund).deadline, Duration::from_secs(10));
     }
 }

@@ -4,7 +4,10 @@ use saga_shared::messages::{
     TaxCalculated,
 };
 
+use std::sync::LazyLock;
+
 use super::*;
+use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 
 fn request() -> CheckoutRequest {
     CheckoutRequest {
@@ -98,9 +101,19 @@ fn policy() -> RetryPolicy {
     }
 }
 
+static POLICIES: LazyLock<StepPolicies> = LazyLock::new(|| StepPolicies::uniform(policy()));
+
+/// The test policies, with the backoff's jitter at its middle.
+fn ctx() -> Context<'static> {
+    Context {
+        policies: &POLICIES,
+        jitter: 0.5,
+    }
+}
+
 #[test]
 fn start_reserves_the_requested_lines() {
-    let t = start(Uuid::nil(), request());
+    let t = start(Uuid::nil(), request(), ctx());
     assert_eq!(t.saga.status, SagaStatus::Running);
     assert_eq!(sent_steps(&t), vec![(Step::Reserve, 1)]);
     let Effect::Send {
@@ -115,11 +128,11 @@ fn start_reserves_the_requested_lines() {
 
 #[test]
 fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
-    let mut saga = start(Uuid::nil(), request()).saga;
-    let t = handle(&saga, reply(&saga, ok_for(Step::Reserve)), &policy());
+    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
+    let t = handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx());
     assert_eq!(sent_steps(&t), vec![(Step::CalculateTax, 1)]);
     saga = t.saga;
-    let t = handle(&saga, reply(&saga, ok_for(Step::CalculateTax)), &policy());
+    let t = handle(&saga, reply(&saga, ok_for(Step::CalculateTax)), ctx());
     let Effect::Send {
         command: Command::Charge(charge),
         ..
@@ -130,7 +143,7 @@ fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
     assert_eq!(charge.amount_cents, 2_550 + 145);
     assert_eq!(charge.currency, "USD");
     saga = t.saga;
-    let t = handle(&saga, reply(&saga, ok_for(Step::Charge)), &policy());
+    let t = handle(&saga, reply(&saga, ok_for(Step::Charge)), ctx());
     assert!(t.effects.is_empty());
     assert_eq!(t.saga.status, SagaStatus::Completed);
     assert_eq!(t.saga.subtotal_cents(), Some(2_550));
@@ -144,11 +157,11 @@ fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
 
 #[test]
 fn rejected_reserve_compensates_nothing() {
-    let saga = start(Uuid::nil(), request()).saga;
+    let saga = start(Uuid::nil(), request(), ctx()).saga;
     let t = handle(
         &saga,
         reply(&saga, Outcome::rejected(reason::OUT_OF_STOCK, "A")),
-        &policy(),
+        ctx(),
     );
     assert!(t.effects.is_empty());
     assert_eq!(t.saga.status, SagaStatus::Compensated);
@@ -161,29 +174,29 @@ fn rejected_reserve_compensates_nothing() {
 
 #[test]
 fn declined_charge_releases_the_stock_then_is_rejected() {
-    let mut saga = start(Uuid::nil(), request()).saga;
+    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
     for step in [Step::Reserve, Step::CalculateTax] {
-        saga = handle(&saga, reply(&saga, ok_for(step)), &policy()).saga;
+        saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
     }
     let t = handle(
         &saga,
         reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
-        &policy(),
+        ctx(),
     );
     assert_eq!(t.saga.status, SagaStatus::Compensating);
     assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
-    let t = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), &policy());
+    let t = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), ctx());
     assert_eq!(t.saga.status, SagaStatus::Compensated);
     assert_eq!(t.saga.reason.as_deref(), Some(reason::PAYMENT_DECLINED));
 }
 
 #[test]
 fn transient_retries_with_backoff_then_suspends() {
-    let saga = start(Uuid::nil(), request()).saga;
+    let saga = start(Uuid::nil(), request(), ctx()).saga;
     let t = handle(
         &saga,
         reply(&saga, Outcome::Transient { error: "db".into() }),
-        &policy(),
+        ctx(),
     );
     assert_eq!(
         t.effects,
@@ -192,19 +205,21 @@ fn transient_retries_with_backoff_then_suspends() {
                 lines: request().items
             }),
             attempt: 2,
-            retry: 1,
+            // Full jitter at 0.5 of the first backoff ceiling (200 ms).
+            delay: Duration::from_millis(100),
+            deadline: Duration::from_secs(10),
         }]
     );
     let t = handle(
         &t.saga,
         reply(&t.saga, Outcome::Transient { error: "db".into() }),
-        &policy(),
+        ctx(),
     );
     assert_eq!(sent_steps(&t), vec![(Step::Reserve, 3)]);
     let t = handle(
         &t.saga,
         reply(&t.saga, Outcome::Transient { error: "db".into() }),
-        &policy(),
+        ctx(),
     );
     assert!(t.effects.is_empty());
     assert_eq!(t.saga.status, SagaStatus::Suspended);
@@ -218,8 +233,8 @@ fn transient_retries_with_backoff_then_suspends() {
 
 #[test]
 fn stale_and_duplicate_replies_change_nothing_but_the_timeline() {
-    let saga = start(Uuid::nil(), request()).saga;
-    let after = handle(&saga, reply(&saga, ok_for(Step::Reserve)), &policy()).saga;
+    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let after = handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx()).saga;
     // The same reserve reply again, and a reply for an old attempt.
     for event in [
         Event::Reply {
@@ -233,7 +248,7 @@ fn stale_and_duplicate_replies_change_nothing_but_the_timeline() {
             outcome: ok_for(Step::CalculateTax),
         },
     ] {
-        let t = handle(&after, event, &policy());
+        let t = handle(&after, event, ctx());
         assert_eq!(t.saga, after);
         assert!(t.effects.is_empty());
         assert_eq!(t.history.len(), 1);
@@ -243,23 +258,248 @@ fn stale_and_duplicate_replies_change_nothing_but_the_timeline() {
 
 #[test]
 fn a_refusing_compensation_parks_the_saga() {
-    let mut saga = start(Uuid::nil(), request()).saga;
+    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
     for step in [Step::Reserve, Step::CalculateTax] {
-        saga = handle(&saga, reply(&saga, ok_for(step)), &policy()).saga;
+        saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
     }
     saga = handle(
         &saga,
         reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "")),
-        &policy(),
+        ctx(),
     )
     .saga;
     let t = handle(
         &saga,
         reply(&saga, Outcome::rejected("weird", "")),
-        &policy(),
+        ctx(),
     );
     assert_eq!(t.saga.status, SagaStatus::Suspended);
     assert_eq!(t.saga.compensations, vec![Step::Release]);
+}
+
+fn transient() -> Outcome {
+    Outcome::Transient {
+        error: "provider unavailable".into(),
+    }
+}
+
+/// A saga awaiting its charge.
+fn at_charge() -> Saga {
+    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
+    for step in [Step::Reserve, Step::CalculateTax] {
+        saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
+    }
+    assert_eq!(saga.current, Some(Step::Charge));
+    saga
+}
+
+/// A saga whose charge exhausted its attempts (transient each time).
+fn parked_at_charge() -> Saga {
+    let mut saga = at_charge();
+    for _ in 0..3 {
+        saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
+    }
+    assert_eq!(saga.status, SagaStatus::Suspended);
+    saga
+}
+
+#[test]
+fn every_attempt_is_in_the_timeline_with_its_backoff_and_deadline() {
+    let saga = at_charge();
+    let t = handle(&saga, reply(&saga, transient()), ctx());
+    let sent = t.history.last().unwrap();
+    assert_eq!((sent.step, sent.attempt, sent.event.as_str()), (Some(Step::Charge), 2, "sent"));
+    assert_eq!(
+        sent.detail.as_deref(),
+        Some("after a backoff of 100 ms; deadline 10000 ms")
+    );
+    assert_eq!(t.deadline(), Deadline::In(Duration::from_millis(10_100)));
+}
+
+#[test]
+fn a_missed_deadline_retries_and_a_late_reply_changes_nothing() {
+    let saga = at_charge();
+    let t = handle(
+        &saga,
+        Event::DeadlineMissed {
+            step: Step::Charge,
+            attempt: 1,
+        },
+        ctx(),
+    );
+    assert_eq!(t.history[0].event, "deadline_missed");
+    assert_eq!(sent_steps(&t), vec![(Step::Charge, 2)]);
+    assert!(t.saga.last_error.as_deref().unwrap().contains("outcome unknown"));
+    // Attempt 1 answers after all: recorded, nothing else.
+    let late = handle(
+        &t.saga,
+        Event::Reply {
+            step: Step::Charge,
+            attempt: 1,
+            outcome: ok_for(Step::Charge),
+        },
+        ctx(),
+    );
+    assert_eq!(late.saga, t.saga);
+    assert_eq!(late.history[0].event, "late_ok");
+    assert_eq!(late.deadline(), Deadline::Unchanged);
+    // A deadline for an attempt no longer awaited does nothing at all.
+    let stale = handle(
+        &t.saga,
+        Event::DeadlineMissed {
+            step: Step::Charge,
+            attempt: 1,
+        },
+        ctx(),
+    );
+    assert_eq!(stale.saga, t.saga);
+    assert!(stale.history.is_empty() && stale.effects.is_empty());
+}
+
+#[test]
+fn an_exhausted_forward_step_parks_with_its_last_error() {
+    let saga = parked_at_charge();
+    assert_eq!(saga.current, Some(Step::Charge));
+    assert_eq!(saga.suspended_from, Some(SagaStatus::Running));
+    assert_eq!(saga.phase(), Some(crate::saga::Phase::Forward));
+    assert_eq!(saga.last_error.as_deref(), Some("provider unavailable"));
+    assert_eq!(saga.status.client_status(), crate::saga::ClientStatus::Pending);
+}
+
+#[test]
+fn a_step_set_to_compensate_undoes_itself_and_what_came_before() {
+    let policies = StepPolicies::uniform(policy()).with(
+        Step::Charge,
+        RetryPolicy {
+            max_attempts: 1,
+            on_exhausted: OnExhausted::Compensate,
+            ..policy()
+        },
+    );
+    let ctx = Context {
+        policies: &policies,
+        jitter: 0.5,
+    };
+    let saga = at_charge();
+    let t = handle(
+        &saga,
+        Event::DeadlineMissed {
+            step: Step::Charge,
+            attempt: 1,
+        },
+        ctx,
+    );
+    assert_eq!(t.saga.status, SagaStatus::Compensating);
+    // The charge may have happened: refund it, then release the stock.
+    assert_eq!(t.saga.compensations, vec![Step::Refund, Step::Release]);
+    assert_eq!(sent_steps(&t), vec![(Step::Refund, 1)]);
+    let mut saga = t.saga;
+    for step in [Step::Refund, Step::Release] {
+        saga = handle(&saga, reply(&saga, ok_for(step)), ctx).saga;
+    }
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(saga.reason.as_deref(), Some(super::UNAVAILABLE));
+}
+
+#[test]
+fn retry_starts_a_new_series_of_attempts_from_the_parked_step() {
+    let saga = parked_at_charge();
+    let t = act(&saga, Action::Retry, "alice", "provider is back", ctx()).unwrap();
+    assert_eq!(t.saga.status, SagaStatus::Running);
+    assert_eq!(sent_steps(&t), vec![(Step::Charge, 4)]);
+    let action = &t.history[0];
+    assert_eq!(action.event, "retry");
+    assert_eq!(action.actor.as_deref(), Some("alice"));
+    assert_eq!(action.reason.as_deref(), Some("provider is back"));
+    // The new series has the whole budget again.
+    let mut saga = t.saga;
+    for attempt in 5..=6 {
+        saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
+        assert_eq!((saga.status, saga.attempt), (SagaStatus::Running, attempt));
+    }
+    // A reply to the first series is late; the third of this one parks.
+    let late = Event::Reply {
+        step: Step::Charge,
+        attempt: 3,
+        outcome: ok_for(Step::Charge),
+    };
+    assert_eq!(handle(&saga, late, ctx()).saga, saga);
+    let saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
+    assert_eq!(saga.status, SagaStatus::Suspended);
+    let saga = act(&saga, Action::Retry, "alice", "again", ctx()).unwrap().saga;
+    let saga = handle(&saga, reply(&saga, ok_for(Step::Charge)), ctx()).saga;
+    assert_eq!(saga.status, SagaStatus::Completed);
+}
+
+#[test]
+fn cancel_of_a_parked_saga_compensates_everything_then_is_cancelled() {
+    let saga = parked_at_charge();
+    let t = act(&saga, Action::Cancel, "bob", "customer asked", ctx()).unwrap();
+    assert_eq!(t.saga.status, SagaStatus::Compensating);
+    assert_eq!(t.saga.compensations, vec![Step::Refund, Step::Release]);
+    let mut saga = t.saga;
+    for step in [Step::Refund, Step::Release] {
+        saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
+    }
+    assert_eq!(saga.status, SagaStatus::Cancelled);
+    assert_eq!(saga.status.client_status(), crate::saga::ClientStatus::Cancelled);
+}
+
+#[test]
+fn cancel_of_a_running_saga_undoes_the_step_in_flight_too() {
+    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let t = act(&saga, Action::Cancel, "bob", "fraud", ctx()).unwrap();
+    // The reserve may land after the release: the worker's tombstone makes
+    // it hold nothing.
+    assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
+    let late = Event::Reply {
+        step: Step::Reserve,
+        attempt: 1,
+        outcome: ok_for(Step::Reserve),
+    };
+    let after_late = handle(&t.saga, late, ctx());
+    assert_eq!(after_late.saga, t.saga);
+    let done = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), ctx());
+    assert_eq!(done.saga.status, SagaStatus::Cancelled);
+}
+
+#[test]
+fn a_parked_compensation_is_retried_not_cancelled() {
+    let mut saga = at_charge();
+    saga = handle(
+        &saga,
+        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
+        ctx(),
+    )
+    .saga;
+    for _ in 0..3 {
+        saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
+    }
+    assert_eq!(saga.status, SagaStatus::Suspended);
+    assert_eq!(saga.phase(), Some(crate::saga::Phase::Compensating));
+    assert_eq!(saga.compensations, vec![Step::Release]);
+    let refused = act(&saga, Action::Cancel, "bob", "x", ctx()).unwrap_err();
+    assert_eq!(refused.status, "suspended");
+    let saga = act(&saga, Action::Retry, "bob", "inventory is back", ctx())
+        .unwrap()
+        .saga;
+    assert_eq!(saga.status, SagaStatus::Compensating);
+    let saga = handle(&saga, reply(&saga, ok_for(Step::Release)), ctx()).saga;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(saga.reason.as_deref(), Some(reason::PAYMENT_DECLINED));
+}
+
+#[test]
+fn support_actions_in_the_wrong_state_are_refused() {
+    let running = at_charge();
+    assert!(act(&running, Action::Retry, "a", "r", ctx()).is_err());
+    let mut done = running.clone();
+    done = handle(&done, reply(&done, ok_for(Step::Charge)), ctx()).saga;
+    assert_eq!(done.status, SagaStatus::Completed);
+    for action in [Action::Retry, Action::Cancel] {
+        let refused = act(&done, action, "a", "r", ctx()).unwrap_err();
+        assert_eq!(refused.status, "completed");
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +507,7 @@ enum Answer {
     Ok,
     Rejected,
     Transient,
+    Deadline,
     Stale,
 }
 
@@ -275,6 +516,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         4 => Just(Answer::Ok),
         1 => Just(Answer::Rejected),
         2 => Just(Answer::Transient),
+        1 => Just(Answer::Deadline),
         1 => Just(Answer::Stale),
     ]
 }
@@ -286,7 +528,7 @@ proptest! {
     #[test]
     fn any_reply_sequence_ends_consistently(answers in proptest::collection::vec(answer(), 0..40)) {
         let policy = policy();
-        let t = start(Uuid::nil(), request());
+        let t = start(Uuid::nil(), request(), ctx());
         let mut sent: Vec<(Step, u32)> = sent_steps(&t);
         let mut saga = t.saga;
         let mut script = answers.into_iter();
@@ -302,9 +544,10 @@ proptest! {
                 }
                 Answer::Rejected => reply(&saga, ok_for(step)),
                 Answer::Transient => reply(&saga, Outcome::Transient { error: "t".into() }),
+                Answer::Deadline => Event::DeadlineMissed { step, attempt: saga.attempt },
                 Answer::Stale => Event::Reply { step, attempt: saga.attempt + 1, outcome: ok_for(step) },
             };
-            let t = handle(&saga, event, &policy);
+            let t = handle(&saga, event, ctx());
             for (_, attempt) in sent_steps(&t) {
                 prop_assert!(attempt <= policy.max_attempts);
             }

@@ -1,0 +1,370 @@
+//! The support API: find sagas, read their timelines, retry or cancel them,
+//! alone or in bulk. Every route needs a support bearer token ([`Actor`]).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use saga_shared::Step;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::auth::Actor;
+use super::problem::{ApiError, FieldError};
+use super::validation;
+use super::AppState;
+use crate::saga::{Action, CheckoutRequest, SagaStatus};
+use crate::store::{
+    FailureGroup, SagaFilter, SagaRecord, SagaSummary, StoreError, TimelineEntry, MAX_PAGE,
+};
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_REASON_CHARS: usize = 500;
+/// Sagas retried at once by a bulk retry.
+const BULK_CONCURRENCY: usize = 8;
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    step: Option<String>,
+    error: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SagaList {
+    sagas: Vec<SagaSummary>,
+    next_cursor: Option<Uuid>,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
+}
+
+fn parse_status(text: &str) -> Result<SagaStatus, FieldError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        invalid(
+            "status",
+            "must be one of running, compensating, suspended, completed, compensated, cancelled",
+        )
+    })
+}
+
+fn parse_step(text: &str) -> Result<Step, FieldError> {
+    Step::from_routing_key(text).ok_or_else(|| {
+        let known: Vec<&str> = Step::ALL.iter().map(|s| s.routing_key()).collect();
+        invalid("step", format!("must be one of {}", known.join(", ")))
+    })
+}
+
+fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, FieldError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| invalid(field, "must be an RFC 3339 time, like 2026-11-25T10:00:00Z"))
+}
+
+/// Collects every field error rather than stopping at the first.
+fn all_or_errors<T>(
+    errors: &mut Vec<FieldError>,
+    value: Option<Result<T, FieldError>>,
+) -> Option<T> {
+    match value? {
+        Ok(value) => Some(value),
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    }
+}
+
+fn non_empty(text: Option<String>) -> Option<String> {
+    text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
+pub async fn list(
+    _: Actor,
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<SagaList>, ApiError> {
+    let mut errors = Vec::new();
+    let filter = SagaFilter {
+        status: all_or_errors(&mut errors, non_empty(params.status).map(|s| parse_status(&s))),
+        step: all_or_errors(&mut errors, non_empty(params.step).map(|s| parse_step(&s))),
+        error: non_empty(params.error),
+        created_after: all_or_errors(
+            &mut errors,
+            non_empty(params.created_after).map(|t| parse_time("created_after", &t)),
+        ),
+        created_before: all_or_errors(
+            &mut errors,
+            non_empty(params.created_before).map(|t| parse_time("created_before", &t)),
+        ),
+    };
+    let limit = all_or_errors(
+        &mut errors,
+        non_empty(params.limit).map(|l| match l.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(invalid("limit", format!("must be a number from 1 to {MAX_PAGE}"))),
+        }),
+    )
+    .unwrap_or(DEFAULT_PAGE);
+    let cursor = all_or_errors(
+        &mut errors,
+        non_empty(params.cursor).map(|c| {
+            c.parse::<Uuid>()
+                .map_err(|_| invalid("cursor", "must be a `next_cursor` from an earlier page"))
+        }),
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let page = state.store.list(&filter, limit, cursor).await?;
+    Ok(Json(SagaList {
+        sagas: page.sagas,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct StepView {
+    step: String,
+    attempts: usize,
+    last_event: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SagaDetail {
+    #[serde(flatten)]
+    summary: SagaSummary,
+    request: CheckoutRequest,
+    reason: Option<String>,
+    detail: Option<String>,
+    subtotal_cents: Option<i64>,
+    tax_cents: Option<i64>,
+    total_cents: Option<i64>,
+    currency: Option<String>,
+    completed_steps: Vec<Step>,
+    pending_compensations: Vec<Step>,
+    deadline_at: Option<DateTime<Utc>>,
+    actions: Vec<&'static str>,
+    steps: Vec<StepView>,
+    timeline: Vec<TimelineEntry>,
+}
+
+/// Each step that was tried, in order: its attempts and how the last ended.
+fn steps_of(timeline: &[TimelineEntry]) -> Vec<StepView> {
+    let mut steps: Vec<StepView> = Vec::new();
+    for entry in timeline {
+        let Some(step) = &entry.step else { continue };
+        let index = match steps.iter().position(|s| &s.step == step) {
+            Some(i) => i,
+            None => {
+                steps.push(StepView {
+                    step: step.clone(),
+                    attempts: 0,
+                    last_event: None,
+                });
+                steps.len() - 1
+            }
+        };
+        let view = &mut steps[index];
+        if entry.event == "sent" {
+            view.attempts += 1;
+        } else if !entry.event.starts_with("late_") {
+            view.last_event = Some(entry.event.clone());
+        }
+    }
+    steps
+}
+
+async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, ApiError> {
+    let record: SagaRecord = state
+        .store
+        .get(id)
+        .await?
+        .ok_or(StoreError::UnknownSaga(id))?;
+    let (timeline, deadline_at) =
+        tokio::try_join!(state.store.timeline(id), state.store.deadline_of(id))?;
+    let saga = &record.saga;
+    Ok(SagaDetail {
+        summary: SagaSummary::from(&record),
+        request: saga.request.clone(),
+        reason: saga.reason.clone(),
+        detail: saga.detail.clone(),
+        subtotal_cents: saga.subtotal_cents(),
+        tax_cents: saga.tax_cents(),
+        total_cents: saga.total_cents(),
+        currency: saga.currency().map(str::to_owned),
+        completed_steps: saga.completed.clone(),
+        pending_compensations: saga.compensations.clone(),
+        deadline_at,
+        actions: [Action::Retry, Action::Cancel]
+            .into_iter()
+            .filter(|a| a.allowed(saga))
+            .map(Action::as_str)
+            .collect(),
+        steps: steps_of(&timeline),
+        timeline,
+    })
+}
+
+fn saga_id(text: &str) -> Result<Uuid, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::NotFound(format!("no saga with id `{text}`")))
+}
+
+pub async fn detail(
+    _: Actor,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SagaDetail>, ApiError> {
+    Ok(Json(detail_of(&state, saga_id(&id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    reason: Option<String>,
+}
+
+fn reason_of(reason: Option<String>) -> Result<String, ApiError> {
+    match non_empty(reason) {
+        Some(r) if r.chars().count() <= MAX_REASON_CHARS => Ok(r),
+        Some(_) => Err(ApiError::Invalid(vec![invalid(
+            "reason",
+            format!("must be at most {MAX_REASON_CHARS} characters"),
+        )])),
+        None => Err(ApiError::Invalid(vec![invalid(
+            "reason",
+            "is required: say why, for the timeline",
+        )])),
+    }
+}
+
+async fn act(
+    state: &AppState,
+    Actor(actor): Actor,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    action: Action,
+) -> Result<Json<SagaDetail>, ApiError> {
+    let id = saga_id(id)?;
+    let body: ActionBody = validation::parse_json(&validation::json_body(headers, body)?)?;
+    let reason = reason_of(body.reason)?;
+    state.store.act(id, action, &actor, &reason).await?;
+    state.relay.notify_one();
+    Ok(Json(detail_of(state, id).await?))
+}
+
+pub async fn retry(
+    actor: Actor,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SagaDetail>, ApiError> {
+    act(&state, actor, &id, &headers, body, Action::Retry).await
+}
+
+pub async fn cancel(
+    actor: Actor,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SagaDetail>, ApiError> {
+    act(&state, actor, &id, &headers, body, Action::Cancel).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkRetryBody {
+    step: Option<String>,
+    error: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Serialize)]
+pub struct BulkRetried {
+    dry_run: bool,
+    count: usize,
+    saga_ids: Vec<Uuid>,
+}
+
+pub async fn bulk_retry(
+    Actor(actor): Actor,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BulkRetried>, ApiError> {
+    let body: BulkRetryBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
+    let step = match non_empty(body.step) {
+        Some(step) => Some(parse_step(&step).map_err(|e| ApiError::Invalid(vec![e]))?),
+        None => None,
+    };
+    let reason = if body.dry_run {
+        None
+    } else {
+        Some(reason_of(body.reason)?)
+    };
+    let filter = SagaFilter {
+        step,
+        error: non_empty(body.error),
+        ..SagaFilter::default()
+    };
+    let ids = state.store.suspended_ids(&filter).await?;
+    let Some(reason) = reason else {
+        return Ok(Json(BulkRetried {
+            dry_run: true,
+            count: ids.len(),
+            saga_ids: ids,
+        }));
+    };
+    let store = &state.store;
+    let (actor, reason) = (actor.as_str(), reason.as_str());
+    let retried: Vec<Option<Uuid>> = futures::stream::iter(ids)
+        .map(|id| async move {
+            match store.act(id, Action::Retry, actor, reason).await {
+                Ok(()) => Ok(Some(id)),
+                // Moved on since it was selected (another support user, a
+                // concurrent bulk retry): not ours to retry any more.
+                Err(StoreError::WrongState(_) | StoreError::UnknownSaga(_)) => Ok(None),
+                Err(other) => Err(other),
+            }
+        })
+        .buffer_unordered(BULK_CONCURRENCY)
+        .try_collect()
+        .await?;
+    state.relay.notify_one();
+    let mut saga_ids: Vec<Uuid> = retried.into_iter().flatten().collect();
+    saga_ids.sort();
+    tracing::info!(actor, count = saga_ids.len(), "bulk retry");
+    Ok(Json(BulkRetried {
+        dry_run: false,
+        count: saga_ids.len(),
+        saga_ids,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct Failures {
+    total: i64,
+    groups: Vec<FailureGroup>,
+}
+
+pub async fn failures(_: Actor, State(state): State<AppState>) -> Result<Json<Failures>, ApiError> {
+    let groups = state.store.failures().await?;
+    Ok(Json(Failures {
+        total: groups.iter().map(|g| g.count).sum(),
+        groups,
+    }))
+}

@@ -1,0 +1,297 @@
+//! The orchestrator's PostgreSQL store: sagas, their timeline and the
+//! outbox. A transition and the commands it emits commit together.
+
+mod support;
+mod transition;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use saga_shared::messages::Outcome;
+use saga_shared::Envelope;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
+pub use support::{
+    FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK, MAX_PAGE,
+};
+use transition::TransitionRows;
+
+/// Channel long-polls listen on: a saga reached a final status.
+pub const FINAL_CHANNEL: &str = "saga_final";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored saga {0} does not parse: {1}")]
+    Corrupt(Uuid, serde_json::Error),
+    #[error("no saga {0}")]
+    UnknownSaga(Uuid),
+    #[error(transparent)]
+    WrongState(#[from] WrongState),
+}
+
+/// A stored saga with its bookkeeping columns.
+#[derive(Debug, Clone)]
+pub struct SagaRecord {
+    pub saga: Saga,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub enum Created {
+    New(SagaRecord),
+    /// The same idempotency key and the same request: the earlier checkout.
+    Existing(SagaRecord),
+    /// The same idempotency key with another request.
+    KeyReused,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    policies: StepPolicies,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    state: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyedRow {
+    request_hash: String,
+    #[sqlx(flatten)]
+    row: Row,
+}
+
+impl Row {
+    fn into_record(self) -> Result<SagaRecord, StoreError> {
+        Ok(SagaRecord {
+            saga: parse(self.id, self.state)?,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn parse(id: Uuid, state: serde_json::Value) -> Result<Saga, StoreError> {
+    serde_json::from_value(state).map_err(|e| StoreError::Corrupt(id, e))
+}
+
+impl Store {
+    pub fn new(pool: PgPool, policies: StepPolicies) -> Self {
+        Store { pool, policies }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The engine's inputs for one transition, with a fresh jitter sample.
+    fn context(&self) -> Context<'_> {
+        Context {
+            policies: &self.policies,
+            jitter: rand::random::<f64>(),
+        }
+    }
+
+    /// Creates a checkout's saga with its first command, or finds the one
+    /// an earlier request with the same idempotency key created. One
+    /// statement: saga, timeline and outbox rows commit together.
+    #[tracing::instrument(skip_all, fields(saga_id))]
+    pub async fn create(
+        &self,
+        request: saga::CheckoutRequest,
+        idempotency_key: Option<&str>,
+        request_hash: &str,
+    ) -> Result<Created, StoreError> {
+        let id = Uuid::now_v7();
+        tracing::Span::current().record("saga_id", tracing::field::display(id));
+        let transition = saga::start(id, request, self.context());
+        // With a key, a concurrent twin blocks on the unique index until we
+        // commit, then finds our row: one key, one checkout.
+        let row = TransitionRows::new(&transition)
+            .bind(sqlx::query_as::<_, Row>(transition::INSERT))
+            .bind(idempotency_key)
+            .bind(request_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = row {
+            return Ok(Created::New(row.into_record()?));
+        }
+        let existing: Option<KeyedRow> = sqlx::query_as(
+            "SELECT request_hash, id, state, created_at, updated_at
+             FROM sagas WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        // Conflicted on the key yet gone cannot happen: sagas are never deleted.
+        let KeyedRow {
+            request_hash: hash,
+            row,
+        } = existing.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+        Ok(if hash == request_hash {
+            Created::Existing(row.into_record()?)
+        } else {
+            Created::KeyReused
+        })
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
+        let row: Option<Row> =
+            sqlx::query_as("SELECT id, state, created_at, updated_at FROM sagas WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(Row::into_record).transpose()
+    }
+
+    /// Applies a worker's reply.
+    #[tracing::instrument(skip_all, fields(saga_id = %reply.saga_id, step = %reply.step, attempt = reply.attempt))]
+    pub async fn apply_reply(&self, reply: &Envelope<Outcome>) -> Result<(), StoreError> {
+        self.advance(reply.saga_id, |saga, ctx| {
+            let event = Event::Reply {
+                step: reply.step,
+                attempt: reply.attempt,
+                outcome: reply.payload.clone(),
+            };
+            Ok(saga::handle(saga, event, ctx))
+        })
+        .await
+    }
+
+    /// A support action on one saga, by `actor`, for `reason`.
+    #[tracing::instrument(skip_all, fields(saga_id = %id, action = action.as_str(), actor))]
+    pub async fn act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        tracing::Span::current().record("actor", actor);
+        self.advance(id, |saga, ctx| Ok(saga::act(saga, action, actor, reason, ctx)?))
+            .await?;
+        tracing::info!("support action applied");
+        Ok(())
+    }
+
+    /// Reads the saga, runs the engine, and writes the new state, its
+    /// timeline and its commands in one statement that succeeds only if
+    /// nobody advanced the saga meanwhile (else re-read and decide again).
+    async fn advance(
+        &self,
+        id: Uuid,
+        decide: impl Fn(&Saga, Context) -> Result<Transition, StoreError>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let current: Option<(i64, serde_json::Value)> =
+                sqlx::query_as("SELECT version, state FROM sagas WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let (version, state) = current.ok_or(StoreError::UnknownSaga(id))?;
+            let saga = parse(id, state)?;
+            let transition = decide(&saga, self.context())?;
+            let mut conn = self.pool.acquire().await?;
+            if write(&mut conn, &saga, version, transition).await? {
+                return Ok(());
+            }
+            tracing::debug!("saga advanced concurrently; re-reading");
+        }
+    }
+
+    /// Fires due deadlines: each saga whose awaited reply is overdue gets a
+    /// `DeadlineMissed` event. The rows stay locked until commit, so every
+    /// timer fires once across instances, and a reply racing with it waits
+    /// and then finds its attempt no longer current.
+    #[tracing::instrument(skip_all, fields(fired))]
+    pub async fn fire_deadlines(&self, limit: i64) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<(Uuid, i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT id, version, state FROM sagas WHERE deadline_at <= now()
+             ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let fired = due.len();
+        for (id, version, state) in due {
+            let saga = match parse(id, state) {
+                Ok(saga) => saga,
+                Err(error) => {
+                    // Never let one bad row stall every timer behind it.
+                    tracing::error!(%error, saga_id = %id, "cannot fire the deadline of a saga that does not parse");
+                    sqlx::query("UPDATE sagas SET deadline_at = NULL WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    continue;
+                }
+            };
+            let transition = match saga.current {
+                Some(step) => {
+                    let event = Event::DeadlineMissed {
+                        step,
+                        attempt: saga.attempt,
+                    };
+                    saga::handle(&saga, event, self.context())
+                }
+                None => Transition {
+                    saga: saga.clone(),
+                    effects: vec![],
+                    history: vec![],
+                },
+            };
+            if transition.history.is_empty() {
+                tracing::warn!(saga_id = %id, status = saga.status.as_str(), "deadline on a saga awaiting nothing; cleared");
+                sqlx::query("UPDATE sagas SET deadline_at = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
+            write(&mut tx, &saga, version, transition).await?;
+        }
+        tx.commit().await?;
+        tracing::Span::current().record("fired", fired);
+        Ok(fired)
+    }
+
+    /// How long until the next deadline is due, if any saga awaits one.
+    pub async fn next_deadline(&self) -> Result<Option<Duration>, StoreError> {
+        let ms: Option<f64> = sqlx::query_scalar(
+            "SELECT (EXTRACT(EPOCH FROM (min(deadline_at) - now())) * 1000)::float8
+             FROM sagas WHERE deadline_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
+    }
+}
+
+/// Writes `transition` if the saga is still at `version`; false when
+/// another writer got there first.
+async fn write(
+    conn: &mut PgConnection,
+    before: &Saga,
+    version: i64,
+    transition: Transition,
+) -> Result<bool, sqlx::Error> {
+    let finished = transition.saga.status.is_final() && !before.status.is_final();
+    let written = TransitionRows::new(&transition)
+        .bind(sqlx::query_as::<_, (i32,)>(transition::UPDATE))
+        .bind(version)
+        .bind(finished)
+        .bind(FINAL_CHANNEL)
+        .fetch_optional(conn)
+        .await?;
+    Ok(written.is_some())
+}

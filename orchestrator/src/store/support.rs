@@ -1,0 +1,200 @@
+//! Read queries for support staff: lists, timelines, failure groups.
+
+use chrono::{DateTime, Utc};
+use saga_shared::Step;
+use serde::Serialize;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{Row, SagaRecord, Store, StoreError};
+use crate::saga::{ClientStatus, Phase, SagaStatus};
+
+/// The largest page a list returns.
+pub const MAX_PAGE: u32 = 500;
+/// The most sagas one bulk retry touches; a larger group takes several calls.
+pub const MAX_BULK: i64 = 10_000;
+
+/// Which sagas a list or a bulk action selects. Every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct SagaFilter {
+    pub status: Option<SagaStatus>,
+    pub step: Option<Step>,
+    /// A case-insensitive substring of the last error.
+    pub error: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaSummary {
+    pub saga_id: Uuid,
+    pub status: SagaStatus,
+    pub checkout_status: ClientStatus,
+    pub phase: Option<Phase>,
+    pub step: Option<Step>,
+    pub attempt: u32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&SagaRecord> for SagaSummary {
+    fn from(record: &SagaRecord) -> Self {
+        let saga = &record.saga;
+        SagaSummary {
+            saga_id: saga.id,
+            status: saga.status,
+            checkout_status: saga.status.client_status(),
+            phase: saga.phase(),
+            step: saga.current,
+            attempt: saga.attempt,
+            last_error: saga.last_error.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+pub struct SagaPage {
+    pub sagas: Vec<SagaSummary>,
+    /// The id to pass as the cursor of the next page, if there is one.
+    pub next_cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TimelineEntry {
+    pub at: DateTime<Utc>,
+    pub step: Option<String>,
+    pub attempt: i32,
+    pub event: String,
+    pub detail: Option<String>,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FailureGroup {
+    pub step: Option<String>,
+    pub phase: String,
+    pub error: String,
+    pub count: i64,
+    pub oldest: DateTime<Utc>,
+    pub newest: DateTime<Utc>,
+}
+
+/// `LIKE` treats `%`, `_` and `\` specially; a filter means them literally.
+fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(step) = filter.step {
+        query.push(" AND current_step = ").push_bind(step.routing_key());
+    }
+    if let Some(error) = &filter.error {
+        query
+            .push(" AND last_error ILIKE ")
+            .push_bind(like_pattern(error));
+    }
+    if let Some(after) = filter.created_after {
+        query.push(" AND created_at >= ").push_bind(after);
+    }
+    if let Some(before) = filter.created_before {
+        query.push(" AND created_at < ").push_bind(before);
+    }
+}
+
+impl Store {
+    /// Sagas matching `filter`, newest first, `limit` per page, after the
+    /// `cursor` of the previous page. Ids are UUIDv7: id order is time order.
+    pub async fn list(
+        &self,
+        filter: &SagaFilter,
+        limit: u32,
+        cursor: Option<Uuid>,
+    ) -> Result<SagaPage, StoreError> {
+        let mut query =
+            QueryBuilder::new("SELECT id, state, created_at, updated_at FROM sagas WHERE true");
+        push_filter(&mut query, filter);
+        if let Some(cursor) = cursor {
+            query.push(" AND id < ").push_bind(cursor);
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows: Vec<Row> = query.build_query_as().fetch_all(&self.pool).await?;
+        let more = rows.len() > limit as usize;
+        let sagas = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|row| row.into_record().map(|r| SagaSummary::from(&r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = more.then(|| sagas.last().map(|s| s.saga_id)).flatten();
+        Ok(SagaPage { sagas, next_cursor })
+    }
+
+    /// Ids of suspended sagas matching `filter`, oldest first, at most
+    /// [`MAX_BULK`].
+    pub async fn suspended_ids(&self, filter: &SagaFilter) -> Result<Vec<Uuid>, StoreError> {
+        let filter = SagaFilter {
+            status: Some(SagaStatus::Suspended),
+            ..filter.clone()
+        };
+        let mut query = QueryBuilder::new("SELECT id FROM sagas WHERE true");
+        push_filter(&mut query, &filter);
+        query.push(" ORDER BY id LIMIT ").push_bind(MAX_BULK);
+        Ok(query.build_query_scalar().fetch_all(&self.pool).await?)
+    }
+
+    pub async fn timeline(&self, id: Uuid) -> Result<Vec<TimelineEntry>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT at, step, attempt, event, detail, actor, reason
+             FROM saga_events WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn deadline_of(&self, id: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT deadline_at FROM sagas WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// Suspended sagas grouped by where and why they parked, largest first.
+    pub async fn failures(&self) -> Result<Vec<FailureGroup>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT current_step AS step,
+                    CASE WHEN state->>'suspended_from' = 'compensating'
+                         THEN 'compensating' ELSE 'forward' END AS phase,
+                    COALESCE(last_error, '') AS error,
+                    count(*) AS count, min(updated_at) AS oldest, max(updated_at) AS newest
+             FROM sagas WHERE status = 'suspended'
+             GROUP BY 1, 2, 3 ORDER BY count DESC, step, error",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn like_wildcards_in_a_filter_are_literal() {
+        assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+}

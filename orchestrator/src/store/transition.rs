@@ -1,0 +1,158 @@
+//! A transition as one SQL statement: the saga's new state, its timeline
+//! entries and its outbox rows commit together, or not at all.
+
+use saga_shared::{traceparent, Envelope};
+use uuid::Uuid;
+
+use crate::saga::{Deadline, Effect, Saga, Transition};
+
+/// The timeline and outbox inserts of a transition, as CTEs after a `saga`
+/// CTE that returns the saga's id: when it returns no row (a lost race, a
+/// reused idempotency key) nothing is written. Parameters $9..$20.
+macro_rules! transition_writes {
+    () => {
+        "history AS (
+             INSERT INTO saga_events (saga_id, step, attempt, event, detail, actor, reason)
+             SELECT saga.id, h.* FROM saga,
+                    unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[]) AS h
+         ), outbox AS (
+             INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
+             SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
+             FROM saga, unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int8[])
+                  AS o(m, k, t, b, tp, d)
+         )"
+    };
+}
+
+/// Creates a saga: $21 idempotency key, $22 request hash.
+pub const INSERT: &str = concat!(
+    "WITH saga AS (
+         INSERT INTO sagas (id, status, current_step, attempt, state, last_error, deadline_at,
+                            idempotency_key, request_hash)
+         VALUES ($1, $2, $3, $4, $5, $6,
+                 CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
+                 $21, $22)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id, state, created_at, updated_at
+     ), ",
+    transition_writes!(),
+    " SELECT * FROM saga"
+);
+
+/// Advances a saga if it is still at version $21; $22 says whether it just
+/// became final, which notifies channel $23 on commit (long-polls on every
+/// instance wake up).
+pub const UPDATE: &str = concat!(
+    "WITH saga AS (
+         UPDATE sagas SET status = $2, current_step = $3, attempt = $4, state = $5, last_error = $6,
+                          deadline_at = CASE WHEN $7::int8 IS NOT NULL
+                                             THEN now() + $7::int8 * interval '1 millisecond'
+                                             WHEN $8::bool THEN deadline_at END,
+                          version = version + 1, updated_at = now()
+         WHERE id = $1 AND version = $21
+         RETURNING id
+     ), ",
+    transition_writes!(),
+    " SELECT 1, CASE WHEN $22 THEN pg_notify($23, $1::text) END FROM saga"
+);
+
+type PgArgs = sqlx::postgres::PgArguments;
+type Query<'q, O> = sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs>;
+
+/// A transition as the parameters $1..$20 of [`INSERT`] or [`UPDATE`].
+pub struct TransitionRows {
+    saga: Saga,
+    deadline_ms: Option<i64>,
+    keep_deadline: bool,
+    h_step: Vec<Option<String>>,
+    h_attempt: Vec<i32>,
+    h_event: Vec<String>,
+    h_detail: Vec<Option<String>>,
+    h_actor: Vec<Option<String>>,
+    h_reason: Vec<Option<String>>,
+    o_id: Vec<Uuid>,
+    o_key: Vec<String>,
+    o_type: Vec<String>,
+    o_body: Vec<String>,
+    o_trace: Vec<String>,
+    o_delay_ms: Vec<i64>,
+}
+
+impl TransitionRows {
+    pub fn new(t: &Transition) -> Self {
+        let (deadline_ms, keep_deadline) = match t.deadline() {
+            Deadline::In(after) => (Some(after.as_millis() as i64), false),
+            Deadline::Unchanged => (None, true),
+            Deadline::None => (None, false),
+        };
+        let mut rows = TransitionRows {
+            saga: t.saga.clone(),
+            deadline_ms,
+            keep_deadline,
+            h_step: vec![],
+            h_attempt: vec![],
+            h_event: vec![],
+            h_detail: vec![],
+            h_actor: vec![],
+            h_reason: vec![],
+            o_id: vec![],
+            o_key: vec![],
+            o_type: vec![],
+            o_body: vec![],
+            o_trace: vec![],
+            o_delay_ms: vec![],
+        };
+        for entry in &t.history {
+            rows.h_step
+                .push(entry.step.map(|s| s.routing_key().to_owned()));
+            rows.h_attempt.push(entry.attempt as i32);
+            rows.h_event.push(entry.event.clone());
+            rows.h_detail.push(entry.detail.clone());
+            rows.h_actor.push(entry.actor.clone());
+            rows.h_reason.push(entry.reason.clone());
+        }
+        for Effect::Send {
+            command,
+            attempt,
+            delay,
+            ..
+        } in &t.effects
+        {
+            let envelope = Envelope::command(t.saga.id, *attempt, command.clone());
+            rows.o_id.push(envelope.message_id);
+            rows.o_key.push(envelope.step.routing_key().to_owned());
+            rows.o_type.push(envelope.message_type.clone());
+            rows.o_body
+                .push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
+            rows.o_trace.push(traceparent::for_saga(t.saga.id));
+            rows.o_delay_ms.push(delay.as_millis() as i64);
+        }
+        rows
+    }
+
+    /// Binds $1..$20; the caller binds the statement's own parameters after.
+    pub fn bind<'q, O>(self, query: Query<'q, O>) -> Query<'q, O> {
+        let saga = &self.saga;
+        query
+            .bind(saga.id)
+            .bind(saga.status.as_str())
+            .bind(saga.current.map(|s| s.routing_key()))
+            .bind(saga.attempt as i32)
+            .bind(serde_json::to_value(saga).expect("saga serializes"))
+            .bind(saga.last_error.clone())
+            .bind(self.deadline_ms)
+            .bind(self.keep_deadline)
+            .bind(self.h_step)
+            .bind(self.h_attempt)
+            .bind(self.h_event)
+            .bind(self.h_detail)
+            .bind(self.h_actor)
+            .bind(self.h_reason)
+            .bind(self.o_id)
+            .bind(self.o_key)
+            .bind(self.o_type)
+            .bind(self.o_body)
+            .bind(self.o_trace)
+            .bind(self.o_delay_ms)
+    }
+}

@@ -1,0 +1,289 @@
+//! The support console (`GET /admin`) driven in headless Chromium through
+//! chromedriver and fantoccini. Needs Debian's `chromium` and
+//! `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
+use fantoccini::wd::Capabilities;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// How long one page change may take (a fetch and a render).
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a retried saga may take to complete.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A headless Chromium session, and the chromedriver serving it.
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        assert!(
+            Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
+            "{CHROMEDRIVER} or {CHROMIUM} is missing: browser tests need Debian's \
+             packages `chromium chromium-driver` \
+             (apt-get install -y --no-install-recommends chromium chromium-driver)"
+        );
+        // A free port: bind :0, read it, let chromedriver take it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so that killing the group also ends the
+            // Chromium it started (killing chromedriver alone orphans it).
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+
+        // Ready once GET /status says {"value": {"ready": true}}.
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = driver.try_wait().expect("chromedriver's status") {
+                panic!("chromedriver exited before it was ready: {status}");
+            }
+            let ready = match http.get(format!("{url}/status")).send().await {
+                Ok(response) => response
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|body| body["value"]["ready"] == true),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver not ready on {url} after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let mut capabilities = Capabilities::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_string(),
+            json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                         "--disable-gpu", "--window-size=1280,1024"],
+            }),
+        );
+        let client = ClientBuilder::rustls()
+            .expect("rustls connector")
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .expect("a WebDriver session in headless Chromium");
+        Browser { client, driver }
+    }
+
+    /// Ends the session (Chromium quits), then chromedriver. Dropping a
+    /// `Browser` without this still kills both.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        self.kill_group();
+        let _ = self.driver.wait().await;
+    }
+
+    /// SIGKILL to chromedriver's process group: chromedriver and Chromium.
+    fn kill_group(&self) {
+        if let Some(pid) = self.driver.id() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+
+    /// Waits for an element; on timeout fails with what the page shows.
+    pub async fn wait_for(&self, what: &str, locator: Locator<'_>) -> Element {
+        match self
+            .client
+            .wait()
+            .at_most(STEP_TIMEOUT)
+            .for_element(locator)
+            .await
+        {
+            Ok(element) => element,
+            Err(err) => self.fail(&format!("waiting for {what}: {err}")).await,
+        }
+    }
+
+    /// The text of `#id`, or a note saying why there is none.
+    pub async fn text_of(&self, id: &str) -> String {
+        match self.client.find(Locator::Id(id)).await {
+            Ok(element) => element
+                .text()
+                .await
+                .unwrap_or_else(|err| format!("<{err}>")),
+            Err(err) => format!("<no #{id}: {err}>"),
+        }
+    }
+
+    /// Panics with `message`, the console's error texts and a screenshot.
+    pub async fn fail(&self, message: &str) -> ! {
+        let mut shown = String::new();
+        for id in [
+            "login-error",
+            "app-error",
+            "sagas-error",
+            "detail-status",
+            "detail-error",
+            "action-error",
+        ] {
+            shown += &format!("\n  #{id}: {:?}", self.text_of(id).await);
+        }
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-failure.png");
+        let saved = match self.client.screenshot().await {
+            Ok(png) => std::fs::write(&shot, png).map(|()| shot.display().to_string()),
+            Err(err) => Ok(format!("no screenshot: {err}")),
+        };
+        panic!("console: {message}{shown}\n  screenshot: {saved:?}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.kill_group(); // a no-op after close(): the child is reaped
+    }
+}
+
+/// Logs in to the console at `{base_url}/admin` with `token`, finds
+/// `saga_id` among the suspended sagas, retries it with a reason and waits
+/// until the console shows it `completed`.
+pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
+    const REASON: &str = "provider is back: retry from the console";
+    let browser = Browser::start().await;
+    let c = &browser.client;
+
+    c.goto(&format!("{base_url}/admin"))
+        .await
+        .expect("GET /admin");
+    browser
+        .wait_for("the login form", Locator::Id("token"))
+        .await
+        .send_keys(token)
+        .await
+        .expect("type the token");
+    c.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the console after login",
+            Locator::Css("#app-view:not([hidden])"),
+        )
+        .await;
+
+    // The list filtered by status; wait for the rows that answer that filter
+    // (the unfiltered first page may still be on screen for a moment).
+    let status = c.find(Locator::Id("filter-status")).await.unwrap();
+    status
+        .select_by_value("suspended")
+        .await
+        .expect("select suspended");
+    c.find(Locator::Id("filter-apply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let link = format!(r#"#sagas[data-query*="status=suspended"] .saga-link[data-id="{saga_id}"]"#);
+    browser
+        .wait_for("the saga among the suspended ones", Locator::Css(&link))
+        .await
+        .click()
+        .await
+        .expect("open the saga");
+
+    let detail =
+        |status: &str| format!("//*[@id='detail-status' and normalize-space()='{status}']");
+    browser
+        .wait_for(
+            "the saga's detail, suspended",
+            Locator::XPath(&detail("suspended")),
+        )
+        .await;
+    let id_shown = browser.text_of("detail-id").await;
+    assert_eq!(id_shown, saga_id, "the detail shows another saga");
+
+    c.find(Locator::Id("action-reason"))
+        .await
+        .unwrap()
+        .send_keys(REASON)
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "an enabled Retry",
+            Locator::Css("#action-retry:not([hidden]):not([disabled])"),
+        )
+        .await
+        .click()
+        .await
+        .expect("click Retry");
+    // The answer: either "Retry requested." or a problem in #action-error.
+    browser
+        .wait_for(
+            "the answer to the retry",
+            Locator::XPath(
+                "//*[(@id='action-done' or @id='action-error') and normalize-space()!='']",
+            ),
+        )
+        .await;
+    let error = browser.text_of("action-error").await;
+    if !error.is_empty() {
+        browser
+            .fail(&format!("the retry was refused: {error}"))
+            .await;
+    }
+
+    // Refresh until the saga completes.
+    let deadline = Instant::now() + COMPLETE_TIMEOUT;
+    let completed = detail("completed");
+    loop {
+        let wait = c.wait().at_most(Duration::from_secs(1));
+        match wait.for_element(Locator::XPath(&completed)).await {
+            Ok(_) => break,
+            Err(CmdError::WaitTimeout) if Instant::now() < deadline => {
+                c.find(Locator::Id("detail-refresh"))
+                    .await
+                    .unwrap()
+                    .click()
+                    .await
+                    .unwrap();
+            }
+            Err(err) => {
+                let msg = format!("waiting {COMPLETE_TIMEOUT:?} for completed: {err}");
+                browser.fail(&msg).await;
+            }
+        }
+    }
+
+    // The timeline records the support action with its reason.
+    let retry_row = format!(
+        "//table[@id='timeline']//tr[td[normalize-space()='retry'] and td[normalize-space()='{REASON}']]"
+    );
+    browser
+        .wait_for("the retry in the timeline", Locator::XPath(&retry_row))
+        .await;
+    browser.close().await;
+}
