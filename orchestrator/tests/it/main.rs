@@ -4,7 +4,9 @@
 
 mod binary;
 mod checkout;
+mod failures;
 mod idempotency;
 mod run_command;
+mod sagactl;
 mod system;
 mod validation;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator::config::Config;
-use orchestrator::saga::RetryPolicy;
+use orchestrator::http::auth::AdminTokens;
+use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
 use saga_shared::config::ServiceConfig;
 use saga_shared::testing::{self, TestDatabase, TopologyGuard};
@@ -24,10 +25,19 @@ pub struct System {
     pub payment_db: TestDatabase,
     #[allow(dead_code)]
     pub prefix: String,
+    policies: StepPolicies,
+    /// Stops the orchestrator alone (it can be restarted).
+    orchestrator_stop: CancellationToken,
+    orchestrator: Option<JoinHandle<()>>,
+    /// Stops the workers.
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     _topology: TopologyGuard,
 }
+
+/// The support token every test system accepts, and its actor name.
+pub const ADMIN_TOKEN: &str = "dev-admin-token";
+pub const ADMIN_ACTOR: &str = "support";
 
 /// The catalogue every test starts with.
 pub const CATALOGUE: &[(&str, i32, i64, &str, &str)] = &[
@@ -73,10 +83,21 @@ async fn start_worker<H: Handler>(
 
 impl System {
     pub async fn start() -> System {
-        Self::start_with(RetryPolicy::default()).await
+        Self::start_with(StepPolicies::default()).await
     }
 
-    pub async fn start_with(retry: RetryPolicy) -> System {
+    /// A system whose every step retries fast: tests of failures need not
+    /// wait for production backoffs.
+    pub fn fast_retries(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        }
+    }
+
+    pub async fn start_with(policies: StepPolicies) -> System {
         testing::init_tracing();
         let prefix = testing::random_prefix();
         let topology = TopologyGuard::new(&prefix);
@@ -110,46 +131,137 @@ impl System {
         }
 
         let stop = CancellationToken::new();
-        let mut env = std::collections::HashMap::new();
-        env.insert("DATABASE_URL".to_owned(), orchestrator_db.url.clone());
-        env.insert("AMQP_URL".to_owned(), testing::amqp_url());
-        env.insert("AMQP_PREFIX".to_owned(), prefix.clone());
-        env.insert("DATABASE_POOL_SIZE".to_owned(), "8".to_owned());
-        let config = Config {
-            service: ServiceConfig::from_source(&env).unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            retry,
-        };
-        let running = orchestrator::app::start(config, stop.clone())
-            .await
-            .expect("orchestrator starts");
-        let base_url = format!("http://{}", running.addr);
-        let mut tasks = vec![tokio::spawn(running.wait())];
-        tasks
-            .push(start_worker(workers::inventory::Inventory, &inventory_db, &prefix, &stop).await);
-        tasks.push(start_worker(workers::tax::Tax, &tax_db, &prefix, &stop).await);
-        tasks.push(
-            start_worker(
-                workers::payment::Payment::new(workers::payment::Simulator),
-                &payment_db,
-                &prefix,
-                &stop,
-            )
-            .await,
-        );
-
-        System {
-            base_url,
+        let mut system = System {
+            base_url: String::new(),
             http: reqwest::Client::new(),
             orchestrator_db,
             inventory_db,
             tax_db,
             payment_db,
             prefix,
+            policies,
+            orchestrator_stop: CancellationToken::new(),
+            orchestrator: None,
             stop,
-            tasks,
+            tasks: Vec::new(),
             _topology: topology,
+        };
+        system.start_orchestrator().await;
+        let (prefix, stop) = (&system.prefix, &system.stop);
+        let mut tasks = Vec::new();
+
+        tasks
+            .push(start_worker(workers::inventory::Inventory, &system.inventory_db, prefix, stop).await);
+        tasks.push(start_worker(workers::tax::Tax, &system.tax_db, prefix, stop).await);
+        tasks.push(
+            start_worker(
+                workers::payment::Payment::new(workers::payment::Simulator),
+                &system.payment_db,
+                prefix,
+                stop,
+            )
+            .await,
+        );
+        system.tasks = tasks;
+        system
+    }
+
+    /// Starts an orchestrator instance on the system's database; its
+    /// address becomes `base_url`.
+    pub async fn start_orchestrator(&mut self) {
+        let mut env = std::collections::HashMap::new();
+        env.insert("DATABASE_URL".to_owned(), self.orchestrator_db.url.clone());
+        env.insert("AMQP_URL".to_owned(), testing::amqp_url());
+        env.insert("AMQP_PREFIX".to_owned(), self.prefix.clone());
+        env.insert("DATABASE_POOL_SIZE".to_owned(), "8".to_owned());
+        let config = Config {
+            service: ServiceConfig::from_source(&env).unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            policies: self.policies,
+            admin_tokens: AdminTokens::parse(&format!("{ADMIN_ACTOR}={ADMIN_TOKEN}")).unwrap(),
+        };
+        self.orchestrator_stop = CancellationToken::new();
+        let running = orchestrator::app::start(config, self.orchestrator_stop.clone())
+            .await
+            .expect("orchestrator starts");
+        self.base_url = format!("http://{}", running.addr);
+        self.orchestrator = Some(tokio::spawn(running.wait()));
+    }
+
+    /// Stops the orchestrator instance (the workers go on).
+    pub async fn stop_orchestrator(&mut self) {
+        self.orchestrator_stop.cancel();
+        if let Some(task) = self.orchestrator.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("orchestrator stops within 20 s")
+                .expect("orchestrator task ends cleanly");
         }
+    }
+
+    /// A support API call with the test token: (status, body).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base_url))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("support API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Switches the payment provider outage on or off.
+    pub async fn outage(&self, on: bool) {
+        let mut conn = self.payment_db.pool.acquire().await.unwrap();
+        workers::payment::outage::set(&mut conn, on).await.unwrap();
+    }
+
+    /// Posts a checkout and returns its id, without waiting.
+    pub async fn place(&self, body: &Value) -> String {
+        let (status, created) = self.post(body, None).await;
+        assert_eq!(status, 202, "{created}");
+        created["checkout_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The saga's status as support sees it (`suspended`, `completed`, ...).
+    pub async fn saga_status(&self, id: &str) -> String {
+        let uuid: uuid::Uuid = id.parse().unwrap();
+        sqlx::query_scalar("SELECT status FROM sagas WHERE id = $1")
+            .bind(uuid)
+            .fetch_one(&self.orchestrator_db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (deadline `timeout`) until every saga in `ids` has `status`.
+    pub async fn wait_status(&self, ids: &[String], status: &str, timeout: Duration) {
+        testing::eventually(&format!("{} sagas {status}", ids.len()), timeout, || async {
+            let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = $2",
+            )
+            .bind(&uuids)
+            .bind(status)
+            .fetch_one(&self.orchestrator_db.pool)
+            .await
+            .unwrap();
+            (n as usize == ids.len()).then_some(())
+        })
+        .await
+    }
+
+    /// Net money taken: charged minus refunded, over every payment.
+    pub async fn net_charged(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COALESCE(SUM(amount_cents - refunded_cents), 0)::int8 FROM payments
+             WHERE status IN ('charged', 'refunded')",
+        )
+        .fetch_one(&self.payment_db.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn post(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
@@ -237,7 +349,8 @@ impl System {
             .unwrap()
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        self.stop_orchestrator().await;
         self.stop.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
