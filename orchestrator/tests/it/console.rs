@@ -287,3 +287,30 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn support_retries_a_parked_saga_from_the_console() {
+    use crate::system::{order, System, ADMIN_ACTOR, ADMIN_TOKEN};
+    use orchestrator::saga::StepPolicies;
+
+    let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
+    system.outage(true).await;
+    let id = system.place(&order(&[("BOOK", 2)], "sim_approve")).await;
+    system
+        .wait_status(&[id.clone()], "suspended", Duration::from_secs(60))
+        .await;
+    system.outage(false).await;
+
+    retry_in_console(&system.base_url, ADMIN_TOKEN, &id).await;
+
+    assert_eq!(system.wait_final(&id).await["status"], "completed");
+    let actor: String = sqlx::query_scalar(
+        "SELECT actor FROM saga_events WHERE saga_id = $1::uuid AND event = 'retry'",
+    )
+    .bind(&id)
+    .fetch_one(&system.orchestrator_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, ADMIN_ACTOR);
+    system.stop().await;
+}

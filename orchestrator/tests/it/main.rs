@@ -4,9 +4,11 @@
 
 mod binary;
 mod checkout;
+mod console;
 mod failures;
 mod idempotency;
 mod run_command;
 mod sagactl;
+mod support_api;
 mod system;
 mod validation;
