@@ -51,7 +51,11 @@ fn step_vars(step: Step) -> PolicyVars {
     }
 }
 
-fn millis(source: &dyn Source, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+fn millis(
+    source: &dyn Source,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(parsed_or(
         source,
         name,

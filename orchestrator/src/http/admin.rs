@@ -16,7 +16,7 @@ use super::auth::Actor;
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
-use crate::saga::{Action, CheckoutRequest, SagaStatus};
+use crate::saga::{Action, CheckoutRequest, Phase, SagaStatus};
 use crate::store::{
     FailureGroup, SagaFilter, SagaRecord, SagaSummary, StoreError, TimelineEntry, MAX_PAGE,
 };
@@ -30,6 +30,7 @@ const BULK_CONCURRENCY: usize = 8;
 pub struct ListParams {
     status: Option<String>,
     step: Option<String>,
+    phase: Option<String>,
     error: Option<String>,
     created_after: Option<String>,
     created_before: Option<String>,
@@ -63,6 +64,14 @@ fn parse_step(text: &str) -> Result<Step, FieldError> {
     })
 }
 
+fn parse_phase(text: &str) -> Result<Phase, FieldError> {
+    match text {
+        "forward" => Ok(Phase::Forward),
+        "compensating" => Ok(Phase::Compensating),
+        _ => Err(invalid("phase", "must be forward or compensating")),
+    }
+}
+
 fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, FieldError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -94,8 +103,15 @@ pub async fn list(
 ) -> Result<Json<SagaList>, ApiError> {
     let mut errors = Vec::new();
     let filter = SagaFilter {
-        status: all_or_errors(&mut errors, non_empty(params.status).map(|s| parse_status(&s))),
+        status: all_or_errors(
+            &mut errors,
+            non_empty(params.status).map(|s| parse_status(&s)),
+        ),
         step: all_or_errors(&mut errors, non_empty(params.step).map(|s| parse_step(&s))),
+        phase: all_or_errors(
+            &mut errors,
+            non_empty(params.phase).map(|p| parse_phase(&p)),
+        ),
         error: non_empty(params.error),
         created_after: all_or_errors(
             &mut errors,
@@ -110,7 +126,10 @@ pub async fn list(
         &mut errors,
         non_empty(params.limit).map(|l| match l.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(invalid("limit", format!("must be a number from 1 to {MAX_PAGE}"))),
+            _ => Err(invalid(
+                "limit",
+                format!("must be a number from 1 to {MAX_PAGE}"),
+            )),
         }),
     )
     .unwrap_or(DEFAULT_PAGE);
@@ -287,6 +306,7 @@ pub async fn cancel(
 #[serde(deny_unknown_fields)]
 struct BulkRetryBody {
     step: Option<String>,
+    phase: Option<String>,
     error: Option<String>,
     reason: Option<String>,
     #[serde(default)]
@@ -307,10 +327,12 @@ pub async fn bulk_retry(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BulkRetried>, ApiError> {
     let body: BulkRetryBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
-    let step = match non_empty(body.step) {
-        Some(step) => Some(parse_step(&step).map_err(|e| ApiError::Invalid(vec![e]))?),
-        None => None,
-    };
+    let mut errors = Vec::new();
+    let step = all_or_errors(&mut errors, non_empty(body.step).map(|s| parse_step(&s)));
+    let phase = all_or_errors(&mut errors, non_empty(body.phase).map(|p| parse_phase(&p)));
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
     let reason = if body.dry_run {
         None
     } else {
@@ -318,6 +340,7 @@ pub async fn bulk_retry(
     };
     let filter = SagaFilter {
         step,
+        phase,
         error: non_empty(body.error),
         ..SagaFilter::default()
     };

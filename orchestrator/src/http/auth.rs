@@ -22,7 +22,9 @@ pub struct AdminTokens {
 impl std::fmt::Debug for AdminTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("AdminTokens").field("names", &names).finish()
+        f.debug_struct("AdminTokens")
+            .field("names", &names)
+            .finish()
     }
 }
 
@@ -62,7 +64,9 @@ impl AdminTokens {
             }
             let hashed = digest(token);
             if tokens.entries.iter().any(|(_, d)| *d == hashed) {
-                return Err(format!("entry {position} ({name}) reuses another entry's token"));
+                return Err(format!(
+                    "entry {position} ({name}) reuses another entry's token"
+                ));
             }
             tokens.entries.push((name.to_owned(), hashed));
         }
@@ -73,9 +77,8 @@ impl AdminTokens {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         match source.get(VAR) {
             None => Ok(AdminTokens::default()),
-            Some(text) => {
-                AdminTokens::parse(&text).map_err(|reason| ConfigError::Invalid { name: VAR, reason })
-            }
+            Some(text) => AdminTokens::parse(&text)
+                .map_err(|reason| ConfigError::Invalid { name: VAR, reason }),
         }
     }
 
@@ -137,12 +140,22 @@ mod tests {
 
     #[test]
     fn errors_and_debug_never_show_a_token() {
-        for bad in ["alice", "=tok3n", "alice=", "a b=tok3n", "x=tok3n,x=tok3m", "x=tok3n,y=tok3n"] {
+        for bad in [
+            "alice",
+            "=tok3n",
+            "alice=",
+            "a b=tok3n",
+            "x=tok3n,x=tok3m",
+            "x=tok3n,y=tok3n",
+        ] {
             let error = AdminTokens::parse(bad).unwrap_err();
             assert!(!error.contains("tok3n"), "{error}");
         }
         let tokens = AdminTokens::parse("alice=tok3n").unwrap();
         let shown = format!("{tokens:?}");
-        assert!(shown.contains("alice") && !shown.contains("tok3n"), "{shown}");
+        assert!(
+            shown.contains("alice") && !shown.contains("tok3n"),
+            "{shown}"
+        );
     }
 }

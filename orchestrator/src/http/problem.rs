@@ -105,9 +105,7 @@ impl IntoResponse for ApiError {
                 "idempotency-key-reused",
                 "Idempotency-Key reused",
             ),
-            ApiError::Unauthorized(_) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-            }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -314,6 +314,8 @@ fn describe(outcome: &Outcome) -> String {
 fn succeeded(t: &mut Transition, result: StepResult, ctx: Context) {
     let saga = &mut t.saga;
     let step = result.step();
+    // The timeline keeps the errors; the saga's error is about now.
+    saga.last_error = None;
     match result {
         StepResult::Reserved(r) => saga.reserved = Some(r),
         StepResult::TaxCalculated(r) => saga.tax = Some(r),

@@ -100,7 +100,13 @@ mod tests {
             ..RetryPolicy::default()
         };
         let policies = StepPolicies::default().with(Step::Charge, slow);
-        assert_eq!(policies.for_step(Step::Charge).deadline, Duration::from_secs(60));
-        assert_eq!(policies.for_step(Step::Refund).deadline, Duration::from_secs(10));
+        assert_eq!(
+            policies.for_step(Step::Charge).deadline,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            policies.for_step(Step::Refund).deadline,
+            Duration::from_secs(10)
+        );
     }
 }

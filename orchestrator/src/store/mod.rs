@@ -177,8 +177,10 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         tracing::Span::current().record("actor", actor);
-        self.advance(id, |saga, ctx| Ok(saga::act(saga, action, actor, reason, ctx)?))
-            .await?;
+        self.advance(id, |saga, ctx| {
+            Ok(saga::act(saga, action, actor, reason, ctx)?)
+        })
+        .await?;
         tracing::info!("support action applied");
         Ok(())
     }

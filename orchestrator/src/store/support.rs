@@ -19,6 +19,8 @@ pub const MAX_BULK: i64 = 10_000;
 pub struct SagaFilter {
     pub status: Option<SagaStatus>,
     pub step: Option<Step>,
+    /// A suspended saga counts in the phase it parked in.
+    pub phase: Option<Phase>,
     /// A case-insensitive substring of the last error.
     pub error: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
@@ -96,7 +98,21 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
         query.push(" AND status = ").push_bind(status.as_str());
     }
     if let Some(step) = filter.step {
-        query.push(" AND current_step = ").push_bind(step.routing_key());
+        query
+            .push(" AND current_step = ")
+            .push_bind(step.routing_key());
+    }
+    if let Some(phase) = filter.phase {
+        let status = match phase {
+            Phase::Forward => "running",
+            Phase::Compensating => "compensating",
+        };
+        query
+            .push(
+                " AND CASE WHEN status = 'suspended' \
+                 THEN coalesce(state->>'suspended_from', 'running') ELSE status END = ",
+            )
+            .push_bind(status);
     }
     if let Some(error) = &filter.error {
         query

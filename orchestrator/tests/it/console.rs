@@ -297,7 +297,11 @@ async fn support_retries_a_parked_saga_from_the_console() {
     system.outage(true).await;
     let id = system.place(&order(&[("BOOK", 2)], "sim_approve")).await;
     system
-        .wait_status(&[id.clone()], "suspended", Duration::from_secs(60))
+        .wait_status(
+            std::slice::from_ref(&id),
+            "suspended",
+            Duration::from_secs(60),
+        )
         .await;
     system.outage(false).await;
 

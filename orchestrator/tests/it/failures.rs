@@ -118,7 +118,7 @@ async fn a_charge_past_its_deadline_parks_then_a_retry_completes_with_one_charge
         .place(&order(&[("TSHIRT", 1)], "sim_slow_2000"))
         .await;
     system
-        .wait_status(&[id.clone()], "suspended", PARK_WAIT)
+        .wait_status(std::slice::from_ref(&id), "suspended", PARK_WAIT)
         .await;
     let parked = detail(&system, &id).await;
     assert_eq!(parked["step"], "payment.charge");
@@ -180,8 +180,7 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(3))).await;
     system.outage(true).await;
     let body = order(&[("TSHIRT", 1)], "sim_approve");
-    let ids: Vec<String> =
-        futures::future::join_all((0..50).map(|_| system.place(&body))).await;
+    let ids: Vec<String> = futures::future::join_all((0..50).map(|_| system.place(&body))).await;
     system.wait_status(&ids, "suspended", PARK_WAIT).await;
 
     // Parked, not lost: still pending to the client, stock still held.
@@ -193,7 +192,11 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
     let (status, failures) = system.admin("GET", "/v1/admin/failures", None).await;
     assert_eq!(status, 200, "{failures}");
     assert_eq!(failures["total"], 50);
-    assert_eq!(failures["groups"].as_array().unwrap().len(), 1, "{failures}");
+    assert_eq!(
+        failures["groups"].as_array().unwrap().len(),
+        1,
+        "{failures}"
+    );
     let group = &failures["groups"][0];
     assert_eq!(group["step"], "payment.charge");
     assert_eq!(group["phase"], "forward");
@@ -209,7 +212,10 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
         .admin("POST", "/v1/admin/sagas/retry", Some(dry))
         .await;
     assert_eq!(status, 200, "{preview}");
-    assert_eq!((preview["dry_run"].clone(), preview["count"].clone()), (json!(true), json!(50)));
+    assert_eq!(
+        (preview["dry_run"].clone(), preview["count"].clone()),
+        (json!(true), json!(50))
+    );
     assert_eq!(system.saga_status(&ids[0]).await, "suspended");
 
     let mut real = selection;
@@ -223,7 +229,9 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
 
     let payments = system.payments().await;
     assert_eq!(payments.len(), 50);
-    assert!(payments.iter().all(|p| *p == ("charged".to_owned(), 2_145, 0)));
+    assert!(payments
+        .iter()
+        .all(|p| *p == ("charged".to_owned(), 2_145, 0)));
     assert_eq!(system.held().await, 50);
     let audited: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM saga_events WHERE event = 'retry' AND actor = $1 AND reason = $2",
@@ -243,7 +251,7 @@ async fn cancel_of_a_parked_saga_releases_the_stock_with_no_net_charge() {
     system.outage(true).await;
     let id = system.place(&order(&[("TSHIRT", 3)], "sim_approve")).await;
     system
-        .wait_status(&[id.clone()], "suspended", PARK_WAIT)
+        .wait_status(std::slice::from_ref(&id), "suspended", PARK_WAIT)
         .await;
     assert_eq!(system.held().await, 3);
     system.outage(false).await;
@@ -260,7 +268,9 @@ async fn cancel_of_a_parked_saga_releases_the_stock_with_no_net_charge() {
         .into_iter()
         .find(|(_, _, event, _)| event == "cancel");
     assert!(cancel.is_some());
-    let (_, saga) = system.admin("GET", &format!("/v1/admin/sagas/{id}"), None).await;
+    let (_, saga) = system
+        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
+        .await;
     let entry = saga["timeline"]
         .as_array()
         .unwrap()
@@ -299,13 +309,17 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
     // The provider answers 2 s after the charge began; the outage starts
     // before then, so the refund that waits for that answer fails.
     system
-        .wait_status(&[id.clone()], "compensating", PARK_WAIT)
+        .wait_status(std::slice::from_ref(&id), "compensating", PARK_WAIT)
         .await;
     system.outage(true).await;
     system
-        .wait_status(&[id.clone()], "suspended", PARK_WAIT)
+        .wait_status(std::slice::from_ref(&id), "suspended", PARK_WAIT)
         .await;
-    assert_eq!(system.net_charged().await, 2_145 * 3, "charged, not yet refunded");
+    assert_eq!(
+        system.net_charged().await,
+        2_145 * 3,
+        "charged, not yet refunded"
+    );
     let parked = detail(&system, &id).await;
     assert_eq!(parked["phase"], "compensating", "{parked}");
     assert_eq!(parked["step"], "payment.refund");
@@ -342,8 +356,7 @@ async fn retries_pending_across_an_orchestrator_restart_all_run() {
     let mut system = System::start_with(StepPolicies::uniform(slow)).await;
     system.outage(true).await;
     let body = order(&[("TSHIRT", 1)], "sim_approve");
-    let ids: Vec<String> =
-        futures::future::join_all((0..100).map(|_| system.place(&body))).await;
+    let ids: Vec<String> = futures::future::join_all((0..100).map(|_| system.place(&body))).await;
     // Wait until every charge has failed at least once: each then has a
     // durable retry (an outbox row due later, or an attempt awaiting its
     // deadline).
@@ -365,7 +378,10 @@ async fn retries_pending_across_an_orchestrator_restart_all_run() {
         .fetch_one(pool)
         .await
         .unwrap();
-    assert!(pending > 0, "no retry was left pending; the test proves nothing");
+    assert!(
+        pending > 0,
+        "no retry was left pending; the test proves nothing"
+    );
     let without_timer: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sagas s WHERE status = 'running'
          AND deadline_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.saga_id = s.id)",

@@ -21,7 +21,10 @@ async fn every_support_route_needs_a_valid_token() {
         for token in [None, Some("wrong-token"), Some(&ADMIN_TOKEN[1..])] {
             let mut request = system
                 .http
-                .request(method.parse().unwrap(), format!("{}{path}", system.base_url))
+                .request(
+                    method.parse().unwrap(),
+                    format!("{}{path}", system.base_url),
+                )
                 .json(&json!({"reason": "x"}));
             if let Some(token) = token {
                 request = request.bearer_auth(token);
@@ -76,7 +79,11 @@ async fn lists_filter_and_page_newest_first_and_bad_input_names_the_field() {
     assert_eq!(rejected["sagas"].as_array().unwrap().len(), 1);
     assert_eq!(rejected["sagas"][0]["saga_id"], ids[1].as_str());
     let (_, future) = system
-        .admin("GET", "/v1/admin/sagas?created_after=2999-01-01T00:00:00Z", None)
+        .admin(
+            "GET",
+            "/v1/admin/sagas?created_after=2999-01-01T00:00:00Z",
+            None,
+        )
         .await;
     assert_eq!(future["sagas"], json!([]));
 
@@ -111,7 +118,12 @@ async fn lists_filter_and_page_newest_first_and_bad_input_names_the_field() {
             .iter()
             .map(|s| s["step"].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["inventory.reserve", "tax.calculate", "payment.charge", "inventory.release"]
+        [
+            "inventory.reserve",
+            "tax.calculate",
+            "payment.charge",
+            "inventory.release"
+        ]
     );
 
     // Unknown or malformed ids are 404; a missing reason is 422; a wrong

@@ -150,8 +150,15 @@ impl System {
         let (prefix, stop) = (&system.prefix, &system.stop);
         let mut tasks = Vec::new();
 
-        tasks
-            .push(start_worker(workers::inventory::Inventory, &system.inventory_db, prefix, stop).await);
+        tasks.push(
+            start_worker(
+                workers::inventory::Inventory,
+                &system.inventory_db,
+                prefix,
+                stop,
+            )
+            .await,
+        );
         tasks.push(start_worker(workers::tax::Tax, &system.tax_db, prefix, stop).await);
         tasks.push(
             start_worker(
@@ -238,18 +245,22 @@ impl System {
 
     /// Waits (deadline `timeout`) until every saga in `ids` has `status`.
     pub async fn wait_status(&self, ids: &[String], status: &str, timeout: Duration) {
-        testing::eventually(&format!("{} sagas {status}", ids.len()), timeout, || async {
-            let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = $2",
-            )
-            .bind(&uuids)
-            .bind(status)
-            .fetch_one(&self.orchestrator_db.pool)
-            .await
-            .unwrap();
-            (n as usize == ids.len()).then_some(())
-        })
+        testing::eventually(
+            &format!("{} sagas {status}", ids.len()),
+            timeout,
+            || async {
+                let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = $2",
+                )
+                .bind(&uuids)
+                .bind(status)
+                .fetch_one(&self.orchestrator_db.pool)
+                .await
+                .unwrap();
+                (n as usize == ids.len()).then_some(())
+            },
+        )
         .await
     }
 

@@ -268,11 +268,7 @@ fn a_refusing_compensation_parks_the_saga() {
         ctx(),
     )
     .saga;
-    let t = handle(
-        &saga,
-        reply(&saga, Outcome::rejected("weird", "")),
-        ctx(),
-    );
+    let t = handle(&saga, reply(&saga, Outcome::rejected("weird", "")), ctx());
     assert_eq!(t.saga.status, SagaStatus::Suspended);
     assert_eq!(t.saga.compensations, vec![Step::Release]);
 }
@@ -308,7 +304,10 @@ fn every_attempt_is_in_the_timeline_with_its_backoff_and_deadline() {
     let saga = at_charge();
     let t = handle(&saga, reply(&saga, transient()), ctx());
     let sent = t.history.last().unwrap();
-    assert_eq!((sent.step, sent.attempt, sent.event.as_str()), (Some(Step::Charge), 2, "sent"));
+    assert_eq!(
+        (sent.step, sent.attempt, sent.event.as_str()),
+        (Some(Step::Charge), 2, "sent")
+    );
     assert_eq!(
         sent.detail.as_deref(),
         Some("after a backoff of 100 ms; deadline 10000 ms")
@@ -329,7 +328,12 @@ fn a_missed_deadline_retries_and_a_late_reply_changes_nothing() {
     );
     assert_eq!(t.history[0].event, "deadline_missed");
     assert_eq!(sent_steps(&t), vec![(Step::Charge, 2)]);
-    assert!(t.saga.last_error.as_deref().unwrap().contains("outcome unknown"));
+    assert!(t
+        .saga
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("outcome unknown"));
     // Attempt 1 answers after all: recorded, nothing else.
     let late = handle(
         &t.saga,
@@ -363,7 +367,10 @@ fn an_exhausted_forward_step_parks_with_its_last_error() {
     assert_eq!(saga.suspended_from, Some(SagaStatus::Running));
     assert_eq!(saga.phase(), Some(crate::saga::Phase::Forward));
     assert_eq!(saga.last_error.as_deref(), Some("provider unavailable"));
-    assert_eq!(saga.status.client_status(), crate::saga::ClientStatus::Pending);
+    assert_eq!(
+        saga.status.client_status(),
+        crate::saga::ClientStatus::Pending
+    );
 }
 
 #[test]
@@ -426,7 +433,9 @@ fn retry_starts_a_new_series_of_attempts_from_the_parked_step() {
     assert_eq!(handle(&saga, late, ctx()).saga, saga);
     let saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
     assert_eq!(saga.status, SagaStatus::Suspended);
-    let saga = act(&saga, Action::Retry, "alice", "again", ctx()).unwrap().saga;
+    let saga = act(&saga, Action::Retry, "alice", "again", ctx())
+        .unwrap()
+        .saga;
     let saga = handle(&saga, reply(&saga, ok_for(Step::Charge)), ctx()).saga;
     assert_eq!(saga.status, SagaStatus::Completed);
 }
@@ -442,7 +451,10 @@ fn cancel_of_a_parked_saga_compensates_everything_then_is_cancelled() {
         saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
     }
     assert_eq!(saga.status, SagaStatus::Cancelled);
-    assert_eq!(saga.status.client_status(), crate::saga::ClientStatus::Cancelled);
+    assert_eq!(
+        saga.status.client_status(),
+        crate::saga::ClientStatus::Cancelled
+    );
 }
 
 #[test]
