@@ -46,7 +46,7 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     // The binaries this test build made; cargo's build lock is held while
     // tests run, so the script must not build again.
     let bins = bin_dir();
-    for name in ["orchestrator", "inventory", "tax", "payment"] {
+    for name in ["orchestrator", "inventory", "tax", "payment", "sagactl"] {
         assert!(
             bins.join(name).exists(),
             "{name} not built in {bins:?}: run `cargo test --workspace`"
@@ -146,6 +146,65 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     };
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["total_cents"].as_i64().unwrap() > 0);
+
+    // The README's support walk-through, with the commands the script
+    // printed: an outage parks checkouts, one bulk retry completes them.
+    let mut printed_after = |prefix: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no `{prefix}` line printed"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.to_owned();
+        }
+    };
+    let _console = printed_after("Support console: ");
+    let sagactl = printed_after("Support CLI: ");
+    let sagactl = sagactl.trim_end_matches(" failures").to_owned();
+    let drill = printed_after("Payment outage drill: ");
+    let outage_on = drill.split("   (then").next().unwrap().to_owned();
+    let outage_off = outage_on.replace("outage on", "outage off");
+    let sh = |line: &str| {
+        let output = Command::new("bash").arg("-c").arg(line).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "`{line}` failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text
+    };
+    sh(&outage_on);
+    let mut parked = Vec::new();
+    for _ in 0..2 {
+        let created: Value =
+            serde_json::from_str(&sh(&curl.replace("Idempotency-Key", "X-Ignored")))
+                .expect("a checkout");
+        parked.push(created["checkout_id"].as_str().unwrap().to_owned());
+    }
+    testing::eventually("both checkouts parked", Duration::from_secs(60), || {
+        let json = sh(&format!("{sagactl} --json failures"));
+        async move {
+            let failures: Value = serde_json::from_str(&json).unwrap();
+            (failures["total"] == 2).then_some(())
+        }
+    })
+    .await;
+    sh(&outage_off);
+    let retried = sh(&format!(
+        "{sagactl} retry-all --step payment.charge --error outage --reason 'provider back'"
+    ));
+    assert!(retried.contains('2'), "{retried}");
+    for id in &parked {
+        let done: Value = client
+            .get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=30"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "completed", "{done}");
+    }
 
     drop(group);
     let _ = child.wait();
