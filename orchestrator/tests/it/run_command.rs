@@ -149,7 +149,7 @@ async fn readme_run_command_serves_its_printed_curl_line() {
 
     // The README's support walk-through, with the commands the script
     // printed: an outage parks checkouts, one bulk retry completes them.
-    let mut printed_after = |prefix: &str| loop {
+    let printed_after = |prefix: &str| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("no `{prefix}` line printed"));
