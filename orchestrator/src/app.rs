@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dead_letters::run_dead_letter_recorder_until_stopped;
 use crate::deadlines::run_deadlines_until_stopped;
 use crate::http::{self, AppState};
 use crate::listener::run_listener_until_stopped;
@@ -95,6 +96,12 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     tasks.spawn(run_deadlines_until_stopped(
         store.clone(),
         relay.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(run_dead_letter_recorder_until_stopped(
+        pool.clone(),
+        broker.clone(),
+        service.prefetch,
         stop.clone(),
     ));
     tasks.spawn(run_relay_until_stopped(

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dead_letters;
 pub mod deadlines;
 pub mod http;
 pub mod listener;

@@ -9,8 +9,10 @@ use saga_shared::{shutdown, telemetry};
 /// checkout through inventory, tax and payment over RabbitMQ.
 ///
 /// Configuration comes from the environment: DATABASE_URL, AMQP_URL,
-/// AMQP_PREFIX, HTTP_ADDR, PREFETCH, DATABASE_POOL_SIZE, STEP_MAX_ATTEMPTS,
-/// STEP_BACKOFF_BASE_MS, STEP_BACKOFF_MAX_MS, RUST_LOG, LOG_FORMAT.
+/// AMQP_PREFIX, HTTP_ADDR, ADMIN_TOKENS, PREFETCH, DATABASE_POOL_SIZE,
+/// SHUTDOWN_GRACE_SECONDS, STEP_MAX_ATTEMPTS, STEP_BACKOFF_BASE_MS,
+/// STEP_BACKOFF_MAX_MS, STEP_DEADLINE_MS, STEP_ON_EXHAUSTED (and the same
+/// per step, e.g. STEP_PAYMENT_CHARGE_DEADLINE_MS), RUST_LOG, LOG_FORMAT.
 #[derive(Parser)]
 #[command(name = "orchestrator", version)]
 struct Cli {}
@@ -27,9 +29,10 @@ async fn main() -> ExitCode {
     };
     telemetry::init("info,sqlx=warn,tower_http=info");
     let stop = shutdown::on_signal();
-    match app::start(config, stop).await {
+    let grace = config.service.shutdown_grace;
+    match app::start(config, stop.clone()).await {
         Ok(running) => {
-            running.wait().await;
+            shutdown::within_grace(running.wait(), &stop, grace).await;
             ExitCode::SUCCESS
         }
         Err(error) => {

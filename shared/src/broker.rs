@@ -1,6 +1,7 @@
-//! RabbitMQ plumbing: connect with backoff, publish with confirms, consume
-//! with manual acks, and dead-letter with a reason.
+//! RabbitMQ plumbing: connect (and reconnect) with backoff, publish with
+//! confirms, consume with manual acks, and dead-letter with a reason.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -100,11 +101,32 @@ impl Outgoing {
     }
 }
 
-/// One connection, a confirm-mode channel for publishing, and the topology.
-pub struct Broker {
+/// One live connection and its confirm-mode publishing channel.
+struct Session {
     connection: Connection,
     publisher: Channel,
+}
+
+impl Session {
+    fn is_healthy(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// A RabbitMQ client that outlives its connections: when the connection
+/// drops (a broker restart, a network cut), the next use reconnects with
+/// backoff and jitter and redeclares the topology. Consumers built on
+/// [`Broker::consume`] resume through `run_consumer_until_stopped`;
+/// publishes that failed are the caller's to retry (the outbox relay and
+/// the worker runtime do).
+pub struct Broker {
+    url: String,
+    name: String,
     topology: Topology,
+    session: std::sync::Mutex<Option<Arc<Session>>>,
+    /// One reconnect at a time; the others wait for its session.
+    connecting: tokio::sync::Mutex<()>,
+    stop: CancellationToken,
 }
 
 impl Broker {
@@ -117,30 +139,79 @@ impl Broker {
         name: &str,
         stop: &CancellationToken,
     ) -> Result<Broker, BrokerError> {
+        let broker = Broker {
+            url: url.to_owned(),
+            // The prefix in the name tells one deployment's (or test's)
+            // connections from another's in the broker's tools.
+            name: format!("{name} {}", topology.prefix()),
+            topology,
+            session: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            stop: stop.clone(),
+        };
+        broker.session().await?;
+        Ok(broker)
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .lock()
+            .expect("session lock is never poisoned")
+            .clone()
+    }
+
+    /// The live session, reconnecting first if the last one died.
+    async fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        if let Some(session) = self.current().filter(|s| s.is_healthy()) {
+            return Ok(session);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(session) = self.current().filter(|s| s.is_healthy()) {
+            return Ok(session);
+        }
+        let reconnecting = self.current().is_some();
+        if let Some(old) = self.current() {
+            let _ = old.connection.close(320, "reconnecting".into()).await;
+        }
+        let session = Arc::new(self.open().await?);
+        *self.session.lock().expect("session lock is never poisoned") = Some(session.clone());
+        if reconnecting {
+            tracing::info!(name = %self.name, "reconnected to RabbitMQ; topology redeclared");
+        }
+        Ok(session)
+    }
+
+    /// A new connection, publisher channel and declared topology, retrying
+    /// with backoff and jitter until it works or `stop`.
+    async fn open(&self) -> Result<Session, BrokerError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let connection = loop {
-            let properties = ConnectionProperties::default().with_connection_name(name.into());
-            match Connection::connect(url, properties).await {
-                Ok(connection) => break connection,
+        loop {
+            match self.try_open().await {
+                Ok(session) => return Ok(session),
                 Err(error) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(%error, ?wait, "RabbitMQ not reachable yet; retrying");
+                    tracing::warn!(%error, ?wait, "RabbitMQ not reachable; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stop.cancelled() => return Err(BrokerError::Stopped),
+                        _ = self.stop.cancelled() => return Err(BrokerError::Stopped),
                     }
                 }
             }
-        };
+        }
+    }
+
+    async fn try_open(&self) -> Result<Session, BrokerError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let connection = Connection::connect(&self.url, properties).await?;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology.declare(&publisher).await?;
-        Ok(Broker {
+        self.topology.declare(&publisher).await?;
+        Ok(Session {
             connection,
             publisher,
-            topology,
         })
     }
 
@@ -149,7 +220,7 @@ impl Broker {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.current().is_some_and(|s| s.is_healthy())
     }
 
     /// Publishes and waits for the broker's confirm. An unroutable message is
@@ -161,9 +232,10 @@ impl Broker {
     /// Publishes every message, then waits for all their confirms: one round
     /// trip of latency for the whole batch instead of one per message.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+        let session = self.session().await?;
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
-            let confirm = self
+            let confirm = session
                 .publisher
                 .basic_publish(
                     message.exchange.as_str().into(),
@@ -212,7 +284,7 @@ impl Broker {
         consumer_tag: &str,
         prefetch: u16,
     ) -> Result<Consumer, BrokerError> {
-        let channel = self.connection.create_channel().await?;
+        let channel = self.session().await?.connection.create_channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
@@ -244,6 +316,8 @@ impl Broker {
         );
         let properties = delivery.properties.clone().with_headers(headers);
         let confirm = self
+            .session()
+            .await?
             .publisher
             .basic_publish(
                 self.topology.dead_letter_exchange().into(),
@@ -273,11 +347,18 @@ impl Broker {
 
     /// A plain channel (tests and tools use it to declare or inspect).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        Ok(self.connection.create_channel().await?)
+        Ok(self.session().await?.connection.create_channel().await?)
     }
 
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "bye".into()).await;
+        let session = self
+            .session
+            .lock()
+            .expect("session lock is never poisoned")
+            .take();
+        if let Some(session) = session {
+            let _ = session.connection.close(200, "bye".into()).await;
+        }
     }
 }
 

@@ -107,6 +107,9 @@ pub struct ServiceConfig {
     pub prefetch: u16,
     /// Connections in the service's PostgreSQL pool.
     pub database_pool_size: u32,
+    /// After SIGTERM, how long in-flight work may take before the process
+    /// exits anyway (what is still unacked is redelivered elsewhere).
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl ServiceConfig {
@@ -125,6 +128,7 @@ impl ServiceConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let grace_seconds = parsed_or(source, "SHUTDOWN_GRACE_SECONDS", 30u64)?;
         Ok(ServiceConfig {
             database_url: url(
                 source,
@@ -141,6 +145,7 @@ impl ServiceConfig {
             amqp_prefix: prefix(source)?,
             prefetch,
             database_pool_size,
+            shutdown_grace: std::time::Duration::from_secs(grace_seconds),
         })
     }
 

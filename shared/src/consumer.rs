@@ -1,10 +1,12 @@
 //! Consuming a queue: bounded concurrency, a handler that panics is
 //! requeued (the quorum queue's delivery limit then dead-letters a message
-//! that keeps crashing it), and on stop: stop fetching, drain, return.
+//! that keeps crashing it), consuming again after a lost connection, and on
+//! stop: stop fetching, drain, return.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -13,11 +15,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Backoff, Broker, BrokerError};
 
 /// Runs `handle` for each delivery of `queue`, at most `prefetch` at once,
 /// until `stop`; then lets the in-flight ones finish. `handle` owns the
-/// delivery's ack or nack.
+/// delivery's ack or nack. A lost connection or channel does not end it:
+/// it consumes again once the broker is back (deliveries that were in
+/// flight are redelivered, and the inbox answers those already handled).
 pub async fn run_consumer_until_stopped<F, Fut>(
     broker: &Broker,
     queue: &str,
@@ -30,45 +34,68 @@ where
     F: Fn(Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut consumer = broker.consume(queue, consumer_tag, prefetch).await?;
-    tracing::info!(%queue, prefetch, "consuming");
     let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
     let mut in_flight = JoinSet::new();
-    let result = loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
-            _ = stop.cancelled() => break Ok(()),
-        };
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            _ = stop.cancelled() => break Ok(()),
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let acker = delivery.acker.clone();
-                let message_id = delivery.properties.message_id().clone();
-                let handling = AssertUnwindSafe(handle(delivery)).catch_unwind();
-                in_flight.spawn(async move {
-                    if handling.await.is_err() {
-                        tracing::error!(?message_id, "handler panicked; message requeued");
-                        let _ = acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await;
-                    }
-                    drop(permit);
-                });
+    let fresh = || Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = fresh();
+    while !stop.is_cancelled() {
+        let mut consumer = match broker.consume(queue, consumer_tag, prefetch).await {
+            Ok(consumer) => consumer,
+            Err(BrokerError::Stopped) => break,
+            Err(error) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, %queue, ?wait, "cannot consume; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = stop.cancelled() => break,
+                }
             }
-            Some(Err(error)) => break Err(error.into()),
-            None => break Ok(()),
+        };
+        tracing::info!(%queue, prefetch, "consuming");
+        let lost = loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
+                _ = stop.cancelled() => break None,
+            };
+            let delivery = tokio::select! {
+                next = consumer.next() => next,
+                _ = stop.cancelled() => break None,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    backoff = fresh();
+                    let acker = delivery.acker.clone();
+                    let message_id = delivery.properties.message_id().clone();
+                    let handling = AssertUnwindSafe(handle(delivery)).catch_unwind();
+                    in_flight.spawn(async move {
+                        if handling.await.is_err() {
+                            tracing::error!(?message_id, "handler panicked; message requeued");
+                            let _ = acker
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await;
+                        }
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => break Some(error.to_string()),
+                None => break Some("the broker ended the consumer".to_owned()),
+            }
+            while in_flight.try_join_next().is_some() {}
+        };
+        let Some(why) = lost else { break };
+        let wait = backoff.next_delay();
+        tracing::warn!(%queue, error = %why, ?wait, "consumer lost; consuming again");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => break,
         }
-        while in_flight.try_join_next().is_some() {}
-    };
+    }
     while in_flight.join_next().await.is_some() {}
     tracing::info!(%queue, "consumer stopped");
-    result
+    Ok(())
 }
 
 /// Takes a message that can never be handled off its queue: a copy goes to

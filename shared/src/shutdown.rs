@@ -25,3 +25,24 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Runs `work` (which stops itself once `stop` is cancelled) and returns
+/// when it is done, or `grace` after `stop`, whichever comes first; true
+/// when it finished within the grace period.
+pub async fn within_grace<F: std::future::Future>(
+    work: F,
+    stop: &CancellationToken,
+    grace: std::time::Duration,
+) -> bool {
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        _ = work => true,
+        _ = deadline => {
+            tracing::warn!(?grace, "shutdown grace period over; exiting with work in flight (it will be redelivered)");
+            false
+        }
+    }
+}

@@ -39,14 +39,15 @@ pub async fn serve<H: Handler>(
         )
         .await?,
     );
-    let result = run_worker_until_stopped(
+    let work = run_worker_until_stopped(
         handler(pool.clone()),
         pool.clone(),
         broker.clone(),
         config.prefetch,
-        stop,
-    )
-    .await;
+        stop.clone(),
+    );
+    let mut result = Ok(());
+    shutdown::within_grace(async { result = work.await }, &stop, config.shutdown_grace).await;
     broker.close().await;
     pool.close().await;
     result

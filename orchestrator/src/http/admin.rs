@@ -16,6 +16,7 @@ use super::auth::Actor;
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
+use crate::dead_letters::DeadLetter;
 use crate::saga::{Action, CheckoutRequest, Phase, SagaStatus};
 use crate::store::{
     FailureGroup, SagaFilter, SagaRecord, SagaSummary, StoreError, TimelineEntry, MAX_PAGE,
@@ -389,5 +390,67 @@ pub async fn failures(_: Actor, State(state): State<AppState>) -> Result<Json<Fa
     Ok(Json(Failures {
         total: groups.iter().map(|g| g.count).sum(),
         groups,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct DeadLetterParams {
+    saga_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct DeadLetterList {
+    dead_letters: Vec<DeadLetter>,
+    next_cursor: Option<String>,
+}
+
+/// Messages that could not be handled, newest first.
+pub async fn dead_letters(
+    _: Actor,
+    State(state): State<AppState>,
+    Query(params): Query<DeadLetterParams>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let mut errors = Vec::new();
+    let saga_id = all_or_errors(
+        &mut errors,
+        non_empty(params.saga_id).map(|id| {
+            id.parse::<Uuid>()
+                .map_err(|_| invalid("saga_id", "must be a saga id (a UUID)"))
+        }),
+    );
+    let limit = all_or_errors(
+        &mut errors,
+        non_empty(params.limit).map(|l| match l.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                "limit",
+                format!("must be a number from 1 to {MAX_PAGE}"),
+            )),
+        }),
+    )
+    .unwrap_or(DEFAULT_PAGE);
+    let cursor = all_or_errors(
+        &mut errors,
+        non_empty(params.cursor).map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| invalid("cursor", "must be a `next_cursor` from an earlier page"))
+        }),
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let mut rows = crate::dead_letters::list(state.store.pool(), saga_id, limit + 1, cursor)
+        .await
+        .map_err(StoreError::from)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(Json(DeadLetterList {
+        dead_letters: rows,
+        next_cursor,
     }))
 }

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
         .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
         .route("/v1/admin/failures", get(admin::failures))
+        .route("/v1/admin/dead-letters", get(admin::dead_letters))
         .route("/admin", get(console::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -64,10 +65,14 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when both the database and the broker answer; says which is down.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database = sqlx::query("SELECT 1")
-        .execute(state.store.pool())
-        .await
-        .is_ok();
+    // Answer promptly even when the database hangs: a probe that waits
+    // for the pool's acquire timeout is itself a problem.
+    let database = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(state.store.pool()),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     let broker = state.broker.is_connected();
     let status = if database && broker {
         StatusCode::OK

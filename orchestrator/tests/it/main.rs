@@ -7,6 +7,8 @@ mod checkout;
 mod console;
 mod failures;
 mod idempotency;
+mod outages;
+mod poison;
 mod run_command;
 mod sagactl;
 mod support_api;

@@ -8,7 +8,7 @@ use orchestrator::http::auth::AdminTokens;
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
 use saga_shared::config::ServiceConfig;
-use saga_shared::testing::{self, TestDatabase, TopologyGuard};
+use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::Topology;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -26,6 +26,14 @@ pub struct System {
     #[allow(dead_code)]
     pub prefix: String,
     policies: StepPolicies,
+    /// URLs every process of the system uses (through the proxies, if any).
+    database_url_for: Box<dyn Fn(&TestDatabase) -> String + Send + Sync>,
+    amqp_url: String,
+    /// Stand in for RabbitMQ and PostgreSQL when a test cuts them.
+    pub broker_proxy: Option<OutageProxy>,
+    pub database_proxy: Option<OutageProxy>,
+    /// More orchestrator instances on the same database.
+    others: Vec<(CancellationToken, JoinHandle<()>)>,
     /// Stops the orchestrator alone (it can be restarted).
     orchestrator_stop: CancellationToken,
     orchestrator: Option<JoinHandle<()>>,
@@ -57,23 +65,29 @@ pub const TAX_RATES: &[(&str, &str, &str, i32)] = &[
     ("US", "CA", "general", 825),
 ];
 
+/// How a test wants its system.
+#[derive(Default)]
+pub struct Setup {
+    pub policies: StepPolicies,
+    /// Every process reaches RabbitMQ through a proxy the test can cut.
+    pub broker_proxy: bool,
+    /// Every process reaches PostgreSQL through a proxy the test can cut.
+    pub database_proxy: bool,
+}
+
 async fn start_worker<H: Handler>(
     handler: H,
-    db: &TestDatabase,
+    pool: sqlx::PgPool,
+    amqp_url: &str,
     prefix: &str,
     stop: &CancellationToken,
 ) -> JoinHandle<()> {
     let broker = Arc::new(
-        Broker::connect(
-            &testing::amqp_url(),
-            Topology::new(prefix),
-            "test-worker",
-            stop,
-        )
-        .await
-        .expect("worker connects to RabbitMQ"),
+        Broker::connect(amqp_url, Topology::new(prefix), "test-worker", stop)
+            .await
+            .expect("worker connects to RabbitMQ"),
     );
-    let (pool, stop) = (db.pool.clone(), stop.clone());
+    let stop = stop.clone();
     tokio::spawn(async move {
         run_worker_until_stopped(handler, pool, broker, 16, stop)
             .await
@@ -98,7 +112,28 @@ impl System {
     }
 
     pub async fn start_with(policies: StepPolicies) -> System {
+        Self::start_setup(Setup {
+            policies,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    pub async fn start_setup(setup: Setup) -> System {
         testing::init_tracing();
+        let broker_proxy = match setup.broker_proxy {
+            true => Some(OutageProxy::start("127.0.0.1:5672").await),
+            false => None,
+        };
+        let database_proxy = match setup.database_proxy {
+            true => Some(OutageProxy::start("127.0.0.1:5432").await),
+            false => None,
+        };
+        let amqp_url = match &broker_proxy {
+            Some(proxy) => proxy.url_for(&testing::amqp_url(), 5672),
+            None => testing::amqp_url(),
+        };
+        let database_port = database_proxy.as_ref().map(|p| p.port);
         let prefix = testing::random_prefix();
         let topology = TopologyGuard::new(&prefix);
         let (orchestrator_db, inventory_db, tax_db, payment_db) = tokio::join!(
@@ -139,7 +174,15 @@ impl System {
             tax_db,
             payment_db,
             prefix,
-            policies,
+            policies: setup.policies,
+            database_url_for: Box::new(move |db: &TestDatabase| match database_port {
+                Some(port) => db.url.replacen(":5432", &format!(":{port}"), 1),
+                None => db.url.clone(),
+            }),
+            amqp_url,
+            broker_proxy,
+            database_proxy,
+            others: Vec::new(),
             orchestrator_stop: CancellationToken::new(),
             orchestrator: None,
             stop,
@@ -147,23 +190,32 @@ impl System {
             _topology: topology,
         };
         system.start_orchestrator().await;
-        let (prefix, stop) = (&system.prefix, &system.stop);
+        let (prefix, stop, amqp) = (&system.prefix, &system.stop, &system.amqp_url);
+        let pool = |db: &TestDatabase| {
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy(&(system.database_url_for)(db))
+                .unwrap()
+        };
         let mut tasks = Vec::new();
 
         tasks.push(
             start_worker(
                 workers::inventory::Inventory,
-                &system.inventory_db,
+                pool(&system.inventory_db),
+                amqp,
                 prefix,
                 stop,
             )
             .await,
         );
-        tasks.push(start_worker(workers::tax::Tax, &system.tax_db, prefix, stop).await);
+        tasks.push(start_worker(workers::tax::Tax, pool(&system.tax_db), amqp, prefix, stop).await);
         tasks.push(
             start_worker(
                 workers::payment::Payment::new(workers::payment::Simulator),
-                &system.payment_db,
+                pool(&system.payment_db),
+                amqp,
                 prefix,
                 stop,
             )
@@ -176,9 +228,27 @@ impl System {
     /// Starts an orchestrator instance on the system's database; its
     /// address becomes `base_url`.
     pub async fn start_orchestrator(&mut self) {
+        let (stop, task, base_url) = self.orchestrator_instance().await;
+        self.orchestrator_stop = stop;
+        self.orchestrator = Some(task);
+        self.base_url = base_url;
+    }
+
+    /// Starts one more orchestrator instance on the same database and
+    /// broker; returns its base URL. It stops with the system.
+    pub async fn add_orchestrator(&mut self) -> String {
+        let (stop, task, base_url) = self.orchestrator_instance().await;
+        self.others.push((stop, task));
+        base_url
+    }
+
+    async fn orchestrator_instance(&self) -> (CancellationToken, JoinHandle<()>, String) {
         let mut env = std::collections::HashMap::new();
-        env.insert("DATABASE_URL".to_owned(), self.orchestrator_db.url.clone());
-        env.insert("AMQP_URL".to_owned(), testing::amqp_url());
+        env.insert(
+            "DATABASE_URL".to_owned(),
+            (self.database_url_for)(&self.orchestrator_db),
+        );
+        env.insert("AMQP_URL".to_owned(), self.amqp_url.clone());
         env.insert("AMQP_PREFIX".to_owned(), self.prefix.clone());
         env.insert("DATABASE_POOL_SIZE".to_owned(), "8".to_owned());
         let config = Config {
@@ -187,12 +257,12 @@ impl System {
             policies: self.policies,
             admin_tokens: AdminTokens::parse(&format!("{ADMIN_ACTOR}={ADMIN_TOKEN}")).unwrap(),
         };
-        self.orchestrator_stop = CancellationToken::new();
-        let running = orchestrator::app::start(config, self.orchestrator_stop.clone())
+        let stop = CancellationToken::new();
+        let running = orchestrator::app::start(config, stop.clone())
             .await
             .expect("orchestrator starts");
-        self.base_url = format!("http://{}", running.addr);
-        self.orchestrator = Some(tokio::spawn(running.wait()));
+        let base_url = format!("http://{}", running.addr);
+        (stop, tokio::spawn(running.wait()), base_url)
     }
 
     /// Stops the orchestrator instance (the workers go on).
@@ -361,6 +431,10 @@ impl System {
     }
 
     pub async fn stop(mut self) {
+        for (stop, task) in self.others.drain(..) {
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
         self.stop_orchestrator().await;
         self.stop.cancel();
         for task in self.tasks {

@@ -13,12 +13,12 @@ use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
 use saga_shared::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
 use saga_shared::testing::{amqp_url, random_prefix, TestDatabase, TopologyGuard};
 use saga_shared::topology::REPLY_ROUTING_KEY;
-use saga_shared::{traceparent, Envelope};
+use saga_shared::{traceparent, Envelope, WorkerKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
-use workers::runtime::run_worker_until_stopped;
+use workers::runtime::{run_worker_until_stopped, Handler};
 use workers::WorkerError;
 
 use crate::migrated;
@@ -104,6 +104,10 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_with(Inventory).await
+    }
+
+    async fn start_with(handler: impl Handler) -> Harness {
         let db = migrated("inventory_runtime", &MIGRATOR).await;
         catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
             .await
@@ -117,7 +121,7 @@ impl Harness {
         );
         let replies = reply_consumer(&broker).await;
         let worker = tokio::spawn(run_worker_until_stopped(
-            Inventory,
+            handler,
             db.pool.clone(),
             broker.clone(),
             4,
@@ -289,6 +293,73 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
         reply.payload
     );
     assert_eq!(harness.available("MUG").await, 4);
+    harness.stop().await;
+}
+
+/// The inventory handler, except that it crashes on one saga's commands.
+struct CrashesOn(Uuid);
+
+impl Handler for CrashesOn {
+    const KIND: WorkerKind = WorkerKind::Inventory;
+
+    async fn handle(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        command: &Envelope<Command>,
+    ) -> Result<Outcome, sqlx::Error> {
+        if command.saga_id == self.0 {
+            panic!("a handler bug, triggered by saga {}", self.0);
+        }
+        Inventory.handle(conn, command).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_delivery_limit() {
+    let crashing = Uuid::new_v4();
+    let mut harness = Harness::start_with(CrashesOn(crashing)).await;
+    let mut dead_letters = harness
+        .broker
+        .consume(
+            &harness.broker.topology().dead_letter_queue(),
+            "test-dead-letters",
+            1,
+        )
+        .await
+        .unwrap();
+    let poison = reserve_mugs(crashing, 1);
+    harness.send(&poison).await;
+    let good = reserve_mugs(Uuid::new_v4(), 1);
+    harness.send(&good).await;
+
+    // The good command is answered while the bad one is retried.
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, good.saga_id);
+
+    // The queue's delivery limit, not the worker, takes the bad one out.
+    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
+        .await
+        .expect("the crashing command dead-lettered in time")
+        .expect("dead-letter consumer open")
+        .expect("dead-letter delivery");
+    dead.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(
+        dead.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(poison.message_id.to_string())
+    );
+    assert_eq!(
+        header(&dead, "x-first-death-reason").as_deref(),
+        Some("delivery_limit")
+    );
+    // The worker is still alive and answering.
+    let after = reserve_mugs(Uuid::new_v4(), 1);
+    harness.send(&after).await;
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, after.saga_id);
+    assert_eq!(harness.available("MUG").await, 3);
     harness.stop().await;
 }
 

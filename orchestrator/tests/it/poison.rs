@@ -1,0 +1,169 @@
+//! Poison messages on every queue the system consumes: each is
+//! dead-lettered with its reason, listed by the support API, and the
+//! queues behind them keep flowing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_shared::broker::{Broker, Outgoing};
+use saga_shared::messages::{ChargePayment, Command, Outcome};
+use saga_shared::testing;
+use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_shared::Envelope;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::system::{order, System};
+
+/// Each poison body, and what its dead letter's reason must say.
+fn poisons() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let command = Envelope::command(
+        Uuid::new_v4(),
+        1,
+        Command::Charge(ChargePayment {
+            amount_cents: 100,
+            currency: "USD".into(),
+            payment_method: "sim_approve".into(),
+            customer_id: "c".into(),
+        }),
+    );
+    let valid: Value = serde_json::from_slice(&command.encode()).unwrap();
+    let with = |field: &str, value: Value| {
+        let mut v = valid.clone();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut missing = valid.clone();
+    missing["payload"]
+        .as_object_mut()
+        .unwrap()
+        .remove("amount_cents");
+    let garbage: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    vec![
+        ("not json", b"{not json".to_vec(), "not a JSON envelope"),
+        ("not utf-8", vec![0xff, 0xfe, 0x00, 0x41], "not UTF-8"),
+        (
+            "unknown type",
+            with("type", "payment.teleport".into()),
+            "unknown message type",
+        ),
+        (
+            "unknown version",
+            with("version", 99.into()),
+            "unsupported envelope version 99",
+        ),
+        (
+            "missing field",
+            serde_json::to_vec(&missing).unwrap(),
+            "amount_cents",
+        ),
+        ("1 MiB of garbage", garbage, "not"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_on_any_queue_is_dead_lettered_listed_and_the_queues_flow() {
+    let system = System::start().await;
+    let stop = CancellationToken::new();
+    let broker = Arc::new(
+        Broker::connect(
+            &testing::amqp_url(),
+            Topology::new(&system.prefix),
+            "poisoner",
+            &stop,
+        )
+        .await
+        .unwrap(),
+    );
+    let topology = broker.topology().clone();
+    let poison_saga = Uuid::new_v4();
+    let publish = |exchange: String, routing_key: &str, body: Vec<u8>| Outgoing {
+        exchange,
+        routing_key: routing_key.to_owned(),
+        body,
+        message_id: Uuid::new_v4(),
+        saga_id: poison_saga,
+        message_type: "poison".into(),
+        traceparent: saga_shared::traceparent::for_saga(poison_saga),
+    };
+    let mut expected = Vec::new();
+    for (what, body, reason) in poisons() {
+        // To a worker's command queue, and to the orchestrator's replies.
+        broker
+            .publish(&publish(
+                topology.command_exchange(),
+                "payment.charge",
+                body.clone(),
+            ))
+            .await
+            .unwrap();
+        broker
+            .publish(&publish(topology.reply_exchange(), REPLY_ROUTING_KEY, body))
+            .await
+            .unwrap();
+        expected.push((what, reason));
+        expected.push((what, reason));
+    }
+    // A well-formed reply for a saga that does not exist.
+    let stray = Envelope::command(
+        poison_saga,
+        1,
+        Command::Refund(saga_shared::messages::RefundPayment {}),
+    )
+    .reply(Outcome::Transient { error: "x".into() })
+    .encode();
+    broker
+        .publish(&publish(
+            topology.reply_exchange(),
+            REPLY_ROUTING_KEY,
+            stray,
+        ))
+        .await
+        .unwrap();
+    expected.push(("unknown saga", "unknown saga"));
+
+    // The queues go on: a checkout placed behind the poison completes.
+    let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let listed: Vec<Value> = testing::eventually(
+        "every poison message listed as a dead letter",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = system
+                .admin(
+                    "GET",
+                    &format!("/v1/admin/dead-letters?saga_id={poison_saga}&limit=100"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let rows = body["dead_letters"].as_array().unwrap().clone();
+            (rows.len() == expected.len()).then_some(rows)
+        },
+    )
+    .await;
+    for (what, reason) in &expected {
+        let matching = listed
+            .iter()
+            .filter(|d| d["reason"].as_str().unwrap().contains(reason))
+            .count();
+        assert!(
+            matching >= 1,
+            "no dead letter for {what} saying `{reason}`: {listed:#?}"
+        );
+    }
+    let big = listed
+        .iter()
+        .find(|d| d["body_bytes"] == 1 << 20)
+        .expect("the 1 MiB message is listed");
+    assert!(big["body_preview"].as_str().unwrap().len() <= 8 * 1024);
+    assert!(listed
+        .iter()
+        .all(|d| d["saga_id"] == poison_saga.to_string()));
+    broker.close().await;
+    system.stop().await;
+}
