@@ -5,6 +5,7 @@
 mod binary;
 mod checkout;
 mod console;
+mod crashes;
 mod failures;
 mod idempotency;
 mod outages;

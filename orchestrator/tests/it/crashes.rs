@@ -1,0 +1,296 @@
+//! The real binaries, killed: SIGKILL at any moment loses nothing (outbox,
+//! inbox and durable timers carry on after a restart); SIGTERM finishes
+//! what is in flight and exits 0.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use saga_shared::testing::{self, TestDatabase, TopologyGuard};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::system::{order, CATALOGUE, TAX_RATES};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The directory holding this build's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The four services as real processes, each restartable.
+struct Deployment {
+    databases: HashMap<&'static str, TestDatabase>,
+    prefix: String,
+    port: u16,
+    processes: HashMap<&'static str, Child>,
+    http: reqwest::Client,
+    _topology: TopologyGuard,
+}
+
+const SERVICES: [&str; 4] = ["inventory", "tax", "payment", "orchestrator"];
+
+impl Deployment {
+    async fn start() -> Deployment {
+        testing::init_tracing();
+        let prefix = testing::random_prefix();
+        let topology = TopologyGuard::new(&prefix);
+        let mut databases = HashMap::new();
+        for service in SERVICES {
+            databases.insert(service, TestDatabase::create(service).await);
+        }
+        // Schemas and seed data first; each binary's own migrations then
+        // find nothing to do.
+        workers::inventory::MIGRATOR
+            .run(&databases["inventory"].pool)
+            .await
+            .unwrap();
+        workers::tax::MIGRATOR
+            .run(&databases["tax"].pool)
+            .await
+            .unwrap();
+        for (sku, on_hand, price, currency, category) in CATALOGUE {
+            sqlx::query(
+                "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
+                 VALUES ($1, $1, $2, $2, $3, $4, $5)",
+            )
+            .bind(sku).bind(on_hand).bind(price).bind(currency).bind(category)
+            .execute(&databases["inventory"].pool).await.unwrap();
+        }
+        for (country, region, category, rate) in TAX_RATES {
+            sqlx::query("INSERT INTO tax_rates (country, region, category, rate_bp) VALUES ($1, $2, $3, $4)")
+                .bind(country).bind(region).bind(category).bind(rate)
+                .execute(&databases["tax"].pool).await.unwrap();
+        }
+        let mut deployment = Deployment {
+            databases,
+            prefix,
+            port: free_port(),
+            processes: HashMap::new(),
+            http: reqwest::Client::new(),
+            _topology: topology,
+        };
+        for service in SERVICES {
+            deployment.spawn(service);
+        }
+        deployment.wait_ready().await;
+        deployment
+    }
+
+    fn spawn(&mut self, service: &'static str) {
+        let child = Command::new(bin_dir().join(service))
+            .env("DATABASE_URL", &self.databases[service].url)
+            .env("AMQP_URL", testing::amqp_url())
+            .env("AMQP_PREFIX", &self.prefix)
+            .env("HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("SHUTDOWN_GRACE_SECONDS", "20")
+            .env("DATABASE_POOL_SIZE", "4")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{service} starts: {e}"));
+        self.processes.insert(service, child);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn wait_ready(&self) {
+        testing::eventually("the orchestrator ready", PATIENCE, || async {
+            let response = self.http.get(self.url("/readyz")).send().await.ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL, then start it again.
+    async fn kill_and_restart(&mut self, service: &'static str) {
+        let mut child = self.processes.remove(service).unwrap();
+        child.kill().await.unwrap();
+        self.spawn(service);
+    }
+
+    /// SIGTERM; how it exited and how long it took.
+    async fn terminate(&mut self, service: &'static str) -> (ExitStatus, Duration) {
+        let mut child = self.processes.remove(service).unwrap();
+        let started = Instant::now();
+        let pid = child.id().expect("still running") as i32;
+        // SAFETY: kill(2) on a child we own; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{service} did not exit after SIGTERM"))
+            .unwrap();
+        (status, started.elapsed())
+    }
+
+    async fn place(&self, body: &Value) -> String {
+        let response = self
+            .http
+            .post(self.url("/v1/checkouts"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let created: Value = response.json().await.unwrap();
+        created["checkout_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until every saga is final, then returns the count by status.
+    async fn settle(&self) -> HashMap<String, i64> {
+        let pool = &self.databases["orchestrator"].pool;
+        testing::eventually("every saga final", PATIENCE, || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sagas WHERE status IN ('running', 'compensating')",
+            )
+            .fetch_one(pool)
+            .await
+            .ok()?;
+            (open == 0).then_some(())
+        })
+        .await;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        rows.into_iter().collect()
+    }
+
+    /// (status, charged, refunded) of every payment.
+    async fn payments(&self) -> Vec<(String, i64, i64)> {
+        sqlx::query_as("SELECT status, amount_cents, refunded_cents FROM payments")
+            .fetch_all(&self.databases["payment"].pool)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        for service in SERVICES {
+            if self.processes.contains_key(service) {
+                let (status, _) = self.terminate(service).await;
+                assert!(status.success(), "{service} exited with {status}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_any_service_mid_flight_loses_and_doubles_nothing() {
+    let mut deployment = Deployment::start().await;
+    let mut ids = Vec::new();
+    let approve = order(&[("TSHIRT", 1)], "sim_approve");
+    let slow = order(&[("TSHIRT", 1)], "sim_slow_300");
+    for service in SERVICES {
+        // Work in flight everywhere, then the kill.
+        for i in 0..8 {
+            let body = if i % 2 == 0 { &approve } else { &slow };
+            ids.push(deployment.place(body).await);
+        }
+        deployment.kill_and_restart(service).await;
+        deployment.wait_ready().await;
+    }
+    for _ in 0..4 {
+        ids.push(deployment.place(&approve).await);
+    }
+    let statuses = deployment.settle().await;
+    assert_eq!(
+        statuses.get("completed").copied(),
+        Some(ids.len() as i64),
+        "{statuses:?}"
+    );
+    let payments = deployment.payments().await;
+    assert_eq!(payments.len(), ids.len());
+    assert!(
+        payments
+            .iter()
+            .all(|p| *p == ("charged".to_owned(), 2_145, 0)),
+        "one charge each: {payments:?}"
+    );
+    let held: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(quantity), 0)::int8 FROM reservation_lines l
+         JOIN reservations r USING (saga_id) WHERE r.status = 'active'",
+    )
+    .fetch_one(&deployment.databases["inventory"].pool)
+    .await
+    .unwrap();
+    assert_eq!(held, ids.len() as i64);
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_charge_in_flight_then_exits_0() {
+    let mut deployment = Deployment::start().await;
+    let id = deployment
+        .place(&order(&[("TSHIRT", 1)], "sim_slow_1500"))
+        .await;
+    // The charge is in flight once the payment worker's transaction waits
+    // on the (slow) provider.
+    let payment_db = deployment.databases["payment"].url.clone();
+    let database = payment_db.rsplit('/').next().unwrap().to_owned();
+    let admin = sqlx::PgPool::connect(&testing::admin_database_url())
+        .await
+        .unwrap();
+    testing::eventually("the charge in flight", PATIENCE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'",
+        )
+        .bind(&database)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let (status, took) = deployment.terminate("payment").await;
+    assert!(status.success(), "payment exited with {status}");
+    assert!(
+        took < Duration::from_secs(20),
+        "within the grace period: {took:?}"
+    );
+    // Its reply went out before it left: no payment worker runs now, yet
+    // the charge is answered.
+    let pool = &deployment.databases["orchestrator"].pool;
+    testing::eventually("the charge answered by the stopped worker", PATIENCE, || async {
+        let answered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM saga_events WHERE saga_id = $1::uuid AND step = 'payment.charge' AND event = 'ok'",
+        )
+        .bind(&id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (answered == 1).then_some(())
+    })
+    .await;
+    let charged = deployment.payments().await;
+    assert_eq!(charged, vec![("charged".to_owned(), 2_145, 0)]);
+    // A checkout placed now waits for a payment worker, then completes.
+    let next = deployment
+        .place(&order(&[("TSHIRT", 1)], "sim_approve"))
+        .await;
+    deployment.spawn("payment");
+    let statuses = deployment.settle().await;
+    assert_eq!(statuses.get("completed"), Some(&2), "{statuses:?} {next}");
+    deployment.stop().await;
+}
