@@ -109,6 +109,22 @@ enum Command {
     /// Retry every suspended saga matching the filters (all of them if none).
     #[command(after_help = EXIT_CODES)]
     RetryAll(RetryAllArgs),
+    /// Messages that could never be handled, newest first, with their saga and reason.
+    #[command(after_help = EXIT_CODES)]
+    DeadLetters(DeadLetterArgs),
+}
+
+#[derive(Args)]
+struct DeadLetterArgs {
+    /// Only the dead letters of this saga.
+    #[arg(long)]
+    saga: Option<Uuid>,
+    /// How many to show (1 to 500).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Where the previous page ended (printed under it).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 #[derive(Args)]
@@ -119,6 +135,9 @@ struct ListArgs {
     /// inventory.reserve, tax.calculate, payment.charge, inventory.release or payment.refund.
     #[arg(long)]
     step: Option<String>,
+    /// forward or compensating (a suspended saga counts in the phase it parked in).
+    #[arg(long)]
+    phase: Option<String>,
     /// Case-insensitive text in the last error.
     #[arg(long, value_name = "TEXT")]
     error: Option<String>,
@@ -150,6 +169,9 @@ struct RetryAllArgs {
     /// Only sagas parked on this step.
     #[arg(long)]
     step: Option<String>,
+    /// Only sagas parked in this phase: forward or compensating.
+    #[arg(long)]
+    phase: Option<String>,
     /// Only sagas whose last error contains this text (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     error: Option<String>,
@@ -382,6 +404,7 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
             let filters = [
                 ("status", args.status),
                 ("step", args.step),
+                ("phase", args.phase),
                 ("error", args.error),
                 ("created_after", args.created_after),
                 ("created_before", args.created_before),
@@ -401,10 +424,26 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
         Command::Retry(args) => action("retry", args),
         Command::Cancel(args) => action("cancel", args),
         Command::Failures => (Request::get(&["v1", "admin", "failures"]), render_failures),
+        Command::DeadLetters(args) => {
+            let mut request = Request::get(&["v1", "admin", "dead-letters"]);
+            let filters = [
+                ("saga_id", args.saga.map(|id| id.to_string())),
+                ("limit", args.limit.map(|n| n.to_string())),
+                ("cursor", args.cursor),
+            ];
+            request.query = filters
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value?)))
+                .collect();
+            (request, render_dead_letters)
+        }
         Command::RetryAll(args) => {
             let mut body = Map::new();
             if let Some(step) = args.step {
                 body.insert("step".into(), json!(step));
+            }
+            if let Some(phase) = args.phase {
+                body.insert("phase".into(), json!(phase));
             }
             if let Some(error) = args.error {
                 body.insert("error".into(), json!(error));
@@ -706,6 +745,31 @@ fn render_failures(answer: &Value) -> String {
         "total: {}\n",
         plural(total, "suspended saga", "suspended sagas")
     ));
+    out
+}
+
+fn render_dead_letters(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["dead_letters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|letter| {
+            vec![
+                text(&letter["at"]),
+                text(&letter["saga_id"]),
+                text(&letter["routing_key"]),
+                text(&letter["body_bytes"]),
+                truncate(letter["reason"].as_str().unwrap_or("-"), 80),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no dead letters\n".to_owned();
+    }
+    let mut out = table(&["AT", "SAGA", "ROUTING KEY", "BYTES", "REASON"], &rows);
+    if let Some(cursor) = answer["next_cursor"].as_str() {
+        out.push_str(&format!("more: --cursor {}\n", clean(cursor)));
+    }
     out
 }
 

@@ -93,6 +93,21 @@ fn all_or_errors<T>(
     }
 }
 
+/// `limit` of a page: 1..=MAX_PAGE, [`DEFAULT_PAGE`] when absent.
+fn page_size(errors: &mut Vec<FieldError>, limit: Option<String>) -> u32 {
+    all_or_errors(
+        errors,
+        non_empty(limit).map(|l| match l.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                "limit",
+                format!("must be a number from 1 to {MAX_PAGE}"),
+            )),
+        }),
+    )
+    .unwrap_or(DEFAULT_PAGE)
+}
+
 fn non_empty(text: Option<String>) -> Option<String> {
     text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
@@ -123,17 +138,7 @@ pub async fn list(
             non_empty(params.created_before).map(|t| parse_time("created_before", &t)),
         ),
     };
-    let limit = all_or_errors(
-        &mut errors,
-        non_empty(params.limit).map(|l| match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(invalid(
-                "limit",
-                format!("must be a number from 1 to {MAX_PAGE}"),
-            )),
-        }),
-    )
-    .unwrap_or(DEFAULT_PAGE);
+    let limit = page_size(&mut errors, params.limit);
     let cursor = all_or_errors(
         &mut errors,
         non_empty(params.cursor).map(|c| {
@@ -420,17 +425,7 @@ pub async fn dead_letters(
                 .map_err(|_| invalid("saga_id", "must be a saga id (a UUID)"))
         }),
     );
-    let limit = all_or_errors(
-        &mut errors,
-        non_empty(params.limit).map(|l| match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(invalid(
-                "limit",
-                format!("must be a number from 1 to {MAX_PAGE}"),
-            )),
-        }),
-    )
-    .unwrap_or(DEFAULT_PAGE);
+    let limit = page_size(&mut errors, params.limit);
     let cursor = all_or_errors(
         &mut errors,
         non_empty(params.cursor).map(|c| {

@@ -11,7 +11,7 @@ use saga_shared::testing::{self, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::system::{order, CATALOGUE, TAX_RATES};
+use crate::system::{order, seed};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -60,19 +60,7 @@ impl Deployment {
             .run(&databases["tax"].pool)
             .await
             .unwrap();
-        for (sku, on_hand, price, currency, category) in CATALOGUE {
-            sqlx::query(
-                "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
-                 VALUES ($1, $1, $2, $2, $3, $4, $5)",
-            )
-            .bind(sku).bind(on_hand).bind(price).bind(currency).bind(category)
-            .execute(&databases["inventory"].pool).await.unwrap();
-        }
-        for (country, region, category, rate) in TAX_RATES {
-            sqlx::query("INSERT INTO tax_rates (country, region, category, rate_bp) VALUES ($1, $2, $3, $4)")
-                .bind(country).bind(region).bind(category).bind(rate)
-                .execute(&databases["tax"].pool).await.unwrap();
-        }
+        seed(&databases["inventory"].pool, &databases["tax"].pool).await;
         let mut deployment = Deployment {
             databases,
             prefix,

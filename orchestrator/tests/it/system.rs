@@ -65,6 +65,30 @@ pub const TAX_RATES: &[(&str, &str, &str, i32)] = &[
     ("US", "CA", "general", 825),
 ];
 
+/// Loads [`CATALOGUE`] and [`TAX_RATES`] into migrated databases.
+pub async fn seed(inventory: &sqlx::PgPool, tax: &sqlx::PgPool) {
+    for (sku, on_hand, price, currency, category) in CATALOGUE {
+        sqlx::query(
+            "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
+             VALUES ($1, $1, $2, $2, $3, $4, $5)",
+        )
+        .bind(sku).bind(on_hand).bind(price).bind(currency).bind(category)
+        .execute(inventory).await.unwrap();
+    }
+    for (country, region, category, rate) in TAX_RATES {
+        sqlx::query(
+            "INSERT INTO tax_rates (country, region, category, rate_bp) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(country)
+        .bind(region)
+        .bind(category)
+        .bind(rate)
+        .execute(tax)
+        .await
+        .unwrap();
+    }
+}
+
 /// How a test wants its system.
 #[derive(Default)]
 pub struct Setup {
@@ -151,19 +175,7 @@ impl System {
             .run(&payment_db.pool)
             .await
             .unwrap();
-        for (sku, on_hand, price, currency, category) in CATALOGUE {
-            sqlx::query(
-                "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
-                 VALUES ($1, $1, $2, $2, $3, $4, $5)",
-            )
-            .bind(sku).bind(on_hand).bind(price).bind(currency).bind(category)
-            .execute(&inventory_db.pool).await.unwrap();
-        }
-        for (country, region, category, rate) in TAX_RATES {
-            sqlx::query("INSERT INTO tax_rates (country, region, category, rate_bp) VALUES ($1, $2, $3, $4)")
-                .bind(country).bind(region).bind(category).bind(rate)
-                .execute(&tax_db.pool).await.unwrap();
-        }
+        seed(&inventory_db.pool, &tax_db.pool).await;
 
         let stop = CancellationToken::new();
         let mut system = System {
