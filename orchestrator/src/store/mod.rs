@@ -217,15 +217,20 @@ impl Store {
     #[tracing::instrument(skip_all, fields(fired))]
     pub async fn fire_deadlines(&self, limit: i64) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let due: Vec<(Uuid, i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT id, version, state FROM sagas WHERE deadline_at <= now()
+        // `unsent`: the awaited command is still in the outbox (the broker
+        // is away). The clock of an attempt starts when it is sent, so such
+        // a deadline is pushed back rather than counted as a miss.
+        let due: Vec<(Uuid, i64, serde_json::Value, bool)> = sqlx::query_as(
+            "SELECT id, version, state,
+                    EXISTS (SELECT 1 FROM outbox o WHERE o.saga_id = sagas.id) AS unsent
+             FROM sagas WHERE deadline_at <= now()
              ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         let fired = due.len();
-        for (id, version, state) in due {
+        for (id, version, state, unsent) in due {
             let saga = match parse(id, state) {
                 Ok(saga) => saga,
                 Err(error) => {
@@ -238,6 +243,17 @@ impl Store {
                     continue;
                 }
             };
+            if let (true, Some(step)) = (unsent, saga.current) {
+                let wait = self.policies.for_step(step).deadline.as_millis() as i64;
+                sqlx::query(
+                    "UPDATE sagas SET deadline_at = now() + $2 * interval '1 millisecond' WHERE id = $1",
+                )
+                .bind(id)
+                .bind(wait)
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
             let transition = match saga.current {
                 Some(step) => {
                     let event = Event::DeadlineMissed {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use saga_shared::testing;
 use serde_json::Value;
 
+use orchestrator::saga::{RetryPolicy, StepPolicies};
+
 use crate::system::{order, Setup, System};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -41,8 +43,15 @@ async fn one_charge_each(system: &System, checkouts: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_and_doubles_nothing() {
+    // Short deadlines: the outage outlasts several of them.
+    let policy = RetryPolicy {
+        max_attempts: 10,
+        deadline: Duration::from_millis(1_000),
+        ..System::fast_retries(10)
+    };
     let system = System::start_setup(Setup {
         broker_proxy: true,
+        policies: StepPolicies::uniform(policy),
         ..Setup::default()
     })
     .await;
@@ -56,7 +65,29 @@ async fn a_broker_outage_loses_and_doubles_nothing() {
     assert_eq!(down["checks"]["broker"], "down", "{down}");
     assert_eq!(down["checks"]["database"], "up", "{down}");
     // Checkouts are still taken: their commands wait in the outbox.
-    ids.extend(futures::future::join_all((0..10).map(|_| system.place(&body))).await);
+    let during: Vec<String> = futures::future::join_all((0..10).map(|_| system.place(&body))).await;
+    // A command that was never sent has not missed its deadline: the
+    // deadline moves on rather than burning attempts.
+    let uuids: Vec<uuid::Uuid> = during.iter().map(|id| id.parse().unwrap()).collect();
+    testing::eventually("deadlines pushed back twice", PATIENCE, || async {
+        let pushed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sagas WHERE id = ANY($1)
+             AND deadline_at > created_at + interval '2500 milliseconds'",
+        )
+        .bind(&uuids)
+        .fetch_one(&system.orchestrator_db.pool)
+        .await
+        .unwrap();
+        (pushed == 10).then_some(())
+    })
+    .await;
+    let attempts: i32 = sqlx::query_scalar("SELECT max(attempt) FROM sagas WHERE id = ANY($1)")
+        .bind(&uuids)
+        .fetch_one(&system.orchestrator_db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "no attempt spent while nothing could be sent");
+    ids.extend(during);
 
     system.broker_proxy.as_ref().unwrap().restore();
     wait_ready(&system, true).await;
