@@ -1,0 +1,518 @@
+//! Loading: every fact the invariants need, read in a few bulk queries (never
+//! one per saga) into maps that the checks walk in memory.
+//!
+//! There is no snapshot across databases, so the order of reads is what keeps
+//! a live system from raising false alarms. The orchestrator's snapshot is
+//! taken first: whatever a saga's final status promises (stock held, money
+//! charged or returned) committed in a worker database before that status
+//! did, so the worker snapshots taken after it see it. A reservation or
+//! payment whose saga the orchestrator's snapshot does not know may belong to
+//! a saga created since; those few ids are looked up again afterwards.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::config::{Config, DatabaseUrl};
+
+/// The three databases an audit reads, and how it judges deadlines.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub orchestrator: PgPool,
+    pub inventory: PgPool,
+    pub payment: PgPool,
+    /// How far in the past a deadline may be before its saga counts as stuck:
+    /// the deadline timer fires within a second or so, not at the instant.
+    pub deadline_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Orchestrator,
+    Inventory,
+    Payment,
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Database::Orchestrator => "orchestrator",
+            Database::Inventory => "inventory",
+            Database::Payment => "payment",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("could not read the {database} database")]
+    Read {
+        database: Database,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn read_error(database: Database) -> impl FnOnce(sqlx::Error) -> AuditError {
+    move |source| AuditError::Read { database, source }
+}
+
+impl Sources {
+    /// Opens a small pool per database whose sessions default to read-only,
+    /// so that not even a mistake in this tool could write.
+    pub async fn connect(config: &Config) -> Result<Sources, AuditError> {
+        async fn open(url: &DatabaseUrl, database: Database) -> Result<PgPool, AuditError> {
+            let options = url
+                .connect_options()
+                .application_name("auditor")
+                .options([("default_transaction_read_only", "on")]);
+            PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await
+                .map_err(read_error(database))
+        }
+        let (orchestrator, inventory, payment) = tokio::try_join!(
+            open(&config.orchestrator, Database::Orchestrator),
+            open(&config.inventory, Database::Inventory),
+            open(&config.payment, Database::Payment),
+        )?;
+        Ok(Sources {
+            orchestrator,
+            inventory,
+            payment,
+            deadline_grace: config.deadline_grace,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaStatus {
+    Running,
+    Compensating,
+    Suspended,
+    Completed,
+    Compensated,
+    Cancelled,
+}
+
+impl SagaStatus {
+    fn parse(text: &str) -> Option<SagaStatus> {
+        Some(match text {
+            "running" => SagaStatus::Running,
+            "compensating" => SagaStatus::Compensating,
+            "suspended" => SagaStatus::Suspended,
+            "completed" => SagaStatus::Completed,
+            "compensated" => SagaStatus::Compensated,
+            "cancelled" => SagaStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Suspended => "suspended",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Quantities per SKU: a request or reservation may name a SKU on several
+/// lines, and only the total per SKU matters.
+pub type Quantities = BTreeMap<String, i64>;
+
+/// What a saga's stored state says about its money and stock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaState {
+    pub requested: Quantities,
+    /// Set once inventory reserved: the priced lines' currency and sum.
+    pub reserved: Option<ReservedTotal>,
+    /// Set once tax was calculated.
+    pub tax_cents: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedTotal {
+    pub currency: String,
+    pub subtotal_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saga {
+    pub id: Uuid,
+    /// `Err` holds why the status or state could not be read.
+    pub status: Result<SagaStatus, String>,
+    pub state: Result<SagaState, String>,
+    pub idempotency_key: Option<String>,
+    pub deadline_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub on_hand: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub active: bool,
+    pub lines: Quantities,
+}
+
+impl Reservation {
+    /// Left by a release that came before its reserve; it never held stock.
+    pub fn is_tombstone(&self) -> bool {
+        !self.active && self.lines.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub status: String,
+    pub amount_cents: i64,
+    pub refunded_cents: i64,
+    pub currency: Option<String>,
+}
+
+impl Payment {
+    /// Left by a refund that came before its charge (or after failed
+    /// attempts only); it never moved money.
+    pub fn is_tombstone(&self) -> bool {
+        self.status == "refunded" && self.amount_cents == 0
+    }
+
+    /// Money the customer is out of: only charged and refunded rows ever
+    /// held any.
+    pub fn net_cents(&self) -> i64 {
+        match self.status.as_str() {
+            "charged" | "refunded" => self.amount_cents - self.refunded_cents,
+            _ => 0,
+        }
+    }
+}
+
+/// Everything an audit checks, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The orchestrator database's clock at its snapshot: deadlines are
+    /// judged by the clock that set them, not by this host's.
+    pub now: DateTime<Utc>,
+    /// In id order, so that reports are stable.
+    pub sagas: Vec<Saga>,
+    /// Sagas with a command in the outbox (due now or a delayed retry).
+    pub with_outbox: HashSet<Uuid>,
+    /// Sagas created after the orchestrator's snapshot, found when
+    /// rechecking would-be orphans.
+    pub created_since: HashSet<Uuid>,
+    pub products: BTreeMap<String, Product>,
+    pub reservations: HashMap<Uuid, Reservation>,
+    pub payments: HashMap<Uuid, Payment>,
+}
+
+/// A read-only transaction whose snapshot is taken now: PostgreSQL takes a
+/// REPEATABLE READ snapshot at the first statement, not at BEGIN.
+async fn snapshot(
+    pool: &PgPool,
+) -> Result<(Transaction<'static, Postgres>, DateTime<Utc>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let now = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((tx, now))
+}
+
+pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
+    let (mut orchestrator, now) = snapshot(&sources.orchestrator)
+        .await
+        .map_err(read_error(Database::Orchestrator))?;
+    let (mut inventory, _) = snapshot(&sources.inventory)
+        .await
+        .map_err(read_error(Database::Inventory))?;
+    let (mut payment, _) = snapshot(&sources.payment)
+        .await
+        .map_err(read_error(Database::Payment))?;
+
+    let ((sagas, with_outbox), (products, reservations), payments) = tokio::try_join!(
+        async {
+            read_orchestrator(&mut orchestrator)
+                .await
+                .map_err(read_error(Database::Orchestrator))
+        },
+        async {
+            read_inventory(&mut inventory)
+                .await
+                .map_err(read_error(Database::Inventory))
+        },
+        async {
+            read_payments(&mut payment)
+                .await
+                .map_err(read_error(Database::Payment))
+        },
+    )?;
+    // Read-only: nothing to commit.
+    drop((orchestrator, inventory, payment));
+
+    let known: HashSet<Uuid> = sagas.iter().map(|s| s.id).collect();
+    let unknown: Vec<Uuid> = reservations
+        .iter()
+        .filter(|(_, r)| !r.is_tombstone())
+        .map(|(id, _)| id)
+        .chain(
+            payments
+                .iter()
+                .filter(|(_, p)| !p.is_tombstone())
+                .map(|(id, _)| id),
+        )
+        .filter(|id| !known.contains(id))
+        .copied()
+        .collect();
+    let created_since = recheck(&sources.orchestrator, &unknown)
+        .await
+        .map_err(read_error(Database::Orchestrator))?;
+
+    Ok(Facts {
+        now,
+        sagas,
+        with_outbox,
+        created_since,
+        products,
+        reservations,
+        payments,
+    })
+}
+
+async fn read_orchestrator(
+    conn: &mut PgConnection,
+) -> Result<(Vec<Saga>, HashSet<Uuid>), sqlx::Error> {
+    // Only the parts of the state the checks need leave the server.
+    let rows: Vec<SagaRow> = sqlx::query_as(
+        "SELECT id, status, idempotency_key, deadline_at,
+                state->'request'->'items' AS items, state->'reserved' AS reserved,
+                state->'tax'->'tax_cents' AS tax_cents
+         FROM sagas ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let sagas = rows
+        .into_iter()
+        .map(|row| Saga {
+            id: row.id,
+            status: SagaStatus::parse(&row.status)
+                .ok_or_else(|| format!("unknown status `{}`", row.status)),
+            state: saga_state(row.items, row.reserved, row.tax_cents),
+            idempotency_key: row.idempotency_key,
+            deadline_at: row.deadline_at,
+        })
+        .collect();
+    let with_outbox = sqlx::query_scalar("SELECT DISTINCT saga_id FROM outbox")
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok((sagas, with_outbox))
+}
+
+#[derive(sqlx::FromRow)]
+struct SagaRow {
+    id: Uuid,
+    status: String,
+    idempotency_key: Option<String>,
+    deadline_at: Option<DateTime<Utc>>,
+    items: Option<Value>,
+    reserved: Option<Value>,
+    tax_cents: Option<Value>,
+}
+
+/// The shapes of the engine's stored state (`orchestrator::saga::Saga`),
+/// reduced to what is checked; unknown fields are ignored.
+#[derive(Deserialize)]
+struct Item {
+    sku: String,
+    quantity: i64,
+}
+
+#[derive(Deserialize)]
+struct Reserved {
+    currency: String,
+    lines: Vec<PricedLine>,
+}
+
+#[derive(Deserialize)]
+struct PricedLine {
+    quantity: i64,
+    unit_price_cents: i64,
+}
+
+fn saga_state(
+    items: Option<Value>,
+    reserved: Option<Value>,
+    tax: Option<Value>,
+) -> Result<SagaState, String> {
+    fn field<T: serde::de::DeserializeOwned>(name: &str, value: Value) -> Result<T, String> {
+        serde_json::from_value(value).map_err(|e| format!("state.{name}: {e}"))
+    }
+    let items: Vec<Item> = field("request.items", items.ok_or("state has no request.items")?)?;
+    let mut requested = Quantities::new();
+    for item in items {
+        *requested.entry(item.sku).or_default() += item.quantity;
+    }
+    let reserved = match reserved {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let reserved: Reserved = field("reserved", value)?;
+            let subtotal_cents = reserved
+                .lines
+                .iter()
+                .try_fold(0i64, |sum, l| {
+                    sum.checked_add(l.quantity.checked_mul(l.unit_price_cents)?)
+                })
+                .ok_or("state.reserved: the subtotal overflows")?;
+            Some(ReservedTotal {
+                currency: reserved.currency,
+                subtotal_cents,
+            })
+        }
+    };
+    let tax_cents = match tax {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(field("tax.tax_cents", value)?),
+    };
+    Ok(SagaState {
+        requested,
+        reserved,
+        tax_cents,
+    })
+}
+
+type Inventory = (BTreeMap<String, Product>, HashMap<Uuid, Reservation>);
+
+async fn read_inventory(conn: &mut PgConnection) -> Result<Inventory, sqlx::Error> {
+    let products =
+        sqlx::query_as::<_, (String, i32, i32)>("SELECT sku, on_hand, available FROM products")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(sku, on_hand, available)| {
+                let product = Product {
+                    on_hand: on_hand.into(),
+                    available: available.into(),
+                };
+                (sku, product)
+            })
+            .collect();
+    let mut reservations: HashMap<Uuid, Reservation> =
+        sqlx::query_as::<_, (Uuid, String)>("SELECT saga_id, status FROM reservations")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(saga_id, status)| {
+                let reservation = Reservation {
+                    active: status == "active",
+                    lines: Quantities::new(),
+                };
+                (saga_id, reservation)
+            })
+            .collect();
+    // Summed per SKU by the server: fewer rows, and it is the sum that counts.
+    let lines = sqlx::query_as::<_, (Uuid, String, i64)>(
+        "SELECT saga_id, sku, sum(quantity)::int8 FROM reservation_lines GROUP BY saga_id, sku",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (saga_id, sku, quantity) in lines {
+        // Lines reference their reservation (a foreign key), so it is there.
+        if let Some(reservation) = reservations.get_mut(&saga_id) {
+            reservation.lines.insert(sku, quantity);
+        }
+    }
+    Ok((products, reservations))
+}
+
+async fn read_payments(conn: &mut PgConnection) -> Result<HashMap<Uuid, Payment>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (Uuid, String, i64, i64, Option<String>)>(
+        "SELECT saga_id, status, amount_cents, refunded_cents, currency FROM payments",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(saga_id, status, amount_cents, refunded_cents, currency)| {
+                let payment = Payment {
+                    status,
+                    amount_cents,
+                    refunded_cents,
+                    currency,
+                };
+                (saga_id, payment)
+            },
+        )
+        .collect())
+}
+
+/// Which of `ids` the orchestrator knows now.
+async fn recheck(pool: &PgPool, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let (mut tx, _) = snapshot(pool).await?;
+    let found = sqlx::query_scalar("SELECT id FROM sagas WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_a_state_before_and_after_reserving() {
+        let fresh = saga_state(
+            Some(json!([{"sku": "a", "quantity": 1}, {"sku": "a", "quantity": 2}])),
+            Some(Value::Null),
+            None,
+        )
+        .unwrap();
+        assert_eq!(fresh.requested, Quantities::from([("a".into(), 3)]));
+        assert_eq!((fresh.reserved, fresh.tax_cents), (None, None));
+
+        let priced = saga_state(
+            Some(json!([{"sku": "a", "quantity": 3}])),
+            Some(json!({"currency": "USD", "lines": [
+                {"sku": "a", "quantity": 1, "unit_price_cents": 250, "tax_category": "std"},
+                {"sku": "a", "quantity": 2, "unit_price_cents": 250, "tax_category": "std"}
+            ]})),
+            Some(json!(60)),
+        )
+        .unwrap();
+        let reserved = priced.reserved.unwrap();
+        assert_eq!(
+            (reserved.currency.as_str(), reserved.subtotal_cents),
+            ("USD", 750)
+        );
+        assert_eq!(priced.tax_cents, Some(60));
+    }
+
+    #[test]
+    fn explains_an_unreadable_state() {
+        let err = saga_state(Some(json!([{"sku": 7}])), None, None).unwrap_err();
+        assert!(err.starts_with("state.request.items"), "{err}");
+    }
+}
