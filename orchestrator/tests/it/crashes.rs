@@ -175,6 +175,15 @@ impl Deployment {
     }
 
     async fn stop(mut self) {
+        let report = auditor::audit(&auditor::Sources {
+            orchestrator: self.databases["orchestrator"].pool.clone(),
+            inventory: self.databases["inventory"].pool.clone(),
+            payment: self.databases["payment"].pool.clone(),
+            deadline_grace: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+        assert!(report.is_clean(), "{:#?}", report.violations);
         for service in SERVICES {
             if self.processes.contains_key(service) {
                 let (status, _) = self.terminate(service).await;

@@ -442,7 +442,33 @@ impl System {
             .unwrap()
     }
 
-    pub async fn stop(mut self) {
+    /// Runs the auditor over the system's databases and fails the test on
+    /// any violated invariant.
+    pub async fn audit(&self) -> auditor::Summary {
+        let report = auditor::audit(&auditor::Sources {
+            orchestrator: self.orchestrator_db.pool.clone(),
+            inventory: self.inventory_db.pool.clone(),
+            payment: self.payment_db.pool.clone(),
+            deadline_grace: Duration::from_secs(30),
+        })
+        .await
+        .expect("the auditor reads every database");
+        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            lines.is_empty(),
+            "invariants violated:\n{}",
+            lines.join("\n")
+        );
+        report.summary
+    }
+
+    /// Stops everything, after checking the invariants hold.
+    pub async fn stop(self) {
+        self.audit().await;
+        self.stop_without_audit().await;
+    }
+
+    pub async fn stop_without_audit(mut self) {
         for (stop, task) in self.others.drain(..) {
             stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
