@@ -108,6 +108,20 @@ fn page_size(errors: &mut Vec<FieldError>, limit: Option<String>) -> u32 {
     .unwrap_or(DEFAULT_PAGE)
 }
 
+/// `cursor` of a page: what the previous page gave as `next_cursor`.
+fn page_cursor<T: std::str::FromStr>(
+    errors: &mut Vec<FieldError>,
+    cursor: Option<String>,
+) -> Option<T> {
+    all_or_errors(
+        errors,
+        non_empty(cursor).map(|c| {
+            c.parse::<T>()
+                .map_err(|_| invalid("cursor", "must be a `next_cursor` from an earlier page"))
+        }),
+    )
+}
+
 fn non_empty(text: Option<String>) -> Option<String> {
     text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
@@ -139,13 +153,7 @@ pub async fn list(
         ),
     };
     let limit = page_size(&mut errors, params.limit);
-    let cursor = all_or_errors(
-        &mut errors,
-        non_empty(params.cursor).map(|c| {
-            c.parse::<Uuid>()
-                .map_err(|_| invalid("cursor", "must be a `next_cursor` from an earlier page"))
-        }),
-    );
+    let cursor = page_cursor::<Uuid>(&mut errors, params.cursor);
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
@@ -426,13 +434,7 @@ pub async fn dead_letters(
         }),
     );
     let limit = page_size(&mut errors, params.limit);
-    let cursor = all_or_errors(
-        &mut errors,
-        non_empty(params.cursor).map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| invalid("cursor", "must be a `next_cursor` from an earlier page"))
-        }),
-    );
+    let cursor = page_cursor::<i64>(&mut errors, params.cursor);
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
