@@ -79,7 +79,8 @@ async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
         let inserted = sqlx::query(
             "INSERT INTO dead_letters (saga_id, reason, message_id, message_type,
                  original_exchange, routing_key, body_bytes, body_preview)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (message_id, reason) WHERE message_id IS NOT NULL DO NOTHING",
         )
         .bind(saga_id)
         .bind(&reason)

@@ -26,6 +26,7 @@ struct OutboxRow {
     message_type: String,
     body: String,
     traceparent: String,
+    deadline_ms: Option<i64>,
 }
 
 pub async fn run_relay_until_stopped(
@@ -78,7 +79,7 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
         "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox WHERE not_before <= now()
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING message_id, saga_id, routing_key, message_type, body, traceparent",
+         RETURNING message_id, saga_id, routing_key, message_type, body, traceparent, deadline_ms",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -102,7 +103,35 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
     broker.publish_all(&messages).await?;
     tx.commit().await?;
     tracing::Span::current().record("published", rows.len());
+    restart_deadlines(pool, &rows).await;
     Ok(rows.len())
+}
+
+/// An attempt's deadline counts from its publishing: a command that
+/// waited in the outbox (the broker was away) still gets its whole
+/// deadline. Best effort, after the commit: should it fail, the deadline
+/// set with the transition stands, and the deadline timer does not count a
+/// miss while the command is still unsent anyway.
+async fn restart_deadlines(pool: &PgPool, rows: &[OutboxRow]) {
+    let (ids, waits): (Vec<Uuid>, Vec<i64>) = rows
+        .iter()
+        .filter_map(|row| Some((row.saga_id, row.deadline_ms?)))
+        .unzip();
+    if ids.is_empty() {
+        return;
+    }
+    let moved = sqlx::query(
+        "UPDATE sagas s SET deadline_at = greatest(s.deadline_at, now() + d.ms * interval '1 millisecond')
+         FROM unnest($1::uuid[], $2::int8[]) AS d(id, ms)
+         WHERE s.id = d.id AND s.deadline_at IS NOT NULL",
+    )
+    .bind(&ids)
+    .bind(&waits)
+    .execute(pool)
+    .await;
+    if let Err(error) = moved {
+        tracing::warn!(%error, "could not restart reply deadlines from publish time");
+    }
 }
 
 /// How long until the next delayed row is due (capped by the fallback poll).

@@ -85,7 +85,14 @@ where
             }
             while in_flight.try_join_next().is_some() {}
         };
-        let Some(why) = lost else { break };
+        let Some(why) = lost else {
+            // Drain while the consumer (and so its channel) is still open:
+            // dropping it cancels the consumer and closes the channel, and
+            // the in-flight acks would fail and their messages be handled
+            // again elsewhere.
+            while in_flight.join_next().await.is_some() {}
+            break;
+        };
         let wait = backoff.next_delay();
         tracing::warn!(%queue, error = %why, ?wait, "consumer lost; consuming again");
         tokio::select! {

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use saga_shared::Step;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -332,6 +332,9 @@ pub struct BulkRetried {
     dry_run: bool,
     count: usize,
     saga_ids: Vec<Uuid>,
+    /// Selected but not retried because of an error (a database hiccup):
+    /// still suspended, for another try.
+    failed: Vec<Uuid>,
 }
 
 pub async fn bulk_retry(
@@ -364,31 +367,47 @@ pub async fn bulk_retry(
             dry_run: true,
             count: ids.len(),
             saga_ids: ids,
+            failed: Vec::new(),
         }));
     };
     let store = &state.store;
     let (actor, reason) = (actor.as_str(), reason.as_str());
-    let retried: Vec<Option<Uuid>> = futures::stream::iter(ids)
-        .map(|id| async move {
-            match store.act(id, Action::Retry, actor, reason).await {
-                Ok(()) => Ok(Some(id)),
-                // Moved on since it was selected (another support user, a
-                // concurrent bulk retry): not ours to retry any more.
-                Err(StoreError::WrongState(_) | StoreError::UnknownSaga(_)) => Ok(None),
-                Err(other) => Err(other),
-            }
-        })
+    let outcomes: Vec<(Uuid, Result<(), StoreError>)> = futures::stream::iter(ids)
+        .map(|id| async move { (id, store.act(id, Action::Retry, actor, reason).await) })
         .buffer_unordered(BULK_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
     state.relay.notify_one();
-    let mut saga_ids: Vec<Uuid> = retried.into_iter().flatten().collect();
+    let (mut saga_ids, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
+    for (id, outcome) in outcomes {
+        match outcome {
+            Ok(()) => saga_ids.push(id),
+            // Moved on since it was selected (another support user, a
+            // concurrent bulk retry): not ours to retry any more.
+            Err(StoreError::WrongState(_) | StoreError::UnknownSaga(_)) => {}
+            Err(error) => {
+                failed.push(id);
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    // Nothing done at all: the error says why (a database that is down is a 503).
+    if let (true, Some(error)) = (saga_ids.is_empty(), first_error) {
+        return Err(error.into());
+    }
     saga_ids.sort();
-    tracing::info!(actor, count = saga_ids.len(), "bulk retry");
+    failed.sort();
+    tracing::info!(
+        actor,
+        count = saga_ids.len(),
+        failed = failed.len(),
+        "bulk retry"
+    );
     Ok(Json(BulkRetried {
         dry_run: false,
         count: saga_ids.len(),
         saga_ids,
+        failed,
     }))
 }
 

@@ -8,7 +8,7 @@ use crate::saga::{Deadline, Effect, Saga, Transition};
 
 /// The timeline and outbox inserts of a transition, as CTEs after a `saga`
 /// CTE that returns the saga's id: when it returns no row (a lost race, a
-/// reused idempotency key) nothing is written. Parameters $9..$20.
+/// reused idempotency key) nothing is written. Parameters $9..$21.
 macro_rules! transition_writes {
     () => {
         "history AS (
@@ -16,22 +16,24 @@ macro_rules! transition_writes {
              SELECT saga.id, h.* FROM saga,
                     unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[]) AS h
          ), outbox AS (
-             INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent, not_before)
-             SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond'
-             FROM saga, unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int8[])
-                  AS o(m, k, t, b, tp, d)
+             INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent,
+                                 not_before, deadline_ms)
+             SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond', o.dl
+             FROM saga, unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int8[],
+                               $21::int8[])
+                  AS o(m, k, t, b, tp, d, dl)
          )"
     };
 }
 
-/// Creates a saga: $21 idempotency key, $22 request hash.
+/// Creates a saga: $22 idempotency key, $23 request hash.
 pub const INSERT: &str = concat!(
     "WITH saga AS (
          INSERT INTO sagas (id, status, current_step, attempt, state, last_error, deadline_at,
                             idempotency_key, request_hash)
          VALUES ($1, $2, $3, $4, $5, $6,
                  CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
-                 $21, $22)
+                 $22, $23)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id, state, created_at, updated_at
      ), ",
@@ -39,8 +41,8 @@ pub const INSERT: &str = concat!(
     " SELECT * FROM saga"
 );
 
-/// Advances a saga if it is still at version $21; $22 says whether it just
-/// became final, which notifies channel $23 on commit (long-polls on every
+/// Advances a saga if it is still at version $22; $23 says whether it just
+/// became final, which notifies channel $24 on commit (long-polls on every
 /// instance wake up).
 pub const UPDATE: &str = concat!(
     "WITH saga AS (
@@ -49,17 +51,17 @@ pub const UPDATE: &str = concat!(
                                              THEN now() + $7::int8 * interval '1 millisecond'
                                              WHEN $8::bool THEN deadline_at END,
                           version = version + 1, updated_at = now()
-         WHERE id = $1 AND version = $21
+         WHERE id = $1 AND version = $22
          RETURNING id
      ), ",
     transition_writes!(),
-    " SELECT 1, CASE WHEN $22 THEN pg_notify($23, $1::text) END FROM saga"
+    " SELECT 1, CASE WHEN $23 THEN pg_notify($24, $1::text) END FROM saga"
 );
 
 type PgArgs = sqlx::postgres::PgArguments;
 type Query<'q, O> = sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs>;
 
-/// A transition as the parameters $1..$20 of [`INSERT`] or [`UPDATE`].
+/// A transition as the parameters $1..$21 of [`INSERT`] or [`UPDATE`].
 pub struct TransitionRows {
     saga: Saga,
     deadline_ms: Option<i64>,
@@ -76,6 +78,7 @@ pub struct TransitionRows {
     o_body: Vec<String>,
     o_trace: Vec<String>,
     o_delay_ms: Vec<i64>,
+    o_deadline_ms: Vec<i64>,
 }
 
 impl TransitionRows {
@@ -101,6 +104,7 @@ impl TransitionRows {
             o_body: vec![],
             o_trace: vec![],
             o_delay_ms: vec![],
+            o_deadline_ms: vec![],
         };
         for entry in &t.history {
             rows.h_step
@@ -115,7 +119,7 @@ impl TransitionRows {
             command,
             attempt,
             delay,
-            ..
+            deadline,
         } in &t.effects
         {
             let envelope = Envelope::command(t.saga.id, *attempt, command.clone());
@@ -126,11 +130,12 @@ impl TransitionRows {
                 .push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
             rows.o_trace.push(traceparent::for_saga(t.saga.id));
             rows.o_delay_ms.push(delay.as_millis() as i64);
+            rows.o_deadline_ms.push(deadline.as_millis() as i64);
         }
         rows
     }
 
-    /// Binds $1..$20; the caller binds the statement's own parameters after.
+    /// Binds $1..$21; the caller binds the statement's own parameters after.
     pub fn bind<'q, O>(self, query: Query<'q, O>) -> Query<'q, O> {
         let saga = &self.saga;
         query
@@ -154,5 +159,6 @@ impl TransitionRows {
             .bind(self.o_body)
             .bind(self.o_trace)
             .bind(self.o_delay_ms)
+            .bind(self.o_deadline_ms)
     }
 }
