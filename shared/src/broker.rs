@@ -103,7 +103,7 @@ impl Outgoing {
 
 /// One live connection and its confirm-mode publishing channel.
 struct Session {
-    connection: Connection,
+    connection: Arc<Connection>,
     publisher: Channel,
 }
 
@@ -169,16 +169,52 @@ impl Broker {
         if let Some(session) = self.current().filter(|s| s.is_healthy()) {
             return Ok(session);
         }
-        let reconnecting = self.current().is_some();
-        if let Some(old) = self.current() {
+        let previous = self.current();
+        // Only the publishing channel died (the broker closed it over a
+        // refused publish): a new one on the same connection leaves every
+        // consumer channel, and its in-flight acks, alone.
+        if let Some(old) = previous
+            .as_ref()
+            .filter(|s| s.connection.status().connected())
+        {
+            match self.open_publisher(&old.connection).await {
+                Ok(publisher) => {
+                    let session = Arc::new(Session {
+                        connection: old.connection.clone(),
+                        publisher,
+                    });
+                    self.replace(session.clone());
+                    tracing::info!(name = %self.name, "publishing channel reopened");
+                    return Ok(session);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reopen the publishing channel; reconnecting")
+                }
+            }
+        }
+        if let Some(old) = &previous {
             let _ = old.connection.close(320, "reconnecting".into()).await;
         }
         let session = Arc::new(self.open().await?);
-        *self.session.lock().expect("session lock is never poisoned") = Some(session.clone());
-        if reconnecting {
+        self.replace(session.clone());
+        if previous.is_some() {
             tracing::info!(name = %self.name, "reconnected to RabbitMQ; topology redeclared");
         }
         Ok(session)
+    }
+
+    fn replace(&self, session: Arc<Session>) {
+        *self.session.lock().expect("session lock is never poisoned") = Some(session);
+    }
+
+    /// A confirm-mode channel on `connection`, with the topology declared.
+    async fn open_publisher(&self, connection: &Connection) -> Result<Channel, BrokerError> {
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&publisher).await?;
+        Ok(publisher)
     }
 
     /// A new connection, publisher channel and declared topology, retrying
@@ -204,13 +240,9 @@ impl Broker {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
         let connection = Connection::connect(&self.url, properties).await?;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        self.topology.declare(&publisher).await?;
+        let publisher = self.open_publisher(&connection).await?;
         Ok(Session {
-            connection,
+            connection: Arc::new(connection),
             publisher,
         })
     }

@@ -416,3 +416,30 @@ async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
     assert_eq!(status.code(), Some(0));
     broker.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_reopens_the_publishing_channel_and_keeps_the_consumers() {
+    let mut harness = Harness::start().await;
+    // RabbitMQ closes a channel that publishes to a missing exchange.
+    let refused = harness
+        .broker
+        .publish(&Outgoing {
+            exchange: format!("{}no-such-exchange", harness.broker.topology().prefix()),
+            routing_key: "x".into(),
+            body: b"{}".to_vec(),
+            message_id: Uuid::new_v4(),
+            saga_id: Uuid::new_v4(),
+            message_type: "x".into(),
+            traceparent: traceparent::for_saga(Uuid::new_v4()),
+        })
+        .await;
+    assert!(refused.is_err(), "publishing to a missing exchange fails");
+    // The next publish goes out on a new channel, and the consumers of the
+    // same connection (the worker's, the test's reply queue) never noticed.
+    let command = reserve_mugs(Uuid::new_v4(), 1);
+    harness.send(&command).await;
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, command.saga_id);
+    assert!(harness.broker.is_connected());
+    harness.stop().await;
+}
