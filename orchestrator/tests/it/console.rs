@@ -163,9 +163,9 @@ impl Drop for Browser {
     }
 }
 
-/// Logs in to the console at `{base_url}/admin` with `token`, finds
-/// `saga_id` among the suspended sagas, retries it with a reason and waits
-/// until the console shows it `completed`.
+/// Logs in to the console at `{base_url}/admin` with `token`, sees a dead
+/// letter of `saga_id`, finds the saga among the suspended ones, retries it
+/// with a reason and waits until the console shows it `completed`.
 pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
     const REASON: &str = "provider is back: retry from the console";
     let browser = Browser::start().await;
@@ -191,6 +191,18 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
             "the console after login",
             Locator::Css("#app-view:not([hidden])"),
         )
+        .await;
+
+    // The saga's dead letter is listed, with a link to the saga.
+    c.find(Locator::Id("dead-letters-refresh"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let dead = format!(r#"#dead-letters .dead-letter-saga[data-id="{saga_id}"]"#);
+    browser
+        .wait_for("the saga's dead letter", Locator::Css(&dead))
         .await;
 
     // The list filtered by status; wait for the rows that answer that filter
@@ -304,6 +316,41 @@ async fn support_retries_a_parked_saga_from_the_console() {
         )
         .await;
     system.outage(false).await;
+    // A garbled reply about this saga, for the dead-letter list.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let broker = saga_shared::broker::Broker::connect(
+        &saga_shared::testing::amqp_url(),
+        saga_shared::topology::Topology::new(&system.prefix),
+        "console-test",
+        &stop,
+    )
+    .await
+    .unwrap();
+    let saga_id: uuid::Uuid = id.parse().unwrap();
+    broker
+        .publish(&saga_shared::broker::Outgoing {
+            exchange: broker.topology().reply_exchange(),
+            routing_key: saga_shared::topology::REPLY_ROUTING_KEY.to_owned(),
+            body: b"<garbled>".to_vec(),
+            message_id: uuid::Uuid::new_v4(),
+            saga_id,
+            message_type: "payment.charge.reply".into(),
+            traceparent: saga_shared::traceparent::for_saga(saga_id),
+        })
+        .await
+        .unwrap();
+    broker.close().await;
+    saga_shared::testing::eventually(
+        "the dead letter recorded",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = system
+                .admin("GET", &format!("/v1/admin/dead-letters?saga_id={id}"), None)
+                .await;
+            (body["dead_letters"].as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    )
+    .await;
 
     retry_in_console(&system.base_url, ADMIN_TOKEN, &id).await;
 
