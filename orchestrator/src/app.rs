@@ -131,6 +131,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         relay,
         finished,
         admin_tokens: Arc::new(config.admin_tokens),
+        metrics: crate::metrics::handle(),
     };
     let app = http::router(state);
     let http_stop = stop.clone();

@@ -109,6 +109,7 @@ async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
         }
     }
     tracing::warn!(?saga_id, %reason, "dead letter recorded");
+    metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
     let _ = delivery.ack(BasicAckOptions::default()).await;
 }
 

@@ -7,6 +7,7 @@ pub mod dead_letters;
 pub mod deadlines;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod relay;
 pub mod replies;
 pub mod saga;

@@ -103,6 +103,7 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
     broker.publish_all(&messages).await?;
     tx.commit().await?;
     tracing::Span::current().record("published", rows.len());
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(rows.len() as u64);
     restart_deadlines(pool, &rows).await;
     Ok(rows.len())
 }

@@ -33,6 +33,7 @@ pub struct AppState {
     /// Ids of sagas that reached a final status (for long-polls).
     pub finished: broadcast::Sender<Uuid>,
     pub admin_tokens: Arc<AdminTokens>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
         .route("/admin", get(console::page))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(validation::MAX_BODY_BYTES))
@@ -57,6 +59,18 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let body = crate::metrics::render(&state.metrics, state.store.pool()).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -123,6 +123,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
+            metrics::counter!(crate::metrics::SAGAS_STARTED).increment(1);
             return Ok(Created::New(row.into_record()?));
         }
         let existing: Option<KeyedRow> = sqlx::query_as(
@@ -311,5 +312,11 @@ async fn write(
         .bind(FINAL_CHANNEL)
         .fetch_optional(conn)
         .await?;
+    if written.is_some() {
+        // Counted when written, not when committed: inside the deadline
+        // timer's transaction a failed commit overcounts, which a counter
+        // of events may.
+        crate::metrics::record(before.status, &transition);
+    }
     Ok(written.is_some())
 }

@@ -8,6 +8,7 @@ mod console;
 mod crashes;
 mod failures;
 mod idempotency;
+mod metrics;
 mod outages;
 mod poison;
 mod run_command;

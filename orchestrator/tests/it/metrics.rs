@@ -1,0 +1,79 @@
+//! `GET /metrics`: Prometheus text an operator can alert on.
+
+use std::time::Duration;
+
+use orchestrator::saga::StepPolicies;
+
+use crate::system::{order, System};
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_sagas_by_status_and_what_the_orchestrator_did() {
+    let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
+    let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
+    assert_eq!(done["status"], "completed");
+    system.outage(true).await;
+    let parked = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
+    system
+        .wait_status(
+            std::slice::from_ref(&parked),
+            "suspended",
+            Duration::from_secs(60),
+        )
+        .await;
+
+    let response = system
+        .http
+        .get(format!("{}/metrics", system.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    // From this system's database: exact.
+    assert_eq!(
+        sample(&text, r#"checkout_sagas{status="completed"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"checkout_sagas{status="suspended"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"checkout_sagas{status="cancelled"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "checkout_outbox_pending"),
+        Some(0.0),
+        "{text}"
+    );
+    // Counters of the process (shared with the other tests running in it).
+    for series in [
+        "checkout_sagas_started_total",
+        r#"checkout_sagas_finished_total{status="completed"}"#,
+        r#"checkout_sagas_suspended_total{step="payment.charge"}"#,
+        "checkout_outbox_published_total",
+    ] {
+        assert!(
+            sample(&text, series).is_some_and(|n| n >= 1.0),
+            "{series}: {text}"
+        );
+    }
+    system.outage(false).await;
+    system.stop().await;
+}
