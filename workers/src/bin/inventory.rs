@@ -16,7 +16,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
     long_about = "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
         With no subcommand it serves: it consumes inventory commands from RabbitMQ \
         until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, \
-        PREFETCH, DATABASE_POOL_SIZE, RUST_LOG. The operator subcommands need only \
+        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG. The operator subcommands need only \
         DATABASE_URL."
 )]
 struct Args {

@@ -18,7 +18,7 @@ use workers::payment::{outage, Payment, Simulator, MIGRATOR};
         (approved after MS milliseconds, at most 60 s), sim_down (always transient).\n\n\
         With no subcommand it serves: it consumes payment commands from RabbitMQ until \
         SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH, \
-        DATABASE_POOL_SIZE, RUST_LOG. The operator subcommands need only DATABASE_URL."
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG. The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]

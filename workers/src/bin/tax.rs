@@ -18,7 +18,7 @@ use workers::tax::{rates, Tax, MIGRATOR};
         tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
         With no subcommand it serves: it consumes tax commands from RabbitMQ until \
         SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH, \
-        DATABASE_POOL_SIZE, RUST_LOG. The operator subcommands need only DATABASE_URL."
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG. The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]
