@@ -79,7 +79,11 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
         "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox WHERE not_before <= now()
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING message_id, saga_id, routing_key, message_type, body, traceparent, deadline_ms",
+         RETURNING message_id, saga_id, routing_key, message_type, body, traceparent,
+                   -- Late: waited in the outbox well past its due time (the
+                   -- broker was away), so the deadline set with it is too soon.
+                   CASE WHEN not_before < now() - interval '1 second' THEN deadline_ms END
+                       AS deadline_ms",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -110,9 +114,11 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
 
 /// An attempt's deadline counts from its publishing: a command that
 /// waited in the outbox (the broker was away) still gets its whole
-/// deadline. Best effort, after the commit: should it fail, the deadline
-/// set with the transition stands, and the deadline timer does not count a
-/// miss while the command is still unsent anyway.
+/// deadline. Only late rows carry a `deadline_ms` here; a row published on
+/// time keeps the deadline set with its transition, and costs no statement.
+/// Best effort, after the commit: should it fail, the deadline set with the
+/// transition stands, and the deadline timer does not count a miss while
+/// the command is still unsent anyway.
 async fn restart_deadlines(pool: &PgPool, rows: &[OutboxRow]) {
     let (ids, waits): (Vec<Uuid>, Vec<i64>) = rows
         .iter()
