@@ -113,7 +113,7 @@ async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
     let _ = delivery.ack(BasicAckOptions::default()).await;
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub at: DateTime<Utc>,

@@ -27,7 +27,8 @@ const MAX_REASON_CHARS: usize = 500;
 /// Sagas retried at once by a bulk retry.
 const BULK_CONCURRENCY: usize = 8;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     status: Option<String>,
     step: Option<String>,
@@ -39,7 +40,7 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SagaList {
     sagas: Vec<SagaSummary>,
     next_cursor: Option<Uuid>,
@@ -126,6 +127,15 @@ fn non_empty(text: Option<String>) -> Option<String> {
     text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/sagas", tag = "support", security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of sagas, newest first", body = SagaList),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A filter is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
@@ -164,14 +174,14 @@ pub async fn list(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StepView {
     step: String,
     attempts: usize,
     last_event: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SagaDetail {
     #[serde(flatten)]
     summary: SagaSummary,
@@ -252,6 +262,15 @@ fn saga_id(text: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no saga with id `{text}`")))
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/sagas/{id}", tag = "support", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The saga (checkout) id")),
+    responses(
+        (status = 200, description = "The saga, its steps and its timeline", body = SagaDetail),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn detail(
     _: Actor,
     State(state): State<AppState>,
@@ -260,9 +279,9 @@ pub async fn detail(
     Ok(Json(detail_of(&state, saga_id(&id)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ActionBody {
+pub(crate) struct ActionBody {
     reason: Option<String>,
 }
 
@@ -296,6 +315,19 @@ async fn act(
     Ok(Json(detail_of(state, id).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/sagas/{id}/retry", tag = "support", security(("bearer" = [])),
+    description = "Re-run the parked action.",
+    params(("id" = String, Path, description = "The saga (checkout) id")),
+    request_body = ActionBody,
+    responses(
+        (status = 200, description = "Done: the saga as it is now", body = SagaDetail),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The saga is in a state this action does not apply to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The reason is missing or too long", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn retry(
     actor: Actor,
     State(state): State<AppState>,
@@ -306,6 +338,19 @@ pub async fn retry(
     act(&state, actor, &id, &headers, body, Action::Retry).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/sagas/{id}/cancel", tag = "support", security(("bearer" = [])),
+    description = "Compensate everything done, then cancelled.",
+    params(("id" = String, Path, description = "The saga (checkout) id")),
+    request_body = ActionBody,
+    responses(
+        (status = 200, description = "Done: the saga as it is now", body = SagaDetail),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The saga is in a state this action does not apply to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The reason is missing or too long", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     actor: Actor,
     State(state): State<AppState>,
@@ -316,9 +361,9 @@ pub async fn cancel(
     act(&state, actor, &id, &headers, body, Action::Cancel).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BulkRetryBody {
+pub(crate) struct BulkRetryBody {
     step: Option<String>,
     phase: Option<String>,
     error: Option<String>,
@@ -327,7 +372,7 @@ struct BulkRetryBody {
     dry_run: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BulkRetried {
     dry_run: bool,
     count: usize,
@@ -337,6 +382,15 @@ pub struct BulkRetried {
     failed: Vec<Uuid>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/sagas/retry", tag = "support", security(("bearer" = [])),
+    request_body = BulkRetryBody,
+    responses(
+        (status = 200, description = "The sagas retried (or, with dry_run, that would be)", body = BulkRetried),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A filter is invalid, or the reason is missing", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn bulk_retry(
     Actor(actor): Actor,
     State(state): State<AppState>,
@@ -411,12 +465,19 @@ pub async fn bulk_retry(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Failures {
     total: i64,
     groups: Vec<FailureGroup>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/failures", tag = "support", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Suspended sagas grouped by step, phase and error", body = Failures),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn failures(_: Actor, State(state): State<AppState>) -> Result<Json<Failures>, ApiError> {
     let groups = state.store.failures().await?;
     Ok(Json(Failures {
@@ -425,20 +486,30 @@ pub async fn failures(_: Actor, State(state): State<AppState>) -> Result<Json<Fa
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterParams {
     saga_id: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DeadLetterList {
     dead_letters: Vec<DeadLetter>,
     next_cursor: Option<String>,
 }
 
 /// Messages that could not be handled, newest first.
+#[utoipa::path(
+    get, path = "/v1/admin/dead-letters", tag = "support", security(("bearer" = [])),
+    params(DeadLetterParams),
+    responses(
+        (status = 200, description = "Messages that could never be handled, newest first", body = DeadLetterList),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn dead_letters(
     _: Actor,
     State(state): State<AppState>,

@@ -24,7 +24,7 @@ use crate::store::{Created, SagaRecord};
 /// The longest `?wait=` a client may ask for.
 pub const MAX_WAIT_SECONDS: u64 = 30;
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CheckoutView {
     pub checkout_id: Uuid,
     pub status: ClientStatus,
@@ -68,6 +68,20 @@ fn location(id: Uuid) -> String {
     format!("/v1/checkouts/{id}")
 }
 
+#[utoipa::path(
+    post, path = "/v1/checkouts", tag = "checkouts",
+    request_body = crate::http::validation::Body,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replaying the same key and body returns the same checkout")),
+    responses(
+        (status = 202, description = "Accepted: the checkout runs", body = CheckoutView),
+        (status = 200, description = "The same key and body as before: that checkout", body = CheckoutView),
+        (status = 400, description = "Not JSON", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid, or the key was used with another body", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -96,11 +110,23 @@ pub async fn create(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetParams {
+    /// Seconds (0 to 30) to wait for a final status before answering.
     wait: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/checkouts/{id}", tag = "checkouts",
+    params(("id" = String, Path, description = "The checkout id"), GetParams),
+    responses(
+        (status = 200, description = "The checkout", body = CheckoutView),
+        (status = 404, description = "No such checkout", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`wait` out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod checkouts;
 pub mod console;
+pub mod openapi;
 pub mod problem;
 pub mod validation;
 
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin", get(console::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(validation::MAX_BODY_BYTES))

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// JSON path of the field (`items[1].quantity`), or a header name.
     pub field: String,
@@ -67,8 +67,8 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
         .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     title: &'a str,

@@ -23,27 +23,30 @@ const MAX_METHOD_LEN: usize = 64;
 const MAX_REGION_LEN: usize = 16;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Body {
+#[schema(as = NewCheckout)]
+pub(crate) struct Body {
     customer_id: String,
     items: Vec<Item>,
     ship_to: Address,
     payment_method: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Item {
+#[schema(as = NewCheckoutItem)]
+pub(crate) struct Item {
     sku: String,
     // Wide on purpose: a negative or huge quantity is a validation error
     // naming the field, not a type error.
     quantity: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Address {
+#[schema(as = NewCheckoutShipTo)]
+pub(crate) struct Address {
     country: String,
     #[serde(default)]
     region: String,

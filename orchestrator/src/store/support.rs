@@ -27,7 +27,7 @@ pub struct SagaFilter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SagaSummary {
     pub saga_id: Uuid,
     pub status: SagaStatus,
@@ -63,7 +63,7 @@ pub struct SagaPage {
     pub next_cursor: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TimelineEntry {
     pub at: DateTime<Utc>,
     pub step: Option<String>,
@@ -74,7 +74,7 @@ pub struct TimelineEntry {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FailureGroup {
     pub step: Option<String>,
     pub phase: String,

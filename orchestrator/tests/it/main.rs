@@ -9,6 +9,7 @@ mod crashes;
 mod failures;
 mod idempotency;
 mod metrics;
+mod openapi;
 mod outages;
 mod poison;
 mod run_command;
