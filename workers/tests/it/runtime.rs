@@ -75,6 +75,28 @@ async fn next_reply(replies: &mut Consumer) -> Delivery {
         .expect("reply delivery")
 }
 
+async fn dead_letter_consumer(broker: &Broker) -> Consumer {
+    broker
+        .consume(
+            &broker.topology().dead_letter_queue(),
+            "test-dead-letters",
+            1,
+        )
+        .await
+        .unwrap()
+}
+
+/// The next dead letter, acked.
+async fn next_dead_letter(dead_letters: &mut Consumer) -> Delivery {
+    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("dead-letter consumer open")
+        .expect("dead-letter delivery");
+    dead.ack(BasicAckOptions::default()).await.unwrap();
+    dead
+}
+
 async fn send(broker: &Broker, routing_key: &str, message_id: Uuid, saga_id: Uuid, body: Vec<u8>) {
     broker
         .publish(&Outgoing {
@@ -246,15 +268,7 @@ async fn a_redelivered_command_gets_the_same_reply_and_acts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
     let mut harness = Harness::start().await;
-    let mut dead_letters = harness
-        .broker
-        .consume(
-            &harness.broker.topology().dead_letter_queue(),
-            "test-dead-letters",
-            1,
-        )
-        .await
-        .unwrap();
+    let mut dead_letters = dead_letter_consumer(&harness.broker).await;
 
     let poison_id = Uuid::new_v4();
     harness
@@ -268,12 +282,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
     let command = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&command).await;
 
-    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
-        .await
-        .expect("a dead letter in time")
-        .expect("dead-letter consumer open")
-        .expect("dead-letter delivery");
-    dead.ack(BasicAckOptions::default()).await.unwrap();
+    let dead = next_dead_letter(&mut dead_letters).await;
     assert_eq!(dead.data, b"not json");
     let error = header(&dead, ERROR_HEADER).expect("an x-error header");
     assert!(error.contains("not a JSON envelope"), "{error}");
@@ -318,15 +327,7 @@ impl Handler for CrashesOn {
 async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_delivery_limit() {
     let crashing = Uuid::new_v4();
     let mut harness = Harness::start_with(CrashesOn(crashing)).await;
-    let mut dead_letters = harness
-        .broker
-        .consume(
-            &harness.broker.topology().dead_letter_queue(),
-            "test-dead-letters",
-            1,
-        )
-        .await
-        .unwrap();
+    let mut dead_letters = dead_letter_consumer(&harness.broker).await;
     let poison = reserve_mugs(crashing, 1);
     harness.send(&poison).await;
     let good = reserve_mugs(Uuid::new_v4(), 1);
@@ -337,12 +338,7 @@ async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_deliv
     assert_eq!(reply.saga_id, good.saga_id);
 
     // The queue's delivery limit, not the worker, takes the bad one out.
-    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
-        .await
-        .expect("the crashing command dead-lettered in time")
-        .expect("dead-letter consumer open")
-        .expect("dead-letter delivery");
-    dead.ack(BasicAckOptions::default()).await.unwrap();
+    let dead = next_dead_letter(&mut dead_letters).await;
     assert_eq!(
         dead.properties
             .message_id()
