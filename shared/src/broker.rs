@@ -389,7 +389,15 @@ impl Broker {
             .expect("session lock is never poisoned")
             .take();
         if let Some(session) = session {
-            let _ = session.connection.close(200, "bye".into()).await;
+            // The goodbye is a courtesy: a broker that does not answer it
+            // within a moment is left without one.
+            let goodbye = session.connection.close(200, "bye".into());
+            if tokio::time::timeout(Duration::from_secs(2), goodbye)
+                .await
+                .is_err()
+            {
+                tracing::warn!("RabbitMQ did not answer the connection close; leaving anyway");
+            }
         }
     }
 }

@@ -47,9 +47,14 @@ pub async fn serve<H: Handler>(
         stop.clone(),
     );
     let mut result = Ok(());
-    shutdown::within_grace(async { result = work.await }, &stop, config.shutdown_grace).await;
-    broker.close().await;
-    pool.close().await;
+    // Closing politely is part of the grace period too: a broker or a
+    // database that does not answer its goodbye must not keep us running.
+    let shutdown = async {
+        result = work.await;
+        broker.close().await;
+        pool.close().await;
+    };
+    shutdown::within_grace(shutdown, &stop, config.shutdown_grace).await;
     result
 }
 

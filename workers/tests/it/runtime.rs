@@ -375,12 +375,21 @@ async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
         .env("DATABASE_URL", &db.url)
         .env("AMQP_URL", amqp_url())
         .env("AMQP_PREFIX", guard.topology.prefix())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "pretty")
+        .env("SHUTDOWN_GRACE_SECONDS", "5")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start the inventory binary");
+    // Its log, to show should it not stop.
+    let mut log = service.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut log, &mut text).await;
+        text
+    });
 
     let command = reserve_mugs(Uuid::new_v4(), 2);
     send(
@@ -405,11 +414,17 @@ async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
         .status()
         .expect("run kill");
     assert!(signalled.success());
-    let status = tokio::time::timeout(PATIENCE, service.wait())
-        .await
-        .expect("the service stops on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    let status = match tokio::time::timeout(PATIENCE, service.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = service.kill().await;
+            panic!(
+                "the service did not stop on SIGTERM; its log:\n{}",
+                log.await.unwrap()
+            );
+        }
+    };
+    assert_eq!(status.code(), Some(0), "{}", log.await.unwrap());
     broker.close().await;
 }
 
