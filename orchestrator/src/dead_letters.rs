@@ -4,14 +4,14 @@
 //! support API lists.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
-use saga_shared::broker::{header, Backoff, Broker, ERROR_HEADER};
-use saga_shared::consumer::run_consumer_until_stopped;
+use saga_shared::broker::{header, Broker, ERROR_HEADER};
+use saga_shared::consumer::{hold_until_settled, run_consumer_until_stopped, Settled};
+use saga_shared::failure::printable;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -59,56 +59,99 @@ fn death_reason(delivery: &Delivery) -> Option<String> {
 
 fn preview(body: &[u8]) -> String {
     let cut = &body[..body.len().min(PREVIEW_BYTES)];
-    // Postgres text holds no NUL.
-    String::from_utf8_lossy(cut).replace('\0', "\u{FFFD}")
+    printable(&String::from_utf8_lossy(cut)).into_owned()
 }
 
-async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
-    let reason = header(&delivery, ERROR_HEADER)
-        .or_else(|| death_reason(&delivery))
-        .unwrap_or_else(|| "unknown".to_owned());
-    let properties = &delivery.properties;
-    let saga_id = properties
-        .correlation_id()
-        .as_ref()
-        .and_then(|id| id.as_str().parse::<Uuid>().ok());
-    let text =
-        |value: &Option<lapin::types::ShortString>| value.as_ref().map(|v| v.as_str().to_owned());
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    loop {
-        let inserted = sqlx::query(
+/// A dead letter as stored: every text printable, whatever the message held.
+struct Record {
+    saga_id: Option<Uuid>,
+    reason: String,
+    message_id: Option<String>,
+    message_type: Option<String>,
+    original_exchange: Option<String>,
+    routing_key: Option<String>,
+    body_bytes: i32,
+    body_preview: String,
+}
+
+impl Record {
+    fn of(delivery: &Delivery) -> Record {
+        let clean = |text: Option<String>| text.map(|t| printable(&t).into_owned());
+        let short = |value: &Option<lapin::types::ShortString>| {
+            clean(value.as_ref().map(|v| v.to_string()))
+        };
+        let properties = &delivery.properties;
+        let reason = header(delivery, ERROR_HEADER)
+            .or_else(|| death_reason(delivery))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Record {
+            saga_id: properties
+                .correlation_id()
+                .as_ref()
+                .and_then(|id| id.as_str().parse::<Uuid>().ok()),
+            reason: printable(&reason).into_owned(),
+            message_id: short(properties.message_id()),
+            message_type: short(properties.kind()),
+            original_exchange: clean(header(delivery, "x-original-exchange")),
+            routing_key: clean(header(delivery, "x-original-routing-key")),
+            body_bytes: i32::try_from(delivery.data.len()).unwrap_or(i32::MAX),
+            body_preview: preview(&delivery.data),
+        }
+    }
+
+    fn stripped(self, why: &str) -> Record {
+        Record {
+            reason: format!("{} (recorded without its details: {why})", self.reason),
+            message_type: None,
+            original_exchange: None,
+            routing_key: None,
+            body_preview: String::new(),
+            ..self
+        }
+    }
+
+    async fn insert(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        sqlx::query(
             "INSERT INTO dead_letters (saga_id, reason, message_id, message_type,
                  original_exchange, routing_key, body_bytes, body_preview)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (message_id, reason) WHERE message_id IS NOT NULL DO NOTHING",
         )
-        .bind(saga_id)
-        .bind(&reason)
-        .bind(text(properties.message_id()))
-        .bind(text(properties.kind()))
-        .bind(header(&delivery, "x-original-exchange"))
-        .bind(header(&delivery, "x-original-routing-key"))
-        .bind(delivery.data.len() as i32)
-        .bind(preview(&delivery.data))
+        .bind(self.saga_id)
+        .bind(&self.reason)
+        .bind(&self.message_id)
+        .bind(&self.message_type)
+        .bind(&self.original_exchange)
+        .bind(&self.routing_key)
+        .bind(self.body_bytes)
+        .bind(&self.body_preview)
         .execute(pool)
-        .await;
-        match inserted {
-            Ok(_) => break,
-            Err(error) => {
-                // Hold it while the database is away; it is the only copy.
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, "dead letter not recorded; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => {
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
-                    }
-                }
+        .await?;
+        Ok(())
+    }
+}
+
+async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
+    let mut record = Record::of(&delivery);
+    let mut stripped = false;
+    loop {
+        match hold_until_settled(&delivery, stop, || record.insert(pool)).await {
+            Settled::Done(()) => break,
+            Settled::Stopped => return,
+            // The recorder is the end of the line: a dead letter it cannot
+            // store is kept with what can always be stored, rather than
+            // dead-lettered again (it would come straight back here).
+            Settled::Permanent(why) if !stripped => {
+                record = record.stripped(&why);
+                stripped = true;
+            }
+            Settled::Permanent(why) => {
+                tracing::error!(message_id = ?record.message_id, %why, "dead letter cannot be recorded; dropped");
+                break;
             }
         }
     }
-    tracing::warn!(?saga_id, %reason, "dead letter recorded");
+    tracing::warn!(saga_id = ?record.saga_id, reason = %record.reason, "dead letter recorded");
     metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
     let _ = delivery.ack(BasicAckOptions::default()).await;
 }

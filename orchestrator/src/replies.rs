@@ -3,19 +3,18 @@
 //! timeline and commands), then is acked.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use saga_shared::broker::{Backoff, Broker, BrokerError};
-use saga_shared::consumer::{dead_letter, run_consumer_until_stopped};
+use lapin::options::BasicAckOptions;
+use saga_shared::broker::{Broker, BrokerError};
+use saga_shared::consumer::{dead_letter, hold_until_settled, run_consumer_until_stopped, Settled};
 use saga_shared::messages::Outcome;
 use saga_shared::Envelope;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 pub async fn run_reply_consumer_until_stopped(
     store: Store,
@@ -45,28 +44,10 @@ async fn process(
         Ok(reply) => reply,
         Err(error) => return dead_letter(broker, &delivery, &error.to_string()).await,
     };
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    loop {
-        match store.apply_reply(&reply).await {
-            Ok(()) => break,
-            Err(StoreError::UnknownSaga(_)) => {
-                let reason = format!("reply for unknown saga {}", reply.saga_id);
-                return dead_letter(broker, &delivery, &reason).await;
-            }
-            Err(error) => {
-                // Hold the reply while the database is away rather than
-                // burn its delivery count.
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, saga_id = %reply.saga_id, "reply not applied; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => {
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
-                    }
-                }
-            }
-        }
+    match hold_until_settled(&delivery, stop, || store.apply_reply(&reply)).await {
+        Settled::Done(()) => {}
+        Settled::Permanent(reason) => return dead_letter(broker, &delivery, &reason).await,
+        Settled::Stopped => return,
     }
     relay.notify_one();
     let _ = delivery.ack(BasicAckOptions::default()).await;

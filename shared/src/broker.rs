@@ -59,6 +59,17 @@ impl Backoff {
         }
     }
 
+    /// Between tries of a message held while the database or the broker is
+    /// away: quick at first (a blip), at most 5 s apart (an outage).
+    pub fn holding() -> Self {
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// Between attempts to reach a server again (connect, consume, listen).
+    pub fn reconnecting() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base
@@ -220,7 +231,7 @@ impl Broker {
     /// A new connection, publisher channel and declared topology, retrying
     /// with backoff and jitter until it works or `stop`.
     async fn open(&self) -> Result<Session, BrokerError> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::reconnecting();
         loop {
             match self.try_open().await {
                 Ok(session) => return Ok(session),

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -16,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Backoff, Broker, BrokerError};
+use crate::failure::{printable, Classify};
 
 /// Runs `handle` for each delivery of `queue`, at most `prefetch` at once,
 /// until `stop`; then lets the in-flight ones finish. `handle` owns the
@@ -36,7 +36,7 @@ where
 {
     let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
     let mut in_flight = JoinSet::new();
-    let fresh = || Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let fresh = Backoff::reconnecting;
     let mut backoff = fresh();
     while !stop.is_cancelled() {
         let mut consumer = match broker.consume(queue, consumer_tag, prefetch).await {
@@ -109,7 +109,8 @@ where
 /// the dead-letter queue with `reason` in `x-error`, then the original is
 /// acked, so the queue behind it keeps flowing.
 pub async fn dead_letter(broker: &Broker, delivery: &Delivery, reason: &str) {
-    match broker.dead_letter(delivery, reason).await {
+    let reason = printable(reason);
+    match broker.dead_letter(delivery, &reason).await {
         Ok(()) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
@@ -123,6 +124,56 @@ pub async fn dead_letter(broker: &Broker, delivery: &Delivery, reason: &str) {
                     ..Default::default()
                 })
                 .await;
+        }
+    }
+}
+
+/// How trying to handle a delivery ended.
+#[derive(Debug)]
+pub enum Settled<T> {
+    Done(T),
+    /// It can never succeed: the reason, fit to store and show.
+    Permanent(String),
+    /// Stopped while it was failing transiently: it was requeued.
+    Stopped,
+}
+
+/// The one retry loop of every consumer. Tries `attempt` until it succeeds
+/// or fails permanently; a transient failure holds the delivery (no ack,
+/// no nack: a nack would count towards the delivery limit and dead-letter
+/// good messages during an outage) and tries again with backoff. On stop
+/// the delivery is requeued for another consumer.
+pub async fn hold_until_settled<T, E, F, Fut>(
+    delivery: &Delivery,
+    stop: &CancellationToken,
+    mut attempt: F,
+) -> Settled<T>
+where
+    E: Classify,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::holding();
+    loop {
+        let error = match attempt().await {
+            Ok(done) => return Settled::Done(done),
+            Err(error) if error.is_permanent() => {
+                let reason = printable(&error.describe()).into_owned();
+                tracing::error!(%reason, "message can never be handled; dead-lettering it");
+                return Settled::Permanent(reason);
+            }
+            Err(error) => error,
+        };
+        let wait = backoff.next_delay();
+        tracing::warn!(%error, ?wait, "message not handled; holding it and retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {
+                let _ = delivery
+                    .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                    .await;
+                return Settled::Stopped;
+            }
         }
     }
 }

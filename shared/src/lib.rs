@@ -6,6 +6,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod envelope;
+pub mod failure;
 pub mod messages;
 pub mod money;
 pub mod shutdown;

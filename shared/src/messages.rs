@@ -2,8 +2,12 @@
 //! sends. Field names here are the wire format; change them only with a new
 //! envelope version.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::failure::printable;
 
 /// Which worker kind a command is for; each has one durable quorum queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -334,11 +338,21 @@ impl Outcome {
         }
     }
 
+    /// The reply's texts come from another process and end up in the
+    /// saga's timeline: their control characters are replaced here, on the
+    /// way in, so that a stray NUL can never make a reply unstorable.
     pub fn from_payload(step: Step, payload: ReplyPayload) -> serde_json::Result<Outcome> {
+        let text = |s: String| match printable(&s) {
+            Cow::Borrowed(_) => s,
+            Cow::Owned(clean) => clean,
+        };
         Ok(match payload {
             ReplyPayload::Ok { result } => Outcome::Ok(StepResult::from_value(step, result)?),
-            ReplyPayload::Rejected { reason, detail } => Outcome::Rejected { reason, detail },
-            ReplyPayload::Transient { error } => Outcome::Transient { error },
+            ReplyPayload::Rejected { reason, detail } => Outcome::Rejected {
+                reason: text(reason),
+                detail: text(detail),
+            },
+            ReplyPayload::Transient { error } => Outcome::Transient { error: text(error) },
         })
     }
 

@@ -4,12 +4,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use saga_shared::broker::{header, Backoff, Broker, Outgoing};
-use saga_shared::consumer::{dead_letter, run_consumer_until_stopped};
+use saga_shared::broker::{header, Broker, Outgoing};
+use saga_shared::consumer::{dead_letter, hold_until_settled, run_consumer_until_stopped, Settled};
 use saga_shared::messages::{reason, Command, Outcome};
 use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_shared::{traceparent, Envelope, WorkerKind};
@@ -110,25 +109,10 @@ async fn answer<H: Handler>(
     command: &Envelope<Command>,
     stop: &CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    let reply = loop {
-        match handle_once(ctx, command).await {
-            Ok(reply) => break reply,
-            Err(error) => {
-                // Hold the message (no ack, no nack) while the database is
-                // away: a nack would count towards the delivery limit and
-                // dead-letter good commands during an outage.
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, "command not handled; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => {
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
-                    }
-                }
-            }
-        }
+    let reply = match hold_until_settled(delivery, stop, || handle_once(ctx, command)).await {
+        Settled::Done(reply) => reply,
+        Settled::Permanent(reason) => return dead_letter(&ctx.broker, delivery, &reason).await,
+        Settled::Stopped => return,
     };
     let message_id = reply
         .get("message_id")

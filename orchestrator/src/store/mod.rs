@@ -7,6 +7,7 @@ mod transition;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use saga_shared::failure::Classify;
 use saga_shared::messages::Outcome;
 use saga_shared::Envelope;
 use sqlx::{PgConnection, PgPool};
@@ -27,10 +28,31 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored saga {0} does not parse: {1}")]
     Corrupt(Uuid, serde_json::Error),
-    #[error("no saga {0}")]
+    #[error("unknown saga {0}")]
     UnknownSaga(Uuid),
     #[error(transparent)]
     WrongState(#[from] WrongState),
+}
+
+impl Classify for StoreError {
+    fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Database(error) => error.is_permanent(),
+            // A reply for a saga no instance knows, a state this build
+            // cannot read, an event the saga refuses: the same message
+            // fails the same way every time.
+            StoreError::Corrupt(..) | StoreError::UnknownSaga(_) | StoreError::WrongState(_) => {
+                true
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            StoreError::Database(error) => error.describe(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A stored saga with its bookkeeping columns.

@@ -167,3 +167,144 @@ async fn poison_on_any_queue_is_dead_lettered_listed_and_the_queues_flow() {
     broker.close().await;
     system.stop().await;
 }
+
+/// Data the database can never accept is either made storable (the texts of
+/// a reply or a dead letter: control characters replaced) or dead-lettered
+/// with its reason (a stored saga this build cannot read), and never held
+/// and retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() {
+    let system = System::start().await;
+    let stop = CancellationToken::new();
+    let broker = Broker::connect(
+        &testing::amqp_url(),
+        Topology::new(&system.prefix),
+        "poisoner",
+        &stop,
+    )
+    .await
+    .unwrap();
+    let topology = broker.topology().clone();
+    let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
+    let done_id: Uuid = done["checkout_id"].as_str().unwrap().parse().unwrap();
+
+    // A late reply whose error holds a NUL: recorded in the timeline, NUL replaced.
+    let late = Envelope::command(
+        done_id,
+        1,
+        Command::Refund(saga_shared::messages::RefundPayment {}),
+    )
+    .reply(Outcome::Transient {
+        error: "provider said \u{0} no".into(),
+    });
+    let reply = |saga_id: Uuid, body: Vec<u8>, message_type: &str| Outgoing {
+        exchange: topology.reply_exchange(),
+        routing_key: REPLY_ROUTING_KEY.to_owned(),
+        body,
+        message_id: Uuid::new_v4(),
+        saga_id,
+        message_type: message_type.to_owned(),
+        traceparent: saga_shared::traceparent::for_saga(saga_id),
+    };
+    broker
+        .publish(&reply(done_id, late.encode(), "payment.refund.reply"))
+        .await
+        .unwrap();
+    testing::eventually(
+        "the late reply in the timeline, its NUL replaced",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = system
+                .admin("GET", &format!("/v1/admin/sagas/{done_id}"), None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("provider said \u{FFFD} no"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A saga whose stored state this build cannot read: its replies are
+    // dead-lettered with the reason, and the reply queue keeps flowing.
+    let corrupt = system.place(&order(&[("BOOK", 1)], "sim_slow_60000")).await;
+    let corrupt_id: Uuid = corrupt.parse().unwrap();
+    sqlx::query("UPDATE sagas SET state = '{\"written\": \"by a future build\"}' WHERE id = $1")
+        .bind(corrupt_id)
+        .execute(&system.orchestrator_db.pool)
+        .await
+        .unwrap();
+    let stray = Envelope::command(
+        corrupt_id,
+        1,
+        Command::Refund(saga_shared::messages::RefundPayment {}),
+    )
+    .reply(Outcome::Transient { error: "x".into() });
+    broker
+        .publish(&reply(corrupt_id, stray.encode(), "payment.refund.reply"))
+        .await
+        .unwrap();
+
+    // A dead letter whose type and reason hold control characters.
+    let odd_saga = Uuid::new_v4();
+    let mut odd = reply(odd_saga, b"{}".to_vec(), "odd\u{0}type");
+    odd.exchange = topology.dead_letter_exchange();
+    broker.publish(&odd).await.unwrap();
+
+    // A reply whose type holds a NUL: refused as an unknown type, and that
+    // reason, quoting the type, is stored too.
+    let typed_saga = Uuid::new_v4();
+    let mut typed: Value = serde_json::from_slice(&stray.encode()).unwrap();
+    typed["type"] = "payment.\u{0}refund.reply".into();
+    typed["saga_id"] = typed_saga.to_string().into();
+    broker
+        .publish(&reply(
+            typed_saga,
+            serde_json::to_vec(&typed).unwrap(),
+            "payment.refund.reply",
+        ))
+        .await
+        .unwrap();
+
+    let after = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
+    assert_eq!(after["status"], "completed", "{after}");
+
+    for (saga, says) in [
+        (corrupt_id, "does not parse"),
+        (odd_saga, "unknown"),
+        (typed_saga, "unknown message type"),
+    ] {
+        let listed: Value = testing::eventually(
+            "the dead letter listed",
+            Duration::from_secs(20),
+            || async {
+                let (status, body) = system
+                    .admin(
+                        "GET",
+                        &format!("/v1/admin/dead-letters?saga_id={saga}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                body["dead_letters"].as_array().unwrap().first().cloned()
+            },
+        )
+        .await;
+        assert!(
+            listed["reason"].as_str().unwrap().contains(says),
+            "{listed:#}"
+        );
+        if saga == odd_saga {
+            assert_eq!(listed["message_type"], "odd\u{FFFD}type", "{listed:#}");
+        }
+    }
+    broker.close().await;
+    system.stop_without_audit().await;
+}
