@@ -15,6 +15,9 @@ use uuid::Uuid;
 enum Status {
     Active,
     Released,
+    /// A tombstone: the saga's reserve was refused, so no attempt of it
+    /// ever holds stock.
+    Refused,
 }
 
 impl Status {
@@ -22,6 +25,7 @@ impl Status {
         match self {
             Status::Active => "active",
             Status::Released => "released",
+            Status::Refused => "refused",
         }
     }
 
@@ -29,9 +33,12 @@ impl Status {
         match text {
             "active" => Ok(Status::Active),
             "released" => Ok(Status::Released),
-            other => Err(sqlx::Error::Protocol(format!(
-                "reservation status `{other}` is not one this worker knows"
-            ))),
+            "refused" => Ok(Status::Refused),
+            // A state this build cannot read: permanent, the command is
+            // dead-lettered rather than retried.
+            other => Err(sqlx::Error::Decode(
+                format!("reservation status `{other}` is not one this worker knows").into(),
+            )),
         }
     }
 }
@@ -68,9 +75,8 @@ async fn claim(conn: &mut PgConnection, saga_id: Uuid, new: Status) -> Result<Cl
             .await?;
     match status {
         Some(status) => Ok(Claim::Existing(Status::parse(&status)?)),
-        // Only a refused reserve deletes its row, in the transaction that
-        // created it, and an insert waiting on it then succeeds. Should the
-        // row still be gone, fail: the runtime runs the command again.
+        // Rows are never deleted; should one be gone (an operator's hand),
+        // fail: the runtime runs the command again.
         None => Err(sqlx::Error::RowNotFound),
     }
 }
@@ -96,16 +102,38 @@ pub async fn reserve(
                 format!("the stock of saga {saga_id} was already released; nothing is reserved"),
             ));
         }
+        Claim::Existing(Status::Refused) => return refusal(conn, saga_id).await,
     }
     let outcome = hold(conn, saga_id, &request.lines).await?;
-    if !matches!(outcome, Outcome::Ok(_)) {
-        // A refused reserve holds nothing and leaves no reservation behind.
-        sqlx::query("DELETE FROM reservations WHERE saga_id = $1")
-            .bind(saga_id)
-            .execute(&mut *conn)
-            .await?;
+    if let Outcome::Rejected { reason, detail } = &outcome {
+        // A refused reserve holds nothing, and its row stays as the saga's
+        // answer: a late earlier attempt must not reserve once stock is back.
+        sqlx::query(
+            "UPDATE reservations SET status = 'refused', rejection_reason = $2,
+                 rejection_detail = $3
+             WHERE saga_id = $1",
+        )
+        .bind(saga_id)
+        .bind(reason)
+        .bind(detail)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(outcome)
+}
+
+/// The refusal a reserve of this saga was first answered with.
+async fn refusal(conn: &mut PgConnection, saga_id: Uuid) -> Result<Outcome, sqlx::Error> {
+    let (reason, detail): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT rejection_reason, rejection_detail FROM reservations WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Outcome::Rejected {
+        reason: reason.unwrap_or_else(|| reason::OUT_OF_STOCK.to_owned()),
+        detail: detail.unwrap_or_default(),
+    })
 }
 
 /// Gives the saga's stock back. A no-op when nothing is held; when no
@@ -113,7 +141,7 @@ pub async fn reserve(
 /// reserve holds nothing.
 pub async fn release(conn: &mut PgConnection, saga_id: Uuid) -> Result<Outcome, sqlx::Error> {
     let released = match claim(conn, saga_id, Status::Released).await? {
-        Claim::Created | Claim::Existing(Status::Released) => false,
+        Claim::Created | Claim::Existing(Status::Released | Status::Refused) => false,
         Claim::Existing(Status::Active) => {
             give_back(conn, saga_id).await?;
             true

@@ -454,3 +454,94 @@ async fn a_refused_publish_reopens_the_publishing_channel_and_keeps_the_consumer
     assert!(harness.broker.is_connected());
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
+    // More of them than the worker's prefetch (4): held, they would pin
+    // every slot and the good command behind them would never be answered.
+    let mut harness = Harness::start().await;
+    let mut dead_letters = dead_letter_consumer(&harness.broker).await;
+    let mut poison = Vec::new();
+    for _ in 0..6 {
+        let mut command = reserve_mugs(Uuid::new_v4(), 1);
+        if let Command::Reserve(reserve) = &mut command.payload {
+            reserve.lines[0].sku = "MU\u{0}G".into();
+        }
+        harness.send(&command).await;
+        poison.push(command.message_id.to_string());
+    }
+    let good = reserve_mugs(Uuid::new_v4(), 1);
+    harness.send(&good).await;
+
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, good.saga_id);
+    let mut dead = Vec::new();
+    for _ in 0..poison.len() {
+        let letter = next_dead_letter(&mut dead_letters).await;
+        let error = header(&letter, ERROR_HEADER).expect("an x-error header");
+        assert!(
+            !error.contains('\0') && error.contains("22021"),
+            "the reason names the data error: {error:?}"
+        );
+        dead.push(letter.properties.message_id().as_ref().unwrap().to_string());
+    }
+    dead.sort();
+    poison.sort();
+    assert_eq!(dead, poison, "each poison command dead-lettered once");
+    assert_eq!(
+        harness.available("MUG").await,
+        4,
+        "only the good command took stock"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
+    let mut harness = Harness::start().await;
+    let saga = Uuid::new_v4();
+    let reserve = |attempt| {
+        Envelope::command(
+            saga,
+            attempt,
+            Command::Reserve(ReserveStock {
+                lines: vec![LineRequest {
+                    sku: "MUG".into(),
+                    quantity: 6,
+                }],
+            }),
+        )
+    };
+    // Attempt 1 is delayed; its deadline passes and attempt 2 is refused.
+    let (first, second) = (reserve(1), reserve(2));
+    harness.send(&second).await;
+    let refused = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(refused.attempt, 2);
+    assert!(
+        matches!(&refused.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
+        "{:?}",
+        refused.payload
+    );
+    // The saga ends compensated with nothing to release; then stock comes back.
+    sqlx::query("UPDATE products SET on_hand = 10, available = 10 WHERE sku = 'MUG'")
+        .execute(&harness.db.pool)
+        .await
+        .unwrap();
+    // Attempt 1 finally runs: it must hold nothing, as nobody will release it.
+    harness.send(&first).await;
+    let late = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(late.attempt, 1);
+    assert!(
+        matches!(&late.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
+        "the late attempt answers the saga's refusal: {:?}",
+        late.payload
+    );
+    assert_eq!(harness.available("MUG").await, 10, "no stock held");
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE status = 'active'")
+            .fetch_one(&harness.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 0, "no active reservation left behind");
+    harness.stop().await;
+}
