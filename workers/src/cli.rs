@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use saga_shared::broker::Broker;
 use saga_shared::config::{self, ConfigError, ServiceConfig};
@@ -12,12 +13,14 @@ use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::retention::{inbox_retention, run_inbox_pruning_until_stopped};
 use crate::runtime::{run_worker_until_stopped, Handler};
 use crate::WorkerError;
 
 /// Runs a worker service until SIGTERM or ctrl-c.
 pub async fn serve<H: Handler>(
     config: ServiceConfig,
+    inbox_retention: Duration,
     migrator: &'static Migrator,
     handler: impl FnOnce(PgPool) -> H,
 ) -> Result<(), WorkerError> {
@@ -39,6 +42,11 @@ pub async fn serve<H: Handler>(
         )
         .await?,
     );
+    let pruning = tokio::spawn(run_inbox_pruning_until_stopped(
+        pool.clone(),
+        inbox_retention,
+        stop.clone(),
+    ));
     let work = run_worker_until_stopped(
         handler(pool.clone()),
         pool.clone(),
@@ -51,6 +59,8 @@ pub async fn serve<H: Handler>(
     // database that does not answer its goodbye must not keep us running.
     let shutdown = async {
         result = work.await;
+        stop.cancel();
+        let _ = pruning.await;
         broker.close().await;
         pool.close().await;
     };
@@ -147,8 +157,10 @@ pub async fn serve_from_env<H: Handler>(
     migrator: &'static Migrator,
     handler: impl FnOnce(PgPool) -> H,
 ) -> ExitCode {
-    match ServiceConfig::from_env() {
-        Ok(config) => exit_code(serve(config, migrator, handler).await),
+    let config = ServiceConfig::from_env()
+        .and_then(|service| Ok((service, inbox_retention(&config::Environment)?)));
+    match config {
+        Ok((service, retention)) => exit_code(serve(service, retention, migrator, handler).await),
         Err(error) => config_error(error),
     }
 }

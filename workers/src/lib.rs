@@ -9,6 +9,7 @@ pub mod import;
 pub mod inbox;
 pub mod inventory;
 pub mod payment;
+pub mod retention;
 pub mod runtime;
 pub mod tax;
 
