@@ -7,6 +7,7 @@ mod checkout;
 mod console;
 mod crashes;
 mod failures;
+mod http_bounds;
 mod idempotency;
 mod metrics;
 mod openapi;
