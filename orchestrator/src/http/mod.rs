@@ -50,7 +50,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/checkouts", post(checkouts::create))
         .route("/v1/admin/sagas", get(admin::list))
-        .route("/v1/admin/sagas/retry", post(admin::bulk_retry))
+        .route(
+            "/v1/admin/sagas/retry",
+            post(admin::bulk_retry).layer(DefaultBodyLimit::max(admin::BULK_BODY_BYTES)),
+        )
         .route("/v1/admin/sagas/{id}", get(admin::detail))
         .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
         .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))

@@ -16,5 +16,6 @@ mod poison;
 mod run_command;
 mod sagactl;
 mod support_api;
+mod support_input;
 mod system;
 mod validation;
