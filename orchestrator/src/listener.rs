@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub struct Waiters {
     /// Waiters woken by a notification (their own saga's, or a re-check
     /// after the listener reconnected): what a finished saga costs.
     woken: AtomicU64,
+    /// The instance is stopping: waiters answer now rather than hold the
+    /// shutdown for the rest of their wait.
+    closing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +85,7 @@ impl Waiters {
             max,
             registered: Mutex::new(Registered::default()),
             woken: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -130,6 +134,16 @@ impl Waiters {
         }
     }
 
+    /// Wakes every waiter for good: they answer with what they read.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.recheck_all();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     /// Long-polls waiting now.
     pub fn waiting(&self) -> usize {
         self.lock().total
@@ -159,6 +173,7 @@ pub async fn run_listener_until_stopped(
             _ = stop.cancelled() => break,
         }
     }
+    waiters.close();
 }
 
 /// Listens and forwards until the connection fails; it never ends otherwise.
@@ -172,9 +187,18 @@ async fn forward_notifications(
     // Anything committed while we were not listening.
     waiters.recheck_all();
     loop {
-        let notification = listener.recv().await?;
-        if let Ok(id) = notification.payload().parse::<Uuid>() {
-            waiters.finished(id);
+        // `recv` would reconnect silently, and what was committed meanwhile
+        // would wake nobody: `None` is that reconnect, listening again.
+        match listener.try_recv().await? {
+            Some(notification) => {
+                if let Ok(id) = notification.payload().parse::<Uuid>() {
+                    waiters.finished(id);
+                }
+            }
+            None => {
+                tracing::warn!("notification listener reconnected; every long-poll re-reads");
+                waiters.recheck_all();
+            }
         }
     }
 }

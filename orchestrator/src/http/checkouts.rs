@@ -184,7 +184,8 @@ async fn read_or_wait(
         // wait still wakes us.
         woken.as_mut().enable();
         let view = read().await?;
-        if view.status != ClientStatus::Pending {
+        // Stopping: answer now, the client polls again elsewhere.
+        if view.status != ClientStatus::Pending || state.waiters.is_closing() {
             return Ok(view);
         }
         tokio::select! {

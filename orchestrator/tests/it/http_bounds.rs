@@ -286,3 +286,84 @@ async fn a_request_over_the_timeout_gets_503() {
     assert_eq!(status, 200);
     system.stop().await;
 }
+
+/// Long-polls `id` with `wait` seconds in the background: (body, when).
+fn long_poll(system: &System, id: &str, wait: u64) -> tokio::task::JoinHandle<(Value, Duration)> {
+    let (http, url, id) = (system.http.clone(), system.base_url.clone(), id.to_owned());
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let response = http
+            .get(format!("{url}/v1/checkouts/{id}?wait={wait}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        (response.json().await.unwrap(), started.elapsed())
+    })
+}
+
+async fn until_waiting(system: &System, n: usize) {
+    saga_shared::testing::eventually("the long-poll waits", Duration::from_secs(10), || async {
+        (system.waiters.waiting() == n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_listener_reconnects_every_waiter_rechecks() {
+    let system = system_with(HttpLimits::default()).await;
+    let id = parked_checkout(&system).await;
+    let poll = long_poll(&system, &id, 25);
+    until_waiting(&system, 1).await;
+    // Finished while no notification could arrive.
+    sqlx::query(
+        "UPDATE sagas SET status = 'cancelled',
+                state = jsonb_set(state, '{status}', '\"cancelled\"')
+         WHERE id = $1",
+    )
+    .bind(id.parse::<uuid::Uuid>().unwrap())
+    .execute(&system.orchestrator_db.pool)
+    .await
+    .unwrap();
+    let pool = &system.orchestrator_db.pool;
+    saga_shared::testing::eventually(
+        "the listener's connection cut",
+        Duration::from_secs(10),
+        || async {
+            let cut: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            cut.contains(&true).then_some(())
+        },
+    )
+    .await;
+    let (body, answered) = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("the waiter re-checked after the reconnect")
+        .unwrap();
+    assert_eq!(body["status"], "cancelled", "{body}");
+    assert!(answered < Duration::from_secs(20), "{answered:?}");
+    system.stop_without_audit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_orchestrator_answers_its_long_polls_at_once() {
+    let mut system = system_with(HttpLimits::default()).await;
+    let id = parked_checkout(&system).await;
+    let poll = long_poll(&system, &id, 30);
+    until_waiting(&system, 1).await;
+    let started = Instant::now();
+    system.stop_orchestrator().await;
+    let stopped = started.elapsed();
+    let (body, _) = poll.await.unwrap();
+    assert_eq!(body["status"], "pending", "{body}");
+    assert!(
+        stopped < Duration::from_secs(10),
+        "a long-poll held the shutdown for {stopped:?}"
+    );
+    system.stop().await;
+}
