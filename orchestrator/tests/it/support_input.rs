@@ -170,6 +170,31 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
         "{problem}"
     );
 
+    // Ids up to the bulk bound fit in one body (beyond the usual 64 KiB).
+    let many: Vec<uuid::Uuid> = (0..10_000).map(|_| uuid::Uuid::now_v7()).collect();
+    let (status, none) = system
+        .admin(
+            "POST",
+            "/v1/admin/sagas/retry",
+            Some(json!({"saga_ids": many, "dry_run": true})),
+        )
+        .await;
+    assert_eq!((status, none["count"].clone()), (200, json!(0)), "{none}");
+    let mut too_many = many;
+    too_many.push(uuid::Uuid::now_v7());
+    let (status, problem) = system
+        .admin(
+            "POST",
+            "/v1/admin/sagas/retry",
+            Some(json!({"saga_ids": too_many, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, fields(&problem)),
+        (422, vec!["saga_ids"]),
+        "{problem}"
+    );
+
     // The exact group: its two sagas, listed by the dry run, then retried.
     let (_, preview) = system
         .admin("POST", "/v1/admin/sagas/retry", Some(dry_run(OUTAGE)))
