@@ -113,6 +113,8 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let system = system_with(limits(|l| {
         l.max_connections = 2;
         l.max_waiters = 1;
+        // The held connections idle: they must outlive the test's waits.
+        l.header_read_timeout = Duration::from_secs(60);
     }))
     .await;
     // Two keep-alive connections, served once and left open: the cap.
@@ -210,7 +212,7 @@ async fn long_polls_beyond_the_bound_get_503_with_retry_after() {
 async fn a_finished_saga_wakes_only_its_own_waiter() {
     let system = system_with(HttpLimits::default()).await;
     let other = parked_checkout(&system).await;
-    let wait = Duration::from_secs(6);
+    let wait = Duration::from_secs(12);
     let started = Instant::now();
     let other_poll = {
         let (http, url, id) = (system.http.clone(), system.base_url.clone(), other.clone());
