@@ -7,7 +7,7 @@ use saga_shared::broker::{Broker, BrokerError};
 use saga_shared::database;
 use saga_shared::topology::Topology;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::dead_letters::run_dead_letter_recorder_until_stopped;
 use crate::deadlines::run_deadlines_until_stopped;
 use crate::http::{self, AppState};
-use crate::listener::run_listener_until_stopped;
+use crate::listener::{run_listener_until_stopped, Waiters};
+use crate::metrics::{run_gauges_until_stopped, DatabaseGauges};
 use crate::relay::run_relay_until_stopped;
 use crate::replies::run_reply_consumer_until_stopped;
 use crate::store::Store;
@@ -40,6 +41,8 @@ pub enum StartError {
 /// A started orchestrator: its bound address and its tasks.
 pub struct Running {
     pub addr: SocketAddr,
+    /// This instance's long-polls (what tests count wake-ups on).
+    pub waiters: Arc<Waiters>,
     tasks: JoinSet<()>,
     broker: Arc<Broker>,
 }
@@ -85,12 +88,18 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     }
     let store = Store::new(pool.clone(), config.policies);
     let relay = Arc::new(Notify::new());
-    let (finished, _) = broadcast::channel(1024);
+    let waiters = Waiters::new(config.http.max_waiters);
+    let gauges = DatabaseGauges::default();
     let mut tasks = JoinSet::new();
 
     tasks.spawn(run_listener_until_stopped(
         pool.clone(),
-        finished.clone(),
+        waiters.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(run_gauges_until_stopped(
+        pool.clone(),
+        gauges.clone(),
         stop.clone(),
     ));
     tasks.spawn(run_deadlines_until_stopped(
@@ -129,23 +138,23 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         store,
         broker: broker.clone(),
         relay,
-        finished,
+        waiters: waiters.clone(),
         admin_tokens: Arc::new(config.admin_tokens),
         metrics: crate::metrics::handle(),
+        gauges,
+        limits: config.http,
     };
     let app = http::router(state);
-    let http_stop = stop.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
+    tasks.spawn(http::server::serve(
+        listener,
+        app,
+        config.http,
+        stop.clone(),
+    ));
     tracing::info!(%addr, "orchestrator listening");
     Ok(Running {
         addr,
+        waiters,
         tasks,
         broker,
     })

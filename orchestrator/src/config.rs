@@ -15,6 +15,111 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub policies: StepPolicies,
     pub admin_tokens: AdminTokens,
+    pub http: HttpLimits,
+}
+
+/// The bounds of the HTTP server: how long a request may take, how long a
+/// client may take to send its headers, how many connections and how many
+/// long-polls it holds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `HTTP_REQUEST_TIMEOUT_SECONDS`: a request still running after this
+    /// gets `503`. A long-poll gets this on top of its `wait`.
+    pub request_timeout: Duration,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS`: a connection that has not sent a
+    /// whole request head within this is closed (an idle keep-alive
+    /// connection too).
+    pub header_read_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: connections served at once; more wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// `HTTP_MAX_WAITERS`: long-polls (`?wait=`) held at once; more get
+    /// `503` with `Retry-After`.
+    pub max_waiters: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            // Every ordinary request is a few statements, each bounded by
+            // the pool's 5 s acquire timeout; the slowest legitimate one is
+            // a bulk retry of 10,000 sagas, a few seconds.
+            request_timeout: Duration::from_secs(30),
+            // A real client sends its headers in one packet; 10 s forgives
+            // a bad mobile link and frees a slot held by a silent client
+            // (or an idle keep-alive) soon.
+            header_read_timeout: Duration::from_secs(10),
+            // Under the common 1024 open-files limit, with room left for the
+            // database pool, the broker and the listen socket.
+            max_connections: 512,
+            // Half the connections: long-polls alone can never take every
+            // connection from checkouts and support.
+            max_waiters: 256,
+        }
+    }
+}
+
+fn seconds(
+    source: &dyn Source,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let seconds = parsed_or(source, name, default.as_secs())?;
+    if seconds == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be at least 1 second".into(),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn at_least_one(
+    source: &dyn Source,
+    name: &'static str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match parsed_or(source, name, default)? {
+        0 => Err(ConfigError::Invalid {
+            name,
+            reason: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    }
+}
+
+impl HttpLimits {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let defaults = HttpLimits::default();
+        let limits = HttpLimits {
+            request_timeout: seconds(
+                source,
+                "HTTP_REQUEST_TIMEOUT_SECONDS",
+                defaults.request_timeout,
+            )?,
+            header_read_timeout: seconds(
+                source,
+                "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                defaults.header_read_timeout,
+            )?,
+            max_connections: at_least_one(
+                source,
+                "HTTP_MAX_CONNECTIONS",
+                defaults.max_connections,
+            )?,
+            max_waiters: at_least_one(source, "HTTP_MAX_WAITERS", defaults.max_waiters)?,
+        };
+        if limits.max_waiters >= limits.max_connections {
+            return Err(ConfigError::Invalid {
+                name: "HTTP_MAX_WAITERS",
+                reason: format!(
+                    "must be less than HTTP_MAX_CONNECTIONS ({}): long-polls must leave connections for other requests",
+                    limits.max_connections
+                ),
+            });
+        }
+        Ok(limits)
+    }
 }
 
 /// The variables of one retry policy: the defaults (`STEP_*`), or one
@@ -136,6 +241,7 @@ impl Config {
             http_addr: parsed_or(source, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             policies: read_policies(source)?,
             admin_tokens: AdminTokens::from_source(source)?,
+            http: HttpLimits::from_source(source)?,
         })
     }
 
@@ -181,12 +287,40 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_default_and_override() {
+        let defaults = Config::from_source(&source(&[])).unwrap().http;
+        assert_eq!(defaults, HttpLimits::default());
+        let limits = Config::from_source(&source(&[
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "5"),
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "2"),
+            ("HTTP_MAX_CONNECTIONS", "10"),
+            ("HTTP_MAX_WAITERS", "3"),
+        ]))
+        .unwrap()
+        .http;
+        assert_eq!(
+            limits,
+            HttpLimits {
+                request_timeout: Duration::from_secs(5),
+                header_read_timeout: Duration::from_secs(2),
+                max_connections: 10,
+                max_waiters: 3,
+            }
+        );
+    }
+
+    #[test]
     fn a_bad_policy_variable_is_named() {
         for (name, value) in [
             ("STEP_MAX_ATTEMPTS", "0"),
             ("STEP_TAX_CALCULATE_DEADLINE_MS", "soon"),
             ("STEP_PAYMENT_REFUND_ON_EXHAUSTED", "compensate"),
             ("STEP_ON_EXHAUSTED", "retry"),
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "0"),
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "ten"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_MAX_WAITERS", "-1"),
+            ("HTTP_MAX_WAITERS", "512"),
         ] {
             let error = Config::from_source(&source(&[(name, value)])).unwrap_err();
             assert!(error.to_string().contains(name), "{error}");

@@ -1,31 +1,169 @@
 //! Turns PostgreSQL notifications of finished sagas into in-process
 //! wake-ups of long-polling requests, whichever instance committed them.
+//!
+//! Each long-poll registers for its own saga: a finished saga wakes its own
+//! waiters and nobody else's, and the number of waiters is bounded.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_shared::broker::Backoff;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store::FINAL_CHANNEL;
 
-/// Sent to long-polls when notifications may have been missed (the
-/// listener reconnected): every waiter re-reads its saga.
-pub const RECHECK_ALL: Uuid = Uuid::nil();
+#[derive(Debug, thiserror::Error)]
+#[error("{max} long-polls are waiting already")]
+pub struct WaitersFull {
+    pub max: usize,
+}
+
+/// The long-polls of one instance, by saga.
+#[derive(Debug)]
+pub struct Waiters {
+    max: usize,
+    registered: Mutex<Registered>,
+    /// Waiters woken by a notification (their own saga's, or a re-check
+    /// after the listener reconnected): what a finished saga costs.
+    woken: AtomicU64,
+    /// The instance is stopping: waiters answer now rather than hold the
+    /// shutdown for the rest of their wait.
+    closing: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Registered {
+    total: usize,
+    by_saga: HashMap<Uuid, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    notify: Arc<Notify>,
+    waiters: usize,
+}
+
+/// One long-poll's registration; it leaves the registry when dropped.
+#[derive(Debug)]
+pub struct Waiter {
+    waiters: Arc<Waiters>,
+    saga_id: Uuid,
+    notify: Arc<Notify>,
+}
+
+impl Waiter {
+    /// Woken when the saga may have finished. Call `enable` on the future
+    /// before reading the saga, so a finish in between is not missed.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut registered = self.waiters.lock();
+        registered.total -= 1;
+        if let Some(slot) = registered.by_saga.get_mut(&self.saga_id) {
+            slot.waiters -= 1;
+            if slot.waiters == 0 {
+                registered.by_saga.remove(&self.saga_id);
+            }
+        }
+    }
+}
+
+impl Waiters {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Waiters {
+            max,
+            registered: Mutex::new(Registered::default()),
+            woken: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
+        // Nothing panics while holding it; a poisoned map is still whole.
+        self.registered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a long-poll on `saga_id`, unless the bound is reached.
+    pub fn register(self: &Arc<Self>, saga_id: Uuid) -> Result<Waiter, WaitersFull> {
+        let mut registered = self.lock();
+        if registered.total >= self.max {
+            return Err(WaitersFull { max: self.max });
+        }
+        registered.total += 1;
+        let slot = registered.by_saga.entry(saga_id).or_insert_with(|| Slot {
+            notify: Arc::new(Notify::new()),
+            waiters: 0,
+        });
+        slot.waiters += 1;
+        Ok(Waiter {
+            waiters: self.clone(),
+            saga_id,
+            notify: slot.notify.clone(),
+        })
+    }
+
+    /// Wakes the waiters of `saga_id`, if it has any here.
+    pub fn finished(&self, saga_id: Uuid) {
+        let registered = self.lock();
+        if let Some(slot) = registered.by_saga.get(&saga_id) {
+            self.woken.fetch_add(slot.waiters as u64, Ordering::Relaxed);
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiter: notifications may have been missed.
+    pub fn recheck_all(&self) {
+        let registered = self.lock();
+        self.woken
+            .fetch_add(registered.total as u64, Ordering::Relaxed);
+        for slot in registered.by_saga.values() {
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiter for good: they answer with what they read.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.recheck_all();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Long-polls waiting now.
+    pub fn waiting(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Waiters woken so far by notifications.
+    pub fn woken(&self) -> u64 {
+        self.woken.load(Ordering::Relaxed)
+    }
+}
 
 pub async fn run_listener_until_stopped(
     pool: PgPool,
-    finished: broadcast::Sender<Uuid>,
+    waiters: Arc<Waiters>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let error = tokio::select! {
-            Err(error) = forward_notifications(&pool, &finished) => error,
+            Err(error) = forward_notifications(&pool, &waiters) => error,
             _ = stop.cancelled() => break,
         };
         let wait = backoff.next_delay();
@@ -35,21 +173,76 @@ pub async fn run_listener_until_stopped(
             _ = stop.cancelled() => break,
         }
     }
+    waiters.close();
 }
 
 /// Listens and forwards until the connection fails; it never ends otherwise.
+#[tracing::instrument(skip_all)]
 async fn forward_notifications(
     pool: &PgPool,
-    finished: &broadcast::Sender<Uuid>,
+    waiters: &Waiters,
 ) -> Result<Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(FINAL_CHANNEL).await?;
     // Anything committed while we were not listening.
-    let _ = finished.send(RECHECK_ALL);
+    waiters.recheck_all();
     loop {
-        let notification = listener.recv().await?;
-        if let Ok(id) = notification.payload().parse::<Uuid>() {
-            let _ = finished.send(id);
+        // `recv` would reconnect silently, and what was committed meanwhile
+        // would wake nobody: `None` is that reconnect, listening again.
+        match listener.try_recv().await? {
+            Some(notification) => {
+                if let Ok(id) = notification.payload().parse::<Uuid>() {
+                    waiters.finished(id);
+                }
+            }
+            None => {
+                tracing::warn!("notification listener reconnected; every long-poll re-reads");
+                waiters.recheck_all();
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    fn is_woken<F: Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        matches!(future.poll(&mut cx), Poll::Ready(_))
+    }
+
+    #[test]
+    fn a_finished_saga_wakes_its_own_waiters_only() {
+        let waiters = Waiters::new(8);
+        let (mine, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let a = waiters.register(mine).unwrap();
+        let b = waiters.register(other).unwrap();
+        let mut woken_a = pin!(a.notified());
+        let mut woken_b = pin!(b.notified());
+        woken_a.as_mut().enable();
+        woken_b.as_mut().enable();
+        waiters.finished(mine);
+        assert!(is_woken(woken_a.as_mut()));
+        assert!(!is_woken(woken_b.as_mut()));
+        assert_eq!(waiters.woken(), 1);
+        waiters.recheck_all();
+        assert!(is_woken(woken_b.as_mut()));
+    }
+
+    #[test]
+    fn the_bound_counts_registrations_and_frees_them_on_drop() {
+        let waiters = Waiters::new(2);
+        let id = Uuid::now_v7();
+        let first = waiters.register(id).unwrap();
+        let _second = waiters.register(id).unwrap();
+        assert_eq!(waiters.register(Uuid::now_v7()).unwrap_err().max, 2);
+        drop(first);
+        assert_eq!(waiters.waiting(), 1);
+        assert!(waiters.register(Uuid::now_v7()).is_ok());
     }
 }

@@ -1,12 +1,17 @@
 //! Prometheus metrics at `GET /metrics`: counters of what this process
-//! did, and, read from the database at each scrape, how many sagas are in
-//! each status and how many commands wait in the outbox (the same truth
+//! did, and, counted in the database every few seconds, how many sagas are
+//! in each status and how many commands wait in the outbox (the same truth
 //! whichever instance is scraped).
 
-use std::sync::OnceLock;
+use std::fmt::Write;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::Waiters;
 
 use crate::saga::{SagaStatus, Transition};
 
@@ -19,6 +24,7 @@ pub const DEAD_LETTERS: &str = "checkout_dead_letters_total";
 pub const SUPPORT_ACTIONS: &str = "checkout_support_actions_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
+const LONG_POLLS: &str = "checkout_long_polls_waiting";
 
 const STATUSES: [SagaStatus; 6] = [
     SagaStatus::Running,
@@ -61,30 +67,111 @@ pub fn record(before: SagaStatus, transition: &Transition) {
     }
 }
 
-/// The text a scrape gets. The database gauges are left out (and the
-/// counters still served) when the database does not answer.
-pub async fn render(handle: &PrometheusHandle, pool: &PgPool) -> String {
-    let counts: Result<Vec<(String, i64)>, sqlx::Error> =
+/// How often the saga and outbox gauges are re-counted.
+pub const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
+/// The database gauges as last counted. A scrape reads this, never the
+/// tables: counting whole tables at every scrape of every instance is a
+/// load the database should not carry.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseGauges {
+    counted: Arc<RwLock<Option<Counted>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Counted {
+    sagas: Vec<(SagaStatus, i64)>,
+    outbox_pending: i64,
+}
+
+impl DatabaseGauges {
+    fn set(&self, counted: Counted) {
+        *self
+            .counted
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(counted);
+    }
+
+    fn get(&self) -> Option<Counted> {
+        self.counted
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
+    let counts: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
             .fetch_all(pool)
-            .await;
-    match counts {
-        Ok(counts) => {
-            for status in STATUSES {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == status.as_str())
-                    .map_or(0, |(_, n)| *n);
-                metrics::gauge!(SAGAS, "status" => status.as_str()).set(n as f64);
-            }
-        }
-        Err(error) => tracing::warn!(%error, "saga counts unavailable for /metrics"),
-    }
-    if let Ok(pending) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .await?;
+    let outbox_pending = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
         .fetch_one(pool)
-        .await
-    {
-        metrics::gauge!(OUTBOX_PENDING).set(pending as f64);
+        .await?;
+    let sagas = STATUSES
+        .iter()
+        .map(|status| {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            (*status, n)
+        })
+        .collect();
+    Ok(Counted {
+        sagas,
+        outbox_pending,
+    })
+}
+
+/// Re-counts the gauges every [`GAUGE_REFRESH`]; while the database does
+/// not answer, the last counts stay.
+pub async fn run_gauges_until_stopped(
+    pool: PgPool,
+    gauges: DatabaseGauges,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(GAUGE_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let counted = tokio::select! {
+            counted = count(&pool) => counted,
+            _ = stop.cancelled() => break,
+        };
+        match counted {
+            Ok(counted) => gauges.set(counted),
+            Err(error) => tracing::warn!(%error, "saga counts for /metrics not refreshed"),
+        }
     }
-    handle.render()
+}
+
+/// The text a scrape gets: the process's counters, this instance's
+/// long-polls, and the database gauges as last counted (left out until
+/// counted once).
+pub fn render(handle: &PrometheusHandle, gauges: &DatabaseGauges, waiters: &Waiters) -> String {
+    let mut text = handle.render();
+    // Written here rather than into the process-wide recorder: each
+    // instance reports its own database and its own waiters.
+    let _ = writeln!(
+        text,
+        "# TYPE {LONG_POLLS} gauge\n{LONG_POLLS} {}",
+        waiters.waiting()
+    );
+    if let Some(counted) = gauges.get() {
+        let _ = writeln!(text, "# TYPE {SAGAS} gauge");
+        for (status, n) in &counted.sagas {
+            let _ = writeln!(text, "{SAGAS}{{status=\"{}\"}} {n}", status.as_str());
+        }
+        let _ = writeln!(
+            text,
+            "# TYPE {OUTBOX_PENDING} gauge\n{OUTBOX_PENDING} {}",
+            counted.outbox_pending
+        );
+    }
+    text
 }

@@ -71,14 +71,24 @@ async fn one(
         .ok_or("no checkout_id")?
         .to_owned();
     loop {
-        let view: Value = client
+        let response = client
             .get(format!("{}/v1/checkouts/{id}?wait=30", args.url))
             .send()
             .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
             .map_err(|e| e.to_string())?;
+        // Over the server's long-poll bound: poll again when it says.
+        if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(seconds) = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+                continue;
+            }
+        }
+        let view: Value = response.json().await.map_err(|e| e.to_string())?;
         let status = view["status"].as_str().unwrap_or("?").to_owned();
         if status != "pending" {
             return Ok((started.elapsed(), status));

@@ -106,7 +106,8 @@ enum Command {
     /// Suspended sagas grouped by step, phase and error, largest group first.
     #[command(after_help = EXIT_CODES)]
     Failures,
-    /// Retry every suspended saga matching the filters (all of them if none).
+    /// Retry one failure group (--step, --error, --phase, exactly as
+    /// `failures` shows them) or the sagas given by --saga-id.
     #[command(after_help = EXIT_CODES)]
     RetryAll(RetryAllArgs),
     /// Messages that could never be handled, newest first, with their saga and reason.
@@ -165,16 +166,31 @@ struct ActionArgs {
 }
 
 #[derive(Args)]
+#[command(group(
+    clap::ArgGroup::new("selection")
+        .required(true)
+        .args(["step", "saga_ids"])
+))]
 struct RetryAllArgs {
-    /// Only sagas parked on this step.
-    #[arg(long)]
+    /// The group's step, as `failures` shows it.
+    #[arg(long, requires = "error")]
     step: Option<String>,
-    /// Only sagas parked in this phase: forward or compensating.
-    #[arg(long)]
-    phase: Option<String>,
-    /// Only sagas whose last error contains this text (case-insensitive).
-    #[arg(long, value_name = "TEXT")]
+    /// The group's phase: forward or compensating.
+    #[arg(long, default_value = "forward", requires = "step")]
+    phase: String,
+    /// The group's error text, exactly as `failures` shows it (not a
+    /// search: "" is the group parked without an error text).
+    #[arg(long, value_name = "TEXT", requires = "step")]
     error: Option<String>,
+    /// Retry these sagas instead of a group, e.g. the ids a dry run printed
+    /// (comma-separated, or the option repeated).
+    #[arg(
+        long = "saga-id",
+        value_name = "ID",
+        value_delimiter = ',',
+        conflicts_with_all = ["step", "phase", "error"]
+    )]
+    saga_ids: Vec<Uuid>,
     /// Only count and list the sagas that would be retried.
     #[arg(long)]
     dry_run: bool,
@@ -441,12 +457,10 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
             let mut body = Map::new();
             if let Some(step) = args.step {
                 body.insert("step".into(), json!(step));
-            }
-            if let Some(phase) = args.phase {
-                body.insert("phase".into(), json!(phase));
-            }
-            if let Some(error) = args.error {
-                body.insert("error".into(), json!(error));
+                body.insert("phase".into(), json!(args.phase));
+                body.insert("error".into(), json!(args.error.unwrap_or_default()));
+            } else {
+                body.insert("saga_ids".into(), json!(args.saga_ids));
             }
             if let Some(reason) = args.reason {
                 body.insert("reason".into(), json!(reason));

@@ -19,13 +19,17 @@ use super::AppState;
 use crate::dead_letters::DeadLetter;
 use crate::saga::{Action, CheckoutRequest, Phase, SagaStatus};
 use crate::store::{
-    FailureGroup, SagaFilter, SagaRecord, SagaSummary, StoreError, TimelineEntry, MAX_PAGE,
+    BulkSelection, FailureGroup, SagaFilter, SagaRecord, SagaSummary, StoreError, TimelineEntry,
+    MAX_BULK, MAX_PAGE,
 };
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_REASON_CHARS: usize = 500;
 /// Sagas retried at once by a bulk retry.
 const BULK_CONCURRENCY: usize = 8;
+/// A bulk retry's body holds up to [`MAX_BULK`] saga ids (39 bytes each
+/// in JSON), beyond the API's usual body limit.
+pub const BULK_BODY_BYTES: usize = 512 * 1024;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -123,6 +127,17 @@ fn page_cursor<T: std::str::FromStr>(
     )
 }
 
+/// Every text a support user sends ends up in a query or in the timeline:
+/// a control character (NUL above all, which PostgreSQL refuses in text)
+/// is their mistake to hear about, never a 500.
+fn no_control_characters(errors: &mut Vec<FieldError>, fields: &[(&str, Option<&str>)]) {
+    for (field, value) in fields {
+        if value.is_some_and(|v| v.chars().any(char::is_control)) {
+            errors.push(invalid(field, "must not contain control characters"));
+        }
+    }
+}
+
 fn non_empty(text: Option<String>) -> Option<String> {
     text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
@@ -142,6 +157,22 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Json<SagaList>, ApiError> {
     let mut errors = Vec::new();
+    no_control_characters(
+        &mut errors,
+        &[
+            ("status", params.status.as_deref()),
+            ("step", params.step.as_deref()),
+            ("phase", params.phase.as_deref()),
+            ("error", params.error.as_deref()),
+            ("created_after", params.created_after.as_deref()),
+            ("created_before", params.created_before.as_deref()),
+            ("limit", params.limit.as_deref()),
+            ("cursor", params.cursor.as_deref()),
+        ],
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
     let filter = SagaFilter {
         status: all_or_errors(
             &mut errors,
@@ -287,6 +318,10 @@ pub(crate) struct ActionBody {
 
 fn reason_of(reason: Option<String>) -> Result<String, ApiError> {
     match non_empty(reason) {
+        Some(r) if r.chars().any(char::is_control) => Err(ApiError::Invalid(vec![invalid(
+            "reason",
+            "must not contain control characters",
+        )])),
         Some(r) if r.chars().count() <= MAX_REASON_CHARS => Ok(r),
         Some(_) => Err(ApiError::Invalid(vec![invalid(
             "reason",
@@ -361,15 +396,86 @@ pub async fn cancel(
     act(&state, actor, &id, &headers, body, Action::Cancel).await
 }
 
+/// Either one failure group (`step`, `phase` and `error` exactly as
+/// `GET /v1/admin/failures` shows them) or `saga_ids` (as a dry run
+/// returned them), not both.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BulkRetryBody {
     step: Option<String>,
     phase: Option<String>,
+    /// The group's error text, exactly; `""` is the group parked without one.
     error: Option<String>,
+    saga_ids: Option<Vec<Uuid>>,
     reason: Option<String>,
     #[serde(default)]
     dry_run: bool,
+}
+
+/// What a bulk retry body selects, every field error at once.
+fn bulk_selection(body: &BulkRetryBody) -> Result<BulkSelection, ApiError> {
+    let mut errors = Vec::new();
+    no_control_characters(
+        &mut errors,
+        &[
+            ("step", body.step.as_deref()),
+            ("phase", body.phase.as_deref()),
+            ("error", body.error.as_deref()),
+            ("reason", body.reason.as_deref()),
+        ],
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let group_given = body.step.is_some() || body.phase.is_some() || body.error.is_some();
+    if let Some(ids) = &body.saga_ids {
+        if group_given {
+            errors.push(invalid(
+                "saga_ids",
+                "give either saga_ids or a group (step, phase, error), not both",
+            ));
+        } else if ids.is_empty() || ids.len() > MAX_BULK as usize {
+            errors.push(invalid(
+                "saga_ids",
+                format!("must hold from 1 to {MAX_BULK} saga ids"),
+            ));
+        }
+        return match errors.is_empty() {
+            true => Ok(BulkSelection::Ids(ids.clone())),
+            false => Err(ApiError::Invalid(errors)),
+        };
+    }
+    let required = |field: &str| {
+        invalid(
+            field,
+            "is required: a bulk retry takes one failure group (step, phase and error exactly as the failures list shows them) or saga_ids",
+        )
+    };
+    let step = match body.step.as_deref().map(str::trim) {
+        Some(step) if !step.is_empty() => all_or_errors(&mut errors, Some(parse_step(step))),
+        _ => {
+            errors.push(required("step"));
+            None
+        }
+    };
+    let phase = match body.phase.as_deref().map(str::trim) {
+        Some(phase) if !phase.is_empty() => all_or_errors(&mut errors, Some(parse_phase(phase))),
+        _ => {
+            errors.push(required("phase"));
+            None
+        }
+    };
+    // Not trimmed: the group's text, byte for byte.
+    let error = body.error.clone();
+    if error.is_none() {
+        errors.push(required("error"));
+    }
+    match (step, phase, error) {
+        (Some(step), Some(phase), Some(error)) if errors.is_empty() => {
+            Ok(BulkSelection::Group { step, phase, error })
+        }
+        _ => Err(ApiError::Invalid(errors)),
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -388,7 +494,7 @@ pub struct BulkRetried {
     responses(
         (status = 200, description = "The sagas retried (or, with dry_run, that would be)", body = BulkRetried),
         (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A filter is invalid, or the reason is missing", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No group or ids, both, a field invalid, or the reason missing", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn bulk_retry(
@@ -398,24 +504,13 @@ pub async fn bulk_retry(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BulkRetried>, ApiError> {
     let body: BulkRetryBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
-    let mut errors = Vec::new();
-    let step = all_or_errors(&mut errors, non_empty(body.step).map(|s| parse_step(&s)));
-    let phase = all_or_errors(&mut errors, non_empty(body.phase).map(|p| parse_phase(&p)));
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
+    let selection = bulk_selection(&body)?;
     let reason = if body.dry_run {
         None
     } else {
         Some(reason_of(body.reason)?)
     };
-    let filter = SagaFilter {
-        step,
-        phase,
-        error: non_empty(body.error),
-        ..SagaFilter::default()
-    };
-    let ids = state.store.suspended_ids(&filter).await?;
+    let ids = state.store.suspended_ids(&selection).await?;
     let Some(reason) = reason else {
         return Ok(Json(BulkRetried {
             dry_run: true,
@@ -516,6 +611,17 @@ pub async fn dead_letters(
     Query(params): Query<DeadLetterParams>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let mut errors = Vec::new();
+    no_control_characters(
+        &mut errors,
+        &[
+            ("saga_id", params.saga_id.as_deref()),
+            ("limit", params.limit.as_deref()),
+            ("cursor", params.cursor.as_deref()),
+        ],
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
     let saga_id = all_or_errors(
         &mut errors,
         non_empty(params.saga_id).map(|id| {

@@ -1,5 +1,6 @@
 //! The checkout client API.
 
+use std::pin::pin;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -11,13 +12,11 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
-use crate::listener::RECHECK_ALL;
 use crate::saga::ClientStatus;
 use crate::store::{Created, SagaRecord};
 
@@ -124,7 +123,7 @@ pub struct GetParams {
         (status = 200, description = "The checkout", body = CheckoutView),
         (status = 404, description = "No such checkout", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable, too many long-polls wait already (with `Retry-After`), or the request timed out", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get(
@@ -146,27 +145,54 @@ pub async fn get(
             }
         },
     };
-    // Subscribe before reading, so a completion between the read and the
-    // wait is not missed.
-    let mut finished = state.finished.subscribe();
+    let budget = state.limits.request_timeout + Duration::from_secs(wait);
+    tokio::time::timeout(budget, read_or_wait(&state, saga_id, wait))
+        .await
+        .map_err(|_| ApiError::TimedOut(budget))?
+        .map(Json)
+}
+
+/// The checkout now, or once final, or when `wait` seconds are over,
+/// whichever comes first.
+#[tracing::instrument(skip_all, fields(saga_id = %saga_id, wait))]
+async fn read_or_wait(
+    state: &AppState,
+    saga_id: Uuid,
+    wait: u64,
+) -> Result<CheckoutView, ApiError> {
+    let read = || async {
+        let record = state
+            .store
+            .get(saga_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no checkout with id `{saga_id}`")))?;
+        Ok::<_, ApiError>(CheckoutView::from(&record))
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let view = read().await?;
+    if view.status != ClientStatus::Pending || wait == 0 {
+        return Ok(view);
+    }
+    // Only a poll that really waits takes a place among the waiters.
+    let waiter = state
+        .waiters
+        .register(saga_id)
+        .map_err(|full| ApiError::TooManyWaiters(full.max))?;
     loop {
-        let record = state.store.get(saga_id).await?.ok_or_else(not_found)?;
-        let view = CheckoutView::from(&record);
-        if view.status != ClientStatus::Pending || wait == 0 {
-            return Ok(Json(view));
+        let mut woken = pin!(waiter.notified());
+        // Registered before the read: a finish between the read and the
+        // wait still wakes us.
+        woken.as_mut().enable();
+        let view = read().await?;
+        // Stopping: answer now, the client polls again elsewhere.
+        if view.status != ClientStatus::Pending || state.waiters.is_closing() {
+            return Ok(view);
         }
-        loop {
-            tokio::select! {
-                received = finished.recv() => match received {
-                    Ok(id) if id == saga_id || id == RECHECK_ALL => break,
-                    Ok(_) => continue,
-                    // Lagged: we may have missed ours; re-read.
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(Json(view)),
-                },
-                _ = tokio::time::sleep_until(deadline) => return Ok(Json(view)),
-            }
+        tokio::select! {
+            _ = woken => continue,
+            // A notification can be lost (a listener between connections):
+            // the answer at the deadline is read, not remembered.
+            _ = tokio::time::sleep_until(deadline) => return read().await,
         }
     }
 }

@@ -6,21 +6,26 @@ pub mod checkouts;
 pub mod console;
 pub mod openapi;
 pub mod problem;
+pub mod server;
 pub mod validation;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_shared::broker::Broker;
 use serde_json::json;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
-use uuid::Uuid;
 
+use crate::config::HttpLimits;
+use crate::listener::Waiters;
+use crate::metrics::DatabaseGauges;
 use crate::store::Store;
 use auth::AdminTokens;
 use problem::ApiError;
@@ -31,18 +36,24 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Wakes this instance's relay right after a commit.
     pub relay: Arc<Notify>,
-    /// Ids of sagas that reached a final status (for long-polls).
-    pub finished: broadcast::Sender<Uuid>,
+    /// The long-polls waiting for their saga to finish.
+    pub waiters: Arc<Waiters>,
     pub admin_tokens: Arc<AdminTokens>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub gauges: DatabaseGauges,
+    pub limits: HttpLimits,
 }
 
 pub fn router(state: AppState) -> Router {
+    // The long-poll bounds itself: its `wait` plus the request timeout.
+    let long_poll = Router::new().route("/v1/checkouts/{id}", get(checkouts::get));
     Router::new()
         .route("/v1/checkouts", post(checkouts::create))
-        .route("/v1/checkouts/{id}", get(checkouts::get))
         .route("/v1/admin/sagas", get(admin::list))
-        .route("/v1/admin/sagas/retry", post(admin::bulk_retry))
+        .route(
+            "/v1/admin/sagas/retry",
+            post(admin::bulk_retry).layer(DefaultBodyLimit::max(admin::BULK_BODY_BYTES)),
+        )
         .route("/v1/admin/sagas/{id}", get(admin::detail))
         .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
         .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
@@ -53,10 +64,28 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/readyz", get(readyz))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.limits.request_timeout,
+            within_request_timeout,
+        ))
+        .merge(long_poll)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(validation::MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A request still running after the timeout is answered `503`; what it
+/// was doing is dropped (a transaction in flight rolls back).
+async fn within_request_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut(timeout).into_response(),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -65,7 +94,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = crate::metrics::render(&state.metrics, state.store.pool()).await;
+    let body = crate::metrics::render(&state.metrics, &state.gauges, &state.waiters);
     (
         [(
             axum::http::header::CONTENT_TYPE,

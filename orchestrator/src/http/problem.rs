@@ -42,6 +42,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("the database is unavailable; try again shortly")]
     Unavailable,
+    #[error("{0} long-polls are waiting already; poll again without `wait`, or later")]
+    TooManyWaiters(usize),
+    #[error("the request took longer than {} s", .0.as_secs())]
+    TimedOut(std::time::Duration),
     #[error("internal error")]
     Internal(String),
 }
@@ -112,6 +116,16 @@ impl IntoResponse for ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::TooManyWaiters(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-waiters",
+                "Too many long-polls",
+            ),
+            ApiError::TimedOut(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -146,6 +160,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::TooManyWaiters(_) = self {
+            // A waiter leaves within MAX_WAIT_SECONDS at most, most far sooner.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

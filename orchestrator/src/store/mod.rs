@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
 pub use support::{
-    FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK, MAX_PAGE,
+    BulkSelection, FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK,
+    MAX_PAGE,
 };
 use transition::TransitionRows;
 

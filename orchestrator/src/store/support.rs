@@ -14,18 +14,39 @@ pub const MAX_PAGE: u32 = 500;
 /// The most sagas one bulk retry touches; a larger group takes several calls.
 pub const MAX_BULK: i64 = 10_000;
 
-/// Which sagas a list or a bulk action selects. Every field narrows.
+/// Which sagas a list selects. Every field narrows.
 #[derive(Debug, Clone, Default)]
 pub struct SagaFilter {
     pub status: Option<SagaStatus>,
     pub step: Option<Step>,
     /// A suspended saga counts in the phase it parked in.
     pub phase: Option<Phase>,
-    /// A case-insensitive substring of the last error.
+    /// A case-insensitive substring of the last error (for finding; a
+    /// bulk retry takes a [`BulkSelection`], never a substring).
     pub error: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
 }
+
+/// Exactly which suspended sagas a bulk retry takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkSelection {
+    /// One failure group as [`Store::failures`] shows it: its step, phase
+    /// and error text, each matched exactly (an empty error is the group of
+    /// sagas parked without one, never "any error").
+    Group {
+        step: Step,
+        phase: Phase,
+        error: String,
+    },
+    /// These sagas, those of them still suspended (what a dry run listed).
+    Ids(Vec<Uuid>),
+}
+
+/// The phase a suspended saga parked in, as `failures` groups it and a
+/// bulk retry of a group matches it.
+const PARKED_PHASE: &str =
+    "CASE WHEN state->>'suspended_from' = 'compensating' THEN 'compensating' ELSE 'forward' END";
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SagaSummary {
@@ -156,15 +177,32 @@ impl Store {
         Ok(SagaPage { sagas, next_cursor })
     }
 
-    /// Ids of suspended sagas matching `filter`, oldest first, at most
+    /// Ids of the suspended sagas `selection` names, oldest first, at most
     /// [`MAX_BULK`].
-    pub async fn suspended_ids(&self, filter: &SagaFilter) -> Result<Vec<Uuid>, StoreError> {
-        let filter = SagaFilter {
-            status: Some(SagaStatus::Suspended),
-            ..filter.clone()
-        };
-        let mut query = QueryBuilder::new("SELECT id FROM sagas WHERE true");
-        push_filter(&mut query, &filter);
+    #[tracing::instrument(skip_all)]
+    pub async fn suspended_ids(&self, selection: &BulkSelection) -> Result<Vec<Uuid>, StoreError> {
+        let mut query = QueryBuilder::new("SELECT id FROM sagas WHERE status = 'suspended'");
+        match selection {
+            BulkSelection::Group { step, phase, error } => {
+                let phase = match phase {
+                    Phase::Forward => "forward",
+                    Phase::Compensating => "compensating",
+                };
+                query
+                    .push(" AND current_step = ")
+                    .push_bind(step.routing_key())
+                    .push(format!(" AND {PARKED_PHASE} = "))
+                    .push_bind(phase)
+                    .push(" AND COALESCE(last_error, '') = ")
+                    .push_bind(error.clone());
+            }
+            BulkSelection::Ids(ids) => {
+                query
+                    .push(" AND id = ANY(")
+                    .push_bind(ids.clone())
+                    .push(")");
+            }
+        }
         query.push(" ORDER BY id LIMIT ").push_bind(MAX_BULK);
         Ok(query.build_query_scalar().fetch_all(&self.pool).await?)
     }
@@ -191,15 +229,13 @@ impl Store {
 
     /// Suspended sagas grouped by where and why they parked, largest first.
     pub async fn failures(&self) -> Result<Vec<FailureGroup>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT current_step AS step,
-                    CASE WHEN state->>'suspended_from' = 'compensating'
-                         THEN 'compensating' ELSE 'forward' END AS phase,
+        Ok(sqlx::query_as(&format!(
+            "SELECT current_step AS step, {PARKED_PHASE} AS phase,
                     COALESCE(last_error, '') AS error,
                     count(*) AS count, min(updated_at) AS oldest, max(updated_at) AS newest
              FROM sagas WHERE status = 'suspended'
-             GROUP BY 1, 2, 3 ORDER BY count DESC, step, error",
-        )
+             GROUP BY 1, 2, 3 ORDER BY count DESC, step, error"
+        ))
         .fetch_all(&self.pool)
         .await?)
     }

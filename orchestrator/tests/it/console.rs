@@ -94,6 +94,32 @@ impl Browser {
         Browser { client, driver }
     }
 
+    /// Opens `{base_url}/admin` and logs in with `token`.
+    pub async fn log_in(&self, base_url: &str, token: &str) {
+        let (browser, c) = (self, &self.client);
+        c.goto(&format!("{base_url}/admin"))
+            .await
+            .expect("GET /admin");
+        browser
+            .wait_for("the login form", Locator::Id("token"))
+            .await
+            .send_keys(token)
+            .await
+            .expect("type the token");
+        c.find(Locator::Id("login"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait_for(
+                "the console after login",
+                Locator::Css("#app-view:not([hidden])"),
+            )
+            .await;
+    }
+
     /// Ends the session (Chromium quits), then chromedriver. Dropping a
     /// `Browser` without this still kills both.
     pub async fn close(mut self) {
@@ -170,28 +196,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
     const REASON: &str = "provider is back: retry from the console";
     let browser = Browser::start().await;
     let c = &browser.client;
-
-    c.goto(&format!("{base_url}/admin"))
-        .await
-        .expect("GET /admin");
-    browser
-        .wait_for("the login form", Locator::Id("token"))
-        .await
-        .send_keys(token)
-        .await
-        .expect("type the token");
-    c.find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for(
-            "the console after login",
-            Locator::Css("#app-view:not([hidden])"),
-        )
-        .await;
+    browser.log_in(base_url, token).await;
 
     // The saga's dead letter is listed, with a link to the saga.
     c.find(Locator::Id("dead-letters-refresh"))
@@ -363,5 +368,96 @@ async fn support_retries_a_parked_saga_from_the_console() {
     .await
     .unwrap();
     assert_eq!(actor, ADMIN_ACTOR);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_retries_exactly_the_group_it_showed() {
+    use crate::system::{order, System, ADMIN_TOKEN};
+    use orchestrator::saga::StepPolicies;
+
+    let system = System::start_with(StepPolicies::uniform(System::fast_retries(1))).await;
+    let park = |n: usize| {
+        let system = &system;
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                ids.push(system.place(&order(&[("BOOK", 1)], "sim_approve")).await);
+            }
+            system
+                .wait_status(&ids, "suspended", Duration::from_secs(60))
+                .await;
+            ids
+        }
+    };
+    system.outage(true).await;
+    let shown = park(2).await;
+
+    let browser = Browser::start().await;
+    let c = &browser.client;
+    browser.log_in(&system.base_url, ADMIN_TOKEN).await;
+    browser
+        .wait_for(
+            "the outage group's Retry group",
+            Locator::Css(r#"#failures .retry-group[data-error="payment provider outage"]"#),
+        )
+        .await
+        .click()
+        .await
+        .expect("click Retry group");
+    browser
+        .wait_for(
+            "the dry run's count",
+            Locator::XPath(
+                "//*[@id='bulk-count' and normalize-space()='2 sagas would be retried']",
+            ),
+        )
+        .await;
+
+    // One more parks in the same group while support reads the count.
+    let later = park(1).await;
+    system.outage(false).await;
+    c.find(Locator::Id("bulk-reason"))
+        .await
+        .unwrap()
+        .send_keys("provider back")
+        .await
+        .unwrap();
+    c.find(Locator::Id("bulk-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the bulk retry's answer",
+            Locator::XPath("//*[@id='bulk-result' and normalize-space()!='']"),
+        )
+        .await;
+    let result = browser.text_of("bulk-result").await;
+    if result != "2 sagas retried" {
+        browser
+            .fail(&format!("the bulk retry answered {result:?}"))
+            .await;
+    }
+    browser.close().await;
+
+    system
+        .wait_status(&shown, "completed", COMPLETE_TIMEOUT)
+        .await;
+    assert_eq!(
+        system.saga_status(&later[0]).await,
+        "suspended",
+        "a saga the console never showed was retried"
+    );
+    let (status, _) = system
+        .admin(
+            "POST",
+            &format!("/v1/admin/sagas/{}/cancel", later[0]),
+            Some(json!({"reason": "test over"})),
+        )
+        .await;
+    assert_eq!(status, 200);
     system.stop().await;
 }

@@ -205,7 +205,7 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
     assert!(error.contains("outage"), "{error}");
 
     system.outage(false).await;
-    let selection = json!({"step": "payment.charge", "error": error});
+    let selection = json!({"step": "payment.charge", "phase": "forward", "error": error});
     let mut dry = selection.clone();
     dry["dry_run"] = json!(true);
     let (status, preview) = system

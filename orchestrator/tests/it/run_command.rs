@@ -191,7 +191,7 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     .await;
     sh(&outage_off);
     let retried = sh(&format!(
-        "{sagactl} retry-all --step payment.charge --error outage --reason 'provider back'"
+        "{sagactl} retry-all --step payment.charge --error 'payment provider outage' --reason 'provider back'"
     ));
     assert!(retried.contains('2'), "{retried}");
     for id in &parked {

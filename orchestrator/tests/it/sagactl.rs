@@ -150,10 +150,37 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     let run = sagactl(url, token, &["list", "--status", "sideways"]).await;
     assert_fails(&run, 6, "status: must be one of");
 
+    // A partial error names no group: nothing would be retried.
     let run = sagactl(
         url,
         token,
-        &["retry-all", "--dry-run", "--step", "payment.charge"],
+        &[
+            "retry-all",
+            "--dry-run",
+            "--step",
+            "payment.charge",
+            "--error",
+            "outage",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout
+            .contains("dry run: 0 suspended sagas would be retried"),
+        "{run}"
+    );
+    let run = sagactl(
+        url,
+        token,
+        &[
+            "retry-all",
+            "--dry-run",
+            "--step",
+            "payment.charge",
+            "--error",
+            "payment provider outage",
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{run}");
@@ -167,9 +194,15 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     }
     assert_eq!(system.saga_status(&parked[0]).await, "suspended");
 
+    let listed: Vec<&str> = run.stdout.lines().skip(1).collect();
+
     let run = sagactl(url, token, &["retry-all"]).await;
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("--reason"), "{run}");
+    // Never "every suspended saga": a group or ids it must be.
+    let run = sagactl(url, token, &["retry-all", "--reason", "everything"]).await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("--saga-id"), "{run}");
 
     let run = sagactl(
         url,
@@ -181,7 +214,13 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
 
     system.outage(false).await;
     let reason = "provider back after the outage";
-    let run = sagactl(url, token, &["retry-all", "--reason", reason]).await;
+    let ids = listed.join(",");
+    let run = sagactl(
+        url,
+        token,
+        &["retry-all", "--saga-id", &ids, "--reason", reason],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.stdout, "retried 2 sagas\n", "{run}");
     for id in &parked {

@@ -147,15 +147,16 @@ async fn lists_filter_and_page_newest_first_and_bad_input_names_the_field() {
         .admin(
             "POST",
             "/v1/admin/sagas/retry",
-            Some(json!({"step": "payment.charge"})),
+            Some(json!({"step": "payment.charge", "phase": "forward", "error": "x"})),
         )
         .await;
     assert_eq!(status, 422, "bulk retry without a reason: {problem}");
+    assert_eq!(problem["errors"][0]["field"], "reason", "{problem}");
     let (status, none) = system
         .admin(
             "POST",
             "/v1/admin/sagas/retry",
-            Some(json!({"dry_run": true})),
+            Some(json!({"step": "payment.charge", "phase": "forward", "error": "x", "dry_run": true})),
         )
         .await;
     assert_eq!((status, none["count"].clone()), (200, json!(0)));

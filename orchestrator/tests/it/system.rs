@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator::config::Config;
+use orchestrator::config::{Config, HttpLimits};
 use orchestrator::http::auth::AdminTokens;
+use orchestrator::listener::Waiters;
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
 use saga_shared::config::ServiceConfig;
@@ -26,6 +27,9 @@ pub struct System {
     #[allow(dead_code)]
     pub prefix: String,
     policies: StepPolicies,
+    http_limits: HttpLimits,
+    /// The long-polls of the orchestrator instance at `base_url`.
+    pub waiters: Arc<Waiters>,
     /// URLs every process of the system uses (through the proxies, if any).
     database_url_for: Box<dyn Fn(&TestDatabase) -> String + Send + Sync>,
     amqp_url: String,
@@ -97,6 +101,8 @@ pub struct Setup {
     pub broker_proxy: bool,
     /// Every process reaches PostgreSQL through a proxy the test can cut.
     pub database_proxy: bool,
+    /// The orchestrator's HTTP bounds.
+    pub http_limits: HttpLimits,
 }
 
 async fn start_worker<H: Handler>(
@@ -187,6 +193,8 @@ impl System {
             payment_db,
             prefix,
             policies: setup.policies,
+            http_limits: setup.http_limits,
+            waiters: Waiters::new(1),
             database_url_for: Box::new(move |db: &TestDatabase| match database_port {
                 Some(port) => db.url.replacen(":5432", &format!(":{port}"), 1),
                 None => db.url.clone(),
@@ -240,7 +248,8 @@ impl System {
     /// Starts an orchestrator instance on the system's database; its
     /// address becomes `base_url`.
     pub async fn start_orchestrator(&mut self) {
-        let (stop, task, base_url) = self.orchestrator_instance().await;
+        let (stop, task, base_url, waiters) = self.orchestrator_instance().await;
+        self.waiters = waiters;
         self.orchestrator_stop = stop;
         self.orchestrator = Some(task);
         self.base_url = base_url;
@@ -249,12 +258,14 @@ impl System {
     /// Starts one more orchestrator instance on the same database and
     /// broker; returns its base URL. It stops with the system.
     pub async fn add_orchestrator(&mut self) -> String {
-        let (stop, task, base_url) = self.orchestrator_instance().await;
+        let (stop, task, base_url, _) = self.orchestrator_instance().await;
         self.others.push((stop, task));
         base_url
     }
 
-    async fn orchestrator_instance(&self) -> (CancellationToken, JoinHandle<()>, String) {
+    async fn orchestrator_instance(
+        &self,
+    ) -> (CancellationToken, JoinHandle<()>, String, Arc<Waiters>) {
         let mut env = std::collections::HashMap::new();
         env.insert(
             "DATABASE_URL".to_owned(),
@@ -268,13 +279,15 @@ impl System {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             policies: self.policies,
             admin_tokens: AdminTokens::parse(&format!("{ADMIN_ACTOR}={ADMIN_TOKEN}")).unwrap(),
+            http: self.http_limits,
         };
         let stop = CancellationToken::new();
         let running = orchestrator::app::start(config, stop.clone())
             .await
             .expect("orchestrator starts");
         let base_url = format!("http://{}", running.addr);
-        (stop, tokio::spawn(running.wait()), base_url)
+        let waiters = running.waiters.clone();
+        (stop, tokio::spawn(running.wait()), base_url, waiters)
     }
 
     /// Stops the orchestrator instance (the workers go on).
