@@ -17,8 +17,14 @@ pub const DEADLINES_MISSED: &str = "checkout_deadlines_missed_total";
 pub const OUTBOX_PUBLISHED: &str = "checkout_outbox_published_total";
 pub const DEAD_LETTERS: &str = "checkout_dead_letters_total";
 pub const SUPPORT_ACTIONS: &str = "checkout_support_actions_total";
+/// Publishes the broker refused (nacked, unroutable, unconfirmed), by routing key.
+pub const OUTBOX_REFUSED: &str = "checkout_outbox_refused_total";
+/// Sagas parked because their command could not be published, by routing key.
+pub const OUTBOX_PARKED: &str = "checkout_outbox_parked_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
+/// Commands the broker refused at least once and that are still unsent.
+const OUTBOX_STUCK: &str = "checkout_outbox_stuck";
 
 const STATUSES: [SagaStatus; 6] = [
     SagaStatus::Running,
@@ -80,11 +86,13 @@ pub async fn render(handle: &PrometheusHandle, pool: &PgPool) -> String {
         }
         Err(error) => tracing::warn!(%error, "saga counts unavailable for /metrics"),
     }
-    if let Ok(pending) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
-        .await
+    if let Ok((pending, stuck)) =
+        sqlx::query_as::<_, (i64, i64)>("SELECT count(*), count(first_failed_at) FROM outbox")
+            .fetch_one(pool)
+            .await
     {
         metrics::gauge!(OUTBOX_PENDING).set(pending as f64);
+        metrics::gauge!(OUTBOX_STUCK).set(stuck as f64);
     }
     handle.render()
 }

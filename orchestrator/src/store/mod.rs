@@ -284,6 +284,36 @@ impl Store {
         Ok(fired)
     }
 
+    /// Parks the saga whose command the broker kept refusing, in `conn`'s
+    /// transaction (the relay's, which holds the outbox row and deletes it
+    /// in the same commit). The saga row is locked first, so the version
+    /// read is the version written. False when the refused attempt is no
+    /// longer awaited: the row is stale and nothing changed.
+    #[tracing::instrument(skip_all, fields(saga_id = %id))]
+    pub async fn park_unpublishable(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        event: Event,
+    ) -> Result<bool, StoreError> {
+        let current: Option<(i64, serde_json::Value)> =
+            sqlx::query_as("SELECT version, state FROM sagas WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let (version, state) = current.ok_or(StoreError::UnknownSaga(id))?;
+        let saga = parse(id, state)?;
+        let transition = saga::handle(&saga, event, self.context());
+        if transition.history.is_empty() {
+            return Ok(false);
+        }
+        Ok(write(conn, &saga, version, transition).await?)
+    }
+
+    pub fn policies(&self) -> &StepPolicies {
+        &self.policies
+    }
+
     /// How long until the next deadline is due, if any saga awaits one.
     pub async fn next_deadline(&self) -> Result<Option<Duration>, StoreError> {
         let ms: Option<f64> = sqlx::query_scalar(
