@@ -219,11 +219,17 @@ impl Store {
     pub async fn fire_deadlines(&self, limit: i64) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
         // `unsent`: the awaited command is still in the outbox (the broker
-        // is away). The clock of an attempt starts when it is sent, so such
-        // a deadline is pushed back rather than counted as a miss.
+        // is away, or refuses it). The clock of an attempt starts when it is
+        // sent, so such a deadline is pushed back rather than counted as a
+        // miss; not for ever: a command refused past its step's allowance
+        // parks the saga (the relay does), which then awaits no deadline.
+        // Only the awaited attempt's row counts: a stale command left
+        // behind must not hold back the deadline of one already sent.
         let due: Vec<(Uuid, i64, serde_json::Value, bool)> = sqlx::query_as(
             "SELECT id, version, state,
-                    EXISTS (SELECT 1 FROM outbox o WHERE o.saga_id = sagas.id) AS unsent
+                    EXISTS (SELECT 1 FROM outbox o
+                            WHERE o.saga_id = sagas.id AND o.routing_key = sagas.current_step
+                              AND o.attempt = sagas.attempt) AS unsent
              FROM sagas WHERE deadline_at <= now()
              ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
