@@ -9,10 +9,10 @@ ALTER TABLE outbox ADD COLUMN first_failed_at timestamptz;
 ALTER TABLE outbox ADD COLUMN last_error text;
 
 -- The saga attempt a row carries, so parking it can tell the awaited
--- attempt from a stale one; rows written before this column say it in
--- their body.
+-- attempt from a stale one. Rows written before this column say it in
+-- their body; it stays nullable because an instance of the previous
+-- build, still running during a rolling deploy, writes rows without it.
 UPDATE outbox SET attempt = (body::jsonb ->> 'attempt')::integer;
-ALTER TABLE outbox ALTER COLUMN attempt SET NOT NULL;
 
 -- The deadline timer asks per saga whether its command is still unsent.
 CREATE INDEX outbox_saga ON outbox (saga_id);

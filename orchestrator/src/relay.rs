@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use saga_shared::broker::{Backoff, Broker, BrokerError, Outgoing};
-use saga_shared::Step;
+use saga_shared::messages::Command;
+use saga_shared::{Envelope, Step};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -42,7 +43,8 @@ struct OutboxRow {
     message_type: String,
     body: String,
     traceparent: String,
-    attempt: i32,
+    /// `None` in a row an instance of the previous build wrote.
+    attempt: Option<i32>,
     publish_attempts: i32,
     /// Milliseconds since the broker first refused this row, if it has.
     refused_ms: Option<f64>,
@@ -52,6 +54,16 @@ struct OutboxRow {
 impl OutboxRow {
     fn step(&self) -> Option<Step> {
         Step::from_routing_key(&self.routing_key)
+    }
+
+    /// The saga attempt the command carries.
+    fn attempt(&self) -> Option<u32> {
+        match self.attempt {
+            Some(attempt) => u32::try_from(attempt).ok(),
+            None => Envelope::<Command>::decode(self.body.as_bytes())
+                .ok()
+                .map(|envelope| envelope.attempt),
+        }
     }
 }
 
@@ -257,7 +269,7 @@ async fn back_off(
 /// nothing, and support's retry sends the command anew.
 async fn park(store: &Store, refused: &Refused<'_>) -> Result<(), RelayError> {
     let row = refused.row;
-    let Some(step) = row.step() else {
+    let (Some(step), Some(attempt)) = (row.step(), row.attempt()) else {
         return Ok(());
     };
     let mut tx = store.pool().begin().await?;
@@ -274,7 +286,7 @@ async fn park(store: &Store, refused: &Refused<'_>) -> Result<(), RelayError> {
     };
     let event = Event::PublishFailed {
         step,
-        attempt: u32::try_from(row.attempt).unwrap_or(0),
+        attempt,
         error: refused.error.to_string(),
         tries: u32::try_from(tries).unwrap_or(0),
         refused_for: Duration::from_millis(row.refused_ms.unwrap_or(0.0) as u64),
@@ -347,8 +359,9 @@ pub struct RefusedCommand {
     pub id: i64,
     pub saga_id: Uuid,
     pub routing_key: String,
-    /// The saga's attempt of the step this command carries.
-    pub attempt: i32,
+    /// The saga's attempt of the step this command carries (`null` for a
+    /// row an instance of the previous build wrote).
+    pub attempt: Option<i32>,
     /// How many times the broker refused it.
     pub publish_attempts: i32,
     pub last_error: Option<String>,

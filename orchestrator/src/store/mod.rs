@@ -229,7 +229,7 @@ impl Store {
             "SELECT id, version, state,
                     EXISTS (SELECT 1 FROM outbox o
                             WHERE o.saga_id = sagas.id AND o.routing_key = sagas.current_step
-                              AND o.attempt = sagas.attempt) AS unsent
+                              AND coalesce(o.attempt, sagas.attempt) = sagas.attempt) AS unsent
              FROM sagas WHERE deadline_at <= now()
              ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )

@@ -324,3 +324,62 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
     operator.close().await;
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_judges_each_message_on_its_own() {
+    let prefix = testing::random_prefix();
+    let _guard = testing::TopologyGuard::new(&prefix);
+    let topology = Topology::new(&prefix);
+    let broker = Broker::connect(
+        &testing::amqp_url(),
+        topology.clone(),
+        "test-publisher",
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let channel = broker.channel().await.unwrap();
+    make_refusing(&channel, &topology, WorkerKind::Tax).await;
+    let command = |routing_key: &str| saga_shared::broker::Outgoing {
+        exchange: topology.command_exchange(),
+        routing_key: routing_key.to_owned(),
+        body: b"{}".to_vec(),
+        message_id: uuid::Uuid::now_v7(),
+        saga_id: uuid::Uuid::now_v7(),
+        message_type: routing_key.to_owned(),
+        traceparent: String::new(),
+    };
+    let results = broker
+        .publish_all(
+            &[
+                command("inventory.reserve"),
+                command("nobody.listens"),
+                command("tax.calculate"),
+                command("payment.charge"),
+            ],
+            Duration::from_secs(5),
+        )
+        .await;
+    let judged: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("{e:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap()
+                .to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        vec!["ok", "Unroutable", "Nacked", "ok"],
+        "{results:?}"
+    );
+    assert_eq!(results.iter().flatten().count(), 2);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.is_refusal()));
+    broker.close().await;
+}
