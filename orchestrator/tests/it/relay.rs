@@ -148,6 +148,27 @@ async fn refused_commands(system: &System) -> Vec<Value> {
     body["commands"].as_array().unwrap().clone()
 }
 
+/// What `sagactl` prints for `args`, run as support would.
+async fn sagactl(system: &System, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"))
+        .args(args)
+        .env("SAGACTL_URL", &system.base_url)
+        .env("SAGACTL_TOKEN", crate::system::ADMIN_TOKEN)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("sagactl answers within 30 s")
+        .expect("sagactl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "sagactl {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Replaces the worker's quorum queue with one bound the same way that
 /// refuses every publish (`reject-publish` at length 0): what a queue that
 /// lost its quorum, or an operator's limit, looks like to a publisher. A
@@ -247,6 +268,17 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
             "{command}"
         );
     }
+    let listed_by_sagactl = sagactl(&system, &["outbox"]).await;
+    for id in &refused {
+        assert!(
+            listed_by_sagactl.contains(id.as_str()),
+            "{id}: {listed_by_sagactl}"
+        );
+    }
+    assert!(
+        listed_by_sagactl.contains("tax.calculate"),
+        "{listed_by_sagactl}"
+    );
     testing::eventually("the stuck gauge counts them", PATIENCE, || async {
         let text = scrape(&system).await;
         (sample(&text, "checkout_outbox_stuck") == Some(3.0)).then_some(())
