@@ -609,6 +609,7 @@ enum Answer {
     Transient,
     Deadline,
     Stale,
+    Unpublishable,
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
@@ -618,6 +619,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         2 => Just(Answer::Transient),
         1 => Just(Answer::Deadline),
         1 => Just(Answer::Stale),
+        1 => Just(Answer::Unpublishable),
     ]
 }
 
@@ -646,6 +648,7 @@ proptest! {
                 Answer::Transient => reply(&saga, Outcome::Transient { error: "t".into() }),
                 Answer::Deadline => Event::DeadlineMissed { step, attempt: saga.attempt },
                 Answer::Stale => Event::Reply { step, attempt: saga.attempt + 1, outcome: ok_for(step) },
+                Answer::Unpublishable => publish_failed(&saga, saga.attempt),
             };
             let t = handle(&saga, event, ctx());
             for (_, attempt) in sent_steps(&t) {
