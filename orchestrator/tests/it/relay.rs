@@ -205,11 +205,16 @@ async fn make_refusing(channel: &lapin::Channel, topology: &Topology, worker: Wo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_retries() {
-    let fast = System::fast_retries(200);
-    // Tax commands may be refused for 4 x 2.5 s before their sagas park.
+    // Charges retried for as long as the test keeps the provider down
+    // (about 100 ms apart, a thousand times).
+    let fast = RetryPolicy {
+        max_delay: Duration::from_millis(200),
+        ..System::fast_retries(1_000)
+    };
+    // Tax commands may be refused for 4 x 4 s before their sagas park.
     let tax = RetryPolicy {
         max_attempts: 4,
-        deadline: Duration::from_millis(2_500),
+        deadline: Duration::from_secs(4),
         ..System::fast_retries(4)
     };
     let system =
