@@ -7,7 +7,8 @@
 //! Each publish is judged on its own: a command the broker refuses (nacks,
 //! returns unroutable, never confirms) backs off alone while the rest of
 //! its batch is sent and deleted, and once it has been refused for longer
-//! than its step allows, its saga parks for support.
+//! than its step allows, its saga parks for support (here, or in the
+//! deadline timer should it come first).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -420,3 +420,69 @@ async fn publish_all_judges_each_message_on_its_own() {
         .all(|e| e.is_refusal()));
     broker.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allowance() {
+    // The reserve's allowance is 1,000 x 1 s: the relay alone would keep
+    // trying for a quarter of an hour.
+    let reserve = RetryPolicy {
+        max_attempts: 1_000,
+        deadline: Duration::from_secs(1),
+        ..System::fast_retries(1_000)
+    };
+    let system = System::start_with(StepPolicies::default().with(Step::Reserve, reserve)).await;
+    let (operator, channel) = operator(&system).await;
+    let topology = Topology::new(&system.prefix);
+    make_refusing(&channel, &topology, WorkerKind::Inventory).await;
+    let id = system.place(&order(&[("TSHIRT", 1)], "sim_approve")).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let pool = &system.orchestrator_db.pool;
+    testing::eventually("the reserve refused", PATIENCE, || async {
+        let refusals: Option<i32> =
+            sqlx::query_scalar("SELECT publish_attempts FROM outbox WHERE saga_id = $1")
+                .bind(uuid)
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        refusals.is_some_and(|n| n >= 1).then_some(())
+    })
+    .await;
+    // As if refused for an hour, with the relay's next try an hour away:
+    // the deadline timer must not push the saga's deadline back again.
+    sqlx::query(
+        "UPDATE outbox SET first_failed_at = now() - interval '1 hour',
+                           not_before = now() + interval '1 hour'
+         WHERE saga_id = $1",
+    )
+    .bind(uuid)
+    .execute(pool)
+    .await
+    .unwrap();
+    system
+        .wait_status(std::slice::from_ref(&id), "suspended", PATIENCE)
+        .await;
+    let (_, step, error, deadline) = sagas(&system, std::slice::from_ref(&id)).await.remove(0);
+    assert_eq!(step.as_deref(), Some("inventory.reserve"));
+    let error = error.unwrap();
+    assert!(error.starts_with("cannot publish: "), "{error}");
+    assert!(error.contains("nack"), "{error}");
+    assert!(!deadline, "a parked saga awaits no deadline");
+    assert!(refused_commands(&system).await.is_empty());
+
+    delete_queue(&channel, &topology.command_queue(WorkerKind::Inventory)).await;
+    topology.declare(&channel).await.expect("topology declared");
+    let (status, body) = system
+        .admin(
+            "POST",
+            &format!("/v1/admin/sagas/{id}/retry"),
+            Some(json!({"reason": "inventory queue fixed"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    system
+        .wait_status(std::slice::from_ref(&id), "completed", PATIENCE)
+        .await;
+    one_tshirt_charge_each(&system, 1).await;
+    operator.close().await;
+    system.stop().await;
+}
