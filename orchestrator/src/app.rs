@@ -114,7 +114,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         stop.clone(),
     ));
     tasks.spawn(run_relay_until_stopped(
-        pool.clone(),
+        store.clone(),
         broker.clone(),
         relay.clone(),
         stop.clone(),

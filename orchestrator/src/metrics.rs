@@ -22,9 +22,15 @@ pub const DEADLINES_MISSED: &str = "checkout_deadlines_missed_total";
 pub const OUTBOX_PUBLISHED: &str = "checkout_outbox_published_total";
 pub const DEAD_LETTERS: &str = "checkout_dead_letters_total";
 pub const SUPPORT_ACTIONS: &str = "checkout_support_actions_total";
+/// Publishes the broker refused (nacked, unroutable, unconfirmed), by routing key.
+pub const OUTBOX_REFUSED: &str = "checkout_outbox_refused_total";
+/// Sagas parked because their command could not be published, by routing key.
+pub const OUTBOX_PARKED: &str = "checkout_outbox_parked_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 const LONG_POLLS: &str = "checkout_long_polls_waiting";
+/// Commands the broker refused at least once and that are still unsent.
+const OUTBOX_STUCK: &str = "checkout_outbox_stuck";
 
 const STATUSES: [SagaStatus; 6] = [
     SagaStatus::Running,
@@ -82,6 +88,7 @@ pub struct DatabaseGauges {
 struct Counted {
     sagas: Vec<(SagaStatus, i64)>,
     outbox_pending: i64,
+    outbox_stuck: i64,
 }
 
 impl DatabaseGauges {
@@ -106,9 +113,10 @@ async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
         sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
             .fetch_all(pool)
             .await?;
-    let outbox_pending = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
-        .await?;
+    let (outbox_pending, outbox_stuck) =
+        sqlx::query_as::<_, (i64, i64)>("SELECT count(*), count(first_failed_at) FROM outbox")
+            .fetch_one(pool)
+            .await?;
     let sagas = STATUSES
         .iter()
         .map(|status| {
@@ -122,6 +130,7 @@ async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
     Ok(Counted {
         sagas,
         outbox_pending,
+        outbox_stuck,
     })
 }
 
@@ -171,6 +180,11 @@ pub fn render(handle: &PrometheusHandle, gauges: &DatabaseGauges, waiters: &Wait
             text,
             "# TYPE {OUTBOX_PENDING} gauge\n{OUTBOX_PENDING} {}",
             counted.outbox_pending
+        );
+        let _ = writeln!(
+            text,
+            "# TYPE {OUTBOX_STUCK} gauge\n{OUTBOX_STUCK} {}",
+            counted.outbox_stuck
         );
     }
     text

@@ -3,45 +3,85 @@
 //! right after the commit; the timed wake-up is the timer of delayed
 //! retries and the fallback that picks up rows an instance that died left
 //! behind (any instance's relay publishes any due row).
+//!
+//! Each publish is judged on its own: a command the broker refuses (nacks,
+//! returns unroutable, never confirms) backs off alone while the rest of
+//! its batch is sent and deleted, and once it has been refused for longer
+//! than its step allows, its saga parks for support (here, or in the
+//! deadline timer should it come first).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::broker::{Backoff, Broker, Outgoing};
+use chrono::{DateTime, Utc};
+use saga_shared::broker::{Backoff, Broker, BrokerError, Outgoing};
+use saga_shared::messages::Command;
+use saga_shared::{Envelope, Step};
+use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::saga::{Event, RetryPolicy};
+use crate::store::{Store, StoreError};
+
 /// Rows published per transaction.
 const BATCH: i64 = 256;
 /// Longest sleep with nothing due: a safety net should a wake-up be lost.
 const FALLBACK_POLL: Duration = Duration::from_secs(2);
+/// How long a batch waits for its confirms. A queue without a leader (its
+/// quorum lost) may never confirm; its messages count as refused rather
+/// than holding every other command back.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
+    id: i64,
     message_id: Uuid,
     saga_id: Uuid,
     routing_key: String,
     message_type: String,
     body: String,
     traceparent: String,
+    /// `None` in a row an instance of the previous build wrote.
+    attempt: Option<i32>,
+    publish_attempts: i32,
+    /// Milliseconds since the broker first refused this row, if it has.
+    refused_ms: Option<f64>,
     deadline_ms: Option<i64>,
 }
 
+impl OutboxRow {
+    fn step(&self) -> Option<Step> {
+        Step::from_routing_key(&self.routing_key)
+    }
+
+    /// The saga attempt the command carries.
+    fn attempt(&self) -> Option<u32> {
+        match self.attempt {
+            Some(attempt) => u32::try_from(attempt).ok(),
+            None => Envelope::<Command>::decode(self.body.as_bytes())
+                .ok()
+                .map(|envelope| envelope.attempt),
+        }
+    }
+}
+
 pub async fn run_relay_until_stopped(
-    pool: PgPool,
+    store: Store,
     broker: Arc<Broker>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let fresh = || Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let mut backoff = fresh();
     loop {
-        let sleep_for = match relay_batch(&pool, &broker).await {
-            Ok(published) if published as i64 == BATCH => continue,
+        let sleep_for = match relay_batch(&store, &broker).await {
+            Ok(handled) if handled as i64 == BATCH => continue,
             Ok(_) => {
-                backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-                next_due(&pool).await.unwrap_or(FALLBACK_POLL)
+                backoff = fresh();
+                next_due(store.pool()).await.unwrap_or(FALLBACK_POLL)
             }
             Err(error) => {
                 let wait = backoff.next_delay();
@@ -63,27 +103,40 @@ enum RelayError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
-    Broker(#[from] saga_shared::broker::BrokerError),
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// Publishes the due rows this instance could lock. `SKIP LOCKED` lets
-/// several orchestrators relay at once without publishing a row twice; a
-/// crash between confirm and delete republishes, and the worker inbox
-/// absorbs the duplicate.
-#[tracing::instrument(skip_all, fields(published))]
-async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
+/// A row the broker refused, and what becomes of it.
+struct Refused<'a> {
+    row: &'a OutboxRow,
+    error: BrokerError,
+    /// Refused for longer than its step allows: its saga parks.
+    park: bool,
+}
+
+/// Publishes the due rows this instance could lock and settles each on its
+/// own: confirmed rows are deleted, refused rows back off (and park their
+/// saga once refused for too long), and rows a broken connection never
+/// sent stay as they were. `SKIP LOCKED` lets several orchestrators relay
+/// at once without publishing a row twice; a crash between confirm and
+/// delete republishes, and the worker inbox absorbs the duplicate.
+#[tracing::instrument(skip_all, fields(published, refused))]
+async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError> {
+    let pool = store.pool();
     let mut tx = pool.begin().await?;
-    // Claim by deleting: the rows come back if publishing fails and the
-    // transaction rolls back.
     let rows: Vec<OutboxRow> = sqlx::query_as(
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox WHERE not_before <= now()
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING message_id, saga_id, routing_key, message_type, body, traceparent,
-                   -- Late: waited in the outbox well past its due time (the
-                   -- broker was away), so the deadline set with it is too soon.
-                   CASE WHEN not_before < now() - interval '1 second' THEN deadline_ms END
-                       AS deadline_ms",
+        "SELECT id, message_id, saga_id, routing_key, message_type, body, traceparent, attempt,
+                publish_attempts,
+                (EXTRACT(EPOCH FROM (now() - first_failed_at)) * 1000)::float8 AS refused_ms,
+                -- Late: it waited in the outbox well past its due time (the
+                -- broker was away, or refused it), so the deadline set with
+                -- it is too soon.
+                CASE WHEN publish_attempts > 0 OR not_before < now() - interval '1 second'
+                     THEN deadline_ms END AS deadline_ms
+         FROM outbox WHERE not_before <= now()
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -104,22 +157,167 @@ async fn relay_batch(pool: &PgPool, broker: &Broker) -> Result<usize, RelayError
             traceparent: row.traceparent.clone(),
         })
         .collect();
-    broker.publish_all(&messages).await?;
+    let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
+
+    let mut sent = Vec::new();
+    let mut refused = Vec::new();
+    let mut broken = None;
+    for (row, result) in rows.iter().zip(results) {
+        match result {
+            Ok(()) => sent.push(row),
+            Err(error) if error.is_refusal() => {
+                let policy = policy_for(store, row);
+                let park =
+                    row.refused_ms.unwrap_or(0.0) >= policy.publish_allowance().as_millis() as f64;
+                refused.push(Refused { row, error, park });
+            }
+            // Not this row's doing: it stays as it was, for the next try.
+            Err(error) => {
+                broken.get_or_insert(error);
+            }
+        }
+    }
+    if refused
+        .iter()
+        .any(|r| matches!(r.error, BrokerError::Unroutable { .. }))
+    {
+        // A queue is gone (deleted by hand, or lost with its node):
+        // declaring the topology again brings it back for the next try.
+        match broker.redeclare().await {
+            Ok(()) => tracing::warn!("a command was unroutable; topology declared again"),
+            Err(error) => {
+                tracing::warn!(%error, "a command was unroutable; cannot declare the topology")
+            }
+        }
+    }
+
+    let sent_ids: Vec<i64> = sent.iter().map(|row| row.id).collect();
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&sent_ids)
+        .execute(&mut *tx)
+        .await?;
+    back_off(&mut tx, store, &refused).await?;
     tx.commit().await?;
-    tracing::Span::current().record("published", rows.len());
-    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(rows.len() as u64);
-    restart_deadlines(pool, &rows).await;
-    Ok(rows.len())
+
+    let span = tracing::Span::current();
+    span.record("published", sent.len());
+    span.record("refused", refused.len());
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(sent.len() as u64);
+    for r in &refused {
+        tracing::warn!(saga_id = %r.row.saga_id, routing_key = %r.row.routing_key, error = %r.error, "command refused by the broker; backing off");
+        metrics::counter!(crate::metrics::OUTBOX_REFUSED, "routing_key" => r.row.routing_key.clone())
+            .increment(1);
+    }
+    restart_deadlines(pool, &sent).await;
+    for r in refused.iter().filter(|r| r.park) {
+        if let Err(error) = park(store, r).await {
+            tracing::error!(%error, saga_id = %r.row.saga_id, "cannot park the saga of a refused command; it stays in the outbox");
+        }
+    }
+    match broken {
+        // The confirmed rows are deleted all the same; the relay as a
+        // whole backs off.
+        Some(error) => Err(error.into()),
+        None => Ok(rows.len()),
+    }
+}
+
+fn policy_for(store: &Store, row: &OutboxRow) -> RetryPolicy {
+    row.step()
+        .map(|step| *store.policies().for_step(step))
+        .unwrap_or_default()
+}
+
+/// Each refused row waits its own backoff, grown with its own refusals,
+/// and keeps the time of the first refusal and the text of the last.
+async fn back_off(
+    tx: &mut sqlx::PgConnection,
+    store: &Store,
+    refused: &[Refused<'_>],
+) -> Result<(), sqlx::Error> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = refused.iter().map(|r| r.row.id).collect();
+    let errors: Vec<String> = refused.iter().map(|r| r.error.to_string()).collect();
+    let waits: Vec<i64> = refused
+        .iter()
+        .map(|r| {
+            let refusals = u32::try_from(r.row.publish_attempts).unwrap_or(0) + 1;
+            policy_for(store, r.row)
+                .publish_backoff(refusals, rand::random::<f64>())
+                .as_millis() as i64
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE outbox o SET publish_attempts = o.publish_attempts + 1,
+                             first_failed_at = coalesce(o.first_failed_at, now()),
+                             last_error = r.error,
+                             not_before = now() + r.ms * interval '1 millisecond'
+         FROM unnest($1::int8[], $2::text[], $3::int8[]) AS r(id, error, ms)
+         WHERE o.id = r.id",
+    )
+    .bind(&ids)
+    .bind(&errors)
+    .bind(&waits)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Parks the saga of a command refused for longer than its step allows
+/// and drops the command, in one transaction: a parked saga awaits
+/// nothing, and support's retry sends the command anew.
+async fn park(store: &Store, refused: &Refused<'_>) -> Result<(), RelayError> {
+    let row = refused.row;
+    let (Some(step), Some(attempt)) = (row.step(), row.attempt()) else {
+        return Ok(());
+    };
+    let mut tx = store.pool().begin().await?;
+    // Another instance may have published it since this batch committed.
+    let still: Option<i32> = sqlx::query_scalar(
+        "SELECT publish_attempts FROM outbox
+         WHERE id = $1 AND first_failed_at IS NOT NULL FOR UPDATE SKIP LOCKED",
+    )
+    .bind(row.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(tries) = still else {
+        return Ok(());
+    };
+    let event = Event::PublishFailed {
+        step,
+        attempt,
+        error: refused.error.to_string(),
+        tries: u32::try_from(tries).unwrap_or(0),
+        refused_for: Duration::from_millis(row.refused_ms.unwrap_or(0.0) as u64),
+    };
+    let parked = store
+        .park_unpublishable(&mut tx, row.saga_id, event)
+        .await?;
+    sqlx::query("DELETE FROM outbox WHERE id = $1")
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if parked {
+        metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => row.routing_key.clone())
+            .increment(1);
+        tracing::warn!(saga_id = %row.saga_id, routing_key = %row.routing_key, error = %refused.error, "saga parked: its command cannot be published");
+    } else {
+        tracing::warn!(saga_id = %row.saga_id, routing_key = %row.routing_key, "dropped a refused command its saga no longer awaits");
+    }
+    Ok(())
 }
 
 /// An attempt's deadline counts from its publishing: a command that
-/// waited in the outbox (the broker was away) still gets its whole
-/// deadline. Only late rows carry a `deadline_ms` here; a row published on
-/// time keeps the deadline set with its transition, and costs no statement.
-/// Best effort, after the commit: should it fail, the deadline set with the
-/// transition stands, and the deadline timer does not count a miss while
-/// the command is still unsent anyway.
-async fn restart_deadlines(pool: &PgPool, rows: &[OutboxRow]) {
+/// waited in the outbox (the broker was away, or refused it) still gets its
+/// whole deadline. Only late rows carry a `deadline_ms` here; a row
+/// published on time keeps the deadline set with its transition, and costs
+/// no statement. Best effort, after the commit: should it fail, the
+/// deadline set with the transition stands, and the deadline timer does not
+/// count a miss while the command is still unsent anyway.
+async fn restart_deadlines(pool: &PgPool, rows: &[&OutboxRow]) {
     let (ids, waits): (Vec<Uuid>, Vec<i64>) = rows
         .iter()
         .filter_map(|row| Some((row.saga_id, row.deadline_ms?)))
@@ -153,4 +351,42 @@ async fn next_due(pool: &PgPool) -> Result<Duration, sqlx::Error> {
         Some(_) => Duration::ZERO,
         None => FALLBACK_POLL,
     })
+}
+
+/// A command the broker refused and that is still unsent, for support.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct RefusedCommand {
+    /// The outbox row; also the cursor of the next page.
+    pub id: i64,
+    pub saga_id: Uuid,
+    pub routing_key: String,
+    /// The saga's attempt of the step this command carries (`null` for a
+    /// row an instance of the previous build wrote).
+    pub attempt: Option<i32>,
+    /// How many times the broker refused it.
+    pub publish_attempts: i32,
+    pub last_error: Option<String>,
+    /// The first refusal.
+    pub since: DateTime<Utc>,
+    /// When the relay publishes it again.
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// Refused, still unsent commands, oldest first, after `cursor`.
+#[tracing::instrument(skip_all, fields(limit))]
+pub async fn refused(
+    pool: &PgPool,
+    limit: i64,
+    cursor: Option<i64>,
+) -> Result<Vec<RefusedCommand>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, saga_id, routing_key, attempt, publish_attempts, last_error,
+                first_failed_at AS since, not_before AS next_attempt_at
+         FROM outbox WHERE first_failed_at IS NOT NULL AND id > coalesce($2, 0)
+         ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .bind(cursor)
+    .fetch_all(pool)
+    .await
 }

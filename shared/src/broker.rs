@@ -20,7 +20,7 @@ use crate::traceparent;
 /// Header that carries why a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-error";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
@@ -34,10 +34,30 @@ pub enum BrokerError {
         exchange: String,
         routing_key: String,
     },
+    #[error("RabbitMQ did not confirm the message for {exchange}/{routing_key} within {waited:?}")]
+    Unconfirmed {
+        exchange: String,
+        routing_key: String,
+        waited: Duration,
+    },
     #[error("publisher confirms are not enabled on this channel")]
     NotConfirmed,
     #[error("stopped while connecting to RabbitMQ")]
     Stopped,
+}
+
+impl BrokerError {
+    /// The broker turned this one message away (nacked it, returned it
+    /// unroutable, or never confirmed it), as opposed to the connection or
+    /// channel failing under every message alike.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Nacked { .. }
+                | BrokerError::Unroutable { .. }
+                | BrokerError::Unconfirmed { .. }
+        )
+    }
 }
 
 /// Exponential backoff with full jitter: each delay is uniform in
@@ -269,16 +289,38 @@ impl Broker {
     /// Publishes and waits for the broker's confirm. An unroutable message is
     /// a failure, not a success: it would otherwise be silently dropped.
     pub async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        self.publish_all(std::slice::from_ref(message)).await
+        self.publish_pipelined(std::slice::from_ref(message), None)
+            .await
+            .pop()
+            .expect("one result per message")
     }
 
-    /// Publishes every message, then waits for all their confirms: one round
-    /// trip of latency for the whole batch instead of one per message.
-    pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
-        let session = self.session().await?;
+    /// Publishes every message without waiting in between, then waits once
+    /// (at most `confirm_within`) for all their confirms: one round trip for
+    /// the whole batch. Each message gets its own result, in order, so one
+    /// the broker refuses fails alone and the others still count as sent.
+    #[tracing::instrument(skip_all, fields(messages = messages.len()))]
+    pub async fn publish_all(
+        &self,
+        messages: &[Outgoing],
+        confirm_within: Duration,
+    ) -> Vec<Result<(), BrokerError>> {
+        self.publish_pipelined(messages, Some(confirm_within)).await
+    }
+
+    async fn publish_pipelined(
+        &self,
+        messages: &[Outgoing],
+        confirm_within: Option<Duration>,
+    ) -> Vec<Result<(), BrokerError>> {
+        let confirm_by = confirm_within.map(|within| tokio::time::Instant::now() + within);
+        let session = match self.session().await {
+            Ok(session) => session,
+            Err(error) => return messages.iter().map(|_| Err(error.clone())).collect(),
+        };
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
-            let confirm = session
+            let published = session
                 .publisher
                 .basic_publish(
                     message.exchange.as_str().into(),
@@ -290,32 +332,58 @@ impl Broker {
                     &message.body,
                     message.properties(),
                 )
-                .await?;
-            pending.push((message, confirm));
-        }
-        for (message, confirm) in pending {
-            let failure = |unroutable: bool| {
-                let (exchange, routing_key) =
-                    (message.exchange.clone(), message.routing_key.clone());
-                if unroutable {
-                    BrokerError::Unroutable {
-                        exchange,
-                        routing_key,
-                    }
-                } else {
-                    BrokerError::Nacked {
-                        exchange,
-                        routing_key,
-                    }
+                .await;
+            match published {
+                Ok(confirm) => pending.push(Ok(confirm)),
+                Err(error) => {
+                    // The channel is gone: neither this message nor any
+                    // after it was sent.
+                    let error = BrokerError::from(error);
+                    pending.extend(
+                        std::iter::repeat_with(|| Err(error.clone()))
+                            .take(messages.len() - pending.len()),
+                    );
+                    break;
                 }
-            };
-            match confirm.await? {
-                Confirmation::Ack(None) => {}
-                Confirmation::Ack(Some(_)) => return Err(failure(true)),
-                Confirmation::Nack(_) => return Err(failure(false)),
-                Confirmation::NotRequested => return Err(BrokerError::NotConfirmed),
             }
         }
+        let mut results = Vec::with_capacity(messages.len());
+        for (message, confirm) in messages.iter().zip(pending) {
+            let confirm = match confirm {
+                Ok(confirm) => confirm,
+                Err(error) => {
+                    results.push(Err(error));
+                    continue;
+                }
+            };
+            let confirmation = match confirm_by.zip(confirm_within) {
+                Some((by, waited)) => match tokio::time::timeout_at(by, confirm).await {
+                    Ok(confirmation) => confirmation,
+                    Err(_) => {
+                        results.push(Err(BrokerError::Unconfirmed {
+                            exchange: message.exchange.clone(),
+                            routing_key: message.routing_key.clone(),
+                            waited,
+                        }));
+                        continue;
+                    }
+                },
+                None => confirm.await,
+            };
+            results.push(judge(message, confirmation));
+        }
+        results
+    }
+
+    /// Declares the whole topology again, on a channel of its own (so a
+    /// declaration the broker refuses closes no channel anyone publishes
+    /// on): a queue deleted under a running system comes back.
+    #[tracing::instrument(skip_all, fields(prefix = self.topology.prefix()))]
+    pub async fn redeclare(&self) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        let declared = self.topology.declare(&channel).await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared?;
         Ok(())
     }
 
@@ -410,6 +478,27 @@ impl Broker {
                 tracing::warn!("RabbitMQ did not answer the connection close; leaving anyway");
             }
         }
+    }
+}
+
+/// A message's confirm as a result: a returned (unroutable) message is a
+/// failure, not a success, or it would be silently dropped.
+fn judge(
+    message: &Outgoing,
+    confirmation: Result<Confirmation, lapin::Error>,
+) -> Result<(), BrokerError> {
+    let (exchange, routing_key) = (message.exchange.clone(), message.routing_key.clone());
+    match confirmation? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+            exchange,
+            routing_key,
+        }),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked {
+            exchange,
+            routing_key,
+        }),
+        Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
     }
 }
 

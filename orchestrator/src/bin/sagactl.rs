@@ -113,6 +113,19 @@ enum Command {
     /// Messages that could never be handled, newest first, with their saga and reason.
     #[command(after_help = EXIT_CODES)]
     DeadLetters(DeadLetterArgs),
+    /// Commands the broker refused that still wait to be published, oldest first.
+    #[command(after_help = EXIT_CODES)]
+    Outbox(OutboxArgs),
+}
+
+#[derive(Args)]
+struct OutboxArgs {
+    /// How many to show (1 to 500).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Where the previous page ended (printed under it).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 #[derive(Args)]
@@ -453,6 +466,18 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
                 .collect();
             (request, render_dead_letters)
         }
+        Command::Outbox(args) => {
+            let mut request = Request::get(&["v1", "admin", "outbox"]);
+            let filters = [
+                ("limit", args.limit.map(|n| n.to_string())),
+                ("cursor", args.cursor),
+            ];
+            request.query = filters
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value?)))
+                .collect();
+            (request, render_outbox)
+        }
         Command::RetryAll(args) => {
             let mut body = Map::new();
             if let Some(step) = args.step {
@@ -781,6 +806,42 @@ fn render_dead_letters(answer: &Value) -> String {
         return "no dead letters\n".to_owned();
     }
     let mut out = table(&["AT", "SAGA", "ROUTING KEY", "BYTES", "REASON"], &rows);
+    if let Some(cursor) = answer["next_cursor"].as_str() {
+        out.push_str(&format!("more: --cursor {}\n", clean(cursor)));
+    }
+    out
+}
+
+fn render_outbox(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["commands"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|command| {
+            vec![
+                text(&command["since"]),
+                text(&command["saga_id"]),
+                text(&command["routing_key"]),
+                text(&command["attempt"]),
+                text(&command["publish_attempts"]),
+                truncate(command["last_error"].as_str().unwrap_or("-"), 80),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no refused commands\n".to_owned();
+    }
+    let mut out = table(
+        &[
+            "SINCE",
+            "SAGA",
+            "ROUTING KEY",
+            "ATTEMPT",
+            "REFUSALS",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
     if let Some(cursor) = answer["next_cursor"].as_str() {
         out.push_str(&format!("more: --cursor {}\n", clean(cursor)));
     }

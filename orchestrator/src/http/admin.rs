@@ -647,3 +647,51 @@ pub async fn dead_letters(
         next_cursor,
     }))
 }
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutboxParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RefusedCommandList {
+    commands: Vec<crate::relay::RefusedCommand>,
+    next_cursor: Option<String>,
+}
+
+/// Commands the broker refused and that are still unsent, oldest first.
+#[utoipa::path(
+    get, path = "/v1/admin/outbox", tag = "support", security(("bearer" = [])),
+    params(OutboxParams),
+    responses(
+        (status = 200, description = "Commands the broker refused (nacked, returned unroutable or never confirmed) that still wait in the outbox, oldest first", body = RefusedCommandList),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn outbox(
+    _: Actor,
+    State(state): State<AppState>,
+    Query(params): Query<OutboxParams>,
+) -> Result<Json<RefusedCommandList>, ApiError> {
+    let mut errors = Vec::new();
+    let limit = page_size(&mut errors, params.limit);
+    let cursor = page_cursor::<i64>(&mut errors, params.cursor);
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let mut commands = crate::relay::refused(state.store.pool(), i64::from(limit) + 1, cursor)
+        .await
+        .map_err(StoreError::from)?;
+    let more = commands.len() > limit as usize;
+    commands.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| commands.last().map(|c| c.id.to_string()))
+        .flatten();
+    Ok(Json(RefusedCommandList {
+        commands,
+        next_cursor,
+    }))
+}

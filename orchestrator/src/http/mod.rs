@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
         .route("/v1/admin/failures", get(admin::failures))
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
+        .route("/v1/admin/outbox", get(admin::outbox))
         .route("/admin", get(console::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -24,6 +24,7 @@ use super::{admin, checkouts};
         admin::bulk_retry,
         admin::failures,
         admin::dead_letters,
+        admin::outbox,
     ),
     modifiers(&BearerAuth),
     tags(

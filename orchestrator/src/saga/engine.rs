@@ -30,6 +30,19 @@ pub enum Event {
     /// Attempt `attempt` of `step` went unanswered past its deadline: the
     /// outcome is unknown.
     DeadlineMissed { step: Step, attempt: u32 },
+    /// The broker kept refusing the command of attempt `attempt` of `step`
+    /// (nacked, returned unroutable, never confirmed) for longer than the
+    /// step's policy allows: it was never delivered, so nobody will answer.
+    PublishFailed {
+        step: Step,
+        attempt: u32,
+        /// The last refusal.
+        error: String,
+        /// Refused publishes so far.
+        tries: u32,
+        /// Since the first refusal.
+        refused_for: Duration,
+    },
 }
 
 /// What support staff may do to a saga.
@@ -211,9 +224,9 @@ pub fn start(id: Uuid, request: CheckoutRequest, ctx: Context) -> Transition {
 pub fn handle(saga: &Saga, event: Event, ctx: Context) -> Transition {
     let mut t = Transition::of(saga);
     let (step, attempt) = match &event {
-        Event::Reply { step, attempt, .. } | Event::DeadlineMissed { step, attempt } => {
-            (*step, *attempt)
-        }
+        Event::Reply { step, attempt, .. }
+        | Event::DeadlineMissed { step, attempt }
+        | Event::PublishFailed { step, attempt, .. } => (*step, *attempt),
     };
     let awaited = matches!(saga.status, SagaStatus::Running | SagaStatus::Compensating)
         && saga.current == Some(step)
@@ -228,6 +241,26 @@ pub fn handle(saga: &Saga, event: Event, ctx: Context) -> Transition {
             t.history
                 .push(HistoryEntry::new(Some(step), attempt, "deadline_missed").detail(&error));
             retry_or_exhaust(&mut t, ctx, error);
+            return t;
+        }
+        // A stale command (the saga moved on without it) parks nothing.
+        Event::PublishFailed { .. } if !awaited => return t,
+        Event::PublishFailed {
+            error,
+            tries,
+            refused_for,
+            ..
+        } => {
+            t.history.push(
+                HistoryEntry::new(Some(step), attempt, "publish_failed").detail(format!(
+                    "refused {tries} times over {} ms: {error}",
+                    refused_for.as_millis()
+                )),
+            );
+            // Parked whatever the step's `on_exhausted`: the broker, not
+            // the step, is failing, and compensating would publish into the
+            // same broker; a person fixes it and retries.
+            suspend(&mut t, format!("cannot publish: {error}"));
             return t;
         }
     };

@@ -49,7 +49,26 @@ impl RetryPolicy {
         let ceiling = self.base_delay.saturating_mul(1 << exp).min(self.max_delay);
         ceiling.mul_f64(unit.clamp(0.0, 1.0))
     }
+
+    /// How long the broker may refuse this step's command before its saga
+    /// parks: as long as the step would have been waited for had every
+    /// attempt gone unanswered (`max_attempts` x `deadline`). A refusal is
+    /// no worse than silence, and an operator who tuned one tunes both.
+    pub fn publish_allowance(&self) -> Duration {
+        self.deadline.saturating_mul(self.max_attempts.max(1))
+    }
+
+    /// The wait before publishing a refused command again, after `refusals`
+    /// refusals: the step's own backoff, with half of it fixed so that a
+    /// refused command is never retried in a tight loop.
+    pub fn publish_backoff(&self, refusals: u32, unit: f64) -> Duration {
+        let ceiling = self.delay(refusals, 1.0);
+        (ceiling / 2 + ceiling.mul_f64(unit.clamp(0.0, 1.0)) / 2).max(MIN_PUBLISH_BACKOFF)
+    }
 }
+
+/// The shortest wait before a refused command is published again.
+const MIN_PUBLISH_BACKOFF: Duration = Duration::from_millis(20);
 
 /// One policy per step: the defaults, with per-step overrides.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,6 +110,15 @@ mod tests {
         assert_eq!(p.delay(2, 1.0), Duration::from_millis(400));
         assert_eq!(p.delay(30, 1.0), Duration::from_secs(10));
         assert_eq!(p.delay(3, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_refused_command_backs_off_at_least_half_the_step_backoff() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.publish_backoff(1, 0.0), Duration::from_millis(100));
+        assert_eq!(p.publish_backoff(1, 1.0), Duration::from_millis(200));
+        assert_eq!(p.publish_backoff(30, 0.0), Duration::from_secs(5));
+        assert_eq!(p.publish_allowance(), Duration::from_secs(50));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::saga::{Deadline, Effect, Saga, Transition};
 
 /// The timeline and outbox inserts of a transition, as CTEs after a `saga`
 /// CTE that returns the saga's id: when it returns no row (a lost race, a
-/// reused idempotency key) nothing is written. Parameters $9..$21.
+/// reused idempotency key) nothing is written. Parameters $9..$22.
 macro_rules! transition_writes {
     () => {
         "history AS (
@@ -17,23 +17,23 @@ macro_rules! transition_writes {
                     unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[]) AS h
          ), outbox AS (
              INSERT INTO outbox (message_id, saga_id, routing_key, message_type, body, traceparent,
-                                 not_before, deadline_ms)
-             SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond', o.dl
+                                 not_before, deadline_ms, attempt)
+             SELECT o.m, saga.id, o.k, o.t, o.b, o.tp, now() + o.d * interval '1 millisecond', o.dl, o.a
              FROM saga, unnest($15::uuid[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int8[],
-                               $21::int8[])
-                  AS o(m, k, t, b, tp, d, dl)
+                               $21::int8[], $22::int4[])
+                  AS o(m, k, t, b, tp, d, dl, a)
          )"
     };
 }
 
-/// Creates a saga: $22 idempotency key, $23 request hash.
+/// Creates a saga: $23 idempotency key, $24 request hash.
 pub const INSERT: &str = concat!(
     "WITH saga AS (
          INSERT INTO sagas (id, status, current_step, attempt, state, last_error, deadline_at,
                             idempotency_key, request_hash)
          VALUES ($1, $2, $3, $4, $5, $6,
                  CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
-                 $22, $23)
+                 $23, $24)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id, state, created_at, updated_at
      ), ",
@@ -41,8 +41,8 @@ pub const INSERT: &str = concat!(
     " SELECT * FROM saga"
 );
 
-/// Advances a saga if it is still at version $22; $23 says whether it just
-/// became final, which notifies channel $24 on commit (long-polls on every
+/// Advances a saga if it is still at version $23; $24 says whether it just
+/// became final, which notifies channel $25 on commit (long-polls on every
 /// instance wake up).
 pub const UPDATE: &str = concat!(
     "WITH saga AS (
@@ -51,17 +51,17 @@ pub const UPDATE: &str = concat!(
                                              THEN now() + $7::int8 * interval '1 millisecond'
                                              WHEN $8::bool THEN deadline_at END,
                           version = version + 1, updated_at = now()
-         WHERE id = $1 AND version = $22
+         WHERE id = $1 AND version = $23
          RETURNING id
      ), ",
     transition_writes!(),
-    " SELECT 1, CASE WHEN $23 THEN pg_notify($24, $1::text) END FROM saga"
+    " SELECT 1, CASE WHEN $24 THEN pg_notify($25, $1::text) END FROM saga"
 );
 
 type PgArgs = sqlx::postgres::PgArguments;
 type Query<'q, O> = sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs>;
 
-/// A transition as the parameters $1..$21 of [`INSERT`] or [`UPDATE`].
+/// A transition as the parameters $1..$22 of [`INSERT`] or [`UPDATE`].
 pub struct TransitionRows {
     saga: Saga,
     deadline_ms: Option<i64>,
@@ -79,6 +79,7 @@ pub struct TransitionRows {
     o_trace: Vec<String>,
     o_delay_ms: Vec<i64>,
     o_deadline_ms: Vec<i64>,
+    o_attempt: Vec<i32>,
 }
 
 impl TransitionRows {
@@ -105,6 +106,7 @@ impl TransitionRows {
             o_trace: vec![],
             o_delay_ms: vec![],
             o_deadline_ms: vec![],
+            o_attempt: vec![],
         };
         for entry in &t.history {
             rows.h_step
@@ -131,11 +133,12 @@ impl TransitionRows {
             rows.o_trace.push(traceparent::for_saga(t.saga.id));
             rows.o_delay_ms.push(delay.as_millis() as i64);
             rows.o_deadline_ms.push(deadline.as_millis() as i64);
+            rows.o_attempt.push(*attempt as i32);
         }
         rows
     }
 
-    /// Binds $1..$21; the caller binds the statement's own parameters after.
+    /// Binds $1..$22; the caller binds the statement's own parameters after.
     pub fn bind<'q, O>(self, query: Query<'q, O>) -> Query<'q, O> {
         let saga = &self.saga;
         query
@@ -160,5 +163,6 @@ impl TransitionRows {
             .bind(self.o_trace)
             .bind(self.o_delay_ms)
             .bind(self.o_deadline_ms)
+            .bind(self.o_attempt)
     }
 }

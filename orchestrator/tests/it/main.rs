@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod outages;
 mod poison;
+mod relay;
 mod run_command;
 mod sagactl;
 mod support_api;

@@ -514,6 +514,94 @@ fn support_actions_in_the_wrong_state_are_refused() {
     }
 }
 
+fn publish_failed(saga: &Saga, attempt: u32) -> Event {
+    Event::PublishFailed {
+        step: saga.current.unwrap(),
+        attempt,
+        error: "RabbitMQ refused the message (nack) for checkout.commands/payment.charge".into(),
+        tries: 7,
+        refused_for: Duration::from_millis(30_000),
+    }
+}
+
+#[test]
+fn a_command_the_broker_keeps_refusing_parks_its_saga_for_support() {
+    // Even a step set to compensate parks: compensating would publish into
+    // the same broker.
+    let policies = StepPolicies::uniform(policy()).with(
+        Step::Charge,
+        RetryPolicy {
+            on_exhausted: OnExhausted::Compensate,
+            ..policy()
+        },
+    );
+    let ctx = Context {
+        policies: &policies,
+        jitter: 0.5,
+    };
+    let saga = at_charge();
+    let t = handle(&saga, publish_failed(&saga, 1), ctx);
+    assert_eq!(t.saga.status, SagaStatus::Suspended);
+    assert_eq!(t.saga.suspended_from, Some(SagaStatus::Running));
+    assert_eq!(
+        t.saga.last_error.as_deref(),
+        Some("cannot publish: RabbitMQ refused the message (nack) for checkout.commands/payment.charge")
+    );
+    // Nothing sent, nothing awaited: the deadline timer leaves it be.
+    assert!(t.effects.is_empty());
+    assert_eq!(t.deadline(), Deadline::None);
+    let events: Vec<&str> = t.history.iter().map(|h| h.event.as_str()).collect();
+    assert_eq!(events, vec!["publish_failed", "suspended"]);
+    assert_eq!(
+        t.history[0].detail.as_deref(),
+        Some("refused 7 times over 30000 ms: RabbitMQ refused the message (nack) for checkout.commands/payment.charge")
+    );
+    // Once the broker accepts again, support's retry sends the charge anew.
+    let retried = act(&t.saga, Action::Retry, "alice", "queue fixed", ctx).unwrap();
+    assert_eq!(retried.saga.status, SagaStatus::Running);
+    assert_eq!(sent_steps(&retried), vec![(Step::Charge, 2)]);
+    let done = handle(
+        &retried.saga,
+        reply(&retried.saga, ok_for(Step::Charge)),
+        ctx,
+    );
+    assert_eq!(done.saga.status, SagaStatus::Completed);
+}
+
+#[test]
+fn a_refused_compensation_parks_in_the_compensating_phase() {
+    let saga = at_charge();
+    let saga = handle(
+        &saga,
+        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
+        ctx(),
+    )
+    .saga;
+    assert_eq!(saga.current, Some(Step::Release));
+    let t = handle(&saga, publish_failed(&saga, 1), ctx());
+    assert_eq!(t.saga.status, SagaStatus::Suspended);
+    assert_eq!(t.saga.phase(), Some(crate::saga::Phase::Compensating));
+    let saga = act(&t.saga, Action::Retry, "bob", "fixed", ctx())
+        .unwrap()
+        .saga;
+    let saga = handle(&saga, reply(&saga, ok_for(Step::Release)), ctx()).saga;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn a_refused_command_of_an_attempt_no_longer_awaited_changes_nothing() {
+    let saga = at_charge();
+    let moved_on = handle(&saga, reply(&saga, transient()), ctx()).saga;
+    assert_eq!(moved_on.attempt, 2);
+    let stale = handle(&moved_on, publish_failed(&moved_on, 1), ctx());
+    assert_eq!(stale.saga, moved_on);
+    assert!(stale.history.is_empty() && stale.effects.is_empty());
+    let parked = parked_at_charge();
+    let attempt = parked.attempt;
+    let again = handle(&parked, publish_failed(&parked, attempt), ctx());
+    assert_eq!(again.saga, parked, "an already parked saga stays as it is");
+}
+
 #[derive(Debug, Clone)]
 enum Answer {
     Ok,
@@ -521,6 +609,7 @@ enum Answer {
     Transient,
     Deadline,
     Stale,
+    Unpublishable,
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
@@ -530,6 +619,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         2 => Just(Answer::Transient),
         1 => Just(Answer::Deadline),
         1 => Just(Answer::Stale),
+        1 => Just(Answer::Unpublishable),
     ]
 }
 
@@ -558,6 +648,7 @@ proptest! {
                 Answer::Transient => reply(&saga, Outcome::Transient { error: "t".into() }),
                 Answer::Deadline => Event::DeadlineMissed { step, attempt: saga.attempt },
                 Answer::Stale => Event::Reply { step, attempt: saga.attempt + 1, outcome: ok_for(step) },
+                Answer::Unpublishable => publish_failed(&saga, saga.attempt),
             };
             let t = handle(&saga, event, ctx());
             for (_, attempt) in sent_steps(&t) {
