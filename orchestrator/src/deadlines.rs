@@ -22,7 +22,7 @@ pub async fn run_deadlines_until_stopped(
     relay: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let fresh = || Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let fresh = Backoff::holding;
     let mut backoff = fresh();
     loop {
         let sleep_for = match store.fire_deadlines(BATCH).await {

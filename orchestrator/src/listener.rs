@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use saga_shared::broker::Backoff;
 use sqlx::postgres::PgListener;
@@ -160,7 +159,7 @@ pub async fn run_listener_until_stopped(
     waiters: Arc<Waiters>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::reconnecting();
     loop {
         let error = tokio::select! {
             Err(error) = forward_notifications(&pool, &waiters) => error,

@@ -74,7 +74,7 @@ pub async fn run_relay_until_stopped(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let fresh = || Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let fresh = Backoff::holding;
     let mut backoff = fresh();
     loop {
         let sleep_for = match relay_batch(&store, &broker).await {
