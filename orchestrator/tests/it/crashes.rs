@@ -242,22 +242,16 @@ async fn sigterm_finishes_the_charge_in_flight_then_exits_0() {
     let id = deployment
         .place(&order(&[("TSHIRT", 1)], "sim_slow_1500"))
         .await;
-    // The charge is in flight once the payment worker's transaction waits
-    // on the (slow) provider.
-    let payment_db = deployment.databases["payment"].url.clone();
-    let database = payment_db.rsplit('/').next().unwrap().to_owned();
-    let admin = sqlx::PgPool::connect(&testing::admin_database_url())
-        .await
-        .unwrap();
+    // The charge is in flight once its intent is committed: the worker
+    // then waits on the (slow) provider holding no connection.
+    let payments = &deployment.databases["payment"].pool;
     testing::eventually("the charge in flight", PATIENCE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'",
-        )
-        .bind(&database)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
+        let charging: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'charging'")
+                .fetch_one(payments)
+                .await
+                .unwrap();
+        (charging > 0).then_some(())
     })
     .await;
     let (status, took) = deployment.terminate("payment").await;
