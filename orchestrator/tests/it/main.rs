@@ -11,6 +11,7 @@ mod idempotency;
 mod metrics;
 mod openapi;
 mod outages;
+mod payment_crashes;
 mod poison;
 mod run_command;
 mod sagactl;
