@@ -145,7 +145,9 @@ pub struct SagaState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedTotal {
     pub currency: String,
-    pub subtotal_cents: i64,
+    /// `None` when it overflows an `i64`: the orchestrator rejects such a
+    /// checkout (`invalid_amount`), so only a completed one is wrong.
+    pub subtotal_cents: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,13 +413,9 @@ fn saga_state(
         None | Some(Value::Null) => None,
         Some(value) => {
             let reserved: Reserved = field("reserved", value)?;
-            let subtotal_cents = reserved
-                .lines
-                .iter()
-                .try_fold(0i64, |sum, l| {
-                    sum.checked_add(l.quantity.checked_mul(l.unit_price_cents)?)
-                })
-                .ok_or("state.reserved: the subtotal overflows")?;
+            let subtotal_cents = reserved.lines.iter().try_fold(0i64, |sum, l| {
+                sum.checked_add(l.quantity.checked_mul(l.unit_price_cents)?)
+            });
             Some(ReservedTotal {
                 currency: reserved.currency,
                 subtotal_cents,
@@ -568,7 +566,7 @@ mod tests {
         .unwrap();
         let reserved = priced.reserved.unwrap();
         assert_eq!(
-            (reserved.currency.as_str(), reserved.subtotal_cents),
+            (reserved.currency.as_str(), reserved.subtotal_cents.unwrap()),
             ("USD", 750)
         );
         assert_eq!(priced.tax_cents, Some(60));

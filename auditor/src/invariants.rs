@@ -171,12 +171,17 @@ fn completed_charged(
         found.push(Violation::saga(invariant, saga, facts.to_owned()));
         return;
     };
-    let total = reserved.subtotal_cents + tax;
+    let Some((subtotal, total)) = reserved
+        .subtotal_cents
+        .and_then(|subtotal| Some((subtotal, subtotal.checked_add(tax)?)))
+    else {
+        let facts = "completed, yet its subtotal + tax overflows a 64-bit count of cents";
+        found.push(Violation::saga(invariant, saga, facts.to_owned()));
+        return;
+    };
     let currency = &reserved.currency;
-    let expected = format!(
-        "expected charge {total} {currency} cents (subtotal {} + tax {tax})",
-        reserved.subtotal_cents
-    );
+    let expected =
+        format!("expected charge {total} {currency} cents (subtotal {subtotal} + tax {tax})");
     let Some(payment) = payment else {
         found.push(Violation::saga(
             invariant,
@@ -211,7 +216,9 @@ fn ledger_charged(
     let (Some(reserved), Some(tax)) = (&state.reserved, state.tax_cents) else {
         return;
     };
-    let total = reserved.subtotal_cents + tax;
+    let Some(total) = reserved.subtotal_cents.and_then(|s| s.checked_add(tax)) else {
+        return;
+    };
     let as_expected = ledger.charges == 1 && ledger.charged_cents == total && ledger.refunds == 0;
     if !as_expected {
         let facts = format!(
@@ -411,7 +418,7 @@ mod tests {
                 requested: lines(&[("a", 2), ("b", 1)]),
                 reserved: Some(ReservedTotal {
                     currency: "USD".into(),
-                    subtotal_cents: 500,
+                    subtotal_cents: Some(500),
                 }),
                 tax_cents: Some(40),
             }),
@@ -669,6 +676,21 @@ mod tests {
         // Only declined or voided at the provider: nothing moved.
         facts.ledger.insert(id(2), booked(0, 0, 0, 0));
         assert_eq!(names(&facts), vec![]);
+    }
+
+    #[test]
+    fn an_overflowing_subtotal_is_wrong_only_for_a_completed_saga() {
+        let mut facts = world();
+        for saga in &mut facts.sagas {
+            if let Ok(state) = &mut saga.state {
+                state.reserved.as_mut().unwrap().subtotal_cents = None;
+            }
+        }
+        // The compensated one was refused `invalid_amount`: nothing to say.
+        assert_eq!(
+            names(&facts),
+            vec![("completed-charged", Some(id(1)), None)]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! tokio tasks, talking over the local RabbitMQ, each on its own fresh
 //! PostgreSQL database, under a random AMQP prefix.
 
+mod amounts;
 mod binary;
 mod checkout;
 mod console;
