@@ -391,12 +391,11 @@ async fn settle_charge(
             let detail = format!("payment method `{method}` is not supported");
             decline(conn, saga_id, reason::INVALID_PAYMENT_METHOD, detail).await
         }
-        // The key may hold an approved charge of the other amount, so the
-        // intent stays open: the compensation's cancel-or-refund by key
-        // returns whatever moved.
-        ProviderAnswer::KeyReused { error } => {
-            Ok(Outcome::rejected(reason::INVALID_COMMAND, error))
-        }
+        // The key may hold an approved charge of the other amount, so this
+        // is no definite "nothing moved" (a rejection would skip the
+        // refund): the intent stays open and the step retries until the
+        // saga parks for support with this error.
+        ProviderAnswer::KeyReused { error } => Ok(Outcome::Transient { error }),
         ProviderAnswer::Transient { error } => {
             // The count is what `sim_transient_N` and real backoff
             // policies need; the intent stays for the next try.
