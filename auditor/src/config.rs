@@ -27,8 +27,13 @@ Invariants checked:
                         future (or within the grace) or a pending outbox command;
                         suspended sagas are only counted
   idempotency-unique    no idempotency key belongs to two sagas
-  orphan-reservation,   no reservation or payment (tombstones aside) for a saga
-  orphan-payment        the orchestrator does not know
+  ledger-charged        the payment provider's ledger shows exactly one charge
+                        of subtotal + tax, and no refund, for a completed saga
+  ledger-net-zero       the provider's ledger nets to zero (charged = refunded)
+                        for a compensated or cancelled saga
+  orphan-reservation,   no reservation or payment (tombstones aside), and no
+  orphan-payment,       money moved at the provider, for a saga the
+  orphan-ledger         orchestrator does not know
   saga-readable         every saga's status and stored state can be read
 
 It only reads: every database is read in one READ ONLY, REPEATABLE READ

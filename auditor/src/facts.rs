@@ -145,7 +145,9 @@ pub struct SagaState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedTotal {
     pub currency: String,
-    pub subtotal_cents: i64,
+    /// `None` when it overflows an `i64`: the orchestrator rejects such a
+    /// checkout (`invalid_amount`), so only a completed one is wrong.
+    pub subtotal_cents: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +204,30 @@ impl Payment {
     }
 }
 
+/// What the payment provider's ledger shows for one saga: its approved
+/// charges and refunds, counted and summed. The provider is a separate
+/// party, so this is the money that really moved, whatever the payment
+/// table says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub charges: i64,
+    pub charged_cents: i64,
+    pub refunds: i64,
+    pub refunded_cents: i64,
+}
+
+impl LedgerLine {
+    /// Money the customer is out of, by the provider's books.
+    pub fn net_cents(&self) -> i64 {
+        self.charged_cents - self.refunded_cents
+    }
+
+    /// Only declined or voided operations: nothing ever moved.
+    pub fn moved_nothing(&self) -> bool {
+        self.charges == 0 && self.refunds == 0
+    }
+}
+
 /// Everything an audit checks, as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
@@ -218,6 +244,8 @@ pub struct Facts {
     pub products: BTreeMap<String, Product>,
     pub reservations: HashMap<Uuid, Reservation>,
     pub payments: HashMap<Uuid, Payment>,
+    /// The provider's ledger per saga.
+    pub ledger: HashMap<Uuid, LedgerLine>,
 }
 
 /// A read-only transaction whose snapshot is taken now: PostgreSQL takes a
@@ -246,7 +274,7 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
         .await
         .map_err(read_error(Database::Payment))?;
 
-    let ((sagas, with_outbox), (products, reservations), payments) = tokio::try_join!(
+    let ((sagas, with_outbox), (products, reservations), (payments, ledger)) = tokio::try_join!(
         async {
             read_orchestrator(&mut orchestrator)
                 .await
@@ -258,9 +286,13 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
                 .map_err(read_error(Database::Inventory))
         },
         async {
-            read_payments(&mut payment)
-                .await
-                .map_err(read_error(Database::Payment))
+            async {
+                let payments = read_payments(&mut payment).await?;
+                let ledger = read_ledger(&mut payment).await?;
+                Ok((payments, ledger))
+            }
+            .await
+            .map_err(read_error(Database::Payment))
         },
     )?;
     // Read-only: nothing to commit.
@@ -275,6 +307,12 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
             payments
                 .iter()
                 .filter(|(_, p)| !p.is_tombstone())
+                .map(|(id, _)| id),
+        )
+        .chain(
+            ledger
+                .iter()
+                .filter(|(_, l)| !l.moved_nothing())
                 .map(|(id, _)| id),
         )
         .filter(|id| !known.contains(id))
@@ -292,6 +330,7 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
         products,
         reservations,
         payments,
+        ledger,
     })
 }
 
@@ -374,13 +413,9 @@ fn saga_state(
         None | Some(Value::Null) => None,
         Some(value) => {
             let reserved: Reserved = field("reserved", value)?;
-            let subtotal_cents = reserved
-                .lines
-                .iter()
-                .try_fold(0i64, |sum, l| {
-                    sum.checked_add(l.quantity.checked_mul(l.unit_price_cents)?)
-                })
-                .ok_or("state.reserved: the subtotal overflows")?;
+            let subtotal_cents = reserved.lines.iter().try_fold(0i64, |sum, l| {
+                sum.checked_add(l.quantity.checked_mul(l.unit_price_cents)?)
+            });
             Some(ReservedTotal {
                 currency: reserved.currency,
                 subtotal_cents,
@@ -464,6 +499,33 @@ async fn read_payments(conn: &mut PgConnection) -> Result<HashMap<Uuid, Payment>
         .collect())
 }
 
+async fn read_ledger(conn: &mut PgConnection) -> Result<HashMap<Uuid, LedgerLine>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (Uuid, i64, i64, i64, i64)>(
+        "SELECT saga_id,
+                count(*) FILTER (WHERE operation = 'charge' AND outcome = 'approved'),
+                coalesce(sum(amount_cents) FILTER (WHERE operation = 'charge' AND outcome = 'approved'), 0)::int8,
+                count(*) FILTER (WHERE operation = 'refund' AND outcome = 'approved'),
+                coalesce(sum(amount_cents) FILTER (WHERE operation = 'refund' AND outcome = 'approved'), 0)::int8
+         FROM provider_ledger GROUP BY saga_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(saga_id, charges, charged_cents, refunds, refunded_cents)| {
+                let line = LedgerLine {
+                    charges,
+                    charged_cents,
+                    refunds,
+                    refunded_cents,
+                };
+                (saga_id, line)
+            },
+        )
+        .collect())
+}
+
 /// Which of `ids` the orchestrator knows now.
 async fn recheck(pool: &PgPool, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
     if ids.is_empty() {
@@ -504,7 +566,7 @@ mod tests {
         .unwrap();
         let reserved = priced.reserved.unwrap();
         assert_eq!(
-            (reserved.currency.as_str(), reserved.subtotal_cents),
+            (reserved.currency.as_str(), reserved.subtotal_cents.unwrap()),
             ("USD", 750)
         );
         assert_eq!(priced.tax_cents, Some(60));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::facts::{Facts, Payment, Quantities, Reservation, Saga, SagaStatus};
+use crate::facts::{Facts, LedgerLine, Payment, Quantities, Reservation, Saga, SagaStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
@@ -19,6 +19,13 @@ pub enum Invariant {
     IdempotencyUnique,
     OrphanReservation,
     OrphanPayment,
+    /// The provider's ledger shows exactly one charge of the total, and no
+    /// refund, for a completed checkout.
+    LedgerCharged,
+    /// The provider's ledger nets to zero for a compensated or cancelled one.
+    LedgerNetZero,
+    /// Money moved at the provider for a saga nobody knows.
+    OrphanLedger,
     /// Not one of the design's invariants, but a saga whose status or state
     /// cannot be read cannot be checked, and must not pass silently.
     SagaReadable,
@@ -35,6 +42,9 @@ impl Invariant {
             Invariant::IdempotencyUnique => "idempotency-unique",
             Invariant::OrphanReservation => "orphan-reservation",
             Invariant::OrphanPayment => "orphan-payment",
+            Invariant::LedgerCharged => "ledger-charged",
+            Invariant::LedgerNetZero => "ledger-net-zero",
+            Invariant::OrphanLedger => "orphan-ledger",
             Invariant::SagaReadable => "saga-readable",
         }
     }
@@ -77,13 +87,24 @@ pub fn check(facts: &Facts, grace: Duration) -> Vec<Violation> {
         };
         let reservation = facts.reservations.get(&saga.id);
         let payment = facts.payments.get(&saga.id);
+        let ledger = facts.ledger.get(&saga.id).copied().unwrap_or_default();
         match status {
             SagaStatus::Completed => {
                 completed_reserved(saga.id, &state.requested, reservation, &mut found);
                 completed_charged(saga.id, state, payment, &mut found);
+                ledger_charged(saga.id, state, ledger, &mut found);
             }
             SagaStatus::Compensated | SagaStatus::Cancelled => {
                 undone_holds_nothing(saga.id, status, reservation, payment, &mut found);
+                if ledger.net_cents() != 0 {
+                    let facts = format!(
+                        "status {}, yet the provider's ledger shows {} (net {})",
+                        status.as_str(),
+                        describe_ledger(ledger),
+                        ledger.net_cents()
+                    );
+                    found.push(Violation::saga(Invariant::LedgerNetZero, saga.id, facts));
+                }
             }
             SagaStatus::Running | SagaStatus::Compensating => {
                 not_stuck(saga, status, facts, grace, &mut found);
@@ -150,12 +171,17 @@ fn completed_charged(
         found.push(Violation::saga(invariant, saga, facts.to_owned()));
         return;
     };
-    let total = reserved.subtotal_cents + tax;
+    let Some((subtotal, total)) = reserved
+        .subtotal_cents
+        .and_then(|subtotal| Some((subtotal, subtotal.checked_add(tax)?)))
+    else {
+        let facts = "completed, yet its subtotal + tax overflows a 64-bit count of cents";
+        found.push(Violation::saga(invariant, saga, facts.to_owned()));
+        return;
+    };
     let currency = &reserved.currency;
-    let expected = format!(
-        "expected charge {total} {currency} cents (subtotal {} + tax {tax})",
-        reserved.subtotal_cents
-    );
+    let expected =
+        format!("expected charge {total} {currency} cents (subtotal {subtotal} + tax {tax})");
     let Some(payment) = payment else {
         found.push(Violation::saga(
             invariant,
@@ -178,6 +204,37 @@ fn completed_charged(
         );
         found.push(Violation::saga(invariant, saga, facts));
     }
+}
+
+fn ledger_charged(
+    saga: Uuid,
+    state: &crate::facts::SagaState,
+    ledger: LedgerLine,
+    found: &mut Vec<Violation>,
+) {
+    // A state without its total is already reported by completed-charged.
+    let (Some(reserved), Some(tax)) = (&state.reserved, state.tax_cents) else {
+        return;
+    };
+    let Some(total) = reserved.subtotal_cents.and_then(|s| s.checked_add(tax)) else {
+        return;
+    };
+    let as_expected = ledger.charges == 1 && ledger.charged_cents == total && ledger.refunds == 0;
+    if !as_expected {
+        let facts = format!(
+            "expected one charge of {total} cents at the provider, its ledger shows {}",
+            describe_ledger(ledger)
+        );
+        found.push(Violation::saga(Invariant::LedgerCharged, saga, facts));
+    }
+}
+
+/// `2 charges of 4950 cents, 0 refunds of 0 cents`.
+fn describe_ledger(ledger: LedgerLine) -> String {
+    format!(
+        "{} charges of {} cents, {} refunds of {} cents",
+        ledger.charges, ledger.charged_cents, ledger.refunds, ledger.refunded_cents
+    )
 }
 
 fn undone_holds_nothing(
@@ -314,6 +371,15 @@ fn orphans(facts: &Facts, found: &mut Vec<Violation>) {
             found.push(Violation::saga(Invariant::OrphanPayment, *id, facts));
         }
     }
+    for (id, ledger) in &facts.ledger {
+        if !ledger.moved_nothing() && !exists(id) {
+            let facts = format!(
+                "no such saga, yet the provider's ledger shows {}",
+                describe_ledger(*ledger)
+            );
+            found.push(Violation::saga(Invariant::OrphanLedger, *id, facts));
+        }
+    }
 }
 
 /// `sku-a x2, sku-b x1`, or `nothing`.
@@ -352,7 +418,7 @@ mod tests {
                 requested: lines(&[("a", 2), ("b", 1)]),
                 reserved: Some(ReservedTotal {
                     currency: "USD".into(),
-                    subtotal_cents: 500,
+                    subtotal_cents: Some(500),
                 }),
                 tax_cents: Some(40),
             }),
@@ -422,6 +488,20 @@ mod tests {
                 (id(2), payment("refunded", 540, 540)),
             ]
             .into(),
+            ledger: [
+                (id(1), booked(1, 540, 0, 0)),
+                (id(2), booked(1, 540, 1, 540)),
+            ]
+            .into(),
+        }
+    }
+
+    fn booked(charges: i64, charged: i64, refunds: i64, refunded: i64) -> LedgerLine {
+        LedgerLine {
+            charges,
+            charged_cents: charged,
+            refunds,
+            refunded_cents: refunded,
         }
     }
 
@@ -461,7 +541,7 @@ mod tests {
         for wrong in [
             payment("charged", 1080, 0),
             payment("refunded", 540, 540),
-            payment("pending", 0, 0),
+            payment("charging", 540, 0),
             Payment {
                 currency: Some("EUR".into()),
                 ..payment("charged", 540, 0)
@@ -562,6 +642,63 @@ mod tests {
         );
 
         // Created after the orchestrator's snapshot: not an orphan.
+        facts.created_since.insert(id(9));
+        assert_eq!(names(&facts), vec![]);
+    }
+
+    #[test]
+    fn the_provider_ledger_must_show_one_charge_of_the_total_or_net_zero() {
+        for wrong in [
+            booked(2, 1080, 0, 0),
+            booked(1, 540, 1, 540),
+            booked(0, 0, 0, 0),
+            booked(1, 541, 0, 0),
+        ] {
+            let mut facts = world();
+            facts.ledger.insert(id(1), wrong);
+            assert_eq!(
+                names(&facts),
+                vec![("ledger-charged", Some(id(1)), None)],
+                "{wrong:?}"
+            );
+        }
+        let mut facts = world();
+        facts.ledger.insert(id(1), booked(2, 1080, 0, 0));
+        assert_eq!(
+            check(&facts, GRACE)[0].facts,
+            "expected one charge of 540 cents at the provider, its ledger shows 2 charges of 1080 cents, 0 refunds of 0 cents"
+        );
+
+        // Charged and never refunded, though the saga was compensated.
+        let mut facts = world();
+        facts.ledger.insert(id(2), booked(1, 540, 0, 0));
+        assert_eq!(names(&facts), vec![("ledger-net-zero", Some(id(2)), None)]);
+        // Only declined or voided at the provider: nothing moved.
+        facts.ledger.insert(id(2), booked(0, 0, 0, 0));
+        assert_eq!(names(&facts), vec![]);
+    }
+
+    #[test]
+    fn an_overflowing_subtotal_is_wrong_only_for_a_completed_saga() {
+        let mut facts = world();
+        for saga in &mut facts.sagas {
+            if let Ok(state) = &mut saga.state {
+                state.reserved.as_mut().unwrap().subtotal_cents = None;
+            }
+        }
+        // The compensated one was refused `invalid_amount`: nothing to say.
+        assert_eq!(
+            names(&facts),
+            vec![("completed-charged", Some(id(1)), None)]
+        );
+    }
+
+    #[test]
+    fn money_moved_for_an_unknown_saga_is_an_orphan() {
+        let mut facts = world();
+        facts.ledger.insert(id(9), booked(1, 100, 0, 0));
+        facts.ledger.insert(id(8), booked(0, 0, 0, 0));
+        assert_eq!(names(&facts), vec![("orphan-ledger", Some(id(9)), None)]);
         facts.created_since.insert(id(9));
         assert_eq!(names(&facts), vec![]);
     }

@@ -295,6 +295,9 @@ pub mod reason {
     pub const NO_TAX_RATE: &str = "no_tax_rate";
     pub const PAYMENT_DECLINED: &str = "payment_declined";
     pub const INVALID_PAYMENT_METHOD: &str = "invalid_payment_method";
+    /// A charge of 0 or less, above the payment worker's maximum, or a total
+    /// the orchestrator cannot compute without overflowing.
+    pub const INVALID_AMOUNT: &str = "invalid_amount";
     /// A forward step that arrived after its compensation already ran.
     pub const ALREADY_COMPENSATED: &str = "already_compensated";
     /// A command that parses but no business could act on: no lines, a zero

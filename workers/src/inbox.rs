@@ -8,6 +8,8 @@ use sqlx::PgConnection;
 /// Claims `command` for this transaction. `Some(reply)` means it was handled
 /// before (the recorded reply is to be sent again, nothing else done). A
 /// concurrent duplicate blocks on the primary key until the first commits.
+/// A claim without a reply (its external call was cut short) is claimed
+/// again: the handler's first phase finds its intent and resumes it.
 pub async fn claim(
     conn: &mut PgConnection,
     command: &Envelope<Command>,
@@ -27,14 +29,17 @@ pub async fn claim(
         return Ok(None);
     }
     let reply: Option<serde_json::Value> =
-        sqlx::query_scalar("SELECT reply FROM inbox WHERE message_id = $1")
+        sqlx::query_scalar("SELECT reply FROM inbox WHERE message_id = $1 FOR UPDATE")
             .bind(command.message_id)
             .fetch_one(&mut *conn)
             .await?;
     Ok(reply)
 }
 
-/// Records the reply for a claimed command, in the same transaction as its effect.
+/// Records the reply for a claimed command, in the same transaction as its
+/// effect. When a concurrent delivery of the same message recorded one first
+/// (both resumed one unanswered claim), that reply wins, so a message is
+/// only ever answered one way.
 pub async fn record(
     conn: &mut PgConnection,
     command: &Envelope<Command>,
@@ -42,10 +47,16 @@ pub async fn record(
 ) -> Result<serde_json::Value, sqlx::Error> {
     let body: serde_json::Value =
         serde_json::from_slice(&reply.encode()).expect("an encoded envelope is JSON");
-    sqlx::query("UPDATE inbox SET reply = $2 WHERE message_id = $1")
-        .bind(command.message_id)
-        .bind(&body)
-        .execute(&mut *conn)
-        .await?;
-    Ok(body)
+    let recorded: Option<serde_json::Value> = sqlx::query_scalar(
+        "WITH first AS (
+             UPDATE inbox SET reply = $2 WHERE message_id = $1 AND reply IS NULL
+             RETURNING reply
+         )
+         SELECT coalesce((SELECT reply FROM first), (SELECT reply FROM inbox WHERE message_id = $1))",
+    )
+    .bind(command.message_id)
+    .bind(&body)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(recorded.unwrap_or(body))
 }

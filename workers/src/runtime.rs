@@ -1,10 +1,12 @@
 //! The worker runtime: consume a worker kind's queue, run each command's
-//! handler in one transaction with the inbox, publish the reply with a
-//! confirm, then ack.
+//! handler in one transaction with the inbox (or, for a call to another
+//! party, in two around that call), publish the reply with a confirm, then
+//! ack.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use saga_shared::broker::{header, Broker, Outgoing};
@@ -24,6 +26,14 @@ use crate::WorkerError;
 /// records the inbox row, so its effect and the reply commit together. An
 /// `Err` means infrastructure failed: nothing commits and the command is
 /// tried again.
+///
+/// A worker whose effect happens at another party (the payment provider)
+/// cannot put that effect in our transaction, so it overrides [`decide`]
+/// instead: its first phase commits an intent with the inbox claim, the
+/// runtime makes the external call holding no connection, and a second
+/// transaction records the outcome and the reply.
+///
+/// [`decide`]: Handler::decide
 pub trait Handler: Send + Sync + 'static {
     const KIND: WorkerKind;
 
@@ -32,6 +42,64 @@ pub trait Handler: Send + Sync + 'static {
         conn: &'a mut PgConnection,
         command: &'a Envelope<Command>,
     ) -> impl Future<Output = Result<Outcome, sqlx::Error>> + Send + 'a;
+
+    /// The first phase, in the inbox transaction. One-phase workers answer
+    /// at once through [`Handler::handle`].
+    fn decide<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        command: &'a Envelope<Command>,
+    ) -> impl Future<Output = Result<Decision, sqlx::Error>> + Send + 'a {
+        async move { self.handle(conn, command).await.map(Decision::Answer) }
+    }
+}
+
+/// What the first phase of a command concluded.
+pub enum Decision {
+    /// The answer, to record and send now.
+    Answer(Outcome),
+    /// Commit what the first phase wrote (an intent), then make this call
+    /// with no transaction open and no connection held.
+    Call(ExternalCall),
+}
+
+/// A call to another party: it owns what it needs (it outlives the first
+/// transaction) and yields how to record its answer.
+pub struct ExternalCall(BoxFuture<'static, Settlement>);
+
+impl ExternalCall {
+    pub fn new(call: impl Future<Output = Settlement> + Send + 'static) -> Self {
+        ExternalCall(Box::pin(call))
+    }
+
+    /// Makes the call. Hold no connection while it runs.
+    pub async fn run(self) -> Settlement {
+        self.0.await
+    }
+}
+
+/// Records an external call's answer in the second transaction and returns
+/// the outcome to reply. It must be idempotent: a redelivered command may
+/// have settled the same call meanwhile.
+pub struct Settlement(Box<Settle>);
+
+/// The boxed form of a settlement: records in the connection's transaction.
+type Settle =
+    dyn for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<Outcome, sqlx::Error>> + Send;
+
+impl Settlement {
+    pub fn new(
+        settle: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<Outcome, sqlx::Error>>
+            + Send
+            + 'static,
+    ) -> Self {
+        Settlement(Box::new(settle))
+    }
+
+    /// Records the answer in `conn`'s transaction; the outcome to reply.
+    pub async fn settle(self, conn: &mut PgConnection) -> Result<Outcome, sqlx::Error> {
+        (self.0)(conn).await
+    }
 }
 
 /// A handler's answer to a command of another worker kind. The runtime
@@ -149,22 +217,51 @@ async fn answer<H: Handler>(
     }
 }
 
-/// One transaction: inbox claim, effect, recorded reply. Returns the reply
-/// body to publish (the recorded one for a duplicate).
 async fn handle_once<H: Handler>(
     ctx: &Context<H>,
     command: &Envelope<Command>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
+    handle_command(&ctx.handler, &ctx.pool, command).await
+}
+
+/// Inbox claim, effect, recorded reply: one transaction for a one-phase
+/// handler; for an external call, the claim and the intent commit first,
+/// the call runs with no connection held, and a second transaction records
+/// its outcome and the reply. Returns the reply body to publish (the
+/// recorded one for a duplicate).
+#[tracing::instrument(skip_all, fields(message_id = %command.message_id))]
+pub async fn handle_command<H: Handler>(
+    handler: &H,
+    pool: &PgPool,
+    command: &Envelope<Command>,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     if let Some(reply) = inbox::claim(&mut tx, command).await? {
         tx.commit().await?;
         tracing::info!("duplicate command: sending the recorded reply");
         return Ok(reply);
     }
-    let outcome = ctx.handler.handle(&mut tx, command).await?;
-    tracing::info!(outcome = outcome.label(), "command handled");
-    let reply = command.reply(outcome);
-    let body = inbox::record(&mut tx, command, &reply).await?;
+    let call = match handler.decide(&mut tx, command).await? {
+        Decision::Answer(outcome) => {
+            tracing::info!(outcome = outcome.label(), "command handled");
+            let body = inbox::record(&mut tx, command, &command.reply(outcome)).await?;
+            tx.commit().await?;
+            return Ok(body);
+        }
+        Decision::Call(call) => call,
+    };
+    // The claim stays without a reply: a redelivery runs the first phase
+    // again, finds the intent, and the handler asks the other party what
+    // became of it.
+    tx.commit().await?;
+    let settlement = call.run().await;
+    let mut tx = pool.begin().await?;
+    let outcome = settlement.settle(&mut tx).await?;
+    tracing::info!(
+        outcome = outcome.label(),
+        "command handled after an external call"
+    );
+    let body = inbox::record(&mut tx, command, &command.reply(outcome)).await?;
     tx.commit().await?;
     Ok(body)
 }

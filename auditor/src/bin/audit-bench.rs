@@ -146,7 +146,7 @@ async fn fill_payment(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
                                rejection_reason)
          SELECT saga_id,
                 CASE status WHEN 'completed' THEN 'charged' WHEN 'compensated' THEN 'declined'
-                            WHEN 'cancelled' THEN 'refunded' ELSE 'pending' END,
+                            WHEN 'cancelled' THEN 'refunded' ELSE 'charging' END,
                 CASE WHEN status IN ('completed', 'cancelled') THEN total ELSE 0 END,
                 CASE WHEN status = 'cancelled' THEN total ELSE 0 END,
                 'USD', 'sim_approve', 'c-' || i % 5000,
@@ -157,6 +157,18 @@ async fn fill_payment(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
          WHERE status <> 'running'"
     );
     sqlx::query(&sql).bind(sagas).execute(pool).await?;
+    // The provider's ledger: a charge per completed or cancelled saga, and
+    // the refund of each cancelled one.
+    let ledger = format!(
+        "INSERT INTO provider_ledger (reference, idempotency_key, saga_id, operation, outcome,
+                                      amount_cents, currency, payment_method)
+         SELECT md5(o.operation || '-' || saga_id)::uuid, o.operation || ':' || saga_id, saga_id,
+                o.operation, 'approved', total, 'USD', 'sim_approve'
+         FROM {SAGAS},
+              LATERAL (VALUES ('charge'), ('refund')) AS o(operation)
+         WHERE status = 'completed' AND o.operation = 'charge' OR status = 'cancelled'"
+    );
+    sqlx::query(&ledger).bind(sagas).execute(pool).await?;
     Ok(())
 }
 

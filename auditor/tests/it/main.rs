@@ -160,7 +160,7 @@ impl World {
         parked.suspended_from = Some(Running);
         world.insert_saga(&parked, None).await;
         world.reserve(SUSPENDED, true, &parked.request.items).await;
-        world.pay(SUSPENDED, "pending", 0, 0).await;
+        world.pay(SUSPENDED, "charging", 0, 0).await;
 
         let mut taxing = saga(RUNNING_WITH_DEADLINE, Running, &[("sku-b", 1)], &[Reserve]);
         taxing.current = Some(CalculateTax);
@@ -273,6 +273,48 @@ impl World {
         .bind(amount)
         .bind(refunded)
         .bind((amount > 0).then(Uuid::new_v4))
+        .execute(&self.payment.pool)
+        .await
+        .unwrap();
+        // The provider's side of the same story.
+        match status {
+            "charged" | "refunded" if amount > 0 => {
+                self.book(saga_id, Some("charge"), "charge", "approved", amount)
+                    .await;
+            }
+            "declined" => {
+                self.book(saga_id, Some("charge"), "charge", "declined", 0)
+                    .await
+            }
+            _ => {}
+        }
+        if refunded > 0 {
+            self.book(saga_id, Some("refund"), "refund", "approved", refunded)
+                .await;
+        }
+    }
+
+    /// An entry of the provider's ledger; `key` is the operation prefix of
+    /// its idempotency key (`charge:<saga>`), `None` for a request without one.
+    async fn book(
+        &self,
+        saga_id: Uuid,
+        key: Option<&str>,
+        operation: &str,
+        outcome: &str,
+        amount: i64,
+    ) {
+        sqlx::query(
+            "INSERT INTO provider_ledger (reference, idempotency_key, saga_id, operation, outcome,
+                                          amount_cents, currency, payment_method)
+             VALUES ($1, $2, $3, $4, $5, $6, 'USD', 'sim_approve')",
+        )
+        .bind(Uuid::new_v4())
+        .bind(key.map(|k| format!("{k}:{saga_id}")))
+        .bind(saga_id)
+        .bind(operation)
+        .bind(outcome)
+        .bind(amount)
         .execute(&self.payment.pool)
         .await
         .unwrap();
@@ -409,6 +451,60 @@ async fn completed_charged() {
 }
 
 #[tokio::test]
+async fn a_doubled_charge_in_the_provider_ledger() {
+    let world = World::consistent().await;
+    // What the old payment worker did after a crash between the provider's
+    // approval and its commit: a second charge, under no key of its own.
+    world
+        .book(COMPLETED, None, "charge", "approved", 2_475)
+        .await;
+    let output = world.run(&[]).await;
+    assert_only(&output, "ledger-charged", Some(COMPLETED), None);
+    assert!(
+        text(&output).contains(
+            "expected one charge of 2475 cents at the provider, its ledger shows 2 charges of 4950 cents, 0 refunds of 0 cents"
+        ),
+        "{}",
+        text(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_charge_at_the_provider_for_a_rejected_saga() {
+    let world = World::consistent().await;
+    // The payment table says declined, yet the provider took the money.
+    world
+        .execute(
+            &world.payment,
+            "UPDATE provider_ledger SET outcome = 'approved', amount_cents = 550
+             WHERE saga_id = '00000000-0000-0000-0000-000000000002'",
+        )
+        .await;
+    let output = world.run(&[]).await;
+    assert_only(&output, "ledger-net-zero", Some(COMPENSATED), None);
+    assert!(
+        text(&output).contains("status compensated, yet the provider's ledger shows 1 charges of 550 cents, 0 refunds of 0 cents (net 550)"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[tokio::test]
+async fn money_moved_at_the_provider_for_an_unknown_saga() {
+    let world = World::consistent().await;
+    let stranger = Uuid::from_u128(0x97);
+    world
+        .book(stranger, Some("charge"), "charge", "approved", 100)
+        .await;
+    // Voided by a refund before any charge: nothing moved, nothing to report.
+    world
+        .book(Uuid::from_u128(0x96), Some("charge"), "charge", "voided", 0)
+        .await;
+    let output = world.run(&[]).await;
+    assert_only(&output, "orphan-ledger", Some(stranger), None);
+}
+
+#[tokio::test]
 async fn undone_holds_nothing() {
     let world = World::consistent().await;
     world
@@ -505,6 +601,13 @@ async fn orphan_reservation_and_payment() {
     let world = World::consistent().await;
     world.pay(orphan, "charged", 500, 0).await;
     world.pay(tombstone, "refunded", 0, 0).await;
+    // The payment table's word alone; the provider's is orphan-ledger's.
+    world
+        .execute(
+            &world.payment,
+            "DELETE FROM provider_ledger WHERE saga_id = '00000000-0000-0000-0000-000000000099'",
+        )
+        .await;
     let output = world.run(&[]).await;
     assert_only(&output, "orphan-payment", Some(orphan), None);
     assert!(!text(&output).contains(&tombstone.to_string()));

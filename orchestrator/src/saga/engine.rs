@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use saga_shared::messages::{
-    CalculateTax, ChargePayment, Command, Outcome, RefundPayment, ReleaseStock, ReserveStock,
-    StepResult,
+    reason, CalculateTax, ChargePayment, Command, Outcome, RefundPayment, ReleaseStock,
+    ReserveStock, StepResult,
 };
 use saga_shared::Step;
 use uuid::Uuid;
@@ -361,6 +361,11 @@ fn succeeded(t: &mut Transition, result: StepResult, ctx: Context) {
         return;
     }
     saga.completed.push(step);
+    if let Some(detail) = uncomputable_amount(saga, step) {
+        // The step succeeded, so it is compensated like any completed one.
+        rejected(t, step, reason::INVALID_AMOUNT.to_owned(), detail, ctx);
+        return;
+    }
     match FORWARD
         .iter()
         .position(|s| *s == step)
@@ -368,6 +373,21 @@ fn succeeded(t: &mut Transition, result: StepResult, ctx: Context) {
     {
         Some(next) => begin(t, *next, ctx),
         None => finish(t, SagaStatus::Completed),
+    }
+}
+
+/// Why the money of a checkout cannot be computed once `step` completed:
+/// the subtotal (after the reservation) or the total (after tax) does not
+/// fit in an `i64` of cents. Wrapping or panicking are not answers.
+fn uncomputable_amount(saga: &Saga, step: Step) -> Option<String> {
+    match step {
+        Step::Reserve if saga.subtotal_cents().is_none() => {
+            Some("the subtotal overflows a 64-bit count of cents".to_owned())
+        }
+        Step::CalculateTax if saga.total_cents().is_none() => {
+            Some("subtotal + tax overflows a 64-bit count of cents".to_owned())
+        }
+        _ => None,
     }
 }
 

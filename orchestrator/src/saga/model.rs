@@ -145,18 +145,26 @@ impl Saga {
         self.attempt.saturating_sub(self.series_start) + 1
     }
 
+    /// `None` before the reservation, and for a sum that does not fit in
+    /// an `i64` (the engine refuses such a checkout `invalid_amount`).
     pub fn subtotal_cents(&self) -> Option<i64> {
-        self.reserved
-            .as_ref()
-            .map(|r| r.lines.iter().map(|l| l.amount_cents()).sum())
+        self.reserved.as_ref().and_then(|r| {
+            r.lines.iter().try_fold(0i64, |sum, line| {
+                sum.checked_add(
+                    line.unit_price_cents
+                        .checked_mul(i64::from(line.quantity))?,
+                )
+            })
+        })
     }
 
     pub fn tax_cents(&self) -> Option<i64> {
         self.tax.as_ref().map(|t| t.tax_cents)
     }
 
+    /// `None` until tax is known, and when subtotal + tax overflows.
     pub fn total_cents(&self) -> Option<i64> {
-        Some(self.subtotal_cents()? + self.tax_cents()?)
+        self.subtotal_cents()?.checked_add(self.tax_cents()?)
     }
 
     pub fn currency(&self) -> Option<&str> {

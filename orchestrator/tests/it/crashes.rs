@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::system::{order, seed};
 
-const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The directory holding this build's binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
@@ -30,11 +30,13 @@ fn free_port() -> u16 {
 }
 
 /// The four services as real processes, each restartable.
-struct Deployment {
-    databases: HashMap<&'static str, TestDatabase>,
+pub struct Deployment {
+    pub databases: HashMap<&'static str, TestDatabase>,
     prefix: String,
     port: u16,
-    processes: HashMap<&'static str, Child>,
+    pub processes: HashMap<&'static str, Child>,
+    /// Variables one service gets on top of the common ones, at its next spawn.
+    pub env: HashMap<&'static str, Vec<(&'static str, String)>>,
     http: reqwest::Client,
     _topology: TopologyGuard,
 }
@@ -42,7 +44,11 @@ struct Deployment {
 const SERVICES: [&str; 4] = ["inventory", "tax", "payment", "orchestrator"];
 
 impl Deployment {
-    async fn start() -> Deployment {
+    pub async fn start() -> Deployment {
+        Self::start_with(HashMap::new()).await
+    }
+
+    pub async fn start_with(env: HashMap<&'static str, Vec<(&'static str, String)>>) -> Deployment {
         testing::init_tracing();
         let prefix = testing::random_prefix();
         let topology = TopologyGuard::new(&prefix);
@@ -66,6 +72,7 @@ impl Deployment {
             prefix,
             port: free_port(),
             processes: HashMap::new(),
+            env,
             http: reqwest::Client::new(),
             _topology: topology,
         };
@@ -76,7 +83,7 @@ impl Deployment {
         deployment
     }
 
-    fn spawn(&mut self, service: &'static str) {
+    pub fn spawn(&mut self, service: &'static str) {
         let child = Command::new(bin_dir().join(service))
             .env("DATABASE_URL", &self.databases[service].url)
             .env("AMQP_URL", testing::amqp_url())
@@ -86,6 +93,13 @@ impl Deployment {
             .env("DATABASE_POOL_SIZE", "4")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
+            .envs(
+                self.env
+                    .get(service)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("TEST_LOG").is_some() {
@@ -103,7 +117,7 @@ impl Deployment {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         testing::eventually("the orchestrator ready", PATIENCE, || async {
             let response = self.http.get(self.url("/readyz")).send().await.ok()?;
             (response.status() == 200).then_some(())
@@ -132,7 +146,7 @@ impl Deployment {
         (status, started.elapsed())
     }
 
-    async fn place(&self, body: &Value) -> String {
+    pub async fn place(&self, body: &Value) -> String {
         let response = self
             .http
             .post(self.url("/v1/checkouts"))
@@ -146,7 +160,7 @@ impl Deployment {
     }
 
     /// Waits until every saga is final, then returns the count by status.
-    async fn settle(&self) -> HashMap<String, i64> {
+    pub async fn settle(&self) -> HashMap<String, i64> {
         let pool = &self.databases["orchestrator"].pool;
         testing::eventually("every saga final", PATIENCE, || async {
             let open: i64 = sqlx::query_scalar(
@@ -167,14 +181,14 @@ impl Deployment {
     }
 
     /// (status, charged, refunded) of every payment.
-    async fn payments(&self) -> Vec<(String, i64, i64)> {
+    pub async fn payments(&self) -> Vec<(String, i64, i64)> {
         sqlx::query_as("SELECT status, amount_cents, refunded_cents FROM payments")
             .fetch_all(&self.databases["payment"].pool)
             .await
             .unwrap()
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         let report = auditor::audit(&auditor::Sources {
             orchestrator: self.databases["orchestrator"].pool.clone(),
             inventory: self.databases["inventory"].pool.clone(),
@@ -242,22 +256,16 @@ async fn sigterm_finishes_the_charge_in_flight_then_exits_0() {
     let id = deployment
         .place(&order(&[("TSHIRT", 1)], "sim_slow_1500"))
         .await;
-    // The charge is in flight once the payment worker's transaction waits
-    // on the (slow) provider.
-    let payment_db = deployment.databases["payment"].url.clone();
-    let database = payment_db.rsplit('/').next().unwrap().to_owned();
-    let admin = sqlx::PgPool::connect(&testing::admin_database_url())
-        .await
-        .unwrap();
+    // The charge is in flight once its intent is committed: the worker
+    // then waits on the (slow) provider holding no connection.
+    let payments = &deployment.databases["payment"].pool;
     testing::eventually("the charge in flight", PATIENCE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'",
-        )
-        .bind(&database)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
+        let charging: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'charging'")
+                .fetch_one(payments)
+                .await
+                .unwrap();
+        (charging > 0).then_some(())
     })
     .await;
     let (status, took) = deployment.terminate("payment").await;

@@ -297,7 +297,7 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
         Step::Charge,
         RetryPolicy {
             max_attempts: 1,
-            deadline: Duration::from_millis(300),
+            deadline: Duration::from_millis(1_000),
             on_exhausted: OnExhausted::Compensate,
             ..System::fast_retries(1)
         },
@@ -307,19 +307,27 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
         .place(&order(&[("TSHIRT", 3)], "sim_slow_2000"))
         .await;
     // The provider answers 2 s after the charge began; the outage starts
-    // before then, so the refund that waits for that answer fails.
-    system
-        .wait_status(std::slice::from_ref(&id), "compensating", PARK_WAIT)
-        .await;
+    // while the charge is at the provider (its intent committed), before
+    // its deadline, so the refund that follows the deadline fails.
+    saga_shared::testing::eventually("the charge at the provider", PARK_WAIT, || async {
+        let charging: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'charging'")
+                .fetch_one(&system.payment_db.pool)
+                .await
+                .unwrap();
+        (charging == 1).then_some(())
+    })
+    .await;
     system.outage(true).await;
     system
         .wait_status(std::slice::from_ref(&id), "suspended", PARK_WAIT)
         .await;
-    assert_eq!(
-        system.net_charged().await,
-        2_145 * 3,
-        "charged, not yet refunded"
-    );
+    // The refund no longer waits on the charge (no lock is held while the
+    // provider works): the charge in flight lands after the park.
+    saga_shared::testing::eventually("charged, not yet refunded", PARK_WAIT, || async {
+        (system.net_charged().await == 2_145 * 3).then_some(())
+    })
+    .await;
     let parked = detail(&system, &id).await;
     assert_eq!(parked["phase"], "compensating", "{parked}");
     assert_eq!(parked["step"], "payment.refund");

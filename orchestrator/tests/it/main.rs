@@ -2,6 +2,7 @@
 //! tokio tasks, talking over the local RabbitMQ, each on its own fresh
 //! PostgreSQL database, under a random AMQP prefix.
 
+mod amounts;
 mod binary;
 mod checkout;
 mod console;
@@ -12,6 +13,7 @@ mod idempotency;
 mod metrics;
 mod openapi;
 mod outages;
+mod payment_crashes;
 mod poison;
 mod relay;
 mod run_command;

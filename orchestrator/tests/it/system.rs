@@ -233,7 +233,9 @@ impl System {
         tasks.push(start_worker(workers::tax::Tax, pool(&system.tax_db), amqp, prefix, stop).await);
         tasks.push(
             start_worker(
-                workers::payment::Payment::new(workers::payment::Simulator),
+                workers::payment::Payment::new(workers::payment::Simulator::new(pool(
+                    &system.payment_db,
+                ))),
                 pool(&system.payment_db),
                 amqp,
                 prefix,

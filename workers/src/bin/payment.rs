@@ -4,8 +4,15 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use saga_shared::config::{Environment, ServiceConfig, Source};
 use workers::cli;
-use workers::payment::{outage, Payment, Simulator, MIGRATOR};
+use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, MIGRATOR};
+use workers::retention::inbox_retention;
+
+/// Payment commands spend their time waiting on the provider holding no
+/// database connection, so a copy can have more in flight than its pool
+/// has connections.
+const DEFAULT_PAYMENT_PREFETCH: u16 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -17,8 +24,11 @@ use workers::payment::{outage, Payment, Simulator, MIGRATOR};
         sim_decline, sim_transient_N (N transient failures, then approved), sim_slow_MS \
         (approved after MS milliseconds, at most 60 s), sim_down (always transient).\n\n\
         With no subcommand it serves: it consumes payment commands from RabbitMQ until \
-        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH, \
-        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG. The operator subcommands need only DATABASE_URL."
+        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH \
+        (default 64 here: a charge waits on the provider holding no connection), \
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
+        default 100000000; larger or non-positive amounts are rejected invalid_amount), \
+        PAYMENT_FAILPOINT (tests only), RUST_LOG. The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -38,6 +48,14 @@ enum Action {
         /// `on` or `off`; omit to print the current state
         state: Option<Switch>,
     },
+    /// Print the simulated provider's ledger as CSV, one line per saga
+    #[command(
+        long_about = "Print the simulated provider's ledger as CSV, one line per saga.\n\n\
+        Columns: saga_id,charges,charged_cents,refunds,refunded_cents, counting the \
+        approved charges and refunds the provider booked, in saga id order. This is the \
+        provider's side, which the auditor reconciles with the payments and the sagas."
+    )]
+    Ledger,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,7 +69,25 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging(matches!(args.command, None | Some(Action::Serve)));
     match args.command.unwrap_or(Action::Serve) {
-        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Payment::new(Simulator)).await,
+        Action::Serve => serve().await,
+        Action::Ledger => {
+            cli::with_database(&MIGRATOR, |pool| async move {
+                let mut csv =
+                    String::from("saga_id,charges,charged_cents,refunds,refunded_cents\n");
+                for line in ledger(&pool).await? {
+                    csv.push_str(&format!(
+                        "{},{},{},{},{}\n",
+                        line.saga_id,
+                        line.charges,
+                        line.charged_cents,
+                        line.refunds,
+                        line.refunded_cents
+                    ));
+                }
+                cli::write_stdout(csv.as_bytes())
+            })
+            .await
+        }
         Action::Outage { state } => {
             cli::with_database(&MIGRATOR, |pool| async move {
                 let mut conn = pool.acquire().await?;
@@ -65,4 +101,29 @@ async fn main() -> ExitCode {
             .await
         }
     }
+}
+
+async fn serve() -> ExitCode {
+    let (mut service, payment, retention) = match ServiceConfig::from_env().and_then(|service| {
+        Ok((
+            service,
+            PaymentConfig::from_source(&Environment)?,
+            inbox_retention(&Environment)?,
+        ))
+    }) {
+        Ok(configs) => configs,
+        Err(error) => return cli::config_error(error),
+    };
+    if Environment
+        .get("PREFETCH")
+        .is_none_or(|v| v.trim().is_empty())
+    {
+        service.prefetch = DEFAULT_PAYMENT_PREFETCH;
+    }
+    cli::exit_code(
+        cli::serve(service, retention, &MIGRATOR, |pool| {
+            Payment::with_config(Simulator::new(pool), payment)
+        })
+        .await,
+    )
 }

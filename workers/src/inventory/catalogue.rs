@@ -20,6 +20,15 @@ pub const IMPORT_HEADER: [&str; 6] = [
     "tax_category",
 ];
 
+/// The largest unit price an import accepts: one million in the currency's
+/// major unit, the payment worker's default largest charge. A bound keeps
+/// every subtotal (price x quantity, quantity at most 10,000) far from an
+/// `i64` overflow.
+pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
+
+/// The longest SKU an import accepts, in characters.
+pub const MAX_SKU_CHARS: usize = 64;
+
 pub const EXPORT_HEADER: [&str; 7] = [
     "sku",
     "name",
@@ -132,6 +141,17 @@ fn validate(source: &str, rows: &[Row]) -> Result<Vec<Entry>, WorkerError> {
         let sku = field(0);
         if sku.is_empty() {
             problems.add(line, "sku", "is empty");
+        } else if sku.chars().count() > MAX_SKU_CHARS {
+            problems.add(
+                line,
+                "sku",
+                format!(
+                    "is {} characters long, more than {MAX_SKU_CHARS}",
+                    sku.chars().count()
+                ),
+            );
+        } else if sku.chars().any(char::is_control) {
+            problems.add(line, "sku", format!("{sku:?} holds a control character"));
         } else {
             match first_line.entry(sku.to_owned()) {
                 Seen::Occupied(first) => problems.add(
@@ -155,9 +175,21 @@ fn validate(source: &str, rows: &[Row]) -> Result<Vec<Entry>, WorkerError> {
                 None
             }
         };
-        let unit_price_cents = whole_number(field(3))
-            .map_err(|problem| problems.add(line, "unit_price_cents", problem))
-            .ok();
+        let unit_price_cents = match whole_number(field(3)) {
+            Ok(n) if n > MAX_UNIT_PRICE_CENTS => {
+                problems.add(
+                    line,
+                    "unit_price_cents",
+                    format!("{n} is above the largest unit price, {MAX_UNIT_PRICE_CENTS}"),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+            Err(problem) => {
+                problems.add(line, "unit_price_cents", problem);
+                None
+            }
+        };
         let currency = field(4);
         if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
             problems.add(

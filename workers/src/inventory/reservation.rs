@@ -315,9 +315,7 @@ async fn recorded(conn: &mut PgConnection, saga_id: Uuid) -> Result<Reserved, sq
             .fetch_one(&mut *conn)
             .await?;
     let currency = currency.ok_or_else(|| {
-        sqlx::Error::Protocol(format!(
-            "active reservation of saga {saga_id} has no currency"
-        ))
+        sqlx::Error::Decode(format!("active reservation of saga {saga_id} has no currency").into())
     })?;
     let rows: Vec<(String, i32, i64, String)> = sqlx::query_as(
         "SELECT sku, quantity, unit_price_cents, tax_category

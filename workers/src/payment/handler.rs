@@ -1,6 +1,13 @@
-//! Charges and refunds, keyed by saga id: the saga's payment row is locked
-//! (or created) before the provider is asked anything, so a retried or
-//! concurrent command never moves money twice.
+//! Charges and refunds, keyed by saga id, against a provider that is a
+//! separate party. Each operation is an intent committed first (`charging`,
+//! `refunding`), a provider call with the operation's idempotency key made
+//! with no transaction open, and the outcome recorded in a second
+//! transaction. A command that finds an intent without an outcome (its
+//! worker died mid-call, or another attempt is at the provider) asks the
+//! provider by key and never charges under a new one, so money moves once
+//! per saga whatever crashes.
+
+use std::sync::Arc;
 
 use saga_shared::messages::{
     reason, ChargePayment, Charged, Command, Outcome, Refunded, StepResult,
@@ -9,56 +16,87 @@ use saga_shared::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::config::{Failpoint, PaymentConfig};
 use super::outage::{self, OUTAGE_ERROR};
-use super::provider::{ChargeRequest, PaymentProvider, ProviderAnswer, RefundRequest};
+use super::provider::{
+    ChargeRequest, IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer, RefundRequest,
+};
 use super::simulator::Simulator;
-use crate::runtime::{not_handled, Handler};
+use crate::runtime::{not_handled, Decision, ExternalCall, Handler, Settlement};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Payment<P = Simulator> {
-    provider: P,
+    provider: Arc<P>,
+    config: PaymentConfig,
 }
 
 impl<P: PaymentProvider> Payment<P> {
     pub fn new(provider: P) -> Self {
-        Payment { provider }
+        Self::with_config(provider, PaymentConfig::default())
+    }
+
+    pub fn with_config(provider: P, config: PaymentConfig) -> Self {
+        Payment {
+            provider: Arc::new(provider),
+            config,
+        }
     }
 }
 
 impl<P: PaymentProvider> Handler for Payment<P> {
     const KIND: WorkerKind = WorkerKind::Payment;
 
+    /// The one-phase path cannot call the provider (it would do so inside
+    /// the caller's transaction), so a command that needs the provider is
+    /// transient here; the runtime uses [`Handler::decide`].
     async fn handle(
         &self,
         conn: &mut PgConnection,
         command: &Envelope<Command>,
     ) -> Result<Outcome, sqlx::Error> {
+        Ok(match self.decide(conn, command).await? {
+            Decision::Answer(outcome) => outcome,
+            Decision::Call(_) => Outcome::Transient {
+                error: "the payment worker calls its provider between two transactions".into(),
+            },
+        })
+    }
+
+    async fn decide(
+        &self,
+        conn: &mut PgConnection,
+        command: &Envelope<Command>,
+    ) -> Result<Decision, sqlx::Error> {
         match &command.payload {
             Command::Charge(request) => self.charge(conn, command.saga_id, request).await,
             Command::Refund(_) => self.refund(conn, command.saga_id).await,
-            other => Ok(not_handled(Self::KIND, other)),
+            other => Ok(Decision::Answer(not_handled(Self::KIND, other))),
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
-    Pending,
+    Charging,
     Charged,
     Declined,
+    Refunding,
     Refunded,
 }
 
 impl Status {
     fn parse(text: &str) -> Result<Status, sqlx::Error> {
         match text {
-            "pending" => Ok(Status::Pending),
+            "charging" => Ok(Status::Charging),
             "charged" => Ok(Status::Charged),
             "declined" => Ok(Status::Declined),
+            "refunding" => Ok(Status::Refunding),
             "refunded" => Ok(Status::Refunded),
-            other => Err(sqlx::Error::Protocol(format!(
-                "payment status `{other}` is not one this worker knows"
-            ))),
+            // A state this build cannot read: permanent, the command is
+            // dead-lettered rather than retried.
+            other => Err(sqlx::Error::Decode(
+                format!("payment status `{other}` is not one this worker knows").into(),
+            )),
         }
     }
 }
@@ -69,7 +107,6 @@ struct PaymentRow {
     status: String,
     amount_cents: i64,
     refunded_cents: i64,
-    currency: Option<String>,
     payment_method: Option<String>,
     provider_reference: Option<Uuid>,
     transient_failures: i32,
@@ -77,23 +114,36 @@ struct PaymentRow {
     rejection_detail: Option<String>,
 }
 
-async fn lock(conn: &mut PgConnection, saga_id: Uuid) -> Result<(Status, PaymentRow), sqlx::Error> {
-    let row: PaymentRow = sqlx::query_as(
-        "SELECT status, amount_cents, refunded_cents, currency, payment_method,
+async fn lock(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<Option<(Status, PaymentRow)>, sqlx::Error> {
+    let row: Option<PaymentRow> = sqlx::query_as(
+        "SELECT status, amount_cents, refunded_cents, payment_method,
                 provider_reference, transient_failures, rejection_reason, rejection_detail
          FROM payments WHERE saga_id = $1 FOR UPDATE",
     )
     .bind(saga_id)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok((Status::parse(&row.status)?, row))
+    row.map(|row| Ok((Status::parse(&row.status)?, row)))
+        .transpose()
+}
+
+async fn locked(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<(Status, PaymentRow), sqlx::Error> {
+    lock(conn, saga_id).await?.ok_or_else(|| {
+        sqlx::Error::Protocol(format!("the payment intent of saga {saga_id} is gone"))
+    })
 }
 
 fn reference_of(saga_id: Uuid, row: &PaymentRow) -> Result<Uuid, sqlx::Error> {
     row.provider_reference.ok_or_else(|| {
-        sqlx::Error::Protocol(format!(
-            "charged payment of saga {saga_id} has no provider reference"
-        ))
+        sqlx::Error::Decode(
+            format!("charged payment of saga {saga_id} has no provider reference").into(),
+        )
     })
 }
 
@@ -101,125 +151,143 @@ fn refunded(refunded_cents: i64) -> Outcome {
     Outcome::Ok(StepResult::Refunded(Refunded { refunded_cents }))
 }
 
-fn outage_transient() -> Outcome {
-    Outcome::Transient {
+fn outage_transient() -> Decision {
+    Decision::Answer(Outcome::Transient {
         error: OUTAGE_ERROR.to_owned(),
-    }
+    })
+}
+
+fn already_compensated(saga_id: Uuid) -> Outcome {
+    Outcome::rejected(
+        reason::ALREADY_COMPENSATED,
+        format!("the payment of saga {saga_id} was already refunded; nothing is charged"),
+    )
+}
+
+/// What a settled or refused payment answers to another charge.
+fn charge_answer(saga_id: Uuid, status: Status, row: PaymentRow) -> Result<Outcome, sqlx::Error> {
+    Ok(match status {
+        Status::Charged => Outcome::Ok(StepResult::Charged(Charged {
+            payment_id: reference_of(saga_id, &row)?,
+            amount_cents: row.amount_cents,
+        })),
+        Status::Declined => Outcome::Rejected {
+            reason: row
+                .rejection_reason
+                .unwrap_or_else(|| reason::PAYMENT_DECLINED.to_owned()),
+            detail: row.rejection_detail.unwrap_or_default(),
+        },
+        Status::Refunding | Status::Refunded => already_compensated(saga_id),
+        Status::Charging => {
+            return Err(sqlx::Error::Protocol(format!(
+                "the payment of saga {saga_id} has no outcome yet"
+            )))
+        }
+    })
 }
 
 impl<P: PaymentProvider> Payment<P> {
+    fn invalid_amount(&self, amount_cents: i64) -> Option<Outcome> {
+        let max = self.config.max_amount_cents;
+        let why = if amount_cents <= 0 {
+            format!("amount_cents {amount_cents} is not positive")
+        } else if amount_cents > max {
+            format!("amount_cents {amount_cents} is above the maximum charge of {max} (PAYMENT_MAX_AMOUNT_CENTS)")
+        } else {
+            return None;
+        };
+        Some(Outcome::rejected(reason::INVALID_AMOUNT, why))
+    }
+
     /// Charges once per saga; a repeat answers what the first one did.
+    #[tracing::instrument(skip_all, fields(%saga_id, amount_cents = request.amount_cents))]
     async fn charge(
         &self,
         conn: &mut PgConnection,
         saga_id: Uuid,
         request: &ChargePayment,
-    ) -> Result<Outcome, sqlx::Error> {
-        if request.amount_cents < 0 {
-            return Ok(Outcome::rejected(
-                reason::INVALID_COMMAND,
-                format!("amount {} is negative", request.amount_cents),
-            ));
+    ) -> Result<Decision, sqlx::Error> {
+        // Refused before anything is written: the same command always gets
+        // the same answer, and no intent means nothing to reconcile.
+        if let Some(refusal) = self.invalid_amount(request.amount_cents) {
+            return Ok(Decision::Answer(refusal));
         }
-        sqlx::query(
-            "INSERT INTO payments (saga_id, status, currency, payment_method, customer_id)
-             VALUES ($1, 'pending', $2, $3, $4)
+        let existing = lock(conn, saga_id).await?;
+        let transient_failures = match existing {
+            Some((Status::Charging, ref row)) => row.transient_failures,
+            Some((status, row)) => {
+                return charge_answer(saga_id, status, row).map(Decision::Answer)
+            }
+            None => 0,
+        };
+        if outage::is_on(conn).await? {
+            return Ok(outage_transient());
+        }
+        let fresh = sqlx::query(
+            "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
+             VALUES ($1, 'charging', $2, $3, $4, $5)
              ON CONFLICT (saga_id) DO NOTHING",
         )
         .bind(saga_id)
+        .bind(request.amount_cents)
         .bind(&request.currency)
         .bind(&request.payment_method)
         .bind(&request.customer_id)
         .execute(&mut *conn)
-        .await?;
-        let (status, row) = lock(conn, saga_id).await?;
-        match status {
-            Status::Pending => {}
-            Status::Charged => {
-                return Ok(Outcome::Ok(StepResult::Charged(Charged {
-                    payment_id: reference_of(saga_id, &row)?,
-                    amount_cents: row.amount_cents,
-                })));
-            }
-            Status::Declined => {
-                return Ok(Outcome::Rejected {
-                    reason: row
-                        .rejection_reason
-                        .unwrap_or_else(|| reason::PAYMENT_DECLINED.to_owned()),
-                    detail: row.rejection_detail.unwrap_or_default(),
-                });
-            }
-            Status::Refunded => {
-                return Ok(Outcome::rejected(
-                    reason::ALREADY_COMPENSATED,
-                    format!(
-                        "the payment of saga {saga_id} was already refunded; nothing is charged"
-                    ),
-                ));
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            // Another attempt wrote first; a refund's tombstone among them
+            // must stop this charge before it reaches the provider.
+            let (status, row) = locked(conn, saga_id).await?;
+            if status != Status::Charging {
+                return charge_answer(saga_id, status, row).map(Decision::Answer);
             }
         }
-        if outage::is_on(conn).await? {
-            return Ok(outage_transient());
-        }
-        let answer = self
-            .provider
-            .charge(&ChargeRequest {
-                saga_id,
-                amount_cents: request.amount_cents,
-                currency: &request.currency,
-                payment_method: &request.payment_method,
-                customer_id: &request.customer_id,
-                transient_failures: row.transient_failures.unsigned_abs(),
-            })
-            .await;
-        match answer {
-            ProviderAnswer::Approved { reference } => {
-                sqlx::query(
-                    "UPDATE payments SET status = 'charged', amount_cents = $2, currency = $3,
-                         payment_method = $4, customer_id = $5, provider_reference = $6,
-                         updated_at = now()
-                     WHERE saga_id = $1",
-                )
-                .bind(saga_id)
-                .bind(request.amount_cents)
-                .bind(&request.currency)
-                .bind(&request.payment_method)
-                .bind(&request.customer_id)
-                .bind(reference)
-                .execute(&mut *conn)
-                .await?;
-                Ok(Outcome::Ok(StepResult::Charged(Charged {
-                    payment_id: reference,
-                    amount_cents: request.amount_cents,
-                })))
+        let charge = ChargeRequest {
+            key: IdempotencyKey::charge(saga_id),
+            saga_id,
+            amount_cents: request.amount_cents,
+            currency: request.currency.clone(),
+            payment_method: request.payment_method.clone(),
+            customer_id: request.customer_id.clone(),
+            transient_failures: transient_failures.unsigned_abs(),
+        };
+        let provider = self.provider.clone();
+        let failpoint = self.config.failpoint;
+        Ok(Decision::Call(ExternalCall::new(async move {
+            // An intent found (not written) may have reached the provider:
+            // what the provider says under the key is the truth.
+            let answer = if fresh {
+                provider.charge(&charge).await
+            } else {
+                match provider.lookup(&charge.key).await {
+                    Lookup::Found(answer) => answer,
+                    Lookup::Unknown => provider.charge(&charge).await,
+                    Lookup::Transient { error } => ProviderAnswer::Transient { error },
+                }
+            };
+            if failpoint == Some(Failpoint::AfterProviderCharge)
+                && matches!(answer, ProviderAnswer::Approved { .. })
+            {
+                tracing::error!(key = %charge.key, "PAYMENT_FAILPOINT after_provider_charge: aborting");
+                std::process::abort();
             }
-            ProviderAnswer::Declined { reason: detail } => {
-                decline(conn, saga_id, reason::PAYMENT_DECLINED, detail).await
-            }
-            ProviderAnswer::UnsupportedMethod { method } => {
-                let detail = format!("payment method `{method}` is not supported");
-                decline(conn, saga_id, reason::INVALID_PAYMENT_METHOD, detail).await
-            }
-            ProviderAnswer::Transient { error } => {
-                // The count is what `sim_transient_N` and real backoff
-                // policies need; the row stays pending for the next try.
-                sqlx::query(
-                    "UPDATE payments SET transient_failures = transient_failures + 1,
-                         updated_at = now()
-                     WHERE saga_id = $1",
-                )
-                .bind(saga_id)
-                .execute(&mut *conn)
-                .await?;
-                Ok(Outcome::Transient { error })
-            }
-        }
+            Settlement::new(move |conn| Box::pin(settle_charge(conn, charge, answer)))
+        })))
     }
 
     /// Refunds what the saga was charged; a no-op when nothing was. A refund
     /// before any charge leaves a `refunded` row so that a late charge does
-    /// nothing.
-    async fn refund(&self, conn: &mut PgConnection, saga_id: Uuid) -> Result<Outcome, sqlx::Error> {
+    /// nothing; a refund while a charge may be at the provider cancels or
+    /// refunds it there, by the charge's key.
+    #[tracing::instrument(skip_all, fields(%saga_id))]
+    async fn refund(
+        &self,
+        conn: &mut PgConnection,
+        saga_id: Uuid,
+    ) -> Result<Decision, sqlx::Error> {
         let tombstone = sqlx::query(
             "INSERT INTO payments (saga_id, status) VALUES ($1, 'refunded')
              ON CONFLICT (saga_id) DO NOTHING",
@@ -230,64 +298,166 @@ impl<P: PaymentProvider> Payment<P> {
         .rows_affected()
             == 1;
         if tombstone {
-            return Ok(refunded(0));
+            return Ok(Decision::Answer(refunded(0)));
         }
-        let (status, row) = lock(conn, saga_id).await?;
+        let (status, row) = locked(conn, saga_id).await?;
         match status {
-            Status::Charged => {}
             // A repeat answers what the first refund did.
-            Status::Refunded => return Ok(refunded(row.refunded_cents)),
-            Status::Declined => return Ok(refunded(0)),
-            Status::Pending => {
-                // Only failed attempts so far: close the payment so that a
-                // late charge does nothing.
-                sqlx::query(
-                    "UPDATE payments SET status = 'refunded', updated_at = now() WHERE saga_id = $1",
-                )
-                .bind(saga_id)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(refunded(0));
-            }
+            Status::Refunded => return Ok(Decision::Answer(refunded(row.refunded_cents))),
+            // The provider gave its final no under the charge key.
+            Status::Declined => return Ok(Decision::Answer(refunded(0))),
+            Status::Charged | Status::Charging | Status::Refunding => {}
         }
         if outage::is_on(conn).await? {
             return Ok(outage_transient());
         }
-        let answer = self
-            .provider
-            .refund(&RefundRequest {
-                saga_id,
-                reference: reference_of(saga_id, &row)?,
-                amount_cents: row.amount_cents,
-                currency: row.currency.as_deref().unwrap_or_default(),
-                payment_method: row.payment_method.as_deref().unwrap_or_default(),
-            })
-            .await;
-        match answer {
-            ProviderAnswer::Approved { .. } => {
-                sqlx::query(
-                    "UPDATE payments SET status = 'refunded', refunded_cents = amount_cents,
-                         updated_at = now()
-                     WHERE saga_id = $1",
-                )
-                .bind(saga_id)
-                .execute(&mut *conn)
-                .await?;
-                Ok(refunded(row.amount_cents))
-            }
-            ProviderAnswer::Transient { error } => Ok(Outcome::Transient { error }),
-            // A compensation has no business "no": money charged must go
-            // back. Keep trying, so that the saga parks for support if the
-            // provider never agrees.
-            ProviderAnswer::Declined { reason } => Ok(Outcome::Transient {
-                error: format!("the provider refused the refund: {reason}"),
-            }),
-            ProviderAnswer::UnsupportedMethod { method } => Ok(Outcome::Transient {
-                error: format!(
-                    "the provider refused the refund: method `{method}` is not supported"
-                ),
-            }),
+        let resumed = status == Status::Refunding;
+        if !resumed {
+            sqlx::query(
+                "UPDATE payments SET status = 'refunding', updated_at = now() WHERE saga_id = $1",
+            )
+            .bind(saga_id)
+            .execute(&mut *conn)
+            .await?;
         }
+        let refund = RefundRequest {
+            key: IdempotencyKey::refund(saga_id),
+            charge_key: IdempotencyKey::charge(saga_id),
+            saga_id,
+            payment_method: row.payment_method.unwrap_or_default(),
+        };
+        let provider = self.provider.clone();
+        let failpoint = self.config.failpoint;
+        Ok(Decision::Call(ExternalCall::new(async move {
+            let answer = if resumed {
+                match provider.lookup(&refund.key).await {
+                    Lookup::Found(answer) => answer,
+                    Lookup::Unknown => provider.refund(&refund).await,
+                    Lookup::Transient { error } => ProviderAnswer::Transient { error },
+                }
+            } else {
+                provider.refund(&refund).await
+            };
+            if failpoint == Some(Failpoint::AfterProviderRefund)
+                && matches!(answer, ProviderAnswer::Approved { .. })
+            {
+                tracing::error!(key = %refund.key, "PAYMENT_FAILPOINT after_provider_refund: aborting");
+                std::process::abort();
+            }
+            Settlement::new(move |conn| Box::pin(settle_refund(conn, saga_id, answer)))
+        })))
+    }
+}
+
+/// Records what the provider answered a charge, unless the payment moved
+/// on meanwhile (another attempt settled it, or a refund cancelled it).
+#[tracing::instrument(skip_all, fields(saga_id = %charge.saga_id))]
+async fn settle_charge(
+    conn: &mut PgConnection,
+    charge: ChargeRequest,
+    answer: ProviderAnswer,
+) -> Result<Outcome, sqlx::Error> {
+    let saga_id = charge.saga_id;
+    let (status, row) = locked(conn, saga_id).await?;
+    if status != Status::Charging {
+        return charge_answer(saga_id, status, row);
+    }
+    match answer {
+        ProviderAnswer::Approved {
+            reference,
+            amount_cents,
+        } => {
+            sqlx::query(
+                "UPDATE payments SET status = 'charged', amount_cents = $2, currency = $3,
+                     payment_method = $4, customer_id = $5, provider_reference = $6,
+                     updated_at = now()
+                 WHERE saga_id = $1",
+            )
+            .bind(saga_id)
+            .bind(amount_cents)
+            .bind(&charge.currency)
+            .bind(&charge.payment_method)
+            .bind(&charge.customer_id)
+            .bind(reference)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Outcome::Ok(StepResult::Charged(Charged {
+                payment_id: reference,
+                amount_cents,
+            })))
+        }
+        ProviderAnswer::Declined { reason: detail } => {
+            decline(conn, saga_id, reason::PAYMENT_DECLINED, detail).await
+        }
+        ProviderAnswer::UnsupportedMethod { method } => {
+            let detail = format!("payment method `{method}` is not supported");
+            decline(conn, saga_id, reason::INVALID_PAYMENT_METHOD, detail).await
+        }
+        // The key may hold an approved charge of the other amount, so this
+        // is no definite "nothing moved" (a rejection would skip the
+        // refund): the intent stays open and the step retries until the
+        // saga parks for support with this error.
+        ProviderAnswer::KeyReused { error } => Ok(Outcome::Transient { error }),
+        ProviderAnswer::Transient { error } => {
+            // The count is what `sim_transient_N` and real backoff
+            // policies need; the intent stays for the next try.
+            sqlx::query(
+                "UPDATE payments SET transient_failures = transient_failures + 1,
+                     updated_at = now()
+                 WHERE saga_id = $1",
+            )
+            .bind(saga_id)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Outcome::Transient { error })
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(%saga_id))]
+async fn settle_refund(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    answer: ProviderAnswer,
+) -> Result<Outcome, sqlx::Error> {
+    let (status, row) = locked(conn, saga_id).await?;
+    match status {
+        Status::Refunding => {}
+        Status::Refunded => return Ok(refunded(row.refunded_cents)),
+        other => {
+            return Err(sqlx::Error::Protocol(format!(
+                "a refund of saga {saga_id} found its payment {other:?}, not refunding"
+            )))
+        }
+    }
+    match answer {
+        // Cancel or refund returns everything that moved under the charge
+        // key, so what was charged is what is refunded.
+        ProviderAnswer::Approved { amount_cents, .. } => {
+            sqlx::query(
+                "UPDATE payments SET status = 'refunded', amount_cents = $2, refunded_cents = $2,
+                     updated_at = now()
+                 WHERE saga_id = $1",
+            )
+            .bind(saga_id)
+            .bind(amount_cents)
+            .execute(&mut *conn)
+            .await?;
+            Ok(refunded(amount_cents))
+        }
+        ProviderAnswer::Transient { error } => Ok(Outcome::Transient { error }),
+        // A compensation has no business "no": money charged must go
+        // back. Keep trying, so that the saga parks for support if the
+        // provider never agrees.
+        ProviderAnswer::Declined { reason } => Ok(Outcome::Transient {
+            error: format!("the provider refused the refund: {reason}"),
+        }),
+        ProviderAnswer::KeyReused { error } => Ok(Outcome::Transient {
+            error: format!("the provider refused the refund: {error}"),
+        }),
+        ProviderAnswer::UnsupportedMethod { method } => Ok(Outcome::Transient {
+            error: format!("the provider refused the refund: method `{method}` is not supported"),
+        }),
     }
 }
 
@@ -298,8 +468,8 @@ async fn decline(
     detail: String,
 ) -> Result<Outcome, sqlx::Error> {
     sqlx::query(
-        "UPDATE payments SET status = 'declined', rejection_reason = $2, rejection_detail = $3,
-             updated_at = now()
+        "UPDATE payments SET status = 'declined', amount_cents = 0, rejection_reason = $2,
+             rejection_detail = $3, updated_at = now()
          WHERE saga_id = $1",
     )
     .bind(saga_id)

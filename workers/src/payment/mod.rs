@@ -2,13 +2,15 @@
 //! payment provider. What ships is a deterministic simulator, chosen by
 //! payment method, and an operator switch that rehearses a provider outage.
 
+pub mod config;
 pub mod handler;
 pub mod outage;
 pub mod provider;
 pub mod simulator;
 
+pub use config::{Failpoint, PaymentConfig};
 pub use handler::Payment;
-pub use provider::{PaymentProvider, ProviderAnswer};
-pub use simulator::Simulator;
+pub use provider::{IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer};
+pub use simulator::{ledger, LedgerLine, Simulator};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/payment");

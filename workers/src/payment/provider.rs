@@ -1,46 +1,96 @@
-//! The payment provider as the payment worker needs it: charge and refund,
-//! each answering approved, declined or "try again". The worker keeps the
-//! books (one payment per saga); a provider only moves money.
+//! The payment provider as the payment worker needs it: a separate party
+//! that moves money. Every operation carries an idempotency key (one per
+//! saga and operation), as Stripe, Adyen and Braintree take one: the same
+//! key and amount answer what the first request did, whoever asks and
+//! however often, and an operation can be looked up by its key after a
+//! crash lost the answer. The worker keeps its own books (one payment per
+//! saga); the provider keeps its ledger.
 
+use std::fmt;
 use std::future::Future;
 
 use uuid::Uuid;
 
+/// One per saga and operation: `charge:<saga_id>`, `refund:<saga_id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn charge(saga_id: Uuid) -> Self {
+        IdempotencyKey(format!("charge:{saga_id}"))
+    }
+
+    pub fn refund(saga_id: Uuid) -> Self {
+        IdempotencyKey(format!("refund:{saga_id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChargeRequest<'a> {
+pub struct ChargeRequest {
+    pub key: IdempotencyKey,
     pub saga_id: Uuid,
     pub amount_cents: i64,
-    pub currency: &'a str,
-    pub payment_method: &'a str,
-    pub customer_id: &'a str,
+    pub currency: String,
+    pub payment_method: String,
+    pub customer_id: String,
     /// How many times this saga's charge already failed transiently.
     pub transient_failures: u32,
 }
 
+/// Cancel or refund, by the charge's key (Adyen's `cancelOrRefund`): a
+/// charge the provider approved is refunded; a charge it never saw is
+/// voided, so that the charge, should it still arrive, is declined. The
+/// refund therefore needs no answer from the charge, which may be in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefundRequest<'a> {
+pub struct RefundRequest {
+    pub key: IdempotencyKey,
+    pub charge_key: IdempotencyKey,
     pub saga_id: Uuid,
-    /// The provider's reference of the charge to refund.
-    pub reference: Uuid,
-    pub amount_cents: i64,
-    pub currency: &'a str,
-    pub payment_method: &'a str,
+    pub payment_method: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderAnswer {
-    /// Money moved; `reference` identifies it at the provider.
-    Approved { reference: Uuid },
-    /// A final no, e.g. a declined card.
+    /// Done: `amount_cents` moved (for a refund, 0 when the charge was
+    /// voided before it moved anything); `reference` identifies it at the
+    /// provider.
+    Approved { reference: Uuid, amount_cents: i64 },
+    /// A final no, e.g. a declined card or a charge voided by its refund.
     Declined { reason: String },
     /// The provider does not know this payment method.
     UnsupportedMethod { method: String },
+    /// The key was used before for another amount: the provider refuses,
+    /// and moved nothing for this request.
+    KeyReused { error: String },
     /// Nothing moved; the same request may succeed later.
     Transient { error: String },
 }
 
-pub trait PaymentProvider: Send + Sync + 'static {
-    fn charge(&self, request: &ChargeRequest<'_>) -> impl Future<Output = ProviderAnswer> + Send;
+/// What the provider knows of an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The operation's recorded answer.
+    Found(ProviderAnswer),
+    /// The provider never saw the key: nothing moved under it.
+    Unknown,
+    /// The provider could not be asked; ask again later.
+    Transient { error: String },
+}
 
-    fn refund(&self, request: &RefundRequest<'_>) -> impl Future<Output = ProviderAnswer> + Send;
+pub trait PaymentProvider: Send + Sync + 'static {
+    fn charge(&self, request: &ChargeRequest) -> impl Future<Output = ProviderAnswer> + Send;
+
+    fn refund(&self, request: &RefundRequest) -> impl Future<Output = ProviderAnswer> + Send;
+
+    fn lookup(&self, key: &IdempotencyKey) -> impl Future<Output = Lookup> + Send;
 }

@@ -147,3 +147,53 @@ async fn a_wrong_header_or_ragged_row_is_refused() {
     let error = input_error(import(&db.pool, "").await);
     assert!(error.contains("empty"), "{error}");
 }
+
+#[tokio::test]
+async fn prices_above_the_bound_and_long_or_control_skus_are_refused_by_line() {
+    let db = migrated("catalogue", &MIGRATOR).await;
+    let long = "S".repeat(65);
+    let longest = "L".repeat(64);
+    let csv = format!(
+        "{HEADER}\
+         RICH,Rich,1,100000001,USD,general\n\
+         MAX,Max,1,9223372036854775807,USD,general\n\
+         {long},Long,1,100,USD,general\n\
+         BEL\u{7}L,Bell,1,100,USD,general\n\
+         N\u{0}UL,Nul,1,100,USD,general\n\
+         TA\tB,Tab,1,100,USD,general\n"
+    );
+
+    let error = input_error(import(&db.pool, &csv).await);
+
+    assert!(
+        error.contains(
+            "line 2, unit_price_cents: 100000001 is above the largest unit price, 100000000"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("line 3, unit_price_cents"), "{error}");
+    assert!(
+        error.contains("line 4, sku: is 65 characters long, more than 64"),
+        "{error}"
+    );
+    for line in [5, 6, 7] {
+        assert!(
+            error.contains(&format!("line {line}, sku:")) && error.contains("control character"),
+            "line {line}: {error}"
+        );
+    }
+    assert!(error.ends_with("(nothing imported)"), "{error}");
+    assert_eq!(
+        export(&db.pool).await.lines().count(),
+        1,
+        "only the header: nothing imported"
+    );
+
+    // The bounds themselves are accepted.
+    import(
+        &db.pool,
+        &format!("{HEADER}{longest},Longest,1,100000000,USD,general\n"),
+    )
+    .await
+    .unwrap();
+}

@@ -6,6 +6,7 @@ mod binaries;
 mod catalogue;
 mod inventory;
 mod payment;
+mod payment_binary;
 mod retention;
 mod runtime;
 mod tax;

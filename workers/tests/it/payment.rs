@@ -1,18 +1,60 @@
 //! Payments: charged at most once per saga, refunded at most once, and a
-//! refund that comes first leaves nothing for a late charge to take.
+//! refund that comes first leaves nothing for a late charge to take. Every
+//! command goes through the runtime's two phases (intent, provider call with
+//! no connection held, outcome), and the simulated provider keeps a ledger
+//! that says what really moved.
 
 use saga_shared::messages::{
     reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
 use saga_shared::testing::TestDatabase;
+use saga_shared::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
-use workers::payment::{outage, Payment, Simulator, MIGRATOR};
+use workers::payment::provider::{ChargeRequest, RefundRequest};
+use workers::payment::simulator::VOIDED;
+use workers::payment::{
+    ledger, outage, IdempotencyKey, LedgerLine, Lookup, Payment, PaymentConfig, PaymentProvider,
+    ProviderAnswer, Simulator, MIGRATOR,
+};
+use workers::runtime::{handle_command, Decision, Handler};
 
-use crate::{handle, migrated, ok, rejected};
+use crate::{migrated, ok, rejected};
 
-fn simulated() -> Payment {
-    Payment::new(Simulator)
+/// The payment worker with the simulator booking into `pool`'s ledger.
+fn simulated_on(pool: &PgPool) -> Payment {
+    Payment::new(Simulator::new(pool.clone()))
+}
+
+/// Runs `command` for `saga_id` as the runtime does (inbox, both phases), as
+/// a new message each time, as a retry is; the reply's outcome.
+async fn handle(payment: &Payment, pool: &PgPool, saga_id: Uuid, command: Command) -> Outcome {
+    let envelope = Envelope::command(saga_id, 1, command);
+    let body = handle_command(payment, pool, &envelope)
+        .await
+        .expect("the handler reaches its database");
+    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
+        .expect("a recorded reply decodes")
+        .payload
+}
+
+/// The provider's ledger line of `saga`, if it ever booked anything for it.
+async fn ledger_of(pool: &PgPool, saga: Uuid) -> Option<LedgerLine> {
+    ledger(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|line| line.saga_id == saga)
+}
+
+fn line(saga_id: Uuid, charged: i64, refunded: i64) -> Option<LedgerLine> {
+    Some(LedgerLine {
+        saga_id,
+        charges: i64::from(charged > 0),
+        charged_cents: charged,
+        refunds: i64::from(refunded > 0),
+        refunded_cents: refunded,
+    })
 }
 
 async fn payments() -> TestDatabase {
@@ -55,12 +97,18 @@ fn transient(outcome: Outcome) -> String {
 
 /// (status, amount_cents, refunded_cents, transient_failures) of a saga's payment.
 async fn payment_row(pool: &PgPool, saga: Uuid) -> (String, i64, i64, i32) {
+    find_payment_row(pool, saga)
+        .await
+        .unwrap_or_else(|| panic!("saga {saga} has a payment row"))
+}
+
+async fn find_payment_row(pool: &PgPool, saga: Uuid) -> Option<(String, i64, i64, i32)> {
     sqlx::query_as(
         "SELECT status, amount_cents, refunded_cents, transient_failures
          FROM payments WHERE saga_id = $1",
     )
     .bind(saga)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
     .unwrap()
 }
@@ -69,7 +117,7 @@ async fn payment_row(pool: &PgPool, saga: Uuid) -> (String, i64, i64, i32) {
 async fn sim_approve_charges_once_and_a_retry_replies_the_same_charge() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
 
     let first = charged(handle(&payment, &db.pool, saga, charge(2_499, "sim_approve")).await);
     let again = charged(handle(&payment, &db.pool, saga, charge(2_499, "sim_approve")).await);
@@ -86,7 +134,7 @@ async fn sim_approve_charges_once_and_a_retry_replies_the_same_charge() {
 async fn sim_decline_is_refused_and_stays_refused() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
 
     let first = rejected(handle(&payment, &db.pool, saga, charge(100, "sim_decline")).await);
     let again = rejected(handle(&payment, &db.pool, saga, charge(100, "sim_decline")).await);
@@ -107,7 +155,7 @@ async fn an_unknown_payment_method_is_refused() {
 
     let (why, detail) = rejected(
         handle(
-            &simulated(),
+            &simulated_on(&db.pool),
             &db.pool,
             Uuid::new_v4(),
             charge(100, "bitcoin"),
@@ -123,7 +171,7 @@ async fn an_unknown_payment_method_is_refused() {
 async fn sim_transient_2_fails_twice_then_charges_once() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
 
     transient(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
     transient(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
@@ -144,7 +192,7 @@ async fn sim_slow_answers_after_its_delay() {
 
     charged(
         handle(
-            &simulated(),
+            &simulated_on(&db.pool),
             &db.pool,
             Uuid::new_v4(),
             charge(100, "sim_slow_150"),
@@ -159,7 +207,7 @@ async fn sim_slow_answers_after_its_delay() {
 async fn refund_returns_the_charge_once() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
     charged(handle(&payment, &db.pool, saga, charge(1_234, "sim_approve")).await);
 
     assert_eq!(
@@ -188,7 +236,7 @@ async fn refund_returns_the_charge_once() {
 async fn refund_before_charge_leaves_nothing_for_the_late_charge() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
 
     assert_eq!(
         refunded(handle(&payment, &db.pool, saga, refund()).await),
@@ -207,7 +255,7 @@ async fn refund_before_charge_leaves_nothing_for_the_late_charge() {
 async fn refund_after_only_failed_attempts_closes_the_payment() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
     transient(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
 
     assert_eq!(
@@ -223,7 +271,7 @@ async fn refund_after_only_failed_attempts_closes_the_payment() {
 #[tokio::test]
 async fn the_outage_switch_makes_charges_and_refunds_transient() {
     let db = payments().await;
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
     let refunded_saga = Uuid::new_v4();
     charged(
         handle(
@@ -243,8 +291,9 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
     assert_eq!(error, "payment provider outage");
     transient(handle(&payment, &db.pool, refunded_saga, refund()).await);
     assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("pending".into(), 0, 0, 0)
+        find_payment_row(&db.pool, saga).await,
+        None,
+        "no intent is written while the provider is out"
     );
     assert_eq!(payment_row(&db.pool, refunded_saga).await.0, "charged");
 
@@ -260,7 +309,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
 async fn sim_down_is_always_transient() {
     let db = payments().await;
     let saga = Uuid::new_v4();
-    let payment = simulated();
+    let payment = simulated_on(&db.pool);
 
     for _ in 0..3 {
         transient(handle(&payment, &db.pool, saga, charge(100, "sim_down")).await);
@@ -268,6 +317,270 @@ async fn sim_down_is_always_transient() {
 
     assert_eq!(
         payment_row(&db.pool, saga).await,
-        ("pending".into(), 0, 0, 3)
+        ("charging".into(), 100, 0, 3)
     );
+    assert_eq!(ledger_of(&db.pool, saga).await, None, "nothing booked");
+}
+
+#[tokio::test]
+async fn the_ledger_shows_one_charge_and_one_refund_whatever_the_retries() {
+    let db = payments().await;
+    let saga = Uuid::new_v4();
+    let payment = simulated_on(&db.pool);
+
+    for _ in 0..3 {
+        charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+    }
+    assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
+    for _ in 0..3 {
+        assert_eq!(
+            refunded(handle(&payment, &db.pool, saga, refund()).await),
+            2_145
+        );
+    }
+
+    assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 2_145));
+}
+
+#[tokio::test]
+async fn a_lost_charge_answer_is_looked_up_by_key_not_charged_again() {
+    let db = payments().await;
+    let saga = Uuid::new_v4();
+    let payment = simulated_on(&db.pool);
+    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+
+    // The first delivery commits its intent and reaches the provider, then
+    // its worker dies before recording the outcome.
+    let mut tx = db.pool.begin().await.unwrap();
+    let Decision::Call(call) = payment.decide(&mut tx, &command).await.unwrap() else {
+        panic!("a first charge calls the provider");
+    };
+    tx.commit().await.unwrap();
+    drop(call.run().await);
+    assert_eq!(payment_row(&db.pool, saga).await.0, "charging");
+
+    // The redelivery (and a later attempt) find the intent and ask the
+    // provider by key.
+    let first = charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+    let again = charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+
+    assert_eq!(again, first);
+    assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
+    let booked: Uuid =
+        sqlx::query_scalar("SELECT reference FROM provider_ledger WHERE idempotency_key = $1")
+            .bind(IdempotencyKey::charge(saga).as_str())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        first.payment_id, booked,
+        "the provider's reference of the one charge"
+    );
+}
+
+#[tokio::test]
+async fn a_refund_while_the_charge_is_at_the_provider_voids_it_there() {
+    let db = payments().await;
+    let saga = Uuid::new_v4();
+    let payment = simulated_on(&db.pool);
+    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let mut tx = db.pool.begin().await.unwrap();
+    let Decision::Call(in_flight) = payment.decide(&mut tx, &command).await.unwrap() else {
+        panic!("a first charge calls the provider");
+    };
+    tx.commit().await.unwrap();
+
+    // The compensation overtakes the charge on its way to the provider.
+    assert_eq!(
+        refunded(handle(&payment, &db.pool, saga, refund()).await),
+        0
+    );
+    let settlement = in_flight.run().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let late = settlement.settle(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(rejected(late).0, reason::ALREADY_COMPENSATED);
+    assert_eq!(
+        payment_row(&db.pool, saga).await,
+        ("refunded".into(), 0, 0, 0)
+    );
+    assert_eq!(
+        ledger_of(&db.pool, saga).await,
+        line(saga, 0, 0),
+        "nothing moved"
+    );
+}
+
+#[tokio::test]
+async fn a_refund_after_the_charge_reached_the_provider_refunds_it() {
+    let db = payments().await;
+    let saga = Uuid::new_v4();
+    let payment = simulated_on(&db.pool);
+    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let mut tx = db.pool.begin().await.unwrap();
+    let Decision::Call(in_flight) = payment.decide(&mut tx, &command).await.unwrap() else {
+        panic!("a first charge calls the provider");
+    };
+    tx.commit().await.unwrap();
+    // Approved at the provider; the answer is not recorded yet.
+    let settlement = in_flight.run().await;
+
+    assert_eq!(
+        refunded(handle(&payment, &db.pool, saga, refund()).await),
+        2_145
+    );
+    let mut tx = db.pool.begin().await.unwrap();
+    let late = settlement.settle(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(rejected(late).0, reason::ALREADY_COMPENSATED);
+    assert_eq!(
+        payment_row(&db.pool, saga).await,
+        ("refunded".into(), 2_145, 2_145, 0)
+    );
+    assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 2_145));
+}
+
+#[tokio::test]
+async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
+    let db = payments().await;
+    let payment = simulated_on(&db.pool);
+
+    for amount in [0, -1, i64::MIN, 100_000_001, i64::MAX] {
+        let saga = Uuid::new_v4();
+        let (why, detail) =
+            rejected(handle(&payment, &db.pool, saga, charge(amount, "sim_approve")).await);
+        assert_eq!(why, reason::INVALID_AMOUNT, "{amount}: {detail}");
+        assert!(detail.contains(&amount.to_string()), "{detail}");
+        assert_eq!(find_payment_row(&db.pool, saga).await, None, "{amount}");
+    }
+    assert_eq!(ledger(&db.pool).await.unwrap(), vec![], "nothing booked");
+
+    // The largest allowed charge goes through; the maximum is configurable.
+    charged(
+        handle(
+            &payment,
+            &db.pool,
+            Uuid::new_v4(),
+            charge(100_000_000, "sim_approve"),
+        )
+        .await,
+    );
+    let strict = Payment::with_config(
+        Simulator::new(db.pool.clone()),
+        PaymentConfig {
+            max_amount_cents: 5_000,
+            ..PaymentConfig::default()
+        },
+    );
+    let (why, _) = rejected(
+        handle(
+            &strict,
+            &db.pool,
+            Uuid::new_v4(),
+            charge(5_001, "sim_approve"),
+        )
+        .await,
+    );
+    assert_eq!(why, reason::INVALID_AMOUNT);
+}
+
+fn charge_request(pool_saga: Uuid, amount_cents: i64, method: &str) -> ChargeRequest {
+    ChargeRequest {
+        key: IdempotencyKey::charge(pool_saga),
+        saga_id: pool_saga,
+        amount_cents,
+        currency: "USD".into(),
+        payment_method: method.into(),
+        customer_id: "customer-1".into(),
+        transient_failures: 0,
+    }
+}
+
+#[tokio::test]
+async fn the_simulator_honours_idempotency_keys() {
+    let db = payments().await;
+    let provider = Simulator::new(db.pool.clone());
+    let saga = Uuid::new_v4();
+
+    let first = provider
+        .charge(&charge_request(saga, 700, "sim_approve"))
+        .await;
+    let again = provider
+        .charge(&charge_request(saga, 700, "sim_approve"))
+        .await;
+    let other = provider
+        .charge(&charge_request(saga, 701, "sim_approve"))
+        .await;
+
+    assert!(
+        matches!(
+            first,
+            ProviderAnswer::Approved {
+                amount_cents: 700,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert_eq!(again, first, "same key and amount: the original answer");
+    match other {
+        ProviderAnswer::KeyReused { error } => assert!(error.contains("701"), "{error}"),
+        other => panic!("same key, other amount: an error, got {other:?}"),
+    }
+    assert_eq!(
+        provider.lookup(&IdempotencyKey::charge(saga)).await,
+        Lookup::Found(first)
+    );
+    assert_eq!(
+        provider.lookup(&IdempotencyKey::refund(saga)).await,
+        Lookup::Unknown
+    );
+    assert_eq!(
+        ledger_of(&db.pool, saga).await,
+        line(saga, 700, 0),
+        "one charge"
+    );
+}
+
+#[tokio::test]
+async fn a_charge_key_voided_by_its_refund_is_declined() {
+    let db = payments().await;
+    let provider = Simulator::new(db.pool.clone());
+    let saga = Uuid::new_v4();
+    let refund = RefundRequest {
+        key: IdempotencyKey::refund(saga),
+        charge_key: IdempotencyKey::charge(saga),
+        saga_id: saga,
+        payment_method: "sim_approve".into(),
+    };
+
+    let cancelled = provider.refund(&refund).await;
+    let late = provider
+        .charge(&charge_request(saga, 700, "sim_approve"))
+        .await;
+
+    assert!(
+        matches!(
+            cancelled,
+            ProviderAnswer::Approved {
+                amount_cents: 0,
+                ..
+            }
+        ),
+        "{cancelled:?}"
+    );
+    assert_eq!(
+        late,
+        ProviderAnswer::Declined {
+            reason: VOIDED.into()
+        }
+    );
+    assert_eq!(
+        provider.refund(&refund).await,
+        cancelled,
+        "a repeat answers the same"
+    );
+    assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 0, 0));
 }

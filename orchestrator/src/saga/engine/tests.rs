@@ -190,6 +190,61 @@ fn declined_charge_releases_the_stock_then_is_rejected() {
     assert_eq!(t.saga.reason.as_deref(), Some(reason::PAYMENT_DECLINED));
 }
 
+/// A reservation priced so that the money overflows an `i64` of cents.
+fn reserved_at(unit_price_cents: i64, quantity: u32) -> Outcome {
+    Outcome::Ok(StepResult::Reserved(Reserved {
+        currency: "USD".into(),
+        lines: vec![
+            PricedLine {
+                sku: "A".into(),
+                quantity,
+                unit_price_cents,
+                tax_category: "clothing".into(),
+            },
+            PricedLine {
+                sku: "B".into(),
+                quantity: 1,
+                unit_price_cents: 1,
+                tax_category: "books".into(),
+            },
+        ],
+    }))
+}
+
+#[test]
+fn a_subtotal_that_overflows_is_rejected_and_the_stock_released() {
+    for (price, quantity) in [(i64::MAX, 2), (i64::MAX, 1)] {
+        let saga = start(Uuid::nil(), request(), ctx()).saga;
+        let t = handle(&saga, reply(&saga, reserved_at(price, quantity)), ctx());
+        assert_eq!(
+            t.saga.status,
+            SagaStatus::Compensating,
+            "{price} x {quantity}"
+        );
+        assert_eq!(t.saga.reason.as_deref(), Some(reason::INVALID_AMOUNT));
+        assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
+        assert_eq!(t.saga.subtotal_cents(), None);
+        let t = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), ctx());
+        assert_eq!(t.saga.status, SagaStatus::Compensated);
+        assert_eq!(
+            t.saga.status.client_status(),
+            crate::saga::ClientStatus::Rejected
+        );
+    }
+}
+
+#[test]
+fn a_total_that_overflows_is_rejected_before_any_charge() {
+    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    // The subtotal just fits; the tax pushes the total over.
+    let saga = handle(&saga, reply(&saga, reserved_at(i64::MAX - 1, 1)), ctx()).saga;
+    assert_eq!(saga.subtotal_cents(), Some(i64::MAX));
+    let t = handle(&saga, reply(&saga, ok_for(Step::CalculateTax)), ctx());
+    assert_eq!(t.saga.reason.as_deref(), Some(reason::INVALID_AMOUNT));
+    assert_eq!(sent_steps(&t), vec![(Step::Release, 1)], "no charge sent");
+    assert_eq!(t.saga.total_cents(), None);
+}
+
 #[test]
 fn transient_retries_with_backoff_then_suspends() {
     let saga = start(Uuid::nil(), request(), ctx()).saga;

@@ -1,0 +1,106 @@
+//! The payment worker's own settings, read once at start.
+
+use saga_shared::config::{parsed_or, ConfigError, Source};
+
+/// The default largest charge: one million in a currency's major unit.
+pub const DEFAULT_MAX_AMOUNT_CENTS: i64 = 100_000_000;
+
+/// Where the worker process aborts on purpose, for crash tests only: right
+/// after the provider approved, before the outcome is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    AfterProviderCharge,
+    AfterProviderRefund,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentConfig {
+    /// Charges above this are refused `invalid_amount`.
+    pub max_amount_cents: i64,
+    pub failpoint: Option<Failpoint>,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        PaymentConfig {
+            max_amount_cents: DEFAULT_MAX_AMOUNT_CENTS,
+            failpoint: None,
+        }
+    }
+}
+
+impl PaymentConfig {
+    /// `PAYMENT_MAX_AMOUNT_CENTS` (default 100,000,000) and `PAYMENT_FAILPOINT`.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let max_amount_cents =
+            parsed_or(source, "PAYMENT_MAX_AMOUNT_CENTS", DEFAULT_MAX_AMOUNT_CENTS)?;
+        if max_amount_cents < 1 {
+            return Err(ConfigError::Invalid {
+                name: "PAYMENT_MAX_AMOUNT_CENTS",
+                reason: format!("must be at least 1 cent, not {max_amount_cents}"),
+            });
+        }
+        let failpoint = match source.get("PAYMENT_FAILPOINT").as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("after_provider_charge") => Some(Failpoint::AfterProviderCharge),
+            Some("after_provider_refund") => Some(Failpoint::AfterProviderRefund),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "PAYMENT_FAILPOINT",
+                    reason: format!(
+                        "`{other}`: must be after_provider_charge or after_provider_refund (tests only)"
+                    ),
+                })
+            }
+        };
+        Ok(PaymentConfig {
+            max_amount_cents,
+            failpoint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<PaymentConfig, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PaymentConfig::from_source(&env)
+    }
+
+    #[test]
+    fn defaults_to_a_million_and_no_failpoint() {
+        assert_eq!(config(&[]).unwrap(), PaymentConfig::default());
+        assert_eq!(config(&[]).unwrap().max_amount_cents, 100_000_000);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for bad in ["0", "-5", "lots", "9223372036854775808"] {
+            let error = config(&[("PAYMENT_MAX_AMOUNT_CENTS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("PAYMENT_MAX_AMOUNT_CENTS"), "{error}");
+        }
+        let error = config(&[("PAYMENT_FAILPOINT", "sometimes")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("PAYMENT_FAILPOINT"), "{error}");
+    }
+
+    #[test]
+    fn reads_both() {
+        let read = config(&[
+            ("PAYMENT_MAX_AMOUNT_CENTS", "5000"),
+            ("PAYMENT_FAILPOINT", "after_provider_refund"),
+        ])
+        .unwrap();
+        assert_eq!(read.max_amount_cents, 5_000);
+        assert_eq!(read.failpoint, Some(Failpoint::AfterProviderRefund));
+    }
+}
