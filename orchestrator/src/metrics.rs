@@ -17,6 +17,8 @@ pub const DEADLINES_MISSED: &str = "checkout_deadlines_missed_total";
 pub const OUTBOX_PUBLISHED: &str = "checkout_outbox_published_total";
 pub const DEAD_LETTERS: &str = "checkout_dead_letters_total";
 pub const SUPPORT_ACTIONS: &str = "checkout_support_actions_total";
+/// API requests answered `503 overloaded`: no pooled connection came free.
+pub const API_OVERLOADED: &str = "checkout_api_overloaded_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 

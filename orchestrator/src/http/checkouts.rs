@@ -79,7 +79,7 @@ fn location(id: Uuid) -> String {
         (status = 413, description = "Body over 64 KiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid, or the key was used with another body", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable (`unavailable`), or no database connection came free in time (`overloaded`: retry after `Retry-After` seconds)", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u16, description = "With `overloaded`: seconds to wait before retrying"))),
     )
 )]
 pub async fn create(
@@ -124,7 +124,7 @@ pub struct GetParams {
         (status = 200, description = "The checkout", body = CheckoutView),
         (status = 404, description = "No such checkout", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable (`unavailable`), or no database connection came free in time (`overloaded`: retry after `Retry-After` seconds)", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u16, description = "With `overloaded`: seconds to wait before retrying"))),
     )
 )]
 pub async fn get(

@@ -42,13 +42,23 @@ pub enum ApiError {
     Conflict(String),
     #[error("the database is unavailable; try again shortly")]
     Unavailable,
+    #[error("the service is busy: no database connection came free in time; try again after Retry-After")]
+    Overloaded,
     #[error("internal error")]
     Internal(String),
 }
 
+/// What an `overloaded` answer asks the client to wait: long enough for a
+/// burst to drain, short enough for a storefront to retry in the same visit.
+pub const OVERLOADED_RETRY_AFTER_SECONDS: u16 = 2;
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
+            // Every connection of the pool was busy for the whole acquire
+            // timeout: the database answers, this instance is saturated,
+            // and the client should come back rather than fail over.
+            StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError::Overloaded,
             StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable,
             StoreError::UnknownSaga(id) => ApiError::NotFound(format!("no saga with id `{id}`")),
             StoreError::WrongState(refused) => ApiError::Conflict(refused.to_string()),
@@ -58,13 +68,11 @@ impl From<StoreError> for ApiError {
 }
 
 fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    ) || error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        || error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -112,6 +120,11 @@ impl IntoResponse for ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -146,6 +159,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::Overloaded = self {
+            metrics::counter!(crate::metrics::API_OVERLOADED).increment(1);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(OVERLOADED_RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -3,6 +3,7 @@
 //! PostgreSQL database, under a random AMQP prefix.
 
 mod binary;
+mod budget;
 mod checkout;
 mod console;
 mod crashes;
