@@ -94,7 +94,9 @@ async fn terminate(mut child: Child, what: &str) {
 }
 
 /// The most connections the services held on each of the test's databases,
-/// as `pg_stat_activity` showed them, sampled until stopped.
+/// as `pg_stat_activity` showed them, sampled until stopped. A count is
+/// taken as held when two samples in a row show it: a backend whose pool
+/// has just closed it lingers there for a moment while it exits.
 struct Sampler {
     peaks: Arc<Mutex<HashMap<String, i64>>>,
     samples: Arc<std::sync::atomic::AtomicU64>,
@@ -111,6 +113,7 @@ impl Sampler {
         let task = tokio::spawn({
             let (peaks, samples, stop) = (peaks.clone(), samples.clone(), stop.clone());
             async move {
+                let mut previous: HashMap<String, i64> = HashMap::new();
                 while !stop.is_cancelled() {
                     let rows: Vec<(String, i64)> = sqlx::query_as(
                         "SELECT datname::text, count(*) FROM pg_stat_activity
@@ -124,10 +127,16 @@ impl Sampler {
                     .unwrap();
                     let mut peaks = peaks.lock().await;
                     let total: i64 = rows.iter().map(|(_, n)| n).sum();
-                    for (name, n) in rows.into_iter().chain([("total".to_owned(), total)]) {
-                        let peak = peaks.entry(name).or_insert(0);
-                        *peak = (*peak).max(n);
+                    let now: HashMap<String, i64> = rows
+                        .into_iter()
+                        .chain([("total".to_owned(), total)])
+                        .collect();
+                    for (name, n) in &now {
+                        let held = (*n).min(previous.get(name).copied().unwrap_or(0));
+                        let peak = peaks.entry(name.clone()).or_insert(0);
+                        *peak = (*peak).max(held);
                     }
+                    previous = now;
                     samples.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
