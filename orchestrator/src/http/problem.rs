@@ -55,9 +55,10 @@ pub const OVERLOADED_RETRY_AFTER_SECONDS: u16 = 2;
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            // Every connection of the pool was busy for the whole acquire
-            // timeout: the database answers, this instance is saturated,
-            // and the client should come back rather than fail over.
+            // No connection came free within the acquire timeout: the
+            // instance is saturated and the client should come back later.
+            // sqlx reports a server that refuses TCP connections for that
+            // long the same way; /readyz tells the two apart.
             StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError::Overloaded,
             StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable,
             StoreError::UnknownSaga(id) => ApiError::NotFound(format!("no saga with id `{id}`")),
