@@ -58,10 +58,10 @@ impl Running {
 
 pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, StartError> {
     let service = &config.service;
-    let pool =
-        database::connect_with_backoff(service.database_url(), service.database_pool_size, &stop)
-            .await?;
+    let pool_size = config.database_pool_size();
+    let pool = database::connect_with_backoff(service.database_url(), pool_size, &stop).await?;
     MIGRATOR.run(&pool).await?;
+    database::warn_if_budget_tight(&pool, pool_size).await;
     let broker = Arc::new(
         Broker::connect(
             service.amqp_url(),

@@ -234,10 +234,23 @@ fn read_policies(source: &dyn Source) -> Result<StepPolicies, ConfigError> {
     Ok(policies)
 }
 
+/// Connections the orchestrator holds beside its reply handling: the
+/// LISTEN connection (held for good), the relay and the deadline timer.
+const FIXED_CONNECTIONS: u32 = 3;
+
 impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_source(source)?;
+        if service.database_pool_size == Some(1) {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_POOL_SIZE",
+                reason:
+                    "the orchestrator needs at least 2: its LISTEN connection holds one for good"
+                        .into(),
+            });
+        }
         Ok(Config {
-            service: ServiceConfig::from_source(source)?,
+            service,
             http_addr: parsed_or(source, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             policies: read_policies(source)?,
             admin_tokens: AdminTokens::from_source(source)?,
@@ -247,6 +260,16 @@ impl Config {
 
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&Environment)
+    }
+
+    /// `DATABASE_POOL_SIZE`, or by default the reply consumer's concurrency
+    /// (`PREFETCH`, capped like a worker's) plus the LISTEN connection, the
+    /// relay and the deadline timer. HTTP requests and the dead-letter
+    /// recorder share those: each of their statements is one short round trip.
+    pub fn database_pool_size(&self) -> u32 {
+        self.service.database_pool_size.unwrap_or_else(|| {
+            saga_shared::database::pool_for_concurrency(self.service.prefetch) + FIXED_CONNECTIONS
+        })
     }
 }
 
@@ -307,6 +330,18 @@ mod tests {
                 max_waiters: 3,
             }
         );
+    }
+
+    #[test]
+    fn the_pool_follows_the_reply_concurrency_unless_set() {
+        let pool = |pairs: &[(&str, &str)]| {
+            Config::from_source(&source(pairs)).map(|c| c.database_pool_size())
+        };
+        assert_eq!(pool(&[]).unwrap(), 8 + 3);
+        assert_eq!(pool(&[("PREFETCH", "2")]).unwrap(), 2 + 3);
+        assert_eq!(pool(&[("DATABASE_POOL_SIZE", "20")]).unwrap(), 20);
+        let error = pool(&[("DATABASE_POOL_SIZE", "1")]).unwrap_err();
+        assert!(error.to_string().contains("DATABASE_POOL_SIZE"), "{error}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const SUPPORT_ACTIONS: &str = "checkout_support_actions_total";
 pub const OUTBOX_REFUSED: &str = "checkout_outbox_refused_total";
 /// Sagas parked because their command could not be published, by routing key.
 pub const OUTBOX_PARKED: &str = "checkout_outbox_parked_total";
+/// API requests answered `503 overloaded`: no pooled connection came free.
+pub const API_OVERLOADED: &str = "checkout_api_overloaded_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 const LONG_POLLS: &str = "checkout_long_polls_waiting";

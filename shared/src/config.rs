@@ -51,13 +51,26 @@ where
     T: FromStr,
     T::Err: std::fmt::Display,
 {
+    Ok(parsed(source, name)?.unwrap_or(default))
+}
+
+/// `name` parsed, or `None` when it is unset or empty.
+pub fn parsed<T>(source: &dyn Source, name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
     match source.get(name) {
-        None => Ok(default),
-        Some(v) if v.trim().is_empty() => Ok(default),
-        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-            name,
-            reason: format!("`{v}`: {e}"),
-        }),
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                reason: format!("`{v}`: {e}"),
+            }),
     }
 }
 
@@ -105,8 +118,10 @@ pub struct ServiceConfig {
     pub amqp_prefix: String,
     /// Unacked deliveries a consumer holds, and so messages handled at once.
     pub prefetch: u16,
-    /// Connections in the service's PostgreSQL pool.
-    pub database_pool_size: u32,
+    /// `DATABASE_POOL_SIZE`: connections in the service's PostgreSQL pool,
+    /// when the operator sets it; unset, each service sizes its pool to its
+    /// own concurrency (see `database::pool_for_concurrency`).
+    pub database_pool_size: Option<u32>,
     /// After SIGTERM, how long in-flight work may take before the process
     /// exits anyway (what is still unacked is redelivered elsewhere).
     pub shutdown_grace: std::time::Duration,
@@ -121,8 +136,8 @@ impl ServiceConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        let database_pool_size = parsed_or(source, "DATABASE_POOL_SIZE", 16u32)?;
-        if database_pool_size == 0 {
+        let database_pool_size = parsed::<u32>(source, "DATABASE_POOL_SIZE")?;
+        if database_pool_size == Some(0) {
             return Err(ConfigError::Invalid {
                 name: "DATABASE_POOL_SIZE",
                 reason: "must be at least 1".into(),
@@ -198,6 +213,26 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("PREFETCH is invalid"), "{err}");
+    }
+
+    #[test]
+    fn the_pool_size_is_an_override_only_when_set() {
+        let base = [("DATABASE_URL", "postgres://x/y"), ("AMQP_URL", "amqp://x")];
+        let config = ServiceConfig::from_source(&env(&base)).unwrap();
+        assert_eq!(config.database_pool_size, None);
+        let config =
+            ServiceConfig::from_source(&env(&[base[0], base[1], ("DATABASE_POOL_SIZE", "5")]))
+                .unwrap();
+        assert_eq!(config.database_pool_size, Some(5));
+        for bad in ["0", "many", "-1"] {
+            let err =
+                ServiceConfig::from_source(&env(&[base[0], base[1], ("DATABASE_POOL_SIZE", bad)]))
+                    .unwrap_err();
+            assert!(
+                err.to_string().contains("DATABASE_POOL_SIZE is invalid"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

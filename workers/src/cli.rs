@@ -25,13 +25,9 @@ pub async fn serve<H: Handler>(
     handler: impl FnOnce(PgPool) -> H,
 ) -> Result<(), WorkerError> {
     let stop = shutdown::on_signal();
-    let pool = connect_and_migrate(
-        config.database_url(),
-        config.database_pool_size,
-        migrator,
-        &stop,
-    )
-    .await?;
+    let pool_size = worker_pool_size(&config);
+    let pool = connect_and_migrate(config.database_url(), pool_size, migrator, &stop).await?;
+    database::warn_if_budget_tight(&pool, pool_size).await;
     let name = format!("{}-worker", H::KIND.as_str());
     let broker = Arc::new(
         Broker::connect(
@@ -66,6 +62,15 @@ pub async fn serve<H: Handler>(
     };
     shutdown::within_grace(shutdown, &stop, config.shutdown_grace).await;
     result
+}
+
+/// A worker handles at most `PREFETCH` commands at once, each in one
+/// transaction at a time, so by default its pool is no larger than that;
+/// `DATABASE_POOL_SIZE` overrides it.
+pub fn worker_pool_size(config: &ServiceConfig) -> u32 {
+    config
+        .database_pool_size
+        .unwrap_or_else(|| database::pool_for_concurrency(config.prefetch))
 }
 
 /// Connects to this service's own database and applies its own migrations.

@@ -78,7 +78,7 @@ fn location(id: Uuid) -> String {
         (status = 413, description = "Body over 64 KiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid, or the key was used with another body", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable (`unavailable`), or no database connection came free in time (`overloaded`: retry after `Retry-After` seconds)", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u16, description = "With `overloaded`: seconds to wait before retrying"))),
     )
 )]
 pub async fn create(
@@ -123,7 +123,7 @@ pub struct GetParams {
         (status = 200, description = "The checkout", body = CheckoutView),
         (status = 404, description = "No such checkout", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable, too many long-polls wait already (with `Retry-After`), or the request timed out", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable (`unavailable`), no database connection came free in time (`overloaded`: retry after `Retry-After` seconds), too many long-polls wait already (`too-many-waiters`, with `Retry-After`), or the request timed out (`timeout`)", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u16, description = "With `overloaded` or `too-many-waiters`: seconds to wait before retrying"))),
     )
 )]
 pub async fn get(

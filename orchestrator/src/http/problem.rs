@@ -46,13 +46,24 @@ pub enum ApiError {
     TooManyWaiters(usize),
     #[error("the request took longer than {} s", .0.as_secs())]
     TimedOut(std::time::Duration),
+    #[error("the service is busy: no database connection came free in time; try again after Retry-After")]
+    Overloaded,
     #[error("internal error")]
     Internal(String),
 }
 
+/// What an `overloaded` answer asks the client to wait: long enough for a
+/// burst to drain, short enough for a storefront to retry in the same visit.
+pub const OVERLOADED_RETRY_AFTER_SECONDS: u16 = 2;
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
+            // No connection came free within the acquire timeout: the
+            // instance is saturated and the client should come back later.
+            // sqlx reports a server that refuses TCP connections for that
+            // long the same way; /readyz tells the two apart.
+            StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError::Overloaded,
             StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable,
             StoreError::UnknownSaga(id) => ApiError::NotFound(format!("no saga with id `{id}`")),
             StoreError::WrongState(refused) => ApiError::Conflict(refused.to_string()),
@@ -62,13 +73,11 @@ impl From<StoreError> for ApiError {
 }
 
 fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    ) || error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        || error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -126,6 +135,11 @@ impl IntoResponse for ApiError {
                 "timeout",
                 "Request timed out",
             ),
+            ApiError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -165,6 +179,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if let ApiError::Overloaded = self {
+            metrics::counter!(crate::metrics::API_OVERLOADED).increment(1);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(OVERLOADED_RETRY_AFTER_SECONDS),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -4,6 +4,7 @@
 
 mod amounts;
 mod binary;
+mod budget;
 mod checkout;
 mod console;
 mod crashes;
