@@ -788,11 +788,12 @@ fn render_failures(answer: &Value) -> String {
 }
 
 fn render_dead_letters(answer: &Value) -> String {
-    let rows: Vec<Vec<String>> = answer["dead_letters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|letter| {
+    render_page(
+        answer,
+        "dead_letters",
+        "no dead letters",
+        &["AT", "SAGA", "ROUTING KEY", "BYTES", "REASON"],
+        |letter| {
             vec![
                 text(&letter["at"]),
                 text(&letter["saga_id"]),
@@ -800,38 +801,15 @@ fn render_dead_letters(answer: &Value) -> String {
                 text(&letter["body_bytes"]),
                 truncate(letter["reason"].as_str().unwrap_or("-"), 80),
             ]
-        })
-        .collect();
-    if rows.is_empty() {
-        return "no dead letters\n".to_owned();
-    }
-    let mut out = table(&["AT", "SAGA", "ROUTING KEY", "BYTES", "REASON"], &rows);
-    if let Some(cursor) = answer["next_cursor"].as_str() {
-        out.push_str(&format!("more: --cursor {}\n", clean(cursor)));
-    }
-    out
+        },
+    )
 }
 
 fn render_outbox(answer: &Value) -> String {
-    let rows: Vec<Vec<String>> = answer["commands"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|command| {
-            vec![
-                text(&command["since"]),
-                text(&command["saga_id"]),
-                text(&command["routing_key"]),
-                text(&command["attempt"]),
-                text(&command["publish_attempts"]),
-                truncate(command["last_error"].as_str().unwrap_or("-"), 80),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        return "no refused commands\n".to_owned();
-    }
-    let mut out = table(
+    render_page(
+        answer,
+        "commands",
+        "no refused commands",
         &[
             "SINCE",
             "SAGA",
@@ -840,8 +818,38 @@ fn render_outbox(answer: &Value) -> String {
             "REFUSALS",
             "LAST ERROR",
         ],
-        &rows,
-    );
+        |command| {
+            vec![
+                text(&command["since"]),
+                text(&command["saga_id"]),
+                text(&command["routing_key"]),
+                text(&command["attempt"]),
+                text(&command["publish_attempts"]),
+                truncate(command["last_error"].as_str().unwrap_or("-"), 80),
+            ]
+        },
+    )
+}
+
+/// A page of a list answer (`answer[key]`) as a table, then the cursor of
+/// the next page when there is one.
+fn render_page(
+    answer: &Value,
+    key: &str,
+    empty: &str,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> String {
+    let rows: Vec<Vec<String>> = answer[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(row)
+        .collect();
+    if rows.is_empty() {
+        return format!("{empty}\n");
+    }
+    let mut out = table(headers, &rows);
     if let Some(cursor) = answer["next_cursor"].as_str() {
         out.push_str(&format!("more: --cursor {}\n", clean(cursor)));
     }

@@ -634,14 +634,10 @@ pub async fn dead_letters(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let mut rows = crate::dead_letters::list(state.store.pool(), saga_id, limit + 1, cursor)
+    let rows = crate::dead_letters::list(state.store.pool(), saga_id, limit + 1, cursor)
         .await
         .map_err(StoreError::from)?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| rows.last().map(|r| r.id.to_string()))
-        .flatten();
+    let (rows, next_cursor) = page(rows, limit, |r| r.id);
     Ok(Json(DeadLetterList {
         dead_letters: rows,
         next_cursor,
@@ -682,16 +678,23 @@ pub async fn outbox(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let mut commands = crate::relay::refused(state.store.pool(), i64::from(limit) + 1, cursor)
+    let commands = crate::relay::refused(state.store.pool(), i64::from(limit) + 1, cursor)
         .await
         .map_err(StoreError::from)?;
-    let more = commands.len() > limit as usize;
-    commands.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| commands.last().map(|c| c.id.to_string()))
-        .flatten();
+    let (commands, next_cursor) = page(commands, limit, |c| c.id);
     Ok(Json(RefusedCommandList {
         commands,
         next_cursor,
     }))
+}
+
+/// A page of `rows`, fetched with one row more than `limit` to learn
+/// whether another page follows, and the cursor of that page if so.
+fn page<T>(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| id(r).to_string()))
+        .flatten();
+    (rows, next_cursor)
 }
