@@ -199,5 +199,35 @@ async fn search_and_stats_inputs_are_checked() {
         let (status, _) = system.get(path).await;
         assert_eq!(status, 401, "{path} without a token");
     }
+
+    // The published contract says the same.
+    let (_, doc) = system.get("/openapi.json").await;
+    let paths = &doc["paths"];
+    for path in ["/v1/admin/stats/statuses", "/v1/admin/stats/minutes"] {
+        let operation = &paths[path]["get"];
+        assert_eq!(operation["security"][0]["bearer"], json!([]), "{path}");
+        assert!(operation["responses"]["401"].is_object(), "{path}");
+    }
+    let param = |path: &str, name: &str| -> Value {
+        paths[path]["get"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} documents `{name}`"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("/v1/admin/sagas", "q")["maxLength"], 255);
+    assert_eq!(param("/v1/admin/sagas", "customer_id")["maxLength"], 128);
+    assert_eq!(
+        param("/v1/admin/sagas", "idempotency_key")["maxLength"],
+        255
+    );
+    let minutes = param("/v1/admin/stats/minutes", "minutes");
+    assert_eq!(
+        (&minutes["minimum"], &minutes["maximum"]),
+        (&json!(1), &json!(1440)),
+        "{minutes}"
+    );
     system.stop().await;
 }
