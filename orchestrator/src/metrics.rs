@@ -101,6 +101,13 @@ impl DatabaseGauges {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(counted);
     }
 
+    /// Sagas by status as last counted; `None` before the first count.
+    /// The console reads these too, so that every open console refreshing
+    /// itself costs the database nothing more.
+    pub fn saga_counts(&self) -> Option<Vec<(SagaStatus, i64)>> {
+        self.get().map(|counted| counted.sagas)
+    }
+
     fn get(&self) -> Option<Counted> {
         self.counted
             .read()

@@ -161,6 +161,15 @@ struct ListArgs {
     /// Created before this RFC 3339 time.
     #[arg(long, value_name = "TIME")]
     created_before: Option<String>,
+    /// A checkout id, customer id or idempotency key: whichever it is (exact).
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+    /// Only this customer's sagas (exact).
+    #[arg(long, value_name = "ID")]
+    customer: Option<String>,
+    /// Only the saga created with this Idempotency-Key (exact).
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
     /// Sagas per page, 1 to 500 (the server's default is 50).
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
@@ -437,6 +446,9 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
                 ("error", args.error),
                 ("created_after", args.created_after),
                 ("created_before", args.created_before),
+                ("q", args.search),
+                ("customer_id", args.customer),
+                ("idempotency_key", args.key),
                 ("limit", args.limit.map(|n| n.to_string())),
                 ("cursor", args.cursor),
             ];
@@ -622,9 +634,11 @@ fn render_list(answer: &Value) -> String {
         .map(|saga| {
             vec![
                 text(&saga["saga_id"]),
+                truncate(&text(&saga["customer_id"]), 24),
                 text(&saga["status"]),
                 text(&saga["step"]),
                 text(&saga["attempt"]),
+                money(&saga["total_cents"], &saga["currency"]),
                 // The full error is one `show` away; a long one would push
                 // the time off the screen.
                 truncate(&text(&saga["last_error"]), 60),
@@ -636,7 +650,16 @@ fn render_list(answer: &Value) -> String {
         "no sagas match\n".to_owned()
     } else {
         table(
-            &["ID", "STATUS", "STEP", "ATTEMPT", "LAST ERROR", "UPDATED"],
+            &[
+                "ID",
+                "CUSTOMER",
+                "STATUS",
+                "STEP",
+                "ATTEMPT",
+                "TOTAL",
+                "LAST ERROR",
+                "UPDATED",
+            ],
             &rows,
         )
     };

@@ -42,6 +42,16 @@ pub struct ListParams {
     created_before: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    /// A checkout id, a customer id or an idempotency key, matched exactly
+    /// against all three (what support pastes when a customer calls).
+    #[param(max_length = 255)]
+    q: Option<String>,
+    /// Only this customer's sagas (exact).
+    #[param(max_length = 128)]
+    customer_id: Option<String>,
+    /// Only the saga created with this `Idempotency-Key` (exact).
+    #[param(max_length = 255)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -50,7 +60,7 @@ pub struct SagaList {
     next_cursor: Option<Uuid>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> FieldError {
+pub(super) fn invalid(field: &str, message: impl Into<String>) -> FieldError {
     FieldError::new(field, message)
 }
 
@@ -130,7 +140,7 @@ fn page_cursor<T: std::str::FromStr>(
 /// Every text a support user sends ends up in a query or in the timeline:
 /// a control character (NUL above all, which PostgreSQL refuses in text)
 /// is their mistake to hear about, never a 500.
-fn no_control_characters(errors: &mut Vec<FieldError>, fields: &[(&str, Option<&str>)]) {
+pub(super) fn no_control_characters(errors: &mut Vec<FieldError>, fields: &[(&str, Option<&str>)]) {
     for (field, value) in fields {
         if value.is_some_and(|v| v.chars().any(char::is_control)) {
             errors.push(invalid(field, "must not contain control characters"));
@@ -138,7 +148,7 @@ fn no_control_characters(errors: &mut Vec<FieldError>, fields: &[(&str, Option<&
     }
 }
 
-fn non_empty(text: Option<String>) -> Option<String> {
+pub(super) fn non_empty(text: Option<String>) -> Option<String> {
     text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
@@ -168,11 +178,20 @@ pub async fn list(
             ("created_before", params.created_before.as_deref()),
             ("limit", params.limit.as_deref()),
             ("cursor", params.cursor.as_deref()),
+            ("q", params.q.as_deref()),
+            ("customer_id", params.customer_id.as_deref()),
+            ("idempotency_key", params.idempotency_key.as_deref()),
         ],
     );
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    let search = super::search::terms(
+        &mut errors,
+        params.q,
+        params.customer_id,
+        params.idempotency_key,
+    );
     let filter = SagaFilter {
         status: all_or_errors(
             &mut errors,
@@ -192,6 +211,9 @@ pub async fn list(
             &mut errors,
             non_empty(params.created_before).map(|t| parse_time("created_before", &t)),
         ),
+        search: search.q,
+        customer_id: search.customer_id,
+        idempotency_key: search.idempotency_key,
     };
     let limit = page_size(&mut errors, params.limit);
     let cursor = page_cursor::<Uuid>(&mut errors, params.cursor);
@@ -221,8 +243,6 @@ pub struct SagaDetail {
     detail: Option<String>,
     subtotal_cents: Option<i64>,
     tax_cents: Option<i64>,
-    total_cents: Option<i64>,
-    currency: Option<String>,
     completed_steps: Vec<Step>,
     pending_compensations: Vec<Step>,
     deadline_at: Option<DateTime<Utc>>,
@@ -273,8 +293,6 @@ async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, ApiError> {
         detail: saga.detail.clone(),
         subtotal_cents: saga.subtotal_cents(),
         tax_cents: saga.tax_cents(),
-        total_cents: saga.total_cents(),
-        currency: saga.currency().map(str::to_owned),
         completed_steps: saga.completed.clone(),
         pending_compensations: saga.compensations.clone(),
         deadline_at,

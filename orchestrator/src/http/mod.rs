@@ -6,7 +6,9 @@ pub mod checkouts;
 pub mod console;
 pub mod openapi;
 pub mod problem;
+pub mod search;
 pub mod server;
+pub mod stats;
 pub mod validation;
 
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/failures", get(admin::failures))
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
         .route("/v1/admin/outbox", get(admin::outbox))
+        .route("/v1/admin/stats/statuses", get(stats::statuses))
+        .route("/v1/admin/stats/minutes", get(stats::minutes))
         .route("/admin", get(console::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, checkouts};
+use super::{admin, checkouts, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,8 @@ use super::{admin, checkouts};
         admin::failures,
         admin::dead_letters,
         admin::outbox,
+        stats::statuses,
+        stats::minutes,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -18,6 +18,7 @@ pub use support::{
     BulkSelection, FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK,
     MAX_PAGE,
 };
+pub use support::{MinuteOutcomes, StatusCounts, MAX_MINUTES};
 use transition::TransitionRows;
 
 /// Channel long-polls listen on: a saga reached a final status.

@@ -26,6 +26,11 @@ pub struct SagaFilter {
     pub error: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    /// What support pastes when a customer calls: a checkout id, a
+    /// customer id or an idempotency key, matched exactly against all three.
+    pub search: Option<String>,
+    pub customer_id: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// Exactly which suspended sagas a bulk retry takes.
@@ -48,6 +53,10 @@ pub enum BulkSelection {
 const PARKED_PHASE: &str =
     "CASE WHEN state->>'suspended_from' = 'compensating' THEN 'compensating' ELSE 'forward' END";
 
+/// The customer of a saga, spelled exactly as the `sagas_customer` index
+/// is, so that a search by customer uses it.
+const CUSTOMER: &str = "(state->'request'->>'customer_id')";
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SagaSummary {
     pub saga_id: Uuid,
@@ -57,6 +66,10 @@ pub struct SagaSummary {
     pub step: Option<Step>,
     pub attempt: u32,
     pub last_error: Option<String>,
+    pub customer_id: String,
+    /// Subtotal plus tax, once tax is known.
+    pub total_cents: Option<i64>,
+    pub currency: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -72,6 +85,9 @@ impl From<&SagaRecord> for SagaSummary {
             step: saga.current,
             attempt: saga.attempt,
             last_error: saga.last_error.clone(),
+            customer_id: saga.request.customer_id.clone(),
+            total_cents: saga.total_cents(),
+            currency: saga.currency().map(str::to_owned),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }
@@ -145,6 +161,27 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
     }
     if let Some(before) = filter.created_before {
         query.push(" AND created_at < ").push_bind(before);
+    }
+    if let Some(text) = &filter.search {
+        query
+            .push(format!(" AND ({CUSTOMER} = "))
+            .push_bind(text.clone())
+            .push(" OR idempotency_key = ")
+            .push_bind(text.clone());
+        // Only a UUID can be a checkout id; anything else would be a
+        // cast error in the query.
+        if let Ok(id) = text.parse::<Uuid>() {
+            query.push(" OR id = ").push_bind(id);
+        }
+        query.push(")");
+    }
+    if let Some(customer) = &filter.customer_id {
+        query
+            .push(format!(" AND {CUSTOMER} = "))
+            .push_bind(customer.clone());
+    }
+    if let Some(key) = &filter.idempotency_key {
+        query.push(" AND idempotency_key = ").push_bind(key.clone());
     }
 }
 
@@ -236,6 +273,106 @@ impl Store {
              FROM sagas WHERE status = 'suspended'
              GROUP BY 1, 2, 3 ORDER BY count DESC, step, error"
         ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Sagas in each status, every status named (0 when none).
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct StatusCounts {
+    pub running: i64,
+    pub compensating: i64,
+    pub suspended: i64,
+    pub completed: i64,
+    pub compensated: i64,
+    pub cancelled: i64,
+    pub total: i64,
+}
+
+impl FromIterator<(SagaStatus, i64)> for StatusCounts {
+    fn from_iter<I: IntoIterator<Item = (SagaStatus, i64)>>(counts: I) -> Self {
+        let mut all = StatusCounts::default();
+        for (status, n) in counts {
+            let slot = match status {
+                SagaStatus::Running => &mut all.running,
+                SagaStatus::Compensating => &mut all.compensating,
+                SagaStatus::Suspended => &mut all.suspended,
+                SagaStatus::Completed => &mut all.completed,
+                SagaStatus::Compensated => &mut all.compensated,
+                SagaStatus::Cancelled => &mut all.cancelled,
+            };
+            *slot += n;
+            all.total += n;
+        }
+        all
+    }
+}
+
+/// How many checkouts ended, or parked, in one minute.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct MinuteOutcomes {
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    /// Compensated: what the checkout client sees as `rejected`.
+    pub rejected: i64,
+    /// Times a saga was parked for support (one saga parked again after a
+    /// retry counts again).
+    pub suspended: i64,
+}
+
+/// The longest stretch the per-minute outcomes cover: a day.
+pub const MAX_MINUTES: u32 = 24 * 60;
+
+impl Store {
+    /// Sagas in each status, counted now (the console reads the gauges'
+    /// cached counts; this is for before their first count).
+    #[tracing::instrument(skip_all)]
+    pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(status, n)| {
+                let status: SagaStatus =
+                    serde_json::from_value(serde_json::Value::String(status)).ok()?;
+                Some((status, n))
+            })
+            .collect())
+    }
+
+    /// Checkouts completed, rejected and parked in each of the last
+    /// `minutes` minutes (the current one so far included), oldest first,
+    /// every minute present.
+    #[tracing::instrument(skip_all, fields(minutes))]
+    pub async fn outcomes_per_minute(
+        &self,
+        minutes: u32,
+    ) -> Result<Vec<MinuteOutcomes>, StoreError> {
+        // The event list is the `saga_events_outcomes` index's predicate.
+        Ok(sqlx::query_as(
+            "WITH span AS (
+                 SELECT date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute' AS since
+             ), outcomes AS (
+                 SELECT date_trunc('minute', at) AS minute,
+                        count(*) FILTER (WHERE event = 'completed') AS completed,
+                        count(*) FILTER (WHERE event = 'compensated') AS rejected,
+                        count(*) FILTER (WHERE event = 'suspended') AS suspended
+                 FROM saga_events, span
+                 WHERE event IN ('completed', 'compensated', 'suspended') AND at >= span.since
+                 GROUP BY 1
+             )
+             SELECT m.minute, coalesce(o.completed, 0) AS completed,
+                    coalesce(o.rejected, 0) AS rejected, coalesce(o.suspended, 0) AS suspended
+             FROM span, generate_series(span.since, date_trunc('minute', now()), interval '1 minute')
+                  AS m(minute)
+             LEFT JOIN outcomes o USING (minute)
+             ORDER BY m.minute",
+        )
+        .bind(minutes.clamp(1, MAX_MINUTES) as i32)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -461,3 +461,148 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     assert_eq!(status, 200);
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() {
+    use crate::system::{order, System, ADMIN_TOKEN};
+    use orchestrator::saga::StepPolicies;
+
+    const CUSTOMER: &str = "alice-1000";
+    let system = System::start_with(StepPolicies::uniform(System::fast_retries(1))).await;
+    let mut alices = order(&[("BOOK", 1)], "sim_approve");
+    alices["customer_id"] = json!(CUSTOMER);
+    let alice = system.place(&alices).await;
+    assert_eq!(system.wait_final(&alice).await["status"], "completed");
+    system.checkout(&order(&[("BOOK", 1)], "sim_decline")).await;
+    system.outage(true).await;
+    let parked = vec![
+        system.place(&order(&[("MUG", 1)], "sim_approve")).await,
+        system.place(&order(&[("MUG", 1)], "sim_approve")).await,
+    ];
+    system
+        .wait_status(&parked, "suspended", Duration::from_secs(60))
+        .await;
+
+    let browser = Browser::start().await;
+    let c = &browser.client;
+    browser.log_in(&system.base_url, ADMIN_TOKEN).await;
+
+    // The counts at the top and the hour's chart show the outage (the
+    // page refreshes itself; nothing here clicks a refresh).
+    let shows = |id: &str, text: &str| format!("//*[@id='{id}' and normalize-space()='{text}']");
+    for (id, text) in [
+        ("count-suspended", "2"),
+        ("count-completed", "1"),
+        ("count-compensated", "1"),
+        ("count-running", "0"),
+        ("chart-suspended", "2"),
+        ("chart-completed", "1"),
+        ("chart-rejected", "1"),
+    ] {
+        browser
+            .wait_for(
+                &format!("#{id} to show {text}"),
+                Locator::XPath(&shows(id, text)),
+            )
+            .await;
+    }
+    let bars = c
+        .find_all(Locator::Css("#chart rect.bar.suspended"))
+        .await
+        .unwrap();
+    let mut drawn = 0;
+    for bar in bars {
+        drawn += bar
+            .attr("data-count")
+            .await
+            .unwrap()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        drawn, 2,
+        "the chart's suspended bars add up to the parked sagas"
+    );
+
+    // Search by customer: exactly Alice's checkout, with its customer,
+    // total and age.
+    c.find(Locator::Id("filter-q"))
+        .await
+        .unwrap()
+        .send_keys(CUSTOMER)
+        .await
+        .unwrap();
+    c.find(Locator::Id("filter-apply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let found = format!(r#"#sagas[data-query*="q={CUSTOMER}"] .saga-link[data-id="{alice}"]"#);
+    browser
+        .wait_for(
+            "Alice's checkout found by her customer id",
+            Locator::Css(&found),
+        )
+        .await;
+    let rows = c.find_all(Locator::Css("#sagas tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 1, "the search finds Alice's checkout alone");
+    let row = rows[0].text().await.unwrap();
+    assert!(
+        row.contains(CUSTOMER) && row.contains("15.45 USD") && row.contains("completed"),
+        "the row shows her customer id, total and status: {row}"
+    );
+    let age = c
+        .find(Locator::Css("#sagas tbody .age"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        age.ends_with(" s") || age.ends_with(" min"),
+        "the checkout's age: {age:?}"
+    );
+
+    // The suspended count lists the parked sagas.
+    c.find(Locator::Css(r#"#counts button[data-status="suspended"]"#))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    for id in &parked {
+        let link = format!(r#"#sagas[data-query="status=suspended"] .saga-link[data-id="{id}"]"#);
+        browser
+            .wait_for("a parked saga listed from its count", Locator::Css(&link))
+            .await;
+    }
+
+    // The pause switch stops the refreshing and says so.
+    c.find(Locator::Id("auto-refresh"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the console to say it is paused",
+            Locator::XPath("//*[@id='refreshed-at' and starts-with(normalize-space(), 'paused')]"),
+        )
+        .await;
+    browser.close().await;
+
+    system.outage(false).await;
+    for id in &parked {
+        let (status, _) = system
+            .admin(
+                "POST",
+                &format!("/v1/admin/sagas/{id}/cancel"),
+                Some(json!({"reason": "test over"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    system.stop().await;
+}

@@ -19,6 +19,7 @@ mod poison;
 mod relay;
 mod run_command;
 mod sagactl;
+mod search;
 mod support_api;
 mod support_input;
 mod system;

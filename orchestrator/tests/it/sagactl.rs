@@ -302,3 +302,40 @@ async fn every_command_has_help_naming_the_exit_codes_and_hiding_the_token() {
         assert!(run.stdout.contains(code), "{code}: {run}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagactl_finds_checkouts_by_customer_key_or_id() {
+    let system = System::start().await;
+    let mut body = order(&[("BOOK", 1)], "sim_approve");
+    body["customer_id"] = serde_json::json!("cust-9");
+    let (status, created) = system.post(&body, Some("key-9")).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["checkout_id"].as_str().unwrap().to_owned();
+    let other = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
+    system.wait_final(&id).await;
+    system.wait_final(&other).await;
+    let url = system.base_url.as_str();
+    let token = Some(ADMIN_TOKEN);
+
+    for (args, wanted) in [
+        (["list", "--customer", "cust-9"], &id),
+        (["list", "--key", "key-9"], &id),
+        (["list", "--search", other.as_str()], &other),
+    ] {
+        let run = sagactl(url, token, &args).await;
+        assert_eq!(run.code, 0, "{run}");
+        let mut lines = run.stdout.lines();
+        let header = lines.next().unwrap_or_default();
+        assert!(
+            header.contains("CUSTOMER") && header.contains("TOTAL"),
+            "{run}"
+        );
+        let rows: Vec<&str> = lines.collect();
+        assert_eq!(rows.len(), 1, "{args:?}: {run}");
+        assert!(rows[0].starts_with(wanted.as_str()), "{args:?}: {run}");
+        assert!(rows[0].contains("15.45 USD"), "{run}");
+    }
+    let run = sagactl(url, token, &["list", "--customer", "cust-9\u{1b}[2J"]).await;
+    assert_fails(&run, 6, "customer_id");
+    system.stop().await;
+}

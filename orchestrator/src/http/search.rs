@@ -1,0 +1,79 @@
+//! The search terms of the saga list: what support has at hand when a
+//! customer calls (a checkout id, their customer id, the idempotency key
+//! their app sent).
+
+use super::admin::{invalid, non_empty};
+use super::problem::FieldError;
+use super::validation::MAX_IDEMPOTENCY_KEY_LEN;
+
+/// A customer id is never longer than the checkout API accepts.
+const MAX_CUSTOMER_ID_CHARS: usize = 128;
+/// `q` may be any of the three, so it takes the longest of them.
+const MAX_QUERY_CHARS: usize = MAX_IDEMPOTENCY_KEY_LEN;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SearchTerms {
+    pub q: Option<String>,
+    pub customer_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The terms given, trimmed (a pasted id often carries a space); a term
+/// longer than anything stored is the user's mistake to hear about, named.
+pub fn terms(
+    errors: &mut Vec<FieldError>,
+    q: Option<String>,
+    customer_id: Option<String>,
+    idempotency_key: Option<String>,
+) -> SearchTerms {
+    let mut bounded = |field: &str, text: Option<String>, max: usize| {
+        let text = non_empty(text)?;
+        if text.chars().count() > max {
+            errors.push(invalid(field, format!("must be at most {max} characters")));
+            return None;
+        }
+        Some(text)
+    };
+    SearchTerms {
+        q: bounded("q", q, MAX_QUERY_CHARS),
+        customer_id: bounded("customer_id", customer_id, MAX_CUSTOMER_ID_CHARS),
+        idempotency_key: bounded("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_LEN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_are_trimmed_and_empty_ones_dropped() {
+        let mut errors = Vec::new();
+        let terms = terms(
+            &mut errors,
+            Some("  cust-7 ".into()),
+            Some("   ".into()),
+            None,
+        );
+        assert!(errors.is_empty());
+        assert_eq!(
+            terms,
+            SearchTerms {
+                q: Some("cust-7".into()),
+                ..SearchTerms::default()
+            }
+        );
+    }
+
+    #[test]
+    fn an_overlong_term_is_named() {
+        let mut errors = Vec::new();
+        terms(
+            &mut errors,
+            None,
+            Some("c".repeat(129)),
+            Some("k".repeat(256)),
+        );
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["customer_id", "idempotency_key"]);
+    }
+}

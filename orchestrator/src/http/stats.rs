@@ -1,0 +1,93 @@
+//! Numbers for the console's header: sagas by status now, and checkouts
+//! completed, rejected and parked per minute. Support bearer token needed.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::admin::{invalid, no_control_characters, non_empty};
+use super::auth::Actor;
+use super::problem::ApiError;
+use super::AppState;
+use crate::store::{MinuteOutcomes, StatusCounts, MAX_MINUTES};
+
+/// The console's chart: the last hour.
+const DEFAULT_MINUTES: u32 = 60;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusStats {
+    counts: StatusCounts,
+}
+
+#[utoipa::path(
+    get, path = "/v1/admin/stats/statuses", tag = "support", security(("bearer" = [])),
+    description = "Sagas in each status. Counted every few seconds (the same counts as \
+                   the `checkout_sagas` gauge on /metrics), so refreshing it often costs \
+                   the database nothing.",
+    responses(
+        (status = 200, description = "Sagas in each status", body = StatusStats),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn statuses(
+    _: Actor,
+    State(state): State<AppState>,
+) -> Result<Json<StatusStats>, ApiError> {
+    let counts = match state.gauges.saga_counts() {
+        Some(counted) => counted.into_iter().collect(),
+        // Only in the moment after start, before the gauges' first count.
+        None => state.store.status_counts().await?,
+    };
+    Ok(Json(StatusStats { counts }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MinuteParams {
+    /// How many minutes back, the current one included (1 to 1440, default 60).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1440)]
+    minutes: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MinuteStats {
+    /// Oldest first, one entry per minute (zeros included); the last is
+    /// the current minute so far.
+    minutes: Vec<MinuteOutcomes>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/admin/stats/minutes", tag = "support", security(("bearer" = [])),
+    params(MinuteParams),
+    responses(
+        (status = 200, description = "Checkouts completed, rejected and suspended per minute", body = MinuteStats),
+        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`minutes` is not a number from 1 to 1440", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn minutes(
+    _: Actor,
+    State(state): State<AppState>,
+    Query(params): Query<MinuteParams>,
+) -> Result<Json<MinuteStats>, ApiError> {
+    let mut errors = Vec::new();
+    no_control_characters(&mut errors, &[("minutes", params.minutes.as_deref())]);
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let minutes = match non_empty(params.minutes) {
+        None => DEFAULT_MINUTES,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
+            _ => {
+                return Err(ApiError::Invalid(vec![invalid(
+                    "minutes",
+                    format!("must be a number from 1 to {MAX_MINUTES}"),
+                )]))
+            }
+        },
+    };
+    Ok(Json(MinuteStats {
+        minutes: state.store.outcomes_per_minute(minutes).await?,
+    }))
+}
