@@ -238,7 +238,9 @@ impl Store {
     /// `DeadlineMissed` event. The rows stay locked until commit, so every
     /// timer fires once across instances, and a reply racing with it waits
     /// and then finds its attempt no longer current.
-    #[tracing::instrument(skip_all, fields(fired))]
+    // At debug: it runs every half second, and a poll must not be a trace
+    // of its own; each saga's transition has its own span.
+    #[tracing::instrument(level = "debug", skip_all, fields(fired))]
     pub async fn fire_deadlines(&self, limit: i64) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
         // `unsent`: the awaited command is still in the outbox (the broker
@@ -430,6 +432,14 @@ async fn take_unsent(conn: &mut PgConnection, row: i64) -> Result<bool, sqlx::Er
 
 /// Writes `transition` if the saga is still at `version`; false when
 /// another writer got there first.
+#[tracing::instrument(name = "transition", skip_all, fields(
+    saga_id = %before.id,
+    from = before.status.as_str(),
+    to = transition.saga.status.as_str(),
+    step = transition.saga.current.map(|s| s.routing_key()),
+    attempt = transition.saga.attempt,
+    written,
+))]
 async fn write(
     conn: &mut PgConnection,
     before: &Saga,
@@ -444,6 +454,7 @@ async fn write(
         .bind(FINAL_CHANNEL)
         .fetch_optional(conn)
         .await?;
+    tracing::Span::current().record("written", written.is_some());
     if written.is_some() {
         // Counted when written, not when committed: inside the deadline
         // timer's transaction a failed commit overcounts, which a counter

@@ -130,7 +130,9 @@ impl TransitionRows {
             rows.o_type.push(envelope.message_type.clone());
             rows.o_body
                 .push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
-            rows.o_trace.push(traceparent::for_saga(t.saga.id));
+            // The writing span's context: the relay, publishing later in
+            // another task, makes its publish span a child of it.
+            rows.o_trace.push(traceparent::for_message(t.saga.id));
             rows.o_delay_ms.push(delay.as_millis() as i64);
             rows.o_deadline_ms.push(deadline.as_millis() as i64);
             rows.o_attempt.push(*attempt as i32);

@@ -22,4 +22,5 @@ mod sagactl;
 mod support_api;
 mod support_input;
 mod system;
+mod traces;
 mod validation;

@@ -1,0 +1,263 @@
+//! One checkout is one trace: the four real binaries export their spans
+//! over OTLP (http/protobuf) to a collector this test runs on a port-0
+//! listener, each process under its own `service.name`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use prost::Message;
+use saga_shared::testing;
+
+use crate::crashes::{Deployment, PATIENCE};
+use crate::system::order;
+
+/// One span as the collector received it.
+#[derive(Debug, Clone)]
+struct Collected {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    /// Empty for a root.
+    parent: String,
+    attributes: HashMap<String, String>,
+}
+
+impl Collected {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+type Spans = Arc<Mutex<Vec<Collected>>>;
+
+fn text(value: &Option<AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attributes(pairs: &[KeyValue]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
+}
+
+/// The OTLP/HTTP traces endpoint of a collector: decodes each export and
+/// keeps its spans.
+async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
+    let request = match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => request,
+        Err(error) => {
+            return (axum::http::StatusCode::BAD_REQUEST, error.to_string()).into_response()
+        }
+    };
+    let mut collected = spans.lock().unwrap();
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .and_then(|a| a.get("service.name").cloned())
+            .unwrap_or_default();
+        for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+            collected.push(Collected {
+                service: service.clone(),
+                name: span.name.clone(),
+                trace_id: hex(&span.trace_id),
+                span_id: hex(&span.span_id),
+                parent: hex(&span.parent_span_id),
+                attributes: attributes(&span.attributes),
+            });
+        }
+    }
+    // An empty ExportTraceServiceResponse: every span accepted.
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn start_collector() -> (String, Spans) {
+    let spans = Spans::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+/// `span` and its ancestors, root first, as far as the collected spans go.
+fn lineage<'a>(spans: &'a [Collected], span: &'a Collected) -> Vec<&'a Collected> {
+    let by_id: HashMap<&str, &Collected> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut chain = vec![span];
+    while let Some(parent) = by_id.get(chain.last().unwrap().parent.as_str()) {
+        chain.push(parent);
+    }
+    chain.reverse();
+    chain
+}
+
+/// The spans a checkout's path goes through; others (a database call, the
+/// inbox) hang off them.
+const CHAIN: [&str; 7] = [
+    "request",
+    "create",
+    "publish",
+    "command",
+    "reply",
+    "apply_reply",
+    "transition",
+];
+
+/// A span of the chain as the test names it: service, span name, and the
+/// attribute that tells it from its siblings.
+fn label(span: &Collected) -> String {
+    let detail = match span.name.as_str() {
+        "request" => format!(
+            "{} {}",
+            span.attribute("method").unwrap_or("?"),
+            span.attribute("uri").unwrap_or("?")
+        ),
+        "publish" => span.attribute("routing_key").unwrap_or("?").to_owned(),
+        "command" | "reply" | "apply_reply" => span.attribute("step").unwrap_or("?").to_owned(),
+        "transition" => format!("to {}", span.attribute("to").unwrap_or("?")),
+        _ => String::new(),
+    };
+    format!("{}: {} {}", span.service, span.name, detail)
+        .trim_end()
+        .to_owned()
+}
+
+fn print_tree(spans: &[Collected], id: &str, depth: usize) {
+    for span in spans.iter().filter(|s| s.span_id == id) {
+        println!("{}{}", "  ".repeat(depth), label(span));
+    }
+    for child in spans.iter().filter(|s| s.parent == id) {
+        print_tree(spans, &child.span_id, depth + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_checkout_is_one_trace_across_the_four_services() {
+    let (collector, spans) = start_collector().await;
+    let mut env = HashMap::new();
+    for service in ["orchestrator", "inventory", "tax", "payment"] {
+        env.insert(
+            service,
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
+                // Nothing leaves on the timer within this test: what the
+                // collector holds was flushed at exit.
+                ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
+            ],
+        );
+    }
+    env.get_mut("orchestrator")
+        .unwrap()
+        .push(("OTEL_SERVICE_NAME", "checkout-api".to_owned()));
+    let deployment = Deployment::start_with(env).await;
+    let id = deployment
+        .place(&order(&[("TSHIRT", 1)], "sim_approve"))
+        .await;
+    let statuses = deployment.settle().await;
+    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
+    // SIGTERM to each; each exits 0, flushing its spans on the way out.
+    deployment.stop().await;
+
+    let expected = [
+        "checkout-api: request POST /v1/checkouts",
+        "checkout-api: create",
+        "checkout-api: publish inventory.reserve",
+        "inventory: command inventory.reserve",
+        "checkout-api: reply inventory.reserve",
+        "checkout-api: apply_reply inventory.reserve",
+        "checkout-api: transition to running",
+        "checkout-api: publish tax.calculate",
+        "tax: command tax.calculate",
+        "checkout-api: reply tax.calculate",
+        "checkout-api: apply_reply tax.calculate",
+        "checkout-api: transition to running",
+        "checkout-api: publish payment.charge",
+        "payment: command payment.charge",
+        "checkout-api: reply payment.charge",
+        "checkout-api: apply_reply payment.charge",
+        "checkout-api: transition to completed",
+    ];
+    let (chain, all, root) = testing::eventually("the checkout's whole trace", PATIENCE, || {
+        let spans = spans.lock().unwrap().clone();
+        let id = id.clone();
+        async move {
+            let last = spans.iter().find(|s| {
+                s.name == "transition"
+                    && s.attribute("saga_id") == Some(id.as_str())
+                    && s.attribute("to") == Some("completed")
+            })?;
+            let chain = lineage(&spans, last);
+            // Until the orchestrator's flush, the chain stops short of
+            // the request.
+            (chain[0].name == "request").then_some(())?;
+            let root = chain[0].span_id.clone();
+            let chain: Vec<String> = chain
+                .into_iter()
+                .filter(|s| CHAIN.contains(&s.name.as_str()))
+                .map(label)
+                .collect();
+            Some((chain, spans, root))
+        }
+    })
+    .await;
+    // The whole trace, as the collector holds it (`--nocapture` shows it).
+    print_tree(&all, &root, 0);
+    assert_eq!(chain, expected, "the parent order of the checkout's spans");
+
+    let ours: Vec<&Collected> = all
+        .iter()
+        .filter(|s| s.attribute("saga_id") == Some(id.as_str()))
+        .collect();
+    let trace = &ours[0].trace_id;
+    assert!(
+        ours.iter().all(|s| &s.trace_id == trace),
+        "every span of the checkout in one trace: {ours:#?}"
+    );
+    let services: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter(|s| &s.trace_id == trace)
+        .map(|s| s.service.as_str())
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["checkout-api", "inventory", "payment", "tax"]
+    );
+    for command in all
+        .iter()
+        .filter(|s| s.name == "command" && &s.trace_id == trace)
+    {
+        assert_eq!(
+            command.attribute("saga_id"),
+            Some(id.as_str()),
+            "{command:?}"
+        );
+        assert_eq!(command.attribute("attempt"), Some("1"), "{command:?}");
+        assert!(command.attribute("step").is_some(), "{command:?}");
+    }
+}
