@@ -81,6 +81,12 @@ pub fn continue_from(span: &tracing::Span, value: Option<&str>) {
     }
 }
 
+/// Links `span` to `other` (the request that caused it, say, when `span`
+/// continues another trace); nothing while spans are not exported.
+pub fn link(span: &tracing::Span, other: &tracing::Span) {
+    span.add_link(other.context().span().span_context().clone());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

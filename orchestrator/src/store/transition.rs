@@ -26,14 +26,15 @@ macro_rules! transition_writes {
     };
 }
 
-/// Creates a saga: $23 idempotency key, $24 request hash.
+/// Creates a saga: $23 idempotency key, $24 request hash, $25 the
+/// creating span's traceparent.
 pub const INSERT: &str = concat!(
     "WITH saga AS (
          INSERT INTO sagas (id, status, current_step, attempt, state, last_error, deadline_at,
-                            idempotency_key, request_hash)
+                            idempotency_key, request_hash, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6,
                  CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
-                 $23, $24)
+                 $23, $24, $25)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id, state, created_at, updated_at
      ), ",

@@ -157,8 +157,9 @@ fn print_tree(spans: &[Collected], id: &str, depth: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_checkout_is_one_trace_across_the_four_services() {
+/// The four binaries, exporting to a collector of this test; the
+/// orchestrator gets `orchestrator_env` too.
+async fn traced_deployment(orchestrator_env: Vec<(&'static str, String)>) -> (Deployment, Spans) {
     let (collector, spans) = start_collector().await;
     let mut env = HashMap::new();
     for service in ["orchestrator", "inventory", "tax", "payment"] {
@@ -166,53 +167,31 @@ async fn one_checkout_is_one_trace_across_the_four_services() {
             service,
             vec![
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
-                // Nothing leaves on the timer within this test: what the
+                // Nothing leaves on the timer within a test: what the
                 // collector holds was flushed at exit.
                 ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
             ],
         );
     }
-    env.get_mut("orchestrator")
-        .unwrap()
-        .push(("OTEL_SERVICE_NAME", "checkout-api".to_owned()));
-    let deployment = Deployment::start_with(env).await;
-    let id = deployment
-        .place(&order(&[("TSHIRT", 1)], "sim_approve"))
-        .await;
-    let statuses = deployment.settle().await;
-    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
-    // SIGTERM to each; each exits 0, flushing its spans on the way out.
-    deployment.stop().await;
+    let orchestrator = env.get_mut("orchestrator").unwrap();
+    orchestrator.push(("OTEL_SERVICE_NAME", "checkout-api".to_owned()));
+    orchestrator.extend(orchestrator_env);
+    (Deployment::start_with(env).await, spans)
+}
 
-    let expected = [
-        "checkout-api: request POST /v1/checkouts",
-        "checkout-api: create",
-        "checkout-api: publish inventory.reserve",
-        "inventory: command inventory.reserve",
-        "checkout-api: reply inventory.reserve",
-        "checkout-api: apply_reply inventory.reserve",
-        "checkout-api: transition to running",
-        "checkout-api: publish tax.calculate",
-        "tax: command tax.calculate",
-        "checkout-api: reply tax.calculate",
-        "checkout-api: apply_reply tax.calculate",
-        "checkout-api: transition to running",
-        "checkout-api: publish payment.charge",
-        "payment: command payment.charge",
-        "checkout-api: reply payment.charge",
-        "checkout-api: apply_reply payment.charge",
-        "checkout-api: transition to completed",
-    ];
-    let (chain, all, root) = testing::eventually("the checkout's whole trace", PATIENCE, || {
+/// Once the orchestrator's spans are in: the path from the HTTP request to
+/// the checkout's transition to `last` (as labels), every span collected,
+/// and the id of the request span.
+async fn path_to(spans: &Spans, id: &str, last: &str) -> (Vec<String>, Vec<Collected>, String) {
+    testing::eventually("the checkout's whole trace", PATIENCE, || {
         let spans = spans.lock().unwrap().clone();
-        let id = id.clone();
         async move {
-            let last = spans.iter().find(|s| {
+            let end = spans.iter().find(|s| {
                 s.name == "transition"
-                    && s.attribute("saga_id") == Some(id.as_str())
-                    && s.attribute("to") == Some("completed")
+                    && s.attribute("saga_id") == Some(id)
+                    && s.attribute("to") == Some(last)
             })?;
-            let chain = lineage(&spans, last);
+            let chain = lineage(&spans, end);
             // Until the orchestrator's flush, the chain stops short of
             // the request.
             (chain[0].name == "request").then_some(())?;
@@ -225,32 +204,74 @@ async fn one_checkout_is_one_trace_across_the_four_services() {
             Some((chain, spans, root))
         }
     })
-    .await;
-    // The whole trace, as the collector holds it (`--nocapture` shows it).
-    print_tree(&all, &root, 0);
-    assert_eq!(chain, expected, "the parent order of the checkout's spans");
+    .await
+}
 
+/// Every span that names the checkout is in one trace, with spans of the
+/// four services; that trace's id.
+fn assert_one_trace(all: &[Collected], id: &str) -> String {
     let ours: Vec<&Collected> = all
         .iter()
-        .filter(|s| s.attribute("saga_id") == Some(id.as_str()))
+        .filter(|s| s.attribute("saga_id") == Some(id))
         .collect();
-    let trace = &ours[0].trace_id;
+    let trace = ours[0].trace_id.clone();
     assert!(
-        ours.iter().all(|s| &s.trace_id == trace),
+        ours.iter().all(|s| s.trace_id == trace),
         "every span of the checkout in one trace: {ours:#?}"
     );
     let services: std::collections::BTreeSet<&str> = all
         .iter()
-        .filter(|s| &s.trace_id == trace)
+        .filter(|s| s.trace_id == trace)
         .map(|s| s.service.as_str())
         .collect();
     assert_eq!(
         services.into_iter().collect::<Vec<_>>(),
         ["checkout-api", "inventory", "payment", "tax"]
     );
+    trace
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_checkout_is_one_trace_across_the_four_services() {
+    let (deployment, spans) = traced_deployment(vec![]).await;
+    let id = deployment
+        .place(&order(&[("TSHIRT", 1)], "sim_approve"))
+        .await;
+    let statuses = deployment.settle().await;
+    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
+    // SIGTERM to each; each exits 0, flushing its spans on the way out.
+    deployment.stop().await;
+
+    let (chain, all, root) = path_to(&spans, &id, "completed").await;
+    // The whole trace, as the collector holds it (`--nocapture` shows it).
+    print_tree(&all, &root, 0);
+    assert_eq!(
+        chain,
+        [
+            "checkout-api: request POST /v1/checkouts",
+            "checkout-api: create",
+            "checkout-api: publish inventory.reserve",
+            "inventory: command inventory.reserve",
+            "checkout-api: reply inventory.reserve",
+            "checkout-api: apply_reply inventory.reserve",
+            "checkout-api: transition to running",
+            "checkout-api: publish tax.calculate",
+            "tax: command tax.calculate",
+            "checkout-api: reply tax.calculate",
+            "checkout-api: apply_reply tax.calculate",
+            "checkout-api: transition to running",
+            "checkout-api: publish payment.charge",
+            "payment: command payment.charge",
+            "checkout-api: reply payment.charge",
+            "checkout-api: apply_reply payment.charge",
+            "checkout-api: transition to completed",
+        ],
+        "the parent order of the checkout's spans"
+    );
+    let trace = assert_one_trace(&all, &id);
     for command in all
         .iter()
-        .filter(|s| s.name == "command" && &s.trace_id == trace)
+        .filter(|s| s.name == "command" && s.trace_id == trace)
     {
         assert_eq!(
             command.attribute("saga_id"),
@@ -260,4 +281,45 @@ async fn one_checkout_is_one_trace_across_the_four_services() {
         assert_eq!(command.attribute("attempt"), Some("1"), "{command:?}");
         assert!(command.attribute("step").is_some(), "{command:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_deadline_and_the_compensation_it_starts_stay_in_the_checkouts_trace() {
+    // No message causes the deadline's transition: it continues the trace
+    // the saga was created in.
+    let (deployment, spans) = traced_deployment(vec![
+        ("STEP_PAYMENT_CHARGE_MAX_ATTEMPTS", "1".to_owned()),
+        ("STEP_PAYMENT_CHARGE_DEADLINE_MS", "1000".to_owned()),
+        ("STEP_PAYMENT_CHARGE_ON_EXHAUSTED", "compensate".to_owned()),
+    ])
+    .await;
+    let id = deployment
+        .place(&order(&[("TSHIRT", 1)], "sim_slow_2000"))
+        .await;
+    let statuses = deployment.settle().await;
+    assert_eq!(statuses.get("compensated"), Some(&1), "{statuses:?}");
+    deployment.stop().await;
+
+    let (chain, all, root) = path_to(&spans, &id, "compensated").await;
+    print_tree(&all, &root, 0);
+    assert_eq!(
+        chain,
+        [
+            "checkout-api: request POST /v1/checkouts",
+            "checkout-api: create",
+            "checkout-api: transition to compensating",
+            "checkout-api: publish payment.refund",
+            "payment: command payment.refund",
+            "checkout-api: reply payment.refund",
+            "checkout-api: apply_reply payment.refund",
+            "checkout-api: transition to compensating",
+            "checkout-api: publish inventory.release",
+            "inventory: command inventory.release",
+            "checkout-api: reply inventory.release",
+            "checkout-api: apply_reply inventory.release",
+            "checkout-api: transition to compensated",
+        ],
+        "the compensation hangs off the checkout's creation"
+    );
+    assert_one_trace(&all, &id);
 }
