@@ -19,7 +19,8 @@ use crate::config::{ConfigError, Environment, Source};
 /// standard OpenTelemetry variables.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceExport {
-    /// `OTEL_SERVICE_NAME`, or the binary's own name.
+    /// `OTEL_SERVICE_NAME`, else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else the binary's own name.
     pub service_name: String,
 }
 
@@ -96,9 +97,18 @@ impl TraceExport {
         {
             return Ok(None);
         }
+        let from_resource = || {
+            get("OTEL_RESOURCE_ATTRIBUTES")?
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(key, _)| key.trim() == "service.name")
+                .map(|(_, value)| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+        };
         Ok(Some(TraceExport {
             service_name: get("OTEL_SERVICE_NAME")
                 .map(|v| v.trim().to_owned())
+                .or_else(from_resource)
                 .unwrap_or_else(|| default_service.to_owned()),
         }))
     }
@@ -135,7 +145,7 @@ pub fn init_service(default_filter: &str, service: &str) -> Result<(), ConfigErr
         .with_batch_exporter(exporter)
         .with_resource(
             Resource::builder()
-                .with_service_name(export.service_name)
+                .with_service_name(export.service_name.clone())
                 .build(),
         )
         .build();
@@ -149,6 +159,10 @@ pub fn init_service(default_filter: &str, service: &str) -> Result<(), ConfigErr
         .try_init();
     if installed.is_ok() {
         *PROVIDER.lock().expect("provider lock is never poisoned") = Some(provider);
+        tracing::info!(
+            service_name = %export.service_name,
+            "exporting spans over OTLP (http/protobuf)"
+        );
     }
     Ok(())
 }
@@ -234,6 +248,14 @@ mod tests {
             ("OTEL_SERVICE_NAME", "tax-eu"),
         ];
         assert_eq!(export(&named).unwrap().unwrap().service_name, "tax-eu");
+        let in_resource = [
+            on[0],
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=core, service.name=tax-us"),
+        ];
+        assert_eq!(
+            export(&in_resource).unwrap().unwrap().service_name,
+            "tax-us"
+        );
         for off in [
             ("OTEL_SDK_DISABLED", "true"),
             ("OTEL_TRACES_EXPORTER", "none"),
