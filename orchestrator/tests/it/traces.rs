@@ -328,21 +328,32 @@ async fn a_missed_deadline_and_the_compensation_it_starts_stay_in_the_checkouts_
 fn an_otel_variable_this_build_cannot_honour_stops_a_service_with_one_line_naming_it() {
     let orchestrator = std::path::PathBuf::from(env!("CARGO_BIN_EXE_orchestrator"));
     for binary in [orchestrator, crate::crashes::bin_dir().join("tax")] {
-        let output = std::process::Command::new(&binary)
+        let mut child = std::process::Command::new(&binary)
             .env_clear()
             .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
             .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap_or_else(|e| panic!("{} runs: {e}", binary.display()));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{}: {stderr}",
-            binary.display()
-        );
+        // A build that ignored the variable would start and wait for its
+        // (missing) database for ever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} started despite the variable", binary.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{}: {stderr}", binary.display());
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(
             stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL is invalid"),
