@@ -25,8 +25,12 @@ pub struct TraceExport {
 }
 
 /// Spans the exporter sends whatever `RUST_LOG` says: a quiet log must not
-/// blind the traces. The HTTP request span is tower-http's, at debug.
-const TRACE_FILTER: &str = "warn,orchestrator=info,workers=info,saga_shared=info,tower_http=debug";
+/// blind the traces. The HTTP request span is tower-http's, at debug. The
+/// gauge refresher (every few seconds) and the notification listener (one
+/// span as long as its connection) would each be a trace of their own with
+/// no checkout in it.
+const TRACE_FILTER: &str = "warn,orchestrator=info,workers=info,saga_shared=info,tower_http=debug,\
+                            orchestrator::metrics=warn,orchestrator::listener=warn";
 
 /// The provider installed by [`init_service`], shut down (flushed) once by
 /// [`shutdown`].
@@ -262,6 +266,11 @@ mod tests {
         ] {
             assert_eq!(export(&[on[0], off]).unwrap(), None, "{off:?}");
         }
+    }
+
+    #[test]
+    fn the_trace_filter_is_well_formed() {
+        EnvFilter::try_new(TRACE_FILTER).expect("every directive parses");
     }
 
     #[test]
