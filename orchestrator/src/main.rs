@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use orchestrator::app;
@@ -15,6 +16,8 @@ use saga_shared::{shutdown, telemetry};
 /// SHUTDOWN_GRACE_SECONDS, STEP_MAX_ATTEMPTS, STEP_BACKOFF_BASE_MS,
 /// STEP_BACKOFF_MAX_MS, STEP_DEADLINE_MS, STEP_ON_EXHAUSTED (and the same
 /// per step, e.g. STEP_PAYMENT_CHARGE_DEADLINE_MS), RUST_LOG, LOG_FORMAT.
+/// Traces go over OTLP (http/protobuf) when OTEL_EXPORTER_OTLP_ENDPOINT is
+/// set; OTEL_SERVICE_NAME names the service (default `orchestrator`).
 #[derive(Parser)]
 #[command(name = "orchestrator", version)]
 struct Cli {}
@@ -29,17 +32,33 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init("info,sqlx=warn,tower_http=info");
+    if let Err(error) = telemetry::init_service("info,sqlx=warn,tower_http=info", "orchestrator") {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
     let stop = shutdown::on_signal();
     let grace = config.service.shutdown_grace;
     match app::start(config, stop.clone()).await {
         Ok(running) => {
-            shutdown::within_grace(running.wait(), &stop, grace).await;
+            // The last spans (the final transitions) go out within the
+            // grace period too.
+            let stopped = async {
+                running.wait().await;
+                telemetry::shutdown(grace).await;
+            };
+            if !shutdown::within_grace(stopped, &stop, grace).await {
+                telemetry::shutdown(LAST_FLUSH).await;
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("error: {error}");
+            telemetry::shutdown(LAST_FLUSH).await;
             ExitCode::FAILURE
         }
     }
 }
+
+/// How long the spans still buffered may take to leave once the grace
+/// period is over (or the start failed).
+const LAST_FLUSH: Duration = Duration::from_secs(1);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use saga_shared::broker::{Backoff, Broker, BrokerError, Outgoing};
 use saga_shared::messages::Command;
-use saga_shared::{Envelope, Step};
+use saga_shared::{traceparent, Envelope, Step};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -122,7 +122,9 @@ struct Refused<'a> {
 /// sent stay as they were. `SKIP LOCKED` lets several orchestrators relay
 /// at once without publishing a row twice; a crash between confirm and
 /// delete republishes, and the worker inbox absorbs the duplicate.
-#[tracing::instrument(skip_all, fields(published, refused))]
+// At debug: a poll that finds nothing must not be a trace of its own every
+// few seconds; each row's publish has its own span in its checkout's trace.
+#[tracing::instrument(level = "debug", skip_all, fields(published, refused))]
 async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError> {
     let pool = store.pool();
     let mut tx = pool.begin().await?;
@@ -145,16 +147,19 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
         return Ok(0);
     }
     let exchange = broker.topology().command_exchange();
+    let spans: Vec<tracing::Span> = rows.iter().map(publish_span).collect();
     let messages: Vec<Outgoing> = rows
         .iter()
-        .map(|row| Outgoing {
+        .zip(&spans)
+        .map(|(row, span)| Outgoing {
             exchange: exchange.clone(),
             routing_key: row.routing_key.clone(),
             body: row.body.clone().into_bytes(),
             message_id: row.message_id,
             saga_id: row.saga_id,
             message_type: row.message_type.clone(),
-            traceparent: row.traceparent.clone(),
+            // The worker's span becomes a child of this publish.
+            traceparent: traceparent::of(span).unwrap_or_else(|| row.traceparent.clone()),
         })
         .collect();
     let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
@@ -162,7 +167,15 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
     let mut sent = Vec::new();
     let mut refused = Vec::new();
     let mut broken = None;
-    for (row, result) in rows.iter().zip(results) {
+    for ((row, result), span) in rows.iter().zip(results).zip(spans) {
+        match &result {
+            Ok(()) => span.record("outcome", "confirmed"),
+            Err(error) if error.is_refusal() => span.record("outcome", "refused"),
+            Err(_) => span.record("outcome", "unsent"),
+        };
+        if let Err(error) = &result {
+            span.record("error", tracing::field::display(error));
+        }
         match result {
             Ok(()) => sent.push(row),
             Err(error) if error.is_refusal() => {
@@ -220,6 +233,23 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
         Some(error) => Err(error.into()),
         None => Ok(rows.len()),
     }
+}
+
+/// One command's publish, from the pipelined send to its confirm: a child
+/// of the transition that wrote the row (its context is stored with the
+/// row), whichever instance and task publish it, however much later.
+fn publish_span(row: &OutboxRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        saga_id = %row.saga_id,
+        routing_key = %row.routing_key,
+        attempt = row.attempt(),
+        publish_attempts = row.publish_attempts,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    traceparent::continue_from(&span, Some(&row.traceparent));
+    span
 }
 
 fn policy_for(store: &Store, row: &OutboxRow) -> RetryPolicy {

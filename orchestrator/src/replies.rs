@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use saga_shared::broker::{Broker, BrokerError};
+use saga_shared::broker::{header, Broker, BrokerError};
 use saga_shared::consumer::{dead_letter, hold_until_settled, run_consumer_until_stopped, Settled};
 use saga_shared::messages::Outcome;
-use saga_shared::Envelope;
+use saga_shared::{traceparent, Envelope};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::store::Store;
@@ -44,11 +45,24 @@ async fn process(
         Ok(reply) => reply,
         Err(error) => return dead_letter(broker, &delivery, &error.to_string()).await,
     };
-    match hold_until_settled(&delivery, stop, || store.apply_reply(&reply)).await {
-        Settled::Done(()) => {}
-        Settled::Permanent(reason) => return dead_letter(broker, &delivery, &reason).await,
-        Settled::Stopped => return,
+    let span = tracing::info_span!(
+        "reply",
+        saga_id = %reply.saga_id,
+        step = %reply.step,
+        attempt = reply.attempt,
+        outcome = reply.payload.label(),
+    );
+    // A child of the worker's command span, whose context the reply carries.
+    traceparent::continue_from(&span, header(&delivery, traceparent::HEADER).as_deref());
+    async {
+        match hold_until_settled(&delivery, stop, || store.apply_reply(&reply)).await {
+            Settled::Done(()) => {}
+            Settled::Permanent(reason) => return dead_letter(broker, &delivery, &reason).await,
+            Settled::Stopped => return,
+        }
+        relay.notify_one();
+        let _ = delivery.ack(BasicAckOptions::default()).await;
     }
-    relay.notify_one();
-    let _ = delivery.ack(BasicAckOptions::default()).await;
+    .instrument(span)
+    .await
 }

@@ -1,12 +1,201 @@
-//! Logging: JSON lines in production, readable lines at a terminal.
+//! Logging, and traces over OTLP: JSON lines in production, readable lines
+//! at a terminal; spans exported to an OpenTelemetry collector when the
+//! standard `OTEL_*` variables ask for it, and not otherwise.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use tracing_subscriber::{fmt, EnvFilter};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
-/// Installs the global subscriber once. `LOG_FORMAT=json|pretty` overrides
-/// the choice made from whether stderr is a terminal.
+use crate::config::{ConfigError, Environment, Source};
+
+/// What the trace exporter needs to start; every field comes from the
+/// standard OpenTelemetry variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceExport {
+    /// `OTEL_SERVICE_NAME`, else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else the binary's own name.
+    pub service_name: String,
+}
+
+/// Spans the exporter sends whatever `RUST_LOG` says: a quiet log must not
+/// blind the traces. The HTTP request span is tower-http's, at debug. The
+/// gauge refresher (every few seconds) and the notification listener (one
+/// span as long as its connection) would each be a trace of their own with
+/// no checkout in it.
+const TRACE_FILTER: &str = "warn,orchestrator=info,workers=info,saga_shared=info,tower_http=debug,\
+                            orchestrator::metrics=warn,orchestrator::listener=warn";
+
+/// The provider installed by [`init_service`], shut down (flushed) once by
+/// [`shutdown`].
+static PROVIDER: Mutex<Option<SdkTracerProvider>> = Mutex::new(None);
+
+impl TraceExport {
+    /// `None` when no OTLP endpoint is set, or `OTEL_SDK_DISABLED=true`, or
+    /// `OTEL_TRACES_EXPORTER=none`. Only OTLP over HTTP with protobuf is
+    /// built in; another protocol or exporter is refused by name rather
+    /// than silently ignored.
+    pub fn from_source(
+        source: &impl Source,
+        default_service: &str,
+    ) -> Result<Option<TraceExport>, ConfigError> {
+        let get = |name: &str| source.get(name).filter(|v| !v.trim().is_empty());
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "OTEL_TRACES_EXPORTER",
+                    reason: format!("`{other}` is not supported: use `otlp` or `none`"),
+                })
+            }
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            match get(name).as_deref().map(str::trim) {
+                None | Some("http/protobuf") => {}
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: if name.contains("TRACES") {
+                            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+                        } else {
+                            "OTEL_EXPORTER_OTLP_PROTOCOL"
+                        },
+                        reason: format!(
+                            "`{other}` is not supported: this build exports `http/protobuf` (the collector's port 4318)"
+                        ),
+                    })
+                }
+            }
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ] {
+            if let Some(url) = get(name) {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        name: if name.contains("TRACES") {
+                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+                        } else {
+                            "OTEL_EXPORTER_OTLP_ENDPOINT"
+                        },
+                        reason: "must start with http:// or https://".into(),
+                    });
+                }
+            }
+        }
+        if get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+            && get("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        {
+            return Ok(None);
+        }
+        let from_resource = || {
+            get("OTEL_RESOURCE_ATTRIBUTES")?
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(key, _)| key.trim() == "service.name")
+                .map(|(_, value)| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+        };
+        Ok(Some(TraceExport {
+            service_name: get("OTEL_SERVICE_NAME")
+                .map(|v| v.trim().to_owned())
+                .or_else(from_resource)
+                .unwrap_or_else(|| default_service.to_owned()),
+        }))
+    }
+}
+
+/// Installs the global subscriber once, logs only (operator tools).
+/// `LOG_FORMAT=json|pretty` overrides the choice made from whether stderr
+/// is a terminal.
 pub fn init(default_filter: &str) {
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(default_filter))
+        .try_init();
+}
+
+/// Installs the global subscriber of a service: its log, and its spans
+/// exported over OTLP when the `OTEL_*` variables say so (see
+/// [`TraceExport::from_source`]). A malformed variable is an error naming
+/// it. Call [`shutdown`] before exiting so the last spans are sent.
+pub fn init_service(default_filter: &str, service: &str) -> Result<(), ConfigError> {
+    let Some(export) = TraceExport::from_source(&Environment, service)? else {
+        init(default_filter);
+        return Ok(());
+    };
+    // The exporter reads the endpoint, headers, timeout and compression
+    // from the same variables itself.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|error| ConfigError::Invalid {
+            name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            reason: error.to_string(),
+        })?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(export.service_name.clone())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer(service.to_owned());
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new(TRACE_FILTER));
+    let installed = tracing_subscriber::registry()
+        .with(log_layer(default_filter))
+        .with(traces)
+        .try_init();
+    if installed.is_ok() {
+        *PROVIDER.lock().expect("provider lock is never poisoned") = Some(provider);
+        tracing::info!(
+            service_name = %export.service_name,
+            "exporting spans over OTLP (http/protobuf)"
+        );
+    }
+    Ok(())
+}
+
+/// Sends the spans still buffered and stops the exporter, waiting at most
+/// `within` (a collector that does not answer must not hold the exit up).
+/// Does nothing when no exporter runs, or the second time.
+pub async fn shutdown(within: Duration) {
+    let Some(provider) = PROVIDER
+        .lock()
+        .expect("provider lock is never poisoned")
+        .take()
+    else {
+        return;
+    };
+    // The SDK's batch processor blocks while it flushes.
+    let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(within));
+    match tokio::time::timeout(within + Duration::from_millis(100), flushed).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "trace exporter did not flush cleanly"),
+        Ok(Err(error)) => tracing::warn!(%error, "trace exporter shutdown failed"),
+        Err(_) => tracing::warn!(?within, "trace exporter did not flush in time; spans lost"),
+    }
+}
+
+fn log_layer<S>(default_filter: &str) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = match std::env::var("LOG_FORMAT").as_deref() {
@@ -14,12 +203,92 @@ pub fn init(default_filter: &str) {
         Ok("pretty") => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().flatten_event(true).try_init()
+    let builder = fmt::layer().with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
-    };
-    // A second init (tests) keeps the first subscriber.
-    let _ = result;
+        builder.with_filter(filter).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Vars(HashMap<&'static str, &'static str>);
+
+    impl Source for Vars {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    fn export(vars: &[(&'static str, &'static str)]) -> Result<Option<TraceExport>, ConfigError> {
+        TraceExport::from_source(&Vars(vars.iter().copied().collect()), "tax")
+    }
+
+    #[test]
+    fn off_unless_an_endpoint_is_set() {
+        assert_eq!(export(&[]).unwrap(), None);
+        assert_eq!(export(&[("OTEL_SERVICE_NAME", "tax-eu")]).unwrap(), None);
+        let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")];
+        assert_eq!(
+            export(&on).unwrap(),
+            Some(TraceExport {
+                service_name: "tax".into()
+            })
+        );
+        let named = [
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces",
+            ),
+            ("OTEL_SERVICE_NAME", "tax-eu"),
+        ];
+        assert_eq!(export(&named).unwrap().unwrap().service_name, "tax-eu");
+        let in_resource = [
+            on[0],
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=core, service.name=tax-us"),
+        ];
+        assert_eq!(
+            export(&in_resource).unwrap().unwrap().service_name,
+            "tax-us"
+        );
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert_eq!(export(&[on[0], off]).unwrap(), None, "{off:?}");
+        }
+    }
+
+    #[test]
+    fn the_trace_filter_is_well_formed() {
+        EnvFilter::try_new(TRACE_FILTER).expect("every directive parses");
+    }
+
+    #[test]
+    fn a_value_this_build_cannot_honour_is_refused_by_name() {
+        let cases = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ];
+        for (name, value) in cases {
+            let mut vars = vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318")];
+            if name == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+                vars.clear();
+            }
+            vars.push((name, value));
+            let error = export(&vars).unwrap_err().to_string();
+            assert!(error.contains(name), "{name}={value}: {error}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use saga_shared::broker::Broker;
 use saga_shared::config::{self, ConfigError, ServiceConfig};
 use saga_shared::topology::Topology;
-use saga_shared::{database, shutdown};
+use saga_shared::{database, shutdown, telemetry};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -59,10 +59,17 @@ pub async fn serve<H: Handler>(
         let _ = pruning.await;
         broker.close().await;
         pool.close().await;
+        telemetry::shutdown(config.shutdown_grace).await;
     };
-    shutdown::within_grace(shutdown, &stop, config.shutdown_grace).await;
+    if !shutdown::within_grace(shutdown, &stop, config.shutdown_grace).await {
+        telemetry::shutdown(LAST_FLUSH).await;
+    }
     result
 }
+
+/// How long the spans still buffered may take to leave once the grace
+/// period is over.
+const LAST_FLUSH: Duration = Duration::from_secs(1);
 
 /// A worker handles at most `PREFETCH` commands at once, each in one
 /// transaction at a time, so by default its pool is no larger than that;
@@ -197,9 +204,15 @@ pub fn open_input(file: &std::path::Path) -> Result<std::fs::File, WorkerError> 
         .map_err(|e| WorkerError::Input(format!("{}: cannot open: {e}", file.display())))
 }
 
-/// Logging for a worker binary: the service logs at info; a one-shot
-/// operator command only warns (say, of a database still starting), so its
-/// output stays its own.
-pub fn init_logging(serving: bool) {
-    saga_shared::telemetry::init(if serving { "info,sqlx=warn" } else { "warn" });
+/// Logging for a worker binary: the service logs at info and exports its
+/// spans when the `OTEL_*` variables say so (as `service`, unless
+/// `OTEL_SERVICE_NAME` names it); a one-shot operator command only warns
+/// (say, of a database still starting), so its output stays its own, and
+/// exports nothing. A malformed `OTEL_*` variable is the exit code 2.
+pub fn init_logging(serving: bool, service: &str) -> Result<(), ExitCode> {
+    if !serving {
+        telemetry::init("warn");
+        return Ok(());
+    }
+    telemetry::init_service("info,sqlx=warn", service).map_err(config_error)
 }

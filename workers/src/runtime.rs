@@ -166,6 +166,8 @@ async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &Cancel
         attempt = command.attempt,
         worker = H::KIND.as_str(),
     );
+    // A child of the relay's publish, whose context the message carries.
+    traceparent::continue_from(&span, header(&delivery, traceparent::HEADER).as_deref());
     answer(ctx, &delivery, &command, stop)
         .instrument(span)
         .await
@@ -194,7 +196,11 @@ async fn answer<H: Handler>(
         message_id,
         saga_id: command.saga_id,
         message_type: command.step.reply_type(),
-        traceparent: header(delivery, traceparent::HEADER)
+        // The orchestrator's handling of the reply becomes a child of this
+        // command's span; without an exporter the command's own value
+        // travels on.
+        traceparent: traceparent::of(&tracing::Span::current())
+            .or_else(|| header(delivery, traceparent::HEADER))
             .unwrap_or_else(|| traceparent::for_saga(command.saga_id)),
     };
     match ctx.broker.publish(&outgoing).await {

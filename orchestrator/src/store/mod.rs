@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use saga_shared::failure::Classify;
 use saga_shared::messages::Outcome;
-use saga_shared::Envelope;
+use saga_shared::{traceparent, Envelope};
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
@@ -144,6 +145,7 @@ impl Store {
             .bind(sqlx::query_as::<_, Row>(transition::INSERT))
             .bind(idempotency_key)
             .bind(request_hash)
+            .bind(traceparent::of(&tracing::Span::current()))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -181,7 +183,7 @@ impl Store {
     /// Applies a worker's reply.
     #[tracing::instrument(skip_all, fields(saga_id = %reply.saga_id, step = %reply.step, attempt = reply.attempt))]
     pub async fn apply_reply(&self, reply: &Envelope<Outcome>) -> Result<(), StoreError> {
-        self.advance(reply.saga_id, |saga, ctx| {
+        self.advance(reply.saga_id, Cause::Message, |saga, ctx| {
             let event = Event::Reply {
                 step: reply.step,
                 attempt: reply.attempt,
@@ -202,7 +204,7 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         tracing::Span::current().record("actor", actor);
-        self.advance(id, |saga, ctx| {
+        self.advance(id, Cause::Saga, |saga, ctx| {
             Ok(saga::act(saga, action, actor, reason, ctx)?)
         })
         .await?;
@@ -216,19 +218,24 @@ impl Store {
     async fn advance(
         &self,
         id: Uuid,
+        cause: Cause,
         decide: impl Fn(&Saga, Context) -> Result<Transition, StoreError>,
     ) -> Result<(), StoreError> {
         loop {
-            let current: Option<(i64, serde_json::Value)> =
-                sqlx::query_as("SELECT version, state FROM sagas WHERE id = $1")
+            let current: Option<(i64, serde_json::Value, Option<String>)> =
+                sqlx::query_as("SELECT version, state, traceparent FROM sagas WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
-            let (version, state) = current.ok_or(StoreError::UnknownSaga(id))?;
+            let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
             let saga = parse(id, state)?;
             let transition = decide(&saga, self.context())?;
+            let trace = match cause {
+                Cause::Message => None,
+                Cause::Saga => trace,
+            };
             let mut conn = self.pool.acquire().await?;
-            if write(&mut conn, &saga, version, transition).await? {
+            if write(&mut conn, &saga, version, transition, trace.as_deref()).await? {
                 return Ok(());
             }
             tracing::debug!("saga advanced concurrently; re-reading");
@@ -239,7 +246,9 @@ impl Store {
     /// `DeadlineMissed` event. The rows stay locked until commit, so every
     /// timer fires once across instances, and a reply racing with it waits
     /// and then finds its attempt no longer current.
-    #[tracing::instrument(skip_all, fields(fired))]
+    // At debug: it runs every half second, and a poll must not be a trace
+    // of its own; each saga's transition has its own span.
+    #[tracing::instrument(level = "debug", skip_all, fields(fired))]
     pub async fn fire_deadlines(&self, limit: i64) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
         // `unsent`: the awaited command is still in the outbox (the broker
@@ -251,8 +260,8 @@ impl Store {
         // row counts: a stale command left behind must not hold back the
         // deadline of one already sent.
         let due: Vec<DueSaga> = sqlx::query_as(
-            "SELECT s.id, s.version, s.state, o.id AS unsent, o.refused_ms, o.publish_attempts,
-                    o.last_error
+            "SELECT s.id, s.version, s.state, s.traceparent, o.id AS unsent, o.refused_ms,
+                    o.publish_attempts, o.last_error
              FROM sagas s
              LEFT JOIN LATERAL (
                  SELECT o.id, o.publish_attempts, o.last_error,
@@ -302,7 +311,15 @@ impl Store {
                         refused_for: refused_for.unwrap_or_default(),
                     };
                     let transition = saga::handle(&saga, event, self.context());
-                    if write(&mut tx, &saga, version, transition).await? {
+                    if write(
+                        &mut tx,
+                        &saga,
+                        version,
+                        transition,
+                        due.traceparent.as_deref(),
+                    )
+                    .await?
+                    {
                         metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => step.routing_key())
                             .increment(1);
                         tracing::warn!(saga_id = %id, routing_key = step.routing_key(), "saga parked: its command cannot be published");
@@ -349,7 +366,14 @@ impl Store {
                     .await?;
                 continue;
             }
-            write(&mut tx, &saga, version, transition).await?;
+            write(
+                &mut tx,
+                &saga,
+                version,
+                transition,
+                due.traceparent.as_deref(),
+            )
+            .await?;
         }
         tx.commit().await?;
         tracing::Span::current().record("fired", fired);
@@ -368,18 +392,19 @@ impl Store {
         id: Uuid,
         event: Event,
     ) -> Result<bool, StoreError> {
-        let current: Option<(i64, serde_json::Value)> =
-            sqlx::query_as("SELECT version, state FROM sagas WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let (version, state) = current.ok_or(StoreError::UnknownSaga(id))?;
+        let current: Option<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
+            "SELECT version, state, traceparent FROM sagas WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
         let saga = parse(id, state)?;
         let transition = saga::handle(&saga, event, self.context());
         if transition.history.is_empty() {
             return Ok(false);
         }
-        Ok(write(conn, &saga, version, transition).await?)
+        Ok(write(conn, &saga, version, transition, trace.as_deref()).await?)
     }
 
     pub fn policies(&self) -> &StepPolicies {
@@ -408,6 +433,7 @@ struct DueSaga {
     id: Uuid,
     version: i64,
     state: serde_json::Value,
+    traceparent: Option<String>,
     /// The awaited command's outbox row, while it is unsent.
     unsent: Option<i64>,
     /// Milliseconds since the broker first refused that command, if it has.
@@ -429,9 +455,49 @@ async fn take_unsent(conn: &mut PgConnection, row: i64) -> Result<bool, sqlx::Er
     Ok(taken.is_some())
 }
 
+/// What set a transition off, which decides where its span hangs in the
+/// checkout's trace.
+#[derive(Clone, Copy)]
+enum Cause {
+    /// A worker's reply: the transition is a child of its handling, which
+    /// continues the trace the reply carried.
+    Message,
+    /// Nothing the checkout sent (a missed deadline, a support action): the
+    /// transition continues the trace the saga was created in.
+    Saga,
+}
+
 /// Writes `transition` if the saga is still at `version`; false when
-/// another writer got there first.
+/// another writer got there first. Its span is a child of the current one,
+/// or, given the saga's `trace` (a transition no message caused), of the
+/// span that created the saga, linked to the current one (the support
+/// request that acted, say).
 async fn write(
+    conn: &mut PgConnection,
+    before: &Saga,
+    version: i64,
+    transition: Transition,
+    trace: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let span = tracing::info_span!(
+        "transition",
+        saga_id = %before.id,
+        from = before.status.as_str(),
+        to = transition.saga.status.as_str(),
+        step = transition.saga.current.map(|s| s.routing_key()),
+        attempt = transition.saga.attempt,
+        written = tracing::field::Empty,
+    );
+    if trace.is_some() {
+        traceparent::continue_from(&span, trace);
+        traceparent::link(&span, &tracing::Span::current());
+    }
+    write_in(conn, before, version, transition)
+        .instrument(span)
+        .await
+}
+
+async fn write_in(
     conn: &mut PgConnection,
     before: &Saga,
     version: i64,
@@ -445,6 +511,7 @@ async fn write(
         .bind(FINAL_CHANNEL)
         .fetch_optional(conn)
         .await?;
+    tracing::Span::current().record("written", written.is_some());
     if written.is_some() {
         // Counted when written, not when committed: inside the deadline
         // timer's transaction a failed commit overcounts, which a counter

@@ -26,14 +26,15 @@ macro_rules! transition_writes {
     };
 }
 
-/// Creates a saga: $23 idempotency key, $24 request hash.
+/// Creates a saga: $23 idempotency key, $24 request hash, $25 the
+/// creating span's traceparent.
 pub const INSERT: &str = concat!(
     "WITH saga AS (
          INSERT INTO sagas (id, status, current_step, attempt, state, last_error, deadline_at,
-                            idempotency_key, request_hash)
+                            idempotency_key, request_hash, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6,
                  CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
-                 $23, $24)
+                 $23, $24, $25)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id, state, created_at, updated_at
      ), ",
@@ -130,7 +131,9 @@ impl TransitionRows {
             rows.o_type.push(envelope.message_type.clone());
             rows.o_body
                 .push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
-            rows.o_trace.push(traceparent::for_saga(t.saga.id));
+            // The writing span's context: the relay, publishing later in
+            // another task, makes its publish span a child of it.
+            rows.o_trace.push(traceparent::for_message(t.saga.id));
             rows.o_delay_ms.push(delay.as_millis() as i64);
             rows.o_deadline_ms.push(deadline.as_millis() as i64);
             rows.o_attempt.push(*attempt as i32);

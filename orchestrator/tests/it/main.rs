@@ -23,4 +23,5 @@ mod search;
 mod support_api;
 mod support_input;
 mod system;
+mod traces;
 mod validation;

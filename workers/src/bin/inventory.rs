@@ -16,7 +16,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
     long_about = "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
         With no subcommand it serves: it consumes inventory commands from RabbitMQ \
         until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, \
-        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG. The operator subcommands need only \
+        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only \
         DATABASE_URL."
 )]
 struct Args {
@@ -47,7 +47,12 @@ enum Action {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(matches!(args.command, None | Some(Action::Serve)));
+    if let Err(code) = cli::init_logging(
+        matches!(args.command, None | Some(Action::Serve)),
+        "inventory",
+    ) {
+        return code;
+    }
     match args.command.unwrap_or(Action::Serve) {
         Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Inventory).await,
         Action::Import { file } => {

@@ -28,7 +28,7 @@ const DEFAULT_PAYMENT_PREFETCH: u16 = 64;
         (default 64 here: a charge waits on the provider holding no connection), \
         DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
         default 100000000; larger or non-positive amounts are rejected invalid_amount), \
-        PAYMENT_FAILPOINT (tests only), RUST_LOG. The operator subcommands need only DATABASE_URL."
+        PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -67,7 +67,12 @@ enum Switch {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(matches!(args.command, None | Some(Action::Serve)));
+    if let Err(code) = cli::init_logging(
+        matches!(args.command, None | Some(Action::Serve)),
+        "payment",
+    ) {
+        return code;
+    }
     match args.command.unwrap_or(Action::Serve) {
         Action::Serve => serve().await,
         Action::Ledger => {

@@ -18,7 +18,7 @@ use workers::tax::{rates, Tax, MIGRATOR};
         tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
         With no subcommand it serves: it consumes tax commands from RabbitMQ until \
         SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH, \
-        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG. The operator subcommands need only DATABASE_URL."
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -45,7 +45,10 @@ enum Action {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(matches!(args.command, None | Some(Action::Serve)));
+    if let Err(code) = cli::init_logging(matches!(args.command, None | Some(Action::Serve)), "tax")
+    {
+        return code;
+    }
     match args.command.unwrap_or(Action::Serve) {
         Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Tax).await,
         Action::Import { file } => {
