@@ -492,13 +492,11 @@ fn replace(doc: &mut Value, pointer: &str, schema: Value) {
 mod tests {
     use super::*;
 
+    /// [`contract`] panics on a constraint whose field or parameter is gone.
     #[test]
     fn every_constraint_finds_its_target() {
         let doc = contract();
         let country = &doc["components"]["schemas"]["NewCheckoutShipTo"]["properties"]["country"];
         assert_eq!(country["pattern"], "^[A-Za-z]{2}$");
-        if std::env::var_os("PRINT_OPENAPI").is_some() {
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap());
-        }
     }
 }
