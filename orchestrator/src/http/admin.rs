@@ -2,7 +2,7 @@
 //! alone or in bulk. Every route needs a support bearer token ([`Actor`]).
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -24,7 +24,7 @@ use crate::store::{
 };
 
 const DEFAULT_PAGE: u32 = 50;
-const MAX_REASON_CHARS: usize = 500;
+pub(crate) const MAX_REASON_CHARS: usize = 500;
 /// Sagas retried at once by a bulk retry.
 const BULK_CONCURRENCY: usize = 8;
 /// A bulk retry's body holds up to [`MAX_BULK`] saga ids (39 bytes each
@@ -112,7 +112,7 @@ fn all_or_errors<T>(
 fn page_size(errors: &mut Vec<FieldError>, limit: Option<String>) -> u32 {
     all_or_errors(
         errors,
-        non_empty(limit).map(|l| match l.parse::<u32>() {
+        limit.map(|l| match l.trim().parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
             _ => Err(invalid(
                 "limit",
@@ -130,8 +130,9 @@ fn page_cursor<T: std::str::FromStr>(
 ) -> Option<T> {
     all_or_errors(
         errors,
-        non_empty(cursor).map(|c| {
-            c.parse::<T>()
+        cursor.map(|c| {
+            c.trim()
+                .parse::<T>()
                 .map_err(|_| invalid("cursor", "must be a `next_cursor` from an earlier page"))
         }),
     )
@@ -164,8 +165,9 @@ pub(super) fn non_empty(text: Option<String>) -> Option<String> {
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<SagaList>, ApiError> {
+    let params = validation::query(params)?;
     let mut errors = Vec::new();
     no_control_characters(
         &mut errors,
@@ -193,23 +195,23 @@ pub async fn list(
         params.idempotency_key,
     );
     let filter = SagaFilter {
-        status: all_or_errors(
-            &mut errors,
-            non_empty(params.status).map(|s| parse_status(&s)),
-        ),
-        step: all_or_errors(&mut errors, non_empty(params.step).map(|s| parse_step(&s))),
-        phase: all_or_errors(
-            &mut errors,
-            non_empty(params.phase).map(|p| parse_phase(&p)),
-        ),
+        // Given empty, these are refused like any value outside their
+        // set: the contract lists the values, and "" is not one of them.
+        status: all_or_errors(&mut errors, params.status.map(|s| parse_status(s.trim()))),
+        step: all_or_errors(&mut errors, params.step.map(|s| parse_step(s.trim()))),
+        phase: all_or_errors(&mut errors, params.phase.map(|p| parse_phase(p.trim()))),
         error: non_empty(params.error),
         created_after: all_or_errors(
             &mut errors,
-            non_empty(params.created_after).map(|t| parse_time("created_after", &t)),
+            params
+                .created_after
+                .map(|t| parse_time("created_after", t.trim())),
         ),
         created_before: all_or_errors(
             &mut errors,
-            non_empty(params.created_before).map(|t| parse_time("created_before", &t)),
+            params
+                .created_before
+                .map(|t| parse_time("created_before", t.trim())),
         ),
         search: search.q,
         customer_id: search.customer_id,
@@ -335,20 +337,19 @@ pub(crate) struct ActionBody {
 }
 
 fn reason_of(reason: Option<String>) -> Result<String, ApiError> {
-    match non_empty(reason) {
-        Some(r) if r.chars().any(char::is_control) => Err(ApiError::Invalid(vec![invalid(
-            "reason",
-            "must not contain control characters",
-        )])),
-        Some(r) if r.chars().count() <= MAX_REASON_CHARS => Ok(r),
-        Some(_) => Err(ApiError::Invalid(vec![invalid(
-            "reason",
-            format!("must be at most {MAX_REASON_CHARS} characters"),
-        )])),
-        None => Err(ApiError::Invalid(vec![invalid(
-            "reason",
-            "is required: say why, for the timeline",
-        )])),
+    let refused = |message: String| Err(ApiError::Invalid(vec![invalid("reason", message)]));
+    let Some(reason) = reason else {
+        return refused("is required: say why, for the timeline".to_owned());
+    };
+    match reason.trim() {
+        "" => refused("must not be empty: say why, for the timeline".to_owned()),
+        r if r.chars().any(char::is_control) => {
+            refused("must not contain control characters".to_owned())
+        }
+        r if r.chars().count() > MAX_REASON_CHARS => {
+            refused(format!("must be at most {MAX_REASON_CHARS} characters"))
+        }
+        r => Ok(r.to_owned()),
     }
 }
 
@@ -523,13 +524,14 @@ pub async fn bulk_retry(
 ) -> Result<Json<BulkRetried>, ApiError> {
     let body: BulkRetryBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
     let selection = bulk_selection(&body)?;
-    let reason = if body.dry_run {
-        None
-    } else {
-        Some(reason_of(body.reason)?)
+    // A dry run needs no reason; one given anyway is held to the same rules,
+    // so a body that passes its dry run passes for real too.
+    let reason = match (body.dry_run, body.reason) {
+        (true, None) => None,
+        (_, reason) => Some(reason_of(reason)?),
     };
     let ids = state.store.suspended_ids(&selection).await?;
-    let Some(reason) = reason else {
+    let Some(reason) = reason.filter(|_| !body.dry_run) else {
         return Ok(Json(BulkRetried {
             dry_run: true,
             count: ids.len(),
@@ -626,8 +628,9 @@ pub struct DeadLetterList {
 pub async fn dead_letters(
     _: Actor,
     State(state): State<AppState>,
-    Query(params): Query<DeadLetterParams>,
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
+    let params = validation::query(params)?;
     let mut errors = Vec::new();
     no_control_characters(
         &mut errors,
@@ -642,8 +645,9 @@ pub async fn dead_letters(
     }
     let saga_id = all_or_errors(
         &mut errors,
-        non_empty(params.saga_id).map(|id| {
-            id.parse::<Uuid>()
+        params.saga_id.map(|id| {
+            id.trim()
+                .parse::<Uuid>()
                 .map_err(|_| invalid("saga_id", "must be a saga id (a UUID)"))
         }),
     );
@@ -688,8 +692,9 @@ pub struct RefusedCommandList {
 pub async fn outbox(
     _: Actor,
     State(state): State<AppState>,
-    Query(params): Query<OutboxParams>,
+    params: Result<Query<OutboxParams>, QueryRejection>,
 ) -> Result<Json<RefusedCommandList>, ApiError> {
+    let params = validation::query(params)?;
     let mut errors = Vec::new();
     let limit = page_size(&mut errors, params.limit);
     let cursor = page_cursor::<i64>(&mut errors, params.cursor);

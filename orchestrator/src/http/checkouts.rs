@@ -4,7 +4,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -129,8 +129,9 @@ pub struct GetParams {
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(params): Query<GetParams>,
+    params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<CheckoutView>, ApiError> {
+    let params = validation::query(params)?;
     let not_found = || ApiError::NotFound(format!("no checkout with id `{id}`"));
     let saga_id: Uuid = id.parse().map_err(|_| not_found())?;
     let wait = match params.wait.as_deref() {

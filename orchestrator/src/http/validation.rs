@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::Query;
 use axum::http::{header, HeaderMap, StatusCode};
 use saga_shared::messages::{LineRequest, ShipTo};
 use serde::de::DeserializeOwned;
@@ -17,10 +18,10 @@ use crate::saga::CheckoutRequest;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_QUANTITY: i64 = 10_000;
-const MAX_ID_LEN: usize = 128;
-const MAX_SKU_LEN: usize = 64;
-const MAX_METHOD_LEN: usize = 64;
-const MAX_REGION_LEN: usize = 16;
+pub(crate) const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_SKU_LEN: usize = 64;
+pub(crate) const MAX_METHOD_LEN: usize = 64;
+pub(crate) const MAX_REGION_LEN: usize = 16;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -38,9 +39,11 @@ pub(crate) struct Body {
 #[schema(as = NewCheckoutItem)]
 pub(crate) struct Item {
     sku: String,
-    // Wide on purpose: a negative or huge quantity is a validation error
-    // naming the field, not a type error.
-    quantity: i64,
+    // Any JSON number on purpose: a negative, huge or fractional quantity
+    // is a validation error naming the field, not a type error; and `2.0`
+    // is the integer 2, as JSON Schema's `integer` has it.
+    #[schema(value_type = i64)]
+    quantity: serde_json::Number,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -94,6 +97,27 @@ pub fn json_body(
     Ok(body)
 }
 
+/// A query string as `T`, or the parameter that does not fit: the
+/// parameters are texts, so what fails here is one given twice (or bytes
+/// that are not UTF-8), a client mistake to answer like any other.
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(params)| params).map_err(|rejection| {
+        let text = rejection.body_text();
+        let message = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        let field = message
+            .strip_prefix("duplicate field `")
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or("query");
+        let message = match field {
+            "query" => message.to_owned(),
+            _ => "must be given at most once".to_owned(),
+        };
+        ApiError::Invalid(vec![FieldError::new(field, message)])
+    })
+}
+
 /// A serde error as the field it is about and a message without the
 /// parser's line and column.
 fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -145,6 +169,7 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
         ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut quantities = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.iter().enumerate() {
         let sku_field = format!("items[{i}].sku");
         text(&mut errors, &sku_field, &item.sku, MAX_SKU_LEN);
@@ -154,14 +179,15 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
                 format!("duplicate SKU `{}` (also in items[{first}]); put the total quantity on one line", item.sku),
             ));
         }
-        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-            errors.push(FieldError::new(
+        match whole_number(&item.quantity).filter(|q| (1..=MAX_QUANTITY).contains(q)) {
+            Some(quantity) => quantities.push(quantity as u32),
+            None => errors.push(FieldError::new(
                 format!("items[{i}].quantity"),
                 format!(
-                    "must be between 1 and {MAX_QUANTITY}, got {}",
+                    "must be a whole number from 1 to {MAX_QUANTITY}, got {}",
                     item.quantity
                 ),
-            ));
+            )),
         }
     }
     let country = &body.ship_to.country;
@@ -190,9 +216,10 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
         items: body
             .items
             .into_iter()
-            .map(|i| LineRequest {
+            .zip(quantities)
+            .map(|(i, quantity)| LineRequest {
                 sku: i.sku,
-                quantity: i.quantity as u32,
+                quantity,
             })
             .collect(),
         ship_to: ShipTo {
@@ -200,6 +227,18 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
             region: region.to_ascii_uppercase(),
         },
         payment_method: body.payment_method,
+    })
+}
+
+/// The integer a JSON number stands for, if it stands for one (`3`, `3.0`,
+/// `3e0`) within the range where a float is exact.
+fn whole_number(number: &serde_json::Number) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+            .map(|f| f as i64)
     })
 }
 
@@ -253,6 +292,18 @@ mod tests {
         let r = parse_checkout(OK.as_bytes()).unwrap();
         assert_eq!(r.ship_to.country, "US");
         assert_eq!(r.ship_to.region, "");
+    }
+
+    #[test]
+    fn a_quantity_is_any_json_number_that_is_whole() {
+        let with = |q: &str| OK.replace(r#""quantity":1"#, &format!(r#""quantity":{q}"#));
+        for (whole, expected) in [("2", 2), ("2.0", 2), ("2e0", 2), ("10000", 10_000)] {
+            let r = parse_checkout(with(whole).as_bytes()).unwrap();
+            assert_eq!(r.items[0].quantity, expected, "{whole}");
+        }
+        for bad in ["2.5", "0", "10001", "-1", "1e300", "18446744073709551615"] {
+            assert_eq!(fields(&with(bad)), ["items[0].quantity"], "{bad}");
+        }
     }
 
     #[test]
