@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+
 use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -11,7 +14,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use crate::topology::Topology;
@@ -132,10 +136,22 @@ impl Outgoing {
     }
 }
 
+/// RabbitMQ blocks publishing connections while a resource alarm (memory
+/// or disk watermark) is raised; it says so with `connection.blocked`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The broker's words, e.g. `low on memory`.
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
 /// One live connection and its confirm-mode publishing channel.
 struct Session {
     connection: Arc<Connection>,
     publisher: Channel,
+    /// Stops the connection's alarm watcher once no session uses the
+    /// connection any more.
+    _watcher: Arc<DropGuard>,
 }
 
 impl Session {
@@ -157,6 +173,8 @@ pub struct Broker {
     session: std::sync::Mutex<Option<Arc<Session>>>,
     /// One reconnect at a time; the others wait for its session.
     connecting: tokio::sync::Mutex<()>,
+    /// Whether the broker blocks the current connection's publishes.
+    blocked: Arc<watch::Sender<Option<Blocked>>>,
     stop: CancellationToken,
 }
 
@@ -178,6 +196,7 @@ impl Broker {
             topology,
             session: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            blocked: Arc::new(watch::Sender::new(None)),
             stop: stop.clone(),
         };
         broker.session().await?;
@@ -213,6 +232,7 @@ impl Broker {
                     let session = Arc::new(Session {
                         connection: old.connection.clone(),
                         publisher,
+                        _watcher: old._watcher.clone(),
                     });
                     self.replace(session.clone());
                     tracing::info!(name = %self.name, "publishing channel reopened");
@@ -272,10 +292,34 @@ impl Broker {
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
         let connection = Connection::connect(&self.url, properties).await?;
         let publisher = self.open_publisher(&connection).await?;
+        // A new connection starts unblocked: the broker tells it anew if
+        // its alarm still stands.
+        self.blocked.send_replace(None);
+        let watching = self.stop.child_token();
+        tokio::spawn(watch_alarms(
+            connection.events_listener(),
+            self.name.clone(),
+            self.blocked.clone(),
+            watching.clone(),
+        ));
         Ok(Session {
             connection: Arc::new(connection),
             publisher,
+            _watcher: Arc::new(watching.drop_guard()),
         })
+    }
+
+    /// `Some` while RabbitMQ blocks this client's publishes (a resource
+    /// alarm): what it publishes waits, unconfirmed, until the alarm clears.
+    pub fn blocked(&self) -> Option<Blocked> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Returns once RabbitMQ no longer blocks publishing (at once if it
+    /// does not).
+    pub async fn unblocked(&self) {
+        let mut state = self.blocked.subscribe();
+        let _ = state.wait_for(Option::is_none).await;
     }
 
     pub fn topology(&self) -> &Topology {
@@ -477,6 +521,50 @@ impl Broker {
             {
                 tracing::warn!("RabbitMQ did not answer the connection close; leaving anyway");
             }
+        }
+    }
+}
+
+/// Follows one connection's `connection.blocked` and `unblocked` notices
+/// into `state`, and says each change once in the log (not once per
+/// message held).
+async fn watch_alarms(
+    events: impl Stream<Item = lapin::Event>,
+    name: String,
+    state: Arc<watch::Sender<Option<Blocked>>>,
+    stop: CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = stop.cancelled() => break,
+        };
+        match event {
+            Some(lapin::Event::ConnectionBlocked(reason)) => {
+                let since = Utc::now();
+                let newly = state.send_if_modified(|blocked| {
+                    let newly = blocked.is_none();
+                    if newly {
+                        *blocked = Some(Blocked {
+                            reason: reason.clone(),
+                            since,
+                        });
+                    }
+                    newly
+                });
+                if newly {
+                    tracing::warn!(%name, %reason, "RabbitMQ is blocking publishes (a resource alarm); messages wait until it clears");
+                }
+            }
+            Some(lapin::Event::ConnectionUnblocked) => {
+                if let Some(was) = state.send_replace(None) {
+                    let blocked_ms = (Utc::now() - was.since).num_milliseconds();
+                    tracing::info!(%name, blocked_ms, "RabbitMQ no longer blocks publishes");
+                }
+            }
+            Some(_) => {}
+            None => break,
         }
     }
 }
