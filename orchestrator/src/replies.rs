@@ -45,7 +45,14 @@ async fn process(
         Err(error) => return dead_letter(broker, &delivery, &error.to_string()).await,
     };
     match hold_until_settled(&delivery, stop, || store.apply_reply(&reply)).await {
-        Settled::Done(()) => {}
+        Settled::Done(()) => {
+            metrics::counter!(
+                crate::metrics::REPLIES,
+                "step" => reply.step.routing_key(),
+                "outcome" => reply.payload.label()
+            )
+            .increment(1);
+        }
         Settled::Permanent(reason) => return dead_letter(broker, &delivery, &reason).await,
         Settled::Stopped => return,
     }

@@ -205,6 +205,8 @@ impl Store {
             Ok(saga::act(saga, action, actor, reason, ctx)?)
         })
         .await?;
+        metrics::counter!(crate::metrics::SUPPORT_ACTIONS, "action" => action.as_str())
+            .increment(1);
         tracing::info!("support action applied");
         Ok(())
     }
@@ -227,7 +229,7 @@ impl Store {
             let saga = parse(id, state)?;
             let transition = decide(&saga, self.context())?;
             let mut conn = self.pool.acquire().await?;
-            if write(&mut conn, &saga, version, transition).await? {
+            if write(&mut conn, &self.policies, &saga, version, transition).await? {
                 return Ok(());
             }
             tracing::debug!("saga advanced concurrently; re-reading");
@@ -301,7 +303,7 @@ impl Store {
                         refused_for: refused_for.unwrap_or_default(),
                     };
                     let transition = saga::handle(&saga, event, self.context());
-                    if write(&mut tx, &saga, version, transition).await? {
+                    if write(&mut tx, &self.policies, &saga, version, transition).await? {
                         metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => step.routing_key())
                             .increment(1);
                         tracing::warn!(saga_id = %id, routing_key = step.routing_key(), "saga parked: its command cannot be published");
@@ -348,7 +350,7 @@ impl Store {
                     .await?;
                 continue;
             }
-            write(&mut tx, &saga, version, transition).await?;
+            write(&mut tx, &self.policies, &saga, version, transition).await?;
         }
         tx.commit().await?;
         tracing::Span::current().record("fired", fired);
@@ -378,7 +380,7 @@ impl Store {
         if transition.history.is_empty() {
             return Ok(false);
         }
-        Ok(write(conn, &saga, version, transition).await?)
+        Ok(write(conn, &self.policies, &saga, version, transition).await?)
     }
 
     pub fn policies(&self) -> &StepPolicies {
@@ -432,23 +434,28 @@ async fn take_unsent(conn: &mut PgConnection, row: i64) -> Result<bool, sqlx::Er
 /// another writer got there first.
 async fn write(
     conn: &mut PgConnection,
+    policies: &StepPolicies,
     before: &Saga,
     version: i64,
     transition: Transition,
 ) -> Result<bool, sqlx::Error> {
     let finished = transition.saga.status.is_final() && !before.status.is_final();
     let written = TransitionRows::new(&transition)
-        .bind(sqlx::query_as::<_, (i32,)>(transition::UPDATE))
+        .bind(sqlx::query_as::<_, (f64, Option<f64>)>(transition::UPDATE))
         .bind(version)
         .bind(finished)
         .bind(FINAL_CHANNEL)
         .fetch_optional(conn)
         .await?;
-    if written.is_some() {
+    if let Some((since_created, deadline_in_ms)) = written {
         // Counted when written, not when committed: inside the deadline
         // timer's transaction a failed commit overcounts, which a counter
         // of events may.
-        crate::metrics::record(before.status, &transition);
+        let clocks = crate::metrics::Clocks {
+            since_created,
+            deadline_in_ms,
+        };
+        crate::metrics::record(before, &transition, clocks, policies);
     }
     Ok(written.is_some())
 }

@@ -11,6 +11,7 @@ mod crashes;
 mod failures;
 mod http_bounds;
 mod idempotency;
+mod latency;
 mod metrics;
 mod openapi;
 mod outages;
