@@ -8,6 +8,7 @@ mod budget;
 mod checkout;
 mod console;
 mod crashes;
+mod dashboard;
 mod failures;
 mod http_bounds;
 mod idempotency;
