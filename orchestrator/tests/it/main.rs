@@ -4,6 +4,7 @@
 
 mod amounts;
 mod binary;
+mod broker_alarm;
 mod budget;
 mod checkout;
 mod console;
