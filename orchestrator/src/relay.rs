@@ -78,9 +78,10 @@ pub async fn run_relay_until_stopped(
     let mut backoff = fresh();
     loop {
         if broker.blocked().is_some() {
-            // What it publishes now would go unconfirmed and count as
-            // refusals, which park sagas once they last: hold the outbox
-            // until the broker's alarm clears.
+            // A publish now would wait for the alarm to clear inside the
+            // batch's transaction, holding its rows locked and a pooled
+            // connection for as long as the alarm lasts: hold the outbox
+            // until it clears instead.
             tokio::select! {
                 _ = broker.unblocked() => {}
                 _ = stop.cancelled() => break,

@@ -140,8 +140,8 @@ async fn readyz(system: &System) -> (u16, Value) {
 async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_once_it_clears() {
     let proxy = AlarmProxy::start("127.0.0.1:5672").await;
     // A short publish allowance (2 attempts of 1.5 s): a relay that took
-    // the alarm's unconfirmed publishes for refusals would park the saga
-    // long before the alarm clears.
+    // publishes the alarm holds for refusals would park the saga before
+    // the alarm clears.
     let reserve = RetryPolicy {
         max_attempts: 2,
         deadline: Duration::from_millis(1_500),
@@ -184,18 +184,28 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
     );
 
     let id = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
-    // The alarm lasts well past the confirm wait (5 s) and the step's
-    // publish allowance (3 s): only a window of time shows that nothing
-    // counted as a refusal meanwhile.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let (attempts, refused): (i32, bool) = sqlx::query_as(
-        "SELECT publish_attempts, first_failed_at IS NOT NULL FROM outbox WHERE saga_id = $1::uuid",
+    // The alarm lasts past the confirm wait (5 s) and the step's publish
+    // allowance (3 s): only a window of time shows that nothing happened
+    // meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut tx = system.orchestrator_db.pool.begin().await.unwrap();
+    // The relay holds the outbox without sitting in a transaction on its
+    // row (a publish into a blocked connection waits for the alarm to
+    // clear): another instance could take the row, and no refusal counted.
+    let waiting: Option<(i32, bool)> = sqlx::query_as(
+        "SELECT publish_attempts, first_failed_at IS NOT NULL FROM outbox
+         WHERE saga_id = $1::uuid FOR UPDATE SKIP LOCKED",
     )
     .bind(&id)
-    .fetch_one(&system.orchestrator_db.pool)
+    .fetch_optional(&mut *tx)
     .await
-    .expect("the command waits in the outbox");
-    assert_eq!((attempts, refused), (0, false));
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        waiting,
+        Some((0, false)),
+        "the command waits unlocked and unrefused"
+    );
     assert_eq!(system.saga_status(&id).await, "running");
 
     proxy.unblock();
