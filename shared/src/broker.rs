@@ -604,6 +604,70 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Log lines, kept for a test to read.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_alarm_is_followed_and_logged_once_per_change() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let state = Arc::new(watch::Sender::new(None));
+        let mut seen = state.subscribe();
+        let (events, received) = futures::channel::mpsc::unbounded();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                let watcher = tokio::spawn(watch_alarms(
+                    received,
+                    "orchestrator t.".into(),
+                    state.clone(),
+                    CancellationToken::new(),
+                ));
+                // The broker repeats itself: one change, one line.
+                for _ in 0..3 {
+                    events
+                        .unbounded_send(lapin::Event::ConnectionBlocked("low on memory".into()))
+                        .unwrap();
+                }
+                let blocked = seen.wait_for(Option::is_some).await.unwrap().clone();
+                assert_eq!(blocked.unwrap().reason, "low on memory");
+                events.unbounded_send(lapin::Event::Connected).unwrap();
+                events
+                    .unbounded_send(lapin::Event::ConnectionUnblocked)
+                    .unwrap();
+                events
+                    .unbounded_send(lapin::Event::ConnectionUnblocked)
+                    .unwrap();
+                drop(events);
+                watcher.await.unwrap();
+            })
+        });
+        assert_eq!(*state.borrow(), None);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(logged("RabbitMQ is blocking publishes"), 1, "{text}");
+        assert_eq!(logged("reason=low on memory"), 1, "{text}");
+        assert_eq!(logged("RabbitMQ no longer blocks publishes"), 1, "{text}");
+    }
+
     #[test]
     fn backoff_stays_under_its_cap() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
