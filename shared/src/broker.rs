@@ -151,7 +151,7 @@ struct Session {
     publisher: Channel,
     /// Stops the connection's alarm watcher once no session uses the
     /// connection any more.
-    _watcher: Arc<DropGuard>,
+    watcher: Arc<DropGuard>,
 }
 
 impl Session {
@@ -232,7 +232,7 @@ impl Broker {
                     let session = Arc::new(Session {
                         connection: old.connection.clone(),
                         publisher,
-                        _watcher: old._watcher.clone(),
+                        watcher: old.watcher.clone(),
                     });
                     self.replace(session.clone());
                     tracing::info!(name = %self.name, "publishing channel reopened");
@@ -305,7 +305,7 @@ impl Broker {
         Ok(Session {
             connection: Arc::new(connection),
             publisher,
-            _watcher: Arc::new(watching.drop_guard()),
+            watcher: Arc::new(watching.drop_guard()),
         })
     }
 
