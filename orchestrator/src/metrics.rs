@@ -1,19 +1,28 @@
-//! Prometheus metrics at `GET /metrics`: counters of what this process
-//! did, and, counted in the database every few seconds, how many sagas are
-//! in each status and how many commands wait in the outbox (the same truth
-//! whichever instance is scraped).
+//! Prometheus metrics at `GET /metrics`: counters and latency histograms
+//! of what this process did, and, counted in the database every few
+//! seconds, how many sagas are in each status and how many commands wait in
+//! the outbox, and for how long (the same truth whichever instance is
+//! scraped).
+//!
+//! Every duration is measured from times the database keeps (a saga's
+//! `created_at`, the deadline its awaited attempt was given), never from an
+//! instant one process remembers: the instance that finishes a saga, or
+//! receives a reply, is often not the one that started it, and may have
+//! been restarted in between.
 
 use std::fmt::Write;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use saga_shared::Step;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Waiters;
 
-use crate::saga::{SagaStatus, Transition};
+use crate::saga::{Action, Saga, SagaStatus, StepPolicies, Transition};
 
 pub const SAGAS_STARTED: &str = "checkout_sagas_started_total";
 pub const SAGAS_FINISHED: &str = "checkout_sagas_finished_total";
@@ -28,11 +37,39 @@ pub const OUTBOX_REFUSED: &str = "checkout_outbox_refused_total";
 pub const OUTBOX_PARKED: &str = "checkout_outbox_parked_total";
 /// API requests answered `503 overloaded`: no pooled connection came free.
 pub const API_OVERLOADED: &str = "checkout_api_overloaded_total";
+/// Seconds from a checkout's POST to its final status, by that status.
+pub const CHECKOUT_DURATION: &str = "checkout_duration_seconds";
+/// Seconds from a step's command going out to its reply being applied, by step.
+pub const STEP_ROUND_TRIP: &str = "checkout_step_round_trip_seconds";
+/// Seconds one relay batch took to publish and have its confirms.
+pub const RELAY_PUBLISH: &str = "checkout_relay_publish_seconds";
+/// Worker replies applied, by step and outcome (`ok`, `rejected`, `transient`).
+pub const REPLIES: &str = "checkout_replies_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 const LONG_POLLS: &str = "checkout_long_polls_waiting";
 /// Commands the broker refused at least once and that are still unsent.
 const OUTBOX_STUCK: &str = "checkout_outbox_stuck";
+/// How long the oldest due, unsent command has waited past its due time.
+const OUTBOX_OLDEST: &str = "checkout_outbox_oldest_due_seconds";
+/// 1 while RabbitMQ blocks this instance's publishing connection.
+const BROKER_BLOCKED: &str = "checkout_broker_blocked";
+
+/// A checkout takes tens of milliseconds when all is well, seconds when a
+/// step retries, and up to minutes when support resolves a parked saga.
+pub const CHECKOUT_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+/// A worker answers in milliseconds; a deadline is 10 s by default.
+pub const STEP_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// A confirm takes about a millisecond; the relay gives up after 5 s.
+pub const PUBLISH_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+const REPLY_OUTCOMES: [&str; 3] = ["ok", "rejected", "transient"];
 
 const STATUSES: [SagaStatus; 6] = [
     SagaStatus::Running,
@@ -50,19 +87,92 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(CHECKOUT_DURATION.into()), &CHECKOUT_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STEP_ROUND_TRIP.into()), &STEP_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(RELAY_PUBLISH.into()), &PUBLISH_BUCKETS)
+                })
+                .expect("the bucket lists are not empty")
                 .install_recorder()
-                .expect("no other metrics recorder is installed")
+                .expect("no other metrics recorder is installed");
+            describe_and_zero();
+            handle
         })
         .clone()
 }
 
-/// What a committed transition did, counted.
-pub fn record(before: SagaStatus, transition: &Transition) {
-    let after = transition.saga.status;
-    if after.is_final() && !before.is_final() {
-        metrics::counter!(SAGAS_FINISHED, "status" => after.as_str()).increment(1);
+/// Every series an alert or the dashboard reads exists from the start, at
+/// zero: `increase()` over a series that appears with its first event
+/// misses that event, and an absent series looks like a broken scrape.
+fn describe_and_zero() {
+    metrics::describe_histogram!(
+        CHECKOUT_DURATION,
+        Unit::Seconds,
+        "From a checkout's POST to its final status (completed, compensated, cancelled)"
+    );
+    metrics::describe_histogram!(
+        STEP_ROUND_TRIP,
+        Unit::Seconds,
+        "From a step's command going out to its reply being applied"
+    );
+    metrics::describe_histogram!(
+        RELAY_PUBLISH,
+        Unit::Seconds,
+        "One outbox relay batch: its publishes and their confirms"
+    );
+    metrics::describe_counter!(REPLIES, "Worker replies applied, by step and outcome");
+    for counter in [
+        SAGAS_STARTED,
+        OUTBOX_PUBLISHED,
+        DEAD_LETTERS,
+        API_OVERLOADED,
+    ] {
+        metrics::counter!(counter).absolute(0);
     }
+    for action in [Action::Retry, Action::Cancel] {
+        metrics::counter!(SUPPORT_ACTIONS, "action" => action.as_str()).absolute(0);
+    }
+    for status in STATUSES.iter().filter(|s| s.is_final()) {
+        metrics::counter!(SAGAS_FINISHED, "status" => status.as_str()).absolute(0);
+    }
+    for step in Step::ALL {
+        let step = step.routing_key();
+        metrics::counter!(SAGAS_SUSPENDED, "step" => step).absolute(0);
+        metrics::counter!(DEADLINES_MISSED, "step" => step).absolute(0);
+        metrics::counter!(OUTBOX_REFUSED, "routing_key" => step).absolute(0);
+        metrics::counter!(OUTBOX_PARKED, "routing_key" => step).absolute(0);
+        for outcome in REPLY_OUTCOMES {
+            metrics::counter!(REPLIES, "step" => step, "outcome" => outcome).absolute(0);
+        }
+    }
+}
+
+/// When a written transition happened, as the database saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// Seconds from the saga's creation to this transition.
+    pub since_created: f64,
+    /// Milliseconds the awaited reply still had before its deadline when
+    /// this transition was written (negative: past it).
+    pub deadline_in_ms: Option<f64>,
+}
+
+/// What a committed transition did, counted and timed.
+pub fn record(before: &Saga, transition: &Transition, clocks: Clocks, policies: &StepPolicies) {
+    let after = transition.saga.status;
+    if after.is_final() && !before.status.is_final() {
+        metrics::counter!(SAGAS_FINISHED, "status" => after.as_str()).increment(1);
+        metrics::histogram!(CHECKOUT_DURATION, "status" => after.as_str())
+            .record(clocks.since_created.max(0.0));
+    }
+    if let Some((step, round_trip)) = round_trip(before, transition, clocks, policies) {
+        metrics::histogram!(STEP_ROUND_TRIP, "step" => step.routing_key())
+            .record(round_trip.as_secs_f64());
+    }
+    let before = before.status;
     if after == SagaStatus::Suspended && before != SagaStatus::Suspended {
         let step = transition.saga.current.map_or("none", |s| s.routing_key());
         metrics::counter!(SAGAS_SUSPENDED, "step" => step).increment(1);
@@ -73,6 +183,38 @@ pub fn record(before: SagaStatus, transition: &Transition) {
             metrics::counter!(DEADLINES_MISSED, "step" => step).increment(1);
         }
     }
+}
+
+/// The round trip of the awaited attempt this transition answered, if it
+/// answered one. The attempt's deadline was set to its send time plus the
+/// step's deadline (and moved to its publish time when it left the outbox
+/// late), so what is left of it tells when the command went out.
+fn round_trip(
+    before: &Saga,
+    transition: &Transition,
+    clocks: Clocks,
+    policies: &StepPolicies,
+) -> Option<(Step, Duration)> {
+    let step = before.current?;
+    if !matches!(
+        before.status,
+        SagaStatus::Running | SagaStatus::Compensating
+    ) {
+        return None;
+    }
+    // A reply to the awaited attempt is the one timeline entry named after
+    // its outcome; a late or duplicate reply is `late_*` and not timed.
+    let replied = transition.history.iter().any(|entry| {
+        entry.step == Some(step)
+            && entry.attempt == before.attempt
+            && REPLY_OUTCOMES.contains(&entry.event.as_str())
+    });
+    if !replied {
+        return None;
+    }
+    let deadline_ms = policies.for_step(step).deadline.as_millis() as f64;
+    let elapsed_ms = deadline_ms - clocks.deadline_in_ms?;
+    Some((step, Duration::from_secs_f64(elapsed_ms.max(0.0) / 1000.0)))
 }
 
 /// How often the saga and outbox gauges are re-counted.
@@ -91,6 +233,7 @@ struct Counted {
     sagas: Vec<(SagaStatus, i64)>,
     outbox_pending: i64,
     outbox_stuck: i64,
+    outbox_oldest_due_seconds: f64,
 }
 
 impl DatabaseGauges {
@@ -122,10 +265,16 @@ async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
         sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
             .fetch_all(pool)
             .await?;
-    let (outbox_pending, outbox_stuck) =
-        sqlx::query_as::<_, (i64, i64)>("SELECT count(*), count(first_failed_at) FROM outbox")
-            .fetch_one(pool)
-            .await?;
+    // Age from the due time, not the insert: a retry waiting out its
+    // backoff is not late.
+    let (outbox_pending, outbox_stuck, outbox_oldest_due_seconds) =
+        sqlx::query_as::<_, (i64, i64, f64)>(
+            "SELECT count(*), count(first_failed_at),
+                    coalesce(EXTRACT(EPOCH FROM now() - min(not_before) FILTER (WHERE not_before <= now())), 0)::float8
+             FROM outbox",
+        )
+        .fetch_one(pool)
+        .await?;
     let sagas = STATUSES
         .iter()
         .map(|status| {
@@ -140,6 +289,7 @@ async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
         sagas,
         outbox_pending,
         outbox_stuck,
+        outbox_oldest_due_seconds,
     })
 }
 
@@ -168,17 +318,28 @@ pub async fn run_gauges_until_stopped(
     }
 }
 
-/// The text a scrape gets: the process's counters, this instance's
-/// long-polls, and the database gauges as last counted (left out until
-/// counted once).
-pub fn render(handle: &PrometheusHandle, gauges: &DatabaseGauges, waiters: &Waiters) -> String {
+/// The text a scrape gets: the process's counters and histograms, this
+/// instance's long-polls and broker state, and the database gauges as last
+/// counted (left out until counted once).
+pub fn render(
+    handle: &PrometheusHandle,
+    gauges: &DatabaseGauges,
+    waiters: &Waiters,
+    broker_blocked: bool,
+) -> String {
     let mut text = handle.render();
     // Written here rather than into the process-wide recorder: each
-    // instance reports its own database and its own waiters.
+    // instance reports its own database, its own waiters and its own
+    // connection.
     let _ = writeln!(
         text,
         "# TYPE {LONG_POLLS} gauge\n{LONG_POLLS} {}",
         waiters.waiting()
+    );
+    let _ = writeln!(
+        text,
+        "# HELP {BROKER_BLOCKED} 1 while RabbitMQ blocks publishing (a memory or disk alarm)\n# TYPE {BROKER_BLOCKED} gauge\n{BROKER_BLOCKED} {}",
+        u8::from(broker_blocked)
     );
     if let Some(counted) = gauges.get() {
         let _ = writeln!(text, "# TYPE {SAGAS} gauge");
@@ -195,6 +356,102 @@ pub fn render(handle: &PrometheusHandle, gauges: &DatabaseGauges, waiters: &Wait
             "# TYPE {OUTBOX_STUCK} gauge\n{OUTBOX_STUCK} {}",
             counted.outbox_stuck
         );
+        let _ = writeln!(
+            text,
+            "# TYPE {OUTBOX_OLDEST} gauge\n{OUTBOX_OLDEST} {:.3}",
+            counted.outbox_oldest_due_seconds
+        );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_shared::messages::{LineRequest, Outcome, ShipTo};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::saga::{self, CheckoutRequest, Context, Event};
+
+    fn awaiting_reserve(policies: &StepPolicies) -> Saga {
+        let request = CheckoutRequest {
+            customer_id: "c-1".into(),
+            items: vec![LineRequest {
+                sku: "A".into(),
+                quantity: 1,
+            }],
+            ship_to: ShipTo {
+                country: "US".into(),
+                region: "CA".into(),
+            },
+            payment_method: "sim_approve".into(),
+        };
+        let ctx = Context {
+            policies,
+            jitter: 0.5,
+        };
+        saga::start(Uuid::now_v7(), request, ctx).saga
+    }
+
+    fn reply(saga: &Saga, attempt: u32, policies: &StepPolicies) -> Transition {
+        let event = Event::Reply {
+            step: Step::Reserve,
+            attempt,
+            outcome: Outcome::Transient {
+                error: "busy".into(),
+            },
+        };
+        let ctx = Context {
+            policies,
+            jitter: 0.5,
+        };
+        saga::handle(saga, event, ctx)
+    }
+
+    fn clocks(deadline_in_ms: f64) -> Clocks {
+        Clocks {
+            since_created: 1.0,
+            deadline_in_ms: Some(deadline_in_ms),
+        }
+    }
+
+    #[test]
+    fn a_reply_to_the_awaited_attempt_is_timed_from_what_was_left_of_its_deadline() {
+        let policies = StepPolicies::default();
+        let before = awaiting_reserve(&policies);
+        let deadline = policies.for_step(Step::Reserve).deadline.as_millis() as f64;
+        let t = reply(&before, before.attempt, &policies);
+        let (step, took) = round_trip(&before, &t, clocks(deadline - 250.0), &policies).unwrap();
+        assert_eq!(step, Step::Reserve);
+        assert_eq!(took, Duration::from_millis(250));
+        // A reply after its deadline (the timer had not fired yet) is
+        // timed in full, never negative.
+        let (_, late) = round_trip(&before, &t, clocks(-1_000.0), &policies).unwrap();
+        assert_eq!(late, Duration::from_millis(deadline as u64 + 1_000));
+        let (_, clamped) = round_trip(&before, &t, clocks(deadline * 2.0), &policies).unwrap();
+        assert_eq!(clamped, Duration::ZERO);
+    }
+
+    #[test]
+    fn late_replies_and_missed_deadlines_are_not_timed() {
+        let policies = StepPolicies::default();
+        let before = awaiting_reserve(&policies);
+        let stale = reply(&before, before.attempt + 7, &policies);
+        assert_eq!(
+            round_trip(&before, &stale, clocks(5_000.0), &policies),
+            None
+        );
+        let missed = saga::handle(
+            &before,
+            Event::DeadlineMissed {
+                step: Step::Reserve,
+                attempt: before.attempt,
+            },
+            Context {
+                policies: &policies,
+                jitter: 0.5,
+            },
+        );
+        assert_eq!(round_trip(&before, &missed, clocks(-5.0), &policies), None);
+    }
 }

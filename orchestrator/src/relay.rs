@@ -77,6 +77,17 @@ pub async fn run_relay_until_stopped(
     let fresh = Backoff::holding;
     let mut backoff = fresh();
     loop {
+        if broker.blocked().is_some() {
+            // A publish now would wait for the alarm to clear inside the
+            // batch's transaction, holding its rows locked and a pooled
+            // connection for as long as the alarm lasts: hold the outbox
+            // until it clears instead.
+            tokio::select! {
+                _ = broker.unblocked() => {}
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        }
         let sleep_for = match relay_batch(&store, &broker).await {
             Ok(handled) if handled as i64 == BATCH => continue,
             Ok(_) => {
@@ -162,7 +173,9 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
             traceparent: traceparent::of(span).unwrap_or_else(|| row.traceparent.clone()),
         })
         .collect();
+    let publishing = std::time::Instant::now();
     let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
+    metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
 
     let mut sent = Vec::new();
     let mut refused = Vec::new();
@@ -178,7 +191,8 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
         }
         match result {
             Ok(()) => sent.push(row),
-            Err(error) if error.is_refusal() => {
+            // Under a resource alarm no refusal is the row's own doing.
+            Err(error) if error.is_refusal() && broker.blocked().is_none() => {
                 let policy = policy_for(store, row);
                 let park =
                     row.refused_ms.unwrap_or(0.0) >= policy.publish_allowance().as_millis() as f64;

@@ -56,7 +56,14 @@ async fn process(
     traceparent::continue_from(&span, header(&delivery, traceparent::HEADER).as_deref());
     async {
         match hold_until_settled(&delivery, stop, || store.apply_reply(&reply)).await {
-            Settled::Done(()) => {}
+            Settled::Done(()) => {
+                metrics::counter!(
+                    crate::metrics::REPLIES,
+                    "step" => reply.step.routing_key(),
+                    "outcome" => reply.payload.label()
+                )
+                .increment(1);
+            }
             Settled::Permanent(reason) => return dead_letter(broker, &delivery, &reason).await,
             Settled::Stopped => return,
         }

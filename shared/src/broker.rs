@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+
 use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -11,7 +14,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use crate::topology::Topology;
@@ -132,10 +136,22 @@ impl Outgoing {
     }
 }
 
+/// RabbitMQ blocks publishing connections while a resource alarm (memory
+/// or disk watermark) is raised; it says so with `connection.blocked`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The broker's words, e.g. `low on memory`.
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
 /// One live connection and its confirm-mode publishing channel.
 struct Session {
     connection: Arc<Connection>,
     publisher: Channel,
+    /// Stops the connection's alarm watcher once no session uses the
+    /// connection any more.
+    watcher: Arc<DropGuard>,
 }
 
 impl Session {
@@ -157,6 +173,8 @@ pub struct Broker {
     session: std::sync::Mutex<Option<Arc<Session>>>,
     /// One reconnect at a time; the others wait for its session.
     connecting: tokio::sync::Mutex<()>,
+    /// Whether the broker blocks the current connection's publishes.
+    blocked: Arc<watch::Sender<Option<Blocked>>>,
     stop: CancellationToken,
 }
 
@@ -178,6 +196,7 @@ impl Broker {
             topology,
             session: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            blocked: Arc::new(watch::Sender::new(None)),
             stop: stop.clone(),
         };
         broker.session().await?;
@@ -213,6 +232,7 @@ impl Broker {
                     let session = Arc::new(Session {
                         connection: old.connection.clone(),
                         publisher,
+                        watcher: old.watcher.clone(),
                     });
                     self.replace(session.clone());
                     tracing::info!(name = %self.name, "publishing channel reopened");
@@ -272,10 +292,34 @@ impl Broker {
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
         let connection = Connection::connect(&self.url, properties).await?;
         let publisher = self.open_publisher(&connection).await?;
+        // A new connection starts unblocked: the broker tells it anew if
+        // its alarm still stands.
+        self.blocked.send_replace(None);
+        let watching = self.stop.child_token();
+        tokio::spawn(watch_alarms(
+            connection.events_listener(),
+            self.name.clone(),
+            self.blocked.clone(),
+            watching.clone(),
+        ));
         Ok(Session {
             connection: Arc::new(connection),
             publisher,
+            watcher: Arc::new(watching.drop_guard()),
         })
+    }
+
+    /// `Some` while RabbitMQ blocks this client's publishes (a resource
+    /// alarm): what it publishes waits, unconfirmed, until the alarm clears.
+    pub fn blocked(&self) -> Option<Blocked> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Returns once RabbitMQ no longer blocks publishing (at once if it
+    /// does not).
+    pub async fn unblocked(&self) {
+        let mut state = self.blocked.subscribe();
+        let _ = state.wait_for(Option::is_none).await;
     }
 
     pub fn topology(&self) -> &Topology {
@@ -481,6 +525,50 @@ impl Broker {
     }
 }
 
+/// Follows one connection's `connection.blocked` and `unblocked` notices
+/// into `state`, and says each change once in the log (not once per
+/// message held).
+async fn watch_alarms(
+    events: impl Stream<Item = lapin::Event>,
+    name: String,
+    state: Arc<watch::Sender<Option<Blocked>>>,
+    stop: CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = stop.cancelled() => break,
+        };
+        match event {
+            Some(lapin::Event::ConnectionBlocked(reason)) => {
+                let since = Utc::now();
+                let newly = state.send_if_modified(|blocked| {
+                    let newly = blocked.is_none();
+                    if newly {
+                        *blocked = Some(Blocked {
+                            reason: reason.clone(),
+                            since,
+                        });
+                    }
+                    newly
+                });
+                if newly {
+                    tracing::warn!(%name, %reason, "RabbitMQ is blocking publishes (a resource alarm); messages wait until it clears");
+                }
+            }
+            Some(lapin::Event::ConnectionUnblocked) => {
+                if let Some(was) = state.send_replace(None) {
+                    let blocked_ms = (Utc::now() - was.since).num_milliseconds();
+                    tracing::info!(%name, blocked_ms, "RabbitMQ no longer blocks publishes");
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+}
+
 /// A message's confirm as a result: a returned (unroutable) message is a
 /// failure, not a success, or it would be silently dropped.
 fn judge(
@@ -515,6 +603,70 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines, kept for a test to read.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_alarm_is_followed_and_logged_once_per_change() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let state = Arc::new(watch::Sender::new(None));
+        let mut seen = state.subscribe();
+        let (events, received) = futures::channel::mpsc::unbounded();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                let watcher = tokio::spawn(watch_alarms(
+                    received,
+                    "orchestrator t.".into(),
+                    state.clone(),
+                    CancellationToken::new(),
+                ));
+                // The broker repeats itself: one change, one line.
+                for _ in 0..3 {
+                    events
+                        .unbounded_send(lapin::Event::ConnectionBlocked("low on memory".into()))
+                        .unwrap();
+                }
+                let blocked = seen.wait_for(Option::is_some).await.unwrap().clone();
+                assert_eq!(blocked.unwrap().reason, "low on memory");
+                events.unbounded_send(lapin::Event::Connected).unwrap();
+                events
+                    .unbounded_send(lapin::Event::ConnectionUnblocked)
+                    .unwrap();
+                events
+                    .unbounded_send(lapin::Event::ConnectionUnblocked)
+                    .unwrap();
+                drop(events);
+                watcher.await.unwrap();
+            })
+        });
+        assert_eq!(*state.borrow(), None);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+        assert_eq!(logged("RabbitMQ is blocking publishes"), 1, "{text}");
+        assert_eq!(logged("reason=low on memory"), 1, "{text}");
+        assert_eq!(logged("RabbitMQ no longer blocks publishes"), 1, "{text}");
+    }
 
     #[test]
     fn backoff_stays_under_its_cap() {

@@ -99,7 +99,12 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = crate::metrics::render(&state.metrics, &state.gauges, &state.waiters);
+    let body = crate::metrics::render(
+        &state.metrics,
+        &state.gauges,
+        &state.waiters,
+        state.broker.blocked().is_some(),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -114,6 +119,9 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready when both the database and the broker answer; says which is down.
+/// A broker that blocks publishing (a resource alarm) leaves the instance
+/// ready: checkouts are still accepted, their commands wait in the outbox
+/// and go out once the alarm clears; the body says `blocked` and why.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // Answer promptly even when the database hangs: a probe that waits
     // for the pool's acquire timeout is itself a problem.
@@ -124,17 +132,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     .await
     .is_ok_and(|r| r.is_ok());
     let broker = state.broker.is_connected();
+    let blocked = state.broker.blocked().filter(|_| broker);
     let status = if database && broker {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |up: bool| if up { "up" } else { "down" };
-    (
-        status,
-        Json(json!({
-            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
-            "checks": {"database": word(database), "broker": word(broker)},
-        })),
-    )
+    let mut body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+        "checks": {
+            "database": word(database),
+            "broker": if blocked.is_some() { "blocked" } else { word(broker) },
+        },
+    });
+    if let Some(blocked) = blocked {
+        body["broker_blocked"] = json!({"reason": blocked.reason, "since": blocked.since});
+    }
+    (status, Json(body))
 }

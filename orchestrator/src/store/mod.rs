@@ -208,6 +208,8 @@ impl Store {
             Ok(saga::act(saga, action, actor, reason, ctx)?)
         })
         .await?;
+        metrics::counter!(crate::metrics::SUPPORT_ACTIONS, "action" => action.as_str())
+            .increment(1);
         tracing::info!("support action applied");
         Ok(())
     }
@@ -235,7 +237,16 @@ impl Store {
                 Cause::Saga => trace,
             };
             let mut conn = self.pool.acquire().await?;
-            if write(&mut conn, &saga, version, transition, trace.as_deref()).await? {
+            if write(
+                &mut conn,
+                &self.policies,
+                &saga,
+                version,
+                transition,
+                trace.as_deref(),
+            )
+            .await?
+            {
                 return Ok(());
             }
             tracing::debug!("saga advanced concurrently; re-reading");
@@ -313,6 +324,7 @@ impl Store {
                     let transition = saga::handle(&saga, event, self.context());
                     if write(
                         &mut tx,
+                        &self.policies,
                         &saga,
                         version,
                         transition,
@@ -368,6 +380,7 @@ impl Store {
             }
             write(
                 &mut tx,
+                &self.policies,
                 &saga,
                 version,
                 transition,
@@ -404,7 +417,15 @@ impl Store {
         if transition.history.is_empty() {
             return Ok(false);
         }
-        Ok(write(conn, &saga, version, transition, trace.as_deref()).await?)
+        Ok(write(
+            conn,
+            &self.policies,
+            &saga,
+            version,
+            transition,
+            trace.as_deref(),
+        )
+        .await?)
     }
 
     pub fn policies(&self) -> &StepPolicies {
@@ -474,6 +495,7 @@ enum Cause {
 /// request that acted, say).
 async fn write(
     conn: &mut PgConnection,
+    policies: &StepPolicies,
     before: &Saga,
     version: i64,
     transition: Transition,
@@ -492,31 +514,36 @@ async fn write(
         traceparent::continue_from(&span, trace);
         traceparent::link(&span, &tracing::Span::current());
     }
-    write_in(conn, before, version, transition)
+    write_in(conn, policies, before, version, transition)
         .instrument(span)
         .await
 }
 
 async fn write_in(
     conn: &mut PgConnection,
+    policies: &StepPolicies,
     before: &Saga,
     version: i64,
     transition: Transition,
 ) -> Result<bool, sqlx::Error> {
     let finished = transition.saga.status.is_final() && !before.status.is_final();
     let written = TransitionRows::new(&transition)
-        .bind(sqlx::query_as::<_, (i32,)>(transition::UPDATE))
+        .bind(sqlx::query_as::<_, (f64, Option<f64>)>(transition::UPDATE))
         .bind(version)
         .bind(finished)
         .bind(FINAL_CHANNEL)
         .fetch_optional(conn)
         .await?;
     tracing::Span::current().record("written", written.is_some());
-    if written.is_some() {
+    if let Some((since_created, deadline_in_ms)) = written {
         // Counted when written, not when committed: inside the deadline
         // timer's transaction a failed commit overcounts, which a counter
         // of events may.
-        crate::metrics::record(before.status, &transition);
+        let clocks = crate::metrics::Clocks {
+            since_created,
+            deadline_in_ms,
+        };
+        crate::metrics::record(before, &transition, clocks, policies);
     }
     Ok(written.is_some())
 }

@@ -44,7 +44,9 @@ pub const INSERT: &str = concat!(
 
 /// Advances a saga if it is still at version $23; $24 says whether it just
 /// became final, which notifies channel $25 on commit (long-polls on every
-/// instance wake up).
+/// instance wake up). It returns the saga's age and what was left of the
+/// deadline it awaited (for the latency metrics): `was` is the row as
+/// it was, since a statement does not see its own CTE's update.
 pub const UPDATE: &str = concat!(
     "WITH saga AS (
          UPDATE sagas SET status = $2, current_step = $3, attempt = $4, state = $5, last_error = $6,
@@ -53,10 +55,13 @@ pub const UPDATE: &str = concat!(
                                              WHEN $8::bool THEN deadline_at END,
                           version = version + 1, updated_at = now()
          WHERE id = $1 AND version = $23
-         RETURNING id
+         RETURNING id, created_at
      ), ",
     transition_writes!(),
-    " SELECT 1, CASE WHEN $24 THEN pg_notify($25, $1::text) END FROM saga"
+    " SELECT EXTRACT(EPOCH FROM now() - saga.created_at)::float8,
+             (EXTRACT(EPOCH FROM was.deadline_at - clock_timestamp()) * 1000)::float8,
+             CASE WHEN $24 THEN pg_notify($25, $1::text) END
+      FROM saga JOIN sagas was ON was.id = saga.id"
 );
 
 type PgArgs = sqlx::postgres::PgArguments;

@@ -4,13 +4,16 @@
 
 mod amounts;
 mod binary;
+mod broker_alarm;
 mod budget;
 mod checkout;
 mod console;
 mod crashes;
+mod dashboard;
 mod failures;
 mod http_bounds;
 mod idempotency;
+mod latency;
 mod metrics;
 mod openapi;
 mod outages;

@@ -103,6 +103,8 @@ pub struct Setup {
     pub database_proxy: bool,
     /// The orchestrator's HTTP bounds.
     pub http_limits: HttpLimits,
+    /// Every process reaches RabbitMQ at this URL (a test's own proxy).
+    pub amqp_url: Option<String>,
 }
 
 async fn start_worker<H: Handler>(
@@ -159,9 +161,10 @@ impl System {
             true => Some(OutageProxy::start("127.0.0.1:5432").await),
             false => None,
         };
-        let amqp_url = match &broker_proxy {
-            Some(proxy) => proxy.url_for(&testing::amqp_url(), 5672),
-            None => testing::amqp_url(),
+        let amqp_url = match (&broker_proxy, setup.amqp_url) {
+            (_, Some(url)) => url,
+            (Some(proxy), None) => proxy.url_for(&testing::amqp_url(), 5672),
+            (None, None) => testing::amqp_url(),
         };
         let database_port = database_proxy.as_ref().map(|p| p.port);
         let prefix = testing::random_prefix();

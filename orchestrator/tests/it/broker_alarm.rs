@@ -1,0 +1,225 @@
+//! A RabbitMQ resource alarm (memory or disk watermark) blocks every
+//! publishing connection. Raising a real alarm on the shared broker would
+//! block every other test's connections too, so a proxy in front of it
+//! plays the broker's part: it slips `connection.blocked` and
+//! `connection.unblocked` frames into what the broker sends, which the
+//! client handles exactly as it would the broker's own.
+
+use std::time::Duration;
+
+use orchestrator::saga::{RetryPolicy, StepPolicies};
+use saga_shared::{testing, Step};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::latency::{sample, scrape};
+use crate::system::{order, Setup, System};
+
+/// Forwards AMQP connections to the shared broker, frame by frame from the
+/// broker's side, so that a frame can be slipped in between two of them.
+struct AlarmProxy {
+    port: u16,
+    inject: broadcast::Sender<Vec<u8>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// An AMQP method frame on channel 0 of `class`.`method` with `arguments`.
+fn connection_frame(method: u16, arguments: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&10u16.to_be_bytes()); // class: connection
+    payload.extend_from_slice(&method.to_be_bytes());
+    payload.extend_from_slice(arguments);
+    let mut frame = vec![1u8, 0, 0]; // method frame, channel 0
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame
+}
+
+impl AlarmProxy {
+    async fn start(target: &'static str) -> AlarmProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (inject, _) = broadcast::channel::<Vec<u8>>(16);
+        let injections = inject.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let injected = injections.subscribe();
+                tokio::spawn(relay_connection(client, server, injected));
+            }
+        });
+        AlarmProxy {
+            port,
+            inject,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        testing::amqp_url().replacen(":5672", &format!(":{}", self.port), 1)
+    }
+
+    /// What RabbitMQ sends every publishing connection when an alarm is raised.
+    fn block(&self, reason: &str) {
+        let mut arguments = vec![reason.len() as u8];
+        arguments.extend_from_slice(reason.as_bytes());
+        let _ = self.inject.send(connection_frame(60, &arguments));
+    }
+
+    /// ... and when it clears.
+    fn unblock(&self) {
+        let _ = self.inject.send(connection_frame(61, &[]));
+    }
+}
+
+impl Drop for AlarmProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay_connection(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut injected: broadcast::Receiver<Vec<u8>>,
+) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    // Whole frames from the broker, read apart from the writer so that an
+    // injection never lands inside one.
+    let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let mut header = [0u8; 7];
+            if server_read.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+            let mut frame = header.to_vec();
+            frame.resize(7 + size + 1, 0);
+            if server_read.read_exact(&mut frame[7..]).await.is_err() {
+                return;
+            }
+            if frames_tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let frame = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            frame = injected.recv() => match frame {
+                Ok(frame) => frame,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if client_write.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    upstream.abort();
+    reader.abort();
+}
+
+async fn readyz(system: &System) -> (u16, Value) {
+    system.get("/readyz").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_once_it_clears() {
+    let proxy = AlarmProxy::start("127.0.0.1:5672").await;
+    // A short publish allowance (2 attempts of 1.5 s): a relay that took
+    // publishes the alarm holds for refusals would park the saga before
+    // the alarm clears.
+    let reserve = RetryPolicy {
+        max_attempts: 2,
+        deadline: Duration::from_millis(1_500),
+        ..System::fast_retries(2)
+    };
+    let system = System::start_setup(Setup {
+        policies: StepPolicies::default().with(Step::Reserve, reserve),
+        amqp_url: Some(proxy.url()),
+        ..Setup::default()
+    })
+    .await;
+    let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
+    assert_eq!(done["status"], "completed");
+    let (status, body) = readyz(&system).await;
+    assert_eq!(
+        (status, &body["checks"]["broker"]),
+        (200, &"up".into()),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
+        0.0
+    );
+
+    proxy.block("low on memory");
+    let body = testing::eventually("/readyz says blocked", Duration::from_secs(10), || async {
+        let (status, body) = readyz(&system).await;
+        (body["checks"]["broker"] == "blocked").then_some((status, body))
+    })
+    .await;
+    // Still ready: checkouts are accepted, and wait for the broker.
+    assert_eq!(body.0, 200, "{}", body.1);
+    assert_eq!(body.1["status"], "ready");
+    assert_eq!(body.1["checks"]["database"], "up");
+    assert_eq!(body.1["broker_blocked"]["reason"], "low on memory");
+    assert!(body.1["broker_blocked"]["since"].is_string(), "{}", body.1);
+    assert_eq!(
+        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
+        1.0
+    );
+
+    let id = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
+    // The alarm lasts past the confirm wait (5 s) and the step's publish
+    // allowance (3 s): only a window of time shows that nothing happened
+    // meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut tx = system.orchestrator_db.pool.begin().await.unwrap();
+    // The relay holds the outbox without sitting in a transaction on its
+    // row (a publish into a blocked connection waits for the alarm to
+    // clear): another instance could take the row, and no refusal counted.
+    let waiting: Option<(i32, bool)> = sqlx::query_as(
+        "SELECT publish_attempts, first_failed_at IS NOT NULL FROM outbox
+         WHERE saga_id = $1::uuid FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&id)
+    .fetch_optional(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        waiting,
+        Some((0, false)),
+        "the command waits unlocked and unrefused"
+    );
+    assert_eq!(system.saga_status(&id).await, "running");
+
+    proxy.unblock();
+    assert_eq!(system.wait_final(&id).await["status"], "completed");
+    let (status, body) = readyz(&system).await;
+    assert_eq!(
+        (status, &body["checks"]["broker"]),
+        (200, &"up".into()),
+        "{body}"
+    );
+    assert!(body.get("broker_blocked").is_none(), "{body}");
+    assert_eq!(
+        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
+        0.0
+    );
+    system.stop().await;
+}
