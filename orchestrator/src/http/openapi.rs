@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::admin::MAX_REASON_CHARS;
 use super::checkouts::MAX_WAIT_SECONDS;
+use super::search::{MAX_CUSTOMER_ID_CHARS, MAX_QUERY_CHARS};
 use super::validation::{
     MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_LEN, MAX_ID_LEN, MAX_ITEMS, MAX_METHOD_LEN, MAX_QUANTITY,
     MAX_REGION_LEN, MAX_SKU_LEN,
@@ -331,6 +332,20 @@ fn constrain_parameters(doc: &mut Value) {
             "get",
             bound,
             json!({"type": "string", "format": "date-time"}),
+        );
+    }
+    for (name, max) in [
+        ("q", MAX_QUERY_CHARS),
+        ("customer_id", MAX_CUSTOMER_ID_CHARS),
+        ("idempotency_key", MAX_IDEMPOTENCY_KEY_LEN),
+    ] {
+        parameter(
+            doc,
+            sagas,
+            "get",
+            name,
+            json!({"type": "string", "maxLength": max, "pattern": no_control_pattern(),
+                   "description": "Matched exactly, spaces around it trimmed"}),
         );
     }
     parameter(doc, sagas, "get", "limit", page_limit());

@@ -7,9 +7,9 @@ use super::problem::FieldError;
 use super::validation::MAX_IDEMPOTENCY_KEY_LEN;
 
 /// A customer id is never longer than the checkout API accepts.
-const MAX_CUSTOMER_ID_CHARS: usize = 128;
+pub(crate) const MAX_CUSTOMER_ID_CHARS: usize = 128;
 /// `q` may be any of the three, so it takes the longest of them.
-const MAX_QUERY_CHARS: usize = MAX_IDEMPOTENCY_KEY_LEN;
+pub(crate) const MAX_QUERY_CHARS: usize = MAX_IDEMPOTENCY_KEY_LEN;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SearchTerms {
@@ -26,13 +26,13 @@ pub fn terms(
     customer_id: Option<String>,
     idempotency_key: Option<String>,
 ) -> SearchTerms {
+    // The bound is on the term as sent, as the OpenAPI document states it.
     let mut bounded = |field: &str, text: Option<String>, max: usize| {
-        let text = non_empty(text)?;
-        if text.chars().count() > max {
+        if text.as_ref().is_some_and(|t| t.chars().count() > max) {
             errors.push(invalid(field, format!("must be at most {max} characters")));
             return None;
         }
-        Some(text)
+        non_empty(text)
     };
     SearchTerms {
         q: bounded("q", q, MAX_QUERY_CHARS),

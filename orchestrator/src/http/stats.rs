@@ -1,11 +1,12 @@
 //! Numbers for the console's header: sagas by status now, and checkouts
 //! completed, rejected and parked per minute. Support bearer token needed.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::admin::{invalid, no_control_characters, non_empty};
+use super::admin::{invalid, no_control_characters};
 use super::auth::Actor;
 use super::problem::ApiError;
 use super::AppState;
@@ -68,14 +69,17 @@ pub struct MinuteStats {
 pub async fn minutes(
     _: Actor,
     State(state): State<AppState>,
-    Query(params): Query<MinuteParams>,
+    params: Result<Query<MinuteParams>, QueryRejection>,
 ) -> Result<Json<MinuteStats>, ApiError> {
+    let params = super::validation::query(params)?;
     let mut errors = Vec::new();
     no_control_characters(&mut errors, &[("minutes", params.minutes.as_deref())]);
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let minutes = match non_empty(params.minutes) {
+    // Given empty, it is refused like any other filter: only an absent
+    // `minutes` means the default.
+    let minutes = match params.minutes.map(|m| m.trim().to_owned()) {
         None => DEFAULT_MINUTES,
         Some(text) => match text.parse::<u32>() {
             Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
