@@ -105,6 +105,125 @@ where
     Ok(())
 }
 
+/// The most deliveries one batch takes: past this, a longer transaction
+/// holds its row locks longer than the commits it saves are worth.
+pub const MAX_BATCH: usize = 32;
+
+/// As [`run_consumer_until_stopped`], but hands `handle` every delivery
+/// that is already there when one arrives (at most [`MAX_BATCH`] and the
+/// free share of `prefetch`). It never waits to fill a batch: a lone
+/// delivery is handled at once, alone. `handle` owns every delivery's ack
+/// or nack; should it panic, the whole batch is requeued (no ack was sent
+/// for any of it, as acks follow the batch's commit and confirms).
+pub async fn run_batch_consumer_until_stopped<F, Fut>(
+    broker: &Broker,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+    stop: &CancellationToken,
+    handle: F,
+) -> Result<(), BrokerError>
+where
+    F: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
+    let mut in_flight = JoinSet::new();
+    let fresh = Backoff::reconnecting;
+    let mut backoff = fresh();
+    while !stop.is_cancelled() {
+        let mut consumer = match broker.consume(queue, consumer_tag, prefetch).await {
+            Ok(consumer) => consumer,
+            Err(BrokerError::Stopped) => break,
+            Err(error) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, %queue, ?wait, "cannot consume; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
+        tracing::info!(%queue, prefetch, "consuming in batches");
+        let lost = loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
+                _ = stop.cancelled() => break None,
+            };
+            let first = tokio::select! {
+                next = consumer.next() => next,
+                _ = stop.cancelled() => break None,
+            };
+            let mut batch = match first {
+                Some(Ok(delivery)) => vec![delivery],
+                Some(Err(error)) => break Some(error.to_string()),
+                None => break Some("the broker ended the consumer".to_owned()),
+            };
+            backoff = fresh();
+            let mut permits = vec![permit];
+            let mut ended = None;
+            // Only what is already buffered: polling once never waits.
+            while batch.len() < MAX_BATCH {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    break;
+                };
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => {
+                        batch.push(delivery);
+                        permits.push(permit);
+                    }
+                    Some(Some(Err(error))) => {
+                        ended = Some(error.to_string());
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some("the broker ended the consumer".to_owned());
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let ackers: Vec<_> = batch.iter().map(|d| d.acker.clone()).collect();
+            let handling = AssertUnwindSafe(handle(batch)).catch_unwind();
+            in_flight.spawn(async move {
+                if handling.await.is_err() {
+                    tracing::error!(
+                        deliveries = ackers.len(),
+                        "batch handler panicked; its messages requeued"
+                    );
+                    for acker in ackers {
+                        let _ = acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                }
+                drop(permits);
+            });
+            while in_flight.try_join_next().is_some() {}
+            if let Some(why) = ended {
+                break Some(why);
+            }
+        };
+        let Some(why) = lost else {
+            // Drain while the consumer's channel is still open, as above.
+            while in_flight.join_next().await.is_some() {}
+            break;
+        };
+        let wait = backoff.next_delay();
+        tracing::warn!(%queue, error = %why, ?wait, "consumer lost; consuming again");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+    tracing::info!(%queue, "consumer stopped");
+    Ok(())
+}
+
 /// Takes a message that can never be handled off its queue: a copy goes to
 /// the dead-letter queue with `reason` in `x-error`, then the original is
 /// acked, so the queue behind it keeps flowing.

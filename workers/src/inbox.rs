@@ -60,3 +60,15 @@ pub async fn record(
     .await?;
     Ok(recorded.unwrap_or(body))
 }
+
+/// Locks a claimed command's inbox row. A second transaction of the same
+/// command takes it before any row of its effect, as the first took it with
+/// its claim: two deliveries of one message then always lock in the same
+/// order and never deadlock.
+pub async fn lock(conn: &mut PgConnection, command: &Envelope<Command>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM inbox WHERE message_id = $1 FOR UPDATE")
+        .bind(command.message_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -4,13 +4,18 @@
 //! ack.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use saga_shared::broker::{header, Broker, Outgoing};
-use saga_shared::consumer::{dead_letter, hold_until_settled, run_consumer_until_stopped, Settled};
+use saga_shared::broker::{header, Broker, BrokerError, Outgoing};
+use saga_shared::consumer::{
+    dead_letter, hold_until_settled, run_batch_consumer_until_stopped, Settled,
+};
 use saga_shared::messages::{reason, Command, Outcome};
 use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_shared::{traceparent, Envelope, WorkerKind};
@@ -123,7 +128,9 @@ struct Context<H> {
 }
 
 /// Consumes until `stop`, then stops fetching, lets in-flight commands
-/// finish, and returns. At most `prefetch` commands are handled at once.
+/// finish, and returns. At most `prefetch` commands are handled at once;
+/// commands that are already waiting when one arrives are handled together
+/// in one transaction (see [`handle_batch`]).
 pub async fn run_worker_until_stopped<H: Handler>(
     handler: H,
     pool: PgPool,
@@ -138,15 +145,23 @@ pub async fn run_worker_until_stopped<H: Handler>(
         pool,
         broker: broker.clone(),
     });
-    let handle = |delivery| {
+    let handle = |deliveries| {
         let (ctx, stop) = (ctx.clone(), stop.clone());
-        async move { process(&ctx, delivery, &stop).await }
+        async move { process(&ctx, deliveries, &stop).await }
     };
-    run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await?;
+    run_batch_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await?;
     Ok(())
 }
 
-async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &CancellationToken) {
+/// A decoded command and the delivery that brought it.
+struct Received {
+    delivery: Delivery,
+    command: Envelope<Command>,
+    span: tracing::Span,
+}
+
+/// The command of `delivery`, or why it can never be handled here.
+fn receive<H: Handler>(delivery: Delivery) -> Result<Received, (Delivery, String)> {
     let command = match Envelope::<Command>::decode(&delivery.data) {
         Ok(command) if command.step.worker() == H::KIND => command,
         Ok(command) => {
@@ -155,9 +170,9 @@ async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &Cancel
                 command.step,
                 H::KIND.as_str()
             );
-            return dead_letter(&ctx.broker, &delivery, &reason).await;
+            return Err((delivery, reason));
         }
-        Err(error) => return dead_letter(&ctx.broker, &delivery, &error.to_string()).await,
+        Err(error) => return Err((delivery, error.to_string())),
     };
     let span = tracing::info_span!(
         "command",
@@ -168,9 +183,175 @@ async fn process<H: Handler>(ctx: &Context<H>, delivery: Delivery, stop: &Cancel
     );
     // A child of the relay's publish, whose context the message carries.
     traceparent::continue_from(&span, header(&delivery, traceparent::HEADER).as_deref());
-    answer(ctx, &delivery, &command, stop)
-        .instrument(span)
+    Ok(Received {
+        delivery,
+        command,
+        span,
+    })
+}
+
+async fn process<H: Handler>(
+    ctx: &Context<H>,
+    deliveries: Vec<Delivery>,
+    stop: &CancellationToken,
+) {
+    let mut received = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match receive::<H>(delivery) {
+            Ok(one) => received.push(one),
+            Err((delivery, reason)) => dead_letter(&ctx.broker, &delivery, &reason).await,
+        }
+    }
+    if received.len() <= 1 {
+        // Alone, a command needs no savepoint: the plain path is shortest.
+        for one in received {
+            answer(ctx, &one.delivery, &one.command, stop)
+                .instrument(one.span)
+                .await;
+        }
+        return;
+    }
+    let commands: Vec<&Envelope<Command>> = received.iter().map(|r| &r.command).collect();
+    // Boxed here, where its lifetimes are concrete, so the spawned batch
+    // future is provably `Send`.
+    let handled = match handle_batch(&ctx.handler, &ctx.pool, &commands)
+        .boxed()
         .await
+    {
+        Ok(handled) => handled,
+        Err(error) => {
+            // Nothing of the batch committed (or, if the commit's answer was
+            // lost, the inbox answers what did): each goes on alone.
+            tracing::warn!(%error, commands = received.len(), "batch failed; handling each alone");
+            let mut alone = Vec::with_capacity(received.len());
+            for one in &received {
+                alone.push(
+                    answer(ctx, &one.delivery, &one.command, stop)
+                        .instrument(one.span.clone())
+                        .boxed(),
+                );
+            }
+            futures::future::join_all(alone).await;
+            return;
+        }
+    };
+    let (mut replied, mut outgoing) = (Vec::new(), Vec::new());
+    let mut later = Vec::new();
+    for (one, handled) in received.iter().zip(handled) {
+        match handled {
+            Batched::Reply(reply) => {
+                outgoing.push(reply_message(
+                    ctx,
+                    &one.delivery,
+                    &one.command,
+                    &reply,
+                    &one.span,
+                ));
+                replied.push(one);
+            }
+            Batched::Call(call) => later.push((one, Some(call))),
+            Batched::Alone(error) => {
+                tracing::info!(parent: &one.span, %error, "command failed in its batch; handling it alone");
+                later.push((one, None));
+            }
+            Batched::Panicked => {
+                tracing::error!(parent: &one.span, "handler panicked; command requeued");
+                requeue(&one.delivery).await;
+            }
+        }
+    }
+    // Every reply is sent before any confirm is awaited: one wait for all.
+    let confirmed = ctx.broker.publish_all(&outgoing, CONFIRM_WITHIN).await;
+    for (one, confirmed) in replied.iter().zip(confirmed) {
+        settle_delivery(&one.delivery, confirmed).await;
+    }
+    let mut rest = Vec::with_capacity(later.len());
+    for (one, call) in later {
+        let span = one.span.clone();
+        rest.push(match call {
+            Some(call) => finish_call(ctx, one, call, stop).instrument(span).boxed(),
+            None => answer(ctx, &one.delivery, &one.command, stop)
+                .instrument(span)
+                .boxed(),
+        });
+    }
+    futures::future::join_all(rest).await;
+}
+
+/// How long a batch's replies may wait for their confirms; an unconfirmed
+/// reply's command is requeued and answered again from the inbox.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long a command in a batch waits for a row lock before it leaves the
+/// batch and is handled alone. Two batches may take the same rows in
+/// opposite orders (each command keeps its own rows in order, a batch
+/// cannot); this turns that deadlock into a short wait and a retry alone,
+/// where lock order holds.
+const BATCH_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'; SAVEPOINT command";
+
+/// Acks a command whose reply the broker confirmed; requeues it otherwise
+/// (its redelivery is answered from the inbox).
+async fn settle_delivery(delivery: &Delivery, confirmed: Result<(), BrokerError>) {
+    match confirmed {
+        Ok(()) => {
+            // One ack per delivery: a `multiple` ack would also ack what
+            // other batches on this channel are still handling.
+            if !matches!(delivery.ack(BasicAckOptions::default()).await, Ok(true)) {
+                tracing::warn!(
+                    "ack not sent; the command will be redelivered and answered from the inbox"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "reply not confirmed; requeueing the command");
+            requeue(delivery).await;
+        }
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
+
+/// The second phase of a command whose first phase committed with its
+/// batch. A failure here runs the whole command again alone: the first
+/// phase then finds its intent and resumes it.
+async fn finish_call<H: Handler>(
+    ctx: &Context<H>,
+    one: &Received,
+    call: ExternalCall,
+    stop: &CancellationToken,
+) {
+    let settled = async {
+        let settlement = call.run().await;
+        let mut tx = ctx.pool.begin().await?;
+        inbox::lock(&mut tx, &one.command).await?;
+        let outcome = settlement.settle(&mut tx).await?;
+        tracing::info!(
+            outcome = outcome.label(),
+            "command handled after an external call"
+        );
+        let body = inbox::record(&mut tx, &one.command, &one.command.reply(outcome)).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(body)
+    }
+    .await;
+    match settled {
+        Ok(reply) => {
+            let outgoing = reply_message(ctx, &one.delivery, &one.command, &reply, &one.span);
+            let confirmed = ctx.broker.publish(&outgoing).await;
+            settle_delivery(&one.delivery, confirmed).await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "settling after the external call failed; handling it again");
+            answer(ctx, &one.delivery, &one.command, stop).await;
+        }
+    }
 }
 
 async fn answer<H: Handler>(
@@ -184,42 +365,125 @@ async fn answer<H: Handler>(
         Settled::Permanent(reason) => return dead_letter(&ctx.broker, delivery, &reason).await,
         Settled::Stopped => return,
     };
+    let outgoing = reply_message(ctx, delivery, command, &reply, &tracing::Span::current());
+    let confirmed = ctx.broker.publish(&outgoing).await;
+    settle_delivery(delivery, confirmed).await;
+}
+
+/// The reply message for a recorded reply body.
+fn reply_message<H: Handler>(
+    ctx: &Context<H>,
+    delivery: &Delivery,
+    command: &Envelope<Command>,
+    reply: &serde_json::Value,
+    span: &tracing::Span,
+) -> Outgoing {
     let message_id = reply
         .get("message_id")
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(Uuid::now_v7);
-    let outgoing = Outgoing {
+    Outgoing {
         exchange: ctx.broker.topology().reply_exchange(),
         routing_key: REPLY_ROUTING_KEY.to_owned(),
-        body: serde_json::to_vec(&reply).expect("JSON value serializes"),
+        body: serde_json::to_vec(reply).expect("JSON value serializes"),
         message_id,
         saga_id: command.saga_id,
         message_type: command.step.reply_type(),
         // The orchestrator's handling of the reply becomes a child of this
         // command's span; without an exporter the command's own value
         // travels on.
-        traceparent: traceparent::of(&tracing::Span::current())
+        traceparent: traceparent::of(span)
             .or_else(|| header(delivery, traceparent::HEADER))
             .unwrap_or_else(|| traceparent::for_saga(command.saga_id)),
-    };
-    match ctx.broker.publish(&outgoing).await {
-        Ok(()) => {
-            if !matches!(delivery.ack(BasicAckOptions::default()).await, Ok(true)) {
-                tracing::warn!(
-                    "ack not sent; the command will be redelivered and answered from the inbox"
-                );
+    }
+}
+
+/// What became of one command of a batch.
+pub enum Batched {
+    /// Its reply, committed with the batch (recorded before, for a
+    /// duplicate).
+    Reply(serde_json::Value),
+    /// Its first phase committed with the batch; the external call and the
+    /// second phase remain.
+    Call(ExternalCall),
+    /// It failed; nothing of it committed. It is to be handled alone, where
+    /// a transient failure is held and retried and a permanent one
+    /// dead-letters it.
+    Alone(sqlx::Error),
+    /// Its handler panicked; nothing of it committed.
+    Panicked,
+}
+
+/// Handles `commands` in one transaction with one commit. Each runs inside
+/// a savepoint: one that fails is rolled back to it, alone, and the others
+/// still commit. `Err` means the transaction itself failed (nothing of it
+/// committed, unless only the commit's answer was lost): each command is
+/// then to be handled alone.
+pub async fn handle_batch<H: Handler>(
+    handler: &H,
+    pool: &PgPool,
+    commands: &[&Envelope<Command>],
+) -> Result<Vec<Batched>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One round trip sets the lock bound and the first savepoint; each
+    // command's success moves the savepoint past it in one more.
+    simple(&mut tx, BATCH_LOCK_TIMEOUT).await?;
+    let mut handled = Vec::with_capacity(commands.len());
+    for command in commands {
+        let step = AssertUnwindSafe(first_phase(handler, &mut tx, command).boxed())
+            .catch_unwind()
+            .await;
+        match step {
+            Ok(Ok(done)) => {
+                simple(&mut tx, "RELEASE SAVEPOINT command; SAVEPOINT command").await?;
+                handled.push(done);
+            }
+            Ok(Err(error)) => {
+                simple(&mut tx, "ROLLBACK TO SAVEPOINT command").await?;
+                handled.push(Batched::Alone(error));
+            }
+            Err(_) => {
+                simple(&mut tx, "ROLLBACK TO SAVEPOINT command").await?;
+                handled.push(Batched::Panicked);
             }
         }
-        Err(error) => {
-            tracing::error!(%error, "reply not confirmed; requeueing the command");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+    }
+    tx.commit().await?;
+    Ok(handled)
+}
+
+/// Runs `sql` (statements without parameters) in one round trip.
+fn simple<'c>(
+    conn: &'c mut PgConnection,
+    sql: &'static str,
+) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    // A query without arguments goes over the simple protocol, which
+    // takes several statements at once.
+    Box::pin(async move {
+        sqlx::Executor::execute(conn, sql).await?;
+        Ok(())
+    })
+}
+
+/// Inbox claim, the handler's decision, and for an answer its recorded
+/// reply, in the caller's transaction.
+async fn first_phase<H: Handler>(
+    handler: &H,
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+) -> Result<Batched, sqlx::Error> {
+    if let Some(reply) = inbox::claim(conn, command).await? {
+        tracing::info!(message_id = %command.message_id, "duplicate command: sending the recorded reply");
+        return Ok(Batched::Reply(reply));
+    }
+    match handler.decide(conn, command).await? {
+        Decision::Answer(outcome) => {
+            tracing::info!(message_id = %command.message_id, outcome = outcome.label(), "command handled");
+            let body = inbox::record(conn, command, &command.reply(outcome)).await?;
+            Ok(Batched::Reply(body))
         }
+        Decision::Call(call) => Ok(Batched::Call(call)),
     }
 }
 
@@ -262,6 +526,7 @@ pub async fn handle_command<H: Handler>(
     tx.commit().await?;
     let settlement = call.run().await;
     let mut tx = pool.begin().await?;
+    inbox::lock(&mut tx, command).await?;
     let outcome = settlement.settle(&mut tx).await?;
     tracing::info!(
         outcome = outcome.label(),

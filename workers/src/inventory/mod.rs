@@ -5,6 +5,8 @@
 pub mod catalogue;
 pub mod handler;
 pub mod reservation;
+pub mod rules;
+pub mod store;
 
 pub use handler::Inventory;
 

@@ -21,7 +21,9 @@ use super::outage::{self, OUTAGE_ERROR};
 use super::provider::{
     ChargeRequest, IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer, RefundRequest,
 };
+use super::rules::{self, ChargeVerdict, RefundVerdict};
 use super::simulator::Simulator;
+use super::store::{self, ApprovedCharge, PaymentRow, Status};
 use crate::runtime::{not_handled, Decision, ExternalCall, Handler, Settlement};
 
 #[derive(Debug, Clone)]
@@ -75,70 +77,6 @@ impl<P: PaymentProvider> Handler for Payment<P> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Charging,
-    Charged,
-    Declined,
-    Refunding,
-    Refunded,
-}
-
-impl Status {
-    fn parse(text: &str) -> Result<Status, sqlx::Error> {
-        match text {
-            "charging" => Ok(Status::Charging),
-            "charged" => Ok(Status::Charged),
-            "declined" => Ok(Status::Declined),
-            "refunding" => Ok(Status::Refunding),
-            "refunded" => Ok(Status::Refunded),
-            // A state this build cannot read: permanent, the command is
-            // dead-lettered rather than retried.
-            other => Err(sqlx::Error::Decode(
-                format!("payment status `{other}` is not one this worker knows").into(),
-            )),
-        }
-    }
-}
-
-/// The saga's payment row, as locked by this transaction.
-#[derive(sqlx::FromRow)]
-struct PaymentRow {
-    status: String,
-    amount_cents: i64,
-    refunded_cents: i64,
-    payment_method: Option<String>,
-    provider_reference: Option<Uuid>,
-    transient_failures: i32,
-    rejection_reason: Option<String>,
-    rejection_detail: Option<String>,
-}
-
-async fn lock(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-) -> Result<Option<(Status, PaymentRow)>, sqlx::Error> {
-    let row: Option<PaymentRow> = sqlx::query_as(
-        "SELECT status, amount_cents, refunded_cents, payment_method,
-                provider_reference, transient_failures, rejection_reason, rejection_detail
-         FROM payments WHERE saga_id = $1 FOR UPDATE",
-    )
-    .bind(saga_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|row| Ok((Status::parse(&row.status)?, row)))
-        .transpose()
-}
-
-async fn locked(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-) -> Result<(Status, PaymentRow), sqlx::Error> {
-    lock(conn, saga_id).await?.ok_or_else(|| {
-        sqlx::Error::Protocol(format!("the payment intent of saga {saga_id} is gone"))
-    })
-}
-
 fn reference_of(saga_id: Uuid, row: &PaymentRow) -> Result<Uuid, sqlx::Error> {
     row.provider_reference.ok_or_else(|| {
         sqlx::Error::Decode(
@@ -188,15 +126,8 @@ fn charge_answer(saga_id: Uuid, status: Status, row: PaymentRow) -> Result<Outco
 
 impl<P: PaymentProvider> Payment<P> {
     fn invalid_amount(&self, amount_cents: i64) -> Option<Outcome> {
-        let max = self.config.max_amount_cents;
-        let why = if amount_cents <= 0 {
-            format!("amount_cents {amount_cents} is not positive")
-        } else if amount_cents > max {
-            format!("amount_cents {amount_cents} is above the maximum charge of {max} (PAYMENT_MAX_AMOUNT_CENTS)")
-        } else {
-            return None;
-        };
-        Some(Outcome::rejected(reason::INVALID_AMOUNT, why))
+        rules::invalid_amount(amount_cents, self.config.max_amount_cents)
+            .map(|why| Outcome::rejected(reason::INVALID_AMOUNT, why))
     }
 
     /// Charges once per saga; a repeat answers what the first one did.
@@ -212,7 +143,7 @@ impl<P: PaymentProvider> Payment<P> {
         if let Some(refusal) = self.invalid_amount(request.amount_cents) {
             return Ok(Decision::Answer(refusal));
         }
-        let existing = lock(conn, saga_id).await?;
+        let existing = store::lock(conn, saga_id).await?;
         let transient_failures = match existing {
             Some((Status::Charging, ref row)) => row.transient_failures,
             Some((status, row)) => {
@@ -223,24 +154,11 @@ impl<P: PaymentProvider> Payment<P> {
         if outage::is_on(conn).await? {
             return Ok(outage_transient());
         }
-        let fresh = sqlx::query(
-            "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
-             VALUES ($1, 'charging', $2, $3, $4, $5)
-             ON CONFLICT (saga_id) DO NOTHING",
-        )
-        .bind(saga_id)
-        .bind(request.amount_cents)
-        .bind(&request.currency)
-        .bind(&request.payment_method)
-        .bind(&request.customer_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            == 1;
+        let fresh = store::write_charge_intent(conn, saga_id, request).await?;
         if !fresh {
             // Another attempt wrote first; a refund's tombstone among them
             // must stop this charge before it reaches the provider.
-            let (status, row) = locked(conn, saga_id).await?;
+            let (status, row) = store::locked(conn, saga_id).await?;
             if status != Status::Charging {
                 return charge_answer(saga_id, status, row).map(Decision::Answer);
             }
@@ -288,19 +206,10 @@ impl<P: PaymentProvider> Payment<P> {
         conn: &mut PgConnection,
         saga_id: Uuid,
     ) -> Result<Decision, sqlx::Error> {
-        let tombstone = sqlx::query(
-            "INSERT INTO payments (saga_id, status) VALUES ($1, 'refunded')
-             ON CONFLICT (saga_id) DO NOTHING",
-        )
-        .bind(saga_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            == 1;
-        if tombstone {
+        if store::write_refund_tombstone(conn, saga_id).await? {
             return Ok(Decision::Answer(refunded(0)));
         }
-        let (status, row) = locked(conn, saga_id).await?;
+        let (status, row) = store::locked(conn, saga_id).await?;
         match status {
             // A repeat answers what the first refund did.
             Status::Refunded => return Ok(Decision::Answer(refunded(row.refunded_cents))),
@@ -313,12 +222,7 @@ impl<P: PaymentProvider> Payment<P> {
         }
         let resumed = status == Status::Refunding;
         if !resumed {
-            sqlx::query(
-                "UPDATE payments SET status = 'refunding', updated_at = now() WHERE saga_id = $1",
-            )
-            .bind(saga_id)
-            .execute(&mut *conn)
-            .await?;
+            store::mark_refunding(conn, saga_id).await?;
         }
         let refund = RefundRequest {
             key: IdempotencyKey::refund(saga_id),
@@ -358,57 +262,40 @@ async fn settle_charge(
     answer: ProviderAnswer,
 ) -> Result<Outcome, sqlx::Error> {
     let saga_id = charge.saga_id;
-    let (status, row) = locked(conn, saga_id).await?;
+    let (status, row) = store::locked(conn, saga_id).await?;
     if status != Status::Charging {
         return charge_answer(saga_id, status, row);
     }
-    match answer {
-        ProviderAnswer::Approved {
+    match rules::charge_verdict(answer) {
+        ChargeVerdict::Charged {
             reference,
             amount_cents,
         } => {
-            sqlx::query(
-                "UPDATE payments SET status = 'charged', amount_cents = $2, currency = $3,
-                     payment_method = $4, customer_id = $5, provider_reference = $6,
-                     updated_at = now()
-                 WHERE saga_id = $1",
-            )
-            .bind(saga_id)
-            .bind(amount_cents)
-            .bind(&charge.currency)
-            .bind(&charge.payment_method)
-            .bind(&charge.customer_id)
-            .bind(reference)
-            .execute(&mut *conn)
-            .await?;
+            let approved = ApprovedCharge {
+                saga_id,
+                reference,
+                amount_cents,
+                currency: &charge.currency,
+                payment_method: &charge.payment_method,
+                customer_id: &charge.customer_id,
+            };
+            store::record_charged(conn, &approved).await?;
             Ok(Outcome::Ok(StepResult::Charged(Charged {
                 payment_id: reference,
                 amount_cents,
             })))
         }
-        ProviderAnswer::Declined { reason: detail } => {
-            decline(conn, saga_id, reason::PAYMENT_DECLINED, detail).await
+        ChargeVerdict::Declined { reason, detail } => {
+            store::record_declined(conn, saga_id, reason, &detail).await?;
+            Ok(Outcome::rejected(reason, detail))
         }
-        ProviderAnswer::UnsupportedMethod { method } => {
-            let detail = format!("payment method `{method}` is not supported");
-            decline(conn, saga_id, reason::INVALID_PAYMENT_METHOD, detail).await
-        }
-        // The key may hold an approved charge of the other amount, so this
-        // is no definite "nothing moved" (a rejection would skip the
-        // refund): the intent stays open and the step retries until the
-        // saga parks for support with this error.
-        ProviderAnswer::KeyReused { error } => Ok(Outcome::Transient { error }),
-        ProviderAnswer::Transient { error } => {
-            // The count is what `sim_transient_N` and real backoff
-            // policies need; the intent stays for the next try.
-            sqlx::query(
-                "UPDATE payments SET transient_failures = transient_failures + 1,
-                     updated_at = now()
-                 WHERE saga_id = $1",
-            )
-            .bind(saga_id)
-            .execute(&mut *conn)
-            .await?;
+        ChargeVerdict::Open {
+            error,
+            provider_failed,
+        } => {
+            if provider_failed {
+                store::count_provider_failure(conn, saga_id).await?;
+            }
             Ok(Outcome::Transient { error })
         }
     }
@@ -420,62 +307,24 @@ async fn settle_refund(
     saga_id: Uuid,
     answer: ProviderAnswer,
 ) -> Result<Outcome, sqlx::Error> {
-    let (status, row) = locked(conn, saga_id).await?;
+    let (status, row) = store::locked(conn, saga_id).await?;
     match status {
         Status::Refunding => {}
         Status::Refunded => return Ok(refunded(row.refunded_cents)),
+        // Only a refund moves a payment out of `refunding`: another state
+        // here is books this build cannot reconcile, for good.
         other => {
-            return Err(sqlx::Error::Protocol(format!(
-                "a refund of saga {saga_id} found its payment {other:?}, not refunding"
-            )))
+            return Err(sqlx::Error::Decode(
+                format!("a refund of saga {saga_id} found its payment {other:?}, not refunding")
+                    .into(),
+            ))
         }
     }
-    match answer {
-        // Cancel or refund returns everything that moved under the charge
-        // key, so what was charged is what is refunded.
-        ProviderAnswer::Approved { amount_cents, .. } => {
-            sqlx::query(
-                "UPDATE payments SET status = 'refunded', amount_cents = $2, refunded_cents = $2,
-                     updated_at = now()
-                 WHERE saga_id = $1",
-            )
-            .bind(saga_id)
-            .bind(amount_cents)
-            .execute(&mut *conn)
-            .await?;
+    match rules::refund_verdict(answer, row.approved_charge_cents()) {
+        RefundVerdict::Refunded { amount_cents } => {
+            store::record_refunded(conn, saga_id, amount_cents).await?;
             Ok(refunded(amount_cents))
         }
-        ProviderAnswer::Transient { error } => Ok(Outcome::Transient { error }),
-        // A compensation has no business "no": money charged must go
-        // back. Keep trying, so that the saga parks for support if the
-        // provider never agrees.
-        ProviderAnswer::Declined { reason } => Ok(Outcome::Transient {
-            error: format!("the provider refused the refund: {reason}"),
-        }),
-        ProviderAnswer::KeyReused { error } => Ok(Outcome::Transient {
-            error: format!("the provider refused the refund: {error}"),
-        }),
-        ProviderAnswer::UnsupportedMethod { method } => Ok(Outcome::Transient {
-            error: format!("the provider refused the refund: method `{method}` is not supported"),
-        }),
+        RefundVerdict::Open { error } => Ok(Outcome::Transient { error }),
     }
-}
-
-async fn decline(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-    why: &str,
-    detail: String,
-) -> Result<Outcome, sqlx::Error> {
-    sqlx::query(
-        "UPDATE payments SET status = 'declined', amount_cents = 0, rejection_reason = $2,
-             rejection_detail = $3, updated_at = now()
-         WHERE saga_id = $1",
-    )
-    .bind(saga_id)
-    .bind(why)
-    .bind(&detail)
-    .execute(&mut *conn)
-    .await?;
-    Ok(Outcome::rejected(why, detail))
 }

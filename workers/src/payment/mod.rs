@@ -6,7 +6,9 @@ pub mod config;
 pub mod handler;
 pub mod outage;
 pub mod provider;
+pub mod rules;
 pub mod simulator;
+pub mod store;
 
 pub use config::{Failpoint, PaymentConfig};
 pub use handler::Payment;

@@ -1,0 +1,241 @@
+//! What a reserve takes, decided without storage: given the lines asked
+//! for and the stock of their SKUs, the stock to take and the prices to
+//! answer with, or why nothing is taken.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use saga_shared::messages::{reason, LineRequest, PricedLine};
+
+/// One product's stock and price, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stock {
+    pub sku: String,
+    pub available: i32,
+    pub unit_price_cents: i64,
+    pub currency: String,
+    pub tax_category: String,
+}
+
+/// Everything a reserve takes, or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Take(Take),
+    Refuse {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// The stock to take and what the reserve answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    /// Each SKU once, in SKU order (the order rows are locked in), with the
+    /// sum of its lines' quantities.
+    pub skus: Vec<String>,
+    pub quantities: Vec<i32>,
+    /// The price and category each SKU was decided at: the write takes
+    /// stock only if they still hold.
+    pub unit_prices_cents: Vec<i64>,
+    pub tax_categories: Vec<String>,
+    pub currency: String,
+    /// The request's lines in its order, priced.
+    pub lines: Vec<PricedLine>,
+}
+
+/// Why lines can never be reserved, whatever the stock.
+pub fn invalid_lines(lines: &[LineRequest]) -> Option<String> {
+    if lines.is_empty() {
+        return Some("a reservation needs at least one line".to_owned());
+    }
+    let zero: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.quantity == 0)
+        .map(|l| l.sku.as_str())
+        .collect();
+    (!zero.is_empty()).then(|| format!("quantity must be at least 1 for: {}", zero.join(", ")))
+}
+
+/// The SKUs of `lines`, each once, in SKU order, with their summed
+/// quantity: a SKU on several lines is checked against the sum.
+pub fn wanted(lines: &[LineRequest]) -> BTreeMap<&str, i64> {
+    let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
+    for line in lines {
+        *wanted.entry(line.sku.as_str()).or_default() += i64::from(line.quantity);
+    }
+    wanted
+}
+
+/// What to take for valid `lines` given the `stock` of their SKUs (a SKU
+/// missing from it is unknown).
+pub fn decide(lines: &[LineRequest], stock: &[Stock]) -> Verdict {
+    let wanted = wanted(lines);
+    let products: HashMap<&str, &Stock> = stock.iter().map(|s| (s.sku.as_str(), s)).collect();
+
+    let unknown: Vec<&str> = wanted
+        .keys()
+        .copied()
+        .filter(|sku| !products.contains_key(sku))
+        .collect();
+    if !unknown.is_empty() {
+        return Verdict::Refuse {
+            reason: reason::UNKNOWN_SKU,
+            detail: format!("unknown SKU: {}", unknown.join(", ")),
+        };
+    }
+
+    let currencies: BTreeSet<&str> = wanted
+        .keys()
+        .map(|sku| products[sku].currency.as_str())
+        .collect();
+    if currencies.len() > 1 {
+        let priced: Vec<String> = wanted
+            .keys()
+            .map(|sku| format!("{sku} in {}", products[sku].currency))
+            .collect();
+        return Verdict::Refuse {
+            reason: reason::CURRENCY_MISMATCH,
+            detail: format!(
+                "the lines are priced in more than one currency: {}",
+                priced.join(", ")
+            ),
+        };
+    }
+
+    let short: Vec<String> = wanted
+        .iter()
+        .filter_map(|(sku, quantity)| {
+            let available = products[sku].available;
+            (*quantity > i64::from(available))
+                .then(|| format!("{sku} (wanted {quantity}, available {available})"))
+        })
+        .collect();
+    if !short.is_empty() {
+        return Verdict::Refuse {
+            reason: reason::OUT_OF_STOCK,
+            detail: format!("not enough stock for: {}", short.join(", ")),
+        };
+    }
+
+    // Every quantity is now at most an `available`, so it fits an integer.
+    let (skus, quantities) = wanted
+        .iter()
+        .map(|(sku, quantity)| ((*sku).to_owned(), *quantity as i32))
+        .unzip();
+    Verdict::Take(Take {
+        skus,
+        quantities,
+        unit_prices_cents: wanted
+            .keys()
+            .map(|s| products[s].unit_price_cents)
+            .collect(),
+        tax_categories: wanted
+            .keys()
+            .map(|s| products[s].tax_category.clone())
+            .collect(),
+        // Lines are never empty here, so there is exactly one currency.
+        currency: currencies.first().copied().unwrap_or_default().to_owned(),
+        lines: lines
+            .iter()
+            .map(|line| {
+                let product = products[line.sku.as_str()];
+                PricedLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price_cents: product.unit_price_cents,
+                    tax_category: product.tax_category.clone(),
+                }
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(sku: &str, quantity: u32) -> LineRequest {
+        LineRequest {
+            sku: sku.into(),
+            quantity,
+        }
+    }
+
+    fn stock(sku: &str, available: i32, price: i64, currency: &str) -> Stock {
+        Stock {
+            sku: sku.into(),
+            available,
+            unit_price_cents: price,
+            currency: currency.into(),
+            tax_category: "general".into(),
+        }
+    }
+
+    fn refusal(verdict: Verdict) -> (&'static str, String) {
+        match verdict {
+            Verdict::Refuse { reason, detail } => (reason, detail),
+            Verdict::Take(take) => panic!("expected a refusal, got {take:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_or_zero_quantity_lines_are_invalid() {
+        assert!(invalid_lines(&[]).is_some());
+        let problem = invalid_lines(&[line("MUG", 1), line("CUP", 0)]).unwrap();
+        assert!(
+            problem.contains("CUP") && !problem.contains("MUG"),
+            "{problem}"
+        );
+        assert_eq!(invalid_lines(&[line("MUG", 1)]), None);
+    }
+
+    #[test]
+    fn an_unknown_sku_refuses_the_whole_reserve() {
+        let (reason, detail) = refusal(decide(
+            &[line("MUG", 1), line("NOPE", 1)],
+            &[stock("MUG", 5, 850, "USD")],
+        ));
+        assert_eq!(reason, reason::UNKNOWN_SKU);
+        assert!(detail.contains("NOPE"), "{detail}");
+    }
+
+    #[test]
+    fn lines_in_two_currencies_are_refused() {
+        let (reason, detail) = refusal(decide(
+            &[line("MUG", 1), line("CUP", 1)],
+            &[stock("MUG", 5, 850, "USD"), stock("CUP", 5, 400, "EUR")],
+        ));
+        assert_eq!(reason, reason::CURRENCY_MISMATCH);
+        assert!(detail.contains("CUP in EUR"), "{detail}");
+    }
+
+    #[test]
+    fn stock_is_checked_against_the_sum_of_a_skus_lines() {
+        let (reason, detail) = refusal(decide(
+            &[line("MUG", 3), line("MUG", 3)],
+            &[stock("MUG", 5, 850, "USD")],
+        ));
+        assert_eq!(reason, reason::OUT_OF_STOCK);
+        assert!(detail.contains("wanted 6, available 5"), "{detail}");
+    }
+
+    #[test]
+    fn a_take_sums_per_sku_in_sku_order_and_prices_lines_in_request_order() {
+        let verdict = decide(
+            &[line("MUG", 2), line("CUP", 1), line("MUG", 1)],
+            &[stock("MUG", 3, 850, "USD"), stock("CUP", 1, 400, "USD")],
+        );
+        let Verdict::Take(take) = verdict else {
+            panic!("expected a take, got {verdict:?}");
+        };
+        assert_eq!(take.skus, ["CUP", "MUG"]);
+        assert_eq!(take.quantities, [1, 3]);
+        assert_eq!(take.unit_prices_cents, [400, 850]);
+        assert_eq!(take.currency, "USD");
+        let priced: Vec<(&str, u32, i64)> = take
+            .lines
+            .iter()
+            .map(|l| (l.sku.as_str(), l.quantity, l.unit_price_cents))
+            .collect();
+        assert_eq!(priced, [("MUG", 2, 850), ("CUP", 1, 400), ("MUG", 1, 850)]);
+    }
+}

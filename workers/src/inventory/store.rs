@@ -1,0 +1,339 @@
+//! The inventory's tables: reservations (one per saga), their lines, and
+//! the stock of products. A hot product row is locked by one statement
+//! only, the one that takes its stock, and always in SKU order.
+
+use saga_shared::messages::{reason, Outcome, PricedLine, Reserved};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::rules::{Stock, Take};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Released,
+    /// A tombstone: the saga's reserve was refused, so no attempt of it
+    /// ever holds stock.
+    Refused,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Released => "released",
+            Status::Refused => "refused",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Status, sqlx::Error> {
+        match text {
+            "active" => Ok(Status::Active),
+            "released" => Ok(Status::Released),
+            "refused" => Ok(Status::Refused),
+            // A state this build cannot read: permanent, the command is
+            // dead-lettered rather than retried.
+            other => Err(sqlx::Error::Decode(
+                format!("reservation status `{other}` is not one this worker knows").into(),
+            )),
+        }
+    }
+}
+
+pub enum Claim {
+    /// This transaction created the saga's reservation row.
+    Created,
+    /// The row existed; it is now locked by this transaction.
+    Existing(Status),
+}
+
+/// Rows are never deleted; one that is gone (an operator's hand) can never
+/// come back by retrying, so the command is dead-lettered.
+fn gone(saga_id: Uuid) -> sqlx::Error {
+    sqlx::Error::Decode(format!("the reservation of saga {saga_id} is gone").into())
+}
+
+/// Creates the saga's reservation row with `new` status, or locks the
+/// existing one. A concurrent first command for the same saga waits on the
+/// insert until this transaction ends.
+pub async fn claim(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    new: Status,
+) -> Result<Claim, sqlx::Error> {
+    let created = sqlx::query(
+        "INSERT INTO reservations (saga_id, status, released_at)
+         VALUES ($1, $2, CASE WHEN $2 = 'released' THEN now() END)
+         ON CONFLICT (saga_id) DO NOTHING",
+    )
+    .bind(saga_id)
+    .bind(new.as_str())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if created {
+        return Ok(Claim::Created);
+    }
+    locked_status(conn, saga_id).await.map(Claim::Existing)
+}
+
+async fn locked_status(conn: &mut PgConnection, saga_id: Uuid) -> Result<Status, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE saga_id = $1 FOR UPDATE")
+            .bind(saga_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Status::parse(&status.ok_or_else(|| gone(saga_id))?)
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedStock {
+    created: bool,
+    sku: Option<String>,
+    available: Option<i32>,
+    unit_price_cents: Option<i64>,
+    currency: Option<String>,
+    tax_category: Option<String>,
+}
+
+/// Claims the saga's reservation row as `active` and, in the same
+/// statement, reads the stock of `skus` without locking it. The stock is
+/// only for deciding: [`take`] checks it again under lock. For an existing
+/// row, no stock is read.
+pub async fn claim_reading_stock(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    skus: &[&str],
+) -> Result<(Claim, Vec<Stock>), sqlx::Error> {
+    // The one-row left join keeps the `created` flag when no SKU is known.
+    let rows: Vec<ClaimedStock> = sqlx::query_as(
+        "WITH created AS (
+             INSERT INTO reservations (saga_id, status) VALUES ($1, 'active')
+             ON CONFLICT (saga_id) DO NOTHING
+             RETURNING saga_id
+         )
+         SELECT EXISTS (SELECT 1 FROM created) AS created,
+                p.sku, p.available, p.unit_price_cents, p.currency, p.tax_category
+         FROM (SELECT 1) AS one
+         LEFT JOIN products p ON p.sku = ANY($2)",
+    )
+    .bind(saga_id)
+    .bind(skus)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !rows.first().is_some_and(|r| r.created) {
+        return Ok((Claim::Existing(locked_status(conn, saga_id).await?), vec![]));
+    }
+    let stock = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Stock {
+                sku: r.sku?,
+                available: r.available?,
+                unit_price_cents: r.unit_price_cents?,
+                currency: r.currency?,
+                tax_category: r.tax_category?,
+            })
+        })
+        .collect();
+    Ok((Claim::Created, stock))
+}
+
+/// The stock of `skus`, locked in SKU order until the transaction ends.
+pub async fn locked_stock(
+    conn: &mut PgConnection,
+    skus: &[&str],
+) -> Result<Vec<Stock>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
+        "SELECT sku, available, unit_price_cents, currency, tax_category
+         FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sku, available, unit_price_cents, currency, tax_category)| Stock {
+                sku,
+                available,
+                unit_price_cents,
+                currency,
+                tax_category,
+            },
+        )
+        .collect())
+}
+
+/// Takes `take`'s stock and records the reservation, in one statement:
+/// all of it, if every SKU still has the stock, price and category it was
+/// decided on; otherwise nothing (`false`). The product rows are locked in
+/// SKU order by this statement, and by nothing before it.
+pub async fn take(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    take: &Take,
+) -> Result<bool, sqlx::Error> {
+    let positions: Vec<i32> = (0..).take(take.lines.len()).collect();
+    let line_skus: Vec<&str> = take.lines.iter().map(|l| l.sku.as_str()).collect();
+    // Each line is at most the stock it took, so it fits an integer.
+    let line_quantities: Vec<i32> = take.lines.iter().map(|l| l.quantity as i32).collect();
+    let line_prices: Vec<i64> = take.lines.iter().map(|l| l.unit_price_cents).collect();
+    let line_categories: Vec<&str> = take.lines.iter().map(|l| l.tax_category.as_str()).collect();
+    // `locked` waits for and reads each row's newest version; the UPDATE
+    // below then finds the same versions, so it decrements what was checked.
+    sqlx::query_scalar(
+        "WITH wanted AS (
+             SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::text[])
+                 AS w (sku, quantity, unit_price_cents, tax_category)
+         ),
+         locked AS (
+             SELECT p.sku, p.available, p.unit_price_cents, p.currency, p.tax_category
+             FROM products p WHERE p.sku IN (SELECT sku FROM wanted)
+             ORDER BY p.sku FOR UPDATE
+         ),
+         enough AS (
+             SELECT count(*) = (SELECT count(*) FROM wanted)
+                    AND coalesce(bool_and(
+                        l.available >= w.quantity
+                        AND l.unit_price_cents = w.unit_price_cents
+                        AND l.tax_category = w.tax_category
+                        AND l.currency = $6), false) AS ok
+             FROM wanted w JOIN locked l USING (sku)
+         ),
+         taken AS (
+             UPDATE products p SET available = p.available - w.quantity
+             FROM wanted w
+             WHERE p.sku = w.sku AND (SELECT ok FROM enough)
+             RETURNING p.sku
+         ),
+         reserved AS (
+             UPDATE reservations SET currency = $6
+             WHERE saga_id = $1 AND (SELECT ok FROM enough)
+             RETURNING saga_id
+         ),
+         lines AS (
+             INSERT INTO reservation_lines
+                 (saga_id, position, sku, quantity, unit_price_cents, tax_category)
+             SELECT $1, l.position, l.sku, l.quantity, l.unit_price_cents, l.tax_category
+             FROM unnest($7::int4[], $8::text[], $9::int4[], $10::int8[], $11::text[])
+                 AS l (position, sku, quantity, unit_price_cents, tax_category)
+             WHERE (SELECT ok FROM enough)
+             RETURNING position
+         )
+         SELECT ok FROM enough",
+    )
+    .bind(saga_id)
+    .bind(&take.skus)
+    .bind(&take.quantities)
+    .bind(&take.unit_prices_cents)
+    .bind(&take.tax_categories)
+    .bind(&take.currency)
+    .bind(&positions)
+    .bind(&line_skus)
+    .bind(&line_quantities)
+    .bind(&line_prices)
+    .bind(&line_categories)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Leaves the saga's row as a refusal: a late earlier attempt must not
+/// reserve once stock is back.
+pub async fn refuse(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    reason: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE reservations SET status = 'refused', rejection_reason = $2,
+             rejection_detail = $3
+         WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .bind(reason)
+    .bind(detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The refusal a reserve of this saga was first answered with.
+pub async fn refusal(conn: &mut PgConnection, saga_id: Uuid) -> Result<Outcome, sqlx::Error> {
+    let (reason, detail): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT rejection_reason, rejection_detail FROM reservations WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| gone(saga_id))?;
+    Ok(Outcome::Rejected {
+        reason: reason.unwrap_or_else(|| reason::OUT_OF_STOCK.to_owned()),
+        detail: detail.unwrap_or_default(),
+    })
+}
+
+/// The reservation as first reserved, lines in the request's order.
+pub async fn recorded(conn: &mut PgConnection, saga_id: Uuid) -> Result<Reserved, sqlx::Error> {
+    let currency: Option<String> =
+        sqlx::query_scalar("SELECT currency FROM reservations WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| gone(saga_id))?;
+    let currency = currency.ok_or_else(|| {
+        sqlx::Error::Decode(format!("active reservation of saga {saga_id} has no currency").into())
+    })?;
+    let rows: Vec<(String, i32, i64, String)> = sqlx::query_as(
+        "SELECT sku, quantity, unit_price_cents, tax_category
+         FROM reservation_lines WHERE saga_id = $1 ORDER BY position",
+    )
+    .bind(saga_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let lines = rows
+        .into_iter()
+        .map(
+            |(sku, quantity, unit_price_cents, tax_category)| PricedLine {
+                sku,
+                // The table only holds positive quantities.
+                quantity: quantity.unsigned_abs(),
+                unit_price_cents,
+                tax_category,
+            },
+        )
+        .collect();
+    Ok(Reserved { currency, lines })
+}
+
+/// Puts the saga's held stock back into `available` and marks the
+/// reservation released. Compensations are rare: the three round trips
+/// holding the rows are not on the checkout's path.
+pub async fn give_back(conn: &mut PgConnection, saga_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT sku FROM products
+         WHERE sku IN (SELECT sku FROM reservation_lines WHERE saga_id = $1)
+         ORDER BY sku FOR UPDATE",
+    )
+    .bind(saga_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE products AS p SET available = p.available + held.quantity
+         FROM (SELECT sku, sum(quantity)::int4 AS quantity
+               FROM reservation_lines WHERE saga_id = $1 GROUP BY sku) AS held
+         WHERE p.sku = held.sku",
+    )
+    .bind(saga_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE reservations SET status = 'released', released_at = now() WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The payment worker's own books: one payment row per saga, its status
+//! moving from an intent (`charging`, `refunding`) to an outcome.
+
+use saga_shared::messages::ChargePayment;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Charging,
+    Charged,
+    Declined,
+    Refunding,
+    Refunded,
+}
+
+impl Status {
+    fn parse(text: &str) -> Result<Status, sqlx::Error> {
+        match text {
+            "charging" => Ok(Status::Charging),
+            "charged" => Ok(Status::Charged),
+            "declined" => Ok(Status::Declined),
+            "refunding" => Ok(Status::Refunding),
+            "refunded" => Ok(Status::Refunded),
+            // A state this build cannot read: permanent, the command is
+            // dead-lettered rather than retried.
+            other => Err(sqlx::Error::Decode(
+                format!("payment status `{other}` is not one this worker knows").into(),
+            )),
+        }
+    }
+}
+
+/// The saga's payment row, as locked by this transaction.
+#[derive(sqlx::FromRow)]
+pub struct PaymentRow {
+    status: String,
+    pub amount_cents: i64,
+    pub refunded_cents: i64,
+    pub payment_method: Option<String>,
+    pub provider_reference: Option<Uuid>,
+    pub transient_failures: i32,
+    pub rejection_reason: Option<String>,
+    pub rejection_detail: Option<String>,
+}
+
+impl PaymentRow {
+    /// What the provider approved under the charge key, per our books.
+    pub fn approved_charge_cents(&self) -> Option<i64> {
+        self.provider_reference.map(|_| self.amount_cents)
+    }
+}
+
+/// Locks the saga's payment row, if there is one.
+pub async fn lock(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<Option<(Status, PaymentRow)>, sqlx::Error> {
+    let row: Option<PaymentRow> = sqlx::query_as(
+        "SELECT status, amount_cents, refunded_cents, payment_method,
+                provider_reference, transient_failures, rejection_reason, rejection_detail
+         FROM payments WHERE saga_id = $1 FOR UPDATE",
+    )
+    .bind(saga_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| Ok((Status::parse(&row.status)?, row)))
+        .transpose()
+}
+
+/// Locks the saga's payment row, which an earlier step wrote. Rows are
+/// never deleted: one that is gone (an operator's hand) never comes back by
+/// retrying, so the command is dead-lettered.
+pub async fn locked(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<(Status, PaymentRow), sqlx::Error> {
+    lock(conn, saga_id).await?.ok_or_else(|| {
+        sqlx::Error::Decode(format!("the payment intent of saga {saga_id} is gone").into())
+    })
+}
+
+/// Writes the charge intent; `false` when a row was there first.
+pub async fn write_charge_intent(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    request: &ChargePayment,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
+         VALUES ($1, 'charging', $2, $3, $4, $5)
+         ON CONFLICT (saga_id) DO NOTHING",
+    )
+    .bind(saga_id)
+    .bind(request.amount_cents)
+    .bind(&request.currency)
+    .bind(&request.payment_method)
+    .bind(&request.customer_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Writes a `refunded` row with nothing charged, so that a late charge
+/// does nothing; `false` when a row was there first.
+pub async fn write_refund_tombstone(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO payments (saga_id, status) VALUES ($1, 'refunded')
+         ON CONFLICT (saga_id) DO NOTHING",
+    )
+    .bind(saga_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+pub async fn mark_refunding(conn: &mut PgConnection, saga_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payments SET status = 'refunding', updated_at = now() WHERE saga_id = $1")
+        .bind(saga_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// What an approved charge is recorded with.
+pub struct ApprovedCharge<'a> {
+    pub saga_id: Uuid,
+    pub reference: Uuid,
+    pub amount_cents: i64,
+    pub currency: &'a str,
+    pub payment_method: &'a str,
+    pub customer_id: &'a str,
+}
+
+pub async fn record_charged(
+    conn: &mut PgConnection,
+    charge: &ApprovedCharge<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET status = 'charged', amount_cents = $2, currency = $3,
+             payment_method = $4, customer_id = $5, provider_reference = $6,
+             updated_at = now()
+         WHERE saga_id = $1",
+    )
+    .bind(charge.saga_id)
+    .bind(charge.amount_cents)
+    .bind(charge.currency)
+    .bind(charge.payment_method)
+    .bind(charge.customer_id)
+    .bind(charge.reference)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_declined(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    reason: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET status = 'declined', amount_cents = 0, rejection_reason = $2,
+             rejection_detail = $3, updated_at = now()
+         WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .bind(reason)
+    .bind(detail)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Counts a transient provider failure: what `sim_transient_N` and real
+/// backoff policies need; the intent stays for the next try.
+pub async fn count_provider_failure(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET transient_failures = transient_failures + 1, updated_at = now()
+         WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_refunded(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    amount_cents: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET status = 'refunded', amount_cents = $2, refunded_cents = $2,
+             updated_at = now()
+         WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .bind(amount_cents)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
