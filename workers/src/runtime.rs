@@ -161,19 +161,19 @@ struct Received {
 }
 
 /// The command of `delivery`, or why it can never be handled here.
-fn receive<H: Handler>(delivery: Delivery) -> Result<Received, (Delivery, String)> {
-    let command = match Envelope::<Command>::decode(&delivery.data) {
-        Ok(command) if command.step.worker() == H::KIND => command,
-        Ok(command) => {
-            let reason = format!(
-                "command `{}` is not for the {} worker",
-                command.step,
-                H::KIND.as_str()
-            );
-            return Err((delivery, reason));
-        }
-        Err(error) => return Err((delivery, error.to_string())),
-    };
+fn receive<H: Handler>(delivery: &Delivery) -> Result<Envelope<Command>, String> {
+    match Envelope::<Command>::decode(&delivery.data) {
+        Ok(command) if command.step.worker() == H::KIND => Ok(command),
+        Ok(command) => Err(format!(
+            "command `{}` is not for the {} worker",
+            command.step,
+            H::KIND.as_str()
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn command_span<H: Handler>(delivery: &Delivery, command: &Envelope<Command>) -> tracing::Span {
     let span = tracing::info_span!(
         "command",
         saga_id = %command.saga_id,
@@ -182,12 +182,8 @@ fn receive<H: Handler>(delivery: Delivery) -> Result<Received, (Delivery, String
         worker = H::KIND.as_str(),
     );
     // A child of the relay's publish, whose context the message carries.
-    traceparent::continue_from(&span, header(&delivery, traceparent::HEADER).as_deref());
-    Ok(Received {
-        delivery,
-        command,
-        span,
-    })
+    traceparent::continue_from(&span, header(delivery, traceparent::HEADER).as_deref());
+    span
 }
 
 async fn process<H: Handler>(
@@ -197,9 +193,13 @@ async fn process<H: Handler>(
 ) {
     let mut received = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        match receive::<H>(delivery) {
-            Ok(one) => received.push(one),
-            Err((delivery, reason)) => dead_letter(&ctx.broker, &delivery, &reason).await,
+        match receive::<H>(&delivery) {
+            Ok(command) => received.push(Received {
+                span: command_span::<H>(&delivery, &command),
+                delivery,
+                command,
+            }),
+            Err(reason) => dead_letter(&ctx.broker, &delivery, &reason).await,
         }
     }
     if received.len() <= 1 {
