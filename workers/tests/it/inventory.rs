@@ -355,3 +355,72 @@ async fn eventually_blocked(pool: &PgPool) -> bool {
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reserves_racing_for_the_last_unit_exactly_one_gets_it() {
+    let db = stocked().await;
+    for round in 0..10 {
+        sqlx::query("UPDATE products SET on_hand = 1, available = 1 WHERE sku = 'BOOK'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (first, second) = tokio::join!(
+            handle(&Inventory, &db.pool, a, reserve(&[("BOOK", 1)])),
+            handle(&Inventory, &db.pool, b, reserve(&[("BOOK", 1)])),
+        );
+        let won: Vec<bool> = [first, second]
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Ok(StepResult::Reserved(_)) => true,
+                Outcome::Rejected { reason, .. } if reason == reason::OUT_OF_STOCK => false,
+                other => panic!("round {round}: unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: exactly one reserve takes the last unit"
+        );
+        let available: i32 =
+            sqlx::query_scalar("SELECT available FROM products WHERE sku = 'BOOK'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(available, 0, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
+    // The stock read before the write is only for deciding; the write checks
+    // it again under lock. A concurrent price change is seen there.
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE products SET unit_price_cents = 900 WHERE sku = 'MUG'")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let pool = db.pool.clone();
+    let reserving =
+        tokio::spawn(async move { handle(&Inventory, &pool, saga, reserve(&[("MUG", 2)])).await });
+    // The reserve reads the committed price (850), then waits on the row.
+    assert!(eventually_blocked(&db.pool).await);
+    blocker.commit().await.unwrap();
+    let outcome = reserving.await.unwrap();
+    let StepResult::Reserved(reserved) = ok(outcome) else {
+        panic!("expected a reservation");
+    };
+    assert_eq!(
+        reserved.lines[0].unit_price_cents, 900,
+        "the price the stock was taken at"
+    );
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
+            .bind(saga)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 900);
+}

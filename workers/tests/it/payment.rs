@@ -584,3 +584,108 @@ async fn a_charge_key_voided_by_its_refund_is_declined() {
     );
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 0, 0));
 }
+
+#[tokio::test]
+async fn payments_made_before_the_provider_ledger_are_refunded_after_the_upgrade() {
+    // A deployment as it was before the ledger was backfilled: payments in
+    // our books, none in the provider's.
+    let db = TestDatabase::create("payment_upgrade").await;
+    let before = sqlx::migrate::Migrator {
+        migrations: MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < 4)
+            .cloned()
+            .collect(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before
+        .run(&db.pool)
+        .await
+        .expect("migrate to before the upgrade");
+    let (charged_saga, refunded_saga) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO payments
+             (saga_id, status, amount_cents, refunded_cents, currency, payment_method,
+              customer_id, provider_reference)
+         VALUES ($1, 'charged', 1500, 0, 'USD', 'sim_approve', 'c', gen_random_uuid()),
+                ($2, 'refunded', 900, 900, 'USD', 'sim_approve', 'c', gen_random_uuid())",
+    )
+    .bind(charged_saga)
+    .bind(refunded_saga)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    MIGRATOR.run(&db.pool).await.expect("upgrade");
+    let payment = simulated_on(&db.pool);
+
+    assert_eq!(
+        refunded(handle(&payment, &db.pool, charged_saga, refund()).await),
+        1500,
+        "the charge made before the upgrade goes back in full"
+    );
+    assert_eq!(
+        ledger_of(&db.pool, charged_saga).await,
+        line(charged_saga, 1500, 1500)
+    );
+    assert_eq!(
+        refunded(handle(&payment, &db.pool, refunded_saga, refund()).await),
+        900
+    );
+    assert_eq!(
+        ledger_of(&db.pool, refunded_saga).await,
+        line(refunded_saga, 900, 900)
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_lost_an_approved_charge_refunds_nothing_and_the_refund_retries() {
+    let db = payments().await;
+    let payment = simulated_on(&db.pool);
+    let saga = Uuid::new_v4();
+    charged(handle(&payment, &db.pool, saga, charge(1200, "sim_approve")).await);
+    // The provider's books no longer hold the charge.
+    sqlx::query("DELETE FROM provider_ledger WHERE saga_id = $1")
+        .bind(saga)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let error = transient(handle(&payment, &db.pool, saga, refund()).await);
+    assert!(error.contains("refunded nothing"), "{error}");
+    let (status, amount, refunded_cents, _) = payment_row(&db.pool, saga).await;
+    assert_eq!(
+        (status.as_str(), amount, refunded_cents),
+        ("refunding", 1200, 0),
+        "the payment is not closed as refunded"
+    );
+}
+
+#[tokio::test]
+async fn a_vanished_payment_intent_is_permanent_not_retried() {
+    use saga_shared::failure::Classify;
+    let db = payments().await;
+    let payment = Payment::new(Simulator::new(db.pool.clone()));
+    let saga = Uuid::new_v4();
+    let envelope = Envelope::command(saga, 1, charge(700, "sim_approve"));
+    let mut tx = db.pool.begin().await.unwrap();
+    let Decision::Call(call) = payment.decide(&mut tx, &envelope).await.unwrap() else {
+        panic!("a fresh charge calls the provider");
+    };
+    tx.commit().await.unwrap();
+    let settlement = call.run().await;
+    // An operator's hand removes the intent while the call was out.
+    sqlx::query("DELETE FROM payments WHERE saga_id = $1")
+        .bind(saga)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let error = settlement
+        .settle(&mut tx)
+        .await
+        .expect_err("the intent is gone");
+    assert!(error.is_permanent(), "{error}");
+    assert!(error.to_string().contains("is gone"), "{error}");
+}

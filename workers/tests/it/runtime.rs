@@ -119,7 +119,7 @@ struct Harness {
     broker: Arc<Broker>,
     replies: Consumer,
     stop: CancellationToken,
-    worker: JoinHandle<Result<(), WorkerError>>,
+    worker: Option<JoinHandle<Result<(), WorkerError>>>,
     // Dropped last: deletes the prefix's queues and exchanges.
     _guard: TopologyGuard,
 }
@@ -130,6 +130,13 @@ impl Harness {
     }
 
     async fn start_with(handler: impl Handler) -> Harness {
+        let mut harness = Self::idle().await;
+        harness.run(handler, 4);
+        harness
+    }
+
+    /// Everything but the worker: commands sent now wait on its queue.
+    async fn idle() -> Harness {
         let db = migrated("inventory_runtime", &MIGRATOR).await;
         catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
             .await
@@ -142,21 +149,24 @@ impl Harness {
                 .expect("connect to RabbitMQ (is it running?)"),
         );
         let replies = reply_consumer(&broker).await;
-        let worker = tokio::spawn(run_worker_until_stopped(
-            handler,
-            db.pool.clone(),
-            broker.clone(),
-            4,
-            stop.clone(),
-        ));
         Harness {
             db,
             broker,
             replies,
             stop,
-            worker,
+            worker: None,
             _guard: guard,
         }
+    }
+
+    fn run(&mut self, handler: impl Handler, prefetch: u16) {
+        self.worker = Some(tokio::spawn(run_worker_until_stopped(
+            handler,
+            self.db.pool.clone(),
+            self.broker.clone(),
+            prefetch,
+            self.stop.clone(),
+        )));
     }
 
     async fn publish(&self, routing_key: &str, message_id: Uuid, saga_id: Uuid, body: Vec<u8>) {
@@ -188,7 +198,8 @@ impl Harness {
     /// Stops the worker and checks that it stopped cleanly.
     async fn stop(self) {
         self.stop.cancel();
-        let result = tokio::time::timeout(PATIENCE, self.worker)
+        let worker = self.worker.expect("the worker was started");
+        let result = tokio::time::timeout(PATIENCE, worker)
             .await
             .expect("the worker stops when asked")
             .expect("the worker task did not panic");
@@ -543,5 +554,121 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
             .await
             .unwrap();
     assert_eq!(active, 0, "no active reservation left behind");
+    harness.stop().await;
+}
+
+/// Replies until one for each of `sagas` came, each saga's reply once.
+async fn one_reply_each(harness: &mut Harness, sagas: &[Uuid]) -> Vec<Envelope<Outcome>> {
+    let mut replies = Vec::new();
+    while replies.len() < sagas.len() {
+        let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+        assert!(
+            sagas.contains(&reply.saga_id),
+            "a reply of another saga: {reply:?}"
+        );
+        assert!(
+            replies
+                .iter()
+                .all(|r: &Envelope<Outcome>| r.saga_id != reply.saga_id),
+            "saga {} answered twice",
+            reply.saga_id
+        );
+        replies.push(reply);
+    }
+    replies
+}
+
+/// The transactions that committed inbox rows: rows a transaction writes
+/// carry its id (`xmin`).
+async fn inbox_commits(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM inbox")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_are_ready_together_commit_together() {
+    let mut harness = Harness::idle().await;
+    sqlx::query("UPDATE products SET on_hand = 100, available = 100 WHERE sku = 'MUG'")
+        .execute(&harness.db.pool)
+        .await
+        .unwrap();
+    let commands: Vec<_> = (0..12).map(|_| reserve_mugs(Uuid::new_v4(), 1)).collect();
+    for command in &commands {
+        harness.send(command).await;
+    }
+    harness.run(Inventory, 16);
+    let sagas: Vec<Uuid> = commands.iter().map(|c| c.saga_id).collect();
+    for reply in one_reply_each(&mut harness, &sagas).await {
+        assert!(
+            matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
+            "{:?}",
+            reply.payload
+        );
+    }
+    let (rows, commits) = inbox_commits(&harness.db.pool).await;
+    assert_eq!(rows, 12, "each command handled once");
+    assert!(commits < 12, "12 ready commands took {commits} commits");
+    assert_eq!(harness.available("MUG").await, 88);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_fails_in_a_batch_fails_alone() {
+    let mut harness = Harness::idle().await;
+    let mut dead_letters = dead_letter_consumer(&harness.broker).await;
+    let good: Vec<_> = (0..4).map(|_| reserve_mugs(Uuid::new_v4(), 1)).collect();
+    // The database refuses this one's data (a NUL in text) in the middle of
+    // the batch; the not-JSON one never reaches the database.
+    let mut refused = reserve_mugs(Uuid::new_v4(), 1);
+    if let Command::Reserve(reserve) = &mut refused.payload {
+        reserve.lines[0].sku = "MU\u{0}G".into();
+    }
+    let garbage = Uuid::new_v4();
+    harness.send(&good[0]).await;
+    harness.send(&good[1]).await;
+    harness.send(&refused).await;
+    harness
+        .publish(
+            Step::Reserve.routing_key(),
+            garbage,
+            Uuid::new_v4(),
+            b"not json".to_vec(),
+        )
+        .await;
+    harness.send(&good[2]).await;
+    harness.send(&good[3]).await;
+    harness.run(Inventory, 16);
+
+    let sagas: Vec<Uuid> = good.iter().map(|c| c.saga_id).collect();
+    for reply in one_reply_each(&mut harness, &sagas).await {
+        assert!(
+            matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
+            "{:?}",
+            reply.payload
+        );
+    }
+    let mut dead: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let letter = next_dead_letter(&mut dead_letters).await;
+        dead.push(letter.properties.message_id().as_ref().unwrap().to_string());
+    }
+    dead.sort();
+    let mut expected = vec![refused.message_id.to_string(), garbage.to_string()];
+    expected.sort();
+    assert_eq!(dead, expected, "each bad command dead-lettered, once");
+    assert_eq!(
+        harness.available("MUG").await,
+        1,
+        "the good ones took stock"
+    );
+    let (rows, _) = inbox_commits(&harness.db.pool).await;
+    assert_eq!(rows, 4, "only the good commands are in the inbox");
+    // Nothing else is answered: the next reply is the next command's.
+    let probe = reserve_mugs(Uuid::new_v4(), 1);
+    harness.send(&probe).await;
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, probe.saga_id);
     harness.stop().await;
 }
