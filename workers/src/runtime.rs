@@ -261,10 +261,16 @@ async fn process<H: Handler>(
         }
     }
     // Every reply is sent before any confirm is awaited: one wait for all.
-    let confirmed = ctx.broker.publish_all(&outgoing, CONFIRM_WITHIN).await;
-    for (one, confirmed) in replied.iter().zip(confirmed) {
-        settle_delivery(&one.delivery, confirmed).await;
-    }
+    // The external calls start meanwhile.
+    let replies = async {
+        if outgoing.is_empty() {
+            return;
+        }
+        let confirmed = ctx.broker.publish_all(&outgoing, CONFIRM_WITHIN).await;
+        for (one, confirmed) in replied.iter().zip(confirmed) {
+            settle_delivery(&one.delivery, confirmed).await;
+        }
+    };
     let mut rest = Vec::with_capacity(later.len());
     for (one, call) in later {
         let span = one.span.clone();
@@ -275,19 +281,20 @@ async fn process<H: Handler>(
                 .boxed(),
         });
     }
-    futures::future::join_all(rest).await;
+    futures::future::join(replies, futures::future::join_all(rest)).await;
 }
 
 /// How long a batch's replies may wait for their confirms; an unconfirmed
 /// reply's command is requeued and answered again from the inbox.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
-/// How long a command in a batch waits for a row lock before it leaves the
-/// batch and is handled alone. Two batches may take the same rows in
-/// opposite orders (each command keeps its own rows in order, a batch
-/// cannot); this turns that deadlock into a short wait and a retry alone,
-/// where lock order holds.
-const BATCH_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'; SAVEPOINT command";
+/// Opens a batch: the first command's savepoint, and how long a command in
+/// a batch waits for a row lock before it leaves the batch and is handled
+/// alone. Two batches may take the same rows in opposite orders (each
+/// command keeps its own rows in order, a batch cannot); the bound turns
+/// that deadlock into a short wait and a retry alone, where lock order
+/// holds.
+const BATCH_START: &str = "SET LOCAL lock_timeout = '50ms'; SAVEPOINT command";
 
 /// Acks a command whose reply the broker confirmed; requeues it otherwise
 /// (its redelivery is answered from the inbox).
@@ -428,7 +435,7 @@ pub async fn handle_batch<H: Handler>(
     let mut tx = pool.begin().await?;
     // One round trip sets the lock bound and the first savepoint; each
     // command's success moves the savepoint past it in one more.
-    simple(&mut tx, BATCH_LOCK_TIMEOUT).await?;
+    simple(&mut tx, BATCH_START).await?;
     let mut handled = Vec::with_capacity(commands.len());
     for command in commands {
         let step = AssertUnwindSafe(first_phase(handler, &mut tx, command).boxed())
