@@ -678,3 +678,96 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
     assert_eq!(reply.saga_id, probe.saga_id);
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
+    use saga_shared::messages::ChargePayment;
+    use workers::payment::{self, Payment, Simulator};
+
+    let db = migrated("payment_runtime", &payment::MIGRATOR).await;
+    let guard = TopologyGuard::new(&random_prefix());
+    let stop = CancellationToken::new();
+    let broker = Arc::new(
+        Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
+            .await
+            .expect("connect to RabbitMQ (is it running?)"),
+    );
+    let mut replies = reply_consumer(&broker).await;
+    let charges: Vec<Envelope<Command>> = (0..8)
+        .map(|i| {
+            Envelope::command(
+                Uuid::new_v4(),
+                1,
+                Command::Charge(ChargePayment {
+                    amount_cents: 100 + i,
+                    currency: "USD".into(),
+                    payment_method: "sim_approve".into(),
+                    customer_id: "c".into(),
+                }),
+            )
+        })
+        .collect();
+    for charge in &charges {
+        send(
+            &broker,
+            charge.step.routing_key(),
+            charge.message_id,
+            charge.saga_id,
+            charge.encode(),
+        )
+        .await;
+    }
+    // A duplicate delivery among them is answered the same, charged once.
+    send(
+        &broker,
+        charges[0].step.routing_key(),
+        charges[0].message_id,
+        charges[0].saga_id,
+        charges[0].encode(),
+    )
+    .await;
+    let worker = tokio::spawn(run_worker_until_stopped(
+        Payment::new(Simulator::new(db.pool.clone())),
+        db.pool.clone(),
+        broker.clone(),
+        16,
+        stop.clone(),
+    ));
+    let mut answered: Vec<Envelope<Outcome>> = Vec::new();
+    while answered.len() < charges.len() + 1 {
+        let reply = Envelope::<Outcome>::decode(&next_reply(&mut replies).await.data).unwrap();
+        assert!(
+            matches!(reply.payload, Outcome::Ok(StepResult::Charged(_))),
+            "{:?}",
+            reply.payload
+        );
+        answered.push(reply);
+    }
+    let first: Vec<&Envelope<Outcome>> = answered
+        .iter()
+        .filter(|r| r.saga_id == charges[0].saga_id)
+        .collect();
+    assert_eq!(first.len(), 2, "the duplicate is answered too");
+    assert_eq!(first[0], first[1], "with the same reply");
+    let ledger = payment::ledger(&db.pool).await.unwrap();
+    assert_eq!(ledger.len(), charges.len());
+    assert!(ledger.iter().all(|line| line.charges == 1), "{ledger:?}");
+    let (rows, commits): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT received_at) FROM inbox")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 8);
+    assert!(
+        commits < 8,
+        "the intents of 8 ready charges took {commits} commits"
+    );
+
+    stop.cancel();
+    let result = tokio::time::timeout(PATIENCE, worker)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    broker.close().await;
+}
