@@ -45,6 +45,8 @@ pub const STEP_ROUND_TRIP: &str = "checkout_step_round_trip_seconds";
 pub const RELAY_PUBLISH: &str = "checkout_relay_publish_seconds";
 /// Worker replies applied, by step and outcome (`ok`, `rejected`, `transient`).
 pub const REPLIES: &str = "checkout_replies_total";
+/// Commits that applied worker replies: a batch of replies commits once.
+pub const REPLY_COMMITS: &str = "checkout_reply_commits_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 const LONG_POLLS: &str = "checkout_long_polls_waiting";
@@ -124,8 +126,13 @@ fn describe_and_zero() {
         "One outbox relay batch: its publishes and their confirms"
     );
     metrics::describe_counter!(REPLIES, "Worker replies applied, by step and outcome");
+    metrics::describe_counter!(
+        REPLY_COMMITS,
+        "Commits that applied worker replies (replies ready together commit once)"
+    );
     for counter in [
         SAGAS_STARTED,
+        REPLY_COMMITS,
         OUTBOX_PUBLISHED,
         DEAD_LETTERS,
         API_OVERLOADED,

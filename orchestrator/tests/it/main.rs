@@ -20,6 +20,7 @@ mod outages;
 mod payment_crashes;
 mod poison;
 mod relay;
+mod reply_batches;
 mod run_command;
 mod sagactl;
 mod search;
