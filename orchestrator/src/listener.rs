@@ -218,12 +218,13 @@ async fn forward_notifications(
         // `recv` would reconnect silently, and what was committed meanwhile
         // would wake nobody: `None` is that reconnect, listening again.
         match listener.try_recv().await? {
-            Some(notification) => {
-                match FinalNotice::parse(notification.payload()) {
-                    Some(notice) => waiters.finished(notice),
-                    None => tracing::warn!(payload = notification.payload(), "unreadable notice of a finished saga"),
-                }
-            }
+            Some(notification) => match FinalNotice::parse(notification.payload()) {
+                Some(notice) => waiters.finished(notice),
+                None => tracing::warn!(
+                    payload = notification.payload(),
+                    "unreadable notice of a finished saga"
+                ),
+            },
             None => {
                 tracing::warn!("notification listener reconnected; every long-poll re-reads");
                 waiters.recheck_all();
@@ -293,7 +294,10 @@ mod tests {
         waiters.finished(FinalNotice::Answer(view));
         assert!(is_woken(woken.as_mut()));
         assert_eq!(a.answer().map(|v| v.checkout_id), Some(id));
-        assert_eq!(b.answer().map(|v| v.status), Some(crate::saga::ClientStatus::Completed));
+        assert_eq!(
+            b.answer().map(|v| v.status),
+            Some(crate::saga::ClientStatus::Completed)
+        );
         // Nobody waits for another saga: its notice is dropped.
         waiters.finished(FinalNotice::Finished(Uuid::now_v7()));
         assert_eq!(waiters.woken(), 2);

@@ -60,7 +60,8 @@ pub async fn run_reply_consumer_until_stopped(
             if hand.send((delivery, settled)).is_err() {
                 panic!("the reply batcher is gone");
             }
-            done.await.expect("the reply batcher settles every delivery");
+            done.await
+                .expect("the reply batcher settles every delivery");
         }
     };
     let consumed = run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await;

@@ -32,13 +32,30 @@ const FINISHED: [SagaStatus; 3] = [
 ];
 
 /// The finished sagas below `settled_below`, counted for good.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SagaTally {
     settled_below: Uuid,
     settled: Vec<(String, i64)>,
+    uncommitted_margin: Duration,
+}
+
+impl Default for SagaTally {
+    fn default() -> Self {
+        SagaTally::with_margin(UNCOMMITTED_MARGIN)
+    }
 }
 
 impl SagaTally {
+    /// A tally that takes every saga created more than `margin` ago as
+    /// committed.
+    pub fn with_margin(margin: Duration) -> Self {
+        SagaTally {
+            settled_below: Uuid::nil(),
+            settled: Vec::new(),
+            uncommitted_margin: margin,
+        }
+    }
+
     /// Sagas in each status now. One statement, so one snapshot: a saga
     /// finishing meanwhile is counted once, live or finished.
     pub async fn count(&mut self, pool: &PgPool) -> Result<Vec<(SagaStatus, i64)>, sqlx::Error> {
@@ -70,7 +87,7 @@ impl SagaTally {
         .bind(&live)
         .bind(&finished)
         .bind(self.settled_below)
-        .bind(uuid_v7_floor(SystemTime::now() - UNCOMMITTED_MARGIN))
+        .bind(uuid_v7_floor(SystemTime::now() - self.uncommitted_margin))
         .fetch_all(pool)
         .await?;
         let mut counts: Vec<(SagaStatus, i64)> = LIVE
@@ -108,7 +125,10 @@ impl SagaTally {
 
 /// The smallest UUIDv7 of the millisecond `at`.
 fn uuid_v7_floor(at: SystemTime) -> Uuid {
-    let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6] = 0x70;

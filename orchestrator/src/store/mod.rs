@@ -17,13 +17,13 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
+pub use final_notice::FinalNotice;
+pub use reply_batch::BatchedReply;
 pub use support::{
     BulkSelection, FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK,
     MAX_PAGE,
 };
 pub use support::{MinuteOutcomes, StatusCounts, MAX_MINUTES};
-pub use final_notice::FinalNotice;
-pub use reply_batch::BatchedReply;
 use transition::TransitionRows;
 
 /// Channel long-polls listen on: a saga reached a final status.

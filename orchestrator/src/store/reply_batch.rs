@@ -96,10 +96,8 @@ impl Store {
                             .fetch_optional(&mut *tx)
                             .await?;
                     match row {
-                        Some((version, state)) => sagas.insert(
-                            reply.saga_id,
-                            Current::read(reply.saga_id, version, state),
-                        ),
+                        Some((version, state)) => sagas
+                            .insert(reply.saga_id, Current::read(reply.saga_id, version, state)),
                         None => sagas.remove(&reply.saga_id),
                     };
                 }

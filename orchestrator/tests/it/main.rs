@@ -22,6 +22,7 @@ mod poison;
 mod relay;
 mod reply_batches;
 mod run_command;
+mod saga_tally;
 mod sagactl;
 mod search;
 mod support_api;

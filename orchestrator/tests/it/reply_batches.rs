@@ -83,7 +83,10 @@ async fn a_batch_commits_once_applies_a_sagas_replies_in_turn_and_refuses_a_stra
             span: tracing::Span::none(),
         })
         .collect();
-    let results = store.apply_replies(&batch).await.expect("the batch commits");
+    let results = store
+        .apply_replies(&batch)
+        .await
+        .expect("the batch commits");
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
         matches!(results[1], Err(StoreError::UnknownSaga(id)) if id == stray),
@@ -94,7 +97,11 @@ async fn a_batch_commits_once_applies_a_sagas_replies_in_turn_and_refuses_a_stra
 
     for id in [twice, once] {
         let saga = store.get(id).await.unwrap().unwrap().saga;
-        assert_eq!(saga.status.client_status(), ClientStatus::Rejected, "{saga:?}");
+        assert_eq!(
+            saga.status.client_status(),
+            ClientStatus::Rejected,
+            "{saga:?}"
+        );
         assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
     }
     let events: Vec<(i32, String)> = sqlx::query_as(
@@ -108,7 +115,9 @@ async fn a_batch_commits_once_applies_a_sagas_replies_in_turn_and_refuses_a_stra
     // Both applied as the awaited attempt: neither was taken as late.
     let replied: Vec<(i32, &str)> = events
         .iter()
-        .filter(|(_, event)| event == "transient" || event.starts_with("late_") || event == "rejected")
+        .filter(|(_, event)| {
+            event == "transient" || event.starts_with("late_") || event == "rejected"
+        })
         .map(|(attempt, event)| (*attempt, event.as_str()))
         .collect();
     assert_eq!(replied, [(1, "transient"), (2, "rejected")], "{events:?}");
@@ -126,7 +135,10 @@ async fn ready_replies_commit_in_fewer_transactions_and_a_stray_is_dead_lettered
         ids.push(create(&store).await);
     }
     // Their commands are never sent: the replies below are theirs.
-    sqlx::query("DELETE FROM outbox").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     let broker = Arc::new(
         Broker::connect(
@@ -162,20 +174,16 @@ async fn ready_replies_commit_in_fewer_transactions_and_a_stray_is_dead_lettered
     // All of them wait in the queue when the orchestrator comes back.
     system.start_orchestrator().await;
 
-    testing::eventually(
-        "every saga rejected",
-        Duration::from_secs(30),
-        || async {
-            let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = 'compensated'",
-            )
-            .bind(&ids)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (done == ids.len() as i64).then_some(())
-        },
-    )
+    testing::eventually("every saga rejected", Duration::from_secs(30), || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = 'compensated'",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (done == ids.len() as i64).then_some(())
+    })
     .await;
     let commits = writers(&pool, &ids).await;
     assert!(
