@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod relay;
 pub mod replies;
 pub mod saga;
+pub mod saga_tally;
 pub mod store;

@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::FINAL_CHANNEL;
+use crate::http::checkouts::CheckoutView;
+use crate::store::{FinalNotice, FINAL_CHANNEL};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{max} long-polls are waiting already")]
@@ -45,8 +46,16 @@ struct Registered {
 
 #[derive(Debug)]
 struct Slot {
-    notify: Arc<Notify>,
+    shared: Arc<Shared>,
     waiters: usize,
+}
+
+/// What the waiters of one saga share: their wake-up and the answer the
+/// notification of its finish carried.
+#[derive(Debug, Default)]
+struct Shared {
+    notify: Notify,
+    answer: Mutex<Option<CheckoutView>>,
 }
 
 /// One long-poll's registration; it leaves the registry when dropped.
@@ -54,14 +63,24 @@ struct Slot {
 pub struct Waiter {
     waiters: Arc<Waiters>,
     saga_id: Uuid,
-    notify: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
 impl Waiter {
     /// Woken when the saga may have finished. Call `enable` on the future
     /// before reading the saga, so a finish in between is not missed.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+        self.shared.notify.notified()
+    }
+
+    /// The checkout as the notification of its finish told it, if one
+    /// carrying it arrived: final, so it cannot have changed since.
+    pub fn answer(&self) -> Option<CheckoutView> {
+        self.shared
+            .answer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -103,24 +122,34 @@ impl Waiters {
         }
         registered.total += 1;
         let slot = registered.by_saga.entry(saga_id).or_insert_with(|| Slot {
-            notify: Arc::new(Notify::new()),
+            shared: Arc::default(),
             waiters: 0,
         });
         slot.waiters += 1;
         Ok(Waiter {
             waiters: self.clone(),
             saga_id,
-            notify: slot.notify.clone(),
+            shared: slot.shared.clone(),
         })
     }
 
-    /// Wakes the waiters of `saga_id`, if it has any here.
-    pub fn finished(&self, saga_id: Uuid) {
+    /// Wakes the waiters of the saga the notice is about, if it has any
+    /// here, leaving them its answer when the notice carries one.
+    pub fn finished(&self, notice: FinalNotice) {
         let registered = self.lock();
-        if let Some(slot) = registered.by_saga.get(&saga_id) {
-            self.woken.fetch_add(slot.waiters as u64, Ordering::Relaxed);
-            slot.notify.notify_waiters();
+        let Some(slot) = registered.by_saga.get(&notice.saga_id()) else {
+            return;
+        };
+        if let FinalNotice::Answer(view) = notice {
+            // Before the wake-up: a woken waiter looks for it at once.
+            *slot
+                .shared
+                .answer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(view);
         }
+        self.woken.fetch_add(slot.waiters as u64, Ordering::Relaxed);
+        slot.shared.notify.notify_waiters();
     }
 
     /// Wakes every waiter: notifications may have been missed.
@@ -129,7 +158,7 @@ impl Waiters {
         self.woken
             .fetch_add(registered.total as u64, Ordering::Relaxed);
         for slot in registered.by_saga.values() {
-            slot.notify.notify_waiters();
+            slot.shared.notify.notify_waiters();
         }
     }
 
@@ -189,11 +218,13 @@ async fn forward_notifications(
         // `recv` would reconnect silently, and what was committed meanwhile
         // would wake nobody: `None` is that reconnect, listening again.
         match listener.try_recv().await? {
-            Some(notification) => {
-                if let Ok(id) = notification.payload().parse::<Uuid>() {
-                    waiters.finished(id);
-                }
-            }
+            Some(notification) => match FinalNotice::parse(notification.payload()) {
+                Some(notice) => waiters.finished(notice),
+                None => tracing::warn!(
+                    payload = notification.payload(),
+                    "unreadable notice of a finished saga"
+                ),
+            },
             None => {
                 tracing::warn!("notification listener reconnected; every long-poll re-reads");
                 waiters.recheck_all();
@@ -225,8 +256,9 @@ mod tests {
         let mut woken_b = pin!(b.notified());
         woken_a.as_mut().enable();
         woken_b.as_mut().enable();
-        waiters.finished(mine);
+        waiters.finished(FinalNotice::Finished(mine));
         assert!(is_woken(woken_a.as_mut()));
+        assert_eq!(a.answer(), None);
         assert!(!is_woken(woken_b.as_mut()));
         assert_eq!(waiters.woken(), 1);
         waiters.recheck_all();
@@ -243,5 +275,31 @@ mod tests {
         drop(first);
         assert_eq!(waiters.waiting(), 1);
         assert!(waiters.register(Uuid::now_v7()).is_ok());
+    }
+
+    #[test]
+    fn a_notice_with_an_answer_leaves_it_to_every_waiter_of_its_saga() {
+        let waiters = Waiters::new(8);
+        let id = Uuid::now_v7();
+        let (a, b) = (waiters.register(id).unwrap(), waiters.register(id).unwrap());
+        let mut woken = pin!(a.notified());
+        woken.as_mut().enable();
+        let view: CheckoutView = serde_json::from_value(serde_json::json!({
+            "checkout_id": id,
+            "status": "completed",
+            "created_at": "2026-11-30T18:00:00Z",
+            "updated_at": "2026-11-30T18:00:01Z",
+        }))
+        .unwrap();
+        waiters.finished(FinalNotice::Answer(view));
+        assert!(is_woken(woken.as_mut()));
+        assert_eq!(a.answer().map(|v| v.checkout_id), Some(id));
+        assert_eq!(
+            b.answer().map(|v| v.status),
+            Some(crate::saga::ClientStatus::Completed)
+        );
+        // Nobody waits for another saga: its notice is dropped.
+        waiters.finished(FinalNotice::Finished(Uuid::now_v7()));
+        assert_eq!(waiters.woken(), 2);
     }
 }

@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Waiters;
+use crate::saga_tally::SagaTally;
 
 use crate::saga::{Action, Saga, SagaStatus, StepPolicies, Transition};
 
@@ -45,6 +46,8 @@ pub const STEP_ROUND_TRIP: &str = "checkout_step_round_trip_seconds";
 pub const RELAY_PUBLISH: &str = "checkout_relay_publish_seconds";
 /// Worker replies applied, by step and outcome (`ok`, `rejected`, `transient`).
 pub const REPLIES: &str = "checkout_replies_total";
+/// Commits that applied worker replies: a batch of replies commits once.
+pub const REPLY_COMMITS: &str = "checkout_reply_commits_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 const LONG_POLLS: &str = "checkout_long_polls_waiting";
@@ -124,8 +127,13 @@ fn describe_and_zero() {
         "One outbox relay batch: its publishes and their confirms"
     );
     metrics::describe_counter!(REPLIES, "Worker replies applied, by step and outcome");
+    metrics::describe_counter!(
+        REPLY_COMMITS,
+        "Commits that applied worker replies (replies ready together commit once)"
+    );
     for counter in [
         SAGAS_STARTED,
+        REPLY_COMMITS,
         OUTBOX_PUBLISHED,
         DEAD_LETTERS,
         API_OVERLOADED,
@@ -226,6 +234,8 @@ pub const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default)]
 pub struct DatabaseGauges {
     counted: Arc<RwLock<Option<Counted>>>,
+    /// Each count, for whoever waits for the first.
+    recounted: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +252,20 @@ impl DatabaseGauges {
             .counted
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(counted);
+        self.recounted.notify_waiters();
+    }
+
+    /// Sagas by status as last counted, once counted: right after start,
+    /// the first count is awaited rather than made again here.
+    pub async fn saga_counts_once_counted(&self) -> Vec<(SagaStatus, i64)> {
+        loop {
+            let mut recounted = std::pin::pin!(self.recounted.notified());
+            recounted.as_mut().enable();
+            if let Some(counts) = self.saga_counts() {
+                return counts;
+            }
+            recounted.await;
+        }
     }
 
     /// Sagas by status as last counted; `None` before the first count.
@@ -260,11 +284,8 @@ impl DatabaseGauges {
 }
 
 #[tracing::instrument(skip_all)]
-async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
-            .fetch_all(pool)
-            .await?;
+async fn count(pool: &PgPool, tally: &mut SagaTally) -> Result<Counted, sqlx::Error> {
+    let sagas = tally.count(pool).await?;
     // Age from the due time, not the insert: a retry waiting out its
     // backoff is not late.
     let (outbox_pending, outbox_stuck, outbox_oldest_due_seconds) =
@@ -275,16 +296,6 @@ async fn count(pool: &PgPool) -> Result<Counted, sqlx::Error> {
         )
         .fetch_one(pool)
         .await?;
-    let sagas = STATUSES
-        .iter()
-        .map(|status| {
-            let n = counts
-                .iter()
-                .find(|(s, _)| s == status.as_str())
-                .map_or(0, |(_, n)| *n);
-            (*status, n)
-        })
-        .collect();
     Ok(Counted {
         sagas,
         outbox_pending,
@@ -300,6 +311,7 @@ pub async fn run_gauges_until_stopped(
     gauges: DatabaseGauges,
     stop: CancellationToken,
 ) {
+    let mut tally = SagaTally::default();
     let mut every = tokio::time::interval(GAUGE_REFRESH);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -308,7 +320,7 @@ pub async fn run_gauges_until_stopped(
             _ = stop.cancelled() => break,
         }
         let counted = tokio::select! {
-            counted = count(&pool) => counted,
+            counted = count(&pool, &mut tally) => counted,
             _ = stop.cancelled() => break,
         };
         match counted {

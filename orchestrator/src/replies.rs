@@ -1,6 +1,11 @@
 //! The reply consumer: every orchestrator instance consumes the reply
 //! queue; each reply advances its saga (one conditional write of state,
 //! timeline and commands), then is acked.
+//!
+//! Replies that are ready together are applied together: one transaction,
+//! one commit, then each is acked. Nothing waits to fill a batch, so a
+//! lone reply goes alone, as fast as before; under load the replies that
+//! arrived while a batch committed form the next one.
 
 use std::sync::Arc;
 
@@ -8,14 +13,25 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use saga_shared::broker::{header, Broker, BrokerError};
 use saga_shared::consumer::{dead_letter, hold_until_settled, run_consumer_until_stopped, Settled};
+use saga_shared::failure::{printable, Classify};
 use saga_shared::messages::Outcome;
 use saga_shared::{traceparent, Envelope};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::store::Store;
+use crate::store::{BatchedReply, Store, StoreError};
+
+/// The most replies one transaction applies.
+pub const MAX_BATCH: usize = 64;
+/// Batches applied at once: more would only queue on two cores, fewer
+/// would leave the database idle while a batch's commit is flushed.
+const BATCHES_AT_ONCE: usize = 2;
+
+/// A delivery handed to the batcher, and how to say it is settled.
+type Handed = (Delivery, oneshot::Sender<()>);
 
 pub async fn run_reply_consumer_until_stopped(
     store: Store,
@@ -26,25 +42,166 @@ pub async fn run_reply_consumer_until_stopped(
 ) -> Result<(), BrokerError> {
     let queue = broker.topology().reply_queue();
     let tag = format!("orchestrator-{}", Uuid::new_v4().simple());
-    let handle = |delivery| {
-        let (store, broker, relay, stop) =
-            (store.clone(), broker.clone(), relay.clone(), stop.clone());
-        async move { process(&store, &broker, &relay, delivery, &stop).await }
+    let (hand, handed) = mpsc::unbounded_channel::<Handed>();
+    let batcher = tokio::spawn(run_batcher(
+        store,
+        broker.clone(),
+        relay,
+        handed,
+        stop.clone(),
+    ));
+    // The consumer keeps its bound (prefetch), reconnects, drains on stop,
+    // and requeues a delivery whose handling panicked: here, a delivery
+    // the batcher dropped without settling it.
+    let handle = |delivery: Delivery| {
+        let hand = hand.clone();
+        async move {
+            let (settled, done) = oneshot::channel();
+            if hand.send((delivery, settled)).is_err() {
+                panic!("the reply batcher is gone");
+            }
+            done.await
+                .expect("the reply batcher settles every delivery");
+        }
     };
-    run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await
+    let consumed = run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await;
+    drop(hand);
+    // Every delivery handed over is settled by now; the batcher ends with
+    // its channel.
+    let _ = batcher.await;
+    consumed
 }
 
-async fn process(
+/// Takes the first delivery handed over, then every one already waiting
+/// (up to [`MAX_BATCH`]), and applies them as one batch.
+async fn run_batcher(
+    store: Store,
+    broker: Arc<Broker>,
+    relay: Arc<Notify>,
+    mut handed: mpsc::UnboundedReceiver<Handed>,
+    stop: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(BATCHES_AT_ONCE));
+    let mut batches = JoinSet::new();
+    loop {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        let Some(first) = handed.recv().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match handed.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (store, broker, relay, stop) =
+            (store.clone(), broker.clone(), relay.clone(), stop.clone());
+        batches.spawn(async move {
+            apply_batch(&store, &broker, &relay, batch, &stop).await;
+            drop(permit);
+        });
+        while batches.try_join_next().is_some() {}
+    }
+    while batches.join_next().await.is_some() {}
+}
+
+/// A decoded reply, its delivery and its span.
+struct Ready {
+    delivery: Delivery,
+    settled: oneshot::Sender<()>,
+    reply: Envelope<Outcome>,
+    span: tracing::Span,
+}
+
+async fn apply_batch(
     store: &Store,
     broker: &Broker,
     relay: &Notify,
-    delivery: Delivery,
+    batch: Vec<Handed>,
     stop: &CancellationToken,
 ) {
-    let reply = match Envelope::<Outcome>::decode(&delivery.data) {
-        Ok(reply) => reply,
-        Err(error) => return dead_letter(broker, &delivery, &error.to_string()).await,
-    };
+    let mut ready = Vec::with_capacity(batch.len());
+    for (delivery, settled) in batch {
+        match Envelope::<Outcome>::decode(&delivery.data) {
+            Ok(reply) => {
+                let span = reply_span(&reply, &delivery);
+                ready.push(Ready {
+                    delivery,
+                    settled,
+                    reply,
+                    span,
+                });
+            }
+            Err(error) => {
+                dead_letter(broker, &delivery, &error.to_string()).await;
+                let _ = settled.send(());
+            }
+        }
+    }
+    if ready.len() > 1 {
+        // Sagas written in the order of their ids, in every batch: two
+        // batches never wait for each other's rows in a cycle. The sort is
+        // stable, so two replies of one saga keep their order.
+        ready.sort_by_key(|r| r.reply.saga_id);
+        let replies: Vec<BatchedReply> = ready
+            .iter()
+            .map(|r| BatchedReply {
+                reply: &r.reply,
+                span: r.span.clone(),
+            })
+            .collect();
+        match store.apply_replies(&replies).await {
+            Ok(results) => {
+                drop(replies);
+                metrics::counter!(crate::metrics::REPLY_COMMITS).increment(1);
+                relay.notify_one();
+                for (r, result) in ready.into_iter().zip(results) {
+                    settle_applied(broker, &r.delivery, &r.reply, result)
+                        .instrument(r.span)
+                        .await;
+                    let _ = r.settled.send(());
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, replies = ready.len(), "reply batch failed; applying its replies one at a time");
+            }
+        }
+    }
+    for r in ready {
+        apply_alone(store, broker, relay, &r.delivery, &r.reply, stop)
+            .instrument(r.span)
+            .await;
+        let _ = r.settled.send(());
+    }
+}
+
+/// Acks a reply its batch applied, or dead-letters one it refused alone.
+async fn settle_applied(
+    broker: &Broker,
+    delivery: &Delivery,
+    reply: &Envelope<Outcome>,
+    result: Result<(), StoreError>,
+) {
+    match result {
+        Ok(()) => {
+            count(reply);
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(error) => {
+            let reason = printable(&error.describe()).into_owned();
+            tracing::error!(%reason, "message can never be handled; dead-lettering it");
+            dead_letter(broker, delivery, &reason).await;
+        }
+    }
+}
+
+fn reply_span(reply: &Envelope<Outcome>, delivery: &Delivery) -> tracing::Span {
     let span = tracing::info_span!(
         "reply",
         saga_id = %reply.saga_id,
@@ -53,23 +210,37 @@ async fn process(
         outcome = reply.payload.label(),
     );
     // A child of the worker's command span, whose context the reply carries.
-    traceparent::continue_from(&span, header(&delivery, traceparent::HEADER).as_deref());
-    async {
-        match hold_until_settled(&delivery, stop, || store.apply_reply(&reply)).await {
-            Settled::Done(()) => {
-                metrics::counter!(
-                    crate::metrics::REPLIES,
-                    "step" => reply.step.routing_key(),
-                    "outcome" => reply.payload.label()
-                )
-                .increment(1);
-            }
-            Settled::Permanent(reason) => return dead_letter(broker, &delivery, &reason).await,
-            Settled::Stopped => return,
+    traceparent::continue_from(&span, header(delivery, traceparent::HEADER).as_deref());
+    span
+}
+
+fn count(reply: &Envelope<Outcome>) {
+    metrics::counter!(
+        crate::metrics::REPLIES,
+        "step" => reply.step.routing_key(),
+        "outcome" => reply.payload.label()
+    )
+    .increment(1);
+}
+
+/// One reply in its own transaction, held and retried while it fails
+/// transiently, dead-lettered if it never can be applied.
+async fn apply_alone(
+    store: &Store,
+    broker: &Broker,
+    relay: &Notify,
+    delivery: &Delivery,
+    reply: &Envelope<Outcome>,
+    stop: &CancellationToken,
+) {
+    match hold_until_settled(delivery, stop, || store.apply_reply(reply)).await {
+        Settled::Done(()) => {
+            metrics::counter!(crate::metrics::REPLY_COMMITS).increment(1);
+            count(reply);
         }
-        relay.notify_one();
-        let _ = delivery.ack(BasicAckOptions::default()).await;
+        Settled::Permanent(reason) => return dead_letter(broker, delivery, &reason).await,
+        Settled::Stopped => return,
     }
-    .instrument(span)
-    .await
+    relay.notify_one();
+    let _ = delivery.ack(BasicAckOptions::default()).await;
 }

@@ -17,13 +17,13 @@ use uuid::Uuid;
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
-use crate::saga::ClientStatus;
+use crate::saga::{ClientStatus, Saga};
 use crate::store::{Created, SagaRecord};
 
 /// The longest `?wait=` a client may ask for.
 pub const MAX_WAIT_SECONDS: u64 = 30;
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CheckoutView {
     pub checkout_id: Uuid,
     pub status: ClientStatus,
@@ -43,9 +43,8 @@ pub struct CheckoutView {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<&SagaRecord> for CheckoutView {
-    fn from(record: &SagaRecord) -> Self {
-        let saga = &record.saga;
+impl CheckoutView {
+    pub fn of(saga: &Saga, created_at: DateTime<Utc>, updated_at: DateTime<Utc>) -> Self {
         let status = saga.status.client_status();
         let rejected = status == ClientStatus::Rejected;
         CheckoutView {
@@ -57,9 +56,15 @@ impl From<&SagaRecord> for CheckoutView {
             tax_cents: saga.tax_cents(),
             total_cents: saga.total_cents(),
             currency: saga.currency().map(str::to_owned),
-            created_at: record.created_at,
-            updated_at: record.updated_at,
+            created_at,
+            updated_at,
         }
+    }
+}
+
+impl From<&SagaRecord> for CheckoutView {
+    fn from(record: &SagaRecord) -> Self {
+        CheckoutView::of(&record.saga, record.created_at, record.updated_at)
     }
 }
 
@@ -169,27 +174,37 @@ async fn read_or_wait(
             .ok_or_else(|| ApiError::NotFound(format!("no checkout with id `{saga_id}`")))?;
         Ok::<_, ApiError>(CheckoutView::from(&record))
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    let view = read().await?;
-    if view.status != ClientStatus::Pending || wait == 0 {
-        return Ok(view);
+    if wait == 0 {
+        return read().await;
     }
-    // Only a poll that really waits takes a place among the waiters.
-    let waiter = state
-        .waiters
-        .register(saga_id)
-        .map_err(|full| ApiError::TooManyWaiters(full.max))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    // Registered before the first read, so one read is enough: a finish
+    // after it wakes us, with the answer in the notification.
+    let waiter = match state.waiters.register(saga_id) {
+        Ok(waiter) => waiter,
+        // Full: only a poll that would really wait is turned away.
+        Err(full) => {
+            let view = read().await?;
+            return match view.status {
+                ClientStatus::Pending => Err(ApiError::TooManyWaiters(full.max)),
+                _ => Ok(view),
+            };
+        }
+    };
     loop {
         let mut woken = pin!(waiter.notified());
-        // Registered before the read: a finish between the read and the
-        // wait still wakes us.
         woken.as_mut().enable();
+        if let Some(view) = waiter.answer() {
+            return Ok(view);
+        }
         let view = read().await?;
         // Stopping: answer now, the client polls again elsewhere.
         if view.status != ClientStatus::Pending || state.waiters.is_closing() {
             return Ok(view);
         }
         tokio::select! {
+            // With the answer, or a re-check (the listener reconnected,
+            // the notice was too large to carry it): read again.
             _ = woken => continue,
             // A notification can be lost (a listener between connections):
             // the answer at the deadline is read, not remembered.

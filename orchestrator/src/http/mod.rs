@@ -48,14 +48,18 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     // The long-poll bounds itself: its `wait` plus the request timeout.
-    let long_poll = Router::new().route("/v1/checkouts/{id}", get(checkouts::get));
-    Router::new()
-        .route("/v1/checkouts", post(checkouts::create))
-        .route("/v1/admin/sagas", get(admin::list))
+    // A bulk retry acts on up to MAX_BULK sagas one after the other, each
+    // committed as it goes: cut off by the request timeout, it would
+    // answer 503 having retried some of them, and report none.
+    let unbounded = Router::new()
+        .route("/v1/checkouts/{id}", get(checkouts::get))
         .route(
             "/v1/admin/sagas/retry",
             post(admin::bulk_retry).layer(DefaultBodyLimit::max(admin::BULK_BODY_BYTES)),
-        )
+        );
+    Router::new()
+        .route("/v1/checkouts", post(checkouts::create))
+        .route("/v1/admin/sagas", get(admin::list))
         .route("/v1/admin/sagas/{id}", get(admin::detail))
         .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
         .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
@@ -73,7 +77,7 @@ pub fn router(state: AppState) -> Router {
             state.limits.request_timeout,
             within_request_timeout,
         ))
-        .merge(long_poll)
+        .merge(unbounded)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(validation::MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -34,11 +34,15 @@ pub async fn statuses(
     _: Actor,
     State(state): State<AppState>,
 ) -> Result<Json<StatusStats>, ApiError> {
-    let counts = match state.gauges.saga_counts() {
-        Some(counted) => counted.into_iter().collect(),
-        // Only in the moment after start, before the gauges' first count.
-        None => state.store.status_counts().await?,
-    };
+    // Only in the moment after start is there no count yet: the request
+    // waits for the first (bounded by the request timeout) rather than
+    // count the whole table once more.
+    let counts = state
+        .gauges
+        .saga_counts_once_counted()
+        .await
+        .into_iter()
+        .collect();
     Ok(Json(StatusStats { counts }))
 }
 

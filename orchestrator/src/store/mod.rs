@@ -1,6 +1,8 @@
 //! The orchestrator's PostgreSQL store: sagas, their timeline and the
 //! outbox. A transition and the commands it emits commit together.
 
+mod final_notice;
+mod reply_batch;
 mod support;
 mod transition;
 
@@ -15,6 +17,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
+pub use final_notice::FinalNotice;
+pub use reply_batch::BatchedReply;
 pub use support::{
     BulkSelection, FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK,
     MAX_PAGE,
@@ -501,7 +505,25 @@ async fn write(
     transition: Transition,
     trace: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let span = tracing::info_span!(
+    let span = transition_span(before, &transition);
+    if trace.is_some() {
+        traceparent::continue_from(&span, trace);
+        traceparent::link(&span, &tracing::Span::current());
+    }
+    let written = write_in(conn, before, version, &transition)
+        .instrument(span)
+        .await?;
+    // Counted when written, not when committed: inside the deadline
+    // timer's transaction a failed commit overcounts, which a counter of
+    // events may.
+    if let Some(clocks) = written {
+        crate::metrics::record(before, &transition, clocks, policies);
+    }
+    Ok(written.is_some())
+}
+
+fn transition_span(before: &Saga, transition: &Transition) -> tracing::Span {
+    tracing::info_span!(
         "transition",
         saga_id = %before.id,
         from = before.status.as_str(),
@@ -509,41 +531,35 @@ async fn write(
         step = transition.saga.current.map(|s| s.routing_key()),
         attempt = transition.saga.attempt,
         written = tracing::field::Empty,
-    );
-    if trace.is_some() {
-        traceparent::continue_from(&span, trace);
-        traceparent::link(&span, &tracing::Span::current());
-    }
-    write_in(conn, policies, before, version, transition)
-        .instrument(span)
-        .await
+    )
 }
 
+/// The conditional write itself: the clocks for the metrics when written,
+/// `None` when the saga is no longer at `version`. Recording the metrics is
+/// the caller's: a batch records them only once it has committed.
 async fn write_in(
     conn: &mut PgConnection,
-    policies: &StepPolicies,
     before: &Saga,
     version: i64,
-    transition: Transition,
-) -> Result<bool, sqlx::Error> {
+    transition: &Transition,
+) -> Result<Option<crate::metrics::Clocks>, sqlx::Error> {
     let finished = transition.saga.status.is_final() && !before.status.is_final();
-    let written = TransitionRows::new(&transition)
+    let answer = finished
+        .then(|| final_notice::view_without_timestamps(&transition.saga))
+        .flatten();
+    let written = TransitionRows::new(transition)
         .bind(sqlx::query_as::<_, (f64, Option<f64>)>(transition::UPDATE))
         .bind(version)
         .bind(finished)
         .bind(FINAL_CHANNEL)
+        .bind(answer)
         .fetch_optional(conn)
         .await?;
     tracing::Span::current().record("written", written.is_some());
-    if let Some((since_created, deadline_in_ms)) = written {
-        // Counted when written, not when committed: inside the deadline
-        // timer's transaction a failed commit overcounts, which a counter
-        // of events may.
-        let clocks = crate::metrics::Clocks {
+    Ok(
+        written.map(|(since_created, deadline_in_ms)| crate::metrics::Clocks {
             since_created,
             deadline_in_ms,
-        };
-        crate::metrics::record(before, &transition, clocks, policies);
-    }
-    Ok(written.is_some())
+        }),
+    )
 }

@@ -329,21 +329,6 @@ impl Store {
     /// Sagas in each status, counted now (the console reads the gauges'
     /// cached counts; this is for before their first count).
     #[tracing::instrument(skip_all)]
-    pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM sagas GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(status, n)| {
-                let status: SagaStatus =
-                    serde_json::from_value(serde_json::Value::String(status)).ok()?;
-                Some((status, n))
-            })
-            .collect())
-    }
-
     /// Checkouts completed, rejected and parked in each of the last
     /// `minutes` minutes (the current one so far included), oldest first,
     /// every minute present.

@@ -44,9 +44,12 @@ pub const INSERT: &str = concat!(
 
 /// Advances a saga if it is still at version $23; $24 says whether it just
 /// became final, which notifies channel $25 on commit (long-polls on every
-/// instance wake up). It returns the saga's age and what was left of the
-/// deadline it awaited (for the latency metrics): `was` is the row as
-/// it was, since a statement does not see its own CTE's update.
+/// instance wake up) with the checkout's answer: $26, the view without its
+/// timestamps, which the row gives (or the bare id when $26 is NULL, an
+/// answer too large for a notification). It returns the saga's age and
+/// what was left of the deadline it awaited (for the latency metrics):
+/// `was` is the row as it was, since a statement does not see its own
+/// CTE's update.
 pub const UPDATE: &str = concat!(
     "WITH saga AS (
          UPDATE sagas SET status = $2, current_step = $3, attempt = $4, state = $5, last_error = $6,
@@ -55,12 +58,15 @@ pub const UPDATE: &str = concat!(
                                              WHEN $8::bool THEN deadline_at END,
                           version = version + 1, updated_at = now()
          WHERE id = $1 AND version = $23
-         RETURNING id, created_at
+         RETURNING id, created_at, updated_at
      ), ",
     transition_writes!(),
     " SELECT EXTRACT(EPOCH FROM now() - saga.created_at)::float8,
              (EXTRACT(EPOCH FROM was.deadline_at - clock_timestamp()) * 1000)::float8,
-             CASE WHEN $24 THEN pg_notify($25, $1::text) END
+             CASE WHEN $24 THEN pg_notify($25, coalesce(
+                 ($26::jsonb || jsonb_build_object('created_at', saga.created_at,
+                                                   'updated_at', saga.updated_at))::text,
+                 $1::text)) END
       FROM saga JOIN sagas was ON was.id = saga.id"
 );
 

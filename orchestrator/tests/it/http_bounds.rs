@@ -369,3 +369,77 @@ async fn a_stopping_orchestrator_answers_its_long_polls_at_once() {
     );
     system.stop().await;
 }
+
+/// Sends what a finishing transition notifies, for a saga that in truth
+/// is still pending: a long-poll that answers with it did not read the
+/// saga again.
+async fn notify_finished(system: &System, id: &str, total_cents: i64) {
+    let answer = json!({
+        "checkout_id": id,
+        "status": "completed",
+        "subtotal_cents": total_cents,
+        "tax_cents": 0,
+        "total_cents": total_cents,
+        "currency": "USD",
+        "created_at": "2026-11-30T18:00:00+00:00",
+        "updated_at": "2026-11-30T18:00:01.5+00:00",
+    });
+    sqlx::query("SELECT pg_notify('saga_final', $1)")
+        .bind(answer.to_string())
+        .execute(&system.orchestrator_db.pool)
+        .await
+        .unwrap();
+}
+
+async fn listener_pids(system: &System) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&system.orchestrator_db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_from_the_notification_before_and_after_a_reconnect() {
+    let system = system_with(HttpLimits::default()).await;
+    let id = parked_checkout(&system).await;
+    let poll = long_poll(&system, &id, 25);
+    until_waiting(&system, 1).await;
+    notify_finished(&system, &id, 4242).await;
+    let (body, _) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the notification answered the long-poll")
+        .unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["total_cents"], 4242, "{body}");
+    assert_eq!(body["updated_at"], "2026-11-30T18:00:01.500Z", "{body}");
+    // The saga itself never changed.
+    assert_eq!(system.saga_status(&id).await, "suspended");
+
+    let poll = long_poll(&system, &id, 25);
+    until_waiting(&system, 1).await;
+    let before = listener_pids(&system).await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid")
+        .bind(&before)
+        .execute(&system.orchestrator_db.pool)
+        .await
+        .unwrap();
+    saga_shared::testing::eventually("the listener back", Duration::from_secs(15), || async {
+        let now = listener_pids(&system).await;
+        (!now.is_empty() && now.iter().all(|pid| !before.contains(pid))).then_some(())
+    })
+    .await;
+    // The re-check after the reconnect read the saga: still pending, the
+    // poll waits on.
+    until_waiting(&system, 1).await;
+    assert!(!poll.is_finished());
+    notify_finished(&system, &id, 4343).await;
+    let (body, _) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("a notification after the reconnect answered the long-poll")
+        .unwrap();
+    assert_eq!(body["total_cents"], 4343, "{body}");
+    system.stop_without_audit().await;
+}
