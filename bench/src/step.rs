@@ -1,0 +1,134 @@
+//! What one measured stretch of load (a closed-loop run or an open-loop
+//! step) reports, and how its results are tallied while it runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::error::BenchError;
+use crate::latency::{Latencies, LatencySummary};
+use crate::service_usage::StepUsage;
+use crate::verdict::Verdict;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Load {
+    /// A fixed number of checkouts in flight, the next sent when one ends.
+    Closed { concurrency: usize },
+    /// Checkouts sent at a fixed rate per second, whatever the answers.
+    Open { rate: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub load: Load,
+    /// Checkouts the step meant to send.
+    pub offered: u64,
+    /// Checkouts that ended `completed`.
+    pub completed: u64,
+    /// Failed requests, other final statuses, checkouts not sent (in-flight
+    /// cap) or not final by the drain deadline.
+    pub errors: u64,
+    /// Completed checkouts per second of the step.
+    pub achieved_rate: f64,
+    pub latency: LatencySummary,
+    pub usage: StepUsage,
+    /// Open-loop steps only.
+    pub verdict: Option<Verdict>,
+    pub outcomes: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+}
+
+/// Counts what comes back while a step runs.
+pub struct Tally {
+    pub latencies: Latencies,
+    pub completed: u64,
+    pub errors: u64,
+    pub outcomes: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    pub last_completion: Option<Instant>,
+}
+
+impl Tally {
+    pub fn new() -> Self {
+        Self {
+            latencies: Latencies::default(),
+            completed: 0,
+            errors: 0,
+            outcomes: BTreeMap::new(),
+            first_error: None,
+            last_completion: None,
+        }
+    }
+
+    /// A checkout that ended, after `latency`. Only `completed` counts as
+    /// a success: the bench's catalogue and payment method never reject.
+    pub fn finished(&mut self, result: Result<String, BenchError>, latency: Duration) {
+        match result {
+            Ok(status) => {
+                self.latencies.record(latency);
+                if status == "completed" {
+                    self.completed += 1;
+                    self.last_completion = Some(Instant::now());
+                } else {
+                    self.errors += 1;
+                }
+                *self.outcomes.entry(status).or_default() += 1;
+            }
+            Err(error) => self.failed(error.to_string()),
+        }
+    }
+
+    pub fn failed(&mut self, error: String) {
+        self.errors += 1;
+        *self.outcomes.entry("error".into()).or_default() += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    pub fn done(&self) -> u64 {
+        self.completed + self.errors
+    }
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn progress(label: &str, since: Instant, tally: &Tally, offered: u64, in_flight: usize) {
+    let summary = tally.latencies.summary();
+    eprintln!(
+        "  [{label}] {:>3.0} s: {}/{} final, {} in flight, {} errors, p99 so far {:.1} ms",
+        since.elapsed().as_secs_f64(),
+        tally.done(),
+        offered,
+        in_flight,
+        tally.errors,
+        summary.p99.as_secs_f64() * 1000.0
+    );
+}
+
+impl std::fmt::Display for StepReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.load {
+            Load::Closed { concurrency } => write!(f, "closed, {concurrency} in flight")?,
+            Load::Open { rate } => write!(f, "open, {rate:.0}/s offered")?,
+        }
+        writeln!(
+            f,
+            ": {} checkouts, achieved {:.1}/s, {} errors{}",
+            self.offered,
+            self.achieved_rate,
+            self.errors,
+            match &self.verdict {
+                Some(Verdict::Broken(why)) => format!(", BROKEN ({why})"),
+                Some(verdict) => format!(", {}", verdict.label()),
+                None => String::new(),
+            }
+        )?;
+        writeln!(f, "    latency: {}", self.latency)?;
+        if let Some(error) = &self.first_error {
+            writeln!(f, "    first error: {error}")?;
+        }
+        write!(f, "    usage: {}", self.usage)
+    }
+}
