@@ -5,7 +5,7 @@
 //! loop stepping up arrival rates until latency or errors break, and writes
 //! a CSV and an SVG plot. `closed`, `open` and `floor` run one part alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,10 +187,10 @@ struct FloorArgs {
 
 #[derive(Args)]
 struct Output {
-    /// Where to write results: a folder named after the UTC time is made in
-    /// it (steps.csv, latency.svg).
-    #[arg(long, default_value = "bench-results")]
-    results: PathBuf,
+    /// The folder to write steps.csv and latency.svg into (made if
+    /// missing); by default bench-results/<UTC time>.
+    #[arg(long)]
+    results: Option<PathBuf>,
 }
 
 fn seconds(value: f64, name: &str) -> Result<Duration, BenchError> {
@@ -373,7 +373,13 @@ fn finish(
     floor: Option<&MachineFloor>,
     held_p99: Duration,
 ) -> Result<(), BenchError> {
-    let folder = results_folder(&output.results)?;
+    let folder = match &output.results {
+        Some(folder) => {
+            std::fs::create_dir_all(folder)?;
+            folder.clone()
+        }
+        None => results_folder(Path::new("bench-results"))?,
+    };
     write_csv(&folder.join("steps.csv"), steps)?;
     let title = match floor {
         Some(floor) => format!(
