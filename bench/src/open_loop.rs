@@ -98,13 +98,7 @@ pub async fn run_step(
         ));
     }
 
-    // Completions per second of the step, or of however long it took to
-    // finish them if the system fell behind.
-    let seconds = tally
-        .last_completion
-        .map_or(0.0, |last| (last - started).as_secs_f64())
-        .max(plan.length.as_secs_f64());
-    let achieved_rate = tally.completed as f64 / seconds;
+    let achieved_rate = tally.completion_rate(plan.length);
     let latency = tally.latencies.summary();
     let verdict = judge(
         &StepOutcome {
