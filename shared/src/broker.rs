@@ -306,7 +306,11 @@ impl Broker {
                 }
             }
             let wait = backoff.next_delay();
-            tracing::warn!(?wait, nodes = self.nodes.len(), "no RabbitMQ node reachable; retrying");
+            tracing::warn!(
+                ?wait,
+                nodes = self.nodes.len(),
+                "no RabbitMQ node reachable; retrying"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return Err(BrokerError::Stopped),
@@ -370,7 +374,10 @@ impl Broker {
     /// confirm in time) though it is connected: a cluster whose queues have
     /// lost their majority. Cleared by the next confirmed publish.
     pub fn refusing_since(&self) -> Option<DateTime<Utc>> {
-        *self.refusing.lock().expect("refusing lock is never poisoned")
+        *self
+            .refusing
+            .lock()
+            .expect("refusing lock is never poisoned")
     }
 
     fn note_outcomes(&self, results: &[Result<(), BrokerError>]) {
@@ -381,7 +388,10 @@ impl Broker {
                 Err(BrokerError::Nacked { .. } | BrokerError::Unconfirmed { .. })
             )
         });
-        let mut refusing = self.refusing.lock().expect("refusing lock is never poisoned");
+        let mut refusing = self
+            .refusing
+            .lock()
+            .expect("refusing lock is never poisoned");
         if confirmed {
             if let Some(since) = refusing.take() {
                 let refused_ms = (Utc::now() - since).num_milliseconds();
@@ -632,7 +642,11 @@ pub fn node_address(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let default_port = if url.starts_with("amqps://") { 5671 } else { 5672 };
+    let default_port = if url.starts_with("amqps://") {
+        5671
+    } else {
+        5672
+    };
     if host.contains(':') && !host.ends_with(']') {
         host.to_owned()
     } else {
@@ -795,7 +809,10 @@ mod tests {
             let round: Vec<&str> = nodes.round().collect();
             let mut sorted = round.clone();
             sorted.sort();
-            assert_eq!(sorted, nodes.0.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(
+                sorted,
+                nodes.0.iter().map(String::as_str).collect::<Vec<_>>()
+            );
             // In turn: each node's successor is the next in the list.
             let at = |u: &str| nodes.0.iter().position(|n| n == u).unwrap();
             for pair in round.windows(2) {
@@ -804,14 +821,26 @@ mod tests {
             starts.insert(round[0]);
         }
         assert_eq!(starts.len(), 3, "every node gets to be first");
-        assert!(matches!(ClusterNodes::parse(" , "), Err(BrokerError::NoNodes)));
+        assert!(matches!(
+            ClusterNodes::parse(" , "),
+            Err(BrokerError::NoNodes)
+        ));
     }
 
     #[test]
     fn a_node_is_shown_without_its_credentials() {
-        assert_eq!(node_address("amqp://guest:secret@127.0.0.1:5682/%2f"), "127.0.0.1:5682");
-        assert_eq!(node_address("amqp://rabbit-2/vhost?heartbeat=5"), "rabbit-2:5672");
-        assert_eq!(node_address("amqps://u:p@mq.example.com"), "mq.example.com:5671");
+        assert_eq!(
+            node_address("amqp://guest:secret@127.0.0.1:5682/%2f"),
+            "127.0.0.1:5682"
+        );
+        assert_eq!(
+            node_address("amqp://rabbit-2/vhost?heartbeat=5"),
+            "rabbit-2:5672"
+        );
+        assert_eq!(
+            node_address("amqps://u:p@mq.example.com"),
+            "mq.example.com:5671"
+        );
         assert_eq!(node_address("amqp://u:p@[::1]:5681/%2f"), "[::1]:5681");
     }
 

@@ -157,7 +157,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         body["broker_node"] = json!(node);
     }
     if let Some(since) = refusing {
-        body["broker_degraded"] = json!({"reason": "publishes are nacked or unconfirmed", "since": since});
+        body["broker_degraded"] =
+            json!({"reason": "publishes are nacked or unconfirmed", "since": since});
     }
     if let Some(blocked) = blocked {
         body["broker_blocked"] = json!({"reason": blocked.reason, "since": blocked.since});
