@@ -359,14 +359,16 @@ impl Broker {
         &self.topology
     }
 
+    /// Whether the connection is up. Its publishing channel may be between
+    /// two (the next publish opens a new one): that is no outage.
     pub fn is_connected(&self) -> bool {
-        self.current().is_some_and(|s| s.is_healthy())
+        self.node().is_some()
     }
 
     /// `host:port` of the node the live connection reached.
     pub fn node(&self) -> Option<String> {
         self.current()
-            .filter(|s| s.is_healthy())
+            .filter(|s| s.connection.status().connected())
             .map(|s| s.node.clone())
     }
 
@@ -380,7 +382,9 @@ impl Broker {
             .expect("refusing lock is never poisoned")
     }
 
-    fn note_outcomes(&self, results: &[Result<(), BrokerError>]) {
+    /// Follows whether the broker refuses publishes; true when every one
+    /// of `results` was refused.
+    fn note_outcomes(&self, results: &[Result<(), BrokerError>]) -> bool {
         let confirmed = results.iter().any(Result::is_ok);
         let refused = results.iter().any(|r| {
             matches!(
@@ -401,6 +405,7 @@ impl Broker {
             tracing::warn!(name = %self.name, "RabbitMQ refuses publishes (nacked or unconfirmed); a queue may have lost its majority");
             *refusing = Some(Utc::now());
         }
+        !confirmed && refused
     }
 
     /// Publishes and waits for the broker's confirm. An unroutable message is
@@ -489,7 +494,14 @@ impl Broker {
             };
             results.push(judge(message, confirmation));
         }
-        self.note_outcomes(&results);
+        if self.note_outcomes(&results) {
+            // After a quorum queue's leader died, a channel that published
+            // to it went on being nacked long after a new leader was
+            // elected (RabbitMQ 3.10, the node-loss test), while a fresh
+            // channel was not: the next publish opens one.
+            let closing = session.publisher.close(200, "publishes refused".into());
+            let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        }
         results
     }
 
