@@ -48,6 +48,8 @@ pub enum BrokerError {
     NotConfirmed,
     #[error("stopped while connecting to RabbitMQ")]
     Stopped,
+    #[error("AMQP_URL names no RabbitMQ node")]
+    NoNodes,
 }
 
 impl BrokerError {
@@ -148,6 +150,8 @@ pub struct Blocked {
 /// One live connection and its confirm-mode publishing channel.
 struct Session {
     connection: Arc<Connection>,
+    /// `host:port` of the node this connection reached.
+    node: String,
     publisher: Channel,
     /// Stops the connection's alarm watcher once no session uses the
     /// connection any more.
@@ -161,13 +165,14 @@ impl Session {
 }
 
 /// A RabbitMQ client that outlives its connections: when the connection
-/// drops (a broker restart, a network cut), the next use reconnects with
-/// backoff and jitter and redeclares the topology. Consumers built on
+/// drops (a broker restart, a network cut, a cluster node lost), the next
+/// use reconnects, going through the cluster's nodes with backoff and
+/// jitter, and redeclares the topology. Consumers built on
 /// [`Broker::consume`] resume through `run_consumer_until_stopped`;
 /// publishes that failed are the caller's to retry (the outbox relay and
 /// the worker runtime do).
 pub struct Broker {
-    url: String,
+    nodes: ClusterNodes,
     name: String,
     topology: Topology,
     session: std::sync::Mutex<Option<Arc<Session>>>,
@@ -175,12 +180,16 @@ pub struct Broker {
     connecting: tokio::sync::Mutex<()>,
     /// Whether the broker blocks the current connection's publishes.
     blocked: Arc<watch::Sender<Option<Blocked>>>,
+    /// Since when every publish has been nacked or left unconfirmed (a
+    /// cluster whose queues lack a majority of nodes).
+    refusing: std::sync::Mutex<Option<DateTime<Utc>>>,
     stop: CancellationToken,
 }
 
 impl Broker {
     /// Connects (retrying with backoff until `stop`), enables confirms and
-    /// declares the topology.
+    /// declares the topology. `url` is one node's URL, or several
+    /// (a cluster's nodes) separated by commas.
     #[tracing::instrument(skip_all, fields(prefix = topology.prefix()))]
     pub async fn connect(
         url: &str,
@@ -189,7 +198,7 @@ impl Broker {
         stop: &CancellationToken,
     ) -> Result<Broker, BrokerError> {
         let broker = Broker {
-            url: url.to_owned(),
+            nodes: ClusterNodes::parse(url)?,
             // The prefix in the name tells one deployment's (or test's)
             // connections from another's in the broker's tools.
             name: format!("{name} {}", topology.prefix()),
@@ -197,6 +206,7 @@ impl Broker {
             session: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             blocked: Arc::new(watch::Sender::new(None)),
+            refusing: std::sync::Mutex::new(None),
             stop: stop.clone(),
         };
         broker.session().await?;
@@ -231,6 +241,7 @@ impl Broker {
                 Ok(publisher) => {
                     let session = Arc::new(Session {
                         connection: old.connection.clone(),
+                        node: old.node.clone(),
                         publisher,
                         watcher: old.watcher.clone(),
                     });
@@ -249,7 +260,7 @@ impl Broker {
         let session = Arc::new(self.open().await?);
         self.replace(session.clone());
         if previous.is_some() {
-            tracing::info!(name = %self.name, "reconnected to RabbitMQ; topology redeclared");
+            tracing::info!(name = %self.name, node = %session.node, "reconnected to RabbitMQ; topology redeclared");
         }
         Ok(session)
     }
@@ -269,28 +280,48 @@ impl Broker {
     }
 
     /// A new connection, publisher channel and declared topology, retrying
-    /// with backoff and jitter until it works or `stop`.
+    /// until it works or `stop`: each round tries every node once, from a
+    /// random one (so that clients spread over the cluster and do not all
+    /// land on the same survivor), and rounds are apart by a backoff with
+    /// jitter. lapin's own connection recovery stays off: it knows one URI
+    /// only, and two recoveries would race.
     async fn open(&self) -> Result<Session, BrokerError> {
         let mut backoff = Backoff::reconnecting();
         loop {
-            match self.try_open().await {
-                Ok(session) => return Ok(session),
-                Err(error) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(%error, ?wait, "RabbitMQ not reachable; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stop.cancelled() => return Err(BrokerError::Stopped),
-                    }
+            for url in self.nodes.round() {
+                let node = node_address(url);
+                let attempt = tokio::time::timeout(CONNECT_WITHIN, self.try_open(url, &node));
+                let error = tokio::select! {
+                    attempt = attempt => match attempt {
+                        Ok(Ok(session)) => return Ok(session),
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => format!("no answer within {CONNECT_WITHIN:?}"),
+                    },
+                    _ = self.stop.cancelled() => return Err(BrokerError::Stopped),
+                };
+                if self.nodes.len() > 1 {
+                    tracing::warn!(%node, %error, "RabbitMQ node not reachable; trying the next");
+                } else {
+                    tracing::warn!(%node, %error, "RabbitMQ not reachable");
                 }
+            }
+            let wait = backoff.next_delay();
+            tracing::warn!(
+                ?wait,
+                nodes = self.nodes.len(),
+                "no RabbitMQ node reachable; retrying"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.cancelled() => return Err(BrokerError::Stopped),
             }
         }
     }
 
-    async fn try_open(&self) -> Result<Session, BrokerError> {
+    async fn try_open(&self, url: &str, node: &str) -> Result<Session, BrokerError> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = Connection::connect(&self.url, properties).await?;
+        let connection = Connection::connect(url, properties).await?;
         let publisher = self.open_publisher(&connection).await?;
         // A new connection starts unblocked: the broker tells it anew if
         // its alarm still stands.
@@ -302,8 +333,10 @@ impl Broker {
             self.blocked.clone(),
             watching.clone(),
         ));
+        tracing::info!(name = %self.name, %node, "connected to RabbitMQ");
         Ok(Session {
             connection: Arc::new(connection),
+            node: node.to_owned(),
             publisher,
             watcher: Arc::new(watching.drop_guard()),
         })
@@ -326,8 +359,53 @@ impl Broker {
         &self.topology
     }
 
+    /// Whether the connection is up. Its publishing channel may be between
+    /// two (the next publish opens a new one): that is no outage.
     pub fn is_connected(&self) -> bool {
-        self.current().is_some_and(|s| s.is_healthy())
+        self.node().is_some()
+    }
+
+    /// `host:port` of the node the live connection reached.
+    pub fn node(&self) -> Option<String> {
+        self.current()
+            .filter(|s| s.connection.status().connected())
+            .map(|s| s.node.clone())
+    }
+
+    /// `Some(since)` while the broker refuses every publish (nacks, or no
+    /// confirm in time) though it is connected: a cluster whose queues have
+    /// lost their majority. Cleared by the next confirmed publish.
+    pub fn refusing_since(&self) -> Option<DateTime<Utc>> {
+        *self
+            .refusing
+            .lock()
+            .expect("refusing lock is never poisoned")
+    }
+
+    /// Follows whether the broker refuses publishes; true when every one
+    /// of `results` was refused.
+    fn note_outcomes(&self, results: &[Result<(), BrokerError>]) -> bool {
+        let confirmed = results.iter().any(Result::is_ok);
+        let refused = results.iter().any(|r| {
+            matches!(
+                r,
+                Err(BrokerError::Nacked { .. } | BrokerError::Unconfirmed { .. })
+            )
+        });
+        let mut refusing = self
+            .refusing
+            .lock()
+            .expect("refusing lock is never poisoned");
+        if confirmed {
+            if let Some(since) = refusing.take() {
+                let refused_ms = (Utc::now() - since).num_milliseconds();
+                tracing::info!(name = %self.name, refused_ms, "RabbitMQ confirms publishes again");
+            }
+        } else if refused && refusing.is_none() {
+            tracing::warn!(name = %self.name, "RabbitMQ refuses publishes (nacked or unconfirmed); a queue may have lost its majority");
+            *refusing = Some(Utc::now());
+        }
+        !confirmed && refused
     }
 
     /// Publishes and waits for the broker's confirm. An unroutable message is
@@ -415,6 +493,14 @@ impl Broker {
                 None => confirm.await,
             };
             results.push(judge(message, confirmation));
+        }
+        if self.note_outcomes(&results) {
+            // After a quorum queue's leader died, a channel that published
+            // to it went on being nacked long after a new leader was
+            // elected (RabbitMQ 3.10, the node-loss test), while a fresh
+            // channel was not: the next publish opens one.
+            let closing = session.publisher.close(200, "publishes refused".into());
+            let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
         }
         results
     }
@@ -522,6 +608,61 @@ impl Broker {
                 tracing::warn!("RabbitMQ did not answer the connection close; leaving anyway");
             }
         }
+    }
+}
+
+/// How long one node may take to accept a connection and the topology
+/// before the next node is tried: a node that is half down (its port
+/// open, its Erlang VM stuck) must not hold the client.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// The node URLs of `AMQP_URL`: one, or a cluster's several separated by
+/// commas.
+#[derive(Debug, Clone)]
+struct ClusterNodes(Vec<String>);
+
+impl ClusterNodes {
+    fn parse(urls: &str) -> Result<ClusterNodes, BrokerError> {
+        let nodes: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if nodes.is_empty() {
+            return Err(BrokerError::NoNodes);
+        }
+        Ok(ClusterNodes(nodes))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every node once, from a random one on.
+    fn round(&self) -> impl Iterator<Item = &str> {
+        let start = rand::random_range(0..self.0.len());
+        self.0[start..]
+            .iter()
+            .chain(&self.0[..start])
+            .map(String::as_str)
+    }
+}
+
+/// `host:port` of an AMQP URL, without its credentials, fit to show.
+pub fn node_address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let default_port = if url.starts_with("amqps://") {
+        5671
+    } else {
+        5672
+    };
+    if host.contains(':') && !host.ends_with(']') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
     }
 }
 
@@ -666,6 +807,53 @@ mod tests {
         assert_eq!(logged("RabbitMQ is blocking publishes"), 1, "{text}");
         assert_eq!(logged("reason=low on memory"), 1, "{text}");
         assert_eq!(logged("RabbitMQ no longer blocks publishes"), 1, "{text}");
+    }
+
+    #[test]
+    fn a_cluster_url_is_every_node_in_turn_from_a_random_one() {
+        let nodes = ClusterNodes::parse(
+            "amqp://u:p@10.0.0.1:5681/%2f, amqp://u:p@10.0.0.2:5682/%2f,amqp://u:p@10.0.0.3/%2f,",
+        )
+        .unwrap();
+        assert_eq!(nodes.len(), 3);
+        let mut starts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let round: Vec<&str> = nodes.round().collect();
+            let mut sorted = round.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                nodes.0.iter().map(String::as_str).collect::<Vec<_>>()
+            );
+            // In turn: each node's successor is the next in the list.
+            let at = |u: &str| nodes.0.iter().position(|n| n == u).unwrap();
+            for pair in round.windows(2) {
+                assert_eq!(at(pair[1]), (at(pair[0]) + 1) % 3, "{round:?}");
+            }
+            starts.insert(round[0]);
+        }
+        assert_eq!(starts.len(), 3, "every node gets to be first");
+        assert!(matches!(
+            ClusterNodes::parse(" , "),
+            Err(BrokerError::NoNodes)
+        ));
+    }
+
+    #[test]
+    fn a_node_is_shown_without_its_credentials() {
+        assert_eq!(
+            node_address("amqp://guest:secret@127.0.0.1:5682/%2f"),
+            "127.0.0.1:5682"
+        );
+        assert_eq!(
+            node_address("amqp://rabbit-2/vhost?heartbeat=5"),
+            "rabbit-2:5672"
+        );
+        assert_eq!(
+            node_address("amqps://u:p@mq.example.com"),
+            "mq.example.com:5671"
+        );
+        assert_eq!(node_address("amqp://u:p@[::1]:5681/%2f"), "[::1]:5681");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! PostgreSQL pools: bounded, sized to what the process does at once,
 //! quick to give idle connections back, and patient with a database that is
-//! still starting. The connection budget the README states lives here.
+//! still starting. The connection budget the README states lives here, and
+//! so does following a primary across hosts (a failover).
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Backoff;
@@ -35,23 +36,72 @@ pub fn pool_for_concurrency(concurrency: u16) -> u32 {
     u32::from(concurrency).clamp(1, DEFAULT_POOL_CAP)
 }
 
-/// Connects, retrying with backoff until the database answers or `stop` fires.
+/// How often a pool over several hosts checks that its host is still the
+/// primary, and so about how long after a promotion it moves to the new one.
+pub const PRIMARY_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// How long one host may take to answer whether it is the primary.
+const PRIMARY_ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// The hosts of a `DATABASE_URL`, each as a URL of its own. libpq reads
+/// `postgres://user@host1:5441,host2:5442/db` as "the same database on any
+/// of these hosts"; sqlx takes one host only (its issue 2290), so the split
+/// is ours. `target_session_attrs` is libpq's and not sqlx's: it is dropped,
+/// and with several hosts the primary (`read-write`) is what is looked for,
+/// since every service writes.
+pub fn host_urls(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![url.to_owned()];
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((user, hosts)) => (format!("{user}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let tail = without_parameter(tail, "target_session_attrs");
+    hosts
+        .split(',')
+        .map(|host| format!("{scheme}://{credentials}{host}{tail}"))
+        .collect()
+}
+
+fn without_parameter(tail: &str, name: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(name))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// Connects, retrying with backoff until the database answers or `stop`
+/// fires. A URL with several hosts gets a pool on the primary, which
+/// follows the primary to another host when it changes (see
+/// [`follow_primary`]).
 #[tracing::instrument(skip_all, fields(pool_size))]
 pub async fn connect_with_backoff(
     url: &str,
     pool_size: u32,
     stop: &CancellationToken,
 ) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.parse()?;
+    let hosts = host_urls(url)
+        .iter()
+        .map(|u| u.parse::<PgConnectOptions>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if hosts.len() > 1 {
+        return connect_to_primary(hosts, pool_size, stop).await;
+    }
+    let options = hosts.into_iter().next().expect("at least one host");
     let mut backoff = Backoff::reconnecting();
     loop {
-        let attempt = PgPoolOptions::new()
-            .max_connections(pool_size)
-            .min_connections(0)
-            .idle_timeout(IDLE_TIMEOUT)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await;
+        let attempt = pool_options(pool_size).connect_with(options.clone()).await;
         match attempt {
             Ok(pool) => return Ok(pool),
             Err(error) if is_unreachable(&error) => {
@@ -63,6 +113,116 @@ pub async fn connect_with_backoff(
                 }
             }
             Err(error) => return Err(error),
+        }
+    }
+}
+
+fn pool_options(pool_size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(pool_size)
+        .min_connections(0)
+        .idle_timeout(IDLE_TIMEOUT)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+}
+
+fn host_name(options: &PgConnectOptions) -> String {
+    format!("{}:{}", options.get_host(), options.get_port())
+}
+
+/// Waits (with backoff) for one of `hosts` to be a primary, and returns a
+/// pool on it that follows the primary from then on.
+async fn connect_to_primary(
+    hosts: Vec<PgConnectOptions>,
+    pool_size: u32,
+    stop: &CancellationToken,
+) -> Result<PgPool, sqlx::Error> {
+    let mut backoff = Backoff::reconnecting();
+    let primary = loop {
+        if let Some(primary) = find_primary(&hosts).await {
+            break primary;
+        }
+        let wait = backoff.next_delay();
+        tracing::warn!(
+            hosts = hosts.len(),
+            ?wait,
+            "no PostgreSQL primary reachable yet; retrying"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return Err(sqlx::Error::PoolClosed),
+        }
+    };
+    tracing::info!(primary = %host_name(&hosts[primary]), "PostgreSQL primary found");
+    let pool = pool_options(pool_size).connect_lazy_with(hosts[primary].clone());
+    tokio::spawn(follow_primary(pool.clone(), hosts, primary, stop.clone()));
+    Ok(pool)
+}
+
+/// The first of `hosts` that answers and is not in recovery (a standby is).
+async fn find_primary(hosts: &[PgConnectOptions]) -> Option<usize> {
+    for (at, host) in hosts.iter().enumerate() {
+        let answer = tokio::time::timeout(PRIMARY_ANSWER_WITHIN, async {
+            let mut connection = PgConnection::connect_with(host).await?;
+            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut connection)
+                .await?;
+            let _ = connection.close().await;
+            Ok::<_, sqlx::Error>(standby)
+        })
+        .await;
+        match answer {
+            Ok(Ok(false)) => return Some(at),
+            Ok(Ok(true)) => tracing::debug!(host = %host_name(host), "a standby; not used"),
+            Ok(Err(error)) => tracing::debug!(host = %host_name(host), %error, "not reachable"),
+            Err(_) => tracing::debug!(host = %host_name(host), "no answer in time"),
+        }
+    }
+    None
+}
+
+/// Keeps `pool` on the primary: while its host answers as a primary
+/// nothing changes; once it does not (killed, or demoted), the hosts are
+/// asked again and new connections go to the one that is now the primary.
+/// Until one is found every query fails, and the API answers 503.
+async fn follow_primary(
+    pool: PgPool,
+    hosts: Vec<PgConnectOptions>,
+    mut current: usize,
+    stop: CancellationToken,
+) {
+    let mut lost_since: Option<std::time::Instant> = None;
+    while !pool.is_closed() {
+        tokio::select! {
+            _ = tokio::time::sleep(PRIMARY_CHECK_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let still_primary = tokio::time::timeout(
+            PRIMARY_ANSWER_WITHIN,
+            sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&pool),
+        )
+        .await
+        .is_ok_and(|answer| matches!(answer, Ok(false)));
+        if still_primary {
+            lost_since = None;
+            continue;
+        }
+        let since = *lost_since.get_or_insert_with(|| {
+            tracing::warn!(host = %host_name(&hosts[current]), "the PostgreSQL primary does not answer as one; looking for the primary");
+            std::time::Instant::now()
+        });
+        match find_primary(&hosts).await {
+            Some(found) if found != current => {
+                current = found;
+                pool.set_connect_options(hosts[current].clone());
+                tracing::warn!(
+                    primary = %host_name(&hosts[current]),
+                    after_ms = since.elapsed().as_millis() as u64,
+                    "PostgreSQL primary moved; new connections go there"
+                );
+                lost_since = None;
+            }
+            Some(_) => lost_since = None,
+            None => {}
         }
     }
 }
@@ -144,6 +304,36 @@ pub async fn warn_if_budget_tight(pool: &PgPool, pool_size: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_with_several_hosts_is_one_url_per_host() {
+        assert_eq!(
+            host_urls(
+                "postgres://app:s3cret@10.0.0.1:5441,10.0.0.2:5442/orders?target_session_attrs=read-write&sslmode=disable"
+            ),
+            [
+                "postgres://app:s3cret@10.0.0.1:5441/orders?sslmode=disable",
+                "postgres://app:s3cret@10.0.0.2:5442/orders?sslmode=disable",
+            ]
+        );
+        assert_eq!(
+            host_urls("postgresql://h1,h2:5433/db?target_session_attrs=read-write"),
+            ["postgresql://h1/db", "postgresql://h2:5433/db"]
+        );
+        assert_eq!(
+            host_urls("postgres://u@127.0.0.1:5432/db"),
+            ["postgres://u@127.0.0.1:5432/db"]
+        );
+        // A password may hold an `@`; the hosts come after the last one.
+        assert_eq!(
+            host_urls("postgres://u:p@ss@a:1,b:2"),
+            ["postgres://u:p@ss@a:1", "postgres://u:p@ss@b:2"]
+        );
+        for url in host_urls("postgres://u@a:5441,b:5442/db?target_session_attrs=read-write") {
+            let options: PgConnectOptions = url.parse().unwrap();
+            assert_eq!(options.get_database(), Some("db"));
+        }
+    }
 
     #[test]
     fn a_pool_follows_concurrency_up_to_the_cap() {

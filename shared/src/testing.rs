@@ -42,27 +42,63 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The admin URL it was created with (and is dropped with).
+    admin: String,
 }
 
 impl TestDatabase {
     pub async fn create(label: &str) -> TestDatabase {
+        Self::create_on(&admin_database_url(), label).await
+    }
+
+    /// On the server(s) of `admin`, which may name several hosts (a
+    /// primary and its standby): the database is made on the primary, and
+    /// the test's own pool follows the primary like a service's does.
+    pub async fn create_on(admin: &str, label: &str) -> TestDatabase {
         let name = format!("test_{label}_{}", random_suffix());
-        let admin = admin_database_url();
-        let mut conn = PgConnection::connect(&admin)
+        let mut conn = admin_connection(admin)
             .await
             .expect("connect to PostgreSQL as admin (is it running?)");
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let url = database_url(&admin, &name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
-            .await
-            .expect("connect to test database");
-        TestDatabase { name, url, pool }
+        let url = database_url(admin, &name);
+        let pool = crate::database::connect_with_backoff(
+            &url,
+            4,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("connect to test database");
+        TestDatabase {
+            name,
+            url,
+            pool,
+            admin: admin.to_owned(),
+        }
     }
+}
+
+/// A connection to the primary among `admin`'s hosts.
+async fn admin_connection(admin: &str) -> Result<PgConnection, sqlx::Error> {
+    let mut last = None;
+    for host in crate::database::host_urls(admin) {
+        let mut conn = match PgConnection::connect(&host).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                last = Some(error);
+                continue;
+            }
+        };
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await?;
+        if !standby {
+            return Ok(conn);
+        }
+    }
+    Err(last.unwrap_or(sqlx::Error::PoolClosed))
 }
 
 /// `admin` with its database name replaced by `name`.
@@ -78,6 +114,7 @@ pub fn database_url(admin: &str, name: &str) -> String {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop runs outside async context guarantees: use a thread with its
         // own runtime so the database is gone before the test returns. The
         // pool is not closed from there: its sockets belong to the test's
@@ -89,7 +126,7 @@ impl Drop for TestDatabase {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+                if let Ok(mut conn) = admin_connection(&admin).await {
                     let _ =
                         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                             .execute(&mut conn)

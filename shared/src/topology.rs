@@ -10,6 +10,11 @@ use crate::messages::WorkerKind;
 /// many deliveries by the quorum queue itself.
 pub const DELIVERY_LIMIT: i32 = 5;
 
+/// Replicas of each quorum queue: a majority (two) survives the loss of
+/// any one node of a three-node cluster. RabbitMQ caps it at the nodes the
+/// cluster has, so a single node declares the same queues.
+pub const QUORUM_GROUP_SIZE: i32 = 3;
+
 /// The routing key of every reply on the reply exchange.
 pub const REPLY_ROUTING_KEY: &str = "reply";
 
@@ -141,6 +146,10 @@ fn quorum_arguments(dead_letter_exchange: Option<&str>) -> FieldTable {
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        AMQPValue::LongInt(QUORUM_GROUP_SIZE),
     );
     if let Some(dlx) = dead_letter_exchange {
         args.insert(

@@ -126,6 +126,8 @@ async fn healthz() -> Json<serde_json::Value> {
 /// A broker that blocks publishing (a resource alarm) leaves the instance
 /// ready: checkouts are still accepted, their commands wait in the outbox
 /// and go out once the alarm clears; the body says `blocked` and why.
+/// Likewise a broker that refuses every publish (a cluster whose queues
+/// lost their majority): `degraded`. `broker_node` names the node in use.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // Answer promptly even when the database hangs: a probe that waits
     // for the pool's acquire timeout is itself a problem.
@@ -137,6 +139,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     .is_ok_and(|r| r.is_ok());
     let broker = state.broker.is_connected();
     let blocked = state.broker.blocked().filter(|_| broker);
+    let refusing = state.broker.refusing_since().filter(|_| broker);
     let status = if database && broker {
         StatusCode::OK
     } else {
@@ -147,9 +150,20 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
         "checks": {
             "database": word(database),
-            "broker": if blocked.is_some() { "blocked" } else { word(broker) },
+            "broker": match (&blocked, refusing) {
+                (Some(_), _) => "blocked",
+                (None, Some(_)) => "degraded",
+                (None, None) => word(broker),
+            },
         },
     });
+    if let Some(node) = state.broker.node() {
+        body["broker_node"] = json!(node);
+    }
+    if let Some(since) = refusing {
+        body["broker_degraded"] =
+            json!({"reason": "publishes are nacked or unconfirmed", "since": since});
+    }
     if let Some(blocked) = blocked {
         body["broker_blocked"] = json!({"reason": blocked.reason, "since": blocked.since});
     }

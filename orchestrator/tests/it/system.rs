@@ -103,8 +103,12 @@ pub struct Setup {
     pub database_proxy: bool,
     /// The orchestrator's HTTP bounds.
     pub http_limits: HttpLimits,
-    /// Every process reaches RabbitMQ at this URL (a test's own proxy).
+    /// Every process reaches RabbitMQ at this URL (a test's own proxy, or
+    /// a cluster's nodes).
     pub amqp_url: Option<String>,
+    /// The databases live on this server instead of `TEST_DATABASE_URL`'s
+    /// (a primary and its standby, as several hosts).
+    pub database_admin_url: Option<String>,
 }
 
 async fn start_worker<H: Handler>(
@@ -169,11 +173,15 @@ impl System {
         let database_port = database_proxy.as_ref().map(|p| p.port);
         let prefix = testing::random_prefix();
         let topology = TopologyGuard::new(&prefix);
+        let admin = setup
+            .database_admin_url
+            .clone()
+            .unwrap_or_else(testing::admin_database_url);
         let (orchestrator_db, inventory_db, tax_db, payment_db) = tokio::join!(
-            TestDatabase::create("orchestrator"),
-            TestDatabase::create("inventory"),
-            TestDatabase::create("tax"),
-            TestDatabase::create("payment"),
+            TestDatabase::create_on(&admin, "orchestrator"),
+            TestDatabase::create_on(&admin, "inventory"),
+            TestDatabase::create_on(&admin, "tax"),
+            TestDatabase::create_on(&admin, "payment"),
         );
         workers::inventory::MIGRATOR
             .run(&inventory_db.pool)
@@ -214,32 +222,52 @@ impl System {
         };
         system.start_orchestrator().await;
         let (prefix, stop, amqp) = (&system.prefix, &system.stop, &system.amqp_url);
+        let multi_host = setup.database_admin_url.is_some();
         let pool = |db: &TestDatabase| {
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy(&(system.database_url_for)(db))
-                .unwrap()
+            let url = (system.database_url_for)(db);
+            let stop = stop.clone();
+            async move {
+                if multi_host {
+                    // Follows the primary, as the worker binaries' pools do.
+                    return saga_shared::database::connect_with_backoff(&url, 8, &stop)
+                        .await
+                        .unwrap();
+                }
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy(&url)
+                    .unwrap()
+            }
         };
         let mut tasks = Vec::new();
 
         tasks.push(
             start_worker(
                 workers::inventory::Inventory,
-                pool(&system.inventory_db),
+                pool(&system.inventory_db).await,
                 amqp,
                 prefix,
                 stop,
             )
             .await,
         );
-        tasks.push(start_worker(workers::tax::Tax, pool(&system.tax_db), amqp, prefix, stop).await);
         tasks.push(
             start_worker(
-                workers::payment::Payment::new(workers::payment::Simulator::new(pool(
-                    &system.payment_db,
-                ))),
-                pool(&system.payment_db),
+                workers::tax::Tax,
+                pool(&system.tax_db).await,
+                amqp,
+                prefix,
+                stop,
+            )
+            .await,
+        );
+        tasks.push(
+            start_worker(
+                workers::payment::Payment::new(workers::payment::Simulator::new(
+                    pool(&system.payment_db).await,
+                )),
+                pool(&system.payment_db).await,
                 amqp,
                 prefix,
                 stop,
