@@ -11,13 +11,17 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, DefaultConnectionBuilder,
+};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
+use crate::tls::{self, CaFile, TlsRefused};
 use crate::topology::Topology;
 use crate::traceparent;
 
@@ -48,6 +52,8 @@ pub enum BrokerError {
     NotConfirmed,
     #[error("stopped while connecting to RabbitMQ")]
     Stopped,
+    #[error("{0}")]
+    Tls(#[source] TlsRefused),
 }
 
 impl BrokerError {
@@ -168,6 +174,10 @@ impl Session {
 /// the worker runtime do).
 pub struct Broker {
     url: String,
+    /// The CA an `amqps://` broker's certificate must chain to (none: the
+    /// system's store), and the variable that named it, for errors.
+    tls: OwnedTLSConfig,
+    ca_variable: &'static str,
     name: String,
     topology: Topology,
     session: std::sync::Mutex<Option<Arc<Session>>>,
@@ -188,8 +198,26 @@ impl Broker {
         name: &str,
         stop: &CancellationToken,
     ) -> Result<Broker, BrokerError> {
+        Self::connect_with_ca(url, None, topology, name, stop).await
+    }
+
+    /// [`Broker::connect`], verifying an `amqps://` broker against `ca`
+    /// (`AMQP_CA_FILE`, or the URL's `cacertfile`) rather than the system's CA store. A
+    /// refused certificate is not retried: it is [`BrokerError::Tls`].
+    pub async fn connect_with_ca(
+        url: &str,
+        ca: Option<&CaFile>,
+        topology: Topology,
+        name: &str,
+        stop: &CancellationToken,
+    ) -> Result<Broker, BrokerError> {
         let broker = Broker {
             url: url.to_owned(),
+            tls: OwnedTLSConfig {
+                identity: None,
+                cert_chain: ca.map(|ca| ca.pem().to_owned()),
+            },
+            ca_variable: ca.map_or("AMQP_URL", |ca| ca.variable),
             // The prefix in the name tells one deployment's (or test's)
             // connections from another's in the broker's tools.
             name: format!("{name} {}", topology.prefix()),
@@ -275,6 +303,8 @@ impl Broker {
         loop {
             match self.try_open().await {
                 Ok(session) => return Ok(session),
+                // Retrying cannot mend a certificate: say so at once.
+                Err(error @ BrokerError::Tls(_)) => return Err(error),
                 Err(error) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(%error, ?wait, "RabbitMQ not reachable; retrying");
@@ -290,7 +320,16 @@ impl Broker {
     async fn try_open(&self) -> Result<Session, BrokerError> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = Connection::connect(&self.url, properties).await?;
+        let connection = DefaultConnectionBuilder::new()?
+            .with_uri_str(self.url.clone())
+            .with_properties(properties)
+            .with_tls_config(self.tls.clone())
+            .connect()
+            .await
+            .map_err(|error| match tls::handshake_failure(&error) {
+                Some(reason) => BrokerError::Tls(TlsRefused::broker(self.ca_variable, reason)),
+                None => BrokerError::from(error),
+            })?;
         let publisher = self.open_publisher(&connection).await?;
         // A new connection starts unblocked: the broker tells it anew if
         // its alarm still stands.

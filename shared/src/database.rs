@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Backoff;
+use crate::tls::{self, TlsRefused};
 
 /// The most connections a pool opens by default, whatever its concurrency:
 /// PostgreSQL runs only a few statements per core at a time, so past this a
@@ -36,13 +37,22 @@ pub fn pool_for_concurrency(concurrency: u16) -> u32 {
 }
 
 /// Connects, retrying with backoff until the database answers or `stop` fires.
+/// A refused TLS handshake is not retried: it is a [`TlsRefused`] (inside
+/// `sqlx::Error::Tls`) naming `DATABASE_URL`.
 #[tracing::instrument(skip_all, fields(pool_size))]
 pub async fn connect_with_backoff(
     url: &str,
     pool_size: u32,
     stop: &CancellationToken,
 ) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.parse()?;
+    let mut options: PgConnectOptions = url.parse()?;
+    // libpq verifies the CA under `require` once a root certificate is
+    // given; sqlx would not, and a libpq user would believe it did.
+    if matches!(options.get_ssl_mode(), PgSslMode::Require)
+        && tls::database_root_cert(url).is_some()
+    {
+        options = options.ssl_mode(PgSslMode::VerifyCa);
+    }
     let mut backoff = Backoff::reconnecting();
     loop {
         let attempt = PgPoolOptions::new()
@@ -52,18 +62,32 @@ pub async fn connect_with_backoff(
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await;
-        match attempt {
+        let error = match attempt {
             Ok(pool) => return Ok(pool),
-            Err(error) if is_unreachable(&error) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, "PostgreSQL not reachable yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Err(error),
-                }
-            }
-            Err(error) => return Err(error),
+            Err(error) => error,
+        };
+        if let Some(refused) = tls_refusal(&error) {
+            return Err(sqlx::Error::Tls(Box::new(refused)));
         }
+        if !is_unreachable(&error) {
+            return Err(error);
+        }
+        let wait = backoff.next_delay();
+        tracing::warn!(%error, ?wait, "PostgreSQL not reachable yet; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return Err(error),
+        }
+    }
+}
+
+/// A handshake refused on the certificate, or sqlx's own TLS errors (a
+/// server without TLS under `sslmode=require`, an unusable root file).
+fn tls_refusal(error: &sqlx::Error) -> Option<TlsRefused> {
+    match (tls::handshake_failure(error), error) {
+        (Some(reason), _) => Some(TlsRefused::database(reason)),
+        (None, sqlx::Error::Tls(inner)) => Some(TlsRefused::database(inner.to_string())),
+        (None, _) => None,
     }
 }
 
