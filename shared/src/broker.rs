@@ -211,6 +211,7 @@ impl Broker {
         name: &str,
         stop: &CancellationToken,
     ) -> Result<Broker, BrokerError> {
+        tls::install_crypto_provider();
         let broker = Broker {
             url: url.to_owned(),
             tls: OwnedTLSConfig {

@@ -45,6 +45,7 @@ pub async fn connect_with_backoff(
     pool_size: u32,
     stop: &CancellationToken,
 ) -> Result<PgPool, sqlx::Error> {
+    tls::install_crypto_provider();
     let mut options: PgConnectOptions = url.parse()?;
     // libpq verifies the CA under `require` once a root certificate is
     // given; sqlx would not, and a libpq user would believe it did.

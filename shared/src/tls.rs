@@ -192,6 +192,15 @@ impl TlsRefused {
     }
 }
 
+/// Chooses rustls' crypto for the whole process, once. The build carries
+/// two (sqlx's ring, lapin's aws-lc-rs), and rustls then refuses to guess:
+/// sqlx's `verify-ca` check would panic at the first connection without
+/// this. Called by whatever opens a connection; later calls do nothing.
+pub fn install_crypto_provider() {
+    // Err only when a provider is installed already, which is the point.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The TLS failure anywhere in `error`'s chain, in words, if there is one.
 /// sqlx and lapin both hand rustls' error up inside an I/O error.
 pub fn handshake_failure(error: &(dyn Error + 'static)) -> Option<String> {
