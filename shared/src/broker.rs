@@ -202,8 +202,9 @@ impl Broker {
     }
 
     /// [`Broker::connect`], verifying an `amqps://` broker against `ca`
-    /// (`AMQP_CA_FILE`, or the URL's `cacertfile`) rather than the system's CA store. A
-    /// refused certificate is not retried: it is [`BrokerError::Tls`].
+    /// (`AMQP_CA_FILE`, or the URL's `cacertfile`) rather than the system's
+    /// CA store. A refused certificate is not retried: it is
+    /// [`BrokerError::Tls`].
     pub async fn connect_with_ca(
         url: &str,
         ca: Option<&CaFile>,
