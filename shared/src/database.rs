@@ -47,11 +47,17 @@ pub async fn connect_with_backoff(
 ) -> Result<PgPool, sqlx::Error> {
     tls::install_crypto_provider();
     let mut options: PgConnectOptions = url.parse()?;
-    // libpq verifies the CA under `require` once a root certificate is
-    // given; sqlx would not, and a libpq user would believe it did.
-    if matches!(options.get_ssl_mode(), PgSslMode::Require)
+    if !tls::database_url_sets_ssl_mode(url) {
+        // Plain unless the URL asks for TLS, as before TLS was built in:
+        // libpq's default, `prefer`, would encrypt without verifying
+        // anything (no protection from an active attacker) at a CPU cost,
+        // wherever the server happens to have `ssl = on`.
+        options = options.ssl_mode(PgSslMode::Disable);
+    } else if matches!(options.get_ssl_mode(), PgSslMode::Require)
         && tls::database_root_cert(url).is_some()
     {
+        // libpq verifies the CA under `require` once a root certificate is
+        // given; sqlx would not, and a libpq user would believe it did.
         options = options.ssl_mode(PgSslMode::VerifyCa);
     }
     let mut backoff = Backoff::reconnecting();
@@ -93,12 +99,16 @@ fn tls_refusal(error: &sqlx::Error) -> Option<TlsRefused> {
 }
 
 fn is_unreachable(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
-        || error
-            .as_database_error()
-            .and_then(|e| e.code())
-            // 57P03: the database system is starting up
-            .is_some_and(|code| code == "57P03")
+    // A connection closed before the server answered its TLS request is a
+    // protocol error to sqlx (`unexpected response from SSLRequest`).
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_)
+    ) || error
+        .as_database_error()
+        .and_then(|e| e.code())
+        // 57P03: the database system is starting up
+        .is_some_and(|code| code == "57P03")
 }
 
 /// The server's connection slots as one session sees them.

@@ -113,6 +113,11 @@ pub fn check_database_url(url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Whether a PostgreSQL URL says `sslmode` at all.
+pub fn database_url_sets_ssl_mode(url: &str) -> bool {
+    query_parameter(url, &["sslmode", "ssl-mode"]).is_some()
+}
+
 /// The `sslrootcert` of a PostgreSQL URL (under any name sqlx reads).
 pub fn database_root_cert(url: &str) -> Option<String> {
     query_parameter(url, &["sslrootcert", "ssl-root-cert", "ssl-ca"])

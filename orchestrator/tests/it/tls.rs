@@ -316,6 +316,7 @@ async fn a_wrong_ca_or_host_stops_a_service_with_exit_code_2_naming_the_variable
 
     // sslmode as libpq reads it: `require` encrypts without verifying,
     // unless a root certificate is given; `verify-ca` checks the CA.
+    // (Without sslmode, libpq would try TLS; here it stays plain.)
     let stop = CancellationToken::new();
     let connect = |mode: &str, ca: Option<&str>| {
         let url = services.database_url("127.0.0.1", "orchestrator", mode, ca);
@@ -323,6 +324,15 @@ async fn a_wrong_ca_or_host_stops_a_service_with_exit_code_2_naming_the_variable
         async move { database::connect_with_backoff(&url, 1, &stop).await }
     };
     connect("require", None).await.unwrap();
+    // No sslmode at all is plain text, which this server turns away.
+    let plain = format!(
+        "postgres://postgres@127.0.0.1:{}/orchestrator",
+        services.get("PG_PORT")
+    );
+    let error = database::connect_with_backoff(&plain, 1, &stop)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no encryption"), "{error}");
     connect("verify-ca", Some(&good_ca)).await.unwrap();
     for mode in ["require", "verify-ca"] {
         let error = connect(mode, Some(&wrong_ca)).await.unwrap_err();
