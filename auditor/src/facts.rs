@@ -67,6 +67,9 @@ impl Sources {
     /// Opens a small pool per database whose sessions default to read-only,
     /// so that not even a mistake in this tool could write.
     pub async fn connect(config: &Config) -> Result<Sources, AuditError> {
+        // The build carries two rustls crypto providers (ring, aws-lc-rs):
+        // name one, or an `sslmode=verify-ca` URL panics in sqlx.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         async fn open(url: &DatabaseUrl, database: Database) -> Result<PgPool, AuditError> {
             let options = url
                 .connect_options()

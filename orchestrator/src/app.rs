@@ -63,8 +63,9 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     MIGRATOR.run(&pool).await?;
     database::warn_if_budget_tight(&pool, pool_size).await;
     let broker = Arc::new(
-        Broker::connect(
+        Broker::connect_with_ca(
             service.amqp_url(),
+            service.amqp_ca.as_ref(),
             Topology::new(&service.amqp_prefix),
             "orchestrator",
             &stop,

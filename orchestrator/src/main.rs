@@ -4,13 +4,14 @@ use std::time::Duration;
 use clap::Parser;
 use orchestrator::app;
 use orchestrator::config::Config;
-use saga_shared::{shutdown, telemetry};
+use saga_shared::{shutdown, telemetry, tls};
 
 /// The checkout saga orchestrator: serves the checkout API and drives each
 /// checkout through inventory, tax and payment over RabbitMQ.
 ///
-/// Configuration comes from the environment: DATABASE_URL, AMQP_URL,
-/// AMQP_PREFIX, HTTP_ADDR, HTTP_REQUEST_TIMEOUT_SECONDS,
+/// Configuration comes from the environment: DATABASE_URL (TLS with
+/// sslmode and sslrootcert, as libpq), AMQP_URL (amqps:// for TLS),
+/// AMQP_CA_FILE, AMQP_PREFIX, HTTP_ADDR, HTTP_REQUEST_TIMEOUT_SECONDS,
 /// HTTP_HEADER_READ_TIMEOUT_SECONDS, HTTP_MAX_CONNECTIONS, HTTP_MAX_WAITERS,
 /// ADMIN_TOKENS, PREFETCH, DATABASE_POOL_SIZE,
 /// SHUTDOWN_GRACE_SECONDS, STEP_MAX_ATTEMPTS, STEP_BACKOFF_BASE_MS,
@@ -54,7 +55,12 @@ async fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error}");
             telemetry::shutdown(LAST_FLUSH).await;
-            ExitCode::FAILURE
+            // A refused certificate is a setting to fix, like a malformed
+            // variable; anything else may pass on its own.
+            match tls::is_refusal(&error) {
+                true => ExitCode::from(2),
+                false => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -11,13 +11,17 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, DefaultConnectionBuilder,
+};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
+use crate::tls::{self, CaFile, TlsRefused};
 use crate::topology::Topology;
 use crate::traceparent;
 
@@ -50,6 +54,8 @@ pub enum BrokerError {
     Stopped,
     #[error("AMQP_URL names no RabbitMQ node")]
     NoNodes,
+    #[error("{0}")]
+    Tls(#[source] TlsRefused),
 }
 
 impl BrokerError {
@@ -173,6 +179,10 @@ impl Session {
 /// the worker runtime do).
 pub struct Broker {
     nodes: ClusterNodes,
+    /// The CA an `amqps://` broker's certificate must chain to (none: the
+    /// system's store), and the variable that named it, for errors.
+    tls: OwnedTLSConfig,
+    ca_variable: &'static str,
     name: String,
     topology: Topology,
     session: std::sync::Mutex<Option<Arc<Session>>>,
@@ -197,8 +207,28 @@ impl Broker {
         name: &str,
         stop: &CancellationToken,
     ) -> Result<Broker, BrokerError> {
+        Self::connect_with_ca(url, None, topology, name, stop).await
+    }
+
+    /// [`Broker::connect`], verifying an `amqps://` broker against `ca`
+    /// (`AMQP_CA_FILE`, or the URL's `cacertfile`) rather than the system's
+    /// CA store. A refused certificate is not retried: it is
+    /// [`BrokerError::Tls`].
+    pub async fn connect_with_ca(
+        url: &str,
+        ca: Option<&CaFile>,
+        topology: Topology,
+        name: &str,
+        stop: &CancellationToken,
+    ) -> Result<Broker, BrokerError> {
+        tls::install_crypto_provider();
         let broker = Broker {
             nodes: ClusterNodes::parse(url)?,
+            tls: OwnedTLSConfig {
+                identity: None,
+                cert_chain: ca.map(|ca| ca.pem().to_owned()),
+            },
+            ca_variable: ca.map_or("AMQP_URL", |ca| ca.variable),
             // The prefix in the name tells one deployment's (or test's)
             // connections from another's in the broker's tools.
             name: format!("{name} {}", topology.prefix()),
@@ -294,6 +324,8 @@ impl Broker {
                 let error = tokio::select! {
                     attempt = attempt => match attempt {
                         Ok(Ok(session)) => return Ok(session),
+                        // Retrying cannot mend a certificate: say so at once.
+                        Ok(Err(error @ BrokerError::Tls(_))) => return Err(error),
                         Ok(Err(error)) => error.to_string(),
                         Err(_) => format!("no answer within {CONNECT_WITHIN:?}"),
                     },
@@ -321,7 +353,16 @@ impl Broker {
     async fn try_open(&self, url: &str, node: &str) -> Result<Session, BrokerError> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = Connection::connect(url, properties).await?;
+        let connection = DefaultConnectionBuilder::new()?
+            .with_uri_str(url.to_owned())
+            .with_properties(properties)
+            .with_tls_config(self.tls.clone())
+            .connect()
+            .await
+            .map_err(|error| match tls::handshake_failure(&error) {
+                Some(reason) => BrokerError::Tls(TlsRefused::broker(self.ca_variable, reason)),
+                None => BrokerError::from(error),
+            })?;
         let publisher = self.open_publisher(&connection).await?;
         // A new connection starts unblocked: the broker tells it anew if
         // its alarm still stands.

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::tls::{self, CaFile};
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("environment variable {name} is missing: {hint}")]
@@ -116,6 +118,9 @@ pub struct ServiceConfig {
     pub database_url: SecretString,
     pub amqp_url: SecretString,
     pub amqp_prefix: String,
+    /// The CA that verifies an `amqps://` broker (`AMQP_CA_FILE`, or the
+    /// URL's `cacertfile`); `None`: the system's CA store.
+    pub amqp_ca: Option<CaFile>,
     /// Unacked deliveries a consumer holds, and so messages handled at once.
     pub prefetch: u16,
     /// `DATABASE_POOL_SIZE`: connections in the service's PostgreSQL pool,
@@ -144,20 +149,25 @@ impl ServiceConfig {
             });
         }
         let grace_seconds = parsed_or(source, "SHUTDOWN_GRACE_SECONDS", 30u64)?;
+        let database_url = url(
+            source,
+            "DATABASE_URL",
+            &["postgres", "postgresql"],
+            "set it to this service's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/inventory",
+        )?;
+        tls::check_database_url(database_url.expose_secret())?;
+        let amqp_url = url(
+            source,
+            "AMQP_URL",
+            &["amqp", "amqps"],
+            "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+        )?;
+        let amqp_ca = tls::amqp_ca(source, amqp_url.expose_secret())?;
         Ok(ServiceConfig {
-            database_url: url(
-                source,
-                "DATABASE_URL",
-                &["postgres", "postgresql"],
-                "set it to this service's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/inventory",
-            )?,
-            amqp_url: url(
-                source,
-                "AMQP_URL",
-                &["amqp", "amqps"],
-                "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
-            )?,
+            database_url,
+            amqp_url,
             amqp_prefix: prefix(source)?,
+            amqp_ca,
             prefetch,
             database_pool_size,
             shutdown_grace: std::time::Duration::from_secs(grace_seconds),

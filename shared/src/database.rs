@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Backoff;
+use crate::tls::{self, TlsRefused};
 
 /// The most connections a pool opens by default, whatever its concurrency:
 /// PostgreSQL runs only a few statements per core at a time, so past this a
@@ -85,15 +86,18 @@ fn without_parameter(tail: &str, name: &str) -> String {
 /// fires. A URL with several hosts gets a pool on the primary, which
 /// follows the primary to another host when it changes (see
 /// [`follow_primary`]).
+/// A refused TLS handshake is not retried: it is a [`TlsRefused`] (inside
+/// `sqlx::Error::Tls`) naming `DATABASE_URL`.
 #[tracing::instrument(skip_all, fields(pool_size))]
 pub async fn connect_with_backoff(
     url: &str,
     pool_size: u32,
     stop: &CancellationToken,
 ) -> Result<PgPool, sqlx::Error> {
+    tls::install_crypto_provider();
     let hosts = host_urls(url)
         .iter()
-        .map(|u| u.parse::<PgConnectOptions>())
+        .map(|u| host_options(url, u))
         .collect::<Result<Vec<_>, _>>()?;
     if hosts.len() > 1 {
         return connect_to_primary(hosts, pool_size, stop).await;
@@ -102,17 +106,21 @@ pub async fn connect_with_backoff(
     let mut backoff = Backoff::reconnecting();
     loop {
         let attempt = pool_options(pool_size).connect_with(options.clone()).await;
-        match attempt {
+        let error = match attempt {
             Ok(pool) => return Ok(pool),
-            Err(error) if is_unreachable(&error) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, "PostgreSQL not reachable yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Err(error),
-                }
-            }
-            Err(error) => return Err(error),
+            Err(error) => error,
+        };
+        if let Some(refused) = tls_refusal(&error) {
+            return Err(sqlx::Error::Tls(Box::new(refused)));
+        }
+        if !is_unreachable(&error) {
+            return Err(error);
+        }
+        let wait = backoff.next_delay();
+        tracing::warn!(%error, ?wait, "PostgreSQL not reachable yet; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return Err(error),
         }
     }
 }
@@ -123,6 +131,25 @@ fn pool_options(pool_size: u32) -> PgPoolOptions {
         .min_connections(0)
         .idle_timeout(IDLE_TIMEOUT)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+}
+
+/// One host's connect options. TLS follows the whole URL's `sslmode`:
+/// plain unless the URL asks for TLS, as before TLS was built in (libpq's
+/// default, `prefer`, would encrypt without verifying anything, at a CPU
+/// cost, wherever the server happens to have `ssl = on`); and, as libpq
+/// does, `require` verifies the CA once a root certificate is given, which
+/// sqlx alone would not.
+fn host_options(url: &str, host_url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = host_url.parse()?;
+    Ok(if !tls::database_url_sets_ssl_mode(url) {
+        options.ssl_mode(PgSslMode::Disable)
+    } else if matches!(options.get_ssl_mode(), PgSslMode::Require)
+        && tls::database_root_cert(url).is_some()
+    {
+        options.ssl_mode(PgSslMode::VerifyCa)
+    } else {
+        options
+    })
 }
 
 fn host_name(options: &PgConnectOptions) -> String {
@@ -227,13 +254,27 @@ async fn follow_primary(
     }
 }
 
+/// A handshake refused on the certificate, or sqlx's own TLS errors (a
+/// server without TLS under `sslmode=require`, an unusable root file).
+fn tls_refusal(error: &sqlx::Error) -> Option<TlsRefused> {
+    match (tls::handshake_failure(error), error) {
+        (Some(reason), _) => Some(TlsRefused::database(reason)),
+        (None, sqlx::Error::Tls(inner)) => Some(TlsRefused::database(inner.to_string())),
+        (None, _) => None,
+    }
+}
+
 fn is_unreachable(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
-        || error
-            .as_database_error()
-            .and_then(|e| e.code())
-            // 57P03: the database system is starting up
-            .is_some_and(|code| code == "57P03")
+    // A connection closed before the server answered its TLS request is a
+    // protocol error to sqlx (`unexpected response from SSLRequest`).
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_)
+    ) || error
+        .as_database_error()
+        .and_then(|e| e.code())
+        // 57P03: the database system is starting up
+        .is_some_and(|code| code == "57P03")
 }
 
 /// The server's connection slots as one session sees them.

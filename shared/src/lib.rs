@@ -1,5 +1,6 @@
 //! What every service of the checkout backend shares: the message contract,
-//! the AMQP topology and broker plumbing, configuration, telemetry and money.
+//! the AMQP topology and broker plumbing, configuration, TLS,
+//! telemetry and money.
 
 pub mod broker;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod messages;
 pub mod money;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod traceparent;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use saga_shared::broker::Broker;
 use saga_shared::config::{self, ConfigError, ServiceConfig};
 use saga_shared::topology::Topology;
-use saga_shared::{database, shutdown, telemetry};
+use saga_shared::{database, shutdown, telemetry, tls};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +30,9 @@ pub async fn serve<H: Handler>(
     database::warn_if_budget_tight(&pool, pool_size).await;
     let name = format!("{}-worker", H::KIND.as_str());
     let broker = Arc::new(
-        Broker::connect(
+        Broker::connect_with_ca(
             config.amqp_url(),
+            config.amqp_ca.as_ref(),
             Topology::new(&config.amqp_prefix),
             &name,
             &stop,
@@ -128,6 +129,7 @@ pub fn database_url_from_env() -> Result<String, ConfigError> {
             reason: "must start with postgres:// or postgresql://".into(),
         });
     }
+    tls::check_database_url(&url)?;
     Ok(url)
 }
 
@@ -143,11 +145,17 @@ pub fn write_stdout(bytes: &[u8]) -> Result<(), WorkerError> {
 }
 
 /// The process exit code for a command's result; errors print one line.
+/// Bad input and a refused TLS certificate are the operator's to fix:
+/// exit code 2, as for a configuration error.
 pub fn exit_code(result: Result<(), WorkerError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(WorkerError::Input(message)) => {
             eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(error) if tls::is_refusal(&error) => {
+            eprintln!("error: {error}");
             ExitCode::from(2)
         }
         Err(error) => {

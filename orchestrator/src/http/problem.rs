@@ -73,11 +73,15 @@ impl From<StoreError> for ApiError {
 }
 
 fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
-        || error
-            .as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+    // Under TLS, a connection the server (or a proxy) closes before it
+    // answers the TLS request is a protocol error to sqlx.
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_)
+    ) || error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -51,3 +51,29 @@ fn help_describes_the_service() {
         "{text}"
     );
 }
+
+#[test]
+fn an_unreadable_ca_file_stops_it_at_start_naming_the_variable() {
+    let database = "postgres://postgres@127.0.0.1:5432/x";
+    let (code, stderr) = orchestrator(&[
+        ("DATABASE_URL", database),
+        ("AMQP_URL", "amqps://guest:guest@127.0.0.1:5671/%2f"),
+        ("AMQP_CA_FILE", "/nonexistent/ca.pem"),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("AMQP_CA_FILE is invalid"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+
+    let (code, stderr) = orchestrator(&[
+        (
+            "DATABASE_URL",
+            &format!("{database}?sslmode=verify-full&sslrootcert=/nonexistent/root.crt"),
+        ),
+        ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("DATABASE_URL is invalid"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/root.crt"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real orchestrator and the three real workers as
 //! tokio tasks, talking over the local RabbitMQ, each on its own fresh
-//! PostgreSQL database, under a random AMQP prefix.
+//! PostgreSQL database, under a random AMQP prefix (or, in `tls`, a TLS-only
+//! broker and database of their own).
 
 mod amounts;
 mod binary;
@@ -31,5 +32,6 @@ mod search;
 mod support_api;
 mod support_input;
 mod system;
+mod tls;
 mod traces;
 mod validation;

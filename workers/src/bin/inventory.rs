@@ -15,7 +15,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
     about = "Inventory worker of the checkout saga: reserves and releases stock",
     long_about = "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
         With no subcommand it serves: it consumes inventory commands from RabbitMQ \
-        until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, \
+        until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, \
         PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only \
         DATABASE_URL."
 )]

@@ -24,7 +24,7 @@ const DEFAULT_PAYMENT_PREFETCH: u16 = 64;
         sim_decline, sim_transient_N (N transient failures, then approved), sim_slow_MS \
         (approved after MS milliseconds, at most 60 s), sim_down (always transient).\n\n\
         With no subcommand it serves: it consumes payment commands from RabbitMQ until \
-        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH \
+        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH \
         (default 64 here: a charge waits on the provider holding no connection), \
         DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
         default 100000000; larger or non-positive amounts are rejected invalid_amount), \

@@ -17,7 +17,7 @@ use workers::tax::{rates, Tax, MIGRATOR};
         and region and the line's tax category. Rates are in basis points; each line's \
         tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
         With no subcommand it serves: it consumes tax commands from RabbitMQ until \
-        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_PREFIX, PREFETCH, \
+        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH, \
         DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
