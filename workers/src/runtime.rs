@@ -254,6 +254,7 @@ async fn process<H: Handler>(
                 tracing::info!(parent: &one.span, %error, "command failed in its batch; handling it alone");
                 later.push((one, None));
             }
+            Batched::NotTried => later.push((one, None)),
             Batched::Panicked => {
                 tracing::error!(parent: &one.span, "handler panicked; command requeued");
                 requeue(&one.delivery).await;
@@ -420,6 +421,9 @@ pub enum Batched {
     Alone(sqlx::Error),
     /// Its handler panicked; nothing of it committed.
     Panicked,
+    /// Not tried in the batch (an earlier command found its rows held by
+    /// another transaction): to be handled alone.
+    NotTried,
 }
 
 /// Handles `commands` in one transaction with one commit. Each runs inside
@@ -437,7 +441,12 @@ pub async fn handle_batch<H: Handler>(
     // command's success moves the savepoint past it in one more.
     simple(&mut tx, BATCH_START).await?;
     let mut handled = Vec::with_capacity(commands.len());
+    let mut contended = false;
     for command in commands {
+        if contended {
+            handled.push(Batched::NotTried);
+            continue;
+        }
         let step = AssertUnwindSafe(first_phase(handler, &mut tx, command).boxed())
             .catch_unwind()
             .await;
@@ -448,6 +457,11 @@ pub async fn handle_batch<H: Handler>(
             }
             Ok(Err(error)) => {
                 simple(&mut tx, "ROLLBACK TO SAVEPOINT command").await?;
+                // Another transaction holds a row this one wants: the
+                // commands after it (often after the same hot stock row)
+                // would each wait the whole bound too. They go alone, where
+                // they queue for the row once.
+                contended = is_lock_timeout(&error);
                 handled.push(Batched::Alone(error));
             }
             Err(_) => {
@@ -458,6 +472,11 @@ pub async fn handle_batch<H: Handler>(
     }
     tx.commit().await?;
     Ok(handled)
+}
+
+/// SQLSTATE 55P03: a lock not granted within `lock_timeout`.
+fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
 }
 
 /// Runs `sql` (statements without parameters) in one round trip.
