@@ -227,11 +227,14 @@ impl Store {
         cause: Cause,
         decide: impl Fn(&Saga, Context) -> Result<Transition, StoreError>,
     ) -> Result<(), StoreError> {
+        // One connection for the read and the write: under load a pool's
+        // waits, not round trips, are what a transition costs.
+        let mut conn = self.pool.acquire().await?;
         loop {
             let current: Option<(i64, serde_json::Value, Option<String>)> =
                 sqlx::query_as("SELECT version, state, traceparent FROM sagas WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
             let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
             let saga = parse(id, state)?;
@@ -240,7 +243,6 @@ impl Store {
                 Cause::Message => None,
                 Cause::Saga => trace,
             };
-            let mut conn = self.pool.acquire().await?;
             if write(
                 &mut conn,
                 &self.policies,
