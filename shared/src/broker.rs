@@ -193,6 +193,10 @@ pub struct Broker {
     /// Since when every publish has been nacked or left unconfirmed (a
     /// cluster whose queues lack a majority of nodes).
     refusing: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// When a refused publishing channel was last replaced.
+    replaced_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When a lost connection was last replaced by one to another node.
+    reconnected_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     stop: CancellationToken,
 }
 
@@ -237,6 +241,8 @@ impl Broker {
             connecting: tokio::sync::Mutex::new(()),
             blocked: Arc::new(watch::Sender::new(None)),
             refusing: std::sync::Mutex::new(None),
+            replaced_at: std::sync::Mutex::new(None),
+            reconnected_at: std::sync::Mutex::new(None),
             stop: stop.clone(),
         };
         broker.session().await?;
@@ -290,6 +296,8 @@ impl Broker {
         let session = Arc::new(self.open().await?);
         self.replace(session.clone());
         if previous.is_some() {
+            *self.reconnected_at.lock().expect("lock is never poisoned") =
+                Some(tokio::time::Instant::now());
             tracing::info!(name = %self.name, node = %session.node, "reconnected to RabbitMQ; topology redeclared");
         }
         Ok(session)
@@ -423,6 +431,32 @@ impl Broker {
             .expect("refusing lock is never poisoned")
     }
 
+    /// Whether refusals have lasted long enough, and the last replacement
+    /// is long enough ago, to replace the publishing channel now. Only
+    /// soon after a reconnect (a node was lost): a queue that refuses
+    /// publishes of its own accord (full, say) is no reason, and the
+    /// channel's other publishes would fail with it.
+    fn time_to_replace(&self) -> bool {
+        let after_node_loss = self
+            .reconnected_at
+            .lock()
+            .expect("lock is never poisoned")
+            .is_some_and(|at| at.elapsed() < REPLACE_REFUSED_WITHIN);
+        if !after_node_loss {
+            return false;
+        }
+        let lasting = self
+            .refusing_since()
+            .is_some_and(|since| Utc::now() - since >= chrono::Duration::seconds(1));
+        let mut replaced_at = self.replaced_at.lock().expect("lock is never poisoned");
+        let now = tokio::time::Instant::now();
+        if !lasting || replaced_at.is_some_and(|at| now - at < REPLACE_REFUSED_EVERY) {
+            return false;
+        }
+        *replaced_at = Some(now);
+        true
+    }
+
     /// Follows whether the broker refuses publishes; true when every one
     /// of `results` was refused.
     fn note_outcomes(&self, results: &[Result<(), BrokerError>]) -> bool {
@@ -535,11 +569,12 @@ impl Broker {
             };
             results.push(judge(message, confirmation));
         }
-        if self.note_outcomes(&results) {
+        if self.note_outcomes(&results) && self.time_to_replace() {
             // After a quorum queue's leader died, a channel that published
             // to it went on being nacked long after a new leader was
             // elected (RabbitMQ 3.10, the node-loss test), while a fresh
-            // channel was not: the next publish opens one.
+            // channel was not: the next publish opens one. Seldom, since
+            // what else is in flight on the channel fails with it.
             let closing = session.publisher.close(200, "publishes refused".into());
             let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
         }
@@ -656,6 +691,13 @@ impl Broker {
 /// before the next node is tried: a node that is half down (its port
 /// open, its Erlang VM stuck) must not hold the client.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// At most this often a publishing channel whose publishes are all refused
+/// is replaced by a fresh one.
+const REPLACE_REFUSED_EVERY: Duration = Duration::from_secs(5);
+
+/// How long after a reconnect a refused publishing channel may be replaced.
+const REPLACE_REFUSED_WITHIN: Duration = Duration::from_secs(120);
 
 /// The node URLs of `AMQP_URL`: one, or a cluster's several separated by
 /// commas.
