@@ -34,75 +34,8 @@ where
     F: Fn(Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
-    let mut in_flight = JoinSet::new();
-    let fresh = Backoff::reconnecting;
-    let mut backoff = fresh();
-    while !stop.is_cancelled() {
-        let mut consumer = match broker.consume(queue, consumer_tag, prefetch).await {
-            Ok(consumer) => consumer,
-            Err(BrokerError::Stopped) => break,
-            Err(error) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, %queue, ?wait, "cannot consume; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = stop.cancelled() => break,
-                }
-            }
-        };
-        tracing::info!(%queue, prefetch, "consuming");
-        let lost = loop {
-            let permit = tokio::select! {
-                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
-                _ = stop.cancelled() => break None,
-            };
-            let delivery = tokio::select! {
-                next = consumer.next() => next,
-                _ = stop.cancelled() => break None,
-            };
-            match delivery {
-                Some(Ok(delivery)) => {
-                    backoff = fresh();
-                    let acker = delivery.acker.clone();
-                    let message_id = delivery.properties.message_id().clone();
-                    let handling = AssertUnwindSafe(handle(delivery)).catch_unwind();
-                    in_flight.spawn(async move {
-                        if handling.await.is_err() {
-                            tracing::error!(?message_id, "handler panicked; message requeued");
-                            let _ = acker
-                                .nack(BasicNackOptions {
-                                    requeue: true,
-                                    ..Default::default()
-                                })
-                                .await;
-                        }
-                        drop(permit);
-                    });
-                }
-                Some(Err(error)) => break Some(error.to_string()),
-                None => break Some("the broker ended the consumer".to_owned()),
-            }
-            while in_flight.try_join_next().is_some() {}
-        };
-        let Some(why) = lost else {
-            // Drain while the consumer (and so its channel) is still open:
-            // dropping it cancels the consumer and closes the channel, and
-            // the in-flight acks would fail and their messages be handled
-            // again elsewhere.
-            while in_flight.join_next().await.is_some() {}
-            break;
-        };
-        let wait = backoff.next_delay();
-        tracing::warn!(%queue, error = %why, ?wait, "consumer lost; consuming again");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
-    while in_flight.join_next().await.is_some() {}
-    tracing::info!(%queue, "consumer stopped");
-    Ok(())
+    let one = |mut batch: Vec<Delivery>| handle(batch.pop().expect("a batch is never empty"));
+    consume_until_stopped(broker, queue, consumer_tag, prefetch, 1, stop, one).await
 }
 
 /// The most deliveries one batch takes: past this, a longer transaction
@@ -127,6 +60,33 @@ where
     F: Fn(Vec<Delivery>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    consume_until_stopped(
+        broker,
+        queue,
+        consumer_tag,
+        prefetch,
+        MAX_BATCH,
+        stop,
+        handle,
+    )
+    .await
+}
+
+/// The one consuming loop: batches of at most `max_batch` (1: one delivery
+/// at a time) of what is already there, bounded by `prefetch` in all.
+async fn consume_until_stopped<F, Fut>(
+    broker: &Broker,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+    max_batch: usize,
+    stop: &CancellationToken,
+    handle: F,
+) -> Result<(), BrokerError>
+where
+    F: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
     let mut in_flight = JoinSet::new();
     let fresh = Backoff::reconnecting;
@@ -144,7 +104,7 @@ where
                 }
             }
         };
-        tracing::info!(%queue, prefetch, "consuming in batches");
+        tracing::info!(%queue, prefetch, max_batch, "consuming");
         let lost = loop {
             let permit = tokio::select! {
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
@@ -163,7 +123,7 @@ where
             let mut permits = vec![permit];
             let mut ended = None;
             // Only what is already buffered: polling once never waits.
-            while batch.len() < MAX_BATCH {
+            while batch.len() < max_batch {
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     break;
                 };
@@ -189,7 +149,7 @@ where
                 if handling.await.is_err() {
                     tracing::error!(
                         deliveries = ackers.len(),
-                        "batch handler panicked; its messages requeued"
+                        "handler panicked; its messages requeued"
                     );
                     for acker in ackers {
                         let _ = acker
@@ -208,7 +168,10 @@ where
             }
         };
         let Some(why) = lost else {
-            // Drain while the consumer's channel is still open, as above.
+            // Drain while the consumer (and so its channel) is still open:
+            // dropping it cancels the consumer and closes the channel, and
+            // the in-flight acks would fail and their messages be handled
+            // again elsewhere.
             while in_flight.join_next().await.is_some() {}
             break;
         };
