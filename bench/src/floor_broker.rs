@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -148,7 +148,17 @@ async fn measure(
             _ => return Err(BenchError::Undelivered(Duration::from_secs(10))),
         }
     }
+    // Cancel the consumer and wait for RabbitMQ's cancel-ok before the
+    // queue goes: a consumer dropped with the task sends its cancel late,
+    // and a cancel-ok that crosses the queue's deletion is a protocol error
+    // that closes the connection (seen in CI).
+    consumer_channel
+        .basic_cancel("bench-floor".into(), BasicCancelOptions::default())
+        .await?;
     consuming.abort();
+    consumer_channel
+        .close(200, "floor probe done".into())
+        .await?;
     Ok(ProbeFigures {
         clients: publishers,
         loaded_rate,
