@@ -18,7 +18,13 @@ and PostgreSQL once (two thirds in), then drains and checks that nothing was
 lost, nothing is stuck and the auditor finds no violation.
 
 It restarts the PostgreSQL and RabbitMQ on this machine: anything else using
-them sees the restarts too. --no-service-restarts only kills processes.";
+them sees the restarts too. --no-service-restarts only kills processes.
+
+With --cluster it runs on the three-node RabbitMQ cluster and the PostgreSQL
+primary and standby of scripts/cluster instead (`scripts/chaos --cluster`
+starts them): RabbitMQ nodes are SIGKILLed one at a time and started again,
+and once, halfway, the PostgreSQL primary is SIGKILLed and the standby
+promoted. The machine's own servers are not touched.";
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -45,6 +51,14 @@ pub struct Args {
     /// Only kill processes; never restart PostgreSQL or RabbitMQ.
     #[arg(long)]
     pub no_service_restarts: bool,
+    /// Run on the cluster of scripts/cluster (three RabbitMQ nodes, a
+    /// PostgreSQL primary and standby), which must be up: kill its nodes
+    /// and fail PostgreSQL over instead of restarting this machine's servers.
+    #[arg(long)]
+    pub cluster: bool,
+    /// The script that kills and starts the cluster's nodes.
+    #[arg(long, env = "CLUSTER_SCRIPT", default_value = "scripts/cluster", value_name = "PATH")]
+    pub cluster_script: PathBuf,
     /// Keep the databases and the AMQP queues even when the run passes.
     #[arg(long)]
     pub keep: bool,
@@ -59,22 +73,25 @@ pub struct Args {
     /// Logs and report of this run [default: target/chaos/<run id>].
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// A PostgreSQL server URL allowed to create and drop databases.
-    #[arg(
-        long,
-        env = "PG_ADMIN_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        hide_env_values = true
-    )]
-    pub pg_admin_url: String,
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    /// A PostgreSQL server URL allowed to create and drop databases; with
+    /// --cluster, both hosts of the pair, libpq style [default:
+    /// postgres://postgres@127.0.0.1:5432/postgres, with --cluster
+    /// postgres://postgres@127.0.0.1:5441,127.0.0.1:5442/postgres].
+    #[arg(long, env = "PG_ADMIN_URL", hide_env_values = true)]
+    pub pg_admin_url: Option<String>,
+    /// One RabbitMQ node's URL; with --cluster, every node's, comma-separated
+    /// [default: amqp://guest:guest@127.0.0.1:5672/%2f, with --cluster the
+    /// nodes on 5681, 5682 and 5683].
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
 }
+
+const LOCAL_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const LOCAL_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const CLUSTER_PG: &str = "postgres://postgres@127.0.0.1:5441,127.0.0.1:5442/postgres";
+const CLUSTER_AMQP: &str = "amqp://guest:guest@127.0.0.1:5681/%2f,\
+                            amqp://guest:guest@127.0.0.1:5682/%2f,\
+                            amqp://guest:guest@127.0.0.1:5683/%2f";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -85,6 +102,8 @@ pub struct Settings {
     pub concurrency: usize,
     pub seed: u64,
     pub service_restarts: bool,
+    /// `Some(scripts/cluster)` with --cluster.
+    pub cluster_script: Option<PathBuf>,
     pub keep: bool,
     pub bin_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -107,8 +126,25 @@ impl Settings {
                 args.concurrency
             );
         }
-        ensure_local("PG_ADMIN_URL", &args.pg_admin_url)?;
-        ensure_local("AMQP_URL", &args.amqp_url)?;
+        let (pg_default, amqp_default) = match args.cluster {
+            true => (CLUSTER_PG, CLUSTER_AMQP),
+            false => (LOCAL_PG, LOCAL_AMQP),
+        };
+        let pg_admin_url = args.pg_admin_url.unwrap_or_else(|| pg_default.to_owned());
+        let amqp_url = args.amqp_url.unwrap_or_else(|| amqp_default.to_owned());
+        for host in saga_shared::database::host_urls(&pg_admin_url) {
+            ensure_local("PG_ADMIN_URL", &host)?;
+        }
+        for node in amqp_url.split(',') {
+            ensure_local("AMQP_URL", node)?;
+        }
+        let nodes = amqp_url.split(',').count();
+        if args.cluster && nodes < 3 {
+            bail!("--cluster needs every node of the cluster in AMQP_URL (comma-separated), got {nodes}");
+        }
+        if !args.cluster && nodes > 1 {
+            bail!("AMQP_URL names {nodes} nodes: a run on a cluster needs --cluster");
+        }
         if let Some(run_id) = &args.remove {
             // It becomes part of database names and SQL.
             if run_id.len() != 8 || !run_id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -148,12 +184,13 @@ impl Settings {
             concurrency: args.concurrency,
             seed: args.seed.unwrap_or_else(rand::random),
             service_restarts: !args.no_service_restarts,
+            cluster_script: args.cluster.then_some(args.cluster_script),
             keep: args.keep,
             bin_dir,
             run_dir,
             run_id,
-            pg_admin_url: args.pg_admin_url,
-            amqp_url: args.amqp_url,
+            pg_admin_url,
+            amqp_url,
         })
     }
 }

@@ -162,13 +162,23 @@ impl Audit {
 /// Runs the auditor binary on the orchestrator, inventory and payment
 /// databases; its whole output is kept in `output`.
 pub async fn audit(bin_dir: &Path, env: &Environment, output: &Path) -> Audit {
+    let mut urls = Vec::new();
+    for service in ["orchestrator", "inventory", "payment"] {
+        match env.primary_database_url(service).await {
+            Ok(url) => urls.push(url),
+            Err(error) => {
+                return Audit {
+                    exit_code: None,
+                    violations: Vec::new(),
+                    summary: format!("could not run the auditor: {error:#}"),
+                }
+            }
+        }
+    }
     let run = tokio::process::Command::new(bin_dir.join("auditor"))
-        .env(
-            "ORCHESTRATOR_DATABASE_URL",
-            env.database_url("orchestrator"),
-        )
-        .env("INVENTORY_DATABASE_URL", env.database_url("inventory"))
-        .env("PAYMENT_DATABASE_URL", env.database_url("payment"))
+        .env("ORCHESTRATOR_DATABASE_URL", &urls[0])
+        .env("INVENTORY_DATABASE_URL", &urls[1])
+        .env("PAYMENT_DATABASE_URL", &urls[2])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();

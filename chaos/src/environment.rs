@@ -3,7 +3,7 @@
 //! beside them) never collide, and so that a kept run is easy to find.
 
 use anyhow::Context;
-use reqwest::Url;
+use saga_shared::database::primary_connection;
 use saga_shared::topology::Topology;
 use sqlx::{Connection, PgConnection};
 
@@ -32,21 +32,47 @@ impl Environment {
         format!("{}{service}", self.database_prefix)
     }
 
-    /// The admin URL with its database replaced by this run's one for `service`.
+    /// The admin URL with its database replaced by this run's one for
+    /// `service`: every host of it, for services that follow the primary.
     pub fn database_url(&self, service: &str) -> String {
-        let mut url = Url::parse(&self.admin_url).expect("checked at start");
-        url.set_path(&format!("/{}", self.database_name(service)));
-        url.into()
+        saga_shared::database::with_database(&self.admin_url, &self.database_name(service))
+    }
+
+    /// [`Environment::database_url`] on the host that is the primary now:
+    /// for what connects once, after the chaos (the checks, the auditor).
+    pub async fn primary_database_url(&self, service: &str) -> anyhow::Result<String> {
+        let (host, connection) = primary_connection(&self.database_url(service))
+            .await
+            .with_context(|| format!("no PostgreSQL primary answers for the {service} database"))?;
+        connection.close().await.ok();
+        Ok(host)
     }
 
     pub fn amqp_url(&self) -> &str {
         &self.amqp_url
     }
 
-    pub async fn create_databases(&self) -> anyhow::Result<()> {
-        let mut admin = PgConnection::connect(&self.admin_url)
+    async fn admin(&self) -> anyhow::Result<PgConnection> {
+        let (_, connection) = primary_connection(&self.admin_url)
             .await
-            .context("cannot connect to PostgreSQL with PG_ADMIN_URL")?;
+            .context("cannot connect to a PostgreSQL primary with PG_ADMIN_URL")?;
+        Ok(connection)
+    }
+
+    /// A connection to the first node of `AMQP_URL` that answers.
+    async fn broker(&self) -> anyhow::Result<lapin::Connection> {
+        let mut last = None;
+        for node in self.amqp_url.split(',') {
+            match lapin::Connection::connect(node, lapin::ConnectionProperties::default()).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("at least one node")).context("no RabbitMQ node of AMQP_URL answers")
+    }
+
+    pub async fn create_databases(&self) -> anyhow::Result<()> {
+        let mut admin = self.admin().await?;
         for service in SERVICES {
             let name = self.database_name(service);
             sqlx::query(&format!("CREATE DATABASE \"{name}\""))
@@ -61,9 +87,10 @@ impl Environment {
     /// Drops the databases (ending any session left on them) and deletes the
     /// queues and exchanges: quorum queues keep state on the broker for ever.
     pub async fn remove(&self) -> anyhow::Result<()> {
-        let mut admin = PgConnection::connect(&self.admin_url)
+        let mut admin = self
+            .admin()
             .await
-            .context("cannot connect to PostgreSQL to drop the run's databases")?;
+            .context("cannot drop the run's databases")?;
         for service in SERVICES {
             let name = self.database_name(service);
             sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -73,10 +100,10 @@ impl Environment {
         }
         admin.close().await.ok();
 
-        let connection =
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
-                .await
-                .context("cannot connect to RabbitMQ to delete the run's queues")?;
+        let connection = self
+            .broker()
+            .await
+            .context("cannot delete the run's queues")?;
         let channel = connection.create_channel().await?;
         Topology::new(&self.amqp_prefix)
             .delete(&channel)

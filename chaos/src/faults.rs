@@ -3,6 +3,11 @@
 //! restarted, and once two thirds in PostgreSQL, each followed by a probe
 //! checkout that measures how long the system took to serve again.
 //!
+//! On a cluster (`--cluster`) the server faults are instead RabbitMQ nodes
+//! SIGKILLed one at a time, each node in turn, a probe checkout posted while
+//! the node is down, then the node started again; and once, halfway, a
+//! PostgreSQL failover: the primary SIGKILLed, the standby promoted.
+//!
 //! Faults are injected one at a time (no kill during a server restart), so
 //! a recovery time measures that restart alone. The schedule is drawn from
 //! the seed.
@@ -12,12 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::{Api, Posted};
+use crate::cluster::Cluster;
 use crate::events::event;
 use crate::processes::Fleet;
 use crate::services::Services;
@@ -29,19 +36,93 @@ const BACK_BOUND: Duration = Duration::from_secs(90);
 /// this the system is reported as not recovered.
 const PROBE_BOUND: Duration = Duration::from_secs(120);
 
+/// Node kills a cluster run makes at least, and at most: one per 50 s of
+/// its span in between, so that each node is killed at least once.
+const NODE_KILLS: (u64, u64) = (3, 12);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
+    /// The machine's RabbitMQ: application stopped, then started.
     RabbitMq,
+    /// The machine's PostgreSQL: restarted in fast mode.
     Postgres,
+    /// A cluster's RabbitMQ node (from 1): SIGKILLed, then started again.
+    RabbitNode(usize),
+    /// A cluster's PostgreSQL primary SIGKILLed and its standby promoted.
+    PostgresFailover,
+}
+
+impl Server {
+    /// Part of the probe's idempotency key: unique within a run.
+    fn label(self, at: usize) -> String {
+        match self {
+            Server::RabbitMq => "rabbitmq".to_owned(),
+            Server::Postgres => "postgres".to_owned(),
+            Server::RabbitNode(n) => format!("{at}-rabbitmq-node-{n}"),
+            Server::PostgresFailover => "postgres-failover".to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Server::RabbitMq => "RabbitMQ",
-            Server::Postgres => "PostgreSQL",
-        })
+        match self {
+            Server::RabbitMq => f.pad("RabbitMQ"),
+            Server::Postgres => f.pad("PostgreSQL"),
+            Server::RabbitNode(n) => f.pad(&format!("RabbitMQ node {n}")),
+            Server::PostgresFailover => f.pad("PostgreSQL failover"),
+        }
     }
+}
+
+/// The servers a run injects faults into.
+#[derive(Debug, Clone)]
+pub enum Servers {
+    /// This machine's own PostgreSQL and RabbitMQ.
+    Local(Services),
+    /// The three-node RabbitMQ cluster and PostgreSQL pair of `scripts/cluster`.
+    Cluster(Cluster),
+}
+
+impl Servers {
+    /// Starts whatever is down; returns what it had to do.
+    pub async fn ensure_up(&self) -> Vec<String> {
+        match self {
+            Servers::Local(services) => services.ensure_up().await,
+            Servers::Cluster(cluster) => cluster.ensure_up().await,
+        }
+    }
+
+    /// When each server fault is due, from the start of the chaos.
+    fn schedule(&self, span: Duration, rng: &mut StdRng) -> Vec<(Duration, Server)> {
+        match self {
+            Servers::Local(_) => vec![(span / 3, Server::RabbitMq), (span * 2 / 3, Server::Postgres)],
+            Servers::Cluster(cluster) => cluster_schedule(span, cluster.node_count(), rng),
+        }
+    }
+}
+
+/// Node kills spread evenly over `span`, the nodes in an order drawn from
+/// `rng` and then in turn (so never the same node twice running), with the
+/// one failover in the middle.
+fn cluster_schedule(span: Duration, nodes: usize, rng: &mut StdRng) -> Vec<(Duration, Server)> {
+    let kills = (span.as_secs() / 50).clamp(NODE_KILLS.0, NODE_KILLS.1) as usize;
+    let mut order: Vec<usize> = (1..=nodes).collect();
+    order.shuffle(rng);
+    let failover_at = kills.div_ceil(2);
+    let faults = kills + 1;
+    let mut nodes_in_turn = order.iter().copied().cycle();
+    (0..faults)
+        .map(|i| {
+            let due = span * (i as u32 + 1) / (faults as u32 + 1);
+            let server = if i == failover_at {
+                Server::PostgresFailover
+            } else {
+                Server::RabbitNode(nodes_in_turn.next().expect("cycle"))
+            };
+            (due, server)
+        })
+        .collect()
 }
 
 /// One server restart and what it cost.
@@ -63,7 +144,7 @@ pub struct Faults {
     pub fleet: Arc<Mutex<Fleet>>,
     pub api: Arc<Api>,
     /// `None` with --no-service-restarts.
-    pub services: Option<Services>,
+    pub servers: Option<Servers>,
     pub run_id: String,
     pub seed: u64,
     /// How long the chaos is planned to last; the server restarts are placed
@@ -78,11 +159,8 @@ impl Faults {
         // Its own stream, so the checkout mix does not shift the schedule.
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5eed_fa17);
         let started = Instant::now();
-        let mut due: Vec<(Duration, Server)> = match self.services {
-            Some(_) => vec![
-                (self.span / 3, Server::RabbitMq),
-                (self.span * 2 / 3, Server::Postgres),
-            ],
+        let mut due = match &self.servers {
+            Some(servers) => servers.schedule(self.span, &mut rng),
             None => Vec::new(),
         };
         let mut restarts = Vec::new();
@@ -95,7 +173,8 @@ impl Faults {
             if let Some(&(at, server)) = due.first() {
                 if started.elapsed() >= at {
                     due.remove(0);
-                    restarts.push(self.restart(server, &mut rng).await);
+                    let at = restarts.len();
+                    restarts.push(self.restart(server, at, &mut rng).await);
                     continue;
                 }
             }
@@ -126,12 +205,14 @@ impl Faults {
     }
 
     /// Restarts `server`, waits for it to answer, then posts a probe
-    /// checkout and waits for it to complete.
-    async fn restart(&self, server: Server, rng: &mut StdRng) -> Restart {
-        let services = self
-            .services
+    /// checkout and waits for it to complete. A cluster node is different:
+    /// the probe is posted while it is down (the two others must serve),
+    /// and the node is started again after.
+    async fn restart(&self, server: Server, at: usize, rng: &mut StdRng) -> Restart {
+        let servers = self
+            .servers
             .as_ref()
-            .expect("restarts are only due with services");
+            .expect("restarts are only due with servers");
         let at_seconds = crate::events::elapsed_seconds();
         let issued = Instant::now();
         let mut restart = Restart {
@@ -142,8 +223,30 @@ impl Faults {
             probe: None,
             failure: None,
         };
-        let outcome = match server {
-            Server::RabbitMq => {
+        if let (Server::RabbitNode(n), Servers::Cluster(cluster)) = (server, servers) {
+            // Down at least this long, as a crashed node would be.
+            let down = Duration::from_millis(rng.random_range(2000..=4000));
+            event!(
+                "{server}: SIGKILL; probe while it is down, start it again at least {} ms later",
+                down.as_millis()
+            );
+            if let Err(error) = cluster.kill_node(n).await {
+                return self.failed(restart, servers, error).await;
+            }
+            self.probe(&mut restart, at, issued, Instant::now()).await;
+            tokio::time::sleep_until((issued + down).into()).await;
+            if let Err(error) = cluster.start_node(n, BACK_BOUND).await {
+                return self.failed(restart, servers, error).await;
+            }
+            restart.back_after = Some(issued.elapsed());
+            event!(
+                "{server} answers again after {:.1} s",
+                issued.elapsed().as_secs_f64()
+            );
+            return restart;
+        }
+        let outcome = match (server, servers) {
+            (Server::RabbitMq, Servers::Local(services)) => {
                 // Down for a few seconds on top of the stop and the start,
                 // as a node restart would be.
                 let down = Duration::from_millis(rng.random_range(2000..=4000));
@@ -159,7 +262,7 @@ impl Faults {
                 }
                 .await
             }
-            Server::Postgres => {
+            (Server::Postgres, Servers::Local(services)) => {
                 event!("PostgreSQL: pg_ctlcluster restart -m fast");
                 async {
                     services.restart_postgres().await?;
@@ -167,46 +270,78 @@ impl Faults {
                 }
                 .await
             }
+            (Server::PostgresFailover, Servers::Cluster(cluster)) => {
+                // How long an HA manager or an operator takes to decide the
+                // primary is gone.
+                let pause = Duration::from_millis(rng.random_range(1000..=3000));
+                event!(
+                    "PostgreSQL failover: SIGKILL the primary, promote the standby {} ms later",
+                    pause.as_millis()
+                );
+                async {
+                    cluster.kill_primary().await?;
+                    tokio::time::sleep(pause).await;
+                    cluster.promote(BACK_BOUND).await
+                }
+                .await
+            }
+            (server, servers) => Err(anyhow::anyhow!(
+                "no {server} fault on {}",
+                match servers {
+                    Servers::Local(_) => "this machine's servers",
+                    Servers::Cluster(_) => "a cluster",
+                }
+            )),
         };
         if let Err(error) = outcome {
-            event!("{server} restart failed: {error:#}");
-            restart.failure = Some(format!("{error:#}"));
-            for note in services.ensure_up().await {
-                event!("{note}");
-            }
-            return restart;
+            return self.failed(restart, servers, error).await;
         }
         restart.back_after = Some(issued.elapsed());
-        let back = Instant::now();
         event!(
             "{server} answers again after {:.1} s; posting a probe checkout",
             issued.elapsed().as_secs_f64()
         );
+        self.probe(&mut restart, at, issued, Instant::now()).await;
+        restart
+    }
 
-        let label = match server {
-            Server::RabbitMq => "rabbitmq",
-            Server::Postgres => "postgres",
-        };
-        let probe = workload::probe(&self.run_id, label);
+    /// A fault that could not be carried out: said, recorded, and every
+    /// server started again.
+    async fn failed(&self, mut restart: Restart, servers: &Servers, error: anyhow::Error) -> Restart {
+        let server = restart.server;
+        event!("{server} fault failed: {error:#}");
+        restart.failure = Some(format!("{error:#}"));
+        for note in servers.ensure_up().await {
+            event!("{note}");
+        }
+        restart
+    }
+
+    /// Posts a probe checkout and waits (at most [`PROBE_BOUND`] from
+    /// `from`) for it to complete; the recovery time counts from `issued`,
+    /// the fault's command.
+    async fn probe(&self, restart: &mut Restart, at: usize, issued: Instant, from: Instant) {
+        let server = restart.server;
+        let probe = workload::probe(&self.run_id, &server.label(at));
         let id = match self.api.post_checkout(&probe, 0, PROBE_BOUND).await {
             Posted::Accepted { id, .. } => id,
             Posted::Refused { last_error, .. } => {
                 event!("{server}: the probe was never accepted: {last_error}");
                 restart.failure = Some(format!("the probe was never accepted: {last_error}"));
-                return restart;
+                return;
             }
             Posted::Invalid { status, body } => {
                 restart.failure = Some(format!("the probe was refused with {status}: {body}"));
-                return restart;
+                return;
             }
         };
         restart.probe = Some(id);
-        let left = PROBE_BOUND.saturating_sub(back.elapsed());
+        let left = PROBE_BOUND.saturating_sub(from.elapsed());
         match self.api.wait_final(id, 0, left).await {
             Some(view) if view.status == "completed" => {
                 restart.recovered_after = Some(issued.elapsed());
                 event!(
-                    "{server}: probe {id} completed; recovered {:.1} s after the restart command",
+                    "{server}: probe {id} completed; recovered {:.1} s after the fault's command",
                     issued.elapsed().as_secs_f64()
                 );
             }
@@ -217,10 +352,48 @@ impl Faults {
             _ => {
                 event!("{server}: the probe {id} did not complete within {PROBE_BOUND:?}");
                 restart.failure = Some(format!(
-                    "the probe {id} was not final {PROBE_BOUND:?} after the server answered"
+                    "the probe {id} was not final {PROBE_BOUND:?} after the fault"
                 ));
             }
         }
-        restart
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_run_kills_every_node_one_at_a_time_and_fails_over_once() {
+        for seconds in [60, 150, 300, 600, 3600] {
+            let span = Duration::from_secs(seconds);
+            let mut rng = StdRng::seed_from_u64(seconds);
+            let schedule = cluster_schedule(span, 3, &mut rng);
+            let failovers = schedule
+                .iter()
+                .filter(|(_, s)| *s == Server::PostgresFailover)
+                .count();
+            assert_eq!(failovers, 1, "{seconds} s: {schedule:?}");
+            let nodes: Vec<usize> = schedule
+                .iter()
+                .filter_map(|(_, s)| match s {
+                    Server::RabbitNode(n) => Some(*n),
+                    _ => None,
+                })
+                .collect();
+            assert!(nodes.len() >= 3, "{seconds} s: {schedule:?}");
+            for n in 1..=3 {
+                assert!(nodes.contains(&n), "{seconds} s: node {n} never killed");
+            }
+            assert!(
+                nodes.windows(2).all(|pair| pair[0] != pair[1]),
+                "{seconds} s: one node killed twice running: {nodes:?}"
+            );
+            // In order, all within the span, the failover not first nor last.
+            assert!(schedule.windows(2).all(|pair| pair[0].0 < pair[1].0));
+            assert!(schedule.iter().all(|(due, _)| *due < span));
+            assert!(!matches!(schedule[0].1, Server::PostgresFailover));
+            assert!(!matches!(schedule.last().unwrap().1, Server::PostgresFailover));
+        }
     }
 }

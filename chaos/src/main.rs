@@ -10,6 +10,7 @@
 mod api;
 mod args;
 mod checks;
+mod cluster;
 mod driver;
 mod environment;
 mod events;
@@ -36,7 +37,8 @@ use crate::api::{Api, Posted};
 use crate::args::{Args, Settings};
 use crate::environment::Environment;
 use crate::events::event;
-use crate::faults::{Faults, Restart};
+use crate::cluster::Cluster;
+use crate::faults::{Faults, Restart, Servers};
 use crate::processes::Fleet;
 use crate::report::{Evidence, Plan, Report};
 use crate::services::Services;
@@ -105,20 +107,24 @@ async fn main() -> ExitCode {
         eprintln!("chaos: cannot create {}: {error}", log_dir.display());
         return ExitCode::from(2);
     }
-    let services = if settings.service_restarts {
-        match Services::detect(
-            &settings.pg_admin_url,
+    let servers_log = log_dir.join("servers.log");
+    let services = match (&settings.cluster_script, settings.service_restarts) {
+        (_, false) => None,
+        (Some(script), true) => Some(Servers::Cluster(Cluster::new(
+            script,
             &settings.amqp_url,
-            &log_dir.join("servers.log"),
-        ) {
-            Ok(services) => Some(services),
-            Err(error) => {
-                eprintln!("chaos: {error:#}");
-                return ExitCode::from(2);
+            &settings.pg_admin_url,
+            &servers_log,
+        ))),
+        (None, true) => {
+            match Services::detect(&settings.pg_admin_url, &settings.amqp_url, &servers_log) {
+                Ok(services) => Some(Servers::Local(services)),
+                Err(error) => {
+                    eprintln!("chaos: {error:#}");
+                    return ExitCode::from(2);
+                }
             }
         }
-    } else {
-        None
     };
     let ports = match setup::free_ports() {
         Ok(ports) => ports,
@@ -202,7 +208,7 @@ async fn run(
     env: &Environment,
     fleet: &Arc<Mutex<Fleet>>,
     api: &Arc<Api>,
-    services: Option<Services>,
+    services: Option<Servers>,
     chaos: &Chaos,
 ) -> anyhow::Result<Report> {
     // Setup: databases, processes, data.
@@ -249,7 +255,7 @@ async fn run(
         Faults {
             fleet: fleet.clone(),
             api: api.clone(),
-            services,
+            servers: services,
             run_id: settings.run_id.clone(),
             seed: settings.seed,
             span: settings.seconds,
@@ -310,10 +316,11 @@ async fn run(
     setup::wait_ready(api, instances, READY_BOUND)
         .await
         .context("after the chaos")?;
+    // On a cluster the primary may have moved: the checks use the one now.
     let orchestrator_db = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy(&env.database_url("orchestrator"))?;
+        .connect_lazy(&env.primary_database_url("orchestrator").await?)?;
     event!("draining: waiting for every saga to be final or parked (at most {DRAIN_BOUND:?})");
     let drain = checks::drain(&orchestrator_db, DRAIN_BOUND).await;
     event!(
@@ -357,6 +364,7 @@ async fn run(
             concurrency: settings.concurrency,
             processes: fleet.len(),
             service_restarts: settings.service_restarts,
+            cluster: settings.cluster_script.is_some(),
         },
         Evidence {
             chaos_lasted,

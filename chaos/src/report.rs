@@ -25,6 +25,8 @@ pub struct Plan {
     pub concurrency: usize,
     pub processes: usize,
     pub service_restarts: bool,
+    /// On the cluster of `scripts/cluster` rather than this machine's servers.
+    pub cluster: bool,
 }
 
 /// Everything gathered after the drain, before it is judged.
@@ -247,7 +249,7 @@ impl Report {
         fail(self.invalid.len(), "requests answered 4xx");
         fail(
             self.restarts.iter().filter(|r| r.failure.is_some()).count(),
-            "server restarts not recovered from",
+            "server faults not recovered from",
         );
         if !self.audit.ran() {
             failures.push(format!("the auditor did not run: {}", self.audit.summary));
@@ -267,12 +269,21 @@ impl fmt::Display for Report {
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(
             f,
-            "plan: {} checkouts paced over {} s, {} in flight at most, {} processes, server restarts {}",
+            "plan: {} checkouts paced over {} s, {} in flight at most, {} processes, server faults {}",
             p.checkouts,
             p.span.as_secs(),
             p.concurrency,
             p.processes,
             if p.service_restarts { "on" } else { "off" }
+        )?;
+        writeln!(
+            f,
+            "servers: {}",
+            if p.cluster {
+                "the cluster of scripts/cluster (three RabbitMQ nodes, a PostgreSQL primary and synchronous standby)"
+            } else {
+                "this machine's PostgreSQL and RabbitMQ"
+            }
         )?;
         writeln!(f, "logs: {}", p.run_dir)?;
         writeln!(f, "chaos lasted {}", seconds(self.chaos_lasted))?;
@@ -283,16 +294,23 @@ impl fmt::Display for Report {
             writeln!(f, "  {name:<16} {count}")?;
         }
         if p.service_restarts {
-            writeln!(f, "\nserver restarts (times from the restart command):")?;
+            writeln!(f, "\nserver faults (times from the fault's command):")?;
             if self.restarts.is_empty() {
-                writeln!(f, "  none (the chaos ended before a third of its span)")?;
+                writeln!(f, "  none (the chaos ended before the first was due)")?;
+            }
+            if p.cluster {
+                writeln!(
+                    f,
+                    "  (a RabbitMQ node's probe is posted while the node is down; \
+                     \"answering\" is when the node is back)"
+                )?;
             }
             for r in &self.restarts {
                 let back = r.back_after.map(seconds).unwrap_or("-".into());
                 let recovered = r.recovered_after.map(seconds).unwrap_or("-".into());
                 write!(
                     f,
-                    "  {:<10} at {:6.1} s: answering after {back}, probe checkout completed after {recovered}",
+                    "  {:<19} at {:6.1} s: answering after {back}, probe checkout completed after {recovered}",
                     r.server, r.at_seconds
                 )?;
                 match &r.failure {

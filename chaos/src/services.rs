@@ -81,45 +81,16 @@ impl Services {
 
     /// Waits until RabbitMQ accepts an AMQP connection.
     pub async fn wait_rabbitmq(&self, bound: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if self.rabbitmq_answers().await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("RabbitMQ did not accept a connection within {bound:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_until("RabbitMQ", bound, || self.rabbitmq_answers()).await
     }
 
     /// Waits until PostgreSQL accepts a session and answers a query.
     pub async fn wait_postgres(&self, bound: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if self.postgres_answers().await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("PostgreSQL did not answer within {bound:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_until("PostgreSQL", bound, || self.postgres_answers()).await
     }
 
     async fn rabbitmq_answers(&self) -> bool {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(5),
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default()),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(connection)) => {
-                connection.close(200, "probe".into()).await.ok();
-                true
-            }
-            _ => false,
-        }
+        rabbitmq_answers(&self.amqp_url).await
     }
 
     async fn postgres_answers(&self) -> bool {
@@ -169,36 +140,77 @@ impl Services {
     }
 
     async fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: setsid is async-signal-safe and touches only the child.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        run_logged(program, args, &self.log).await
+    }
+}
+
+/// Runs `program args` in a session of its own (see the module's comment),
+/// its output appended to `log`, failing if it fails or takes longer than
+/// [`COMMAND_BOUND`].
+pub async fn run_logged(program: &str, args: &[&str], log: &Path) -> anyhow::Result<()> {
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    // SAFETY: setsid is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let line = format!("{program} {}", args.join(" "));
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    let status = tokio::time::timeout(COMMAND_BOUND, child.wait())
+        .await
+        .with_context(|| format!("`{line}` did not finish within {COMMAND_BOUND:?}"))??;
+    if !status.success() {
+        bail!("`{line}` failed ({status}); see {}", log.display());
+    }
+    Ok(())
+}
+
+/// Whether `url` (one RabbitMQ node) accepts an AMQP connection now.
+pub async fn rabbitmq_answers(url: &str) -> bool {
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
+    )
+    .await;
+    match attempt {
+        Ok(Ok(connection)) => {
+            connection.close(200, "probe".into()).await.ok();
+            true
         }
-        let line = format!("{program} {}", args.join(" "));
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot run `{line}`"))?;
-        let status = tokio::time::timeout(COMMAND_BOUND, child.wait())
-            .await
-            .with_context(|| format!("`{line}` did not finish within {COMMAND_BOUND:?}"))??;
-        if !status.success() {
-            bail!("`{line}` failed ({status}); see {}", self.log.display());
+        _ => false,
+    }
+}
+
+/// Polls `answers` every 200 ms until it is true, at most `bound`.
+pub async fn wait_until<F, Fut>(what: &str, bound: Duration, mut answers: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        if answers().await {
+            return Ok(());
         }
-        Ok(())
+        if Instant::now() >= deadline {
+            bail!("{what} did not answer within {bound:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -67,6 +67,17 @@ pub fn host_urls(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// `url` with its database name replaced by `name`, every host and
+/// parameter kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{base}/{name}{query}")
+}
+
 fn without_parameter(tail: &str, name: &str) -> String {
     let Some((path, query)) = tail.split_once('?') else {
         return tail.to_owned();
@@ -205,6 +216,32 @@ async fn find_primary(hosts: &[PgConnectOptions]) -> Option<usize> {
         }
     }
     None
+}
+
+/// A single session on the primary among `url`'s hosts, and that host's own
+/// URL: for a tool that connects once (creating databases, an audit)
+/// rather than keeping a pool that follows the primary.
+pub async fn primary_connection(url: &str) -> Result<(String, PgConnection), sqlx::Error> {
+    let mut last = None;
+    for host in host_urls(url) {
+        let mut connection = match PgConnection::connect(&host).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                last = Some(error);
+                continue;
+            }
+        };
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut connection)
+            .await?;
+        if !standby {
+            return Ok((host, connection));
+        }
+        let _ = connection.close().await;
+    }
+    Err(last.unwrap_or_else(|| {
+        sqlx::Error::Configuration("every host of the URL is a standby".into())
+    }))
 }
 
 /// Keeps `pool` on the primary: while its host answers as a primary

@@ -1,7 +1,7 @@
 //! Test support: a fresh database and a fresh broker prefix per test, both
 //! removed when the test ends, so tests run in parallel and never meet.
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use crate::topology::Topology;
 
@@ -63,7 +63,7 @@ impl TestDatabase {
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let url = database_url(admin, &name);
+        let url = crate::database::with_database(admin, &name);
         let pool = crate::database::connect_with_backoff(
             &url,
             4,
@@ -82,33 +82,9 @@ impl TestDatabase {
 
 /// A connection to the primary among `admin`'s hosts.
 async fn admin_connection(admin: &str) -> Result<PgConnection, sqlx::Error> {
-    let mut last = None;
-    for host in crate::database::host_urls(admin) {
-        let mut conn = match PgConnection::connect(&host).await {
-            Ok(conn) => conn,
-            Err(error) => {
-                last = Some(error);
-                continue;
-            }
-        };
-        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut conn)
-            .await?;
-        if !standby {
-            return Ok(conn);
-        }
-    }
-    Err(last.unwrap_or(sqlx::Error::PoolClosed))
-}
-
-/// `admin` with its database name replaced by `name`.
-pub fn database_url(admin: &str, name: &str) -> String {
-    let (base, query) = match admin.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (admin, String::new()),
-    };
-    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
-    format!("{base}/{name}{query}")
+    crate::database::primary_connection(admin)
+        .await
+        .map(|(_, connection)| connection)
 }
 
 impl Drop for TestDatabase {
