@@ -57,7 +57,12 @@ pub struct Args {
     #[arg(long)]
     pub cluster: bool,
     /// The script that kills and starts the cluster's nodes.
-    #[arg(long, env = "CLUSTER_SCRIPT", default_value = "scripts/cluster", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "CLUSTER_SCRIPT",
+        default_value = "scripts/cluster",
+        value_name = "PATH"
+    )]
     pub cluster_script: PathBuf,
     /// Keep the databases and the AMQP queues even when the run passes.
     #[arg(long)]

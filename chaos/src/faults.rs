@@ -96,7 +96,10 @@ impl Servers {
     /// When each server fault is due, from the start of the chaos.
     fn schedule(&self, span: Duration, rng: &mut StdRng) -> Vec<(Duration, Server)> {
         match self {
-            Servers::Local(_) => vec![(span / 3, Server::RabbitMq), (span * 2 / 3, Server::Postgres)],
+            Servers::Local(_) => vec![
+                (span / 3, Server::RabbitMq),
+                (span * 2 / 3, Server::Postgres),
+            ],
             Servers::Cluster(cluster) => cluster_schedule(span, cluster.node_count(), rng),
         }
     }
@@ -307,7 +310,12 @@ impl Faults {
 
     /// A fault that could not be carried out: said, recorded, and every
     /// server started again.
-    async fn failed(&self, mut restart: Restart, servers: &Servers, error: anyhow::Error) -> Restart {
+    async fn failed(
+        &self,
+        mut restart: Restart,
+        servers: &Servers,
+        error: anyhow::Error,
+    ) -> Restart {
         let server = restart.server;
         event!("{server} fault failed: {error:#}");
         restart.failure = Some(format!("{error:#}"));
@@ -393,7 +401,10 @@ mod tests {
             assert!(schedule.windows(2).all(|pair| pair[0].0 < pair[1].0));
             assert!(schedule.iter().all(|(due, _)| *due < span));
             assert!(!matches!(schedule[0].1, Server::PostgresFailover));
-            assert!(!matches!(schedule.last().unwrap().1, Server::PostgresFailover));
+            assert!(!matches!(
+                schedule.last().unwrap().1,
+                Server::PostgresFailover
+            ));
         }
     }
 }

@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, Posted};
 use crate::args::{Args, Settings};
+use crate::cluster::Cluster;
 use crate::environment::Environment;
 use crate::events::event;
-use crate::cluster::Cluster;
 use crate::faults::{Faults, Restart, Servers};
 use crate::processes::Fleet;
 use crate::report::{Evidence, Plan, Report};

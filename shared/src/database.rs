@@ -239,9 +239,8 @@ pub async fn primary_connection(url: &str) -> Result<(String, PgConnection), sql
         }
         let _ = connection.close().await;
     }
-    Err(last.unwrap_or_else(|| {
-        sqlx::Error::Configuration("every host of the URL is a standby".into())
-    }))
+    Err(last
+        .unwrap_or_else(|| sqlx::Error::Configuration("every host of the URL is a standby".into())))
 }
 
 /// Keeps `pool` on the primary: while its host answers as a primary
