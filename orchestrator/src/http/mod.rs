@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_shared::broker::Broker;
+use saga_shared::traceparent;
 use serde_json::json;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
@@ -80,8 +81,28 @@ pub fn router(state: AppState) -> Router {
         .merge(unbounded)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(validation::MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The request's span (as tower-http's default one), made a child of the
+/// client's span when the request carries a W3C `traceparent`: a storefront
+/// that traces its own requests finds the whole saga inside its trace.
+fn request_span(request: &Request) -> tracing::Span {
+    // INFO, not tower-http's DEBUG: the trace filter keeps this crate's
+    // spans from INFO on.
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        version = ?request.version(),
+    );
+    let parent = request
+        .headers()
+        .get(traceparent::HEADER)
+        .and_then(|value| value.to_str().ok());
+    traceparent::continue_from(&span, parent);
+    span
 }
 
 /// A request still running after the timeout is answered `503`; what it

@@ -147,13 +147,15 @@ impl Deployment {
     }
 
     pub async fn place(&self, body: &Value) -> String {
-        let response = self
-            .http
-            .post(self.url("/v1/checkouts"))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        self.place_with_headers(body, &[]).await
+    }
+
+    pub async fn place_with_headers(&self, body: &Value, headers: &[(&str, &str)]) -> String {
+        let mut request = self.http.post(self.url("/v1/checkouts")).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 202);
         let created: Value = response.json().await.unwrap();
         created["checkout_id"].as_str().unwrap().to_owned()

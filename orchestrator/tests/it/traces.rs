@@ -324,6 +324,34 @@ async fn a_missed_deadline_and_the_compensation_it_starts_stay_in_the_checkouts_
     assert_one_trace(&all, &id);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_a_traceparent_finds_the_whole_checkout_in_its_own_trace() {
+    let (deployment, spans) = traced_deployment(vec![]).await;
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let id = deployment
+        .place_with_headers(
+            &order(&[("TSHIRT", 1)], "sim_approve"),
+            &[(
+                "traceparent",
+                &format!("00-{client_trace}-{client_span}-01"),
+            )],
+        )
+        .await;
+    let statuses = deployment.settle().await;
+    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
+    deployment.stop().await;
+
+    let (_, all, root) = path_to(&spans, &id, "completed").await;
+    let request = all.iter().find(|s| s.span_id == root).unwrap();
+    assert_eq!(request.trace_id, client_trace, "{request:?}");
+    assert_eq!(
+        request.parent, client_span,
+        "the client's span is the parent"
+    );
+    assert_eq!(assert_one_trace(&all, &id), client_trace);
+}
+
 #[test]
 fn an_otel_variable_this_build_cannot_honour_stops_a_service_with_one_line_naming_it() {
     let orchestrator = std::path::PathBuf::from(env!("CARGO_BIN_EXE_orchestrator"));
