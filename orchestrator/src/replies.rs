@@ -5,19 +5,21 @@
 //! Replies that are ready together are applied together: one transaction,
 //! one commit, then each is acked. Nothing waits to fill a batch, so a
 //! lone reply goes alone, as fast as before; under load the replies that
-//! arrived while a batch committed form the next one.
+//! arrived while a batch committed form the next one (at most
+//! [`BATCHES_AT_ONCE`] batches run at once, so that they do).
 
 use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use saga_shared::broker::{header, Broker, BrokerError};
-use saga_shared::consumer::{dead_letter, hold_until_settled, run_consumer_until_stopped, Settled};
+use saga_shared::consumer::{
+    dead_letter, hold_until_settled, run_batches_until_stopped, Batching, Settled,
+};
 use saga_shared::failure::{printable, Classify};
 use saga_shared::messages::Outcome;
 use saga_shared::{traceparent, Envelope};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -30,9 +32,6 @@ pub const MAX_BATCH: usize = 64;
 /// would leave the database idle while a batch's commit is flushed.
 const BATCHES_AT_ONCE: usize = 2;
 
-/// A delivery handed to the batcher, and how to say it is settled.
-type Handed = (Delivery, oneshot::Sender<()>);
-
 pub async fn run_reply_consumer_until_stopped(
     store: Store,
     broker: Arc<Broker>,
@@ -42,78 +41,21 @@ pub async fn run_reply_consumer_until_stopped(
 ) -> Result<(), BrokerError> {
     let queue = broker.topology().reply_queue();
     let tag = format!("orchestrator-{}", Uuid::new_v4().simple());
-    let (hand, handed) = mpsc::unbounded_channel::<Handed>();
-    let batcher = tokio::spawn(run_batcher(
-        store,
-        broker.clone(),
-        relay,
-        handed,
-        stop.clone(),
-    ));
-    // The consumer keeps its bound (prefetch), reconnects, drains on stop,
-    // and requeues a delivery whose handling panicked: here, a delivery
-    // the batcher dropped without settling it.
-    let handle = |delivery: Delivery| {
-        let hand = hand.clone();
-        async move {
-            let (settled, done) = oneshot::channel();
-            if hand.send((delivery, settled)).is_err() {
-                panic!("the reply batcher is gone");
-            }
-            done.await
-                .expect("the reply batcher settles every delivery");
-        }
+    let batching = Batching {
+        max: MAX_BATCH,
+        at_once: Some(BATCHES_AT_ONCE),
     };
-    let consumed = run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await;
-    drop(hand);
-    // Every delivery handed over is settled by now; the batcher ends with
-    // its channel.
-    let _ = batcher.await;
-    consumed
-}
-
-/// Takes the first delivery handed over, then every one already waiting
-/// (up to [`MAX_BATCH`]), and applies them as one batch.
-async fn run_batcher(
-    store: Store,
-    broker: Arc<Broker>,
-    relay: Arc<Notify>,
-    mut handed: mpsc::UnboundedReceiver<Handed>,
-    stop: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(BATCHES_AT_ONCE));
-    let mut batches = JoinSet::new();
-    loop {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closes");
-        let Some(first) = handed.recv().await else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match handed.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    let handle = |batch: Vec<Delivery>| {
         let (store, broker, relay, stop) =
             (store.clone(), broker.clone(), relay.clone(), stop.clone());
-        batches.spawn(async move {
-            apply_batch(&store, &broker, &relay, batch, &stop).await;
-            drop(permit);
-        });
-        while batches.try_join_next().is_some() {}
-    }
-    while batches.join_next().await.is_some() {}
+        async move { apply_batch(&store, &broker, &relay, batch, &stop).await }
+    };
+    run_batches_until_stopped(&broker, &queue, &tag, prefetch, batching, &stop, handle).await
 }
 
 /// A decoded reply, its delivery and its span.
 struct Ready {
     delivery: Delivery,
-    settled: oneshot::Sender<()>,
     reply: Envelope<Outcome>,
     span: tracing::Span,
 }
@@ -122,25 +64,21 @@ async fn apply_batch(
     store: &Store,
     broker: &Broker,
     relay: &Notify,
-    batch: Vec<Handed>,
+    batch: Vec<Delivery>,
     stop: &CancellationToken,
 ) {
     let mut ready = Vec::with_capacity(batch.len());
-    for (delivery, settled) in batch {
+    for delivery in batch {
         match Envelope::<Outcome>::decode(&delivery.data) {
             Ok(reply) => {
                 let span = reply_span(&reply, &delivery);
                 ready.push(Ready {
                     delivery,
-                    settled,
                     reply,
                     span,
                 });
             }
-            Err(error) => {
-                dead_letter(broker, &delivery, &error.to_string()).await;
-                let _ = settled.send(());
-            }
+            Err(error) => dead_letter(broker, &delivery, &error.to_string()).await,
         }
     }
     if ready.len() > 1 {
@@ -164,7 +102,6 @@ async fn apply_batch(
                     settle_applied(broker, &r.delivery, &r.reply, result)
                         .instrument(r.span)
                         .await;
-                    let _ = r.settled.send(());
                 }
                 return;
             }
@@ -177,7 +114,6 @@ async fn apply_batch(
         apply_alone(store, broker, relay, &r.delivery, &r.reply, stop)
             .instrument(r.span)
             .await;
-        let _ = r.settled.send(());
     }
 }
 

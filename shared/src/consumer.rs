@@ -35,12 +35,39 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let one = |mut batch: Vec<Delivery>| handle(batch.pop().expect("a batch is never empty"));
-    consume_until_stopped(broker, queue, consumer_tag, prefetch, 1, stop, one).await
+    run_batches_until_stopped(
+        broker,
+        queue,
+        consumer_tag,
+        prefetch,
+        Batching::ONE_AT_A_TIME,
+        stop,
+        one,
+    )
+    .await
 }
 
 /// The most deliveries one batch takes: past this, a longer transaction
 /// holds its row locks longer than the commits it saves are worth.
 pub const MAX_BATCH: usize = 32;
+
+/// How a consumer forms batches of what is already there.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// The most deliveries in one batch (1: one at a time).
+    pub max: usize,
+    /// The most batches handled at once (`None`: as many as `prefetch`
+    /// allows). A bound makes the deliveries that arrive meanwhile wait and
+    /// form the next batch: fewer, larger commits.
+    pub at_once: Option<usize>,
+}
+
+impl Batching {
+    const ONE_AT_A_TIME: Batching = Batching {
+        max: 1,
+        at_once: None,
+    };
+}
 
 /// As [`run_consumer_until_stopped`], but hands `handle` every delivery
 /// that is already there when one arrives (at most [`MAX_BATCH`] and the
@@ -60,26 +87,30 @@ where
     F: Fn(Vec<Delivery>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    consume_until_stopped(
+    let batching = Batching {
+        max: MAX_BATCH,
+        at_once: None,
+    };
+    run_batches_until_stopped(
         broker,
         queue,
         consumer_tag,
         prefetch,
-        MAX_BATCH,
+        batching,
         stop,
         handle,
     )
     .await
 }
 
-/// The one consuming loop: batches of at most `max_batch` (1: one delivery
-/// at a time) of what is already there, bounded by `prefetch` in all.
-async fn consume_until_stopped<F, Fut>(
+/// The one consuming loop: batches of what is already there, as
+/// `batching` says, bounded by `prefetch` deliveries in all.
+pub async fn run_batches_until_stopped<F, Fut>(
     broker: &Broker,
     queue: &str,
     consumer_tag: &str,
     prefetch: u16,
-    max_batch: usize,
+    batching: Batching,
     stop: &CancellationToken,
     handle: F,
 ) -> Result<(), BrokerError>
@@ -87,6 +118,10 @@ where
     F: Fn(Vec<Delivery>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let max_batch = batching.max.max(1);
+    let batches = Arc::new(Semaphore::new(
+        batching.at_once.unwrap_or(usize::from(prefetch)).max(1),
+    ));
     let limit = Arc::new(Semaphore::new(usize::from(prefetch)));
     let mut in_flight = JoinSet::new();
     let fresh = Backoff::reconnecting;
@@ -106,6 +141,10 @@ where
         };
         tracing::info!(%queue, prefetch, max_batch, "consuming");
         let lost = loop {
+            let batch_permit = tokio::select! {
+                permit = batches.clone().acquire_owned() => permit.expect("semaphore never closes"),
+                _ = stop.cancelled() => break None,
+            };
             let permit = tokio::select! {
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore never closes"),
                 _ = stop.cancelled() => break None,
@@ -161,6 +200,7 @@ where
                     }
                 }
                 drop(permits);
+                drop(batch_permit);
             });
             while in_flight.try_join_next().is_some() {}
             if let Some(why) = ended {
