@@ -453,7 +453,7 @@ pub async fn handle_batch<H: Handler>(
     simple(&mut tx, BATCH_START).await?;
     let mut handled = Vec::with_capacity(commands.len());
     let mut contended = false;
-    for command in commands {
+    for (n, command) in commands.iter().enumerate() {
         if contended {
             handled.push(Batched::NotTried);
             continue;
@@ -463,7 +463,11 @@ pub async fn handle_batch<H: Handler>(
             .await;
         match step {
             Ok(Ok(done)) => {
-                simple(&mut tx, "RELEASE SAVEPOINT command; SAVEPOINT command").await?;
+                // The last command's savepoint is released by the commit:
+                // no round trip for a savepoint nothing would use.
+                if n + 1 < commands.len() {
+                    simple(&mut tx, "RELEASE SAVEPOINT command; SAVEPOINT command").await?;
+                }
                 handled.push(done);
             }
             Ok(Err(error)) => {
