@@ -38,6 +38,15 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     id: i64,
+    /// As stored, to put back a row that was claimed but not published.
+    not_before: DateTime<Utc>,
+    first_failed_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    stored_deadline_ms: Option<i64>,
+    /// Milliseconds until the first row this batch did not claim is due,
+    /// the same in every row (`None` when no other row is there).
+    next_due_ms: Option<f64>,
     message_id: Uuid,
     saga_id: Uuid,
     routing_key: String,
@@ -89,8 +98,15 @@ pub async fn run_relay_until_stopped(
             continue;
         }
         let sleep_for = match relay_batch(&store, &broker).await {
-            Ok(handled) if handled as i64 == BATCH => continue,
-            Ok(_) => {
+            Ok(Relayed { rows, .. }) if rows as i64 == BATCH => continue,
+            Ok(Relayed {
+                next_due: Some(next_due),
+                ..
+            }) => {
+                backoff = fresh();
+                next_due
+            }
+            Ok(Relayed { next_due: None, .. }) => {
                 backoff = fresh();
                 next_due(store.pool()).await.unwrap_or(FALLBACK_POLL)
             }
@@ -119,6 +135,13 @@ enum RelayError {
     Store(#[from] StoreError),
 }
 
+/// What one batch did: the rows it claimed, and, when it could tell
+/// without another statement, how long until the next row is due.
+struct Relayed {
+    rows: usize,
+    next_due: Option<Duration>,
+}
+
 /// A row the broker refused, and what becomes of it.
 struct Refused<'a> {
     row: &'a OutboxRow,
@@ -132,30 +155,49 @@ struct Refused<'a> {
 /// saga once refused for too long), and rows a broken connection never
 /// sent stay as they were. `SKIP LOCKED` lets several orchestrators relay
 /// at once without publishing a row twice; a crash between confirm and
-/// delete republishes, and the worker inbox absorbs the duplicate.
+/// commit republishes, and the worker inbox absorbs the duplicate.
+///
+/// The rows are claimed by deleting them in the batch's transaction, which
+/// commits only after their confirms: the common batch, every row
+/// confirmed, is one statement (which also tells when the next row is
+/// due). A row not confirmed is put back in the same transaction, as it
+/// was or with its backoff, under its own id.
 // At debug: a poll that finds nothing must not be a trace of its own every
 // few seconds; each row's publish has its own span in its checkout's trace.
 #[tracing::instrument(level = "debug", skip_all, fields(published, refused))]
-async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError> {
+async fn relay_batch(store: &Store, broker: &Broker) -> Result<Relayed, RelayError> {
     let pool = store.pool();
     let mut tx = pool.begin().await?;
+    // The statement does not see its own deletes: the next due row is
+    // looked for among the rows it did not claim.
     let rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT id, message_id, saga_id, routing_key, message_type, body, traceparent, attempt,
-                publish_attempts,
+        "WITH claimed AS (
+             DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox WHERE not_before <= now()
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING *
+         )
+         SELECT id, message_id, saga_id, routing_key, message_type, body, traceparent, attempt,
+                publish_attempts, not_before, first_failed_at, last_error, created_at,
+                deadline_ms AS stored_deadline_ms,
                 (EXTRACT(EPOCH FROM (now() - first_failed_at)) * 1000)::float8 AS refused_ms,
                 -- Late: it waited in the outbox well past its due time (the
                 -- broker was away, or refused it), so the deadline set with
                 -- it is too soon.
                 CASE WHEN publish_attempts > 0 OR not_before < now() - interval '1 second'
-                     THEN deadline_ms END AS deadline_ms
-         FROM outbox WHERE not_before <= now()
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                     THEN deadline_ms END AS deadline_ms,
+                (SELECT (EXTRACT(EPOCH FROM (min(o.not_before) - now())) * 1000)::float8
+                 FROM outbox o WHERE o.id NOT IN (SELECT id FROM claimed)) AS next_due_ms
+         FROM claimed ORDER BY id",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Relayed {
+            rows: 0,
+            next_due: None,
+        });
     }
     let exchange = broker.topology().command_exchange();
     let spans: Vec<tracing::Span> = rows.iter().map(publish_span).collect();
@@ -218,13 +260,23 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
         }
     }
 
-    let sent_ids: Vec<i64> = sent.iter().map(|row| row.id).collect();
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&sent_ids)
-        .execute(&mut *tx)
-        .await?;
-    back_off(&mut tx, store, &refused).await?;
+    let unsent: Vec<&OutboxRow> = if broken.is_some() {
+        let settled: std::collections::HashSet<i64> = sent
+            .iter()
+            .map(|row| row.id)
+            .chain(refused.iter().map(|r| r.row.id))
+            .collect();
+        rows.iter()
+            .filter(|row| !settled.contains(&row.id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    put_back(&mut tx, store, &refused, &unsent).await?;
     tx.commit().await?;
+    // Whatever was put back may be due before the rows the claim saw.
+    let next_due =
+        (refused.is_empty() && unsent.is_empty()).then(|| until_due(rows[0].next_due_ms));
 
     let span = tracing::Span::current();
     span.record("published", sent.len());
@@ -245,7 +297,10 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<usize, RelayError
         // The confirmed rows are deleted all the same; the relay as a
         // whole backs off.
         Some(error) => Err(error.into()),
-        None => Ok(rows.len()),
+        None => Ok(Relayed {
+            rows: rows.len(),
+            next_due,
+        }),
     }
 }
 
@@ -272,41 +327,114 @@ fn policy_for(store: &Store, row: &OutboxRow) -> RetryPolicy {
         .unwrap_or_default()
 }
 
-/// Each refused row waits its own backoff, grown with its own refusals,
-/// and keeps the time of the first refusal and the text of the last.
-async fn back_off(
+/// Puts the claimed rows that were not confirmed back, in one statement,
+/// under their own ids: a row a broken connection never sent as it was; a
+/// refused row after its own backoff, grown with its own refusals, keeping
+/// the time of the first refusal and the text of the last.
+async fn put_back(
     tx: &mut sqlx::PgConnection,
     store: &Store,
     refused: &[Refused<'_>],
+    unsent: &[&OutboxRow],
 ) -> Result<(), sqlx::Error> {
-    if refused.is_empty() {
+    if refused.is_empty() && unsent.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = refused.iter().map(|r| r.row.id).collect();
-    let errors: Vec<String> = refused.iter().map(|r| r.error.to_string()).collect();
-    let waits: Vec<i64> = refused
-        .iter()
-        .map(|r| {
-            let refusals = u32::try_from(r.row.publish_attempts).unwrap_or(0) + 1;
-            policy_for(store, r.row)
-                .publish_backoff(refusals, rand::random::<f64>())
-                .as_millis() as i64
-        })
-        .collect();
+    let mut back = Back::default();
+    for r in refused {
+        let refusals = u32::try_from(r.row.publish_attempts).unwrap_or(0) + 1;
+        let wait = policy_for(store, r.row).publish_backoff(refusals, rand::random::<f64>());
+        back.push(r.row, Some((r.error.to_string(), wait.as_millis() as i64)));
+    }
+    for row in unsent {
+        back.push(row, None);
+    }
     sqlx::query(
-        "UPDATE outbox o SET publish_attempts = o.publish_attempts + 1,
-                             first_failed_at = coalesce(o.first_failed_at, now()),
-                             last_error = r.error,
-                             not_before = now() + r.ms * interval '1 millisecond'
-         FROM unnest($1::int8[], $2::text[], $3::int8[]) AS r(id, error, ms)
-         WHERE o.id = r.id",
+        "INSERT INTO outbox (id, message_id, saga_id, routing_key, message_type, body, traceparent,
+                             not_before, created_at, deadline_ms, attempt, publish_attempts,
+                             first_failed_at, last_error)
+         SELECT b.id, b.message_id, b.saga_id, b.routing_key, b.message_type, b.body, b.traceparent,
+                CASE WHEN b.refused THEN now() + b.wait_ms * interval '1 millisecond'
+                     ELSE b.not_before END,
+                b.created_at, b.deadline_ms, b.attempt,
+                b.publish_attempts + CASE WHEN b.refused THEN 1 ELSE 0 END,
+                CASE WHEN b.refused THEN coalesce(b.first_failed_at, now())
+                     ELSE b.first_failed_at END,
+                CASE WHEN b.refused THEN b.error ELSE b.last_error END
+         FROM unnest($1::int8[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::timestamptz[], $10::int8[], $11::int4[],
+                     $12::int4[], $13::timestamptz[], $14::text[], $15::bool[], $16::text[],
+                     $17::int8[])
+              AS b(id, message_id, saga_id, routing_key, message_type, body, traceparent,
+                   not_before, created_at, deadline_ms, attempt, publish_attempts,
+                   first_failed_at, last_error, refused, error, wait_ms)",
     )
-    .bind(&ids)
-    .bind(&errors)
-    .bind(&waits)
+    .bind(back.id)
+    .bind(back.message_id)
+    .bind(back.saga_id)
+    .bind(back.routing_key)
+    .bind(back.message_type)
+    .bind(back.body)
+    .bind(back.traceparent)
+    .bind(back.not_before)
+    .bind(back.created_at)
+    .bind(back.deadline_ms)
+    .bind(back.attempt)
+    .bind(back.publish_attempts)
+    .bind(back.first_failed_at)
+    .bind(back.last_error)
+    .bind(back.refused)
+    .bind(back.error)
+    .bind(back.wait_ms)
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The columns of the rows [`put_back`] writes, one array each.
+#[derive(Default)]
+struct Back {
+    id: Vec<i64>,
+    message_id: Vec<Uuid>,
+    saga_id: Vec<Uuid>,
+    routing_key: Vec<String>,
+    message_type: Vec<String>,
+    body: Vec<String>,
+    traceparent: Vec<String>,
+    not_before: Vec<DateTime<Utc>>,
+    created_at: Vec<DateTime<Utc>>,
+    deadline_ms: Vec<Option<i64>>,
+    attempt: Vec<Option<i32>>,
+    publish_attempts: Vec<i32>,
+    first_failed_at: Vec<Option<DateTime<Utc>>>,
+    last_error: Vec<Option<String>>,
+    refused: Vec<bool>,
+    error: Vec<Option<String>>,
+    wait_ms: Vec<i64>,
+}
+
+impl Back {
+    /// `refusal`: the broker's error and the backoff, for a refused row.
+    fn push(&mut self, row: &OutboxRow, refusal: Option<(String, i64)>) {
+        self.id.push(row.id);
+        self.message_id.push(row.message_id);
+        self.saga_id.push(row.saga_id);
+        self.routing_key.push(row.routing_key.clone());
+        self.message_type.push(row.message_type.clone());
+        self.body.push(row.body.clone());
+        self.traceparent.push(row.traceparent.clone());
+        self.not_before.push(row.not_before);
+        self.created_at.push(row.created_at);
+        self.deadline_ms.push(row.stored_deadline_ms);
+        self.attempt.push(row.attempt);
+        self.publish_attempts.push(row.publish_attempts);
+        self.first_failed_at.push(row.first_failed_at);
+        self.last_error.push(row.last_error.clone());
+        self.refused.push(refusal.is_some());
+        let (error, wait_ms) = refusal.map_or((None, 0), |(error, ms)| (Some(error), ms));
+        self.error.push(error);
+        self.wait_ms.push(wait_ms);
+    }
 }
 
 /// Parks the saga of a command refused for longer than its step allows
@@ -390,11 +518,17 @@ async fn next_due(pool: &PgPool) -> Result<Duration, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
-    Ok(match ms {
+    Ok(until_due(ms))
+}
+
+/// The sleep before a row due in `ms` (none: no row), capped by the
+/// fallback poll.
+fn until_due(ms: Option<f64>) -> Duration {
+    match ms {
         Some(ms) if ms > 0.0 => Duration::from_millis(ms as u64).min(FALLBACK_POLL),
         Some(_) => Duration::ZERO,
         None => FALLBACK_POLL,
-    })
+    }
 }
 
 /// A command the broker refused and that is still unsent, for support.

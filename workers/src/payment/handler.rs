@@ -143,6 +143,11 @@ impl<P: PaymentProvider> Payment<P> {
         if let Some(refusal) = self.invalid_amount(request.amount_cents) {
             return Ok(Decision::Answer(refusal));
         }
+        // The common case, a first charge with the switch off, in one
+        // statement; anything else is sorted out below as before.
+        if store::write_first_charge_intent(conn, saga_id, request).await? {
+            return Ok(self.charge_call(saga_id, request, true, 0));
+        }
         let existing = store::lock(conn, saga_id).await?;
         let transient_failures = match existing {
             Some((Status::Charging, ref row)) => row.transient_failures,
@@ -163,6 +168,19 @@ impl<P: PaymentProvider> Payment<P> {
                 return charge_answer(saga_id, status, row).map(Decision::Answer);
             }
         }
+        Ok(self.charge_call(saga_id, request, fresh, transient_failures))
+    }
+
+    /// The provider call of a charge whose intent is committed: `fresh`
+    /// when this attempt wrote the intent (so nothing reached the provider
+    /// under its key yet).
+    fn charge_call(
+        &self,
+        saga_id: Uuid,
+        request: &ChargePayment,
+        fresh: bool,
+        transient_failures: i32,
+    ) -> Decision {
         let charge = ChargeRequest {
             key: IdempotencyKey::charge(saga_id),
             saga_id,
@@ -174,7 +192,7 @@ impl<P: PaymentProvider> Payment<P> {
         };
         let provider = self.provider.clone();
         let failpoint = self.config.failpoint;
-        Ok(Decision::Call(ExternalCall::new(async move {
+        Decision::Call(ExternalCall::new(async move {
             // An intent found (not written) may have reached the provider:
             // what the provider says under the key is the truth.
             let answer = if fresh {
@@ -193,7 +211,7 @@ impl<P: PaymentProvider> Payment<P> {
                 std::process::abort();
             }
             Settlement::new(move |conn| Box::pin(settle_charge(conn, charge, answer)))
-        })))
+        }))
     }
 
     /// Refunds what the saga was charged; a no-op when nothing was. A refund
@@ -262,11 +280,9 @@ async fn settle_charge(
     answer: ProviderAnswer,
 ) -> Result<Outcome, sqlx::Error> {
     let saga_id = charge.saga_id;
-    let (status, row) = store::locked(conn, saga_id).await?;
-    if status != Status::Charging {
-        return charge_answer(saga_id, status, row);
-    }
-    match rules::charge_verdict(answer) {
+    // Each write applies only to a payment still `charging`; one that
+    // moved on meanwhile is answered from its row, read after.
+    let settled = match rules::charge_verdict(answer) {
         ChargeVerdict::Charged {
             reference,
             amount_cents,
@@ -279,24 +295,41 @@ async fn settle_charge(
                 payment_method: &charge.payment_method,
                 customer_id: &charge.customer_id,
             };
-            store::record_charged(conn, &approved).await?;
-            Ok(Outcome::Ok(StepResult::Charged(Charged {
-                payment_id: reference,
-                amount_cents,
-            })))
+            store::record_charged(conn, &approved)
+                .await?
+                .then_some(Outcome::Ok(StepResult::Charged(Charged {
+                    payment_id: reference,
+                    amount_cents,
+                })))
         }
         ChargeVerdict::Declined { reason, detail } => {
-            store::record_declined(conn, saga_id, reason, &detail).await?;
-            Ok(Outcome::rejected(reason, detail))
+            store::record_declined(conn, saga_id, reason, &detail)
+                .await?
+                .then(|| Outcome::rejected(reason, detail))
         }
         ChargeVerdict::Open {
             error,
-            provider_failed,
+            provider_failed: true,
+        } => store::count_provider_failure(conn, saga_id)
+            .await?
+            .then_some(Outcome::Transient { error }),
+        ChargeVerdict::Open {
+            error,
+            provider_failed: false,
         } => {
-            if provider_failed {
-                store::count_provider_failure(conn, saga_id).await?;
+            // Nothing to write: whether it is still open is read.
+            let (status, row) = store::locked(conn, saga_id).await?;
+            if status != Status::Charging {
+                return charge_answer(saga_id, status, row);
             }
-            Ok(Outcome::Transient { error })
+            Some(Outcome::Transient { error })
+        }
+    };
+    match settled {
+        Some(outcome) => Ok(outcome),
+        None => {
+            let (status, row) = store::locked(conn, saga_id).await?;
+            charge_answer(saga_id, status, row)
         }
     }
 }

@@ -102,6 +102,31 @@ pub async fn write_charge_intent(
         == 1)
 }
 
+/// Writes the charge intent when the saga has no payment row yet and the
+/// outage switch is off, in one statement: the common first charge. `false`
+/// says neither which of the two stopped it; the caller then looks.
+pub async fn write_first_charge_intent(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    request: &ChargePayment,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
+         SELECT $1, 'charging', $2, $3, $4, $5
+         WHERE NOT coalesce((SELECT outage FROM provider_settings WHERE id), false)
+         ON CONFLICT (saga_id) DO NOTHING",
+    )
+    .bind(saga_id)
+    .bind(request.amount_cents)
+    .bind(&request.currency)
+    .bind(&request.payment_method)
+    .bind(&request.customer_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
 /// Writes a `refunded` row with nothing charged, so that a late charge
 /// does nothing; `false` when a row was there first.
 pub async fn write_refund_tombstone(
@@ -137,15 +162,18 @@ pub struct ApprovedCharge<'a> {
     pub customer_id: &'a str,
 }
 
+/// Records an approved charge on a payment still `charging`; `false` when
+/// it moved on (another attempt settled it, a refund cancelled it) or is
+/// gone. The update takes the row's lock itself: no read before it.
 pub async fn record_charged(
     conn: &mut PgConnection,
     charge: &ApprovedCharge<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
         "UPDATE payments SET status = 'charged', amount_cents = $2, currency = $3,
              payment_method = $4, customer_id = $5, provider_reference = $6,
              updated_at = now()
-         WHERE saga_id = $1",
+         WHERE saga_id = $1 AND status = 'charging'",
     )
     .bind(charge.saga_id)
     .bind(charge.amount_cents)
@@ -154,43 +182,49 @@ pub async fn record_charged(
     .bind(charge.customer_id)
     .bind(charge.reference)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(written == 1)
 }
 
+/// Records a declined charge on a payment still `charging`; `false` as for
+/// [`record_charged`].
 pub async fn record_declined(
     conn: &mut PgConnection,
     saga_id: Uuid,
     reason: &str,
     detail: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
         "UPDATE payments SET status = 'declined', amount_cents = 0, rejection_reason = $2,
              rejection_detail = $3, updated_at = now()
-         WHERE saga_id = $1",
+         WHERE saga_id = $1 AND status = 'charging'",
     )
     .bind(saga_id)
     .bind(reason)
     .bind(detail)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(written == 1)
 }
 
-/// Counts a transient provider failure: what `sim_transient_N` and real
-/// backoff policies need; the intent stays for the next try.
+/// Counts a transient provider failure on a payment still `charging`: what
+/// `sim_transient_N` and real backoff policies need; the intent stays for
+/// the next try. `false` as for [`record_charged`].
 pub async fn count_provider_failure(
     conn: &mut PgConnection,
     saga_id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
         "UPDATE payments SET transient_failures = transient_failures + 1, updated_at = now()
-         WHERE saga_id = $1",
+         WHERE saga_id = $1 AND status = 'charging'",
     )
     .bind(saga_id)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(written == 1)
 }
 
 pub async fn record_refunded(

@@ -15,6 +15,7 @@ pub struct Tax;
 
 impl Handler for Tax {
     const KIND: WorkerKind = WorkerKind::Tax;
+    const READS_ONLY: bool = true;
 
     async fn handle(
         &self,

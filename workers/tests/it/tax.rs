@@ -1,10 +1,12 @@
 //! Tax per line, rounded half up, with the country default as fallback.
 
 use saga_shared::messages::{
-    reason, CalculateTax, Command, LineTax, PricedLine, ShipTo, StepResult, TaxCalculated,
+    reason, CalculateTax, Command, LineTax, Outcome, PricedLine, ShipTo, StepResult, TaxCalculated,
 };
 use saga_shared::testing::TestDatabase;
+use saga_shared::Envelope;
 use uuid::Uuid;
+use workers::runtime::{handle_batch, handle_command, Batched};
 use workers::tax::{rates, Tax, MIGRATOR};
 use workers::WorkerError;
 
@@ -242,4 +244,68 @@ async fn rate_import_upserts_and_refuses_bad_rows() {
         .await
         .unwrap();
     assert_eq!(books, 0, "nothing imported");
+}
+
+/// The tax of a recorded reply body.
+fn recorded_tax(reply: &serde_json::Value) -> i64 {
+    let body = serde_json::to_vec(reply).expect("JSON serializes");
+    let reply = Envelope::<Outcome>::decode(&body).expect("a recorded reply is an envelope");
+    taxed(ok(reply.payload)).tax_cents
+}
+
+// The claim and the reply are one statement, outside any transaction: a
+// redelivery, alone or twice in one batch, is still answered the way the
+// first delivery was, even once the rates changed in between.
+#[tokio::test]
+async fn a_redelivered_tax_command_is_answered_with_the_first_reply() {
+    let db = with_rates().await;
+    let command = Envelope::command(
+        Uuid::new_v4(),
+        1,
+        calculate("US", "CA", vec![line("A", 1, 1000, "general")]),
+    );
+    let first = handle_command(&Tax, &db.pool, &command).await.unwrap();
+    assert_eq!(recorded_tax(&first), 73);
+
+    rates::import(
+        &db.pool,
+        "raise.csv",
+        "country,region,category,rate_bp\nUS,CA,general,900\n".as_bytes(),
+    )
+    .await
+    .unwrap();
+    let again = handle_command(&Tax, &db.pool, &command).await.unwrap();
+    assert_eq!(again, first, "a redelivery gets the recorded reply");
+
+    let fresh = Envelope::command(
+        Uuid::new_v4(),
+        1,
+        calculate("US", "CA", vec![line("A", 1, 1000, "general")]),
+    );
+    let batch = handle_batch(&Tax, &db.pool, &[&command, &fresh, &fresh])
+        .await
+        .unwrap();
+    let replies: Vec<serde_json::Value> = batch
+        .into_iter()
+        .map(|done| match done {
+            Batched::Reply(reply) => reply,
+            _ => panic!("every command of the batch is answered"),
+        })
+        .collect();
+    assert_eq!(replies[0], first, "the redelivery in a batch too");
+    assert_eq!(
+        recorded_tax(&replies[1]),
+        90,
+        "a new command sees the new rate"
+    );
+    assert_eq!(
+        replies[2], replies[1],
+        "a duplicate in one batch, one answer"
+    );
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE reply IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "one inbox row per message, each with its reply");
 }
