@@ -452,15 +452,23 @@ async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allo
     .await;
     // As if refused for an hour, with the relay's next try an hour away:
     // the deadline timer must not push the saga's deadline back again.
-    sqlx::query(
-        "UPDATE outbox SET first_failed_at = now() - interval '1 hour',
-                           not_before = now() + interval '1 hour'
-         WHERE saga_id = $1",
-    )
-    .bind(uuid)
-    .execute(pool)
-    .await
-    .unwrap();
+    // The relay claims a row by deleting it until the broker has answered
+    // and then puts a refused one back: an edit that lands meanwhile finds
+    // no row and is tried again.
+    testing::eventually("the outbox row edited", PATIENCE, || async {
+        let edited = sqlx::query(
+            "UPDATE outbox SET first_failed_at = now() - interval '1 hour',
+                               not_before = now() + interval '1 hour'
+             WHERE saga_id = $1",
+        )
+        .bind(uuid)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected();
+        (edited == 1).then_some(())
+    })
+    .await;
     system
         .wait_status(std::slice::from_ref(&id), "suspended", PATIENCE)
         .await;
