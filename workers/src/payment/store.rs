@@ -86,20 +86,15 @@ pub async fn write_charge_intent(
     saga_id: Uuid,
     request: &ChargePayment,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    insert_charge_intent(
+        conn,
         "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
          VALUES ($1, 'charging', $2, $3, $4, $5)
          ON CONFLICT (saga_id) DO NOTHING",
+        saga_id,
+        request,
     )
-    .bind(saga_id)
-    .bind(request.amount_cents)
-    .bind(&request.currency)
-    .bind(&request.payment_method)
-    .bind(&request.customer_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1)
+    .await
 }
 
 /// Writes the charge intent when the saga has no payment row yet and the
@@ -110,21 +105,36 @@ pub async fn write_first_charge_intent(
     saga_id: Uuid,
     request: &ChargePayment,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    insert_charge_intent(
+        conn,
         "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
          SELECT $1, 'charging', $2, $3, $4, $5
          WHERE NOT coalesce((SELECT outage FROM provider_settings WHERE id), false)
          ON CONFLICT (saga_id) DO NOTHING",
+        saga_id,
+        request,
     )
-    .bind(saga_id)
-    .bind(request.amount_cents)
-    .bind(&request.currency)
-    .bind(&request.payment_method)
-    .bind(&request.customer_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1)
+    .await
+}
+
+/// Runs `insert`, which takes the saga id and the charge's amount,
+/// currency, method and customer as $1 to $5; true when it wrote the row.
+async fn insert_charge_intent(
+    conn: &mut PgConnection,
+    insert: &'static str,
+    saga_id: Uuid,
+    request: &ChargePayment,
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(insert)
+        .bind(saga_id)
+        .bind(request.amount_cents)
+        .bind(&request.currency)
+        .bind(&request.payment_method)
+        .bind(&request.customer_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(written == 1)
 }
 
 /// Writes a `refunded` row with nothing charged, so that a late charge
