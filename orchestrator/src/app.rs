@@ -87,7 +87,8 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     if config.admin_tokens.is_empty() {
         tracing::warn!("ADMIN_TOKENS is not set: the support API and console refuse everyone");
     }
-    let store = Store::new(pool.clone(), config.policies);
+    let (lane, handed) = crate::handoff::lane();
+    let store = Store::new(pool.clone(), config.policies).handing_to(lane);
     let relay = Arc::new(Notify::new());
     let waiters = Waiters::new(config.http.max_waiters);
     let gauges = DatabaseGauges::default();
@@ -118,15 +119,15 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         store.clone(),
         broker.clone(),
         relay.clone(),
+        handed,
         stop.clone(),
     ));
     {
-        let (store, broker, relay, stop) =
-            (store.clone(), broker.clone(), relay.clone(), stop.clone());
+        let (store, broker, stop) = (store.clone(), broker.clone(), stop.clone());
         let prefetch = service.prefetch;
         tasks.spawn(async move {
             if let Err(error) =
-                run_reply_consumer_until_stopped(store, broker, relay, prefetch, stop.clone()).await
+                run_reply_consumer_until_stopped(store, broker, prefetch, stop.clone()).await
             {
                 // Without replies no saga can advance: stop the instance
                 // rather than serve requests that will never finish.

@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod dead_letters;
 pub mod deadlines;
+pub mod handoff;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -20,9 +20,12 @@ use saga_shared::{traceparent, Envelope, Step};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::handoff::{HandOff, Handed, LaneReceiver, LEASE};
 use crate::saga::{Event, RetryPolicy};
 use crate::store::{Store, StoreError};
 
@@ -34,6 +37,11 @@ const FALLBACK_POLL: Duration = Duration::from_secs(2);
 /// quorum lost) may never confirm; its messages count as refused rather
 /// than holding every other command back.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
+/// A handed command whose lease ends within this is left to the claiming
+/// path: the lease must outlast its publish and confirm.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
+/// Handed batches published at once (each awaiting its confirms).
+const HANDED_AT_ONCE: usize = 4;
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
@@ -81,24 +89,57 @@ pub async fn run_relay_until_stopped(
     store: Store,
     broker: Arc<Broker>,
     wake: Arc<Notify>,
+    mut lane: LaneReceiver,
     stop: CancellationToken,
 ) {
     let fresh = Backoff::holding;
     let mut backoff = fresh();
+    // When the outbox is to be claimed next; at start, at once: rows an
+    // earlier run left.
+    let mut next_claim = Instant::now();
+    let mut handed = Vec::new();
+    // Handed batches in flight: the next is published while the last
+    // awaits its confirms and its delete, so a command handed meanwhile
+    // does not wait for them.
+    let mut publishing: JoinSet<Option<Instant>> = JoinSet::new();
     loop {
         if broker.blocked().is_some() {
             // A publish now would wait for the alarm to clear inside the
             // batch's transaction, holding its rows locked and a pooled
             // connection for as long as the alarm lasts: hold the outbox
-            // until it clears instead.
+            // until it clears instead. Handed rows wait in the lane (or
+            // out their lease, for any relay).
             tokio::select! {
                 _ = broker.unblocked() => {}
                 _ = stop.cancelled() => break,
             }
             continue;
         }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some(done) = publishing.join_next(), if !publishing.is_empty() => {
+                if let Ok(Some(claim_at)) = done {
+                    next_claim = next_claim.min(claim_at);
+                }
+                continue;
+            }
+            _ = lane.recv_many(&mut handed, BATCH as usize), if publishing.len() < HANDED_AT_ONCE => {
+                let handoffs = std::mem::take(&mut handed);
+                for handoff in &handoffs {
+                    if let Some(due) = handoff.due_in {
+                        next_claim = next_claim.min(handoff.committed_at + due);
+                    }
+                }
+                let (store, broker) = (store.clone(), broker.clone());
+                publishing.spawn(async move { relay_handed(&store, &broker, handoffs).await });
+                continue;
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(next_claim) => {}
+        }
         let sleep_for = match relay_batch(&store, &broker).await {
-            Ok(Relayed { rows, .. }) if rows as i64 == BATCH => continue,
+            Ok(Relayed { rows, .. }) if rows as i64 == BATCH => Duration::ZERO,
             Ok(Relayed {
                 next_due: Some(next_due),
                 ..
@@ -116,13 +157,142 @@ pub async fn run_relay_until_stopped(
                 wait
             }
         };
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(sleep_for) => {}
-            _ = stop.cancelled() => break,
+        next_claim = Instant::now() + sleep_for;
+    }
+    // Batches being published finish (their confirms are bounded); rows
+    // handed but not published are made due at once, for another instance.
+    while publishing.join_next().await.is_some() {}
+    lane.close();
+    let mut left = Vec::new();
+    while let Ok(handoff) = lane.try_recv() {
+        left.extend(handoff.commands);
+    }
+    if !left.is_empty() {
+        if let Err(error) = release(store.pool(), &left).await {
+            tracing::warn!(%error, commands = left.len(), "cannot release handed commands; they wait out their lease");
         }
     }
     tracing::info!("outbox relay stopped");
+}
+
+/// Publishes commands handed over by the transitions that committed them,
+/// from memory, then deletes their rows; the rows of commands not
+/// confirmed are released to the claiming path (due at once), which backs
+/// off, parks or waits out an outage as for any row. Returns when the
+/// outbox is to be claimed next because of these rows, if it must be.
+#[tracing::instrument(level = "debug", skip_all, fields(published, released))]
+async fn relay_handed(store: &Store, broker: &Broker, handoffs: Vec<HandOff>) -> Option<Instant> {
+    let now = Instant::now();
+    let mut claim_at = None;
+    let mut commands = Vec::new();
+    for handoff in handoffs {
+        // Close to its lease's end a row may be claimed by any relay at
+        // any moment: leave it to them rather than publish it twice.
+        if handoff.committed_at + LEASE - LEASE_MARGIN <= now {
+            let lease_end = handoff.committed_at + LEASE;
+            claim_at = Some(claim_at.map_or(lease_end, |at: Instant| at.min(lease_end)));
+            continue;
+        }
+        commands.extend(handoff.commands);
+    }
+    if commands.is_empty() {
+        return claim_at;
+    }
+    let exchange = broker.topology().command_exchange();
+    let spans: Vec<tracing::Span> = commands.iter().map(handed_span).collect();
+    let messages: Vec<Outgoing> = commands
+        .iter()
+        .zip(&spans)
+        .map(|(command, span)| Outgoing {
+            exchange: exchange.clone(),
+            routing_key: command.routing_key.clone(),
+            body: command.body.clone().into_bytes(),
+            message_id: command.message_id,
+            saga_id: command.saga_id,
+            message_type: command.message_type.clone(),
+            traceparent: traceparent::of(span).unwrap_or_else(|| command.traceparent.clone()),
+        })
+        .collect();
+    let publishing = std::time::Instant::now();
+    let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
+    metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
+    let (mut sent, mut unsent) = (Vec::new(), Vec::new());
+    for ((command, result), span) in commands.into_iter().zip(results).zip(spans) {
+        match result {
+            Ok(()) => {
+                span.record("outcome", "confirmed");
+                sent.push(command);
+            }
+            Err(error) => {
+                span.record("outcome", "released");
+                span.record("error", tracing::field::display(&error));
+                unsent.push(command);
+            }
+        }
+    }
+    let span = tracing::Span::current();
+    span.record("published", sent.len());
+    span.record("released", unsent.len());
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(sent.len() as u64);
+    if !sent.is_empty() {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox o USING unnest($1::uuid[], $2::uuid[]) AS d(saga_id, message_id)
+             WHERE o.saga_id = d.saga_id AND o.message_id = d.message_id",
+        )
+        .bind(sent.iter().map(|c| c.saga_id).collect::<Vec<_>>())
+        .bind(sent.iter().map(|c| c.message_id).collect::<Vec<_>>())
+        .execute(store.pool())
+        .await;
+        if let Err(error) = deleted {
+            // Published all the same: once their lease ends a relay sends
+            // them again, and the workers' inboxes answer the duplicates.
+            tracing::warn!(%error, commands = sent.len(), "cannot delete published commands");
+        }
+    }
+    if unsent.is_empty() {
+        return claim_at;
+    }
+    tracing::warn!(
+        commands = unsent.len(),
+        "handed commands not confirmed; the outbox relay takes them over"
+    );
+    match release(store.pool(), &unsent).await {
+        Ok(()) => Some(Instant::now()),
+        Err(error) => {
+            tracing::warn!(%error, commands = unsent.len(), "cannot release handed commands; they wait out their lease");
+            claim_at
+        }
+    }
+}
+
+/// Makes handed rows due at once, for whichever relay claims first.
+async fn release(pool: &PgPool, commands: &[Handed]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox o SET not_before = now()
+         FROM unnest($1::uuid[], $2::uuid[]) AS d(saga_id, message_id)
+         WHERE o.saga_id = d.saga_id AND o.message_id = d.message_id",
+    )
+    .bind(commands.iter().map(|c| c.saga_id).collect::<Vec<_>>())
+    .bind(commands.iter().map(|c| c.message_id).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A handed command's publish span: a child of the transition that wrote
+/// it, as for a claimed row.
+fn handed_span(command: &Handed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        saga_id = %command.saga_id,
+        routing_key = %command.routing_key,
+        attempt = command.attempt,
+        publish_attempts = 0,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    traceparent::continue_from(&span, Some(&command.traceparent));
+    span
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +354,10 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<Relayed, RelayErr
                 -- Late: it waited in the outbox well past its due time (the
                 -- broker was away, or refused it), so the deadline set with
                 -- it is too soon.
+                -- A row handed to the instance that wrote it is claimed
+                -- here only after its lease, so late by then.
                 CASE WHEN publish_attempts > 0 OR not_before < now() - interval '1 second'
+                          OR created_at < now() - interval '1 second'
                      THEN deadline_ms END AS deadline_ms,
                 (SELECT (EXTRACT(EPOCH FROM (min(o.not_before) - now())) * 1000)::float8
                  FROM outbox o WHERE o.id NOT IN (SELECT id FROM claimed)) AS next_due_ms

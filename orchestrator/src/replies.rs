@@ -1,6 +1,7 @@
 //! The reply consumer: every orchestrator instance consumes the reply
 //! queue; each reply advances its saga (one conditional write of state,
-//! timeline and commands), then is acked.
+//! timeline and commands, which the store hands to the relay once
+//! committed), then is acked.
 //!
 //! Replies that are ready together are applied together: one transaction,
 //! one commit, then each is acked. Nothing waits to fill a batch, so a
@@ -19,7 +20,6 @@ use saga_shared::consumer::{
 use saga_shared::failure::{printable, Classify};
 use saga_shared::messages::Outcome;
 use saga_shared::{traceparent, Envelope};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -35,7 +35,6 @@ const BATCHES_AT_ONCE: usize = 2;
 pub async fn run_reply_consumer_until_stopped(
     store: Store,
     broker: Arc<Broker>,
-    relay: Arc<Notify>,
     prefetch: u16,
     stop: CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -46,9 +45,8 @@ pub async fn run_reply_consumer_until_stopped(
         at_once: Some(BATCHES_AT_ONCE),
     };
     let handle = |batch: Vec<Delivery>| {
-        let (store, broker, relay, stop) =
-            (store.clone(), broker.clone(), relay.clone(), stop.clone());
-        async move { apply_batch(&store, &broker, &relay, batch, &stop).await }
+        let (store, broker, stop) = (store.clone(), broker.clone(), stop.clone());
+        async move { apply_batch(&store, &broker, batch, &stop).await }
     };
     run_batches_until_stopped(&broker, &queue, &tag, prefetch, batching, &stop, handle).await
 }
@@ -63,7 +61,6 @@ struct Ready {
 async fn apply_batch(
     store: &Store,
     broker: &Broker,
-    relay: &Notify,
     batch: Vec<Delivery>,
     stop: &CancellationToken,
 ) {
@@ -97,7 +94,6 @@ async fn apply_batch(
             Ok(results) => {
                 drop(replies);
                 metrics::counter!(crate::metrics::REPLY_COMMITS).increment(1);
-                relay.notify_one();
                 for (r, result) in ready.into_iter().zip(results) {
                     settle_applied(broker, &r.delivery, &r.reply, result)
                         .instrument(r.span)
@@ -111,7 +107,7 @@ async fn apply_batch(
         }
     }
     for r in ready {
-        apply_alone(store, broker, relay, &r.delivery, &r.reply, stop)
+        apply_alone(store, broker, &r.delivery, &r.reply, stop)
             .instrument(r.span)
             .await;
     }
@@ -164,7 +160,6 @@ fn count(reply: &Envelope<Outcome>) {
 async fn apply_alone(
     store: &Store,
     broker: &Broker,
-    relay: &Notify,
     delivery: &Delivery,
     reply: &Envelope<Outcome>,
     stop: &CancellationToken,
@@ -177,6 +172,5 @@ async fn apply_alone(
         Settled::Permanent(reason) => return dead_letter(broker, delivery, &reason).await,
         Settled::Stopped => return,
     }
-    relay.notify_one();
     let _ = delivery.ack(BasicAckOptions::default()).await;
 }

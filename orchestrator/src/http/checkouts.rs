@@ -98,10 +98,8 @@ pub async fn create(
         serde_json::to_vec(&request).expect("request serializes"),
     ));
     let (status, record) = match state.store.create(request, key.as_deref(), &hash).await? {
-        Created::New(record) => {
-            state.relay.notify_one();
-            (StatusCode::ACCEPTED, record)
-        }
+        // The store handed its first command to the relay.
+        Created::New(record) => (StatusCode::ACCEPTED, record),
         Created::Existing(record) => (StatusCode::OK, record),
         Created::KeyReused => return Err(ApiError::IdempotencyKeyReused),
     };

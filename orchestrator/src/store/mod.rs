@@ -3,9 +3,11 @@
 
 mod final_notice;
 mod reply_batch;
+mod saga_cache;
 mod support;
 mod transition;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,9 +18,11 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::handoff::{HandOff, Lane};
 use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
 pub use final_notice::FinalNotice;
 pub use reply_batch::BatchedReply;
+use saga_cache::SagaCache;
 pub use support::{
     BulkSelection, FailureGroup, SagaFilter, SagaPage, SagaSummary, TimelineEntry, MAX_BULK,
     MAX_PAGE,
@@ -82,6 +86,11 @@ pub enum Created {
 pub struct Store {
     pool: PgPool,
     policies: StepPolicies,
+    /// This instance's relay, which publishes the commands of the
+    /// transitions written here as soon as they commit. Without one, rows
+    /// are written due at once and wait for a relay to claim them.
+    lane: Option<Lane>,
+    cache: Arc<SagaCache>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -115,7 +124,32 @@ fn parse(id: Uuid, state: serde_json::Value) -> Result<Saga, StoreError> {
 
 impl Store {
     pub fn new(pool: PgPool, policies: StepPolicies) -> Self {
-        Store { pool, policies }
+        Store {
+            pool,
+            policies,
+            lane: None,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Hands the commands of every transition this store writes on the
+    /// hot path (a checkout's start, a reply) to the relay behind `lane`.
+    pub fn handing_to(mut self, lane: Lane) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
+    fn leasing(&self) -> bool {
+        self.lane.is_some()
+    }
+
+    /// After the commit of what `handoff` came from.
+    fn hand_off(&self, handoff: HandOff) {
+        if let Some(lane) = &self.lane {
+            if !lane.hand(handoff) {
+                tracing::debug!("relay stopped; the commands wait out their lease");
+            }
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -143,16 +177,20 @@ impl Store {
         let id = Uuid::now_v7();
         tracing::Span::current().record("saga_id", tracing::field::display(id));
         let transition = saga::start(id, request, self.context());
+        let started = transition.saga.clone();
         // With a key, a concurrent twin blocks on the unique index until we
         // commit, then finds our row: one key, one checkout.
-        let row = TransitionRows::new(&transition)
-            .bind(sqlx::query_as::<_, Row>(transition::INSERT))
+        let (query, handoff) = TransitionRows::new(&transition, self.leasing())
+            .bind(sqlx::query_as::<_, Row>(transition::INSERT));
+        let row = query
             .bind(idempotency_key)
             .bind(request_hash)
             .bind(traceparent::of(&tracing::Span::current()))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
+            self.hand_off(handoff);
+            self.cache.put(0, started);
             metrics::counter!(crate::metrics::SAGAS_STARTED).increment(1);
             return Ok(Created::New(row.into_record()?));
         }
@@ -227,32 +265,48 @@ impl Store {
         cause: Cause,
         decide: impl Fn(&Saga, Context) -> Result<Transition, StoreError>,
     ) -> Result<(), StoreError> {
+        // A reply starts from the saga as this instance last wrote it, if
+        // it did; a transition no message caused needs the row's trace.
+        let mut cached = match cause {
+            Cause::Message => self.cache.take(id),
+            Cause::Saga => None,
+        };
         // One connection for the read and the write: under load a pool's
         // waits, not round trips, are what a transition costs.
         let mut conn = self.pool.acquire().await?;
         loop {
-            let current: Option<(i64, serde_json::Value, Option<String>)> =
-                sqlx::query_as("SELECT version, state, traceparent FROM sagas WHERE id = $1")
+            let (version, saga, trace) = match cached.take() {
+                Some(hit) => (hit.version, hit.saga, None),
+                None => {
+                    let current: Option<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
+                        "SELECT version, state, traceparent FROM sagas WHERE id = $1",
+                    )
                     .bind(id)
                     .fetch_optional(&mut *conn)
                     .await?;
-            let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
-            let saga = parse(id, state)?;
+                    let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
+                    (version, parse(id, state)?, trace)
+                }
+            };
             let transition = decide(&saga, self.context())?;
             let trace = match cause {
                 Cause::Message => None,
                 Cause::Saga => trace,
             };
-            if write(
+            let next = transition.saga.clone();
+            if let Some(handoff) = write(
                 &mut conn,
                 &self.policies,
                 &saga,
                 version,
                 transition,
                 trace.as_deref(),
+                self.leasing(),
             )
             .await?
             {
+                self.hand_off(handoff);
+                self.cache.put(version + 1, next);
                 return Ok(());
             }
             tracing::debug!("saga advanced concurrently; re-reading");
@@ -335,8 +389,10 @@ impl Store {
                         version,
                         transition,
                         due.traceparent.as_deref(),
+                        false,
                     )
                     .await?
+                    .is_some()
                     {
                         metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => step.routing_key())
                             .increment(1);
@@ -391,6 +447,7 @@ impl Store {
                 version,
                 transition,
                 due.traceparent.as_deref(),
+                false,
             )
             .await?;
         }
@@ -430,8 +487,10 @@ impl Store {
             version,
             transition,
             trace.as_deref(),
+            false,
         )
-        .await?)
+        .await?
+        .is_some())
     }
 
     pub fn policies(&self) -> &StepPolicies {
@@ -494,8 +553,9 @@ enum Cause {
     Saga,
 }
 
-/// Writes `transition` if the saga is still at `version`; false when
-/// another writer got there first. Its span is a child of the current one,
+/// Writes `transition` if the saga is still at `version` (`lease`: its
+/// commands leased, see [`crate::handoff`]); `None` when another writer got
+/// there first, else what to hand the relay once committed. Its span is a child of the current one,
 /// or, given the saga's `trace` (a transition no message caused), of the
 /// span that created the saga, linked to the current one (the support
 /// request that acted, say).
@@ -506,22 +566,23 @@ async fn write(
     version: i64,
     transition: Transition,
     trace: Option<&str>,
-) -> Result<bool, sqlx::Error> {
+    lease: bool,
+) -> Result<Option<HandOff>, sqlx::Error> {
     let span = transition_span(before, &transition);
     if trace.is_some() {
         traceparent::continue_from(&span, trace);
         traceparent::link(&span, &tracing::Span::current());
     }
-    let written = write_in(conn, before, version, &transition)
+    let written = write_in(conn, before, version, &transition, lease)
         .instrument(span)
         .await?;
     // Counted when written, not when committed: inside the deadline
     // timer's transaction a failed commit overcounts, which a counter of
     // events may.
-    if let Some(clocks) = written {
+    Ok(written.map(|(clocks, handoff)| {
         crate::metrics::record(before, &transition, clocks, policies);
-    }
-    Ok(written.is_some())
+        handoff
+    }))
 }
 
 fn transition_span(before: &Saga, transition: &Transition) -> tracing::Span {
@@ -536,21 +597,24 @@ fn transition_span(before: &Saga, transition: &Transition) -> tracing::Span {
     )
 }
 
-/// The conditional write itself: the clocks for the metrics when written,
-/// `None` when the saga is no longer at `version`. Recording the metrics is
+/// The conditional write itself: the clocks for the metrics and what to
+/// hand the relay once committed, when written; `None` when the saga is no
+/// longer at `version`. Recording the metrics is
 /// the caller's: a batch records them only once it has committed.
 async fn write_in(
     conn: &mut PgConnection,
     before: &Saga,
     version: i64,
     transition: &Transition,
-) -> Result<Option<crate::metrics::Clocks>, sqlx::Error> {
+    lease: bool,
+) -> Result<Option<(crate::metrics::Clocks, HandOff)>, sqlx::Error> {
     let finished = transition.saga.status.is_final() && !before.status.is_final();
     let answer = finished
         .then(|| final_notice::view_without_timestamps(&transition.saga))
         .flatten();
-    let written = TransitionRows::new(transition)
-        .bind(sqlx::query_as::<_, (f64, Option<f64>)>(transition::UPDATE))
+    let (query, handoff) = TransitionRows::new(transition, lease)
+        .bind(sqlx::query_as::<_, (f64, Option<f64>)>(transition::UPDATE));
+    let written = query
         .bind(version)
         .bind(finished)
         .bind(FINAL_CHANNEL)
@@ -558,10 +622,11 @@ async fn write_in(
         .fetch_optional(conn)
         .await?;
     tracing::Span::current().record("written", written.is_some());
-    Ok(
-        written.map(|(since_created, deadline_in_ms)| crate::metrics::Clocks {
+    Ok(written.map(|(since_created, deadline_in_ms)| {
+        let clocks = crate::metrics::Clocks {
             since_created,
             deadline_in_ms,
-        }),
-    )
+        };
+        (clocks, handoff)
+    }))
 }

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{parse, transition_span, write_in, Store, StoreError};
+use crate::handoff::HandOff;
 use crate::saga::{self, Event, Saga, Transition};
 
 /// A reply in a batch, with the span its handling hangs under.
@@ -43,18 +44,38 @@ impl Store {
         // not round trips, are what a reply costs. The read locks nothing;
         // a saga advanced meanwhile fails its conditional write and is read
         // again.
+        // Sagas this instance wrote last need no read (see `SagaCache`).
+        let mut sagas: HashMap<Uuid, Current> = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.cache.take(id) {
+                Some(hit) => {
+                    sagas.insert(
+                        id,
+                        Current {
+                            version: hit.version,
+                            state: Ok(hit.saga),
+                        },
+                    );
+                }
+                None => missing.push(id),
+            }
+        }
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, i64, serde_json::Value)> =
-            sqlx::query_as("SELECT id, version, state FROM sagas WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut sagas: HashMap<Uuid, Current> = rows
-            .into_iter()
-            .map(|(id, version, state)| (id, Current::read(id, version, state)))
-            .collect();
+        if !missing.is_empty() {
+            let rows: Vec<(Uuid, i64, serde_json::Value)> =
+                sqlx::query_as("SELECT id, version, state FROM sagas WHERE id = ANY($1)")
+                    .bind(&missing)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            sagas.extend(
+                rows.into_iter()
+                    .map(|(id, version, state)| (id, Current::read(id, version, state))),
+            );
+        }
         let mut results = Vec::with_capacity(replies.len());
         let mut written: Vec<(Saga, Transition, crate::metrics::Clocks)> = Vec::new();
+        let mut handoff = HandOff::empty();
         for BatchedReply { reply, span } in replies {
             let apply_span = tracing::info_span!(
                 parent: span,
@@ -77,10 +98,17 @@ impl Store {
                         outcome: reply.payload.clone(),
                     };
                     let transition = saga::handle(&before, event, self.context());
-                    let clocks = write_in(&mut tx, &before, current.version, &transition)
-                        .instrument(transition_span(&before, &transition))
-                        .await?;
-                    if let Some(clocks) = clocks {
+                    let done = write_in(
+                        &mut tx,
+                        &before,
+                        current.version,
+                        &transition,
+                        self.leasing(),
+                    )
+                    .instrument(transition_span(&before, &transition))
+                    .await?;
+                    if let Some((clocks, handed)) = done {
+                        handoff.merge(handed);
                         sagas.insert(
                             reply.saga_id,
                             Current {
@@ -113,6 +141,12 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.hand_off(handoff);
+        for current in sagas.into_values() {
+            if let Ok(saga) = current.state {
+                self.cache.put(current.version, saga);
+            }
+        }
         for (before, transition, clocks) in &written {
             crate::metrics::record(before, transition, *clocks, &self.policies);
         }

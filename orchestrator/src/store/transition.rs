@@ -4,6 +4,7 @@
 use saga_shared::{traceparent, Envelope};
 use uuid::Uuid;
 
+use crate::handoff::{HandOff, Handed, LEASE};
 use crate::saga::{Deadline, Effect, Saga, Transition};
 
 /// The timeline and outbox inserts of a transition, as CTEs after a `saga`
@@ -92,10 +93,13 @@ pub struct TransitionRows {
     o_delay_ms: Vec<i64>,
     o_deadline_ms: Vec<i64>,
     o_attempt: Vec<i32>,
+    handoff: HandOff,
 }
 
 impl TransitionRows {
-    pub fn new(t: &Transition) -> Self {
+    /// `lease`: a command due now is written leased and handed to this
+    /// instance's relay once committed ([`crate::handoff`]).
+    pub fn new(t: &Transition, lease: bool) -> Self {
         let (deadline_ms, keep_deadline) = match t.deadline() {
             Deadline::In(after) => (Some(after.as_millis() as i64), false),
             Deadline::Unchanged => (None, true),
@@ -119,6 +123,7 @@ impl TransitionRows {
             o_delay_ms: vec![],
             o_deadline_ms: vec![],
             o_attempt: vec![],
+            handoff: HandOff::empty(),
         };
         for entry in &t.history {
             rows.h_step
@@ -137,14 +142,33 @@ impl TransitionRows {
         } in &t.effects
         {
             let envelope = Envelope::command(t.saga.id, *attempt, command.clone());
+            let body = String::from_utf8(envelope.encode()).expect("JSON is UTF-8");
+            // The writing span's context: the relay, publishing later in
+            // another task, makes its publish span a child of it.
+            let trace = traceparent::for_message(t.saga.id);
+            let delay = if lease && delay.is_zero() {
+                rows.handoff.commands.push(Handed {
+                    message_id: envelope.message_id,
+                    saga_id: t.saga.id,
+                    routing_key: envelope.step.routing_key().to_owned(),
+                    message_type: envelope.message_type.clone(),
+                    body: body.clone(),
+                    traceparent: trace.clone(),
+                    attempt: *attempt,
+                });
+                LEASE
+            } else {
+                if lease {
+                    let due = rows.handoff.due_in.map_or(*delay, |due| due.min(*delay));
+                    rows.handoff.due_in = Some(due);
+                }
+                *delay
+            };
             rows.o_id.push(envelope.message_id);
             rows.o_key.push(envelope.step.routing_key().to_owned());
             rows.o_type.push(envelope.message_type.clone());
-            rows.o_body
-                .push(String::from_utf8(envelope.encode()).expect("JSON is UTF-8"));
-            // The writing span's context: the relay, publishing later in
-            // another task, makes its publish span a child of it.
-            rows.o_trace.push(traceparent::for_message(t.saga.id));
+            rows.o_body.push(body);
+            rows.o_trace.push(trace);
             rows.o_delay_ms.push(delay.as_millis() as i64);
             rows.o_deadline_ms.push(deadline.as_millis() as i64);
             rows.o_attempt.push(*attempt as i32);
@@ -152,10 +176,12 @@ impl TransitionRows {
         rows
     }
 
-    /// Binds $1..$22; the caller binds the statement's own parameters after.
-    pub fn bind<'q, O>(self, query: Query<'q, O>) -> Query<'q, O> {
+    /// Binds $1..$22; the caller binds the statement's own parameters
+    /// after, and hands the returned [`HandOff`] to the relay once the
+    /// write has committed.
+    pub fn bind<'q, O>(self, query: Query<'q, O>) -> (Query<'q, O>, HandOff) {
         let saga = &self.saga;
-        query
+        let query = query
             .bind(saga.id)
             .bind(saga.status.as_str())
             .bind(saga.current.map(|s| s.routing_key()))
@@ -177,6 +203,7 @@ impl TransitionRows {
             .bind(self.o_trace)
             .bind(self.o_delay_ms)
             .bind(self.o_deadline_ms)
-            .bind(self.o_attempt)
+            .bind(self.o_attempt);
+        (query, self.handoff)
     }
 }

@@ -14,6 +14,7 @@ mod crashes;
 mod dashboard;
 mod failover;
 mod failures;
+mod handoff;
 mod http_bounds;
 mod idempotency;
 mod latency;

@@ -1,0 +1,125 @@
+//! A transition's commands go from the instance that committed them
+//! straight to its relay; the outbox row is leased meanwhile. A lease
+//! outlives the instance holding it: another relay sends the command once
+//! it ends. A reply is decided on the saga as this instance last wrote it,
+//! but never on a copy another instance has moved past.
+
+use std::time::Duration;
+
+use orchestrator::handoff;
+use orchestrator::http::validation::parse_checkout;
+use orchestrator::saga::{ClientStatus, StepPolicies};
+use orchestrator::store::{Created, Store};
+use saga_shared::messages::{Command, Outcome, ReserveStock};
+use saga_shared::testing::TestDatabase;
+use saga_shared::Envelope;
+use uuid::Uuid;
+
+use crate::system::{order, System};
+
+async fn create(store: &Store) -> Uuid {
+    let body = serde_json::to_vec(&order(&[("BOOK", 1)], "sim_approve")).unwrap();
+    let request = parse_checkout(&body).unwrap();
+    match store.create(request, None, "hash").await.unwrap() {
+        Created::New(record) => record.saga.id,
+        _ => panic!("a checkout without a key is always new"),
+    }
+}
+
+fn reserve_reply(saga_id: Uuid, attempt: u32, outcome: Outcome) -> Envelope<Outcome> {
+    Envelope::command(
+        saga_id,
+        attempt,
+        Command::Reserve(ReserveStock { lines: vec![] }),
+    )
+    .reply(outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_saga_another_instance_advanced_is_decided_on_the_row() {
+    let db = TestDatabase::create("orchestrator").await;
+    orchestrator::app::MIGRATOR.run(&db.pool).await.unwrap();
+    let (one, two) = (
+        Store::new(db.pool.clone(), StepPolicies::default()),
+        Store::new(db.pool.clone(), StepPolicies::default()),
+    );
+    // `one` wrote the saga last, so it remembers it awaiting attempt 1.
+    let id = create(&one).await;
+    // `two` applies attempt 1's transient failure: attempt 2 is awaited.
+    let transient = Outcome::Transient {
+        error: "lock timeout".into(),
+    };
+    two.apply_reply(&reserve_reply(id, 1, transient))
+        .await
+        .unwrap();
+    // To the copy `one` holds, attempt 2 is no attempt it awaits; the row
+    // says it is.
+    let refused = Outcome::Rejected {
+        reason: "out_of_stock".into(),
+        detail: "none left".into(),
+    };
+    one.apply_reply(&reserve_reply(id, 2, refused))
+        .await
+        .unwrap();
+
+    let saga = one.get(id).await.unwrap().unwrap().saga;
+    assert_eq!(
+        saga.status.client_status(),
+        ClientStatus::Rejected,
+        "{saga:?}"
+    );
+    assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
+    let events: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT attempt, event FROM saga_events WHERE saga_id = $1 AND step = 'inventory.reserve'
+         ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let replied: Vec<(i32, &str)> = events
+        .iter()
+        .filter(|(_, event)| {
+            event == "transient" || event.starts_with("late_") || event == "rejected"
+        })
+        .map(|(attempt, event)| (*attempt, event.as_str()))
+        .collect();
+    assert_eq!(replied, [(1, "transient"), (2, "rejected")], "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_handed_to_a_relay_that_is_gone_is_sent_when_its_lease_ends() {
+    let mut system = System::start().await;
+    system.stop_orchestrator().await;
+    let pool = system.orchestrator_db.pool.clone();
+    // An instance whose relay died before it could publish what it was
+    // handed: its lane has no receiver.
+    let (lane, relay_side) = handoff::lane();
+    drop(relay_side);
+    let store = Store::new(pool.clone(), StepPolicies::default()).handing_to(lane);
+    let id = create(&store).await;
+    let leased: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM not_before - now())::float8 FROM outbox WHERE saga_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        leased > 1.0,
+        "the row is leased to the instance that wrote it: due in {leased} s"
+    );
+
+    // Another instance's relay sends it once the lease ends, and the
+    // checkout runs to its end.
+    system.start_orchestrator().await;
+    system
+        .wait_status(&[id.to_string()], "completed", Duration::from_secs(30))
+        .await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every command published and deleted");
+    system.stop().await;
+}
