@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use saga_shared::messages::{Command, LineRequest, Outcome, ReserveStock};
+use saga_shared::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
 use saga_shared::testing::TestDatabase;
 use saga_shared::{Envelope, WorkerKind};
 use sqlx::{PgConnection, PgPool};
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use workers::inventory::{self, catalogue, Inventory};
+use workers::payment::{self, Payment, Simulator};
 use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
 
 use crate::migrated;
@@ -234,6 +235,19 @@ fn reserve_mug(saga_id: Uuid) -> Envelope<Command> {
     )
 }
 
+fn charge(saga_id: Uuid) -> Envelope<Command> {
+    Envelope::command(
+        saga_id,
+        1,
+        Command::Charge(ChargePayment {
+            amount_cents: 1250,
+            currency: "USD".into(),
+            payment_method: "sim_ok".into(),
+            customer_id: "customer-1".into(),
+        }),
+    )
+}
+
 /// Each handler runs a first command (the connection's statements are
 /// prepared, the prices read), then the measured one, as in a running
 /// worker.
@@ -273,4 +287,21 @@ async fn a_first_reserve_is_one_statement() {
     assert_eq!(after.pings, before.pings, "one checkout from the pool");
     assert_eq!(cold.statements, 2, "a price read more: {cold:?}");
     assert_eq!(before.statements, 6, "{before:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_charge_is_one_statement_each_side_of_the_provider_call() {
+    let db = migrated("payment_round_trips", &payment::MIGRATOR).await;
+    let proxy = CountingProxy::start(&db).await;
+    let pool = proxy.pool().await;
+    // The provider is another party: its books are not on the proxy.
+    let general = General(Payment::new(Simulator::new(db.pool.clone())));
+    round_trips(&proxy, &pool, &general, &charge(Uuid::new_v4())).await;
+    let before = round_trips(&proxy, &pool, &general, &charge(Uuid::new_v4())).await;
+    let payment = Payment::new(Simulator::new(db.pool.clone()));
+    round_trips(&proxy, &pool, &payment, &charge(Uuid::new_v4())).await;
+    let after = round_trips(&proxy, &pool, &payment, &charge(Uuid::new_v4())).await;
+    println!("payment charge, round trips: {before:?} before, {after:?} after");
+    assert_eq!(after.statements, 2, "one statement per phase: {after:?}");
+    assert_eq!(before.statements, 9, "{before:?}");
 }
