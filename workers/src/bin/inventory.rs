@@ -54,7 +54,7 @@ async fn main() -> ExitCode {
         return code;
     }
     match args.command.unwrap_or(Action::Serve) {
-        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Inventory::new()).await,
+        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Inventory).await,
         Action::Import { file } => {
             cli::with_database(&MIGRATOR, |pool| async move {
                 let input = cli::open_input(&file)?;

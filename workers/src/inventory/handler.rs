@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::LazyLock;
 
 use saga_shared::messages::{Command, Outcome};
 use saga_shared::{Envelope, WorkerKind};
@@ -8,18 +8,15 @@ use super::prices::Prices;
 use super::reservation;
 use crate::runtime::{not_handled, AtOnce, Handler};
 
-/// Reserves and releases stock, keyed by saga id. Clones share what they
-/// remember of prices.
-#[derive(Debug, Clone, Default)]
-pub struct Inventory {
-    prices: Arc<Prices>,
-}
+/// Reserves and releases stock, keyed by saga id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inventory;
 
-impl Inventory {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+/// The prices this process has read. A worker process serves one database,
+/// so one memory per process is one per catalogue; where a process serves
+/// several (tests), a price remembered from another costs a fallback to
+/// the general path, never a wrong answer (see [`Prices`]).
+static PRICES: LazyLock<Prices> = LazyLock::new(Prices::default);
 
 impl Handler for Inventory {
     const KIND: WorkerKind = WorkerKind::Inventory;
@@ -31,7 +28,7 @@ impl Handler for Inventory {
     ) -> Result<Outcome, sqlx::Error> {
         match &command.payload {
             Command::Reserve(request) => {
-                reservation::reserve(conn, &self.prices, command.saga_id, request).await
+                reservation::reserve(conn, &PRICES, command.saga_id, request).await
             }
             Command::Release(_) => reservation::release(conn, command.saga_id).await,
             other => Ok(not_handled(Self::KIND, other)),
@@ -46,7 +43,7 @@ impl Handler for Inventory {
         let Command::Reserve(request) = &command.payload else {
             return Ok(None);
         };
-        let reply = reservation::reserve_at_once(conn, &self.prices, command, request).await?;
+        let reply = reservation::reserve_at_once(conn, &PRICES, command, request).await?;
         Ok(reply.map(AtOnce::Replied))
     }
 }

@@ -1,4 +1,4 @@
-//! What this worker last read of each product's price, currency and tax
+//! What this process last read of each product's price, currency and tax
 //! category. A reserve's one-statement path prices its reply from here and
 //! takes stock only if the rows, under lock, still say the same: a stale
 //! entry costs that statement and a trip through the general path (which

@@ -53,7 +53,7 @@ async fn reimport_updates_products_and_keeps_what_reservations_hold() {
         .await
         .unwrap();
     ok(handle(
-        &Inventory::new(),
+        &Inventory,
         &db.pool,
         Uuid::new_v4(),
         Command::Reserve(ReserveStock {

@@ -93,7 +93,7 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
 
     let reservation = reserved(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             saga,
             reserve(&[("MUG", 2), ("APPLE", 4)]),
@@ -132,7 +132,7 @@ async fn out_of_stock_reserves_nothing_and_names_the_sku() {
 
     let (why, detail) = rejected(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             Uuid::new_v4(),
             reserve(&[("APPLE", 2), ("BOOK", 4)]),
@@ -156,7 +156,7 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
 
     let (why, _) = rejected(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             Uuid::new_v4(),
             reserve(&[("BOOK", 2), ("BOOK", 2)]),
@@ -167,7 +167,7 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
 
     let reservation = reserved(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             Uuid::new_v4(),
             reserve(&[("BOOK", 2), ("MUG", 1), ("BOOK", 1)]),
@@ -186,7 +186,7 @@ async fn unknown_sku_reserves_nothing_and_names_the_sku() {
 
     let (why, detail) = rejected(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             Uuid::new_v4(),
             reserve(&[("APPLE", 1), ("GHOST", 1)]),
@@ -206,7 +206,7 @@ async fn lines_in_two_currencies_are_refused() {
 
     let (why, detail) = rejected(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             Uuid::new_v4(),
             reserve(&[("MUG", 1), ("EURO-MUG", 1)]),
@@ -224,18 +224,10 @@ async fn lines_in_two_currencies_are_refused() {
 async fn empty_or_zero_quantity_reservations_are_invalid() {
     let db = stocked().await;
 
-    let (why, _) =
-        rejected(handle(&Inventory::new(), &db.pool, Uuid::new_v4(), reserve(&[])).await);
+    let (why, _) = rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[])).await);
     assert_eq!(why, reason::INVALID_COMMAND);
-    let (why, detail) = rejected(
-        handle(
-            &Inventory::new(),
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("MUG", 0)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[("MUG", 0)])).await);
     assert_eq!(why, reason::INVALID_COMMAND);
     assert!(detail.contains("MUG"), "{detail}");
 }
@@ -244,14 +236,14 @@ async fn empty_or_zero_quantity_reservations_are_invalid() {
 async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    let first = reserved(handle(&Inventory::new(), &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    let first = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
     // Prices change between the attempts: the reply must not.
     sqlx::query("UPDATE products SET unit_price_cents = 1 WHERE sku = 'BOOK'")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let again = reserved(handle(&Inventory::new(), &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    let again = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
 
     assert_eq!(again, first);
     assert_eq!(available(&db.pool, "BOOK").await, 1);
@@ -264,7 +256,7 @@ async fn release_gives_stock_back_once() {
     let saga = Uuid::new_v4();
     reserved(
         handle(
-            &Inventory::new(),
+            &Inventory,
             &db.pool,
             saga,
             reserve(&[("APPLE", 3), ("MUG", 5)]),
@@ -274,10 +266,10 @@ async fn release_gives_stock_back_once() {
     assert_eq!(available(&db.pool, "MUG").await, 0);
 
     assert!(released(
-        handle(&Inventory::new(), &db.pool, saga, release()).await
+        handle(&Inventory, &db.pool, saga, release()).await
     ));
     assert!(
-        !released(handle(&Inventory::new(), &db.pool, saga, release()).await),
+        !released(handle(&Inventory, &db.pool, saga, release()).await),
         "second release is a no-op"
     );
 
@@ -292,16 +284,15 @@ async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
     let saga = Uuid::new_v4();
 
     assert!(
-        !released(handle(&Inventory::new(), &db.pool, saga, release()).await),
+        !released(handle(&Inventory, &db.pool, saga, release()).await),
         "nothing was held"
     );
-    let (why, _) =
-        rejected(handle(&Inventory::new(), &db.pool, saga, reserve(&[("APPLE", 1)])).await);
+    let (why, _) = rejected(handle(&Inventory, &db.pool, saga, reserve(&[("APPLE", 1)])).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
     assert_eq!(available(&db.pool, "APPLE").await, 10);
     assert!(!released(
-        handle(&Inventory::new(), &db.pool, saga, release()).await
+        handle(&Inventory, &db.pool, saga, release()).await
     ));
     assert_stock_conserved(&db.pool).await;
 }
@@ -310,10 +301,10 @@ async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
 async fn a_refused_reserve_leaves_no_reservation_to_release() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    rejected(handle(&Inventory::new(), &db.pool, saga, reserve(&[("BOOK", 99)])).await);
+    rejected(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 99)])).await);
 
     assert!(!released(
-        handle(&Inventory::new(), &db.pool, saga, release()).await
+        handle(&Inventory, &db.pool, saga, release()).await
     ));
     assert_eq!(available(&db.pool, "BOOK").await, 3);
     assert_stock_conserved(&db.pool).await;
@@ -327,12 +318,12 @@ async fn concurrent_first_reserves_for_one_saga_hold_stock_once() {
     let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
 
     let mut tx1 = db.pool.begin().await.unwrap();
-    let outcome1 = Inventory::new().handle(&mut tx1, &first).await.unwrap();
+    let outcome1 = Inventory.handle(&mut tx1, &first).await.unwrap();
     // The second attempt waits on the first's uncommitted reservation key.
     let pool = db.pool.clone();
     let racer = tokio::spawn(async move {
         let mut tx2 = pool.begin().await.unwrap();
-        let outcome = Inventory::new().handle(&mut tx2, &second).await.unwrap();
+        let outcome = Inventory.handle(&mut tx2, &second).await.unwrap();
         tx2.commit().await.unwrap();
         outcome
     });
@@ -374,10 +365,9 @@ async fn two_reserves_racing_for_the_last_unit_exactly_one_gets_it() {
             .await
             .unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let inventory = Inventory::new();
         let (first, second) = tokio::join!(
-            handle(&inventory, &db.pool, a, reserve(&[("BOOK", 1)])),
-            handle(&inventory, &db.pool, b, reserve(&[("BOOK", 1)])),
+            handle(&Inventory, &db.pool, a, reserve(&[("BOOK", 1)])),
+            handle(&Inventory, &db.pool, b, reserve(&[("BOOK", 1)])),
         );
         let won: Vec<bool> = [first, second]
             .into_iter()
@@ -413,9 +403,8 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
         .await
         .unwrap();
     let pool = db.pool.clone();
-    let reserving = tokio::spawn(async move {
-        handle(&Inventory::new(), &pool, saga, reserve(&[("MUG", 2)])).await
-    });
+    let reserving =
+        tokio::spawn(async move { handle(&Inventory, &pool, saga, reserve(&[("MUG", 2)])).await });
     // The reserve reads the committed price (850), then waits on the row.
     assert!(eventually_blocked(&db.pool).await);
     blocker.commit().await.unwrap();
@@ -438,8 +427,8 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
 
 /// Runs `command` as the runtime does (inbox, one-statement path first);
 /// the reply's outcome.
-async fn answered(inventory: &Inventory, pool: &PgPool, command: &Envelope<Command>) -> Outcome {
-    let body = handle_command(inventory, pool, command)
+async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
+    let body = handle_command(&Inventory, pool, command)
         .await
         .expect("the handler reaches its database");
     Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
@@ -457,22 +446,20 @@ async fn inbox_rows(pool: &PgPool) -> i64 {
 #[tokio::test]
 async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     let db = stocked().await;
-    let inventory = Inventory::new();
     let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 2), ("APPLE", 1)]));
 
-    let first = handle_command(&inventory, &db.pool, &command)
+    let first = handle_command(&Inventory, &db.pool, &command)
         .await
         .unwrap();
-    let again = handle_command(&inventory, &db.pool, &command)
+    let again = handle_command(&Inventory, &db.pool, &command)
         .await
         .unwrap();
-    // A copy that has not read these prices yet answers the same.
-    let elsewhere = handle_command(&Inventory::new(), &db.pool, &command)
+    let once_more = handle_command(&Inventory, &db.pool, &command)
         .await
         .unwrap();
 
     assert_eq!(first, again, "the recorded reply, message id included");
-    assert_eq!(first, elsewhere);
+    assert_eq!(first, once_more);
     let reservation = reserved(
         Envelope::<Outcome>::decode(&serde_json::to_vec(&first).unwrap())
             .unwrap()
@@ -499,10 +486,7 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     assert_eq!(inbox_rows(&db.pool).await, 1);
     // A retry (a new message) answers from the reservation.
     let retry = Envelope::command(command.saga_id, 2, command.payload.clone());
-    assert_eq!(
-        reserved(answered(&inventory, &db.pool, &retry).await),
-        reservation
-    );
+    assert_eq!(reserved(answered(&db.pool, &retry).await), reservation);
     assert_eq!(available(&db.pool, "MUG").await, 3);
     assert_stock_conserved(&db.pool).await;
 }
@@ -510,10 +494,8 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
 #[tokio::test]
 async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothing() {
     let db = stocked().await;
-    let inventory = Inventory::new();
     // Prices known: the one-statement path is tried and finds the stock short.
     answered(
-        &inventory,
         &db.pool,
         &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
     )
@@ -521,7 +503,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
     let saga = Uuid::new_v4();
     let command = Envelope::command(saga, 1, reserve(&[("APPLE", 1), ("MUG", 5)]));
 
-    let (why, detail) = rejected(answered(&inventory, &db.pool, &command).await);
+    let (why, detail) = rejected(answered(&db.pool, &command).await);
 
     assert_eq!(why, reason::OUT_OF_STOCK);
     assert!(detail.contains("wanted 5, available 4"), "{detail}");
@@ -533,7 +515,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
         .await
         .unwrap();
     let retry = Envelope::command(saga, 2, command.payload.clone());
-    let (again, _) = rejected(answered(&inventory, &db.pool, &retry).await);
+    let (again, _) = rejected(answered(&db.pool, &retry).await);
     assert_eq!(again, reason::OUT_OF_STOCK);
     assert_eq!(available(&db.pool, "MUG").await, 49);
     assert_stock_conserved(&db.pool).await;
@@ -542,9 +524,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
 #[tokio::test]
 async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
     let db = stocked().await;
-    let inventory = Inventory::new();
     answered(
-        &inventory,
         &db.pool,
         &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
     )
@@ -559,7 +539,7 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
         // Seen stale by the first, remembered anew for the second.
         let saga = if attempt == 1 { saga } else { Uuid::new_v4() };
         let command = Envelope::command(saga, 1, reserve(&[("MUG", 1)]));
-        let reservation = reserved(answered(&inventory, &db.pool, &command).await);
+        let reservation = reserved(answered(&db.pool, &command).await);
         assert_eq!(
             reservation.lines[0].unit_price_cents, 900,
             "attempt {attempt}"
@@ -578,21 +558,19 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reserves_in_one_statement_each_never_oversell() {
     let db = stocked().await;
-    let inventory = Inventory::new();
     // MUG: 5 units for 24 buyers, each also taking an apple.
     answered(
-        &inventory,
         &db.pool,
         &Envelope::command(Uuid::new_v4(), 1, reserve(&[("BOOK", 1)])),
     )
     .await;
     let mut buyers = tokio::task::JoinSet::new();
     for _ in 0..24 {
-        let (inventory, pool) = (inventory.clone(), db.pool.clone());
+        let pool = db.pool.clone();
         buyers.spawn(async move {
             let command =
                 Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1), ("APPLE", 1)]));
-            answered(&inventory, &pool, &command).await
+            answered(&pool, &command).await
         });
     }
     let (mut won, mut refused) = (0, 0);
@@ -616,30 +594,25 @@ async fn concurrent_reserves_in_one_statement_each_never_oversell() {
 #[tokio::test]
 async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_holds_nothing() {
     let db = stocked().await;
-    let inventory = Inventory::new();
     let saga = Uuid::new_v4();
     reserved(
         answered(
-            &inventory,
             &db.pool,
             &Envelope::command(saga, 1, reserve(&[("MUG", 2)])),
         )
         .await,
     );
     let release_command = Envelope::command(saga, 1, release());
-    assert!(released(
-        answered(&inventory, &db.pool, &release_command).await
-    ));
+    assert!(released(answered(&db.pool, &release_command).await));
     assert_eq!(available(&db.pool, "MUG").await, 5);
 
     // Released before its reserve came: the late reserve holds nothing.
     let late = Uuid::new_v4();
     assert!(!released(
-        answered(&inventory, &db.pool, &Envelope::command(late, 1, release())).await
+        answered(&db.pool, &Envelope::command(late, 1, release())).await
     ));
     let (why, _) = rejected(
         answered(
-            &inventory,
             &db.pool,
             &Envelope::command(late, 1, reserve(&[("MUG", 2)])),
         )
@@ -653,9 +626,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_the_winner_did() {
     let db = stocked().await;
-    let inventory = Inventory::new();
     answered(
-        &inventory,
         &db.pool,
         &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
     )
@@ -665,11 +636,11 @@ async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_t
     // uncommitted, when the second tries its one statement.
     let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
     let mut tx = db.pool.begin().await.unwrap();
-    let outcome1 = inventory.handle(&mut tx, &first).await.unwrap();
+    let outcome1 = Inventory.handle(&mut tx, &first).await.unwrap();
     let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
     let racer = {
-        let (inventory, pool) = (inventory.clone(), db.pool.clone());
-        tokio::spawn(async move { answered(&inventory, &pool, &second).await })
+        let pool = db.pool.clone();
+        tokio::spawn(async move { answered(&pool, &second).await })
     };
     assert!(eventually_blocked(&db.pool).await);
     tx.commit().await.unwrap();

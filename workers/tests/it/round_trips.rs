@@ -222,13 +222,13 @@ async fn round_trips<H: Handler>(
     }
 }
 
-fn reserve_mug(saga_id: Uuid) -> Envelope<Command> {
+fn reserve_one(sku: &str) -> Envelope<Command> {
     Envelope::command(
-        saga_id,
+        Uuid::new_v4(),
         1,
         Command::Reserve(ReserveStock {
             lines: vec![LineRequest {
-                sku: "MUG".into(),
+                sku: sku.into(),
                 quantity: 1,
             }],
         }),
@@ -242,7 +242,7 @@ fn charge(saga_id: Uuid) -> Envelope<Command> {
         Command::Charge(ChargePayment {
             amount_cents: 1250,
             currency: "USD".into(),
-            payment_method: "sim_ok".into(),
+            payment_method: "sim_approve".into(),
             customer_id: "customer-1".into(),
         }),
     )
@@ -254,31 +254,34 @@ fn charge(saga_id: Uuid) -> Envelope<Command> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_reserve_is_one_statement() {
     let db = migrated("inventory_round_trips", &inventory::MIGRATOR).await;
+    // What this process remembers of prices is shared by its tests: these
+    // SKUs are this test's alone.
+    let (general_sku, warm_sku, measured_sku) = (
+        format!("RT-{}", Uuid::new_v4().simple()),
+        format!("RT-{}", Uuid::new_v4().simple()),
+        format!("RT-{}", Uuid::new_v4().simple()),
+    );
+    let rows: String = [&general_sku, &warm_sku, &measured_sku]
+        .iter()
+        .map(|sku| format!("{sku},Mug,100,850,USD,general\n"))
+        .collect();
     catalogue::import(
         &db.pool,
         "catalogue.csv",
-        "sku,name,on_hand,unit_price_cents,currency,tax_category\nMUG,Mug,100,850,USD,general\n"
-            .as_bytes(),
+        format!("sku,name,on_hand,unit_price_cents,currency,tax_category\n{rows}").as_bytes(),
     )
     .await
     .unwrap();
     let proxy = CountingProxy::start(&db).await;
     let pool = proxy.pool().await;
 
-    let general = General(Inventory::new());
-    round_trips(&proxy, &pool, &general, &reserve_mug(Uuid::new_v4())).await;
-    let before = round_trips(&proxy, &pool, &general, &reserve_mug(Uuid::new_v4())).await;
+    let general = General(Inventory);
+    round_trips(&proxy, &pool, &general, &reserve_one(&general_sku)).await;
+    let before = round_trips(&proxy, &pool, &general, &reserve_one(&general_sku)).await;
     // Prepares the statements on the connection, as a running worker has.
-    round_trips(
-        &proxy,
-        &pool,
-        &Inventory::new(),
-        &reserve_mug(Uuid::new_v4()),
-    )
-    .await;
-    let inventory = Inventory::new();
-    let cold = round_trips(&proxy, &pool, &inventory, &reserve_mug(Uuid::new_v4())).await;
-    let after = round_trips(&proxy, &pool, &inventory, &reserve_mug(Uuid::new_v4())).await;
+    round_trips(&proxy, &pool, &Inventory, &reserve_one(&warm_sku)).await;
+    let cold = round_trips(&proxy, &pool, &Inventory, &reserve_one(&measured_sku)).await;
+    let after = round_trips(&proxy, &pool, &Inventory, &reserve_one(&measured_sku)).await;
     println!(
         "inventory reserve, round trips: {before:?} before, {after:?} after, \
          {cold:?} with prices not yet read"

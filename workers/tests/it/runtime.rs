@@ -126,7 +126,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
-        Self::start_with(Inventory::new()).await
+        Self::start_with(Inventory).await
     }
 
     async fn start_with(handler: impl Handler) -> Harness {
@@ -330,7 +330,7 @@ impl Handler for CrashesOn {
         if command.saga_id == self.0 {
             panic!("a handler bug, triggered by saga {}", self.0);
         }
-        Inventory::new().handle(conn, command).await
+        Inventory.handle(conn, command).await
     }
 }
 
@@ -600,7 +600,7 @@ async fn commands_that_are_ready_together_commit_together() {
     for command in &commands {
         harness.send(command).await;
     }
-    harness.run(Inventory::new(), 16);
+    harness.run(Inventory, 16);
     let sagas: Vec<Uuid> = commands.iter().map(|c| c.saga_id).collect();
     for reply in one_reply_each(&mut harness, &sagas).await {
         assert!(
@@ -641,7 +641,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
         .await;
     harness.send(&good[2]).await;
     harness.send(&good[3]).await;
-    harness.run(Inventory::new(), 16);
+    harness.run(Inventory, 16);
 
     let sagas: Vec<Uuid> = good.iter().map(|c| c.saga_id).collect();
     for reply in one_reply_each(&mut harness, &sagas).await {
