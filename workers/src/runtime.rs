@@ -1,7 +1,9 @@
 //! The worker runtime: consume a worker kind's queue, run each command's
 //! handler in one transaction with the inbox (or, for a call to another
 //! party, in two around that call), publish the reply with a confirm, then
-//! ack.
+//! ack. A handler may write its common case as one statement that is the
+//! whole transaction (see [`Handler::at_once`]); the runtime tries it
+//! first and falls back to the general path when it does not apply.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

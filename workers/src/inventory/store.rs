@@ -274,7 +274,13 @@ pub async fn stock(conn: &mut PgConnection, skus: &[&str]) -> Result<Vec<Stock>,
 /// first step and held for this statement alone. A concurrent command of
 /// the same saga that creates its reservation first makes the plain insert
 /// below fail with a unique violation: the whole statement then fails and
-/// nothing of it stays (outside a transaction).
+/// nothing of it stays (outside a transaction). The reservation key is
+/// taken after the product rows here, before them on the general path: a
+/// general-path reserve of the same saga that holds its new key and waits
+/// for a row this statement holds is a deadlock, which PostgreSQL breaks
+/// by failing one of the two (transient, retried). Both would have to be
+/// first reserves of one saga at the same instant, and the general one
+/// past its own failed try of this statement.
 pub async fn reserve_at_once(
     conn: &mut PgConnection,
     command: &Envelope<Command>,
