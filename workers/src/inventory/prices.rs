@@ -11,7 +11,7 @@ use super::rules::Stock;
 
 /// Entries beyond this drop the whole map: a catalogue this large is read
 /// again as it is used, and memory stays bounded.
-const MAX_ENTRIES: usize = 50_000;
+const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Price {
