@@ -37,6 +37,11 @@ pub async fn claim(
     Ok(reply)
 }
 
+/// A reply as the inbox stores it (and the broker carries it).
+pub fn body(reply: &Envelope<Outcome>) -> serde_json::Value {
+    serde_json::from_slice(&reply.encode()).expect("an encoded envelope is JSON")
+}
+
 /// Records the reply for a claimed command, in the same transaction as its
 /// effect. When a concurrent delivery of the same message recorded one first
 /// (both resumed one unanswered claim), that reply wins, so a message is
@@ -46,8 +51,7 @@ pub async fn record(
     command: &Envelope<Command>,
     reply: &Envelope<Outcome>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let body: serde_json::Value =
-        serde_json::from_slice(&reply.encode()).expect("an encoded envelope is JSON");
+    let body = body(reply);
     let recorded: Option<serde_json::Value> = sqlx::query_scalar(
         "WITH first AS (
              UPDATE inbox SET reply = $2 WHERE message_id = $1 AND reply IS NULL
@@ -91,10 +95,7 @@ pub async fn claim_answered(
         sagas.push(command.saga_id);
         steps.push(command.step.routing_key());
         attempts.push(command.attempt as i32);
-        replies.push(
-            serde_json::from_slice::<serde_json::Value>(&reply.encode())
-                .expect("an encoded envelope is JSON"),
-        );
+        replies.push(body(reply));
     }
     // A row this statement did not insert is read from its snapshot; one a
     // concurrent transaction committed while the insert waited on it is not

@@ -1,7 +1,9 @@
 //! The worker runtime: consume a worker kind's queue, run each command's
 //! handler in one transaction with the inbox (or, for a call to another
 //! party, in two around that call), publish the reply with a confirm, then
-//! ack.
+//! ack. A handler may write its common case as one statement that is the
+//! whole transaction (see [`Handler::at_once`]); the runtime tries it
+//! first and falls back to the general path when it does not apply.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -19,7 +21,7 @@ use saga_shared::consumer::{
 use saga_shared::messages::{reason, Command, Outcome};
 use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_shared::{traceparent, Envelope, WorkerKind};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -56,6 +58,29 @@ pub trait Handler: Send + Sync + 'static {
         command: &'a Envelope<Command>,
     ) -> impl Future<Output = Result<Outcome, sqlx::Error>> + Send + 'a;
 
+    /// The common case of a command as one statement: inbox claim, effect
+    /// (or, for an external call, its committed intent) and recorded reply,
+    /// all or nothing. Outside a transaction that statement is the whole
+    /// transaction, so the command costs one round trip instead of a
+    /// `BEGIN`, a claim, the handler's statements, a record and a `COMMIT`.
+    ///
+    /// `None`: the case did not apply (a duplicate, an existing row, not
+    /// enough stock, the outage switch...) and the statement wrote nothing
+    /// but, at most, a bare inbox claim (no reply, no effect), which the
+    /// general path takes over as it takes over the claim of a call cut
+    /// short. The runtime then runs the general path on the same
+    /// connection. A unique violation means it lost a race to a concurrent
+    /// command; outside a transaction nothing of it committed and the
+    /// general path runs too.
+    fn at_once<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        command: &'a Envelope<Command>,
+    ) -> impl Future<Output = Result<Option<AtOnce>, sqlx::Error>> + Send + 'a {
+        let _ = (conn, command);
+        async { Ok(None) }
+    }
+
     /// The first phase, in the inbox transaction. One-phase workers answer
     /// at once through [`Handler::handle`].
     fn decide<'a>(
@@ -73,6 +98,14 @@ pub enum Decision {
     Answer(Outcome),
     /// Commit what the first phase wrote (an intent), then make this call
     /// with no transaction open and no connection held.
+    Call(ExternalCall),
+}
+
+/// What a handler's one-statement path did.
+pub enum AtOnce {
+    /// The command is claimed, done and its reply recorded: the reply body.
+    Replied(serde_json::Value),
+    /// The command is claimed and its intent written: the call remains.
     Call(ExternalCall),
 }
 
@@ -94,11 +127,22 @@ impl ExternalCall {
 /// Records an external call's answer in the second transaction and returns
 /// the outcome to reply. It must be idempotent: a redelivered command may
 /// have settled the same call meanwhile.
-pub struct Settlement(Box<Settle>);
+pub struct Settlement {
+    settle: Box<Settle>,
+    at_once: Option<Box<SettleAtOnce>>,
+}
 
 /// The boxed form of a settlement: records in the connection's transaction.
 type Settle =
     dyn for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<Outcome, sqlx::Error>> + Send;
+
+/// The boxed form of a one-statement settlement: see
+/// [`Settlement::with_one_statement`].
+type SettleAtOnce = dyn for<'c> FnOnce(
+        &'c mut PgConnection,
+        &'c Envelope<Command>,
+    ) -> BoxFuture<'c, Result<Option<serde_json::Value>, sqlx::Error>>
+    + Send;
 
 impl Settlement {
     pub fn new(
@@ -106,12 +150,34 @@ impl Settlement {
             + Send
             + 'static,
     ) -> Self {
-        Settlement(Box::new(settle))
+        Settlement {
+            settle: Box::new(settle),
+            at_once: None,
+        }
+    }
+
+    /// Adds the common case as one statement: it takes the command's inbox
+    /// row lock first (as the general path does), records the answer and
+    /// the reply, all or nothing, and returns the reply body; `None` when
+    /// it did not apply and wrote nothing. The general settlement then
+    /// runs as before.
+    pub fn with_one_statement(
+        mut self,
+        at_once: impl for<'c> FnOnce(
+                &'c mut PgConnection,
+                &'c Envelope<Command>,
+            )
+                -> BoxFuture<'c, Result<Option<serde_json::Value>, sqlx::Error>>
+            + Send
+            + 'static,
+    ) -> Self {
+        self.at_once = Some(Box::new(at_once));
+        self
     }
 
     /// Records the answer in `conn`'s transaction; the outcome to reply.
     pub async fn settle(self, conn: &mut PgConnection) -> Result<Outcome, sqlx::Error> {
-        (self.0)(conn).await
+        (self.settle)(conn).await
     }
 }
 
@@ -345,16 +411,7 @@ async fn finish_call<H: Handler>(
 ) {
     let settled = async {
         let settlement = call.run().await;
-        let mut tx = ctx.pool.begin().await?;
-        inbox::lock(&mut tx, &one.command).await?;
-        let outcome = settlement.settle(&mut tx).await?;
-        tracing::info!(
-            outcome = outcome.label(),
-            "command handled after an external call"
-        );
-        let body = inbox::record(&mut tx, &one.command, &one.command.reply(outcome)).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(body)
+        record_settlement(&ctx.pool, &one.command, settlement).await
     }
     .await;
     match settled {
@@ -555,6 +612,17 @@ async fn first_phase<H: Handler>(
     conn: &mut PgConnection,
     command: &Envelope<Command>,
 ) -> Result<Batched, sqlx::Error> {
+    // In the batch's transaction an error of the statement (a lost race
+    // included) fails the command's savepoint: it goes alone, where the
+    // race is seen as settled.
+    match handler.at_once(conn, command).await? {
+        Some(AtOnce::Replied(reply)) => {
+            tracing::info!(message_id = %command.message_id, "command handled in one statement");
+            return Ok(Batched::Reply(reply));
+        }
+        Some(AtOnce::Call(call)) => return Ok(Batched::Call(call)),
+        None => {}
+    }
     if let Some(reply) = inbox::claim(conn, command).await? {
         tracing::info!(message_id = %command.message_id, "duplicate command: sending the recorded reply");
         return Ok(Batched::Reply(reply));
@@ -595,7 +663,20 @@ pub async fn handle_command<H: Handler>(
         let mut replies = inbox::claim_answered(&mut conn, &answered).await?;
         return Ok(replies.pop().expect("a reply per answer"));
     }
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    match at_once(handler, &mut conn, command).await? {
+        Some(AtOnce::Replied(reply)) => {
+            tracing::info!("command handled in one statement");
+            return Ok(reply);
+        }
+        Some(AtOnce::Call(call)) => {
+            drop(conn);
+            return record_settlement(pool, command, call.run().await).await;
+        }
+        None => {}
+    }
+    // The same connection: no second checkout from the pool.
+    let mut tx = conn.begin().await?;
     if let Some(reply) = inbox::claim(&mut tx, command).await? {
         tx.commit().await?;
         tracing::info!("duplicate command: sending the recorded reply");
@@ -614,10 +695,53 @@ pub async fn handle_command<H: Handler>(
     // again, finds the intent, and the handler asks the other party what
     // became of it.
     tx.commit().await?;
-    let settlement = call.run().await;
-    let mut tx = pool.begin().await?;
+    // No connection is held during the call.
+    drop(conn);
+    record_settlement(pool, command, call.run().await).await
+}
+
+/// The handler's one-statement path, outside any transaction. A unique
+/// violation is a race lost to a concurrent command of the same saga or
+/// message: the statement committed nothing, and the general path, which
+/// waits for that command, answers.
+async fn at_once<H: Handler>(
+    handler: &H,
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+) -> Result<Option<AtOnce>, sqlx::Error> {
+    match handler.at_once(conn, command).await {
+        Err(error) if is_unique_violation(&error) => {
+            tracing::info!(%error, "one-statement path lost a race; taking the general path");
+            Ok(None)
+        }
+        done => done,
+    }
+}
+
+/// SQLSTATE 23505.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
+}
+
+/// The second phase: records an external call's answer and the reply, in
+/// one statement when the settlement has one that applies, else in a
+/// transaction that takes the inbox row's lock first. The reply body.
+async fn record_settlement(
+    pool: &PgPool,
+    command: &Envelope<Command>,
+    settlement: Settlement,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let Settlement { settle, at_once } = settlement;
+    if let Some(at_once) = at_once {
+        if let Some(body) = at_once(&mut conn, command).await? {
+            tracing::info!("command handled after an external call, in one statement");
+            return Ok(body);
+        }
+    }
+    let mut tx = conn.begin().await?;
     inbox::lock(&mut tx, command).await?;
-    let outcome = settlement.settle(&mut tx).await?;
+    let outcome = settle(&mut tx).await?;
     tracing::info!(
         outcome = outcome.label(),
         "command handled after an external call"

@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod handler;
+pub mod prices;
 pub mod reservation;
 pub mod rules;
 pub mod store;

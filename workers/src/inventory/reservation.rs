@@ -3,16 +3,55 @@
 //! for one saga serialize on it and never both hold stock, and product rows
 //! are always locked in SKU order, so two sagas never deadlock.
 
-use saga_shared::messages::{reason, Outcome, Released, ReserveStock, Reserved, StepResult};
+use saga_shared::messages::{
+    reason, Command, Outcome, Released, ReserveStock, Reserved, StepResult,
+};
+use saga_shared::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::prices::Prices;
 use super::rules::{self, Verdict};
 use super::store::{self, Claim, Status};
+use crate::inbox;
 
-/// Reserves every line's stock, or none of it.
+/// A first reserve of a saga with stock enough, in one statement with its
+/// inbox claim and reply: the reply body. `None` when that is not the case
+/// (or a price remembered is stale), and nothing was written: the general
+/// path answers. Prices come from `prices`, read once per SKU.
+pub async fn reserve_at_once(
+    conn: &mut PgConnection,
+    prices: &Prices,
+    command: &Envelope<Command>,
+    request: &ReserveStock,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    if rules::invalid_lines(&request.lines).is_some() {
+        return Ok(None);
+    }
+    let wanted = rules::wanted(&request.lines);
+    let skus: Vec<&str> = wanted.keys().copied().collect();
+    let known = match prices.of(&skus) {
+        Some(known) => known,
+        None => {
+            let read = store::stock(conn, &skus).await?;
+            prices.remember(&read);
+            read
+        }
+    };
+    let Some(take) = rules::take_if_stocked(&request.lines, &known) else {
+        return Ok(None);
+    };
+    let reply = inbox::body(&command.reply(reserved(&take)));
+    Ok(store::reserve_at_once(conn, command, &take, &reply)
+        .await?
+        .then_some(reply))
+}
+
+/// Reserves every line's stock, or none of it. The prices read on the way
+/// are remembered in `prices` for the one-statement path.
 pub async fn reserve(
     conn: &mut PgConnection,
+    prices: &Prices,
     saga_id: Uuid,
     request: &ReserveStock,
 ) -> Result<Outcome, sqlx::Error> {
@@ -35,6 +74,7 @@ pub async fn reserve(
         }
         (Claim::Existing(Status::Refused), _) => return store::refusal(conn, saga_id).await,
     };
+    prices.remember(&stock);
     let mut verdict = rules::decide(&request.lines, &stock);
     if let Verdict::Take(take) = &verdict {
         if store::take(conn, saga_id, take).await? {
@@ -43,6 +83,7 @@ pub async fn reserve(
         // The stock moved between the read and the write: decide again on
         // the rows as they are now, locked, so the second write holds.
         let stock = store::locked_stock(conn, &skus).await?;
+        prices.remember(&stock);
         verdict = rules::decide(&request.lines, &stock);
         if let Verdict::Take(take) = &verdict {
             if store::take(conn, saga_id, take).await? {

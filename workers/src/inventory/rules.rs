@@ -149,6 +149,25 @@ pub fn decide(lines: &[LineRequest], stock: &[Stock]) -> Verdict {
     })
 }
 
+/// What [`decide`] would take for valid `lines` if every SKU had enough
+/// stock, given the `prices` of their SKUs (their `available` is ignored);
+/// `None` when the lines would be refused whatever the stock (an unknown
+/// SKU, two currencies, a quantity no row can hold). Whether the stock is
+/// there is left to the write, which takes it only if so.
+pub fn take_if_stocked(lines: &[LineRequest], prices: &[Stock]) -> Option<Take> {
+    let plenty: Vec<Stock> = prices
+        .iter()
+        .map(|s| Stock {
+            available: i32::MAX,
+            ..s.clone()
+        })
+        .collect();
+    match decide(lines, &plenty) {
+        Verdict::Take(take) => Some(take),
+        Verdict::Refuse { .. } => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +256,30 @@ mod tests {
             .map(|l| (l.sku.as_str(), l.quantity, l.unit_price_cents))
             .collect();
         assert_eq!(priced, [("MUG", 2, 850), ("CUP", 1, 400), ("MUG", 1, 850)]);
+    }
+
+    #[test]
+    fn a_take_if_stocked_is_the_take_decided_with_enough_stock() {
+        let lines = [line("MUG", 2), line("CUP", 1), line("MUG", 1)];
+        let mut known = vec![stock("MUG", 0, 850, "USD"), stock("CUP", 0, 400, "USD")];
+        let assumed = take_if_stocked(&lines, &known).expect("a take");
+        known[0].available = 3;
+        known[1].available = 1;
+        assert_eq!(decide(&lines, &known), Verdict::Take(assumed));
+    }
+
+    #[test]
+    fn no_take_if_stocked_for_lines_refused_whatever_the_stock() {
+        let known = [stock("MUG", 0, 850, "USD"), stock("CUP", 0, 400, "EUR")];
+        assert_eq!(take_if_stocked(&[line("TEA", 1)], &known), None);
+        assert_eq!(
+            take_if_stocked(&[line("MUG", 1), line("CUP", 1)], &known),
+            None
+        );
+        assert_eq!(
+            take_if_stocked(&[line("MUG", u32::MAX), line("MUG", 1)], &known),
+            None,
+            "more than any row can hold"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! the stock of products. A hot product row is locked by one statement
 //! only, the one that takes its stock, and always in SKU order.
 
-use saga_shared::messages::{reason, Outcome, PricedLine, Reserved};
+use saga_shared::messages::{reason, Command, Outcome, PricedLine, Reserved};
+use saga_shared::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -235,6 +236,136 @@ pub async fn take(
     .bind(&line_quantities)
     .bind(&line_prices)
     .bind(&line_categories)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The stock of `skus` as committed, locking nothing: for pricing only.
+pub async fn stock(conn: &mut PgConnection, skus: &[&str]) -> Result<Vec<Stock>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
+        "SELECT sku, available, unit_price_cents, currency, tax_category
+         FROM products WHERE sku = ANY($1)",
+    )
+    .bind(skus)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sku, available, unit_price_cents, currency, tax_category)| Stock {
+                sku,
+                available,
+                unit_price_cents,
+                currency,
+                tax_category,
+            },
+        )
+        .collect())
+}
+
+/// A first reserve of a saga, whole, in one statement: claims `command` in
+/// the inbox with `reply`, creates the saga's reservation, takes `take`'s
+/// stock and records its lines; `true` when it did. It does all of it only
+/// if the message and the saga are new and every SKU, under lock, has the
+/// stock, price, category and currency `take` (and so `reply`) was decided
+/// on; otherwise it writes nothing and returns `false`.
+///
+/// The product rows are locked first, in SKU order, by the statement's
+/// first step and held for this statement alone. A concurrent command of
+/// the same saga that creates its reservation first makes the plain insert
+/// below fail with a unique violation: the whole statement then fails and
+/// nothing of it stays (outside a transaction). The reservation key is
+/// taken after the product rows here, before them on the general path: a
+/// general-path reserve of the same saga that holds its new key and waits
+/// for a row this statement holds is a deadlock, which PostgreSQL breaks
+/// by failing one of the two (transient, retried). Both would have to be
+/// first reserves of one saga at the same instant, and the general one
+/// past its own failed try of this statement.
+pub async fn reserve_at_once(
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+    take: &Take,
+    reply: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let positions: Vec<i32> = (0..).take(take.lines.len()).collect();
+    let line_skus: Vec<&str> = take.lines.iter().map(|l| l.sku.as_str()).collect();
+    // Each line is at most the stock it took, so it fits an integer.
+    let line_quantities: Vec<i32> = take.lines.iter().map(|l| l.quantity as i32).collect();
+    let line_prices: Vec<i64> = take.lines.iter().map(|l| l.unit_price_cents).collect();
+    let line_categories: Vec<&str> = take.lines.iter().map(|l| l.tax_category.as_str()).collect();
+    // `fresh` skips the locks when a committed row already says the case
+    // does not apply. `locked` waits for and reads each row's newest
+    // version; `enough` decides on those; the UPDATE then finds the same
+    // versions (the rows stay locked), so it decrements what was checked.
+    // Each write depends on the one before it through RETURNING, so none
+    // happens unless every one before it did.
+    sqlx::query_scalar(
+        "WITH wanted AS (
+             SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::text[])
+                 AS w (sku, quantity, unit_price_cents, tax_category)
+         ),
+         fresh AS (
+             SELECT NOT EXISTS (SELECT 1 FROM inbox WHERE message_id = $12)
+                    AND NOT EXISTS (SELECT 1 FROM reservations WHERE saga_id = $1) AS ok
+         ),
+         locked AS (
+             SELECT p.sku, p.available, p.unit_price_cents, p.currency, p.tax_category
+             FROM products p
+             WHERE p.sku IN (SELECT sku FROM wanted) AND (SELECT ok FROM fresh)
+             ORDER BY p.sku FOR UPDATE
+         ),
+         enough AS (
+             SELECT count(*) = (SELECT count(*) FROM wanted)
+                    AND coalesce(bool_and(
+                        l.available >= w.quantity
+                        AND l.unit_price_cents = w.unit_price_cents
+                        AND l.tax_category = w.tax_category
+                        AND l.currency = $6), false) AS ok
+             FROM wanted w JOIN locked l USING (sku)
+         ),
+         claimed AS (
+             INSERT INTO inbox (message_id, saga_id, step, attempt, reply)
+             SELECT $12, $1, $13, $14, $15 WHERE (SELECT ok FROM enough)
+             ON CONFLICT (message_id) DO NOTHING
+             RETURNING message_id
+         ),
+         reserved AS (
+             INSERT INTO reservations (saga_id, status, currency)
+             SELECT $1, 'active', $6 FROM claimed
+             RETURNING saga_id
+         ),
+         taken AS (
+             UPDATE products p SET available = p.available - w.quantity
+             FROM wanted w
+             WHERE p.sku = w.sku AND EXISTS (SELECT 1 FROM reserved)
+             RETURNING p.sku
+         ),
+         lines AS (
+             INSERT INTO reservation_lines
+                 (saga_id, position, sku, quantity, unit_price_cents, tax_category)
+             SELECT $1, l.position, l.sku, l.quantity, l.unit_price_cents, l.tax_category
+             FROM unnest($7::int4[], $8::text[], $9::int4[], $10::int8[], $11::text[])
+                 AS l (position, sku, quantity, unit_price_cents, tax_category)
+             WHERE EXISTS (SELECT 1 FROM reserved)
+             RETURNING position
+         )
+         SELECT EXISTS (SELECT 1 FROM reserved)",
+    )
+    .bind(command.saga_id)
+    .bind(&take.skus)
+    .bind(&take.quantities)
+    .bind(&take.unit_prices_cents)
+    .bind(&take.tax_categories)
+    .bind(&take.currency)
+    .bind(&positions)
+    .bind(&line_skus)
+    .bind(&line_quantities)
+    .bind(&line_prices)
+    .bind(&line_categories)
+    .bind(command.message_id)
+    .bind(command.step.routing_key())
+    .bind(command.attempt as i32)
+    .bind(reply)
     .fetch_one(&mut *conn)
     .await
 }

@@ -23,8 +23,9 @@ use super::provider::{
 };
 use super::rules::{self, ChargeVerdict, RefundVerdict};
 use super::simulator::Simulator;
-use super::store::{self, ApprovedCharge, PaymentRow, Status};
-use crate::runtime::{not_handled, Decision, ExternalCall, Handler, Settlement};
+use super::store::{self, ApprovedCharge, ChargeSettled, PaymentRow, Status};
+use crate::inbox;
+use crate::runtime::{not_handled, AtOnce, Decision, ExternalCall, Handler, Settlement};
 
 #[derive(Debug, Clone)]
 pub struct Payment<P = Simulator> {
@@ -62,6 +63,29 @@ impl<P: PaymentProvider> Handler for Payment<P> {
                 error: "the payment worker calls its provider between two transactions".into(),
             },
         })
+    }
+
+    /// A first charge: claim and intent in one statement, then (after the
+    /// call) the outcome and the reply in one more.
+    async fn at_once(
+        &self,
+        conn: &mut PgConnection,
+        command: &Envelope<Command>,
+    ) -> Result<Option<AtOnce>, sqlx::Error> {
+        let Command::Charge(request) = &command.payload else {
+            return Ok(None);
+        };
+        if self.invalid_amount(request.amount_cents).is_some()
+            || !store::claim_with_first_charge_intent(conn, command, request).await?
+        {
+            return Ok(None);
+        }
+        Ok(Some(AtOnce::Call(self.charge_call(
+            command.saga_id,
+            request,
+            true,
+            0,
+        ))))
     }
 
     async fn decide(
@@ -146,7 +170,7 @@ impl<P: PaymentProvider> Payment<P> {
         // The common case, a first charge with the switch off, in one
         // statement; anything else is sorted out below as before.
         if store::write_first_charge_intent(conn, saga_id, request).await? {
-            return Ok(self.charge_call(saga_id, request, true, 0));
+            return Ok(Decision::Call(self.charge_call(saga_id, request, true, 0)));
         }
         let existing = store::lock(conn, saga_id).await?;
         let transient_failures = match existing {
@@ -168,7 +192,12 @@ impl<P: PaymentProvider> Payment<P> {
                 return charge_answer(saga_id, status, row).map(Decision::Answer);
             }
         }
-        Ok(self.charge_call(saga_id, request, fresh, transient_failures))
+        Ok(Decision::Call(self.charge_call(
+            saga_id,
+            request,
+            fresh,
+            transient_failures,
+        )))
     }
 
     /// The provider call of a charge whose intent is committed: `fresh`
@@ -180,7 +209,7 @@ impl<P: PaymentProvider> Payment<P> {
         request: &ChargePayment,
         fresh: bool,
         transient_failures: i32,
-    ) -> Decision {
+    ) -> ExternalCall {
         let charge = ChargeRequest {
             key: IdempotencyKey::charge(saga_id),
             saga_id,
@@ -192,7 +221,7 @@ impl<P: PaymentProvider> Payment<P> {
         };
         let provider = self.provider.clone();
         let failpoint = self.config.failpoint;
-        Decision::Call(ExternalCall::new(async move {
+        ExternalCall::new(async move {
             // An intent found (not written) may have reached the provider:
             // what the provider says under the key is the truth.
             let answer = if fresh {
@@ -210,8 +239,17 @@ impl<P: PaymentProvider> Payment<P> {
                 tracing::error!(key = %charge.key, "PAYMENT_FAILPOINT after_provider_charge: aborting");
                 std::process::abort();
             }
+            let (at_once_charge, at_once_answer) = (charge.clone(), answer.clone());
             Settlement::new(move |conn| Box::pin(settle_charge(conn, charge, answer)))
-        }))
+                .with_one_statement(move |conn, command| {
+                    Box::pin(settle_charge_with_reply(
+                        conn,
+                        command,
+                        at_once_charge,
+                        at_once_answer,
+                    ))
+                })
+        })
     }
 
     /// Refunds what the saga was charged; a no-op when nothing was. A refund
@@ -332,6 +370,57 @@ async fn settle_charge(
             charge_answer(saga_id, status, row)
         }
     }
+}
+
+/// The common settlements of a charge (approved, declined, a provider
+/// failure counted), each with its reply in one statement; `None` when
+/// that does not apply and nothing was written (the payment moved on, the
+/// command was answered meanwhile, or the answer needs the row read): the
+/// general settlement then runs.
+async fn settle_charge_with_reply(
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+    charge: ChargeRequest,
+    answer: ProviderAnswer,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let verdict = rules::charge_verdict(answer);
+    let (settled, outcome) = match verdict {
+        ChargeVerdict::Charged {
+            reference,
+            amount_cents,
+        } => (
+            ChargeSettled::Charged(ApprovedCharge {
+                saga_id: charge.saga_id,
+                reference,
+                amount_cents,
+                currency: &charge.currency,
+                payment_method: &charge.payment_method,
+                customer_id: &charge.customer_id,
+            }),
+            Outcome::Ok(StepResult::Charged(Charged {
+                payment_id: reference,
+                amount_cents,
+            })),
+        ),
+        ChargeVerdict::Declined { reason, ref detail } => (
+            ChargeSettled::Declined { reason, detail },
+            Outcome::rejected(reason, detail.clone()),
+        ),
+        ChargeVerdict::Open {
+            error,
+            provider_failed: true,
+        } => (ChargeSettled::ProviderFailed, Outcome::Transient { error }),
+        ChargeVerdict::Open {
+            provider_failed: false,
+            ..
+        } => return Ok(None),
+    };
+    let reply = inbox::body(&command.reply(outcome));
+    Ok(
+        store::settle_charge_with_reply(conn, command, &settled, &reply)
+            .await?
+            .then_some(reply),
+    )
 }
 
 #[tracing::instrument(skip_all, fields(%saga_id))]

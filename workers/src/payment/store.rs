@@ -1,7 +1,8 @@
 //! The payment worker's own books: one payment row per saga, its status
 //! moving from an intent (`charging`, `refunding`) to an outcome.
 
-use saga_shared::messages::ChargePayment;
+use saga_shared::messages::{ChargePayment, Command};
+use saga_shared::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -115,6 +116,138 @@ pub async fn write_first_charge_intent(
         request,
     )
     .await
+}
+
+/// A first charge's claim and intent in one statement: claims `command` in
+/// the inbox (no reply yet: the provider has not answered) and writes the
+/// charge intent, when the message is new, the saga has no payment row and
+/// the outage switch is off; `true` when it wrote the intent. Committed
+/// alone, it is the first phase whole.
+///
+/// The intent's insert depends on the claim's, so an intent is never
+/// written unclaimed. A claim without an intent stays only when a
+/// concurrent command of the saga wrote its row first: a bare claim, which
+/// the general path takes over as it does one whose call was cut short.
+pub async fn claim_with_first_charge_intent(
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+    request: &ChargePayment,
+) -> Result<bool, sqlx::Error> {
+    let written: bool = sqlx::query_scalar(
+        "WITH open AS (
+             SELECT NOT EXISTS (SELECT 1 FROM inbox WHERE message_id = $6)
+                    AND NOT EXISTS (SELECT 1 FROM payments WHERE saga_id = $1)
+                    AND NOT coalesce((SELECT outage FROM provider_settings WHERE id), false)
+                    AS ok
+         ),
+         claimed AS (
+             INSERT INTO inbox (message_id, saga_id, step, attempt)
+             SELECT $6, $1, $7, $8 WHERE (SELECT ok FROM open)
+             ON CONFLICT (message_id) DO NOTHING
+             RETURNING message_id
+         ),
+         intent AS (
+             INSERT INTO payments
+                 (saga_id, status, amount_cents, currency, payment_method, customer_id)
+             SELECT $1, 'charging', $2, $3, $4, $5 FROM claimed
+             ON CONFLICT (saga_id) DO NOTHING
+             RETURNING saga_id
+         )
+         SELECT EXISTS (SELECT 1 FROM intent)",
+    )
+    .bind(command.saga_id)
+    .bind(request.amount_cents)
+    .bind(&request.currency)
+    .bind(&request.payment_method)
+    .bind(&request.customer_id)
+    .bind(command.message_id)
+    .bind(command.step.routing_key())
+    .bind(command.attempt as i32)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(written)
+}
+
+/// What a charge's settlement writes on a payment still `charging`.
+pub enum ChargeSettled<'a> {
+    Charged(ApprovedCharge<'a>),
+    Declined {
+        reason: &'a str,
+        detail: &'a str,
+    },
+    /// A transient provider failure, counted; the intent stays.
+    ProviderFailed,
+}
+
+/// Wraps a settlement's `SET` list (its own parameters from $4) into one
+/// statement with the inbox: the command's inbox row ($1) is locked first,
+/// as the general path locks it; the payment ($2) is settled only if it is
+/// still `charging` and the command still unanswered; the reply ($3) is
+/// recorded only if it was. The result says whether both were written.
+macro_rules! settling_with_reply {
+    ($set:literal) => {
+        concat!(
+            "WITH claim AS (
+                 SELECT reply FROM inbox WHERE message_id = $1 FOR UPDATE
+             ),
+             settled AS (
+                 UPDATE payments SET ",
+            $set,
+            ", updated_at = now()
+                 WHERE saga_id = $2 AND status = 'charging'
+                   AND EXISTS (SELECT 1 FROM claim WHERE reply IS NULL)
+                 RETURNING saga_id
+             ),
+             recorded AS (
+                 UPDATE inbox SET reply = $3
+                 WHERE message_id = $1 AND EXISTS (SELECT 1 FROM settled)
+                 RETURNING message_id
+             )
+             SELECT EXISTS (SELECT 1 FROM recorded)"
+        )
+    };
+}
+
+/// A charge's second phase whole, in one statement: settles the payment
+/// as `settled` says and records `reply` for `command`, or, when the
+/// payment moved on (another attempt settled it, a refund cancelled it)
+/// or the command was answered meanwhile, writes nothing (`false`).
+pub async fn settle_charge_with_reply(
+    conn: &mut PgConnection,
+    command: &Envelope<Command>,
+    settled: &ChargeSettled<'_>,
+    reply: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let query = match settled {
+        ChargeSettled::Charged(charge) => sqlx::query_scalar(settling_with_reply!(
+            "status = 'charged', amount_cents = $4, currency = $5, payment_method = $6,
+             customer_id = $7, provider_reference = $8"
+        ))
+        .bind(command.message_id)
+        .bind(command.saga_id)
+        .bind(reply)
+        .bind(charge.amount_cents)
+        .bind(charge.currency)
+        .bind(charge.payment_method)
+        .bind(charge.customer_id)
+        .bind(charge.reference),
+        ChargeSettled::Declined { reason, detail } => sqlx::query_scalar(settling_with_reply!(
+            "status = 'declined', amount_cents = 0, rejection_reason = $4,
+             rejection_detail = $5"
+        ))
+        .bind(command.message_id)
+        .bind(command.saga_id)
+        .bind(reply)
+        .bind(*reason)
+        .bind(*detail),
+        ChargeSettled::ProviderFailed => sqlx::query_scalar(settling_with_reply!(
+            "transient_failures = transient_failures + 1"
+        ))
+        .bind(command.message_id)
+        .bind(command.saga_id)
+        .bind(reply),
+    };
+    query.fetch_one(&mut *conn).await
 }
 
 /// Runs `insert`, which takes the saga id and the charge's amount,

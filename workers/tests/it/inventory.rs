@@ -9,7 +9,7 @@ use saga_shared::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
-use workers::runtime::Handler;
+use workers::runtime::{handle_command, Handler};
 
 use crate::{handle, migrated, ok, rejected};
 
@@ -423,4 +423,229 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
             .await
             .unwrap();
     assert_eq!(recorded, 900);
+}
+
+/// Runs `command` as the runtime does (inbox, one-statement path first);
+/// the reply's outcome.
+async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
+    let body = handle_command(&Inventory, pool, command)
+        .await
+        .expect("the handler reaches its database");
+    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
+        .expect("a recorded reply decodes")
+        .payload
+}
+
+async fn inbox_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
+    let db = stocked().await;
+    let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 2), ("APPLE", 1)]));
+
+    let first = handle_command(&Inventory, &db.pool, &command)
+        .await
+        .unwrap();
+    let again = handle_command(&Inventory, &db.pool, &command)
+        .await
+        .unwrap();
+    let once_more = handle_command(&Inventory, &db.pool, &command)
+        .await
+        .unwrap();
+
+    assert_eq!(first, again, "the recorded reply, message id included");
+    assert_eq!(first, once_more);
+    let reservation = reserved(
+        Envelope::<Outcome>::decode(&serde_json::to_vec(&first).unwrap())
+            .unwrap()
+            .payload,
+    );
+    assert_eq!(
+        reservation.lines,
+        vec![
+            PricedLine {
+                sku: "MUG".into(),
+                quantity: 2,
+                unit_price_cents: 850,
+                tax_category: "general".into(),
+            },
+            PricedLine {
+                sku: "APPLE".into(),
+                quantity: 1,
+                unit_price_cents: 125,
+                tax_category: "food".into(),
+            },
+        ]
+    );
+    assert_eq!(available(&db.pool, "MUG").await, 3, "taken once");
+    assert_eq!(inbox_rows(&db.pool).await, 1);
+    // A retry (a new message) answers from the reservation.
+    let retry = Envelope::command(command.saga_id, 2, command.payload.clone());
+    assert_eq!(reserved(answered(&db.pool, &retry).await), reservation);
+    assert_eq!(available(&db.pool, "MUG").await, 3);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothing() {
+    let db = stocked().await;
+    // Prices known: the one-statement path is tried and finds the stock short.
+    answered(
+        &db.pool,
+        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
+    )
+    .await;
+    let saga = Uuid::new_v4();
+    let command = Envelope::command(saga, 1, reserve(&[("APPLE", 1), ("MUG", 5)]));
+
+    let (why, detail) = rejected(answered(&db.pool, &command).await);
+
+    assert_eq!(why, reason::OUT_OF_STOCK);
+    assert!(detail.contains("wanted 5, available 4"), "{detail}");
+    assert_eq!(available(&db.pool, "MUG").await, 4);
+    assert_eq!(available(&db.pool, "APPLE").await, 10, "all or none");
+    // The refusal is the saga's answer, even once stock is back.
+    sqlx::query("UPDATE products SET on_hand = 50, available = 49 WHERE sku = 'MUG'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let retry = Envelope::command(saga, 2, command.payload.clone());
+    let (again, _) = rejected(answered(&db.pool, &retry).await);
+    assert_eq!(again, reason::OUT_OF_STOCK);
+    assert_eq!(available(&db.pool, "MUG").await, 49);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
+    let db = stocked().await;
+    answered(
+        &db.pool,
+        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
+    )
+    .await;
+    sqlx::query("UPDATE products SET unit_price_cents = 900 WHERE sku = 'MUG'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let saga = Uuid::new_v4();
+
+    for attempt in 1..=2 {
+        // Seen stale by the first, remembered anew for the second.
+        let saga = if attempt == 1 { saga } else { Uuid::new_v4() };
+        let command = Envelope::command(saga, 1, reserve(&[("MUG", 1)]));
+        let reservation = reserved(answered(&db.pool, &command).await);
+        assert_eq!(
+            reservation.lines[0].unit_price_cents, 900,
+            "attempt {attempt}"
+        );
+    }
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
+            .bind(saga)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 900);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reserves_in_one_statement_each_never_oversell() {
+    let db = stocked().await;
+    // MUG: 5 units for 24 buyers, each also taking an apple.
+    answered(
+        &db.pool,
+        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("BOOK", 1)])),
+    )
+    .await;
+    let mut buyers = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let pool = db.pool.clone();
+        buyers.spawn(async move {
+            let command =
+                Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1), ("APPLE", 1)]));
+            answered(&pool, &command).await
+        });
+    }
+    let (mut won, mut refused) = (0, 0);
+    while let Some(outcome) = buyers.join_next().await {
+        match outcome.unwrap() {
+            Outcome::Ok(StepResult::Reserved(_)) => won += 1,
+            Outcome::Rejected { reason, .. } if reason == reason::OUT_OF_STOCK => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((won, refused), (5, 19));
+    assert_eq!(available(&db.pool, "MUG").await, 0);
+    assert_eq!(
+        available(&db.pool, "APPLE").await,
+        5,
+        "an apple per mug sold"
+    );
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test]
+async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_holds_nothing() {
+    let db = stocked().await;
+    let saga = Uuid::new_v4();
+    reserved(
+        answered(
+            &db.pool,
+            &Envelope::command(saga, 1, reserve(&[("MUG", 2)])),
+        )
+        .await,
+    );
+    let release_command = Envelope::command(saga, 1, release());
+    assert!(released(answered(&db.pool, &release_command).await));
+    assert_eq!(available(&db.pool, "MUG").await, 5);
+
+    // Released before its reserve came: the late reserve holds nothing.
+    let late = Uuid::new_v4();
+    assert!(!released(
+        answered(&db.pool, &Envelope::command(late, 1, release())).await
+    ));
+    let (why, _) = rejected(
+        answered(
+            &db.pool,
+            &Envelope::command(late, 1, reserve(&[("MUG", 2)])),
+        )
+        .await,
+    );
+    assert_eq!(why, reason::ALREADY_COMPENSATED);
+    assert_eq!(available(&db.pool, "MUG").await, 5);
+    assert_stock_conserved(&db.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_the_winner_did() {
+    let db = stocked().await;
+    answered(
+        &db.pool,
+        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
+    )
+    .await;
+    let saga = Uuid::new_v4();
+    // The first attempt holds the saga's reservation (and the MUG row),
+    // uncommitted, when the second tries its one statement.
+    let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
+    let mut tx = db.pool.begin().await.unwrap();
+    let outcome1 = Inventory.handle(&mut tx, &first).await.unwrap();
+    let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
+    let racer = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move { answered(&pool, &second).await })
+    };
+    assert!(eventually_blocked(&db.pool).await);
+    tx.commit().await.unwrap();
+
+    assert_eq!(reserved(racer.await.unwrap()), reserved(outcome1));
+    assert_eq!(available(&db.pool, "MUG").await, 2, "taken once");
+    assert_stock_conserved(&db.pool).await;
 }

@@ -8,6 +8,7 @@ mod inventory;
 mod payment;
 mod payment_binary;
 mod retention;
+mod round_trips;
 mod runtime;
 mod tax;
 

@@ -689,3 +689,83 @@ async fn a_vanished_payment_intent_is_permanent_not_retried() {
     assert!(error.is_permanent(), "{error}");
     assert!(error.to_string().contains("is gone"), "{error}");
 }
+
+fn reply_of(body: &serde_json::Value) -> Outcome {
+    Envelope::<Outcome>::decode(&serde_json::to_vec(body).unwrap())
+        .expect("a recorded reply decodes")
+        .payload
+}
+
+#[tokio::test]
+async fn a_redelivered_charge_gets_the_reply_its_one_statement_recorded() {
+    let db = payments().await;
+    let payment = simulated_on(&db.pool);
+    let saga = Uuid::new_v4();
+    let command = Envelope::command(saga, 1, charge(1_999, "sim_approve"));
+
+    let first = handle_command(&payment, &db.pool, &command).await.unwrap();
+    let again = handle_command(&payment, &db.pool, &command).await.unwrap();
+
+    assert_eq!(first, again, "the recorded reply, message id included");
+    assert_eq!(charged(reply_of(&first)).amount_cents, 1_999);
+    assert_eq!(payment_row(&db.pool, saga).await.0, "charged");
+    assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 1_999, 0));
+    let answered: (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(reply) FROM inbox WHERE saga_id = $1")
+            .bind(saga)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(answered, (1, 1));
+}
+
+/// The simulator, but a refund of the saga reaches it (through the worker)
+/// while the charge is on its way: a compensation overtaking the charge.
+struct RefundOvertakes {
+    simulator: Simulator,
+    pool: PgPool,
+}
+
+impl PaymentProvider for RefundOvertakes {
+    async fn charge(&self, request: &ChargeRequest) -> ProviderAnswer {
+        let refund = Envelope::command(request.saga_id, 1, refund());
+        handle_command(&simulated_on(&self.pool), &self.pool, &refund)
+            .await
+            .unwrap();
+        self.simulator.charge(request).await
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> ProviderAnswer {
+        self.simulator.refund(request).await
+    }
+
+    async fn lookup(&self, key: &IdempotencyKey) -> Lookup {
+        self.simulator.lookup(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement() {
+    let db = payments().await;
+    let payment = Payment::new(RefundOvertakes {
+        simulator: Simulator::new(db.pool.clone()),
+        pool: db.pool.clone(),
+    });
+    let saga = Uuid::new_v4();
+    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+
+    let body = handle_command(&payment, &db.pool, &command).await.unwrap();
+
+    assert_eq!(rejected(reply_of(&body)).0, reason::ALREADY_COMPENSATED);
+    assert_eq!(
+        payment_row(&db.pool, saga).await,
+        ("refunded".into(), 0, 0, 0)
+    );
+    assert_eq!(
+        ledger_of(&db.pool, saga).await,
+        line(saga, 0, 0),
+        "nothing moved"
+    );
+    let again = handle_command(&payment, &db.pool, &command).await.unwrap();
+    assert_eq!(again, body);
+}

@@ -1,0 +1,310 @@
+//! Round trips to PostgreSQL per command, counted on the wire: a proxy
+//! between the worker's pool and the server counts the server's
+//! ReadyForQuery messages, one per round trip the client waits for (a
+//! statement, a `BEGIN`, a `COMMIT`, the pool's ping before it hands out a
+//! connection). The general path is measured through a wrapper that hides
+//! the handler's one-statement paths, so old and new are compared in one
+//! run on one machine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use saga_shared::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
+use saga_shared::testing::TestDatabase;
+use saga_shared::{Envelope, WorkerKind};
+use sqlx::{PgConnection, PgPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use workers::inventory::{self, catalogue, Inventory};
+use workers::payment::{self, Payment, Simulator};
+use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
+
+use crate::migrated;
+
+/// Forwards connections to PostgreSQL and counts ReadyForQuery ('Z')
+/// messages from the server. Plain protocol only (the test URL asks for no
+/// TLS), where every server message is a type byte and a length.
+struct CountingProxy {
+    counts: Arc<Counts>,
+    url: String,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// ReadyForQuery messages: round trips.
+    ready: AtomicU64,
+    /// Of those, the pool's pings (on checkout and on return).
+    pings: AtomicU64,
+}
+
+/// Round trips of one command: statements (`BEGIN` and `COMMIT` included)
+/// and the pool's pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trips {
+    statements: u64,
+    pings: u64,
+}
+
+impl CountingProxy {
+    async fn start(db: &TestDatabase) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap().to_string();
+        let (scheme_user, rest) = db.url.split_once('@').expect("a URL with a user");
+        let (upstream, path) = rest.split_once('/').expect("a URL with a database");
+        let upstream = upstream.to_owned();
+        let url = format!("{scheme_user}@{proxy}/{path}");
+        let counts = Arc::new(Counts::default());
+        let counter = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                tokio::spawn(forward(client, server, counter.clone()));
+            }
+        });
+        CountingProxy { counts, url }
+    }
+
+    fn count(&self) -> (u64, u64) {
+        (
+            self.counts.ready.load(Ordering::SeqCst),
+            self.counts.pings.load(Ordering::SeqCst),
+        )
+    }
+
+    /// A pool through the proxy, made as a service makes its own.
+    async fn pool(&self) -> PgPool {
+        saga_shared::database::connect_with_backoff(&self.url, 1, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+}
+
+async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Counts>) {
+    let server_counts = counts.clone();
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async move {
+        // The startup message has no type byte; every later one has.
+        let mut started = false;
+        let mut skip = 0usize;
+        let mut header = Vec::with_capacity(5);
+        let mut since_sync = 0usize;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut at = 0;
+            while at < n {
+                if skip > 0 {
+                    let step = skip.min(n - at);
+                    skip -= step;
+                    at += step;
+                    continue;
+                }
+                header.push(buffer[at]);
+                at += 1;
+                if !started && header.len() == 4 {
+                    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+                    skip = length as usize - 4;
+                    header.clear();
+                    started = true;
+                } else if header.len() == 5 {
+                    if header[0] == b'Q' {
+                        // A simple query is answered on its own.
+                        since_sync = 0;
+                    } else if header[0] == b'S' {
+                        // A Sync with nothing before it asks only whether
+                        // the connection lives: the pool's ping.
+                        if since_sync == 0 {
+                            counts.pings.fetch_add(1, Ordering::SeqCst);
+                        }
+                        since_sync = 0;
+                    } else {
+                        since_sync += 1;
+                    }
+                    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    skip = length as usize - 4;
+                    header.clear();
+                }
+            }
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let downstream = async move {
+        // Where the next message starts, counted from the current buffer.
+        let mut skip = 0usize;
+        let mut header = Vec::with_capacity(5);
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut at = 0;
+            while at < n {
+                if skip > 0 {
+                    let step = skip.min(n - at);
+                    skip -= step;
+                    at += step;
+                    continue;
+                }
+                header.push(buffer[at]);
+                at += 1;
+                if header.len() == 5 {
+                    if header[0] == b'Z' {
+                        server_counts.ready.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    skip = length as usize - 4;
+                    header.clear();
+                }
+            }
+            if client_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(upstream, downstream);
+}
+
+/// `handler` as it was before its one-statement paths: only `handle`,
+/// `decide` and a settlement's general form are seen by the runtime.
+struct General<H>(H);
+
+impl<H: Handler> Handler for General<H> {
+    const KIND: WorkerKind = H::KIND;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        command: &Envelope<Command>,
+    ) -> Result<Outcome, sqlx::Error> {
+        self.0.handle(conn, command).await
+    }
+
+    async fn decide(
+        &self,
+        conn: &mut PgConnection,
+        command: &Envelope<Command>,
+    ) -> Result<Decision, sqlx::Error> {
+        Ok(match self.0.decide(conn, command).await? {
+            Decision::Call(call) => Decision::Call(ExternalCall::new(async move {
+                let settlement = call.run().await;
+                Settlement::new(move |conn| Box::pin(settlement.settle(conn)))
+            })),
+            answer => answer,
+        })
+    }
+}
+
+/// Round trips `handler` makes for `command`, through `proxy`'s pool.
+async fn round_trips<H: Handler>(
+    proxy: &CountingProxy,
+    pool: &PgPool,
+    handler: &H,
+    command: &Envelope<Command>,
+) -> Trips {
+    let (ready, pings) = proxy.count();
+    handle_command(handler, pool, command).await.unwrap();
+    // A connection goes back to the pool (and is pinged) after the command.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (ready_after, pings_after) = proxy.count();
+    Trips {
+        statements: (ready_after - ready) - (pings_after - pings),
+        pings: pings_after - pings,
+    }
+}
+
+fn reserve_one(sku: &str) -> Envelope<Command> {
+    Envelope::command(
+        Uuid::new_v4(),
+        1,
+        Command::Reserve(ReserveStock {
+            lines: vec![LineRequest {
+                sku: sku.into(),
+                quantity: 1,
+            }],
+        }),
+    )
+}
+
+fn charge(saga_id: Uuid) -> Envelope<Command> {
+    Envelope::command(
+        saga_id,
+        1,
+        Command::Charge(ChargePayment {
+            amount_cents: 1250,
+            currency: "USD".into(),
+            payment_method: "sim_approve".into(),
+            customer_id: "customer-1".into(),
+        }),
+    )
+}
+
+/// Each handler runs a first command (the connection's statements are
+/// prepared, the prices read), then the measured one, as in a running
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_reserve_is_one_statement() {
+    let db = migrated("inventory_round_trips", &inventory::MIGRATOR).await;
+    // What this process remembers of prices is shared by its tests: these
+    // SKUs are this test's alone.
+    let (general_sku, warm_sku, measured_sku) = (
+        format!("RT-{}", Uuid::new_v4().simple()),
+        format!("RT-{}", Uuid::new_v4().simple()),
+        format!("RT-{}", Uuid::new_v4().simple()),
+    );
+    let rows: String = [&general_sku, &warm_sku, &measured_sku]
+        .iter()
+        .map(|sku| format!("{sku},Mug,100,850,USD,general\n"))
+        .collect();
+    catalogue::import(
+        &db.pool,
+        "catalogue.csv",
+        format!("sku,name,on_hand,unit_price_cents,currency,tax_category\n{rows}").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let proxy = CountingProxy::start(&db).await;
+    let pool = proxy.pool().await;
+
+    let general = General(Inventory);
+    round_trips(&proxy, &pool, &general, &reserve_one(&general_sku)).await;
+    let before = round_trips(&proxy, &pool, &general, &reserve_one(&general_sku)).await;
+    // Prepares the statements on the connection, as a running worker has.
+    round_trips(&proxy, &pool, &Inventory, &reserve_one(&warm_sku)).await;
+    let cold = round_trips(&proxy, &pool, &Inventory, &reserve_one(&measured_sku)).await;
+    let after = round_trips(&proxy, &pool, &Inventory, &reserve_one(&measured_sku)).await;
+    println!(
+        "inventory reserve, round trips: {before:?} before, {after:?} after, \
+         {cold:?} with prices not yet read"
+    );
+    assert_eq!(after.statements, 1, "{after:?}");
+    assert_eq!(after.pings, before.pings, "one checkout from the pool");
+    assert_eq!(cold.statements, 2, "a price read more: {cold:?}");
+    assert_eq!(before.statements, 6, "{before:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_charge_is_one_statement_each_side_of_the_provider_call() {
+    let db = migrated("payment_round_trips", &payment::MIGRATOR).await;
+    let proxy = CountingProxy::start(&db).await;
+    let pool = proxy.pool().await;
+    // The provider is another party: its books are not on the proxy.
+    let general = General(Payment::new(Simulator::new(db.pool.clone())));
+    round_trips(&proxy, &pool, &general, &charge(Uuid::new_v4())).await;
+    let before = round_trips(&proxy, &pool, &general, &charge(Uuid::new_v4())).await;
+    let payment = Payment::new(Simulator::new(db.pool.clone()));
+    round_trips(&proxy, &pool, &payment, &charge(Uuid::new_v4())).await;
+    let after = round_trips(&proxy, &pool, &payment, &charge(Uuid::new_v4())).await;
+    println!("payment charge, round trips: {before:?} before, {after:?} after");
+    assert_eq!(after.statements, 2, "one statement per phase: {after:?}");
+    assert_eq!(before.statements, 9, "{before:?}");
+}
