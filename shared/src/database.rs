@@ -136,12 +136,29 @@ pub async fn connect_with_backoff(
     }
 }
 
+/// A pooled connection idle for longer than this is pinged before use. One
+/// used more recently is handed out as it is: on the hot path every
+/// checkout would otherwise pay a round trip before its first statement.
+/// Should it be broken all the same (the server restarted within the
+/// second), its statement fails as any statement does in an outage (a
+/// transient error, retried), and the pool drops it on release.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 fn pool_options(pool_size: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(pool_size)
         .min_connections(0)
         .idle_timeout(IDLE_TIMEOUT)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// One host's connect options. TLS follows the whole URL's `sslmode`:
