@@ -87,9 +87,9 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     if config.admin_tokens.is_empty() {
         tracing::warn!("ADMIN_TOKENS is not set: the support API and console refuse everyone");
     }
-    let (lane, handed) = crate::handoff::lane();
-    let store = Store::new(pool.clone(), config.policies).handing_to(lane);
     let relay = Arc::new(Notify::new());
+    let (lane, confirmed) = crate::handoff::lane(pool.clone(), broker.clone(), relay.clone());
+    let store = Store::new(pool.clone(), config.policies).handing_to(lane);
     let waiters = Waiters::new(config.http.max_waiters);
     let gauges = DatabaseGauges::default();
     let mut tasks = JoinSet::new();
@@ -119,7 +119,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         store.clone(),
         broker.clone(),
         relay.clone(),
-        handed,
+        confirmed,
         stop.clone(),
     ));
     {

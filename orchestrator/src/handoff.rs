@@ -11,7 +11,11 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use saga_shared::broker::Broker;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -45,10 +49,6 @@ pub struct HandOff {
 }
 
 impl HandOff {
-    pub fn is_empty(&self) -> bool {
-        self.commands.is_empty() && self.due_in.is_none()
-    }
-
     /// Adds what another transition of the same commit left.
     pub fn merge(&mut self, other: HandOff) {
         self.commands.extend(other.commands);
@@ -67,25 +67,91 @@ impl HandOff {
     }
 }
 
-/// The writing side: the store, which hands over after each commit.
-#[derive(Debug, Clone)]
-pub struct Lane(mpsc::UnboundedSender<HandOff>);
+/// The writing side: the store hands each commit's commands here, and they
+/// are published at once, in a task of their own (the committing task goes
+/// on to ack its reply or answer its request). Confirmed commands' rows are
+/// deleted by the relay, in batches, off the checkout's path.
+#[derive(Clone)]
+pub struct Lane {
+    /// `None`: an instance that dies right after its commits (for tests).
+    publisher: Option<Arc<Publisher>>,
+}
 
-/// The relay's side.
-pub type LaneReceiver = mpsc::UnboundedReceiver<HandOff>;
+struct Publisher {
+    pool: PgPool,
+    broker: Arc<Broker>,
+    /// Wakes the relay's claiming path: for a delayed row, or a handed row
+    /// left to it.
+    wake: Arc<Notify>,
+    confirmed: mpsc::UnboundedSender<Vec<Handed>>,
+}
 
-/// Unbounded: what it holds is bounded by the transitions in flight (reply
-/// prefetch and HTTP concurrency), each already committed; a bounded lane
-/// that refused one would leave its rows waiting out their lease.
-pub fn lane() -> (Lane, LaneReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Lane(tx), rx)
+/// The relay's side: commands published and confirmed, whose rows are to go.
+pub type Confirmed = mpsc::UnboundedReceiver<Vec<Handed>>;
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("publishing", &self.publisher.is_some())
+            .finish()
+    }
+}
+
+/// A lane publishing through `broker`; the relay woken by `wake` claims
+/// what it leaves, and deletes what it confirms (the receiver).
+pub fn lane(pool: PgPool, broker: Arc<Broker>, wake: Arc<Notify>) -> (Lane, Confirmed) {
+    // Unbounded: it holds what publishes confirmed until the relay's next
+    // delete, which runs as soon as it is woken.
+    let (confirmed, deletes) = mpsc::unbounded_channel();
+    let publisher = Publisher {
+        pool,
+        broker,
+        wake,
+        confirmed,
+    };
+    let lane = Lane {
+        publisher: Some(Arc::new(publisher)),
+    };
+    (lane, deletes)
 }
 
 impl Lane {
-    /// False when the relay is gone (stopping): the rows then wait out
-    /// their lease, and whichever relay is up publishes them.
-    pub fn hand(&self, handoff: HandOff) -> bool {
-        handoff.is_empty() || self.0.send(handoff).is_ok()
+    /// A lane that leases rows and never publishes them: what an instance
+    /// that dies right after its commits leaves behind.
+    pub fn detached() -> Self {
+        Lane { publisher: None }
+    }
+
+    /// Publishes what one commit handed over, from a task of its own.
+    pub fn hand(&self, handoff: HandOff) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        if handoff.due_in.is_some() {
+            // Its timer must cover the delayed row: the claim finds when.
+            publisher.wake.notify_one();
+        }
+        if handoff.commands.is_empty() {
+            return;
+        }
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let published = crate::relay::publish_handed(
+                &publisher.pool,
+                &publisher.broker,
+                handoff.commands,
+                handoff.committed_at,
+            )
+            .await;
+            if !published.confirmed.is_empty() {
+                // The relay gone (stopping): the rows wait out their
+                // lease, and a relay publishes them again, which the
+                // workers' inboxes absorb.
+                let _ = publisher.confirmed.send(published.confirmed);
+            }
+            if published.left_to_relay {
+                publisher.wake.notify_one();
+            }
+        });
     }
 }

@@ -20,12 +20,11 @@ use saga_shared::{traceparent, Envelope, Step};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::handoff::{HandOff, Handed, LaneReceiver, LEASE};
+use crate::handoff::{Confirmed, Handed, LEASE};
 use crate::saga::{Event, RetryPolicy};
 use crate::store::{Store, StoreError};
 
@@ -40,8 +39,6 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 /// A handed command whose lease ends within this is left to the claiming
 /// path: the lease must outlast its publish and confirm.
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
-/// Handed batches published at once (each awaiting its confirms).
-const HANDED_AT_ONCE: usize = 4;
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
@@ -89,7 +86,7 @@ pub async fn run_relay_until_stopped(
     store: Store,
     broker: Arc<Broker>,
     wake: Arc<Notify>,
-    mut lane: LaneReceiver,
+    mut confirmed: Confirmed,
     stop: CancellationToken,
 ) {
     let fresh = Backoff::holding;
@@ -97,18 +94,13 @@ pub async fn run_relay_until_stopped(
     // When the outbox is to be claimed next; at start, at once: rows an
     // earlier run left.
     let mut next_claim = Instant::now();
-    let mut handed = Vec::new();
-    // Handed batches in flight: the next is published while the last
-    // awaits its confirms and its delete, so a command handed meanwhile
-    // does not wait for them.
-    let mut publishing: JoinSet<Option<Instant>> = JoinSet::new();
+    let mut published = Vec::new();
     loop {
         if broker.blocked().is_some() {
             // A publish now would wait for the alarm to clear inside the
             // batch's transaction, holding its rows locked and a pooled
             // connection for as long as the alarm lasts: hold the outbox
-            // until it clears instead. Handed rows wait in the lane (or
-            // out their lease, for any relay).
+            // until it clears instead.
             tokio::select! {
                 _ = broker.unblocked() => {}
                 _ = stop.cancelled() => break,
@@ -118,21 +110,9 @@ pub async fn run_relay_until_stopped(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some(done) = publishing.join_next(), if !publishing.is_empty() => {
-                if let Ok(Some(claim_at)) = done {
-                    next_claim = next_claim.min(claim_at);
-                }
-                continue;
-            }
-            _ = lane.recv_many(&mut handed, BATCH as usize), if publishing.len() < HANDED_AT_ONCE => {
-                let handoffs = std::mem::take(&mut handed);
-                for handoff in &handoffs {
-                    if let Some(due) = handoff.due_in {
-                        next_claim = next_claim.min(handoff.committed_at + due);
-                    }
-                }
-                let (store, broker) = (store.clone(), broker.clone());
-                publishing.spawn(async move { relay_handed(&store, &broker, handoffs).await });
+            _ = confirmed.recv_many(&mut published, BATCH as usize) => {
+                let rows: Vec<Handed> = published.drain(..).flatten().collect();
+                delete_published(store.pool(), &rows).await;
                 continue;
             }
             _ = wake.notified() => {}
@@ -159,44 +139,62 @@ pub async fn run_relay_until_stopped(
         };
         next_claim = Instant::now() + sleep_for;
     }
-    // Batches being published finish (their confirms are bounded); rows
-    // handed but not published are made due at once, for another instance.
-    while publishing.join_next().await.is_some() {}
-    lane.close();
-    let mut left = Vec::new();
-    while let Ok(handoff) = lane.try_recv() {
-        left.extend(handoff.commands);
+    // What was confirmed before the stop is deleted, not published again.
+    confirmed.close();
+    let mut rows = Vec::new();
+    while let Ok(more) = confirmed.try_recv() {
+        rows.extend(more);
     }
-    if !left.is_empty() {
-        if let Err(error) = release(store.pool(), &left).await {
-            tracing::warn!(%error, commands = left.len(), "cannot release handed commands; they wait out their lease");
-        }
-    }
+    delete_published(store.pool(), &rows).await;
     tracing::info!("outbox relay stopped");
 }
 
-/// Publishes commands handed over by the transitions that committed them,
-/// from memory, then deletes their rows; the rows of commands not
-/// confirmed are released to the claiming path (due at once), which backs
-/// off, parks or waits out an outage as for any row. Returns when the
-/// outbox is to be claimed next because of these rows, if it must be.
-#[tracing::instrument(level = "debug", skip_all, fields(published, released))]
-async fn relay_handed(store: &Store, broker: &Broker, handoffs: Vec<HandOff>) -> Option<Instant> {
-    let now = Instant::now();
-    let mut claim_at = None;
-    let mut commands = Vec::new();
-    for handoff in handoffs {
-        // Close to its lease's end a row may be claimed by any relay at
-        // any moment: leave it to them rather than publish it twice.
-        if handoff.committed_at + LEASE - LEASE_MARGIN <= now {
-            let lease_end = handoff.committed_at + LEASE;
-            claim_at = Some(claim_at.map_or(lease_end, |at: Instant| at.min(lease_end)));
-            continue;
-        }
-        commands.extend(handoff.commands);
+/// Deletes the rows of handed commands the broker confirmed, in one
+/// statement however many commits they came from.
+async fn delete_published(pool: &PgPool, rows: &[Handed]) {
+    if rows.is_empty() {
+        return;
     }
-    if commands.is_empty() {
-        return claim_at;
+    let deleted = sqlx::query(
+        "DELETE FROM outbox o USING unnest($1::uuid[], $2::uuid[]) AS d(saga_id, message_id)
+         WHERE o.saga_id = d.saga_id AND o.message_id = d.message_id",
+    )
+    .bind(rows.iter().map(|c| c.saga_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.message_id).collect::<Vec<_>>())
+    .execute(pool)
+    .await;
+    if let Err(error) = deleted {
+        // Published all the same: once their lease ends a relay sends
+        // them again, and the workers' inboxes answer the duplicates.
+        tracing::warn!(%error, commands = rows.len(), "cannot delete published commands");
+    }
+}
+
+/// What became of commands handed over by their commit.
+pub struct HandedPublish {
+    /// Published and confirmed: their rows are to be deleted.
+    pub confirmed: Vec<Handed>,
+    /// Some were left to the claiming path (not confirmed, or their lease
+    /// about to end): it should look now.
+    pub left_to_relay: bool,
+}
+
+/// Publishes commands handed over by the transition that committed them,
+/// from memory. The rows of commands not confirmed are released to the
+/// claiming path (due at once), which backs off, parks or waits out an
+/// outage as for any row.
+#[tracing::instrument(level = "debug", skip_all, fields(published, released))]
+pub async fn publish_handed(
+    pool: &PgPool,
+    broker: &Broker,
+    commands: Vec<Handed>,
+    committed_at: Instant,
+) -> HandedPublish {
+    // Close to its lease's end a row may be claimed by any relay at any
+    // moment: leave it to them rather than publish it twice. Under a
+    // resource alarm the claiming path holds every row until it clears.
+    if committed_at + LEASE - LEASE_MARGIN <= Instant::now() || broker.blocked().is_some() {
+        return left_to_relay(pool, commands).await;
     }
     let exchange = broker.topology().command_exchange();
     let spans: Vec<tracing::Span> = commands.iter().map(handed_span).collect();
@@ -216,12 +214,12 @@ async fn relay_handed(store: &Store, broker: &Broker, handoffs: Vec<HandOff>) ->
     let publishing = std::time::Instant::now();
     let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
     metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
-    let (mut sent, mut unsent) = (Vec::new(), Vec::new());
+    let (mut confirmed, mut unsent) = (Vec::new(), Vec::new());
     for ((command, result), span) in commands.into_iter().zip(results).zip(spans) {
         match result {
             Ok(()) => {
                 span.record("outcome", "confirmed");
-                sent.push(command);
+                confirmed.push(command);
             }
             Err(error) => {
                 span.record("outcome", "released");
@@ -231,37 +229,34 @@ async fn relay_handed(store: &Store, broker: &Broker, handoffs: Vec<HandOff>) ->
         }
     }
     let span = tracing::Span::current();
-    span.record("published", sent.len());
+    span.record("published", confirmed.len());
     span.record("released", unsent.len());
-    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(sent.len() as u64);
-    if !sent.is_empty() {
-        let deleted = sqlx::query(
-            "DELETE FROM outbox o USING unnest($1::uuid[], $2::uuid[]) AS d(saga_id, message_id)
-             WHERE o.saga_id = d.saga_id AND o.message_id = d.message_id",
-        )
-        .bind(sent.iter().map(|c| c.saga_id).collect::<Vec<_>>())
-        .bind(sent.iter().map(|c| c.message_id).collect::<Vec<_>>())
-        .execute(store.pool())
-        .await;
-        if let Err(error) = deleted {
-            // Published all the same: once their lease ends a relay sends
-            // them again, and the workers' inboxes answer the duplicates.
-            tracing::warn!(%error, commands = sent.len(), "cannot delete published commands");
-        }
-    }
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(confirmed.len() as u64);
     if unsent.is_empty() {
-        return claim_at;
+        return HandedPublish {
+            confirmed,
+            left_to_relay: false,
+        };
     }
     tracing::warn!(
         commands = unsent.len(),
         "handed commands not confirmed; the outbox relay takes them over"
     );
-    match release(store.pool(), &unsent).await {
-        Ok(()) => Some(Instant::now()),
-        Err(error) => {
-            tracing::warn!(%error, commands = unsent.len(), "cannot release handed commands; they wait out their lease");
-            claim_at
-        }
+    HandedPublish {
+        confirmed,
+        left_to_relay: left_to_relay(pool, unsent).await.left_to_relay,
+    }
+}
+
+/// Leaves `commands` to the claiming path: released when they can be,
+/// else (the database away) once their lease ends.
+async fn left_to_relay(pool: &PgPool, commands: Vec<Handed>) -> HandedPublish {
+    if let Err(error) = release(pool, &commands).await {
+        tracing::warn!(%error, commands = commands.len(), "cannot release handed commands; they wait out their lease");
+    }
+    HandedPublish {
+        confirmed: Vec::new(),
+        left_to_relay: true,
     }
 }
 

@@ -146,9 +146,7 @@ impl Store {
     /// After the commit of what `handoff` came from.
     fn hand_off(&self, handoff: HandOff) {
         if let Some(lane) = &self.lane {
-            if !lane.hand(handoff) {
-                tracing::debug!("relay stopped; the commands wait out their lease");
-            }
+            lane.hand(handoff);
         }
     }
 

@@ -5,6 +5,9 @@
 //! fails it and is read again: the cache saves a read, it never decides on
 //! a stale saga.
 //!
+//! That holds as long as every write of a saga's state moves its version
+//! on, as the transition statement does (a hand edit must too).
+//!
 //! Only committed writes are remembered, and an entry is taken out while a
 //! transition uses it, so two replies of one saga at once do not both start
 //! from it (the second reads the row).

@@ -92,11 +92,10 @@ async fn a_command_handed_to_a_relay_that_is_gone_is_sent_when_its_lease_ends() 
     let mut system = System::start().await;
     system.stop_orchestrator().await;
     let pool = system.orchestrator_db.pool.clone();
-    // An instance whose relay died before it could publish what it was
-    // handed: its lane has no receiver.
-    let (lane, relay_side) = handoff::lane();
-    drop(relay_side);
-    let store = Store::new(pool.clone(), StepPolicies::default()).handing_to(lane);
+    // An instance that died right after its commit, before it could
+    // publish what it committed.
+    let store =
+        Store::new(pool.clone(), StepPolicies::default()).handing_to(handoff::Lane::detached());
     let id = create(&store).await;
     let leased: f64 = sqlx::query_scalar(
         "SELECT EXTRACT(EPOCH FROM not_before - now())::float8 FROM outbox WHERE saga_id = $1",

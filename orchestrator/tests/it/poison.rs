@@ -236,11 +236,15 @@ async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() 
     // dead-lettered with the reason, and the reply queue keeps flowing.
     let corrupt = system.place(&order(&[("BOOK", 1)], "sim_slow_60000")).await;
     let corrupt_id: Uuid = corrupt.parse().unwrap();
-    sqlx::query("UPDATE sagas SET state = '{\"written\": \"by a future build\"}' WHERE id = $1")
-        .bind(corrupt_id)
-        .execute(&system.orchestrator_db.pool)
-        .await
-        .unwrap();
+    // As every writer of a saga does, it moves the version on.
+    sqlx::query(
+        "UPDATE sagas SET state = '{\"written\": \"by a future build\"}', version = version + 1
+         WHERE id = $1",
+    )
+    .bind(corrupt_id)
+    .execute(&system.orchestrator_db.pool)
+    .await
+    .unwrap();
     let stray = Envelope::command(
         corrupt_id,
         1,
