@@ -17,6 +17,7 @@ use saga_shared::broker::Broker;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// How long a handed row is left to the instance that wrote it: long
@@ -84,10 +85,16 @@ struct Publisher {
     /// left to it.
     wake: Arc<Notify>,
     confirmed: mpsc::UnboundedSender<Vec<Handed>>,
+    /// The publishes in flight, which a stopping relay lets finish.
+    publishing: TaskTracker,
 }
 
-/// The relay's side: commands published and confirmed, whose rows are to go.
-pub type Confirmed = mpsc::UnboundedReceiver<Vec<Handed>>;
+/// The relay's side: commands published and confirmed, whose rows are to
+/// go, and the publishes still in flight.
+pub struct Confirmed {
+    pub rows: mpsc::UnboundedReceiver<Vec<Handed>>,
+    pub publishing: TaskTracker,
+}
 
 impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,17 +109,19 @@ impl std::fmt::Debug for Lane {
 pub fn lane(pool: PgPool, broker: Arc<Broker>, wake: Arc<Notify>) -> (Lane, Confirmed) {
     // Unbounded: it holds what publishes confirmed until the relay's next
     // delete, which runs as soon as it is woken.
-    let (confirmed, deletes) = mpsc::unbounded_channel();
+    let (confirmed, rows) = mpsc::unbounded_channel();
+    let publishing = TaskTracker::new();
     let publisher = Publisher {
         pool,
         broker,
         wake,
         confirmed,
+        publishing: publishing.clone(),
     };
     let lane = Lane {
         publisher: Some(Arc::new(publisher)),
     };
-    (lane, deletes)
+    (lane, Confirmed { rows, publishing })
 }
 
 impl Lane {
@@ -135,7 +144,8 @@ impl Lane {
             return;
         }
         let publisher = publisher.clone();
-        tokio::spawn(async move {
+        let publishing = publisher.publishing.clone();
+        publishing.spawn(async move {
             let published = crate::relay::publish_handed(
                 &publisher.pool,
                 &publisher.broker,

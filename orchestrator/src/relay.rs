@@ -110,13 +110,17 @@ pub async fn run_relay_until_stopped(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            _ = confirmed.recv_many(&mut published, BATCH as usize) => {
+            _ = confirmed.rows.recv_many(&mut published, BATCH as usize) => {
                 let rows: Vec<Handed> = published.drain(..).flatten().collect();
                 delete_published(store.pool(), &rows).await;
                 continue;
             }
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(next_claim) => {}
+        }
+        if broker.blocked().is_some() {
+            // Blocked while this waited: hold, as above.
+            continue;
         }
         let sleep_for = match relay_batch(&store, &broker).await {
             Ok(Relayed { rows, .. }) if rows as i64 == BATCH => Duration::ZERO,
@@ -139,10 +143,13 @@ pub async fn run_relay_until_stopped(
         };
         next_claim = Instant::now() + sleep_for;
     }
-    // What was confirmed before the stop is deleted, not published again.
-    confirmed.close();
+    // Publishes in flight finish (their confirms are awaited for a bounded
+    // time), and what was confirmed is deleted, not published again.
+    confirmed.publishing.close();
+    confirmed.publishing.wait().await;
+    confirmed.rows.close();
     let mut rows = Vec::new();
-    while let Ok(more) = confirmed.try_recv() {
+    while let Ok(more) = confirmed.rows.try_recv() {
         rows.extend(more);
     }
     delete_published(store.pool(), &rows).await;

@@ -167,14 +167,17 @@ impl Simulator {
         outcome: &str,
         reason: Option<&str>,
     ) -> Result<ProviderAnswer, sqlx::Error> {
-        let mut tx = self.ledger.begin().await?;
+        // One write, so no transaction: the insert commits alone, and on a
+        // conflict the entry it met (committed, since the insert waited for
+        // it) is read by the next statement.
+        let mut conn = self.ledger.acquire().await?;
         let amount = if outcome == "approved" {
             request.amount_cents
         } else {
             0
         };
         let written = insert(
-            &mut tx,
+            &mut conn,
             &request.key,
             request.saga_id,
             "charge",
@@ -194,7 +197,7 @@ impl Simulator {
                 reason: reason.unwrap_or_default().to_owned(),
             },
             None => {
-                let first = entry(&mut tx, &request.key, false)
+                let first = entry(&mut conn, &request.key, false)
                     .await?
                     .ok_or_else(|| sqlx::Error::RowNotFound)?;
                 match first.answer() {
@@ -212,7 +215,6 @@ impl Simulator {
                 }
             }
         };
-        tx.commit().await?;
         Ok(answer)
     }
 
