@@ -7,33 +7,13 @@
 use std::time::Duration;
 
 use orchestrator::handoff;
-use orchestrator::http::validation::parse_checkout;
 use orchestrator::saga::{ClientStatus, StepPolicies};
-use orchestrator::store::{Created, Store};
-use saga_shared::messages::{Command, Outcome, ReserveStock};
+use orchestrator::store::Store;
+use saga_shared::messages::Outcome;
 use saga_shared::testing::TestDatabase;
-use saga_shared::Envelope;
-use uuid::Uuid;
 
-use crate::system::{order, System};
-
-async fn create(store: &Store) -> Uuid {
-    let body = serde_json::to_vec(&order(&[("BOOK", 1)], "sim_approve")).unwrap();
-    let request = parse_checkout(&body).unwrap();
-    match store.create(request, None, "hash").await.unwrap() {
-        Created::New(record) => record.saga.id,
-        _ => panic!("a checkout without a key is always new"),
-    }
-}
-
-fn reserve_reply(saga_id: Uuid, attempt: u32, outcome: Outcome) -> Envelope<Outcome> {
-    Envelope::command(
-        saga_id,
-        attempt,
-        Command::Reserve(ReserveStock { lines: vec![] }),
-    )
-    .reply(outcome)
-}
+use crate::reply_batches::{create, reserve_replies_applied, reserve_reply};
+use crate::system::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_a_saga_another_instance_advanced_is_decided_on_the_row() {
@@ -69,22 +49,8 @@ async fn a_reply_to_a_saga_another_instance_advanced_is_decided_on_the_row() {
         "{saga:?}"
     );
     assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
-    let events: Vec<(i32, String)> = sqlx::query_as(
-        "SELECT attempt, event FROM saga_events WHERE saga_id = $1 AND step = 'inventory.reserve'
-         ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    let replied: Vec<(i32, &str)> = events
-        .iter()
-        .filter(|(_, event)| {
-            event == "transient" || event.starts_with("late_") || event == "rejected"
-        })
-        .map(|(attempt, event)| (*attempt, event.as_str()))
-        .collect();
-    assert_eq!(replied, [(1, "transient"), (2, "rejected")], "{events:?}");
+    let replied = reserve_replies_applied(&db.pool, id).await;
+    assert_eq!(replied, [(1, "transient".into()), (2, "rejected".into())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::system::{order, System};
 
-async fn create(store: &Store) -> Uuid {
+pub async fn create(store: &Store) -> Uuid {
     let body = serde_json::to_vec(&order(&[("BOOK", 1)], "sim_approve")).unwrap();
     let request = parse_checkout(&body).unwrap();
     match store.create(request, None, "hash").await.unwrap() {
@@ -29,7 +29,7 @@ async fn create(store: &Store) -> Uuid {
 }
 
 /// Inventory's answer to `saga_id`'s reservation, attempt `attempt`.
-fn reserve_reply(saga_id: Uuid, attempt: u32, outcome: Outcome) -> Envelope<Outcome> {
+pub fn reserve_reply(saga_id: Uuid, attempt: u32, outcome: Outcome) -> Envelope<Outcome> {
     Envelope::command(
         saga_id,
         attempt,
@@ -43,6 +43,25 @@ fn out_of_stock() -> Outcome {
         reason: "out_of_stock".into(),
         detail: "none left".into(),
     }
+}
+
+/// How each reserve reply of saga `id` was taken, in order: (attempt,
+/// event) for the replies applied, late ones included.
+pub async fn reserve_replies_applied(pool: &sqlx::PgPool, id: Uuid) -> Vec<(i32, String)> {
+    let events: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT attempt, event FROM saga_events WHERE saga_id = $1 AND step = 'inventory.reserve'
+         ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    events
+        .into_iter()
+        .filter(|(_, event)| {
+            event == "transient" || event.starts_with("late_") || event == "rejected"
+        })
+        .collect()
 }
 
 /// The transactions that last wrote these sagas.
@@ -104,23 +123,9 @@ async fn a_batch_commits_once_applies_a_sagas_replies_in_turn_and_refuses_a_stra
         );
         assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
     }
-    let events: Vec<(i32, String)> = sqlx::query_as(
-        "SELECT attempt, event FROM saga_events WHERE saga_id = $1 AND step = 'inventory.reserve'
-         ORDER BY id",
-    )
-    .bind(twice)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
     // Both applied as the awaited attempt: neither was taken as late.
-    let replied: Vec<(i32, &str)> = events
-        .iter()
-        .filter(|(_, event)| {
-            event == "transient" || event.starts_with("late_") || event == "rejected"
-        })
-        .map(|(attempt, event)| (*attempt, event.as_str()))
-        .collect();
-    assert_eq!(replied, [(1, "transient"), (2, "rejected")], "{events:?}");
+    let replied = reserve_replies_applied(&db.pool, twice).await;
+    assert_eq!(replied, [(1, "transient".into()), (2, "rejected".into())]);
     assert_eq!(writers(&db.pool, &[twice, once]).await, 1, "one commit");
 }
 

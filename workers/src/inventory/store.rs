@@ -167,6 +167,29 @@ pub async fn locked_stock(
         .collect())
 }
 
+/// A take's reservation lines, one array per column, as the statements
+/// that record them bind them.
+struct LineColumns<'a> {
+    positions: Vec<i32>,
+    skus: Vec<&'a str>,
+    quantities: Vec<i32>,
+    prices: Vec<i64>,
+    categories: Vec<&'a str>,
+}
+
+impl<'a> LineColumns<'a> {
+    fn of(take: &'a Take) -> Self {
+        LineColumns {
+            positions: (0..).take(take.lines.len()).collect(),
+            skus: take.lines.iter().map(|l| l.sku.as_str()).collect(),
+            // Each line is at most the stock it took, so it fits an integer.
+            quantities: take.lines.iter().map(|l| l.quantity as i32).collect(),
+            prices: take.lines.iter().map(|l| l.unit_price_cents).collect(),
+            categories: take.lines.iter().map(|l| l.tax_category.as_str()).collect(),
+        }
+    }
+}
+
 /// Takes `take`'s stock and records the reservation, in one statement:
 /// all of it, if every SKU still has the stock, price and category it was
 /// decided on; otherwise nothing (`false`). The product rows are locked in
@@ -176,12 +199,7 @@ pub async fn take(
     saga_id: Uuid,
     take: &Take,
 ) -> Result<bool, sqlx::Error> {
-    let positions: Vec<i32> = (0..).take(take.lines.len()).collect();
-    let line_skus: Vec<&str> = take.lines.iter().map(|l| l.sku.as_str()).collect();
-    // Each line is at most the stock it took, so it fits an integer.
-    let line_quantities: Vec<i32> = take.lines.iter().map(|l| l.quantity as i32).collect();
-    let line_prices: Vec<i64> = take.lines.iter().map(|l| l.unit_price_cents).collect();
-    let line_categories: Vec<&str> = take.lines.iter().map(|l| l.tax_category.as_str()).collect();
+    let lines = LineColumns::of(take);
     // `locked` waits for and reads each row's newest version; the UPDATE
     // below then finds the same versions, so it decrements what was checked.
     sqlx::query_scalar(
@@ -231,11 +249,11 @@ pub async fn take(
     .bind(&take.unit_prices_cents)
     .bind(&take.tax_categories)
     .bind(&take.currency)
-    .bind(&positions)
-    .bind(&line_skus)
-    .bind(&line_quantities)
-    .bind(&line_prices)
-    .bind(&line_categories)
+    .bind(&lines.positions)
+    .bind(&lines.skus)
+    .bind(&lines.quantities)
+    .bind(&lines.prices)
+    .bind(&lines.categories)
     .fetch_one(&mut *conn)
     .await
 }
@@ -287,12 +305,7 @@ pub async fn reserve_at_once(
     take: &Take,
     reply: &serde_json::Value,
 ) -> Result<bool, sqlx::Error> {
-    let positions: Vec<i32> = (0..).take(take.lines.len()).collect();
-    let line_skus: Vec<&str> = take.lines.iter().map(|l| l.sku.as_str()).collect();
-    // Each line is at most the stock it took, so it fits an integer.
-    let line_quantities: Vec<i32> = take.lines.iter().map(|l| l.quantity as i32).collect();
-    let line_prices: Vec<i64> = take.lines.iter().map(|l| l.unit_price_cents).collect();
-    let line_categories: Vec<&str> = take.lines.iter().map(|l| l.tax_category.as_str()).collect();
+    let lines = LineColumns::of(take);
     // `fresh` skips the locks when a committed row already says the case
     // does not apply. `locked` waits for and reads each row's newest
     // version; `enough` decides on those; the UPDATE then finds the same
@@ -357,11 +370,11 @@ pub async fn reserve_at_once(
     .bind(&take.unit_prices_cents)
     .bind(&take.tax_categories)
     .bind(&take.currency)
-    .bind(&positions)
-    .bind(&line_skus)
-    .bind(&line_quantities)
-    .bind(&line_prices)
-    .bind(&line_categories)
+    .bind(&lines.positions)
+    .bind(&lines.skus)
+    .bind(&lines.quantities)
+    .bind(&lines.prices)
+    .bind(&lines.categories)
     .bind(command.message_id)
     .bind(command.step.routing_key())
     .bind(command.attempt as i32)
