@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use saga_shared::broker::{Backoff, Broker, BrokerError, Outgoing};
 use saga_shared::messages::Command;
 use saga_shared::{traceparent, Envelope, Step};
@@ -113,7 +114,12 @@ pub async fn run_relay_until_stopped(
             _ = confirmed.rows.recv_many(&mut published, BATCH as usize) => {
                 let rows: Vec<Handed> = published.drain(..).flatten().collect();
                 delete_published(store.pool(), &rows).await;
-                continue;
+                // Under load confirmations keep coming: the claiming path
+                // still gets its turn once woken or due.
+                let woken = wake.notified().now_or_never().is_some();
+                if !woken && Instant::now() < next_claim {
+                    continue;
+                }
             }
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(next_claim) => {}
