@@ -146,13 +146,23 @@ pub async fn locked_stock(
     conn: &mut PgConnection,
     skus: &[&str],
 ) -> Result<Vec<Stock>, sqlx::Error> {
-    let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
+    read_stock(
+        conn,
         "SELECT sku, available, unit_price_cents, currency, tax_category
          FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        skus,
     )
-    .bind(skus)
-    .fetch_all(&mut *conn)
-    .await?;
+    .await
+}
+
+/// The rows `sql` (a select of `skus`' stock columns) reads.
+async fn read_stock(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    skus: &[&str],
+) -> Result<Vec<Stock>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64, String, String)> =
+        sqlx::query_as(sql).bind(skus).fetch_all(&mut *conn).await?;
     Ok(rows
         .into_iter()
         .map(
@@ -260,25 +270,13 @@ pub async fn take(
 
 /// The stock of `skus` as committed, locking nothing: for pricing only.
 pub async fn stock(conn: &mut PgConnection, skus: &[&str]) -> Result<Vec<Stock>, sqlx::Error> {
-    let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
+    read_stock(
+        conn,
         "SELECT sku, available, unit_price_cents, currency, tax_category
          FROM products WHERE sku = ANY($1)",
+        skus,
     )
-    .bind(skus)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(sku, available, unit_price_cents, currency, tax_category)| Stock {
-                sku,
-                available,
-                unit_price_cents,
-                currency,
-                tax_category,
-            },
-        )
-        .collect())
+    .await
 }
 
 /// A first reserve of a saga, whole, in one statement: claims `command` in
