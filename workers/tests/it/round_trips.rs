@@ -87,9 +87,7 @@ async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Counts>) {
     let (mut server_read, mut server_write) = server.into_split();
     let upstream = async move {
         // The startup message has no type byte; every later one has.
-        let mut started = false;
-        let mut skip = 0usize;
-        let mut header = Vec::with_capacity(5);
+        let mut frames = Frames::new(true);
         let mut since_sync = 0usize;
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
@@ -97,40 +95,19 @@ async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Counts>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut at = 0;
-            while at < n {
-                if skip > 0 {
-                    let step = skip.min(n - at);
-                    skip -= step;
-                    at += step;
-                    continue;
-                }
-                header.push(buffer[at]);
-                at += 1;
-                if !started && header.len() == 4 {
-                    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-                    skip = length as usize - 4;
-                    header.clear();
-                    started = true;
-                } else if header.len() == 5 {
-                    if header[0] == b'Q' {
-                        // A simple query is answered on its own.
-                        since_sync = 0;
-                    } else if header[0] == b'S' {
-                        // A Sync with nothing before it asks only whether
-                        // the connection lives: the pool's ping.
-                        if since_sync == 0 {
-                            counts.pings.fetch_add(1, Ordering::SeqCst);
-                        }
-                        since_sync = 0;
-                    } else {
-                        since_sync += 1;
+            frames.feed(&buffer[..n], |kind| match kind {
+                // A simple query is answered on its own.
+                b'Q' => since_sync = 0,
+                b'S' => {
+                    // A Sync with nothing before it asks only whether the
+                    // connection lives: the pool's ping.
+                    if since_sync == 0 {
+                        counts.pings.fetch_add(1, Ordering::SeqCst);
                     }
-                    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-                    skip = length as usize - 4;
-                    header.clear();
+                    since_sync = 0;
                 }
-            }
+                _ => since_sync += 1,
+            });
             if server_write.write_all(&buffer[..n]).await.is_err() {
                 break;
             }
@@ -138,40 +115,72 @@ async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Counts>) {
         let _ = server_write.shutdown().await;
     };
     let downstream = async move {
-        // Where the next message starts, counted from the current buffer.
-        let mut skip = 0usize;
-        let mut header = Vec::with_capacity(5);
+        let mut frames = Frames::new(false);
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             let n = match server_read.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut at = 0;
-            while at < n {
-                if skip > 0 {
-                    let step = skip.min(n - at);
-                    skip -= step;
-                    at += step;
-                    continue;
+            frames.feed(&buffer[..n], |kind| {
+                if kind == b'Z' {
+                    server_counts.ready.fetch_add(1, Ordering::SeqCst);
                 }
-                header.push(buffer[at]);
-                at += 1;
-                if header.len() == 5 {
-                    if header[0] == b'Z' {
-                        server_counts.ready.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-                    skip = length as usize - 4;
-                    header.clear();
-                }
-            }
+            });
             if client_write.write_all(&buffer[..n]).await.is_err() {
                 break;
             }
         }
     };
     tokio::join!(upstream, downstream);
+}
+
+/// Splits one direction of the PostgreSQL protocol into its messages,
+/// whatever the boundaries of the reads: each message's type byte is seen
+/// once.
+struct Frames {
+    /// The next message is the startup message, which has no type byte.
+    startup: bool,
+    /// Bytes of the current message's body still to pass over.
+    skip: usize,
+    header: Vec<u8>,
+}
+
+impl Frames {
+    fn new(startup: bool) -> Self {
+        Frames {
+            startup,
+            skip: 0,
+            header: Vec::with_capacity(5),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8], mut each: impl FnMut(u8)) {
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.skip > 0 {
+                let step = self.skip.min(bytes.len() - at);
+                self.skip -= step;
+                at += step;
+                continue;
+            }
+            self.header.push(bytes[at]);
+            at += 1;
+            let length_at = match (self.startup, self.header.len()) {
+                (true, 4) => 0,
+                (false, 5) => 1,
+                _ => continue,
+            };
+            if !self.startup {
+                each(self.header[0]);
+            }
+            let length = &self.header[length_at..length_at + 4];
+            let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+            self.skip = length as usize - 4;
+            self.header.clear();
+            self.startup = false;
+        }
+    }
 }
 
 /// `handler` as it was before its one-statement paths: only `handle`,
