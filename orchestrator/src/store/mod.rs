@@ -340,7 +340,7 @@ impl Store {
                  WHERE o.saga_id = s.id AND o.routing_key = s.current_step
                    AND coalesce(o.attempt, s.attempt) = s.attempt
                  ORDER BY o.id LIMIT 1) o ON true
-             WHERE s.deadline_at <= now()
+             WHERE s.status IN ('running', 'compensating') AND s.deadline_at <= now()
              ORDER BY s.deadline_at LIMIT $1 FOR UPDATE OF s SKIP LOCKED",
         )
         .bind(limit)
@@ -499,7 +499,7 @@ impl Store {
     pub async fn next_deadline(&self) -> Result<Option<Duration>, StoreError> {
         let ms: Option<f64> = sqlx::query_scalar(
             "SELECT (EXTRACT(EPOCH FROM (min(deadline_at) - now())) * 1000)::float8
-             FROM sagas WHERE deadline_at IS NOT NULL",
+             FROM sagas WHERE status IN ('running', 'compensating')",
         )
         .fetch_one(&self.pool)
         .await?;

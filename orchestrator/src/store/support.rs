@@ -53,10 +53,6 @@ pub enum BulkSelection {
 const PARKED_PHASE: &str =
     "CASE WHEN state->>'suspended_from' = 'compensating' THEN 'compensating' ELSE 'forward' END";
 
-/// The customer of a saga, spelled exactly as the `sagas_customer` index
-/// is, so that a search by customer uses it.
-const CUSTOMER: &str = "(state->'request'->>'customer_id')";
-
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SagaSummary {
     pub saga_id: Uuid,
@@ -164,7 +160,7 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
     }
     if let Some(text) = &filter.search {
         query
-            .push(format!(" AND ({CUSTOMER} = "))
+            .push(" AND (customer_id = ")
             .push_bind(text.clone())
             .push(" OR idempotency_key = ")
             .push_bind(text.clone());
@@ -177,7 +173,7 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
     }
     if let Some(customer) = &filter.customer_id {
         query
-            .push(format!(" AND {CUSTOMER} = "))
+            .push(" AND customer_id = ")
             .push_bind(customer.clone());
     }
     if let Some(key) = &filter.idempotency_key {

@@ -706,6 +706,11 @@ proptest! {
                 Answer::Unpublishable => publish_failed(&saga, saga.attempt),
             };
             let t = handle(&saga, event, ctx());
+            // The deadline timer looks for awaited replies among running
+            // and compensating sagas only.
+            if !matches!(t.deadline(), Deadline::None) {
+                prop_assert!(matches!(t.saga.status, SagaStatus::Running | SagaStatus::Compensating));
+            }
             for (_, attempt) in sent_steps(&t) {
                 prop_assert!(attempt <= policy.max_attempts);
             }
