@@ -15,6 +15,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod topology;
 pub mod traceparent;
+pub mod warm_pool;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use saga_shared::failure::Classify;
 use saga_shared::messages::Outcome;
+use saga_shared::warm_pool::WarmPool;
 use saga_shared::{traceparent, Envelope};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -85,6 +86,8 @@ pub enum Created {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// The same pool, for the checkout's path: no ping between uses.
+    warm: WarmPool,
     policies: StepPolicies,
     /// This instance's relay, which publishes the commands of the
     /// transitions written here as soon as they commit. Without one, rows
@@ -125,6 +128,7 @@ fn parse(id: Uuid, state: serde_json::Value) -> Result<Saga, StoreError> {
 impl Store {
     pub fn new(pool: PgPool, policies: StepPolicies) -> Self {
         Store {
+            warm: WarmPool::new(pool.clone()),
             pool,
             policies,
             lane: None,
@@ -154,6 +158,11 @@ impl Store {
         &self.pool
     }
 
+    /// The pool as the checkout's path uses it ([`WarmPool`]).
+    pub fn warm(&self) -> &WarmPool {
+        &self.warm
+    }
+
     /// The engine's inputs for one transition, with a fresh jitter sample.
     fn context(&self) -> Context<'_> {
         Context {
@@ -180,13 +189,15 @@ impl Store {
         // commit, then finds our row: one key, one checkout.
         let (query, handoff) = TransitionRows::new(&transition, self.leasing())
             .bind(sqlx::query_as::<_, Row>(transition::INSERT));
+        let mut conn = self.warm.acquire().await?;
         let row = query
             .bind(idempotency_key)
             .bind(request_hash)
             .bind(traceparent::of(&tracing::Span::current()))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
         if let Some(row) = row {
+            conn.release();
             self.hand_off(handoff);
             self.cache.put(0, started);
             metrics::counter!(crate::metrics::SAGAS_STARTED).increment(1);
@@ -197,8 +208,9 @@ impl Store {
              FROM sagas WHERE idempotency_key = $1",
         )
         .bind(idempotency_key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
+        conn.release();
         // Conflicted on the key yet gone cannot happen: sagas are never deleted.
         let KeyedRow {
             request_hash: hash,
@@ -212,11 +224,13 @@ impl Store {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
+        let mut conn = self.warm.acquire().await?;
         let row: Option<Row> =
             sqlx::query_as("SELECT id, state, created_at, updated_at FROM sagas WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
+        conn.release();
         row.map(Row::into_record).transpose()
     }
 
@@ -271,7 +285,7 @@ impl Store {
         };
         // One connection for the read and the write: under load a pool's
         // waits, not round trips, are what a transition costs.
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.warm.acquire().await?;
         loop {
             let (version, saga, trace) = match cached.take() {
                 Some(hit) => (hit.version, hit.saga, None),
@@ -303,6 +317,7 @@ impl Store {
             )
             .await?
             {
+                conn.release();
                 self.hand_off(handoff);
                 self.cache.put(version + 1, next);
                 return Ok(());
