@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use saga_shared::broker::{Backoff, Broker, BrokerError, Outgoing};
 use saga_shared::messages::Command;
-use saga_shared::warm_pool::WarmPool;
 use saga_shared::{traceparent, Envelope, Step};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -114,7 +113,7 @@ pub async fn run_relay_until_stopped(
             _ = stop.cancelled() => break,
             _ = confirmed.rows.recv_many(&mut published, BATCH as usize) => {
                 let rows: Vec<Handed> = published.drain(..).flatten().collect();
-                delete_published(store.warm(), &rows).await;
+                delete_published(store.pool(), &rows).await;
                 // Under load confirmations keep coming: the claiming path
                 // still gets its turn once woken or due.
                 let woken = wake.notified().now_or_never().is_some();
@@ -159,29 +158,23 @@ pub async fn run_relay_until_stopped(
     while let Ok(more) = confirmed.rows.try_recv() {
         rows.extend(more);
     }
-    delete_published(store.warm(), &rows).await;
+    delete_published(store.pool(), &rows).await;
     tracing::info!("outbox relay stopped");
 }
 
 /// Deletes the rows of handed commands the broker confirmed, in one
 /// statement however many commits they came from.
-async fn delete_published(warm: &WarmPool, rows: &[Handed]) {
+async fn delete_published(pool: &PgPool, rows: &[Handed]) {
     if rows.is_empty() {
         return;
     }
-    let deleted = async {
-        let mut conn = warm.acquire().await?;
-        sqlx::query(
-            "DELETE FROM outbox o USING unnest($1::uuid[], $2::uuid[]) AS d(saga_id, message_id)
+    let deleted = sqlx::query(
+        "DELETE FROM outbox o USING unnest($1::uuid[], $2::uuid[]) AS d(saga_id, message_id)
          WHERE o.saga_id = d.saga_id AND o.message_id = d.message_id",
-        )
-        .bind(rows.iter().map(|c| c.saga_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|c| c.message_id).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-        conn.release();
-        Ok::<_, sqlx::Error>(())
-    }
+    )
+    .bind(rows.iter().map(|c| c.saga_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|c| c.message_id).collect::<Vec<_>>())
+    .execute(pool)
     .await;
     if let Err(error) = deleted {
         // Published all the same: once their lease ends a relay sends

@@ -15,7 +15,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod topology;
 pub mod traceparent;
-pub mod warm_pool;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -20,7 +20,6 @@ use saga_shared::consumer::{
 };
 use saga_shared::messages::{reason, Command, Outcome};
 use saga_shared::topology::REPLY_ROUTING_KEY;
-use saga_shared::warm_pool::WarmPool;
 use saga_shared::{traceparent, Envelope, WorkerKind};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -198,7 +197,7 @@ pub fn not_handled(kind: WorkerKind, command: &Command) -> Outcome {
 
 struct Context<H> {
     handler: H,
-    pool: WarmPool,
+    pool: PgPool,
     broker: Arc<Broker>,
 }
 
@@ -217,7 +216,7 @@ pub async fn run_worker_until_stopped<H: Handler>(
     let tag = format!("{}-{}", H::KIND.as_str(), Uuid::new_v4().simple());
     let ctx = Arc::new(Context {
         handler,
-        pool: WarmPool::new(pool),
+        pool,
         broker: broker.clone(),
     });
     let handle = |deliveries| {
@@ -499,14 +498,13 @@ pub enum Batched {
 /// then to be handled alone.
 pub async fn handle_batch<H: Handler>(
     handler: &H,
-    pool: &WarmPool,
+    pool: &PgPool,
     commands: &[&Envelope<Command>],
 ) -> Result<Vec<Batched>, sqlx::Error> {
     if H::READS_ONLY {
         return answer_reading(handler, pool, commands).await;
     }
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = pool.begin().await?;
     // One round trip sets the lock bound and the first savepoint; each
     // command's success moves the savepoint past it in one more.
     simple(&mut tx, BATCH_START).await?;
@@ -545,7 +543,6 @@ pub async fn handle_batch<H: Handler>(
         }
     }
     tx.commit().await?;
-    conn.release();
     Ok(handled)
 }
 
@@ -555,7 +552,7 @@ pub async fn handle_batch<H: Handler>(
 /// not claimed; it goes alone as in any batch.
 async fn answer_reading<H: Handler>(
     handler: &H,
-    pool: &WarmPool,
+    pool: &PgPool,
     commands: &[&Envelope<Command>],
 ) -> Result<Vec<Batched>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
@@ -582,7 +579,6 @@ async fn answer_reading<H: Handler>(
         inbox::claim_answered(&mut conn, &answered).await?
     }
     .into_iter();
-    conn.release();
     Ok(handled
         .into_iter()
         .map(|done| {
@@ -656,7 +652,7 @@ async fn handle_once<H: Handler>(
 #[tracing::instrument(skip_all, fields(message_id = %command.message_id))]
 pub async fn handle_command<H: Handler>(
     handler: &H,
-    pool: &WarmPool,
+    pool: &PgPool,
     command: &Envelope<Command>,
 ) -> Result<serde_json::Value, sqlx::Error> {
     if H::READS_ONLY {
@@ -665,18 +661,16 @@ pub async fn handle_command<H: Handler>(
         tracing::info!(outcome = outcome.label(), "command handled");
         let answered = [(command, command.reply(outcome))];
         let mut replies = inbox::claim_answered(&mut conn, &answered).await?;
-        conn.release();
         return Ok(replies.pop().expect("a reply per answer"));
     }
     let mut conn = pool.acquire().await?;
     match at_once(handler, &mut conn, command).await? {
         Some(AtOnce::Replied(reply)) => {
-            conn.release();
             tracing::info!("command handled in one statement");
             return Ok(reply);
         }
         Some(AtOnce::Call(call)) => {
-            conn.release();
+            drop(conn);
             return record_settlement(pool, command, call.run().await).await;
         }
         None => {}
@@ -685,7 +679,6 @@ pub async fn handle_command<H: Handler>(
     let mut tx = conn.begin().await?;
     if let Some(reply) = inbox::claim(&mut tx, command).await? {
         tx.commit().await?;
-        conn.release();
         tracing::info!("duplicate command: sending the recorded reply");
         return Ok(reply);
     }
@@ -694,7 +687,6 @@ pub async fn handle_command<H: Handler>(
             tracing::info!(outcome = outcome.label(), "command handled");
             let body = inbox::record(&mut tx, command, &command.reply(outcome)).await?;
             tx.commit().await?;
-            conn.release();
             return Ok(body);
         }
         Decision::Call(call) => call,
@@ -704,7 +696,7 @@ pub async fn handle_command<H: Handler>(
     // became of it.
     tx.commit().await?;
     // No connection is held during the call.
-    conn.release();
+    drop(conn);
     record_settlement(pool, command, call.run().await).await
 }
 
@@ -735,7 +727,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 /// one statement when the settlement has one that applies, else in a
 /// transaction that takes the inbox row's lock first. The reply body.
 async fn record_settlement(
-    pool: &WarmPool,
+    pool: &PgPool,
     command: &Envelope<Command>,
     settlement: Settlement,
 ) -> Result<serde_json::Value, sqlx::Error> {
@@ -743,7 +735,6 @@ async fn record_settlement(
     let Settlement { settle, at_once } = settlement;
     if let Some(at_once) = at_once {
         if let Some(body) = at_once(&mut conn, command).await? {
-            conn.release();
             tracing::info!("command handled after an external call, in one statement");
             return Ok(body);
         }
@@ -757,6 +748,5 @@ async fn record_settlement(
     );
     let body = inbox::record(&mut tx, command, &command.reply(outcome)).await?;
     tx.commit().await?;
-    conn.release();
     Ok(body)
 }

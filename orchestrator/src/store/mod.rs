@@ -13,7 +13,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use saga_shared::failure::Classify;
 use saga_shared::messages::Outcome;
-use saga_shared::warm_pool::WarmPool;
 use saga_shared::{traceparent, Envelope};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -86,8 +85,6 @@ pub enum Created {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    /// The same pool, for the checkout's path: no ping between uses.
-    warm: WarmPool,
     policies: StepPolicies,
     /// This instance's relay, which publishes the commands of the
     /// transitions written here as soon as they commit. Without one, rows
@@ -128,7 +125,6 @@ fn parse(id: Uuid, state: serde_json::Value) -> Result<Saga, StoreError> {
 impl Store {
     pub fn new(pool: PgPool, policies: StepPolicies) -> Self {
         Store {
-            warm: WarmPool::new(pool.clone()),
             pool,
             policies,
             lane: None,
@@ -158,11 +154,6 @@ impl Store {
         &self.pool
     }
 
-    /// The pool as the checkout's path uses it ([`WarmPool`]).
-    pub fn warm(&self) -> &WarmPool {
-        &self.warm
-    }
-
     /// The engine's inputs for one transition, with a fresh jitter sample.
     fn context(&self) -> Context<'_> {
         Context {
@@ -189,15 +180,13 @@ impl Store {
         // commit, then finds our row: one key, one checkout.
         let (query, handoff) = TransitionRows::new(&transition, self.leasing())
             .bind(sqlx::query_as::<_, Row>(transition::INSERT));
-        let mut conn = self.warm.acquire().await?;
         let row = query
             .bind(idempotency_key)
             .bind(request_hash)
             .bind(traceparent::of(&tracing::Span::current()))
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
-            conn.release();
             self.hand_off(handoff);
             self.cache.put(0, started);
             metrics::counter!(crate::metrics::SAGAS_STARTED).increment(1);
@@ -208,9 +197,8 @@ impl Store {
              FROM sagas WHERE idempotency_key = $1",
         )
         .bind(idempotency_key)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&self.pool)
         .await?;
-        conn.release();
         // Conflicted on the key yet gone cannot happen: sagas are never deleted.
         let KeyedRow {
             request_hash: hash,
@@ -224,13 +212,11 @@ impl Store {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
-        let mut conn = self.warm.acquire().await?;
         let row: Option<Row> =
             sqlx::query_as("SELECT id, state, created_at, updated_at FROM sagas WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(&self.pool)
                 .await?;
-        conn.release();
         row.map(Row::into_record).transpose()
     }
 
@@ -285,7 +271,7 @@ impl Store {
         };
         // One connection for the read and the write: under load a pool's
         // waits, not round trips, are what a transition costs.
-        let mut conn = self.warm.acquire().await?;
+        let mut conn = self.pool.acquire().await?;
         loop {
             let (version, saga, trace) = match cached.take() {
                 Some(hit) => (hit.version, hit.saga, None),
@@ -317,7 +303,6 @@ impl Store {
             )
             .await?
             {
-                conn.release();
                 self.hand_off(handoff);
                 self.cache.put(version + 1, next);
                 return Ok(());

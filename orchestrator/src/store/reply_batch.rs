@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use saga_shared::messages::Outcome;
 use saga_shared::Envelope;
-use sqlx::Connection;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -62,8 +61,7 @@ impl Store {
                 None => missing.push(id),
             }
         }
-        let mut conn = self.warm.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.pool.begin().await?;
         if !missing.is_empty() {
             let rows: Vec<(Uuid, i64, serde_json::Value)> =
                 sqlx::query_as("SELECT id, version, state FROM sagas WHERE id = ANY($1)")
@@ -143,7 +141,6 @@ impl Store {
             }
         }
         tx.commit().await?;
-        conn.release();
         self.hand_off(handoff);
         for current in sagas.into_values() {
             if let Ok(saga) = current.state {

@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use saga_shared::warm_pool::WarmPool;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -32,17 +31,12 @@ pub const VOIDED: &str = "the charge was cancelled by its refund before it arriv
 #[derive(Debug, Clone)]
 pub struct Simulator {
     ledger: PgPool,
-    /// The same pool, for a charge: no ping between charges.
-    warm: WarmPool,
 }
 
 impl Simulator {
     /// A simulator whose ledger is the `provider_ledger` table of `ledger`.
     pub fn new(ledger: PgPool) -> Self {
-        Simulator {
-            warm: WarmPool::new(ledger.clone()),
-            ledger,
-        }
+        Simulator { ledger }
     }
 }
 
@@ -176,7 +170,7 @@ impl Simulator {
         // One write, so no transaction: the insert commits alone, and on a
         // conflict the entry it met (committed, since the insert waited for
         // it) is read by the next statement.
-        let mut conn = self.warm.acquire().await?;
+        let mut conn = self.ledger.acquire().await?;
         let amount = if outcome == "approved" {
             request.amount_cents
         } else {
@@ -221,7 +215,6 @@ impl Simulator {
                 }
             }
         };
-        conn.release();
         Ok(answer)
     }
 

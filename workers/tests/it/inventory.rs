@@ -5,7 +5,6 @@ use saga_shared::messages::{
     Reserved, StepResult,
 };
 use saga_shared::testing::{eventually, TestDatabase};
-use saga_shared::warm_pool::WarmPool;
 use saga_shared::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -429,7 +428,7 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
 /// Runs `command` as the runtime does (inbox, one-statement path first);
 /// the reply's outcome.
 async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
-    let body = handle_command(&Inventory, &WarmPool::new(pool.clone()), command)
+    let body = handle_command(&Inventory, pool, command)
         .await
         .expect("the handler reaches its database");
     Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
@@ -449,13 +448,13 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     let db = stocked().await;
     let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 2), ("APPLE", 1)]));
 
-    let first = handle_command(&Inventory, &WarmPool::new(db.pool.clone()), &command)
+    let first = handle_command(&Inventory, &db.pool, &command)
         .await
         .unwrap();
-    let again = handle_command(&Inventory, &WarmPool::new(db.pool.clone()), &command)
+    let again = handle_command(&Inventory, &db.pool, &command)
         .await
         .unwrap();
-    let once_more = handle_command(&Inventory, &WarmPool::new(db.pool.clone()), &command)
+    let once_more = handle_command(&Inventory, &db.pool, &command)
         .await
         .unwrap();
 

@@ -8,7 +8,6 @@ use saga_shared::messages::{
     reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
 use saga_shared::testing::TestDatabase;
-use saga_shared::warm_pool::WarmPool;
 use saga_shared::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -31,7 +30,7 @@ fn simulated_on(pool: &PgPool) -> Payment {
 /// a new message each time, as a retry is; the reply's outcome.
 async fn handle(payment: &Payment, pool: &PgPool, saga_id: Uuid, command: Command) -> Outcome {
     let envelope = Envelope::command(saga_id, 1, command);
-    let body = handle_command(payment, &WarmPool::new(pool.clone()), &envelope)
+    let body = handle_command(payment, pool, &envelope)
         .await
         .expect("the handler reaches its database");
     Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
@@ -704,12 +703,8 @@ async fn a_redelivered_charge_gets_the_reply_its_one_statement_recorded() {
     let saga = Uuid::new_v4();
     let command = Envelope::command(saga, 1, charge(1_999, "sim_approve"));
 
-    let first = handle_command(&payment, &WarmPool::new(db.pool.clone()), &command)
-        .await
-        .unwrap();
-    let again = handle_command(&payment, &WarmPool::new(db.pool.clone()), &command)
-        .await
-        .unwrap();
+    let first = handle_command(&payment, &db.pool, &command).await.unwrap();
+    let again = handle_command(&payment, &db.pool, &command).await.unwrap();
 
     assert_eq!(first, again, "the recorded reply, message id included");
     assert_eq!(charged(reply_of(&first)).amount_cents, 1_999);
@@ -734,13 +729,9 @@ struct RefundOvertakes {
 impl PaymentProvider for RefundOvertakes {
     async fn charge(&self, request: &ChargeRequest) -> ProviderAnswer {
         let refund = Envelope::command(request.saga_id, 1, refund());
-        handle_command(
-            &simulated_on(&self.pool),
-            &WarmPool::new(self.pool.clone()),
-            &refund,
-        )
-        .await
-        .unwrap();
+        handle_command(&simulated_on(&self.pool), &self.pool, &refund)
+            .await
+            .unwrap();
         self.simulator.charge(request).await
     }
 
@@ -763,9 +754,7 @@ async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement
     let saga = Uuid::new_v4();
     let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
 
-    let body = handle_command(&payment, &WarmPool::new(db.pool.clone()), &command)
-        .await
-        .unwrap();
+    let body = handle_command(&payment, &db.pool, &command).await.unwrap();
 
     assert_eq!(rejected(reply_of(&body)).0, reason::ALREADY_COMPENSATED);
     assert_eq!(
@@ -777,8 +766,6 @@ async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement
         line(saga, 0, 0),
         "nothing moved"
     );
-    let again = handle_command(&payment, &WarmPool::new(db.pool.clone()), &command)
-        .await
-        .unwrap();
+    let again = handle_command(&payment, &db.pool, &command).await.unwrap();
     assert_eq!(again, body);
 }

@@ -4,7 +4,6 @@ use saga_shared::messages::{
     reason, CalculateTax, Command, LineTax, Outcome, PricedLine, ShipTo, StepResult, TaxCalculated,
 };
 use saga_shared::testing::TestDatabase;
-use saga_shared::warm_pool::WarmPool;
 use saga_shared::Envelope;
 use uuid::Uuid;
 use workers::runtime::{handle_batch, handle_command, Batched};
@@ -265,9 +264,7 @@ async fn a_redelivered_tax_command_is_answered_with_the_first_reply() {
         1,
         calculate("US", "CA", vec![line("A", 1, 1000, "general")]),
     );
-    let first = handle_command(&Tax, &WarmPool::new(db.pool.clone()), &command)
-        .await
-        .unwrap();
+    let first = handle_command(&Tax, &db.pool, &command).await.unwrap();
     assert_eq!(recorded_tax(&first), 73);
 
     rates::import(
@@ -277,9 +274,7 @@ async fn a_redelivered_tax_command_is_answered_with_the_first_reply() {
     )
     .await
     .unwrap();
-    let again = handle_command(&Tax, &WarmPool::new(db.pool.clone()), &command)
-        .await
-        .unwrap();
+    let again = handle_command(&Tax, &db.pool, &command).await.unwrap();
     assert_eq!(again, first, "a redelivery gets the recorded reply");
 
     let fresh = Envelope::command(
@@ -287,13 +282,9 @@ async fn a_redelivered_tax_command_is_answered_with_the_first_reply() {
         1,
         calculate("US", "CA", vec![line("A", 1, 1000, "general")]),
     );
-    let batch = handle_batch(
-        &Tax,
-        &WarmPool::new(db.pool.clone()),
-        &[&command, &fresh, &fresh],
-    )
-    .await
-    .unwrap();
+    let batch = handle_batch(&Tax, &db.pool, &[&command, &fresh, &fresh])
+        .await
+        .unwrap();
     let replies: Vec<serde_json::Value> = batch
         .into_iter()
         .map(|done| match done {
