@@ -123,6 +123,7 @@ mod tests {
                     cpu_cores: Some(0.25),
                     peak_rss_kib: Some(40 * 1024),
                     hwm_kib: None,
+                    group: false,
                 }],
                 machine_cores: Some(1.5),
             },

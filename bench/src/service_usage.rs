@@ -1,6 +1,10 @@
 //! CPU share and resident memory of the services under test, read from
 //! /proc while a step runs (Linux only; elsewhere the figures are absent).
+//! The database and the broker, when they run on this machine, are
+//! watched too: their CPU is most of what a checkout costs, and which of
+//! them is busiest says where a deployment needs cores.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// A process to watch, by the name the report prints.
@@ -70,6 +74,37 @@ fn ticks_per_second() -> f64 {
     }
 }
 
+/// The servers a checkout uses, by the name the report prints and their
+/// processes' command name (`/proc/<pid>/comm`): every backend of each.
+pub const SERVERS: [(&str, &str); 2] = [("postgresql", "postgres"), ("rabbitmq", "beam.smp")];
+
+/// CPU ticks of every process whose command name is `comm`, by pid.
+fn ticks_of_every(comm: &str) -> HashMap<u32, u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| read_process(pid, "comm").is_some_and(|c| c.trim_end() == comm))
+        .filter_map(|pid| Some((pid, cpu_ticks(&read_process(pid, "stat")?)?)))
+        .collect()
+}
+
+/// Ticks a group of processes used between two readings. A process that
+/// started meanwhile counts whole; one that ended meanwhile is not seen
+/// (its last ticks are lost, a few at most for a database's backends,
+/// which live as long as their pool). `None` when none is running.
+pub fn group_ticks_used(start: &HashMap<u32, u64>, end: &HashMap<u32, u64>) -> Option<u64> {
+    if end.is_empty() {
+        return None;
+    }
+    Some(
+        end.iter()
+            .map(|(pid, now)| now.saturating_sub(start.get(pid).copied().unwrap_or(0)))
+            .sum(),
+    )
+}
+
 fn read_process(pid: u32, file: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
 }
@@ -84,6 +119,9 @@ pub struct ProcessUsage {
     pub peak_rss_kib: Option<u64>,
     /// The kernel's high-water mark since the process started (VmHWM).
     pub hwm_kib: Option<u64>,
+    /// A server's processes together ([`SERVERS`]): CPU only, since their
+    /// resident sets share one buffer cache and do not add up.
+    pub group: bool,
 }
 
 /// What a step used: the services, the bench itself and the whole machine.
@@ -97,6 +135,9 @@ pub struct StepUsage {
 /// Samples the watched processes from the start of a step to its end.
 pub struct UsageSampler {
     processes: Vec<WatchedProcess>,
+    /// Each of [`SERVERS`] (name, command name) with its processes' ticks
+    /// at the start.
+    groups: Vec<(&'static str, &'static str, HashMap<u32, u64>)>,
     started: Instant,
     start_ticks: Vec<Option<u64>>,
     peak_rss: Vec<Option<u64>>,
@@ -115,9 +156,14 @@ impl UsageSampler {
             .iter()
             .map(|p| read_process(p.pid, "stat").as_deref().and_then(cpu_ticks))
             .collect();
+        let groups = SERVERS
+            .iter()
+            .map(|&(name, comm)| (name, comm, ticks_of_every(comm)))
+            .collect();
         let mut sampler = Self {
             peak_rss: vec![None; processes.len()],
             processes,
+            groups,
             started: Instant::now(),
             start_ticks,
             machine_start: std::fs::read_to_string("/proc/stat")
@@ -168,8 +214,19 @@ impl UsageSampler {
                     hwm_kib: read_process(process.pid, "status")
                         .as_deref()
                         .and_then(|s| status_kib(s, "VmHWM")),
+                    group: false,
                 }
             })
+            .chain(self.groups.iter().filter_map(|(name, comm, start)| {
+                let used = group_ticks_used(start, &ticks_of_every(comm))?;
+                Some(ProcessUsage {
+                    name: (*name).to_owned(),
+                    cpu_cores: Some(used as f64 / per_second / seconds),
+                    peak_rss_kib: None,
+                    hwm_kib: None,
+                    group: true,
+                })
+            }))
             .collect();
         let machine_cores = match (
             self.machine_start,
@@ -206,6 +263,7 @@ impl std::fmt::Display for StepUsage {
             }
             match process.peak_rss_kib {
                 Some(kib) => write!(f, " rss {:.1} MiB", kib as f64 / 1024.0)?,
+                None if process.group => {}
                 None => write!(f, " rss ?")?,
             }
         }
@@ -247,6 +305,23 @@ mod tests {
         assert_eq!((watched.name.as_str(), watched.pid), ("inventory", 1234));
         assert!(parse_watched("inventory").is_err());
         assert!(parse_watched("inventory=x").is_err());
+    }
+
+    #[test]
+    fn a_group_counts_what_each_process_used_and_a_new_one_whole() {
+        let start = HashMap::from([(10, 100), (11, 50), (12, 7)]);
+        // 12 ended, 13 started during the step.
+        let end = HashMap::from([(10, 160), (11, 50), (13, 30)]);
+        assert_eq!(group_ticks_used(&start, &end), Some(60 + 30));
+        assert_eq!(group_ticks_used(&start, &HashMap::new()), None);
+    }
+
+    #[test]
+    fn a_group_is_found_by_its_command_name() {
+        let comm = read_process(std::process::id(), "comm").unwrap();
+        let found = ticks_of_every(comm.trim_end());
+        assert!(found.contains_key(&std::process::id()), "{found:?}");
+        assert!(ticks_of_every("no-such-command").is_empty());
     }
 
     #[test]
