@@ -222,8 +222,16 @@ async fn round_trips<H: Handler>(
 ) -> Trips {
     let (ready, pings) = proxy.count();
     handle_command(handler, pool, command).await.unwrap();
-    // A connection goes back to the pool (and is pinged) after the command.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // A connection goes back to the pool (and is pinged) after the command,
+    // in a task of the pool's: count once every connection is idle again.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool.num_idle() < pool.size() as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a connection never came back to the pool"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let (ready_after, pings_after) = proxy.count();
     Trips {
         statements: (ready_after - ready) - (pings_after - pings),
