@@ -224,14 +224,12 @@ async fn round_trips<H: Handler>(
     handle_command(handler, pool, command).await.unwrap();
     // A connection goes back to the pool (and is pinged) after the command,
     // in a task of the pool's: count once every connection is idle again.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while pool.num_idle() < pool.size() as usize {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a connection never came back to the pool"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    saga_shared::testing::eventually(
+        "every connection back in the pool",
+        std::time::Duration::from_secs(10),
+        || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
+    )
+    .await;
     let (ready_after, pings_after) = proxy.count();
     Trips {
         statements: (ready_after - ready) - (pings_after - pings),
