@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+
+use crate::upgrade::Order;
 use reqwest::Url;
 
 const LONG_ABOUT: &str = "\
@@ -64,6 +66,16 @@ pub struct Args {
         value_name = "PATH"
     )]
     pub cluster_script: PathBuf,
+    /// A rolling upgrade instead of faults: start every process from the
+    /// binaries in DIR (an older release), then, under the load, replace
+    /// them one at a time by this build's (--bin-dir), each service's
+    /// `migrate` first. No process is killed and no server restarted; the
+    /// run also fails on any dead letter, parked saga or unexpected outcome.
+    #[arg(long, value_name = "DIR")]
+    pub upgrade_from: Option<PathBuf>,
+    /// With --upgrade-from: which processes are replaced first.
+    #[arg(long, value_enum, default_value_t = Order::WorkersFirst, requires = "upgrade_from")]
+    pub order: Order,
     /// Keep the databases and the AMQP queues even when the run passes.
     #[arg(long)]
     pub keep: bool,
@@ -110,6 +122,8 @@ pub struct Settings {
     /// `Some(scripts/cluster)` with --cluster.
     pub cluster_script: Option<PathBuf>,
     pub keep: bool,
+    /// `--upgrade-from DIR --order O`.
+    pub upgrade: Option<(PathBuf, Order)>,
     pub bin_dir: PathBuf,
     pub run_dir: PathBuf,
     pub run_id: String,
@@ -176,6 +190,12 @@ impl Settings {
                 );
             }
         }
+        if let Some(from) = &args.upgrade_from {
+            if args.cluster {
+                bail!("--upgrade-from runs on this machine's servers, not with --cluster");
+            }
+            crate::upgrade::binaries_present(from)?;
+        }
         // Random, not from the seed: re-running a seed must not collide with
         // the databases a failed run of the same seed kept.
         let run_id = format!("{:08x}", rand::random::<u32>());
@@ -188,15 +208,26 @@ impl Settings {
             seconds: Duration::from_secs(args.seconds),
             concurrency: args.concurrency,
             seed: args.seed.unwrap_or_else(rand::random),
-            service_restarts: !args.no_service_restarts,
+            service_restarts: !args.no_service_restarts && args.upgrade_from.is_none(),
             cluster_script: args.cluster.then_some(args.cluster_script),
             keep: args.keep,
+            upgrade: args.upgrade_from.map(|from| (from, args.order)),
             bin_dir,
             run_dir,
             run_id,
             pg_admin_url,
             amqp_url,
         })
+    }
+}
+
+impl Settings {
+    /// The binaries the run starts with: the older release's in an upgrade.
+    pub fn start_bin_dir(&self) -> &std::path::Path {
+        match &self.upgrade {
+            Some((from, _)) => from,
+            None => &self.bin_dir,
+        }
     }
 }
 

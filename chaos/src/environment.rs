@@ -110,6 +110,11 @@ impl Environment {
             .await
             .context("cannot delete the run's queues and exchanges")?;
         connection.close(200, "chaos run done".into()).await.ok();
+        // The services created the run's queue policies; a broker without
+        // the management API has none to remove.
+        if let Ok(management) = saga_shared::queue_policies::Management::new(&self.amqp_url, None) {
+            let _ = management.remove(&Topology::new(&self.amqp_prefix)).await;
+        }
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ mod processes;
 mod report;
 mod services;
 mod setup;
+mod upgrade;
 mod workload;
 
 use std::process::ExitCode;
@@ -136,7 +137,7 @@ async fn main() -> ExitCode {
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
     let fleet = Arc::new(Mutex::new(Fleet::new(
         &log_dir,
-        setup::specs(&settings.bin_dir, &env, ports, &admin_token),
+        setup::specs(settings.start_bin_dir(), &env, ports, &admin_token),
     )));
     let api = Arc::new(Api::new(
         ports
@@ -225,7 +226,7 @@ async fn run(
     std::fs::write(&rates, workload::tax_rates_csv())?;
     let logs = settings.run_dir.join("logs");
     setup::import(
-        &settings.bin_dir,
+        settings.start_bin_dir(),
         env,
         "inventory",
         &catalogue,
@@ -233,7 +234,7 @@ async fn run(
     )
     .await?;
     setup::import(
-        &settings.bin_dir,
+        settings.start_bin_dir(),
         env,
         "tax",
         &rates,
@@ -251,18 +252,43 @@ async fn run(
     let over = chaos.over.clone();
     let progress = Arc::new(driver::Progress::default());
     let chaos_started = Instant::now();
-    let faults = tokio::spawn(
-        Faults {
-            fleet: fleet.clone(),
-            api: api.clone(),
-            servers: services,
-            run_id: settings.run_id.clone(),
-            seed: settings.seed,
-            span: settings.seconds,
+    let mut roller = None;
+    match &settings.upgrade {
+        Some((from, order)) => {
+            // The roll takes the middle of the load: a sixth of it on the old
+            // release first, then a pause between two processes that lets
+            // the mixed fleet serve.
+            let slots = fleet.lock().await.len() as u32;
+            roller = Some(tokio::spawn(
+                upgrade::Roller {
+                    fleet: fleet.clone(),
+                    api: api.clone(),
+                    env: env.clone(),
+                    from: from.clone(),
+                    to: settings.bin_dir.clone(),
+                    order: *order,
+                    log_dir: settings.run_dir.join("logs"),
+                    warm_up: settings.seconds / 6,
+                    pause: settings.seconds / (3 * slots),
+                }
+                .run(over.clone()),
+            ));
         }
-        .run(over.clone()),
-    );
-    *chaos.faults.lock().expect("not poisoned") = Some(faults);
+        None => {
+            let faults = tokio::spawn(
+                Faults {
+                    fleet: fleet.clone(),
+                    api: api.clone(),
+                    servers: services,
+                    run_id: settings.run_id.clone(),
+                    seed: settings.seed,
+                    span: settings.seconds,
+                }
+                .run(over.clone()),
+            );
+            *chaos.faults.lock().expect("not poisoned") = Some(faults);
+        }
+    }
     let mut driving = tokio::spawn(driver::drive(
         api.clone(),
         plan,
@@ -284,6 +310,12 @@ async fn run(
             }
         }
     });
+    // The roll ends before the load does: the last minutes run on the new
+    // build alone.
+    let roll = match roller {
+        Some(roller) => Some(roller.await?),
+        None => None,
+    };
     // Whichever comes first: every checkout driven, or the time is up.
     let driving = tokio::select! {
         driving = &mut driving => {
@@ -344,6 +376,16 @@ async fn run(
     let sagas = checks::sagas(&orchestrator_db).await?;
     let timeline = checks::timeline(&orchestrator_db).await?;
     let dead_letters = checks::dead_letters(&orchestrator_db).await;
+    let roll = match roll {
+        Some(roll) => {
+            let cost = upgrade::cost(&orchestrator_db, &roll).await;
+            if let Err(error) = &cost {
+                event!("cannot read what the roll cost: {error:#}");
+            }
+            Some((roll, cost.ok()))
+        }
+        None => None,
+    };
     orchestrator_db.close().await;
     event!("running the auditor");
     let audit = checks::audit(
@@ -378,6 +420,7 @@ async fn run(
             timeline,
             dead_letters,
             audit,
+            roll,
         },
     ))
 }

@@ -159,6 +159,39 @@ impl Fleet {
         Ok(true)
     }
 
+    /// Replaces the slot's process by `binary`, as a deploy does: SIGTERM
+    /// (SIGKILL after `grace`), then the new binary with the same
+    /// configuration. Returns how long the old process took to stop.
+    pub async fn replace(
+        &mut self,
+        slot: usize,
+        binary: PathBuf,
+        grace: Duration,
+    ) -> anyhow::Result<Duration> {
+        self.collect_exits();
+        let asked = Instant::now();
+        if let Some(mut child) = self.slots[slot].child.take() {
+            if let Some(pid) = child.id() {
+                signal(pid, libc::SIGTERM);
+            }
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                event!(
+                    "{} did not stop within {grace:?} of SIGTERM: SIGKILL",
+                    self.slots[slot].spec.name
+                );
+                if let Some(pid) = child.id() {
+                    signal(pid, libc::SIGKILL);
+                }
+                child.wait().await.context("cannot reap a killed process")?;
+                self.slots[slot].kills += 1;
+            }
+        }
+        let stopped_after = asked.elapsed();
+        self.slots[slot].spec.binary = binary;
+        self.start(slot)?;
+        Ok(stopped_after)
+    }
+
     /// Records (and prints) every process that exited on its own since the
     /// last call; returns the slots that are now down for that reason.
     pub fn collect_exits(&mut self) -> Vec<usize> {

@@ -12,6 +12,7 @@ use crate::checks::{Audit, Drain, SagaRow};
 use crate::driver::Driving;
 use crate::faults::Restart;
 use crate::processes::UnexpectedExit;
+use crate::upgrade::{self, Cost, Roll};
 use crate::workload::Kind;
 
 /// How the run was set up, for the heading.
@@ -42,6 +43,8 @@ pub struct Evidence {
     pub timeline: Vec<(String, i64)>,
     pub dead_letters: Option<Vec<(String, i64)>>,
     pub audit: Audit,
+    /// A rolling upgrade's steps and cost (`--upgrade-from`).
+    pub roll: Option<(Roll, Option<Cost>)>,
 }
 
 #[derive(Debug)]
@@ -76,6 +79,9 @@ pub struct Report {
     pub timeline: Vec<(String, i64)>,
     pub dead_letters: Option<Vec<(String, i64)>>,
     pub audit: Audit,
+    pub roll: Option<(Roll, Option<Cost>)>,
+    /// Sagas parked (suspended) after the drain.
+    pub parked: usize,
 }
 
 impl Report {
@@ -92,6 +98,7 @@ impl Report {
             timeline,
             dead_letters,
             audit,
+            roll,
         } = evidence;
         let by_key: HashMap<&str, &SagaRow> = sagas
             .iter()
@@ -123,6 +130,8 @@ impl Report {
             timeline,
             dead_letters,
             audit,
+            roll,
+            parked: 0,
         };
 
         let mut our_keys: HashSet<&str> = HashSet::new();
@@ -192,6 +201,7 @@ impl Report {
             if row.is_in_flight() {
                 report.stuck.push(row.describe());
             }
+            report.parked += usize::from(row.status == "suspended");
         }
         report
     }
@@ -254,6 +264,32 @@ impl Report {
         if !self.audit.ran() {
             failures.push(format!("the auditor did not run: {}", self.audit.summary));
         }
+        // A roll is not a fault: it must cost nothing a client or support
+        // would see.
+        if let Some((roll, _)) = &self.roll {
+            if let Some(failure) = &roll.failure {
+                failures.push(format!("the roll failed: {failure}"));
+            }
+            let dead: i64 = self.dead_letters.iter().flatten().map(|(_, n)| n).sum();
+            let unexpected: usize = self
+                .unexpected_outcomes
+                .values()
+                .flat_map(|outcomes| outcomes.values())
+                .sum();
+            for (count, what) in [
+                (dead as usize, "dead letters"),
+                (self.parked, "parked (suspended) sagas"),
+                (
+                    unexpected,
+                    "checkouts with another outcome than their kind's",
+                ),
+                (self.refused.len(), "checkouts never accepted"),
+            ] {
+                if count > 0 {
+                    failures.push(format!("{count} {what}"));
+                }
+            }
+        }
         failures
     }
 }
@@ -287,6 +323,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "logs: {}", p.run_dir)?;
         writeln!(f, "chaos lasted {}", seconds(self.chaos_lasted))?;
+        if let Some((roll, cost)) = &self.roll {
+            writeln!(f)?;
+            for line in upgrade::describe(roll, cost.as_ref()) {
+                writeln!(f, "{line}")?;
+            }
+        }
 
         let total: u32 = self.kills.iter().map(|(_, n)| n).sum();
         writeln!(f, "\nSIGKILLs: {total}")?;

@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use crate::tls::{self, CaFile, TlsRefused};
-use crate::topology::Topology;
+use crate::topology::{Topology, TopologyError};
 use crate::traceparent;
 
 /// Header that carries why a message was dead-lettered.
@@ -56,6 +56,19 @@ pub enum BrokerError {
     NoNodes,
     #[error("{0}")]
     Tls(#[source] TlsRefused),
+    /// The broker holds an exchange or queue unlike what this build
+    /// declares: permanent, never "not reachable".
+    #[error("RabbitMQ topology conflict: {0}")]
+    TopologyConflict(#[source] TopologyError),
+}
+
+impl From<TopologyError> for BrokerError {
+    fn from(error: TopologyError) -> Self {
+        match error {
+            TopologyError::Amqp(error) => BrokerError::Amqp(error),
+            conflict @ TopologyError::Conflict { .. } => BrokerError::TopologyConflict(conflict),
+        }
+    }
 }
 
 impl BrokerError {
@@ -313,7 +326,7 @@ impl Broker {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.topology.declare(&publisher).await?;
+        self.topology.declare(connection).await?;
         Ok(publisher)
     }
 
@@ -332,8 +345,12 @@ impl Broker {
                 let error = tokio::select! {
                     attempt = attempt => match attempt {
                         Ok(Ok(session)) => return Ok(session),
-                        // Retrying cannot mend a certificate: say so at once.
-                        Ok(Err(error @ BrokerError::Tls(_))) => return Err(error),
+                        // Retrying cannot mend a certificate or a queue
+                        // declared otherwise: say so at once.
+                        Ok(Err(error @ (BrokerError::Tls(_) | BrokerError::TopologyConflict(_)))) => {
+                            tracing::error!(%node, %error, "cannot use RabbitMQ");
+                            return Err(error);
+                        }
                         Ok(Err(error)) => error.to_string(),
                         Err(_) => format!("no answer within {CONNECT_WITHIN:?}"),
                     },
@@ -586,10 +603,8 @@ impl Broker {
     /// on): a queue deleted under a running system comes back.
     #[tracing::instrument(skip_all, fields(prefix = self.topology.prefix()))]
     pub async fn redeclare(&self) -> Result<(), BrokerError> {
-        let channel = self.channel().await?;
-        let declared = self.topology.declare(&channel).await;
-        let _ = channel.close(200, "declared".into()).await;
-        declared?;
+        let session = self.session().await?;
+        self.topology.declare(&session.connection).await?;
         Ok(())
     }
 

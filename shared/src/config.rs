@@ -130,6 +130,9 @@ pub struct ServiceConfig {
     /// After SIGTERM, how long in-flight work may take before the process
     /// exits anyway (what is still unacked is redelivered elsewhere).
     pub shutdown_grace: std::time::Duration,
+    /// `RABBITMQ_MANAGEMENT_URL`: where the queue policies are kept; unset,
+    /// the first AMQP node's host on port 15672 with its credentials.
+    pub rabbitmq_management_url: Option<SecretString>,
 }
 
 impl ServiceConfig {
@@ -163,6 +166,15 @@ impl ServiceConfig {
             "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
         )?;
         let amqp_ca = tls::amqp_ca(source, amqp_url.expose_secret())?;
+        let rabbitmq_management_url = match source.get("RABBITMQ_MANAGEMENT_URL") {
+            Some(value) if !value.trim().is_empty() => Some(url(
+                source,
+                "RABBITMQ_MANAGEMENT_URL",
+                &["http", "https"],
+                "set it to RabbitMQ's management API, e.g. http://admin:secret@127.0.0.1:15672, or leave it unset",
+            )?),
+            _ => None,
+        };
         Ok(ServiceConfig {
             database_url,
             amqp_url,
@@ -171,6 +183,7 @@ impl ServiceConfig {
             prefetch,
             database_pool_size,
             shutdown_grace: std::time::Duration::from_secs(grace_seconds),
+            rabbitmq_management_url,
         })
     }
 
@@ -184,6 +197,18 @@ impl ServiceConfig {
 
     pub fn amqp_url(&self) -> &str {
         self.amqp_url.expose_secret()
+    }
+
+    /// The management API that keeps the queue policies.
+    pub fn management(
+        &self,
+    ) -> Result<crate::queue_policies::Management, crate::queue_policies::PolicyError> {
+        crate::queue_policies::Management::new(
+            self.amqp_url(),
+            self.rabbitmq_management_url
+                .as_ref()
+                .map(|url| url.expose_secret()),
+        )
     }
 }
 

@@ -143,6 +143,10 @@ impl Drop for TopologyGuard {
                     }
                     let _ = conn.close(200, "bye".into()).await;
                 }
+                // The services under test created the prefix's policies.
+                if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
+                    let _ = management.remove(&topology).await;
+                }
             });
         })
         .join();

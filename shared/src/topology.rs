@@ -2,18 +2,13 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::messages::WorkerKind;
 
 /// A message that keeps crashing its consumer is dead-lettered after this
 /// many deliveries by the quorum queue itself.
 pub const DELIVERY_LIMIT: i32 = 5;
-
-/// Replicas of each quorum queue: a majority (two) survives the loss of
-/// any one node of a three-node cluster. RabbitMQ caps it at the nodes the
-/// cluster has, so a single node declares the same queues.
-pub const QUORUM_GROUP_SIZE: i32 = 3;
 
 /// The routing key of every reply on the reply exchange.
 pub const REPLY_ROUTING_KEY: &str = "reply";
@@ -76,53 +71,87 @@ impl Topology {
         ]
     }
 
-    /// Declares everything; idempotent, so every service declares it all at
-    /// start and none depends on another having started first.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Declares whatever is missing; idempotent, so every service runs it
+    /// at start and none depends on another having started first.
+    ///
+    /// A queue that exists is left as it is (checked passively, never
+    /// redeclared): RabbitMQ refuses a declaration whose arguments differ
+    /// from the queue's, so a build that redeclared with arguments of its
+    /// own could never start beside queues an older release created. What
+    /// may change over a queue's life (its delivery limit, where it
+    /// dead-letters) is a policy ([`Topology::policies`]), which applies
+    /// to live queues; a new queue is declared with `x-queue-type` alone,
+    /// the one argument that can be neither a policy nor changed.
+    /// Each step takes a channel of its own, since a passive declaration of
+    /// a missing queue, or a refused one, closes its channel.
+    pub async fn declare(&self, connection: &Connection) -> Result<(), TopologyError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
         };
+        let channel = connection.create_channel().await?;
         for (name, kind) in [
             (self.command_exchange(), ExchangeKind::Topic),
             (self.reply_exchange(), ExchangeKind::Direct),
             (self.dead_letter_exchange(), ExchangeKind::Fanout),
         ] {
             channel
-                .exchange_declare(name.into(), kind, durable, FieldTable::default())
-                .await?;
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(|error| TopologyError::judge("exchange", &name, error))?;
         }
 
-        let with_dead_letters = quorum_arguments(Some(&self.dead_letter_exchange()));
         for worker in WorkerKind::ALL {
             let queue = self.command_queue(worker);
-            declare_queue(channel, &queue, with_dead_letters.clone()).await?;
+            declare_queue(connection, &queue).await?;
             bind(
-                channel,
+                &channel,
                 &queue,
                 &self.command_exchange(),
                 &format!("{}.*", worker.as_str()),
             )
             .await?;
         }
-        declare_queue(channel, &self.reply_queue(), with_dead_letters).await?;
+        declare_queue(connection, &self.reply_queue()).await?;
         bind(
-            channel,
+            &channel,
             &self.reply_queue(),
             &self.reply_exchange(),
             REPLY_ROUTING_KEY,
         )
         .await?;
 
-        declare_queue(channel, &self.dead_letter_queue(), quorum_arguments(None)).await?;
+        declare_queue(connection, &self.dead_letter_queue()).await?;
         bind(
-            channel,
+            &channel,
             &self.dead_letter_queue(),
             &self.dead_letter_exchange(),
             "",
         )
         .await?;
+        let _ = channel.close(200, "declared".into()).await;
         Ok(())
+    }
+
+    /// The queue settings that may change between releases, as RabbitMQ
+    /// policies (applied to live queues, unlike declaration arguments):
+    /// the work queues (commands and replies) dead-letter to this prefix's
+    /// dead-letter exchange, and a message that keeps crashing its
+    /// consumer is dead-lettered after [`DELIVERY_LIMIT`] deliveries.
+    pub fn policies(&self) -> Vec<Policy> {
+        let work_queues: Vec<String> = WorkerKind::ALL
+            .iter()
+            .map(|w| self.command_queue(*w))
+            .chain([self.reply_queue()])
+            .collect();
+        vec![Policy {
+            name: format!("{}checkout-work-queues", self.prefix),
+            pattern: exactly_one_of(&work_queues),
+            definition: serde_json::json!({
+                "dead-letter-exchange": self.dead_letter_exchange(),
+                "delivery-limit": DELIVERY_LIMIT,
+            }),
+        }]
     }
 
     /// Removes every queue and exchange of this prefix (tests clean up with it).
@@ -141,39 +170,133 @@ impl Topology {
     }
 }
 
-fn quorum_arguments(dead_letter_exchange: Option<&str>) -> FieldTable {
+/// A RabbitMQ policy: settings applied by the broker to every queue whose
+/// name matches `pattern`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub pattern: String,
+    pub definition: serde_json::Value,
+}
+
+/// A regular expression that matches exactly these names: a policy's
+/// pattern is a regex, and a prefix may hold regex metacharacters.
+fn exactly_one_of(names: &[String]) -> String {
+    let escaped: Vec<String> = names.iter().map(|n| escape_regex(n)).collect();
+    format!("^({})$", escaped.join("|"))
+}
+
+fn escape_regex(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Why the topology could not be declared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TopologyError {
+    /// What exists differs from what this build declares (an argument,
+    /// an exchange's type). Retrying cannot mend it: an operator must.
+    #[error("{kind} '{name}' exists with other settings than this build declares ({argument}): {detail}. Retrying cannot fix this; see docs/upgrading.md")]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        argument: String,
+        detail: String,
+    },
+    /// The broker or the connection failed under the declaration.
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+impl TopologyError {
+    fn judge(kind: &'static str, name: &str, error: lapin::Error) -> TopologyError {
+        match reply_code(&error) {
+            Some(406) => {
+                let detail = match error.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+                    _ => error.to_string(),
+                };
+                TopologyError::Conflict {
+                    kind,
+                    name: name.to_owned(),
+                    argument: conflicting_argument(&detail),
+                    detail,
+                }
+            }
+            _ => TopologyError::Amqp(error),
+        }
+    }
+}
+
+/// The AMQP reply code of a channel or connection error (404, 406, ...).
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// The argument RabbitMQ names in "inequivalent arg 'x-…' for queue …",
+/// or what else differs (durable, type, ...).
+fn conflicting_argument(detail: &str) -> String {
+    detail
+        .split_once("inequivalent arg '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(argument, _)| argument.to_owned())
+        .unwrap_or_else(|| "its declaration".to_owned())
+}
+
+/// A quorum queue, if it is not there yet: see [`Topology::declare`].
+async fn declare_queue(connection: &Connection, name: &str) -> Result<(), TopologyError> {
+    let check = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    match check
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = check.close(200, "checked".into()).await;
+            return Ok(());
+        }
+        Err(error) if reply_code(&error) == Some(404) => {}
+        Err(error) => return Err(TopologyError::judge("queue", name, error)),
+    }
+    let channel = connection.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    args.insert(
-        "x-quorum-initial-group-size".into(),
-        AMQPValue::LongInt(QUORUM_GROUP_SIZE),
-    );
-    if let Some(dlx) = dead_letter_exchange {
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(dlx.into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(DELIVERY_LIMIT),
-        );
-    }
-    args
-}
-
-async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
     let options = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    channel.queue_declare(name.into(), options, args).await?;
-    Ok(())
+    // Another process may declare it between the check and here; the same
+    // arguments are accepted, others (an older release's) are a conflict.
+    let declared = channel
+        .queue_declare(name.into(), options, args)
+        .await
+        .map_err(|error| TopologyError::judge("queue", name, error));
+    let _ = channel.close(200, "declared".into()).await;
+    declared.map(|_| ())
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), TopologyError> {
     channel
         .queue_bind(
             queue.into(),
@@ -183,4 +306,5 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapi
             FieldTable::default(),
         )
         .await
+        .map_err(|error| TopologyError::judge("binding of queue", queue, error))
 }

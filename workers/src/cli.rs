@@ -39,6 +39,7 @@ pub async fn serve<H: Handler>(
         )
         .await?,
     );
+    saga_shared::queue_policies::ensure_at_start(&config, broker.topology()).await;
     let pruning = tokio::spawn(run_inbox_pruning_until_stopped(
         pool.clone(),
         inbox_retention,

@@ -348,7 +348,7 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
 
     // The queue is fixed; support retries, and each completes with one charge.
     delete_queue(&channel, &topology.command_queue(WorkerKind::Tax)).await;
-    topology.declare(&channel).await.expect("topology declared");
+    operator.redeclare().await.expect("topology declared");
     for id in &refused {
         let (status, body) = system
             .admin(
@@ -481,7 +481,7 @@ async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allo
     assert!(refused_commands(&system).await.is_empty());
 
     delete_queue(&channel, &topology.command_queue(WorkerKind::Inventory)).await;
-    topology.declare(&channel).await.expect("topology declared");
+    operator.redeclare().await.expect("topology declared");
     let (status, body) = system
         .admin(
             "POST",

@@ -11,6 +11,7 @@ mod retention;
 mod round_trips;
 mod runtime;
 mod tax;
+mod topology;
 
 use saga_shared::messages::{Command, Outcome, StepResult};
 use saga_shared::testing::{self, TestDatabase};

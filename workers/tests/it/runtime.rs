@@ -338,6 +338,12 @@ impl Handler for CrashesOn {
 async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_delivery_limit() {
     let crashing = Uuid::new_v4();
     let mut harness = Harness::start_with(CrashesOn(crashing)).await;
+    // The delivery limit is a queue policy: the explicit topology step sets it.
+    saga_shared::queue_policies::Management::new(&amqp_url(), None)
+        .unwrap()
+        .apply(harness.broker.topology(), true)
+        .await
+        .expect("the management API keeps the policies");
     let mut dead_letters = dead_letter_consumer(&harness.broker).await;
     let poison = reserve_mugs(crashing, 1);
     harness.send(&poison).await;
