@@ -24,6 +24,7 @@ mod openapi;
 mod outages;
 mod payment_crashes;
 mod poison;
+mod python_tax;
 mod relay;
 mod reply_batches;
 mod run_command;

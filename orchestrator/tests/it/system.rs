@@ -109,6 +109,9 @@ pub struct Setup {
     /// The databases live on this server instead of `TEST_DATABASE_URL`'s
     /// (a primary and its standby, as several hosts).
     pub database_admin_url: Option<String>,
+    /// No Rust tax worker: the test brings a tax worker of its own (one
+    /// in another language, say) on a database of its own.
+    pub without_tax_worker: bool,
 }
 
 async fn start_worker<H: Handler>(
@@ -157,6 +160,7 @@ impl System {
 
     pub async fn start_setup(setup: Setup) -> System {
         testing::init_tracing();
+        let rust_tax_worker = !setup.without_tax_worker;
         let broker_proxy = match setup.broker_proxy {
             true => Some(OutageProxy::start("127.0.0.1:5672").await),
             false => None,
@@ -252,16 +256,18 @@ impl System {
             )
             .await,
         );
-        tasks.push(
-            start_worker(
-                workers::tax::Tax,
-                pool(&system.tax_db).await,
-                amqp,
-                prefix,
-                stop,
-            )
-            .await,
-        );
+        if rust_tax_worker {
+            tasks.push(
+                start_worker(
+                    workers::tax::Tax,
+                    pool(&system.tax_db).await,
+                    amqp,
+                    prefix,
+                    stop,
+                )
+                .await,
+            );
+        }
         tasks.push(
             start_worker(
                 workers::payment::Payment::new(workers::payment::Simulator::new(
