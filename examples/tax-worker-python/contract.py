@@ -112,6 +112,8 @@ def decode_command(body: bytes) -> Command:
         value = json.loads(text, parse_constant=_no_constants)
         envelope = _object(value, "the envelope")
         version = _u32(_field(envelope, "version"), "version")
+    except RecursionError:
+        raise Poison("body is not a JSON envelope: nested too deeply") from None
     except (ValueError, _Invalid) as error:
         raise Poison(f"body is not a JSON envelope: {error}") from None
     if version != ENVELOPE_VERSION:

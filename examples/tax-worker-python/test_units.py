@@ -78,6 +78,7 @@ class Decoding(unittest.TestCase):
             (command_body(attempt=-1), "body is not a JSON envelope"),
             (command_body(message_id="nope"), "body is not a JSON envelope"),
             (command_body(sent_at="yesterday"), "body is not a JSON envelope"),
+            (b"[" * 100_000 + b"]" * 100_000, "body is not a JSON envelope"),
         ]
         for body, says in cases:
             with self.subTest(says=says):

@@ -187,7 +187,15 @@ def serve(config: Config) -> int:
             backoff = Backoff.reconnecting()
             for method, properties, body in broker.consumer.consume(queue, inactivity_timeout=1.0):
                 if method is not None:
-                    handle(broker, db, method, properties, body, stop)
+                    try:
+                        handle(broker, db, method, properties, body, stop)
+                    except pika.exceptions.AMQPError:
+                        raise
+                    except Exception:
+                        # A bug: requeued, and the queue's delivery limit
+                        # dead-letters a message that keeps crashing it.
+                        log.exception("a message crashed the worker; requeued")
+                        broker.consumer.basic_nack(method.delivery_tag, requeue=True)
                 if stop.requested:
                     break
                 if time.monotonic() - pruned_at > PRUNE_EVERY_SECONDS:
@@ -241,12 +249,6 @@ def handle(broker: Broker, db: store.Database, method, properties, body: bytes, 
             log.warning("command %s not handled (%s); holding it, retrying in %.2fs",
                         command.message_id, error, wait)
             broker.sleep(wait)
-        except Exception:
-            # A bug: requeued, and the queue's delivery limit dead-letters a
-            # command that keeps crashing the worker.
-            log.exception("command %s crashed the handler; requeued", command.message_id)
-            broker.consumer.basic_nack(tag, requeue=True)
-            return
 
     outcome = reply["payload"]
     log.info(

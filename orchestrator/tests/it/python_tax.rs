@@ -19,7 +19,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use saga_shared::broker::{header, Broker, Outgoing};
 use saga_shared::messages::{CalculateTax, Command, Outcome, PricedLine, ShipTo, Step};
-use saga_shared::testing::{self, TestDatabase};
+use saga_shared::testing::{self, OutageProxy, TestDatabase};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
 use saga_shared::{traceparent, Envelope, WorkerKind};
 use serde_json::{json, Value};
@@ -369,10 +369,12 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
         .await
         .expect("the Rust import takes the same file");
 
+    // It reaches its database through a proxy the test can cut.
+    let database = OutageProxy::start("127.0.0.1:5432").await;
     let mut worker = PythonWorker::spawn(
         &python,
         &[
-            ("DATABASE_URL", tax_db.url.clone()),
+            ("DATABASE_URL", database.url_for(&tax_db.url, 5432)),
             ("AMQP_URL", testing::amqp_url()),
             ("AMQP_PREFIX", system.prefix.clone()),
             ("PREFETCH", "8".to_owned()),
@@ -639,8 +641,32 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
     );
     assert!(worker.is_running(), "{}", worker.log());
 
+    // Its database goes away: a command is held (not nacked, not
+    // dead-lettered) and answered once the database is back.
+    database.cut();
+    let during = system
+        .place(&checkout_body("US", "CA", &[("BOOK", 1)], "sim_approve"))
+        .await;
+    testing::eventually(
+        "the Python worker holding a command while its database is away",
+        Duration::from_secs(30),
+        // Twice: the lost connection, then a reconnect refused.
+        || async { (worker.log().matches("holding it").count() >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        system.get(&format!("/v1/checkouts/{during}")).await.1["status"],
+        "pending"
+    );
+    database.restore();
+    let done = system.wait_final(&during).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["tax_cents"], 45, "{done}");
+    charged += 1_545;
+    assert_eq!(system.net_charged().await, charged);
+
     // Every tax command answered: an inbox row for each saga.
-    let tax_commands = approved.len() + 2 + compared.len();
+    let tax_commands = approved.len() + 3 + compared.len();
     let rows: i64 = sqlx::query_scalar("SELECT count(DISTINCT saga_id) FROM inbox")
         .fetch_one(&tax_db.pool)
         .await
