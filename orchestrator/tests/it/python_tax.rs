@@ -365,6 +365,11 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
         String::from_utf8_lossy(&import.stdout).trim(),
         format!("imported {0} tax rates ({0} new, 0 updated)", RATES.len())
     );
+    let schema: Vec<i32> = sqlx::query_scalar("SELECT version FROM tax_worker_migrations")
+        .fetch_all(&tax_db.pool)
+        .await
+        .expect("the Python worker made its own tables");
+    assert_eq!(schema, [1]);
     workers::tax::rates::import(&system.tax_db.pool, "rates.csv", rates_csv().as_bytes())
         .await
         .expect("the Rust import takes the same file");
@@ -573,29 +578,23 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
             .await
             .unwrap();
     }
+    let mut outcomes = Vec::new();
     for command in &compared {
-        let python = replies.of(command.saga_id, 1).await.remove(0);
-        let rust = rust_reply(&system, command).await;
-        let decoded = Envelope::<Outcome>::decode(&python.body)
+        let from_python = replies.of(command.saga_id, 1).await.remove(0);
+        let from_rust = rust_reply(&system, command).await;
+        let decoded = Envelope::<Outcome>::decode(&from_python.body)
             .unwrap_or_else(|e| panic!("the Rust contract reads the Python reply: {e}"));
         assert_eq!(decoded.saga_id, command.saga_id);
         assert_eq!(decoded.step, Step::CalculateTax);
         assert_eq!(decoded.attempt, command.attempt);
+        let payload = from_python.json()["payload"].clone();
         assert_eq!(
-            python.json()["payload"],
-            rust["payload"],
+            payload, from_rust["payload"],
             "Python and Rust answer {:?} alike",
             command.payload
         );
+        outcomes.push(payload);
     }
-    let outcomes: Vec<Value> = {
-        let mut all = Vec::new();
-        for command in &compared {
-            let reply = replies.of(command.saga_id, 1).await.remove(0);
-            all.push(reply.json()["payload"].clone());
-        }
-        all
-    };
     assert_eq!(outcomes[0]["outcome"], "ok");
     assert_eq!(outcomes[1]["result"]["lines"][0]["rate_bp"], 450);
     assert_eq!(outcomes[2]["reason"], "no_tax_rate");
