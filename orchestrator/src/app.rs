@@ -72,7 +72,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         )
         .await?,
     );
-    saga_shared::queue_policies::ensure_at_start(&service, broker.topology()).await;
+    saga_shared::queue_policies::ensure_at_start(service, broker.topology()).await;
     let listener =
         TcpListener::bind(config.http_addr)
             .await
