@@ -1,6 +1,6 @@
 """RabbitMQ for the tax worker: the shared topology (declared so that it
-never conflicts with what the Rust services declared), publishing with
-publisher confirms, and dead-lettering with a reason.
+never conflicts with what the Rust services declared), the queue policies,
+publishing with publisher confirms, and dead-lettering with a reason.
 
 Names, all under AMQP_PREFIX (see shared/src/topology.rs):
 
@@ -8,15 +8,21 @@ Names, all under AMQP_PREFIX (see shared/src/topology.rs):
     <prefix>checkout.replies       direct exchange, replies (key `reply`)
     <prefix>checkout.dead-letters  fanout exchange, and its queue
     <prefix>tax.commands           quorum queue bound to `tax.*`
+    <prefix>checkout-work-queues   policy on the command and reply queues:
+                                   dead-letter exchange, delivery limit 5
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import random
 import ssl
 import time
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+import urllib.error
+import urllib.request
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -27,9 +33,11 @@ log = logging.getLogger("tax-worker")
 WORKER_KINDS = ("inventory", "tax", "payment")
 REPLY_ROUTING_KEY = "reply"
 ERROR_HEADER = "x-error"
-# As the Rust services declare their quorum queues.
+# A message that keeps crashing its consumer is dead-lettered after this
+# many deliveries (the work queues' policy).
 DELIVERY_LIMIT = 5
-QUORUM_GROUP_SIZE = 3
+# Where the management API answers when RABBITMQ_MANAGEMENT_URL is unset.
+DEFAULT_MANAGEMENT_PORT = 15672
 
 
 class Refused(Exception):
@@ -70,28 +78,118 @@ class Topology:
             (self.dead_letter_exchange, "fanout"),
         ]
 
-    def queues(self) -> list[tuple[str, dict, str, str]]:
-        """(queue, declaration arguments, exchange, binding key) of each."""
-        with_dead_letters = quorum_arguments(self.dead_letter_exchange)
+    def queues(self) -> list[tuple[str, str, str]]:
+        """(queue, exchange, binding key) of each queue."""
         queues = [
-            (self.command_queue(kind), with_dead_letters, self.command_exchange, f"{kind}.*")
+            (self.command_queue(kind), self.command_exchange, f"{kind}.*")
             for kind in WORKER_KINDS
         ]
-        queues.append(
-            (self.reply_queue, with_dead_letters, self.reply_exchange, REPLY_ROUTING_KEY)
-        )
-        queues.append(
-            (self.dead_letter_queue, quorum_arguments(None), self.dead_letter_exchange, "")
-        )
+        queues.append((self.reply_queue, self.reply_exchange, REPLY_ROUTING_KEY))
+        queues.append((self.dead_letter_queue, self.dead_letter_exchange, ""))
         return queues
 
+    def policies(self) -> list[dict]:
+        """The queue settings that may change between releases, as RabbitMQ
+        policies (they apply to live queues, unlike declaration arguments):
+        the work queues dead-letter to this prefix's dead-letter exchange,
+        after DELIVERY_LIMIT deliveries of a message that keeps crashing."""
+        work_queues = [self.command_queue(kind) for kind in WORKER_KINDS]
+        work_queues.append(self.reply_queue)
+        return [
+            {
+                "name": f"{self.prefix}checkout-work-queues",
+                # A regex matching exactly these names.
+                "pattern": "^(" + "|".join(_escape_regex(q) for q in work_queues) + ")$",
+                "definition": {
+                    "dead-letter-exchange": self.dead_letter_exchange,
+                    "delivery-limit": DELIVERY_LIMIT,
+                },
+            }
+        ]
 
-def quorum_arguments(dead_letter_exchange: str | None) -> dict:
-    args = {"x-queue-type": "quorum", "x-quorum-initial-group-size": QUORUM_GROUP_SIZE}
-    if dead_letter_exchange is not None:
-        args["x-dead-letter-exchange"] = dead_letter_exchange
-        args["x-delivery-limit"] = DELIVERY_LIMIT
-    return args
+
+def _escape_regex(text: str) -> str:
+    """`text` as a regex that matches it alone: a prefix may hold `.`."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in text)
+
+
+class Management:
+    """RabbitMQ's management HTTP API, where the queue policies are kept:
+    RABBITMQ_MANAGEMENT_URL (http://user:pass@host:port), else the first
+    AMQP node's host on port 15672 with its credentials; the virtual host
+    is the AMQP URL's."""
+
+    def __init__(self, amqp_url: str, management_url: str | None) -> None:
+        amqp = urlsplit(amqp_url.split(",")[0].strip())
+        self.vhost = unquote(amqp.path.lstrip("/")) or "/"
+        base = urlsplit(management_url) if management_url else None
+        if base is not None and base.username:
+            user, password = unquote(base.username), unquote(base.password or "")
+        else:
+            user, password = unquote(amqp.username or ""), unquote(amqp.password or "")
+        if not user:
+            user, password = "guest", "guest"
+        if base is None:
+            self.base = f"http://{amqp.hostname}:{DEFAULT_MANAGEMENT_PORT}"
+        else:
+            host = base.hostname or ""
+            port = f":{base.port}" if base.port else ""
+            self.base = f"{base.scheme}://{host}{port}{base.path.rstrip('/')}"
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.authorization = f"Basic {token}"
+
+    def endpoint(self) -> str:
+        """Where it is, without credentials, for messages."""
+        return self.base
+
+    def _call(self, method: str, name: str, body: dict | None = None):
+        url = f"{self.base}/api/policies/{quote(self.vhost, safe='')}/{quote(name, safe='')}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Authorization", self.authorization)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                text = response.read()
+                return response.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as error:
+            return error.code, None
+
+    def ensure(self, topology: Topology) -> list[str]:
+        """Creates each of `topology`'s policies that is missing, never
+        overwriting one (during a roll an older and a newer build must not
+        take turns rewriting them: `orchestrator topology` applies a
+        change). What it did to each, to log."""
+        done = []
+        for policy in topology.policies():
+            status, current = self._call("GET", policy["name"])
+            if status == 200:
+                same = (
+                    current.get("pattern") == policy["pattern"]
+                    and current.get("definition") == policy["definition"]
+                    and current.get("apply-to") == "queues"
+                )
+                done.append(f"{policy['name']}: {'present' if same else 'differs; left as it is'}")
+                continue
+            if status != 404:
+                raise OSError(f"the management API at {self.endpoint()} answered {status}")
+            status, _ = self._call(
+                "PUT",
+                policy["name"],
+                {
+                    "pattern": policy["pattern"],
+                    "definition": policy["definition"],
+                    "apply-to": "queues",
+                    "priority": 0,
+                },
+            )
+            if status not in (200, 201, 204):
+                raise OSError(
+                    f"the management API at {self.endpoint()} refused policy {policy['name']}: {status}"
+                )
+            done.append(f"{policy['name']}: created")
+        return done
 
 
 def _is_not_found(error: pika.exceptions.ChannelClosedByBroker) -> bool:
@@ -148,12 +246,11 @@ class Broker:
         self.consumer = self.connection.channel()
 
     def declare(self) -> None:
-        """Declares the whole topology, as every Rust service does at start
-        (so none depends on another having started first), but passively
-        where it exists already: what another service declared (with its
-        settings, whatever they are by now) is used as it is, never
-        contested. Only what is missing is created, with the Rust services'
-        exact arguments. Bindings are idempotent."""
+        """Declares whatever is missing, as every Rust service does at start
+        (so none depends on another having started first): a queue that
+        exists is checked passively and used as it is, never contested; a
+        missing one is created as the Rust services create it. Exchanges
+        carry no arguments and bindings are idempotent."""
         assert self.connection is not None
         channel = self.connection.channel()
         for name, kind in self.topology.exchanges():
@@ -165,14 +262,16 @@ class Broker:
                 channel = self.connection.channel()
                 channel.exchange_declare(name, exchange_type=kind, durable=True)
                 log.info("declared exchange %s", name)
-        for queue, arguments, exchange, key in self.topology.queues():
+        for queue, exchange, key in self.topology.queues():
             try:
                 channel.queue_declare(queue, passive=True)
             except pika.exceptions.ChannelClosedByBroker as error:
                 if not _is_not_found(error):
                     raise
                 channel = self.connection.channel()
-                channel.queue_declare(queue, durable=True, arguments=arguments)
+                # `x-queue-type` alone, the one setting that can be neither
+                # a policy nor changed; the rest is the policy's.
+                channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
                 log.info("declared queue %s", queue)
             channel.queue_bind(queue, exchange, routing_key=key)
         channel.close()

@@ -186,6 +186,33 @@ class Import(unittest.TestCase):
         self.assertIn("line 1, header: expected `country,region,category,rate_bp`", str(caught.exception))
 
 
+class Topology(unittest.TestCase):
+    def test_the_work_queues_policy_matches_exactly_its_queues(self):
+        import re
+
+        import broker
+
+        (policy,) = broker.Topology("t.1+").policies()
+        self.assertEqual(policy["name"], "t.1+checkout-work-queues")
+        self.assertEqual(
+            policy["definition"],
+            {"dead-letter-exchange": "t.1+checkout.dead-letters", "delivery-limit": 5},
+        )
+        pattern = re.compile(policy["pattern"])
+        for queue in ["inventory.commands", "tax.commands", "payment.commands", "orchestrator.replies"]:
+            self.assertTrue(pattern.match("t.1+" + queue), queue)
+        for other in ["t.1+checkout.dead-letters", "tx1+tax.commands", "t.1+tax.commandsX"]:
+            self.assertIsNone(pattern.match(other), other)
+
+    def test_the_management_api_is_the_amqp_nodes_unless_told(self):
+        import broker
+
+        m = broker.Management("amqp://svc:s%40cret@10.1.2.3:5672/%2f", None)
+        self.assertEqual((m.endpoint(), m.vhost), ("http://10.1.2.3:15672", "/"))
+        m = broker.Management("amqp://a:b@h1:5672/shop,amqp://a:b@h2/shop", "http://admin:x@mgmt:8080/rabbit/")
+        self.assertEqual((m.endpoint(), m.vhost), ("http://mgmt:8080/rabbit", "shop"))
+
+
 class DatabaseUrl(unittest.TestCase):
     def test_one_host_or_several(self):
         target = store.Target.parse("postgres://u:p%40ss@h1:5433,[::1]:5434,h3/tax?sslmode=require")

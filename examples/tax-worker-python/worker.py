@@ -7,8 +7,9 @@ alone: a drop-in for the Rust `tax` binary.
 
 Environment, as for the Rust worker: DATABASE_URL (its own database),
 AMQP_URL (one node, or a cluster's nodes comma-separated), AMQP_PREFIX,
-AMQP_CA_FILE, PREFETCH (default 32), INBOX_RETENTION_DAYS (default 7),
-LOG_LEVEL (default INFO).
+AMQP_CA_FILE, RABBITMQ_MANAGEMENT_URL (where the queue policies are kept),
+PREFETCH (default 32), INBOX_RETENTION_DAYS (default 7), LOG_LEVEL (default
+INFO).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 import contract
 import store
 import tax
-from broker import REPLY_ROUTING_KEY, Broker, Refused, Topology
+from broker import REPLY_ROUTING_KEY, Broker, Management, Refused, Topology
 
 log = logging.getLogger("tax-worker")
 
@@ -51,6 +52,7 @@ class Config:
     amqp_url: str
     amqp_prefix: str
     amqp_ca_file: str | None
+    management_url: str | None
     prefetch: int
     inbox_retention_days: int
 
@@ -94,6 +96,11 @@ def config_from_env() -> Config:
         raise ConfigError(
             "environment variable AMQP_URL is invalid: must start with amqp:// or amqps://"
         )
+    management = os.environ.get("RABBITMQ_MANAGEMENT_URL", "").strip() or None
+    if management is not None and not management.startswith(("http://", "https://")):
+        raise ConfigError(
+            "environment variable RABBITMQ_MANAGEMENT_URL is invalid: must start with http:// or https://"
+        )
     prefix = os.environ.get("AMQP_PREFIX", "")
     if len(prefix) > 64 or not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
         raise ConfigError(
@@ -105,6 +112,7 @@ def config_from_env() -> Config:
         amqp_url=amqp,
         amqp_prefix=prefix,
         amqp_ca_file=os.environ.get("AMQP_CA_FILE") or None,
+        management_url=management,
         prefetch=number("PREFETCH", 32, 1, 65_535),
         inbox_retention_days=number("INBOX_RETENTION_DAYS", 7, 1, 3_650),
     )
@@ -178,10 +186,14 @@ def serve(config: Config) -> int:
     queue = topology.command_queue("tax")
     broker = Broker(config.amqp_url, topology, config.amqp_ca_file, "tax-worker-python")
     pruned_at = 0.0
+    policies_checked = False
     backoff = Backoff.reconnecting()
     while not stop.requested:
         try:
             broker.connect()
+            if not policies_checked:
+                ensure_policies(config, topology)
+                policies_checked = True
             broker.consumer.basic_qos(prefetch_count=config.prefetch)
             log.info("consuming %s (prefetch %s)", queue, config.prefetch)
             backoff = Backoff.reconnecting()
@@ -215,6 +227,22 @@ def serve(config: Config) -> int:
     db.close()
     log.info("stopped")
     return 0
+
+
+def ensure_policies(config: Config, topology: Topology) -> None:
+    """At start, as every Rust service does: creates the queue policies that
+    are missing (never overwriting one). A broker without the management
+    API still runs the worker, with one warning saying what is missing."""
+    try:
+        for done in Management(config.amqp_url, config.management_url).ensure(topology):
+            log.info("queue policy %s", done)
+    except (OSError, ValueError) as error:
+        log.warning(
+            "queue policies not checked (%s): until they exist, a message that keeps crashing"
+            " its consumer is not dead-lettered. Enable RabbitMQ's management plugin (or set"
+            " RABBITMQ_MANAGEMENT_URL) and run `orchestrator topology`",
+            error,
+        )
 
 
 def handle(broker: Broker, db: store.Database, method, properties, body: bytes, stop: Stop) -> None:
@@ -386,7 +414,8 @@ def main(argv: list[str]) -> int:
         "each line's tax is rounded half up to a whole minor unit, and the total is "
         "their sum. With no subcommand it serves: it consumes tax commands from "
         "RabbitMQ until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, "
-        "AMQP_PREFIX, AMQP_CA_FILE, PREFETCH, INBOX_RETENTION_DAYS, LOG_LEVEL. "
+        "AMQP_PREFIX, AMQP_CA_FILE, RABBITMQ_MANAGEMENT_URL, PREFETCH, "
+        "INBOX_RETENTION_DAYS, LOG_LEVEL. "
         "The import subcommand needs only DATABASE_URL.",
     )
     commands = parser.add_subparsers(dest="command")

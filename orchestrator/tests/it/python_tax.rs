@@ -19,7 +19,8 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use saga_shared::broker::{header, Broker, Outgoing};
 use saga_shared::messages::{CalculateTax, Command, Outcome, PricedLine, ShipTo, Step};
-use saga_shared::testing::{self, OutageProxy, TestDatabase};
+use saga_shared::queue_policies::{Applied, Management};
+use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
 use saga_shared::{traceparent, Envelope, WorkerKind};
 use serde_json::{json, Value};
@@ -676,6 +677,94 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
     drop(replies);
     broker.close().await;
     system.stop().await;
+}
+
+/// Started first, on a prefix nothing has declared yet, the Python worker
+/// makes the topology and the queue policies exactly as the Rust services
+/// would: they then start beside it without a conflict, and find the
+/// policies as they want them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topology_the_python_worker_declares_is_the_rust_services_own() {
+    let python = venv_python().await;
+    let prefix = testing::random_prefix();
+    let _topology = TopologyGuard::new(&prefix);
+    let tax_db = TestDatabase::create("pytax").await;
+    let mut worker = PythonWorker::spawn(
+        &python,
+        &[
+            ("DATABASE_URL", tax_db.url.clone()),
+            ("AMQP_URL", testing::amqp_url()),
+            ("AMQP_PREFIX", prefix.clone()),
+        ],
+        std::env::temp_dir().join(format!("{prefix}tax-worker-python.log")),
+    );
+    let topology = Topology::new(&prefix);
+    let management = Management::new(&testing::amqp_url(), None).unwrap();
+    let http = reqwest::Client::new();
+    let queue_url = |queue: &str| {
+        format!(
+            "{}/api/queues/%2F/{}",
+            management.endpoint(),
+            queue.replace('%', "%25")
+        )
+    };
+    let consuming = |queue: String| {
+        let (http, url) = (&http, queue_url(&queue));
+        async move {
+            let queue: Value = http
+                .get(url)
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (queue["consumers"].as_u64() >= Some(1)).then_some(queue)
+        }
+    };
+    let tax_queue = testing::eventually(
+        "the Python worker consuming the queue it declared",
+        Duration::from_secs(60),
+        || consuming(topology.command_queue(WorkerKind::Tax)),
+    )
+    .await;
+    assert!(worker.is_running(), "{}", worker.log());
+    // Declared as the Rust services declare a new queue: the queue type
+    // alone, the rest left to the policy.
+    assert_eq!(
+        tax_queue["arguments"],
+        json!({"x-queue-type": "quorum"}),
+        "{tax_queue:#}"
+    );
+    assert_eq!(tax_queue["durable"], true);
+    // The Rust services' own declaration and policies, now: nothing to
+    // change, nothing in conflict.
+    let stop = CancellationToken::new();
+    let broker = Broker::connect(
+        &testing::amqp_url(),
+        topology.clone(),
+        "rust-after-python",
+        &stop,
+    )
+    .await
+    .expect("the Rust declaration accepts what the Python worker declared");
+    let applied = management.apply(&topology, false).await.unwrap();
+    assert!(
+        applied.iter().all(|a| matches!(a, Applied::Unchanged(_))),
+        "the Python worker made the Rust services' policies: {applied:?}"
+    );
+    testing::eventually(
+        "the policy applied to the tax queue",
+        Duration::from_secs(30),
+        || async {
+            let queue = consuming(topology.command_queue(WorkerKind::Tax)).await?;
+            (queue["policy"] == format!("{prefix}checkout-work-queues")).then_some(())
+        },
+    )
+    .await;
+    broker.close().await;
+    worker.terminate().await;
 }
 
 /// The worker's own unit tests (contract, tax rule, import), with no
