@@ -547,7 +547,7 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
 
     // Its replies, and the Python worker's replies to commands no checkout
     // sends, against the Rust worker's: the same answers, and envelopes the
-    // Rust contract reads (it denies unknown fields).
+    // Rust contract decodes.
     let mut huge = tax_command("US", "CA", &[("MUG", 1)]);
     if let Command::CalculateTax(request) = &mut huge.payload {
         request.lines[0].quantity = u32::MAX;
