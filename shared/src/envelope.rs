@@ -1,6 +1,7 @@
 //! The versioned JSON envelope every message travels in.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -8,18 +9,27 @@ use crate::messages::{Command, Outcome, ReplyPayload, Step};
 
 pub const ENVELOPE_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope<P> {
+    /// Changes only with a breaking change; a reader dead-letters a version
+    /// it does not know.
+    #[schemars(extend("const" = ENVELOPE_VERSION))]
     pub version: u32,
+    /// Unique per message: a redelivery has the same one, a new attempt a
+    /// new one. Also the AMQP `message_id` property.
     pub message_id: Uuid,
+    /// The checkout this message belongs to. Also the AMQP `correlation_id`
+    /// property.
     pub saga_id: Uuid,
     pub step: Step,
+    /// Which try of the step this is, from 1; a reply carries its command's.
     pub attempt: u32,
     /// `inventory.reserve` for a command, `inventory.reserve.reply` for its reply.
     #[serde(rename = "type")]
     pub message_type: String,
     pub sent_at: DateTime<Utc>,
+    /// The command or reply, as the schema of its `type` describes it.
     pub payload: P,
 }
 

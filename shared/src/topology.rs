@@ -50,6 +50,12 @@ impl Topology {
         format!("{}{}.commands", self.prefix, worker.as_str())
     }
 
+    /// The key that binds a worker kind's queue to the command exchange:
+    /// every command whose routing key starts with the kind's name.
+    pub fn command_binding_key(worker: WorkerKind) -> String {
+        format!("{}.*", worker.as_str())
+    }
+
     pub fn reply_queue(&self) -> String {
         format!("{}orchestrator.replies", self.prefix)
     }
@@ -101,7 +107,7 @@ impl Topology {
                 channel,
                 &queue,
                 &self.command_exchange(),
-                &format!("{}.*", worker.as_str()),
+                &Self::command_binding_key(worker),
             )
             .await?;
         }
