@@ -1,6 +1,11 @@
 //! The message contract: every command a worker takes and every reply it
 //! sends. Field names here are the wire format; change them only with a new
 //! envelope version.
+//!
+//! Readers are tolerant: a field they do not know is ignored, so a producer
+//! can send a new optional field before every consumer knows it, and a
+//! service one release behind keeps working. That is why no type here
+//! denies unknown fields; the envelope's version marks what is breaking.
 
 use std::borrow::Cow;
 
@@ -100,14 +105,12 @@ impl std::fmt::Display for Step {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct LineRequest {
     pub sku: String,
     pub quantity: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PricedLine {
     pub sku: String,
     pub quantity: u32,
@@ -122,7 +125,6 @@ impl PricedLine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ShipTo {
     pub country: String,
     #[serde(default)]
@@ -130,17 +132,14 @@ pub struct ShipTo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ReserveStock {
     pub lines: Vec<LineRequest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ReleaseStock {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CalculateTax {
     pub ship_to: ShipTo,
     pub currency: String,
@@ -148,7 +147,6 @@ pub struct CalculateTax {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ChargePayment {
     pub amount_cents: i64,
     pub currency: String,
@@ -157,7 +155,6 @@ pub struct ChargePayment {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RefundPayment {}
 
 /// A command, typed by its step.
@@ -204,21 +201,18 @@ impl Command {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Reserved {
     pub currency: String,
     pub lines: Vec<PricedLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Released {
     /// False when nothing was held (already released, or never reserved).
     pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct LineTax {
     pub sku: String,
     pub rate_bp: u32,
@@ -226,21 +220,18 @@ pub struct LineTax {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TaxCalculated {
     pub lines: Vec<LineTax>,
     pub tax_cents: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Charged {
     pub payment_id: Uuid,
     pub amount_cents: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Refunded {
     /// Zero when there was nothing to refund.
     pub refunded_cents: i64,
@@ -312,7 +303,7 @@ pub mod reason {
 // `R` stays a JSON value when decoding, since which result type applies
 // depends on the envelope's step; the contract's schemas name it per step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ReplyPayload<R = serde_json::Value> {
     /// The step is done; `result` is the step's typed result.
     Ok { result: R },
