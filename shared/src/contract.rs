@@ -18,7 +18,9 @@ use crate::messages::{
     CalculateTax, ChargePayment, Charged, RefundPayment, Refunded, ReleaseStock, Released,
     ReplyPayload, ReserveStock, Reserved, Step, TaxCalculated, WorkerKind,
 };
-use crate::topology::{Topology, DELIVERY_LIMIT, QUORUM_GROUP_SIZE, REPLY_ROUTING_KEY};
+use crate::topology::{
+    queue_arguments, QueueArgument, Topology, DELIVERY_LIMIT, REPLY_ROUTING_KEY,
+};
 use crate::traceparent;
 
 /// Stands for `AMQP_PREFIX` in the names of exchanges and queues; an AsyncAPI
@@ -39,8 +41,8 @@ pub fn files() -> BTreeMap<String, String> {
     files
 }
 
-/// The schemas by name: `envelope`, then each command by its type and each
-/// reply by its type.
+/// The schemas by name: `envelope`, each command's payload by its type and
+/// each reply's payload by its type.
 pub fn schemas() -> BTreeMap<String, Value> {
     let mut schemas = BTreeMap::new();
     schemas.insert("envelope".to_owned(), schema::<Envelope<Value>>());
@@ -83,8 +85,8 @@ fn schema<T: JsonSchema>() -> Value {
         .to_value()
 }
 
-/// A name for keys of the AsyncAPI document, which allow no dots:
-/// `inventory.reserve.reply` is `inventoryReserveReply`.
+/// A key of the AsyncAPI document, where keys end up as identifiers in
+/// generated code: `inventory.reserve.reply` is `inventoryReserveReply`.
 fn camel(name: &str) -> String {
     let mut out = String::new();
     for (i, part) in name.split('.').enumerate() {
@@ -153,14 +155,16 @@ fn queue_channel(
     description: String,
     messages: Value,
 ) -> Value {
-    let mut arguments = json!({
-        "x-queue-type": "quorum",
-        "x-quorum-initial-group-size": QUORUM_GROUP_SIZE,
-    });
-    if let Some(exchange) = dead_letters {
-        arguments["x-dead-letter-exchange"] = exchange.into();
-        arguments["x-delivery-limit"] = DELIVERY_LIMIT.into();
-    }
+    let arguments: Map<String, Value> = queue_arguments(dead_letters.as_deref())
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                QueueArgument::Text(text) => Value::from(text),
+                QueueArgument::Int(n) => Value::from(n),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
     json!({
         "address": name,
         "description": description,

@@ -147,25 +147,40 @@ impl Topology {
     }
 }
 
+/// The value of a queue's declaration argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    Text(String),
+    Int(i32),
+}
+
+/// A queue's declaration arguments: a quorum queue and, for one that
+/// consumers take messages from, where its dead letters go and after how
+/// many deliveries. The published contract lists them, because the broker
+/// refuses a declaration of the same queue with other arguments.
+pub fn queue_arguments(dead_letter_exchange: Option<&str>) -> Vec<(&'static str, QueueArgument)> {
+    let mut args = vec![
+        ("x-queue-type", QueueArgument::Text("quorum".into())),
+        (
+            "x-quorum-initial-group-size",
+            QueueArgument::Int(QUORUM_GROUP_SIZE),
+        ),
+    ];
+    if let Some(dlx) = dead_letter_exchange {
+        args.push(("x-dead-letter-exchange", QueueArgument::Text(dlx.into())));
+        args.push(("x-delivery-limit", QueueArgument::Int(DELIVERY_LIMIT)));
+    }
+    args
+}
+
 fn quorum_arguments(dead_letter_exchange: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args.insert(
-        "x-quorum-initial-group-size".into(),
-        AMQPValue::LongInt(QUORUM_GROUP_SIZE),
-    );
-    if let Some(dlx) = dead_letter_exchange {
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(dlx.into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(DELIVERY_LIMIT),
-        );
+    for (name, value) in queue_arguments(dead_letter_exchange) {
+        let value = match value {
+            QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
+            QueueArgument::Int(n) => AMQPValue::LongInt(n),
+        };
+        args.insert(name.into(), value);
     }
     args
 }
