@@ -1,6 +1,7 @@
 //! The versioned JSON envelope every message travels in.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -8,18 +9,26 @@ use crate::messages::{Command, Outcome, ReplyPayload, Step};
 
 pub const ENVELOPE_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope<P> {
+    /// Changes only with a breaking change; a reader dead-letters a version
+    /// it does not know.
+    #[schemars(extend("const" = ENVELOPE_VERSION))]
     pub version: u32,
+    /// Unique per message: a redelivery has the same one, a new attempt a
+    /// new one. Also the AMQP `message_id` property.
     pub message_id: Uuid,
+    /// The checkout this message belongs to. Also the AMQP `correlation_id`
+    /// property.
     pub saga_id: Uuid,
     pub step: Step,
+    /// Which try of the step this is, from 1; a reply carries its command's.
     pub attempt: u32,
     /// `inventory.reserve` for a command, `inventory.reserve.reply` for its reply.
     #[serde(rename = "type")]
     pub message_type: String,
     pub sent_at: DateTime<Utc>,
+    /// The command or reply, as the schema of its `type` describes it.
     pub payload: P,
 }
 
@@ -154,7 +163,10 @@ fn encode_with<P, W: Serialize>(envelope: &Envelope<P>, wire: W) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{Charged, ReleaseStock, StepResult};
+    use crate::messages::{
+        CalculateTax, ChargePayment, Charged, LineRequest, PricedLine, RefundPayment, Refunded,
+        ReleaseStock, Released, ReserveStock, Reserved, ShipTo, StepResult,
+    };
 
     #[test]
     fn command_round_trips() {
@@ -204,5 +216,179 @@ mod tests {
             Envelope::<Command>::decode(v.to_string().as_bytes()),
             Err(DecodeError::UnknownType(_))
         ));
+    }
+
+    fn line() -> PricedLine {
+        PricedLine {
+            sku: "BOOK".into(),
+            quantity: 2,
+            unit_price_cents: 1250,
+            tax_category: "standard".into(),
+        }
+    }
+
+    /// `body` with a field no reader knows added to the object at `path`.
+    fn with_unknown_field(body: &[u8], path: &[&str]) -> Vec<u8> {
+        let mut value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let mut target = &mut value;
+        for key in path {
+            target = match key.parse::<usize>() {
+                Ok(index) => &mut target[index],
+                Err(_) => &mut target[*key],
+            };
+        }
+        target
+            .as_object_mut()
+            .unwrap_or_else(|| panic!("{path:?} is not an object"))
+            .insert(
+                "added_later".into(),
+                serde_json::json!({"any": ["shape", 1]}),
+            );
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn commands_with_fields_a_reader_does_not_know_read_the_same() {
+        let commands = [
+            (
+                Command::Reserve(ReserveStock {
+                    lines: vec![LineRequest {
+                        sku: "BOOK".into(),
+                        quantity: 1,
+                    }],
+                }),
+                vec!["payload", "lines", "0"],
+            ),
+            (
+                Command::CalculateTax(CalculateTax {
+                    ship_to: ShipTo {
+                        country: "US".into(),
+                        region: "CA".into(),
+                    },
+                    currency: "USD".into(),
+                    lines: vec![line()],
+                }),
+                vec!["payload", "ship_to"],
+            ),
+            (
+                Command::Charge(ChargePayment {
+                    amount_cents: 2700,
+                    currency: "USD".into(),
+                    payment_method: "sim_approve".into(),
+                    customer_id: "c".into(),
+                }),
+                vec!["payload"],
+            ),
+            (Command::Release(ReleaseStock {}), vec!["payload"]),
+            (Command::Refund(RefundPayment {}), vec!["payload"]),
+        ];
+        for (command, nested) in commands {
+            let sent = Envelope::command(Uuid::new_v4(), 3, command);
+            for path in [&[][..], &["payload"][..], &nested[..]] {
+                let body = with_unknown_field(&sent.encode(), path);
+                assert_eq!(
+                    Envelope::<Command>::decode(&body),
+                    Ok(sent.clone()),
+                    "an unknown field at {path:?} of {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn replies_with_fields_a_reader_does_not_know_read_the_same() {
+        let command = Envelope::command(
+            Uuid::new_v4(),
+            1,
+            Command::Reserve(ReserveStock { lines: vec![] }),
+        );
+        let reserved = command.reply(Outcome::Ok(StepResult::Reserved(Reserved {
+            currency: "USD".into(),
+            lines: vec![line()],
+        })));
+        for path in [
+            &[][..],
+            &["payload"],
+            &["payload", "result"],
+            &["payload", "result", "lines", "0"],
+        ] {
+            let body = with_unknown_field(&reserved.encode(), path);
+            assert_eq!(
+                Envelope::<Outcome>::decode(&body),
+                Ok(reserved.clone()),
+                "an unknown field at {path:?}"
+            );
+        }
+        for outcome in [
+            Outcome::rejected("out_of_stock", "BOOK: 0 left"),
+            Outcome::Transient {
+                error: "database unreachable".into(),
+            },
+        ] {
+            let reply = command.reply(outcome);
+            let body = with_unknown_field(&reply.encode(), &["payload"]);
+            assert_eq!(Envelope::<Outcome>::decode(&body), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn ignoring_unknown_fields_still_tells_results_and_outcomes_apart() {
+        let release = Envelope::command(Uuid::new_v4(), 1, Command::Release(ReleaseStock {}));
+        let decode = |payload: serde_json::Value| {
+            let mut body: serde_json::Value = serde_json::from_slice(
+                &release
+                    .reply(Outcome::Ok(StepResult::Released(Released {
+                        released: true,
+                    })))
+                    .encode(),
+            )
+            .unwrap();
+            body["payload"] = payload;
+            Envelope::<Outcome>::decode(body.to_string().as_bytes())
+        };
+        // Another step's result lacks this one's fields: still a violation,
+        // not a result with defaults.
+        let refunded = StepResult::Refunded(Refunded { refunded_cents: 5 });
+        assert!(matches!(
+            decode(serde_json::json!({"outcome": "ok", "result": refunded.to_value()})),
+            Err(DecodeError::BadPayload { .. })
+        ));
+        assert!(matches!(
+            decode(serde_json::json!({"outcome": "ok"})),
+            Err(DecodeError::BadPayload { .. })
+        ));
+        assert!(matches!(
+            decode(serde_json::json!({"outcome": "maybe", "error": "x"})),
+            Err(DecodeError::BadPayload { .. })
+        ));
+        // The fields of one outcome do not make another: this is a
+        // transient reply with a stray `reason`, not a rejection.
+        assert_eq!(
+            decode(serde_json::json!({"outcome": "transient", "error": "x", "reason": "y"}))
+                .unwrap()
+                .payload,
+            Outcome::Transient { error: "x".into() }
+        );
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_whatever_fields_it_has() {
+        let sent = Envelope::command(Uuid::new_v4(), 1, Command::Release(ReleaseStock {}));
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&with_unknown_field(&sent.encode(), &[])).unwrap();
+        body["version"] = 2.into();
+        assert_eq!(
+            Envelope::<Command>::decode(body.to_string().as_bytes()),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+        let reply = sent.reply(Outcome::Transient { error: "x".into() });
+        let mut body: serde_json::Value = serde_json::from_slice(&reply.encode()).unwrap();
+        body["version"] = 2.into();
+        body.as_object_mut().unwrap().remove("payload");
+        assert_eq!(
+            Envelope::<Outcome>::decode(body.to_string().as_bytes()),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
     }
 }

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod contract;
 pub mod database;
 pub mod envelope;
 pub mod failure;

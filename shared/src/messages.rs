@@ -1,9 +1,15 @@
 //! The message contract: every command a worker takes and every reply it
 //! sends. Field names here are the wire format; change them only with a new
 //! envelope version.
+//!
+//! Readers are tolerant: a field they do not know is ignored, so a producer
+//! can send a new optional field before every consumer knows it, and a
+//! service one release behind keeps working. That is why no type here
+//! denies unknown fields; the envelope's version marks what is breaking.
 
 use std::borrow::Cow;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -32,7 +38,9 @@ impl WorkerKind {
 
 /// A saga action, forward or compensating. Its wire name is also the
 /// command's routing key and the envelope's `step`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub enum Step {
     #[serde(rename = "inventory.reserve")]
     Reserve,
@@ -96,15 +104,13 @@ impl std::fmt::Display for Step {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct LineRequest {
     pub sku: String,
     pub quantity: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PricedLine {
     pub sku: String,
     pub quantity: u32,
@@ -118,34 +124,29 @@ impl PricedLine {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ShipTo {
     pub country: String,
     #[serde(default)]
     pub region: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReserveStock {
     pub lines: Vec<LineRequest>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReleaseStock {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CalculateTax {
     pub ship_to: ShipTo,
     pub currency: String,
     pub lines: Vec<PricedLine>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChargePayment {
     pub amount_cents: i64,
     pub currency: String,
@@ -153,8 +154,7 @@ pub struct ChargePayment {
     pub customer_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RefundPayment {}
 
 /// A command, typed by its step.
@@ -200,44 +200,38 @@ impl Command {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reserved {
     pub currency: String,
     pub lines: Vec<PricedLine>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Released {
     /// False when nothing was held (already released, or never reserved).
     pub released: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LineTax {
     pub sku: String,
     pub rate_bp: u32,
     pub tax_cents: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaxCalculated {
     pub lines: Vec<LineTax>,
     pub tax_cents: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Charged {
     pub payment_id: Uuid,
     pub amount_cents: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Refunded {
     /// Zero when there was nothing to refund.
     pub refunded_cents: i64,
@@ -306,11 +300,13 @@ pub mod reason {
 }
 
 /// How a worker answered a command, as it travels in a reply payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ReplyPayload {
+// `R` stays a JSON value when decoding, since which result type applies
+// depends on the envelope's step; the contract's schemas name it per step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReplyPayload<R = serde_json::Value> {
     /// The step is done; `result` is the step's typed result.
-    Ok { result: serde_json::Value },
+    Ok { result: R },
     /// A final business answer: compensate.
     Rejected { reason: String, detail: String },
     /// Nothing was done; the same command may be tried again.

@@ -45,6 +45,12 @@ impl Topology {
         format!("{}{}.commands", self.prefix, worker.as_str())
     }
 
+    /// The key that binds a worker kind's queue to the command exchange:
+    /// every command whose routing key starts with the kind's name.
+    pub fn command_binding_key(worker: WorkerKind) -> String {
+        format!("{}.*", worker.as_str())
+    }
+
     pub fn reply_queue(&self) -> String {
         format!("{}orchestrator.replies", self.prefix)
     }
@@ -108,7 +114,7 @@ impl Topology {
                 &channel,
                 &queue,
                 &self.command_exchange(),
-                &format!("{}.*", worker.as_str()),
+                &Self::command_binding_key(worker),
             )
             .await?;
         }
@@ -168,6 +174,32 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// The value of a queue's declaration argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    Text(String),
+    Int(i32),
+}
+
+/// The arguments a queue is created with, when it does not exist yet: the
+/// one that can be neither a policy nor changed. The published contract
+/// lists them.
+pub fn queue_arguments() -> Vec<(&'static str, QueueArgument)> {
+    vec![("x-queue-type", QueueArgument::Text("quorum".into()))]
+}
+
+fn creation_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    for (name, value) in queue_arguments() {
+        let value = match value {
+            QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
+            QueueArgument::Int(n) => AMQPValue::LongInt(n),
+        };
+        args.insert(name.into(), value);
+    }
+    args
 }
 
 /// A RabbitMQ policy: settings applied by the broker to every queue whose
@@ -272,11 +304,7 @@ async fn declare_queue(connection: &Connection, name: &str) -> Result<(), Topolo
         Err(error) => return Err(TopologyError::judge("queue", name, error)),
     }
     let channel = connection.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    let args = creation_arguments();
     let options = QueueDeclareOptions {
         durable: true,
         ..Default::default()

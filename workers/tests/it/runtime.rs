@@ -277,6 +277,36 @@ async fn a_redelivered_command_gets_the_same_reply_and_acts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_fields_this_worker_does_not_know_is_served_not_dead_lettered() {
+    // What an orchestrator one release ahead may send: fields added to the
+    // envelope, the payload and a line.
+    let mut harness = Harness::start().await;
+    let command = reserve_mugs(Uuid::new_v4(), 1);
+    let mut body: serde_json::Value = serde_json::from_slice(&command.encode()).unwrap();
+    body["priority"] = "high".into();
+    body["payload"]["hold_minutes"] = 30.into();
+    body["payload"]["lines"][0]["gift_wrap"] = true.into();
+    harness
+        .publish(
+            command.step.routing_key(),
+            command.message_id,
+            command.saga_id,
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+
+    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    assert_eq!(reply.saga_id, command.saga_id);
+    assert!(
+        matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
+        "{:?}",
+        reply.payload
+    );
+    assert_eq!(harness.available("MUG").await, 4);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
     let mut harness = Harness::start().await;
     let mut dead_letters = dead_letter_consumer(&harness.broker).await;
