@@ -83,6 +83,14 @@ impl Management {
                 let host = amqp
                     .host_str()
                     .ok_or_else(|| PolicyError::BadUrl("AMQP_URL".into()))?;
+                // A broker on another port than AMQP's own is not one whose
+                // management port can be guessed (several nodes on one
+                // host, a tunnel): it must be named.
+                if amqp.port().is_some_and(|port| port != 5672) {
+                    return Err(PolicyError::BadUrl(
+                        "AMQP_URL, whose port is not 5672: set RABBITMQ_MANAGEMENT_URL".into(),
+                    ));
+                }
                 Url::parse(&format!("http://{host}:{DEFAULT_MANAGEMENT_PORT}/"))
                     .map_err(|_| PolicyError::BadUrl("AMQP_URL".into()))?
             }
@@ -309,8 +317,9 @@ mod tests {
             "http://10.1.2.3:15672/api/policies/%2F/p1"
         );
 
+        assert!(Management::new("amqp://a:b@h1:5681/%2f", None).is_err());
         let m = Management::new(
-            "amqp://a:b@h1:5672/shop,amqp://a:b@h2:5672/shop",
+            "amqp://a:b@h1:5681/shop,amqp://a:b@h2:5682/shop",
             Some("http://admin:x@mgmt:8080/rabbit/"),
         )
         .unwrap();
