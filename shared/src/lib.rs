@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod failure;
 pub mod messages;
 pub mod money;
+pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
