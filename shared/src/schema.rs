@@ -460,9 +460,12 @@ async fn migrate_on(
     conn.ensure_migrations_table().await.map_err(failure)?;
     let before = State::read(conn).await.map_err(database)?;
     verify_applied(schema, &before)?;
+    // `run_direct` rather than `run`: `run` goes through `Acquire`, whose
+    // future is not `Send` for a borrowed connection (the "not general
+    // enough" error), and services start in spawned tasks.
     schema
         .lenient_migrator()
-        .run(&mut *conn)
+        .run_direct(conn)
         .await
         .map_err(failure)?;
     let after = State::read(conn).await.map_err(database)?;
