@@ -435,6 +435,8 @@ async fn migrate_on(
         error,
     };
     let failure = |error| migrate_failure(schema, settings, error);
+    // Named, so that whoever looks at pg_stat_activity or pg_locks while a
+    // migration waits sees what waits.
     set(
         conn,
         "application_name",
