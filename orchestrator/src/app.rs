@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use saga_shared::broker::{Broker, BrokerError};
 use saga_shared::database;
+use saga_shared::schema::{self, Schema, SchemaError};
 use saga_shared::topology::Topology;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -22,13 +23,14 @@ use crate::replies::run_reply_consumer_until_stopped;
 use crate::store::Store;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
+pub static SCHEMA: Schema = Schema::new("orchestrator", &MIGRATOR);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("cannot listen on {addr}: {error}")]
@@ -60,7 +62,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     let service = &config.service;
     let pool_size = config.database_pool_size();
     let pool = database::connect_with_backoff(service.database_url(), pool_size, &stop).await?;
-    MIGRATOR.run(&pool).await?;
+    schema::prepare(&pool, &SCHEMA, service.schema).await?;
     database::warn_if_budget_tight(&pool, pool_size).await;
     let broker = Arc::new(
         Broker::connect_with_ca(

@@ -1,31 +1,50 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use orchestrator::app;
 use orchestrator::config::Config;
-use saga_shared::{shutdown, telemetry, tls};
+use saga_shared::{schema, shutdown, telemetry, tls};
 
 /// The checkout saga orchestrator: serves the checkout API and drives each
 /// checkout through inventory, tax and payment over RabbitMQ.
 ///
-/// Configuration comes from the environment: DATABASE_URL (TLS with
+/// With no subcommand it serves until SIGTERM or ctrl-c. Configuration
+/// comes from the environment: DATABASE_URL (TLS with
 /// sslmode and sslrootcert, as libpq), AMQP_URL (amqps:// for TLS),
 /// AMQP_CA_FILE, AMQP_PREFIX, HTTP_ADDR, HTTP_REQUEST_TIMEOUT_SECONDS,
 /// HTTP_HEADER_READ_TIMEOUT_SECONDS, HTTP_MAX_CONNECTIONS, HTTP_MAX_WAITERS,
 /// ADMIN_TOKENS, PREFETCH, DATABASE_POOL_SIZE,
 /// SHUTDOWN_GRACE_SECONDS, STEP_MAX_ATTEMPTS, STEP_BACKOFF_BASE_MS,
 /// STEP_BACKOFF_MAX_MS, STEP_DEADLINE_MS, STEP_ON_EXHAUSTED (and the same
-/// per step, e.g. STEP_PAYMENT_CHARGE_DEADLINE_MS), RUST_LOG, LOG_FORMAT.
+/// per step, e.g. STEP_PAYMENT_CHARGE_DEADLINE_MS), MIGRATE_ON_START
+/// (default true; false: only check the schema, see `migrate`),
+/// MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, LOG_FORMAT.
 /// Traces go over OTLP (http/protobuf) when OTEL_EXPORTER_OTLP_ENDPOINT is
 /// set; OTEL_SERVICE_NAME names the service (default `orchestrator`).
 #[derive(Parser)]
 #[command(name = "orchestrator", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Action>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Serve the checkout API and drive sagas until SIGTERM or ctrl-c (the default)
+    Serve,
+    /// Apply this build's pending database migrations, then exit
+    #[command(long_about = schema::MIGRATE_HELP)]
+    Migrate,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = Cli::parse();
+    let cli = Cli::parse();
+    if let Some(Action::Migrate) = cli.command {
+        telemetry::init("warn");
+        return schema::migrate_command(&app::SCHEMA).await;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {

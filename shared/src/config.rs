@@ -96,6 +96,19 @@ fn url(
     Ok(SecretString::from(value))
 }
 
+/// `DATABASE_URL`: a PostgreSQL URL whose TLS parameters make sense. All a
+/// one-shot command (`migrate`, `inventory import`) needs.
+pub fn database_url(source: &dyn Source) -> Result<SecretString, ConfigError> {
+    let database_url = url(
+        source,
+        "DATABASE_URL",
+        &["postgres", "postgresql"],
+        "set it to this service's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/inventory",
+    )?;
+    tls::check_database_url(database_url.expose_secret())?;
+    Ok(database_url)
+}
+
 /// Prefix of every exchange and queue name: letters, digits, `.`, `-`, `_`.
 fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
     let value = source.get("AMQP_PREFIX").unwrap_or_default();
@@ -133,6 +146,9 @@ pub struct ServiceConfig {
     /// `RABBITMQ_MANAGEMENT_URL`: where the queue policies are kept; unset,
     /// the first AMQP node's host on port 15672 with its credentials.
     pub rabbitmq_management_url: Option<SecretString>,
+    /// `MIGRATE_ON_START` and the migration timeouts: migrate at start
+    /// (the default) or only check the schema.
+    pub schema: crate::schema::OnStart,
 }
 
 impl ServiceConfig {
@@ -152,13 +168,7 @@ impl ServiceConfig {
             });
         }
         let grace_seconds = parsed_or(source, "SHUTDOWN_GRACE_SECONDS", 30u64)?;
-        let database_url = url(
-            source,
-            "DATABASE_URL",
-            &["postgres", "postgresql"],
-            "set it to this service's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/inventory",
-        )?;
-        tls::check_database_url(database_url.expose_secret())?;
+        let database_url = database_url(source)?;
         let amqp_url = url(
             source,
             "AMQP_URL",
@@ -184,6 +194,7 @@ impl ServiceConfig {
             database_pool_size,
             shutdown_grace: std::time::Duration::from_secs(grace_seconds),
             rabbitmq_management_url,
+            schema: crate::schema::OnStart::from_source(source)?,
         })
     }
 

@@ -37,6 +37,26 @@ pub fn pool_for_concurrency(concurrency: u16) -> u32 {
     u32::from(concurrency).clamp(1, DEFAULT_POOL_CAP)
 }
 
+/// How long a one-shot operator command waits for its database: an operator
+/// at a terminal wants an error, not a silent wait for ever.
+pub const COMMAND_CONNECT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// [`connect_with_backoff`] for a one-shot operator command (`migrate`,
+/// `inventory import`): gives up after [`COMMAND_CONNECT_PATIENCE`].
+pub async fn connect_for_command(url: &str, pool_size: u32) -> Result<PgPool, sqlx::Error> {
+    let give_up = CancellationToken::new();
+    let timer = tokio::spawn({
+        let give_up = give_up.clone();
+        async move {
+            tokio::time::sleep(COMMAND_CONNECT_PATIENCE).await;
+            give_up.cancel();
+        }
+    });
+    let pool = connect_with_backoff(url, pool_size, &give_up).await;
+    timer.abort();
+    pool
+}
+
 /// How often a pool over several hosts checks that its host is still the
 /// primary, and so about how long after a promotion it moves to the new one.
 pub const PRIMARY_CHECK_EVERY: Duration = Duration::from_millis(500);

@@ -12,6 +12,7 @@ pub mod failure;
 pub mod messages;
 pub mod money;
 pub mod queue_policies;
+pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use saga_shared::broker::Broker;
 use saga_shared::config::{self, ConfigError, ServiceConfig};
+use saga_shared::schema::{self, OnStart, Schema};
 use saga_shared::topology::Topology;
 use saga_shared::{database, shutdown, telemetry, tls};
-use sqlx::migrate::Migrator;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::retention::{inbox_retention, run_inbox_pruning_until_stopped};
 use crate::runtime::{run_worker_until_stopped, Handler};
@@ -21,12 +21,13 @@ use crate::WorkerError;
 pub async fn serve<H: Handler>(
     config: ServiceConfig,
     inbox_retention: Duration,
-    migrator: &'static Migrator,
+    schema: &Schema,
     handler: impl FnOnce(PgPool) -> H,
 ) -> Result<(), WorkerError> {
     let stop = shutdown::on_signal();
     let pool_size = worker_pool_size(&config);
-    let pool = connect_and_migrate(config.database_url(), pool_size, migrator, &stop).await?;
+    let pool = database::connect_with_backoff(config.database_url(), pool_size, &stop).await?;
+    schema::prepare(&pool, schema, config.schema).await?;
     database::warn_if_budget_tight(&pool, pool_size).await;
     let name = format!("{}-worker", H::KIND.as_str());
     let broker = Arc::new(
@@ -82,56 +83,17 @@ pub fn worker_pool_size(config: &ServiceConfig) -> u32 {
         .unwrap_or_else(|| database::pool_for_concurrency(config.prefetch))
 }
 
-/// Connects to this service's own database and applies its own migrations.
-pub async fn connect_and_migrate(
-    url: &str,
-    pool_size: u32,
-    migrator: &'static Migrator,
-    stop: &CancellationToken,
-) -> Result<PgPool, WorkerError> {
-    let pool = database::connect_with_backoff(url, pool_size, stop).await?;
-    migrator.run(&pool).await?;
-    Ok(pool)
-}
-
-/// How long a one-shot operator command waits for its database: an operator
-/// at a terminal wants an error, not a silent wait for ever.
-pub const COMMAND_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Connects and migrates for a one-shot operator command, giving up after
-/// [`COMMAND_CONNECT_PATIENCE`].
+/// Connects for a one-shot operator command (giving up after
+/// [`database::COMMAND_CONNECT_PATIENCE`]), and migrates or checks the
+/// schema as a starting service does.
 pub async fn connect_for_command(
     url: &str,
-    migrator: &'static Migrator,
+    schema: &Schema,
+    on_start: OnStart,
 ) -> Result<PgPool, WorkerError> {
-    let give_up = CancellationToken::new();
-    let timer = tokio::spawn({
-        let give_up = give_up.clone();
-        async move {
-            tokio::time::sleep(COMMAND_CONNECT_PATIENCE).await;
-            give_up.cancel();
-        }
-    });
-    let pool = connect_and_migrate(url, 2, migrator, &give_up).await;
-    timer.abort();
-    pool
-}
-
-/// `DATABASE_URL` alone, for one-shot operator commands.
-pub fn database_url_from_env() -> Result<String, ConfigError> {
-    let url = config::required(
-        &config::Environment,
-        "DATABASE_URL",
-        "set it to this service's PostgreSQL URL",
-    )?;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(ConfigError::Invalid {
-            name: "DATABASE_URL",
-            reason: "must start with postgres:// or postgresql://".into(),
-        });
-    }
-    tls::check_database_url(&url)?;
-    Ok(url)
+    let pool = database::connect_for_command(url, 2).await?;
+    schema::prepare(&pool, schema, on_start).await?;
+    Ok(pool)
 }
 
 /// Writes an operator command's output. A reader that went away (`| head`)
@@ -175,30 +137,33 @@ pub fn config_error(error: ConfigError) -> ExitCode {
 /// A worker binary's default action: read the configuration, serve until
 /// SIGTERM or ctrl-c, and turn the result into the exit code.
 pub async fn serve_from_env<H: Handler>(
-    migrator: &'static Migrator,
+    schema: &Schema,
     handler: impl FnOnce(PgPool) -> H,
 ) -> ExitCode {
     let config = ServiceConfig::from_env()
         .and_then(|service| Ok((service, inbox_retention(&config::Environment)?)));
     match config {
-        Ok((service, retention)) => exit_code(serve(service, retention, migrator, handler).await),
+        Ok((service, retention)) => exit_code(serve(service, retention, schema, handler).await),
         Err(error) => config_error(error),
     }
 }
 
 /// Runs a one-shot operator command on the service's own database
-/// (`DATABASE_URL` alone), closing the pool afterwards.
-pub async fn with_database<F, Fut>(migrator: &'static Migrator, command: F) -> ExitCode
+/// (`DATABASE_URL`, and `MIGRATE_ON_START` with its timeouts), closing the
+/// pool afterwards.
+pub async fn with_database<F, Fut>(schema: &Schema, command: F) -> ExitCode
 where
     F: FnOnce(PgPool) -> Fut,
     Fut: std::future::Future<Output = Result<(), WorkerError>>,
 {
-    let url = match database_url_from_env() {
-        Ok(url) => url,
+    let config = config::database_url(&config::Environment)
+        .and_then(|url| Ok((url, OnStart::from_source(&config::Environment)?)));
+    let (url, on_start) = match config {
+        Ok(config) => config,
         Err(error) => return config_error(error),
     };
     let result = async {
-        let pool = connect_for_command(&url, migrator).await?;
+        let pool = connect_for_command(url.expose_secret(), schema, on_start).await?;
         let result = command(pool.clone()).await;
         pool.close().await;
         result

@@ -6,8 +6,9 @@ pub enum WorkerError {
     /// nor answered; it is tried again once the database is back.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema is not one this build can run on, or a migration failed.
+    #[error(transparent)]
+    Schema(#[from] saga_shared::schema::SchemaError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     /// Bad operator input (a CSV file, a subcommand argument).

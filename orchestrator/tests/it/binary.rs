@@ -77,3 +77,47 @@ fn an_unreadable_ca_file_stops_it_at_start_naming_the_variable() {
     assert!(stderr.contains("DATABASE_URL is invalid"), "{stderr}");
     assert!(stderr.contains("/nonexistent/root.crt"), "{stderr}");
 }
+
+#[tokio::test]
+async fn migrate_is_a_step_of_its_own_and_a_service_that_may_not_migrate_refuses_a_schema_behind_it(
+) {
+    let db = saga_shared::testing::TestDatabase::create("orchestrator_migrate_bin").await;
+    let n = orchestrator::app::SCHEMA.build_version();
+    let serve = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("MIGRATE_ON_START", "false"),
+    ];
+    let (code, stderr) = orchestrator(&serve);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("error: orchestrator: database schema is at version 0, this build needs {n}: run `orchestrator migrate` first")
+    );
+
+    let migrate = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("orchestrator migrate runs");
+    let stdout = String::from_utf8_lossy(&migrate.stdout);
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(
+        stdout.starts_with("orchestrator: applied 1 sagas\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(&format!("orchestrator: schema now at version {n}\n")),
+        "{stdout}"
+    );
+    let status = saga_shared::schema::check(&db.pool, &orchestrator::app::SCHEMA)
+        .await
+        .expect("the schema is this build's now");
+    assert_eq!(status.version, n);
+}

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use saga_shared::schema;
 use workers::cli;
-use workers::inventory::{catalogue, Inventory, MIGRATOR};
+use workers::inventory::{catalogue, Inventory, SCHEMA};
 
 #[derive(Parser)]
 #[command(
@@ -16,7 +17,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
     long_about = "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
         With no subcommand it serves: it consumes inventory commands from RabbitMQ \
         until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, \
-        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only \
+        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only \
         DATABASE_URL."
 )]
 struct Args {
@@ -28,6 +29,9 @@ struct Args {
 enum Action {
     /// Serve inventory commands until SIGTERM or ctrl-c (the default)
     Serve,
+    /// Apply this build's pending database migrations, then exit
+    #[command(long_about = schema::MIGRATE_HELP)]
+    Migrate,
     /// Load a catalogue from CSV: sku,name,on_hand,unit_price_cents,currency,tax_category
     #[command(long_about = "Load a catalogue from a CSV file with the header\n\
         sku,name,on_hand,unit_price_cents,currency,tax_category\n\n\
@@ -54,9 +58,10 @@ async fn main() -> ExitCode {
         return code;
     }
     match args.command.unwrap_or(Action::Serve) {
-        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Inventory).await,
+        Action::Migrate => schema::migrate_command(&SCHEMA).await,
+        Action::Serve => cli::serve_from_env(&SCHEMA, |_pool| Inventory).await,
         Action::Import { file } => {
-            cli::with_database(&MIGRATOR, |pool| async move {
+            cli::with_database(&SCHEMA, |pool| async move {
                 let input = cli::open_input(&file)?;
                 let summary = catalogue::import(&pool, &file.display().to_string(), input).await?;
                 println!("{summary}");
@@ -65,7 +70,7 @@ async fn main() -> ExitCode {
             .await
         }
         Action::Export => {
-            cli::with_database(&MIGRATOR, |pool| async move {
+            cli::with_database(&SCHEMA, |pool| async move {
                 cli::write_stdout(&catalogue::export(&pool).await?)
             })
             .await

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use saga_shared::config::{Environment, ServiceConfig, Source};
+use saga_shared::schema;
 use workers::cli;
-use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, MIGRATOR};
+use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, SCHEMA};
 use workers::retention::inbox_retention;
 
 /// Payment commands spend their time waiting on the provider holding no
@@ -26,7 +27,7 @@ const DEFAULT_PAYMENT_PREFETCH: u16 = 64;
         With no subcommand it serves: it consumes payment commands from RabbitMQ until \
         SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH \
         (default 64 here: a charge waits on the provider holding no connection), \
-        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
         default 100000000; larger or non-positive amounts are rejected invalid_amount), \
         PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
 )]
@@ -39,6 +40,9 @@ struct Args {
 enum Action {
     /// Serve payment commands until SIGTERM or ctrl-c (the default)
     Serve,
+    /// Apply this build's pending database migrations, then exit
+    #[command(long_about = schema::MIGRATE_HELP)]
+    Migrate,
     /// Show or switch the rehearsed provider outage
     #[command(long_about = "Show or switch the rehearsed provider outage.\n\n\
         While it is on, every charge and refund that needs the provider answers \
@@ -74,9 +78,10 @@ async fn main() -> ExitCode {
         return code;
     }
     match args.command.unwrap_or(Action::Serve) {
+        Action::Migrate => schema::migrate_command(&SCHEMA).await,
         Action::Serve => serve().await,
         Action::Ledger => {
-            cli::with_database(&MIGRATOR, |pool| async move {
+            cli::with_database(&SCHEMA, |pool| async move {
                 let mut csv =
                     String::from("saga_id,charges,charged_cents,refunds,refunded_cents\n");
                 for line in ledger(&pool).await? {
@@ -94,7 +99,7 @@ async fn main() -> ExitCode {
             .await
         }
         Action::Outage { state } => {
-            cli::with_database(&MIGRATOR, |pool| async move {
+            cli::with_database(&SCHEMA, |pool| async move {
                 let mut conn = pool.acquire().await?;
                 if let Some(state) = state {
                     outage::set(&mut conn, matches!(state, Switch::On)).await?;
@@ -126,7 +131,7 @@ async fn serve() -> ExitCode {
         service.prefetch = DEFAULT_PAYMENT_PREFETCH;
     }
     cli::exit_code(
-        cli::serve(service, retention, &MIGRATOR, |pool| {
+        cli::serve(service, retention, &SCHEMA, |pool| {
             Payment::with_config(Simulator::new(pool), payment)
         })
         .await,

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use saga_shared::schema;
 use workers::cli;
-use workers::tax::{rates, Tax, MIGRATOR};
+use workers::tax::{rates, Tax, SCHEMA};
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +19,7 @@ use workers::tax::{rates, Tax, MIGRATOR};
         tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
         With no subcommand it serves: it consumes tax commands from RabbitMQ until \
         SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH, \
-        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -29,6 +30,9 @@ struct Args {
 enum Action {
     /// Serve tax commands until SIGTERM or ctrl-c (the default)
     Serve,
+    /// Apply this build's pending database migrations, then exit
+    #[command(long_about = schema::MIGRATE_HELP)]
+    Migrate,
     /// Load tax rates from CSV: country,region,category,rate_bp
     #[command(long_about = "Load tax rates from a CSV file with the header\n\
         country,region,category,rate_bp\n\n\
@@ -50,9 +54,10 @@ async fn main() -> ExitCode {
         return code;
     }
     match args.command.unwrap_or(Action::Serve) {
-        Action::Serve => cli::serve_from_env(&MIGRATOR, |_pool| Tax).await,
+        Action::Migrate => schema::migrate_command(&SCHEMA).await,
+        Action::Serve => cli::serve_from_env(&SCHEMA, |_pool| Tax).await,
         Action::Import { file } => {
-            cli::with_database(&MIGRATOR, |pool| async move {
+            cli::with_database(&SCHEMA, |pool| async move {
                 let input = cli::open_input(&file)?;
                 let summary = rates::import(&pool, &file.display().to_string(), input).await?;
                 println!("{summary}");

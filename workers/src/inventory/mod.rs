@@ -12,3 +12,5 @@ pub mod store;
 pub use handler::Inventory;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/inventory");
+pub static SCHEMA: saga_shared::schema::Schema =
+    saga_shared::schema::Schema::new("inventory", &MIGRATOR);

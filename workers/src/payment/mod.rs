@@ -16,3 +16,5 @@ pub use provider::{IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer};
 pub use simulator::{ledger, LedgerLine, Simulator};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/payment");
+pub static SCHEMA: saga_shared::schema::Schema =
+    saga_shared::schema::Schema::new("payment", &MIGRATOR);

@@ -7,3 +7,4 @@ pub mod rates;
 pub use handler::Tax;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tax");
+pub static SCHEMA: saga_shared::schema::Schema = saga_shared::schema::Schema::new("tax", &MIGRATOR);

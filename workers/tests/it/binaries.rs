@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use workers::inventory;
 use workers::payment;
 
+use saga_shared::testing;
+
 use crate::migrated;
 
 const INVENTORY: &str = env!("CARGO_BIN_EXE_inventory");
@@ -64,9 +66,9 @@ mod tempfile_path {
 #[test]
 fn every_binary_and_subcommand_has_help() {
     for (binary, subcommands) in [
-        (INVENTORY, &["serve", "import", "export"][..]),
-        (TAX, &["serve", "import"][..]),
-        (PAYMENT, &["serve", "outage"][..]),
+        (INVENTORY, &["serve", "migrate", "import", "export"][..]),
+        (TAX, &["serve", "migrate", "import"][..]),
+        (PAYMENT, &["serve", "migrate", "outage"][..]),
     ] {
         let output = run(binary, &["--help"], &[]);
         assert!(output.status.success(), "{binary} --help");
@@ -94,6 +96,7 @@ fn a_missing_database_url_is_one_line_and_exit_code_2() {
         (INVENTORY, &[][..]),
         (TAX, &["import", "rates.csv"][..]),
         (PAYMENT, &["outage"][..]),
+        (PAYMENT, &["migrate"][..]),
     ] {
         let output = run(binary, args, &[]);
         let stderr = text(&output.stderr);
@@ -176,4 +179,63 @@ async fn payment_outage_switch_through_the_binary() {
 
     let output = run(PAYMENT, &["outage", "maybe"], &env);
     assert_eq!(output.status.code(), Some(2), "clap refuses a bad value");
+}
+
+#[tokio::test]
+async fn migrate_through_the_binary_then_a_service_that_may_not_migrate() {
+    let db = testing::TestDatabase::create("tax_migrate_bin").await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let n = workers::tax::SCHEMA.build_version();
+
+    let output = run(TAX, &["migrate"], &env);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len() as i64, n + 1, "{stdout}");
+    assert_eq!(lines[0], "tax: applied 1 tax");
+    assert_eq!(lines[n as usize], format!("tax: schema now at version {n}"));
+
+    let output = run(TAX, &["migrate"], &env);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        text(&output.stdout),
+        format!("tax: schema already at version {n}\n")
+    );
+
+    let output = run(
+        TAX,
+        &["migrate"],
+        &[env[0], ("MIGRATE_STATEMENT_TIMEOUT", "15 minutes")],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("MIGRATE_STATEMENT_TIMEOUT is invalid"),
+        "{stderr}"
+    );
+
+    // Where only `migrate` migrates, a service (and an operator command)
+    // on a schema behind its build refuses in one line.
+    let empty = testing::TestDatabase::create("tax_check_bin").await;
+    let rates = temp_csv("country,region,category,rate_bp\nUS,,general,500\n");
+    for args in [&[][..], &["import", rates.arg()][..]] {
+        let output = run(
+            TAX,
+            args,
+            &[
+                ("DATABASE_URL", empty.url.as_str()),
+                ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+                ("MIGRATE_ON_START", "false"),
+            ],
+        );
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("error: tax: database schema is at version 0, this build needs {n}: run `tax migrate` first"),
+            "{args:?}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ mod payment_binary;
 mod retention;
 mod round_trips;
 mod runtime;
+mod schema;
 mod tax;
 mod topology;
 
