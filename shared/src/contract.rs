@@ -172,9 +172,8 @@ fn queue_channel(
         })
         .collect();
     // A work queue's changeable settings are the policy's, not arguments.
-    let policy = dead_letters.map(|dlx| {
-        json!({ "dead-letter-exchange": dlx, "delivery-limit": DELIVERY_LIMIT })
-    });
+    let policy = dead_letters
+        .map(|dlx| json!({ "dead-letter-exchange": dlx, "delivery-limit": DELIVERY_LIMIT }));
     json!({
         "address": name,
         "description": description,
