@@ -135,10 +135,17 @@ async fn main() -> ExitCode {
         }
     };
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
-    let fleet = Arc::new(Mutex::new(Fleet::new(
-        &log_dir,
-        setup::specs(settings.start_bin_dir(), &env, ports, &admin_token),
-    )));
+    let mut specs = setup::specs(settings.start_bin_dir(), &env, ports, &admin_token);
+    if settings.upgrade.is_some() {
+        // As docs/upgrading.md has production run: only the deploy step
+        // migrates, a new process checks the schema it finds. The older
+        // release ignores the variable and migrates at start as it did.
+        for spec in &mut specs {
+            spec.env
+                .push(("MIGRATE_ON_START".to_owned(), "false".to_owned()));
+        }
+    }
+    let fleet = Arc::new(Mutex::new(Fleet::new(&log_dir, specs)));
     let api = Arc::new(Api::new(
         ports
             .iter()
