@@ -36,7 +36,14 @@ enum Action {
     /// Apply this build's pending database migrations, then exit
     #[command(long_about = schema::MIGRATE_HELP)]
     Migrate,
+    /// Declare what is missing on the broker and set the queue policies to this build's, then exit
+    #[command(long_about = TOPOLOGY_HELP)]
+    Topology,
 }
+
+const TOPOLOGY_HELP: &str = "Declare what is missing on the broker and set the queue policies to this build's, then exit.
+
+The deploy step for the broker, as `migrate` is for the database: exchanges, queues and bindings under AMQP_PREFIX are declared where missing (an existing queue is used as it is), and the queue policy <AMQP_PREFIX>checkout-work-queues (delivery limit, dead-letter exchange) is set to this build's through RabbitMQ's management API, overwriting an older release's. Services create a missing policy at start but never overwrite one. Needs AMQP_URL, AMQP_PREFIX and, unless RabbitMQ listens on AMQP's own port 5672 (then its management API is taken to be on 15672 with the same user), RABBITMQ_MANAGEMENT_URL. Exit code 0; 2 for a configuration error; 1 when the broker refuses.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -44,6 +51,10 @@ async fn main() -> ExitCode {
     if let Some(Action::Migrate) = cli.command {
         telemetry::init("warn");
         return schema::migrate_command(&app::SCHEMA).await;
+    }
+    if let Some(Action::Topology) = cli.command {
+        telemetry::init("warn");
+        return saga_shared::queue_policies::topology_command().await;
     }
     let config = match Config::from_env() {
         Ok(config) => config,

@@ -76,7 +76,7 @@ where
     }
 }
 
-fn url(
+pub(crate) fn url(
     source: &dyn Source,
     name: &'static str,
     schemes: &[&str],
@@ -110,7 +110,7 @@ pub fn database_url(source: &dyn Source) -> Result<SecretString, ConfigError> {
 }
 
 /// Prefix of every exchange and queue name: letters, digits, `.`, `-`, `_`.
-fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
+pub(crate) fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
     let value = source.get("AMQP_PREFIX").unwrap_or_default();
     if value.len() > 64
         || !value
@@ -123,6 +123,19 @@ fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
         });
     }
     Ok(value)
+}
+
+/// `RABBITMQ_MANAGEMENT_URL`, if set.
+pub(crate) fn management_url(source: &dyn Source) -> Result<Option<SecretString>, ConfigError> {
+    match source.get("RABBITMQ_MANAGEMENT_URL") {
+        Some(value) if !value.trim().is_empty() => Ok(Some(url(
+            source,
+            "RABBITMQ_MANAGEMENT_URL",
+            &["http", "https"],
+            "set it to RabbitMQ's management API, e.g. http://admin:secret@127.0.0.1:15672, or leave it unset",
+        )?)),
+        _ => Ok(None),
+    }
 }
 
 /// What every service needs: its database, the broker and its prefix.
@@ -176,15 +189,7 @@ impl ServiceConfig {
             "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
         )?;
         let amqp_ca = tls::amqp_ca(source, amqp_url.expose_secret())?;
-        let rabbitmq_management_url = match source.get("RABBITMQ_MANAGEMENT_URL") {
-            Some(value) if !value.trim().is_empty() => Some(url(
-                source,
-                "RABBITMQ_MANAGEMENT_URL",
-                &["http", "https"],
-                "set it to RabbitMQ's management API, e.g. http://admin:secret@127.0.0.1:15672, or leave it unset",
-            )?),
-            _ => None,
-        };
+        let rabbitmq_management_url = management_url(source)?;
         Ok(ServiceConfig {
             database_url,
             amqp_url,

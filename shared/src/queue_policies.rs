@@ -281,6 +281,89 @@ pub async fn ensure_at_start(config: &crate::config::ServiceConfig, topology: &T
     }
 }
 
+/// `orchestrator topology`: the explicit, idempotent step that makes the
+/// broker what this build expects: exchanges, queues and bindings declared
+/// where missing, and the queue policies set to this build's, overwriting
+/// an older release's. Needs AMQP_URL, AMQP_PREFIX and, unless the broker
+/// is on AMQP's own port, RABBITMQ_MANAGEMENT_URL.
+pub async fn topology_command() -> std::process::ExitCode {
+    use secrecy::ExposeSecret;
+    use std::process::ExitCode;
+
+    let source = crate::config::Environment;
+    let settings = (|| {
+        let amqp_url = crate::config::url(
+            &source,
+            "AMQP_URL",
+            &["amqp", "amqps"],
+            "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+        )?;
+        let ca = crate::tls::amqp_ca(&source, amqp_url.expose_secret())?;
+        let prefix = crate::config::prefix(&source)?;
+        let management = crate::config::management_url(&source)?;
+        Ok::<_, crate::config::ConfigError>((amqp_url, ca, prefix, management))
+    })();
+    let (amqp_url, ca, prefix, management_url) = match settings {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let topology = Topology::new(&prefix);
+    let management = match Management::new(
+        amqp_url.expose_secret(),
+        management_url.as_ref().map(|url| url.expose_secret()),
+    ) {
+        Ok(management) => management,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Declared first: a policy applies to the queues it matches.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let connect = crate::broker::Broker::connect_with_ca(
+        amqp_url.expose_secret(),
+        ca.as_ref(),
+        topology.clone(),
+        "topology",
+        &stop,
+    );
+    let broker = match tokio::time::timeout(Duration::from_secs(30), connect).await {
+        Ok(Ok(broker)) => broker,
+        Ok(Err(error)) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            stop.cancel();
+            eprintln!("error: RabbitMQ did not accept a connection within 30s");
+            return ExitCode::FAILURE;
+        }
+    };
+    broker.close().await;
+    println!("exchanges, queues and bindings of prefix '{prefix}' declared where missing");
+    match management.apply(&topology, true).await {
+        Ok(applied) => {
+            for outcome in applied {
+                let line = match outcome {
+                    Applied::Created(name) => format!("policy {name}: created"),
+                    Applied::Updated(name) => format!("policy {name}: updated to this build's"),
+                    Applied::Unchanged(name) => format!("policy {name}: already this build's"),
+                    Applied::LeftAsItIs(name) => format!("policy {name}: left as it is"),
+                };
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn percent_decode(text: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16);
     let bytes = text.as_bytes();

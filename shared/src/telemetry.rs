@@ -196,8 +196,12 @@ fn log_layer<S>(default_filter: &str) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // lapin logs every channel the broker closes at ERROR, the passive
+    // checks of `Topology::declare` that find a queue missing on a fresh
+    // broker among them; every close that matters reaches our code as an
+    // error and is logged there, with what it was doing.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},lapin::channel=off")));
     let json = match std::env::var("LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("pretty") => false,

@@ -121,3 +121,93 @@ async fn migrate_is_a_step_of_its_own_and_a_service_that_may_not_migrate_refuses
         .expect("the schema is this build's now");
     assert_eq!(status.version, n);
 }
+
+/// `orchestrator topology`, run twice around an older release's policy:
+/// it creates what is missing, then sets the policy back to this build's.
+#[tokio::test]
+async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_builds() {
+    use saga_shared::queue_policies::Management;
+    use saga_shared::testing;
+    use saga_shared::topology::Topology;
+
+    let prefix = testing::random_prefix();
+    let _guard = testing::TopologyGuard::new(&prefix);
+    let topology = Topology::new(&prefix);
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .arg("topology")
+            .env_clear()
+            .env("AMQP_URL", testing::amqp_url())
+            .env("AMQP_PREFIX", &prefix)
+            .output()
+            .expect("orchestrator topology runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let policy = format!("{prefix}checkout-work-queues");
+
+    let said = run();
+    assert!(
+        said.contains(&format!("policy {policy}: created")),
+        "{said}"
+    );
+
+    // An older release's policy (a higher delivery limit) is set back.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:15672/api/policies/%2F/{policy}");
+    let older = serde_json::json!({
+        "pattern": topology.policies()[0].pattern,
+        "definition": {"delivery-limit": 20},
+        "apply-to": "queues",
+    });
+    let put = client
+        .put(&url)
+        .basic_auth("guest", Some("guest"))
+        .json(&older)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{put:?}");
+    // A service's start leaves another release's policy as it is.
+    let applied = Management::new(&testing::amqp_url(), None)
+        .unwrap()
+        .apply(&topology, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        vec![saga_shared::queue_policies::Applied::LeftAsItIs(
+            policy.clone()
+        )]
+    );
+    let said = run();
+    assert!(
+        said.contains(&format!("policy {policy}: updated to this build's")),
+        "{said}"
+    );
+    let now: serde_json::Value = client
+        .get(&url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["definition"], topology.policies()[0].definition);
+    assert_eq!(
+        now["definition"]["delivery-limit"],
+        saga_shared::topology::DELIVERY_LIMIT
+    );
+
+    // The queues it declared are there, and taken as they are next time.
+    let said = run();
+    assert!(
+        said.contains(&format!("policy {policy}: already this build's")),
+        "{said}"
+    );
+}
