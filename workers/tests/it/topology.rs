@@ -19,9 +19,10 @@ async fn connection() -> Connection {
         .expect("the test connects to RabbitMQ")
 }
 
-/// The queues as v0.2.0 declared them: every setting an argument, the
-/// initial group size among them (which v0.1.0 did not declare).
-async fn declare_as_v0_2(connection: &Connection, topology: &Topology) {
+/// The queues as an older release declared them: every setting an
+/// argument; v0.2.0 also the initial group size, which v0.1.0 did not
+/// declare (so the two could not both declare the same queue).
+async fn declare_as_release(connection: &Connection, topology: &Topology, group_size: bool) {
     let channel = connection.create_channel().await.unwrap();
     for worker in WorkerKind::ALL {
         let mut args = FieldTable::default();
@@ -29,7 +30,9 @@ async fn declare_as_v0_2(connection: &Connection, topology: &Topology) {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-        args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(3));
+        if group_size {
+            args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(3));
+        }
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(topology.dead_letter_exchange().into()),
@@ -51,13 +54,22 @@ async fn declare_as_v0_2(connection: &Connection, topology: &Topology) {
 }
 
 #[tokio::test]
-async fn a_new_build_starts_beside_queues_an_older_release_declared_otherwise() {
+async fn a_new_build_starts_beside_queues_v0_1_declared() {
+    starts_beside_queues_an_older_release_declared(false).await;
+}
+
+#[tokio::test]
+async fn a_new_build_starts_beside_queues_v0_2_declared() {
+    starts_beside_queues_an_older_release_declared(true).await;
+}
+
+async fn starts_beside_queues_an_older_release_declared(group_size: bool) {
     testing::init_tracing();
     let prefix = testing::random_prefix();
     let _guard = TopologyGuard::new(&prefix);
     let topology = Topology::new(&prefix);
     let connection = connection().await;
-    declare_as_v0_2(&connection, &topology).await;
+    declare_as_release(&connection, &topology, group_size).await;
 
     let stop = CancellationToken::new();
     let broker = tokio::time::timeout(
