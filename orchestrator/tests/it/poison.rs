@@ -285,22 +285,10 @@ async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() 
         (odd_saga, "unknown"),
         (typed_saga, "unknown message type"),
     ] {
-        let listed: Value = testing::eventually(
-            "the dead letter listed",
-            Duration::from_secs(20),
-            || async {
-                let (status, body) = system
-                    .admin(
-                        "GET",
-                        &format!("/v1/admin/dead-letters?saga_id={saga}"),
-                        None,
-                    )
-                    .await;
-                assert_eq!(status, 200, "{body}");
-                body["dead_letters"].as_array().unwrap().first().cloned()
-            },
-        )
-        .await;
+        let listed: Value = system
+            .dead_letters_for(saga, Duration::from_secs(20))
+            .await
+            .remove(0);
         assert!(
             listed["reason"].as_str().unwrap().contains(says),
             "{listed:#}"

@@ -610,22 +610,10 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
 
     // The poison, dead-lettered with its reason and where it came from;
     // the worker went on and is still running.
-    let dead: Value = testing::eventually(
-        "the poison dead-lettered",
-        Duration::from_secs(30),
-        || async {
-            let (status, body) = system
-                .admin(
-                    "GET",
-                    &format!("/v1/admin/dead-letters?saga_id={poison_saga}"),
-                    None,
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-            body["dead_letters"].as_array().unwrap().first().cloned()
-        },
-    )
-    .await;
+    let dead: Value = system
+        .dead_letters_for(poison_saga, Duration::from_secs(30))
+        .await
+        .remove(0);
     assert!(
         dead["reason"]
             .as_str()

@@ -196,23 +196,9 @@ async fn ready_replies_commit_in_fewer_transactions_and_a_stray_is_dead_lettered
         "{} replies took {commits} commits",
         ids.len()
     );
-    let listed = testing::eventually(
-        "the stray reply dead-lettered",
-        Duration::from_secs(30),
-        || async {
-            let (status, body) = system
-                .admin(
-                    "GET",
-                    &format!("/v1/admin/dead-letters?saga_id={stray}"),
-                    None,
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-            let rows = body["dead_letters"].as_array().unwrap().clone();
-            (!rows.is_empty()).then_some(rows)
-        },
-    )
-    .await;
+    let listed = system
+        .dead_letters_for(stray, Duration::from_secs(30))
+        .await;
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert!(
         listed[0]["reason"]

@@ -340,6 +340,23 @@ impl System {
         }
     }
 
+    /// The dead letters recorded for `saga`, once there is at least one
+    /// (within `within`).
+    pub async fn dead_letters_for(
+        &self,
+        saga: impl std::fmt::Display,
+        within: Duration,
+    ) -> Vec<Value> {
+        let path = format!("/v1/admin/dead-letters?saga_id={saga}");
+        testing::eventually("a dead letter recorded", within, || async {
+            let (status, body) = self.admin("GET", &path, None).await;
+            assert_eq!(status, 200, "{body}");
+            let rows = body["dead_letters"].as_array().unwrap().clone();
+            (!rows.is_empty()).then_some(rows)
+        })
+        .await
+    }
+
     /// A support API call with the test token: (status, body).
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
