@@ -49,6 +49,55 @@ impl Cluster {
             rabbitmq_answers(url)
         })
         .await
+        .map_err(|error| error.context(self.node_logs_kept()))
+    }
+
+    /// Waits until node `n` may be lost without a quorum queue losing its
+    /// majority: every node back in the cluster, and no queue still waiting
+    /// for a restarted member to catch up. Killing before that would be two
+    /// faults at once, which no quorum queue is built to survive, and the
+    /// run measures one at a time. A restarted node has usually caught up
+    /// well before the next kill is due; this holds the kill when it has not.
+    pub async fn wait_healed(&self, n: usize, bound: Duration) -> anyhow::Result<()> {
+        let arg = n.to_string();
+        wait_until(
+            &format!("the cluster (every node in it, none of node {n}'s queues behind)"),
+            bound,
+            || async { self.script(&["healed", &arg]).await.is_ok() },
+        )
+        .await
+        .map_err(|error| error.context(self.node_logs_kept()))
+    }
+
+    /// Copies the end of each node's own log next to the run's, for a
+    /// failure to be read after the cluster is removed; says where.
+    pub fn node_logs_kept(&self) -> String {
+        let state = std::env::var("CLUSTER_DIR").unwrap_or_else(|_| "/tmp/checkout-cluster".into());
+        let mut kept = String::new();
+        for n in 1..=self.nodes.len() {
+            let name = format!("rabbit-c{n}");
+            let log = Path::new(&state)
+                .join(&name)
+                .join("log")
+                .join(format!("{name}@localhost.log"));
+            if let Ok(text) = std::fs::read_to_string(&log) {
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                kept.push_str(&format!(
+                    "==== {} (last {} lines)\n",
+                    log.display(),
+                    tail.len()
+                ));
+                for line in tail.into_iter().rev() {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+        }
+        let copy = self.log.with_file_name("rabbitmq-nodes.log");
+        match std::fs::write(&copy, kept) {
+            Ok(()) => format!("the nodes' logs end in {}", copy.display()),
+            Err(error) => format!("cannot keep the nodes' logs: {error}"),
+        }
     }
 
     /// SIGKILLs whichever PostgreSQL member is the primary.

@@ -36,6 +36,9 @@ const BACK_BOUND: Duration = Duration::from_secs(90);
 /// this the system is reported as not recovered.
 const PROBE_BOUND: Duration = Duration::from_secs(120);
 
+/// How long a node kill waits for the cluster to heal from the last one.
+const HEAL_BOUND: Duration = Duration::from_secs(120);
+
 /// Node kills a cluster run makes at least, and at most: one per 50 s of
 /// its span in between, so that each node is killed at least once.
 const NODE_KILLS: (u64, u64) = (3, 12);
@@ -216,6 +219,26 @@ impl Faults {
             .servers
             .as_ref()
             .expect("restarts are only due with servers");
+        if let (Server::RabbitNode(n), Servers::Cluster(cluster)) = (server, servers) {
+            let healing = Instant::now();
+            if let Err(error) = cluster.wait_healed(n, HEAL_BOUND).await {
+                let restart = Restart {
+                    server,
+                    at_seconds: crate::events::elapsed_seconds(),
+                    back_after: None,
+                    recovered_after: None,
+                    probe: None,
+                    failure: None,
+                };
+                return self.failed(restart, servers, error).await;
+            }
+            if healing.elapsed() > Duration::from_secs(5) {
+                event!(
+                    "{server}: the kill waited {:.1} s for the cluster to heal from the last one",
+                    healing.elapsed().as_secs_f64()
+                );
+            }
+        }
         let at_seconds = crate::events::elapsed_seconds();
         let issued = Instant::now();
         let mut restart = Restart {
