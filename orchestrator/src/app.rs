@@ -87,6 +87,13 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         error,
     })?;
 
+    if !config.reply_senders.is_configured() {
+        tracing::warn!(
+            user = broker.user(),
+            "WORKER_USERS is not set: a reply is applied whoever sent it. Give each service a RabbitMQ user of its own \
+             (`orchestrator broker-users`) and set WORKER_USERS (docs/security.md)"
+        );
+    }
     if config.admin_tokens.is_empty() {
         tracing::warn!("ADMIN_TOKENS is not set: the support API and console refuse everyone");
     }
@@ -128,9 +135,11 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
     {
         let (store, broker, stop) = (store.clone(), broker.clone(), stop.clone());
         let prefetch = service.prefetch;
+        let senders = Arc::new(config.reply_senders.clone());
         tasks.spawn(async move {
             if let Err(error) =
-                run_reply_consumer_until_stopped(store, broker, prefetch, stop.clone()).await
+                run_reply_consumer_until_stopped(store, broker, senders, prefetch, stop.clone())
+                    .await
             {
                 // Without replies no saga can advance: stop the instance
                 // rather than serve requests that will never finish.

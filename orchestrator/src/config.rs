@@ -7,6 +7,7 @@ use saga_shared::config::{parsed_or, ConfigError, Environment, ServiceConfig, So
 use saga_shared::Step;
 
 use crate::http::auth::AdminTokens;
+use crate::reply_senders::ReplySenders;
 use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 
 #[derive(Debug, Clone)]
@@ -16,6 +17,8 @@ pub struct Config {
     pub policies: StepPolicies,
     pub admin_tokens: AdminTokens,
     pub http: HttpLimits,
+    /// `WORKER_USERS`: the RabbitMQ user each worker kind's replies must come from.
+    pub reply_senders: ReplySenders,
 }
 
 /// The bounds of the HTTP server: how long a request may take, how long a
@@ -255,6 +258,7 @@ impl Config {
             policies: read_policies(source)?,
             admin_tokens: AdminTokens::from_source(source)?,
             http: HttpLimits::from_source(source)?,
+            reply_senders: ReplySenders::from_source(source)?,
         })
     }
 

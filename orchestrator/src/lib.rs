@@ -11,6 +11,7 @@ pub mod listener;
 pub mod metrics;
 pub mod relay;
 pub mod replies;
+pub mod reply_senders;
 pub mod saga;
 pub mod saga_tally;
 pub mod store;

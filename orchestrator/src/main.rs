@@ -39,7 +39,18 @@ enum Action {
     /// Declare what is missing on the broker and set the queue policies to this build's, then exit
     #[command(long_about = TOPOLOGY_HELP)]
     Topology,
+    /// Create each service's own RabbitMQ user where missing, with least-privilege permissions; print their AMQP_URLs once
+    #[command(long_about = BROKER_USERS_HELP)]
+    BrokerUsers {
+        /// Users are named <BASE>-orchestrator, <BASE>-inventory, <BASE>-tax and <BASE>-payment
+        #[arg(long, default_value = "checkout")]
+        base: String,
+    },
 }
+
+const BROKER_USERS_HELP: &str = "Create each service's own RabbitMQ user where missing, with least-privilege permissions on AMQP_PREFIX's exchanges and queues; print their AMQP_URLs once.
+
+The orchestrator's user declares the topology, writes commands and reads replies; a worker's user reads only its command queue and writes only replies. Run as an administrator: AMQP_URL's user must be tagged administrator on the management API (RABBITMQ_MANAGEMENT_URL unless RabbitMQ listens on 5672). A new user gets a random password, printed once as <SERVICE>_AMQP_URL=...; an existing user keeps its password, and its permissions are set to this build's. The last line is WORKER_USERS for the orchestrator, which then dead-letters a reply from any other user. Exit code 0; 2 for a configuration error; 1 when the broker refuses.";
 
 const TOPOLOGY_HELP: &str = "Declare what is missing on the broker and set the queue policies to this build's, then exit.
 
@@ -55,6 +66,10 @@ async fn main() -> ExitCode {
     if let Some(Action::Topology) = cli.command {
         telemetry::init("warn");
         return saga_shared::queue_policies::topology_command().await;
+    }
+    if let Some(Action::BrokerUsers { base }) = &cli.command {
+        telemetry::init("warn");
+        return saga_shared::broker_users::broker_users_command(base).await;
     }
     let config = match Config::from_env() {
         Ok(config) => config,

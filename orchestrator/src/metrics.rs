@@ -46,6 +46,9 @@ pub const STEP_ROUND_TRIP: &str = "checkout_step_round_trip_seconds";
 pub const RELAY_PUBLISH: &str = "checkout_relay_publish_seconds";
 /// Worker replies applied, by step and outcome (`ok`, `rejected`, `transient`).
 pub const REPLIES: &str = "checkout_replies_total";
+/// Replies dead-lettered unapplied because another RabbitMQ user than the
+/// step's worker sent them (WORKER_USERS), by step.
+pub const REPLIES_REFUSED: &str = "checkout_replies_refused_total";
 /// Commits that applied worker replies: a batch of replies commits once.
 pub const REPLY_COMMITS: &str = "checkout_reply_commits_total";
 const SAGAS: &str = "checkout_sagas";

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::reply_senders::ReplySenders;
 use crate::store::{BatchedReply, Store, StoreError};
 
 /// The most replies one transaction applies.
@@ -35,6 +36,7 @@ const BATCHES_AT_ONCE: usize = 2;
 pub async fn run_reply_consumer_until_stopped(
     store: Store,
     broker: Arc<Broker>,
+    senders: Arc<ReplySenders>,
     prefetch: u16,
     stop: CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -46,7 +48,8 @@ pub async fn run_reply_consumer_until_stopped(
     };
     let handle = |batch: Vec<Delivery>| {
         let (store, broker, stop) = (store.clone(), broker.clone(), stop.clone());
-        async move { apply_batch(&store, &broker, batch, &stop).await }
+        let senders = senders.clone();
+        async move { apply_batch(&store, &broker, &senders, batch, &stop).await }
     };
     run_batches_until_stopped(&broker, &queue, &tag, prefetch, batching, &stop, handle).await
 }
@@ -61,6 +64,7 @@ struct Ready {
 async fn apply_batch(
     store: &Store,
     broker: &Broker,
+    senders: &ReplySenders,
     batch: Vec<Delivery>,
     stop: &CancellationToken,
 ) {
@@ -68,6 +72,13 @@ async fn apply_batch(
     for delivery in batch {
         match Envelope::<Outcome>::decode(&delivery.data) {
             Ok(reply) => {
+                let sender = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+                if let Some(reason) = senders.refuse(reply.step, sender) {
+                    metrics::counter!(crate::metrics::REPLIES_REFUSED, "step" => reply.step.routing_key())
+                        .increment(1);
+                    dead_letter(broker, &delivery, &reason).await;
+                    continue;
+                }
                 let span = reply_span(&reply, &delivery);
                 ready.push(Ready {
                     delivery,

@@ -60,6 +60,10 @@ pub enum BrokerError {
     /// declares: permanent, never "not reachable".
     #[error("RabbitMQ topology conflict: {0}")]
     TopologyConflict(#[source] TopologyError),
+    /// Part of the topology is missing and this user may not declare it:
+    /// waited for, since the orchestrator declares it at its start.
+    #[error("{0}")]
+    TopologyMissing(#[source] TopologyError),
 }
 
 impl From<TopologyError> for BrokerError {
@@ -67,6 +71,7 @@ impl From<TopologyError> for BrokerError {
         match error {
             TopologyError::Amqp(error) => BrokerError::Amqp(error),
             conflict @ TopologyError::Conflict { .. } => BrokerError::TopologyConflict(conflict),
+            missing @ TopologyError::Missing { .. } => BrokerError::TopologyMissing(missing),
         }
     }
 }
@@ -140,7 +145,10 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn properties(&self) -> BasicProperties {
+    /// `user` is the connection's RabbitMQ user: stamped as `user_id`,
+    /// which RabbitMQ checks against the connection, so a consumer can
+    /// trust who sent a message (the orchestrator checks replies by it).
+    fn properties(&self, user: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
             traceparent::HEADER.into(),
@@ -153,6 +161,7 @@ impl Outgoing {
             .with_correlation_id(self.saga_id.to_string().into())
             .with_type(ShortString::from(self.message_type.as_str()))
             .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+            .with_user_id(user.into())
             .with_headers(headers)
     }
 }
@@ -197,6 +206,8 @@ pub struct Broker {
     tls: OwnedTLSConfig,
     ca_variable: &'static str,
     name: String,
+    /// The RabbitMQ user of `AMQP_URL` (every node's URL names the same).
+    user: String,
     topology: Topology,
     session: std::sync::Mutex<Option<Arc<Session>>>,
     /// One reconnect at a time; the others wait for its session.
@@ -239,8 +250,10 @@ impl Broker {
         stop: &CancellationToken,
     ) -> Result<Broker, BrokerError> {
         tls::install_crypto_provider();
+        let nodes = ClusterNodes::parse(url)?;
         let broker = Broker {
-            nodes: ClusterNodes::parse(url)?,
+            user: nodes.user(),
+            nodes,
             tls: OwnedTLSConfig {
                 identity: None,
                 cert_chain: ca.map(|ca| ca.pem().to_owned()),
@@ -351,6 +364,10 @@ impl Broker {
                             tracing::error!(%node, %error, "cannot use RabbitMQ");
                             return Err(error);
                         }
+                        Ok(Err(error @ BrokerError::TopologyMissing(_))) => {
+                            tracing::warn!(%node, %error, "waiting for the broker topology");
+                            break;
+                        }
                         Ok(Err(error)) => error.to_string(),
                         Err(_) => format!("no answer within {CONNECT_WITHIN:?}"),
                     },
@@ -423,6 +440,11 @@ impl Broker {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The RabbitMQ user this client connects as.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     /// Whether the connection is up. Its publishing channel may be between
@@ -544,7 +566,7 @@ impl Broker {
                         ..Default::default()
                     },
                     &message.body,
-                    message.properties(),
+                    message.properties(&self.user),
                 )
                 .await;
             match published {
@@ -646,7 +668,19 @@ impl Broker {
             "x-original-routing-key".into(),
             AMQPValue::LongString(delivery.routing_key.as_str().into()),
         );
-        let properties = delivery.properties.clone().with_headers(headers);
+        if let Some(sender) = delivery.properties.user_id() {
+            headers.insert(
+                "x-original-user-id".into(),
+                AMQPValue::LongString(sender.as_str().into()),
+            );
+        }
+        // Published by this connection: RabbitMQ refuses a user_id other
+        // than the connection's own, so the sender's moves to a header.
+        let properties = delivery
+            .properties
+            .clone()
+            .with_user_id(self.user.as_str().into())
+            .with_headers(headers);
         let confirm = self
             .session()
             .await?
@@ -735,6 +769,15 @@ impl ClusterNodes {
 
     fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The user the first node's URL names (AMQP's default, `guest`, if
+    /// none): a cluster's nodes share their users.
+    fn user(&self) -> String {
+        use std::str::FromStr;
+        lapin::uri::AMQPUri::from_str(&self.0[0])
+            .map(|uri| uri.authority.userinfo.username)
+            .unwrap_or_else(|_| "guest".to_owned())
     }
 
     /// Every node once, from a random one on.

@@ -3,6 +3,7 @@
 //! telemetry and money.
 
 pub mod broker;
+pub mod broker_users;
 pub mod config;
 pub mod consumer;
 pub mod contract;

@@ -229,7 +229,28 @@ impl Management {
         })
     }
 
-    fn unreachable(&self, error: reqwest::Error) -> PolicyError {
+    pub(crate) fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// A request to `/api/<path>` (each segment escaped), authenticated.
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        path: &[&str],
+    ) -> reqwest::RequestBuilder {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http URL has path segments")
+            .pop_if_empty()
+            .push("api")
+            .extend(path);
+        self.client
+            .request(method, url)
+            .basic_auth(&self.user, Some(&self.password))
+    }
+
+    pub(crate) fn unreachable(&self, error: reqwest::Error) -> PolicyError {
         PolicyError::Unreachable {
             endpoint: self.endpoint(),
             // reqwest's text may hold the URL, never the credentials: they
@@ -238,7 +259,7 @@ impl Management {
         }
     }
 
-    async fn refused(&self, policy: &str, response: reqwest::Response) -> PolicyError {
+    pub(crate) async fn refused(&self, policy: &str, response: reqwest::Response) -> PolicyError {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         PolicyError::Refused {
@@ -273,12 +294,45 @@ pub async fn ensure_at_start(config: &crate::config::ServiceConfig, topology: &T
                 }
             }
         }
+        // A worker's least-privilege user has no management access: the
+        // orchestrator's user keeps the policies.
+        Err(PolicyError::Refused { status, .. })
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+        {
+            tracing::info!(
+                "queue policies left to the orchestrator: this RabbitMQ user may not manage them"
+            )
+        }
         Err(error) => tracing::warn!(
             %error,
             "queue policies not checked: until they exist, a message that keeps crashing its consumer is not dead-lettered. \
              Enable RabbitMQ's management plugin (or set RABBITMQ_MANAGEMENT_URL) and run `orchestrator topology`"
         ),
     }
+}
+
+/// What a broker command reads: AMQP_URL (and its CA), AMQP_PREFIX and
+/// RABBITMQ_MANAGEMENT_URL.
+pub(crate) type BrokerSettings = (
+    secrecy::SecretString,
+    Option<crate::tls::CaFile>,
+    String,
+    Option<secrecy::SecretString>,
+);
+
+pub(crate) fn broker_settings() -> Result<BrokerSettings, crate::config::ConfigError> {
+    use secrecy::ExposeSecret;
+    let source = crate::config::Environment;
+    let amqp_url = crate::config::url(
+        &source,
+        "AMQP_URL",
+        &["amqp", "amqps"],
+        "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+    )?;
+    let ca = crate::tls::amqp_ca(&source, amqp_url.expose_secret())?;
+    let prefix = crate::config::prefix(&source)?;
+    let management = crate::config::management_url(&source)?;
+    Ok((amqp_url, ca, prefix, management))
 }
 
 /// `orchestrator topology`: the explicit, idempotent step that makes the
@@ -290,20 +344,7 @@ pub async fn topology_command() -> std::process::ExitCode {
     use secrecy::ExposeSecret;
     use std::process::ExitCode;
 
-    let source = crate::config::Environment;
-    let settings = (|| {
-        let amqp_url = crate::config::url(
-            &source,
-            "AMQP_URL",
-            &["amqp", "amqps"],
-            "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
-        )?;
-        let ca = crate::tls::amqp_ca(&source, amqp_url.expose_secret())?;
-        let prefix = crate::config::prefix(&source)?;
-        let management = crate::config::management_url(&source)?;
-        Ok::<_, crate::config::ConfigError>((amqp_url, ca, prefix, management))
-    })();
-    let (amqp_url, ca, prefix, management_url) = match settings {
+    let (amqp_url, ca, prefix, management_url) = match broker_settings() {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");

@@ -153,6 +153,75 @@ impl Drop for TopologyGuard {
     }
 }
 
+/// Each service's own RabbitMQ user for one test's prefix, with the
+/// permissions `orchestrator broker-users` gives, removed when dropped.
+pub struct BrokerUsers {
+    base: String,
+    urls: std::collections::HashMap<crate::broker_users::Role, String>,
+    /// The orchestrator's WORKER_USERS for these users.
+    pub worker_users: String,
+}
+
+impl BrokerUsers {
+    /// Users for `prefix`, reached at `amqp_url` (the test's broker URL,
+    /// whose credentials are replaced).
+    pub async fn create(prefix: &str, amqp_url: &str) -> BrokerUsers {
+        use secrecy::ExposeSecret;
+        let management = crate::queue_policies::Management::new(&self::amqp_url(), None)
+            .expect("management API address");
+        let base = prefix.trim_end_matches('.').to_owned();
+        let users = management
+            .ensure_users(&Topology::new(prefix), &base)
+            .await
+            .expect("the management API creates the test's RabbitMQ users");
+        let mut urls = std::collections::HashMap::new();
+        let mut worker_users = Vec::new();
+        for user in users {
+            let password = user.password.expect("a test's users are new");
+            urls.insert(
+                user.role,
+                crate::broker_users::url_as(amqp_url, &user.name, password.expose_secret()),
+            );
+            if let crate::broker_users::Role::Worker(kind) = user.role {
+                worker_users.push(format!("{}={}", kind.as_str(), user.name));
+            }
+        }
+        BrokerUsers {
+            base,
+            urls,
+            worker_users: worker_users.join(","),
+        }
+    }
+
+    /// The AMQP URL `role`'s service connects with.
+    pub fn url(&self, role: crate::broker_users::Role) -> String {
+        self.urls[&role].clone()
+    }
+
+    /// The user name of `role`.
+    pub fn user(&self, role: crate::broker_users::Role) -> String {
+        crate::broker_users::user_name(&self.base, role)
+    }
+}
+
+impl Drop for BrokerUsers {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
+                    let _ = management.remove_users(&base).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Waits for `check` to return `Some`, polling until `timeout`; panics with
 /// `what` when the deadline passes.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T

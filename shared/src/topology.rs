@@ -101,10 +101,18 @@ impl Topology {
             (self.reply_exchange(), ExchangeKind::Direct),
             (self.dead_letter_exchange(), ExchangeKind::Fanout),
         ] {
-            channel
+            match channel
                 .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
                 .await
-                .map_err(|error| TopologyError::judge("exchange", &name, error))?;
+            {
+                Ok(()) => {}
+                // A least-privilege user (a worker's) may not declare: the
+                // topology is the orchestrator's, and must exist already.
+                Err(error) if reply_code(&error) == Some(403) => {
+                    return self.verify(connection).await;
+                }
+                Err(error) => return Err(TopologyError::judge("exchange", &name, error)),
+            }
         }
 
         for worker in WorkerKind::ALL {
@@ -136,6 +144,62 @@ impl Topology {
         )
         .await?;
         let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Checks, without declaring anything (passive declarations need no
+    /// permission), that every exchange and queue exists.
+    async fn verify(&self, connection: &Connection) -> Result<(), TopologyError> {
+        for exchange in self.exchanges() {
+            let channel = connection.create_channel().await?;
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let checked = channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    passive,
+                    FieldTable::default(),
+                )
+                .await;
+            match checked {
+                Ok(()) => {
+                    let _ = channel.close(200, "checked".into()).await;
+                }
+                Err(error) if reply_code(&error) == Some(404) => {
+                    return Err(TopologyError::Missing {
+                        kind: "exchange",
+                        name: exchange,
+                    })
+                }
+                Err(error) => return Err(TopologyError::judge("exchange", &exchange, error)),
+            }
+        }
+        for queue in self.queues() {
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(_) => {
+                    let _ = channel.close(200, "checked".into()).await;
+                }
+                Err(error) if reply_code(&error) == Some(404) => {
+                    return Err(TopologyError::Missing {
+                        kind: "queue",
+                        name: queue,
+                    })
+                }
+                Err(error) => return Err(TopologyError::judge("queue", &queue, error)),
+            }
+        }
         Ok(())
     }
 
@@ -213,7 +277,7 @@ pub struct Policy {
 
 /// A regular expression that matches exactly these names: a policy's
 /// pattern is a regex, and a prefix may hold regex metacharacters.
-fn exactly_one_of(names: &[String]) -> String {
+pub(crate) fn exactly_one_of(names: &[String]) -> String {
     let escaped: Vec<String> = names.iter().map(|n| escape_regex(n)).collect();
     format!("^({})$", escaped.join("|"))
 }
@@ -241,6 +305,11 @@ pub enum TopologyError {
         argument: String,
         detail: String,
     },
+    /// This user may not declare the topology (a worker's least-privilege
+    /// user), and part of it is not there yet: the orchestrator, or
+    /// `orchestrator topology`, declares it. Waiting mends it.
+    #[error("{kind} '{name}' does not exist yet, and this RabbitMQ user may not declare it: start the orchestrator or run `orchestrator topology`")]
+    Missing { kind: &'static str, name: String },
     /// The broker or the connection failed under the declaration.
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),

@@ -6,11 +6,14 @@ use std::time::Duration;
 use orchestrator::config::{Config, HttpLimits};
 use orchestrator::http::auth::AdminTokens;
 use orchestrator::listener::Waiters;
+use orchestrator::reply_senders::ReplySenders;
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
+use saga_shared::broker_users::Role;
 use saga_shared::config::ServiceConfig;
 use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::Topology;
+use saga_shared::WorkerKind;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +48,8 @@ pub struct System {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     _topology: TopologyGuard,
+    /// Removed last, after the topology.
+    broker_users: Option<testing::BrokerUsers>,
 }
 
 /// The support token every test system accepts, and its actor name.
@@ -112,6 +117,10 @@ pub struct Setup {
     /// No Rust tax worker: the test brings a tax worker of its own (one
     /// in another language, say) on a database of its own.
     pub without_tax_worker: bool,
+    /// Every service connects as a RabbitMQ user of its own, with the
+    /// least permissions, and the orchestrator checks replies' senders
+    /// (WORKER_USERS).
+    pub broker_users: bool,
 }
 
 async fn start_worker<H: Handler>(
@@ -177,6 +186,10 @@ impl System {
         let database_port = database_proxy.as_ref().map(|p| p.port);
         let prefix = testing::random_prefix();
         let topology = TopologyGuard::new(&prefix);
+        let broker_users = match setup.broker_users {
+            true => Some(testing::BrokerUsers::create(&prefix, &amqp_url).await),
+            false => None,
+        };
         let admin = setup
             .database_admin_url
             .clone()
@@ -223,9 +236,11 @@ impl System {
             stop,
             tasks: Vec::new(),
             _topology: topology,
+            broker_users,
         };
         system.start_orchestrator().await;
-        let (prefix, stop, amqp) = (&system.prefix, &system.stop, &system.amqp_url);
+        let (prefix, stop) = (&system.prefix, &system.stop);
+        let url_of = |kind: WorkerKind| system.amqp_url_for(Role::Worker(kind));
         let multi_host = setup.database_admin_url.is_some();
         let pool = |db: &TestDatabase| {
             let url = (system.database_url_for)(db);
@@ -250,7 +265,7 @@ impl System {
             start_worker(
                 workers::inventory::Inventory,
                 pool(&system.inventory_db).await,
-                amqp,
+                &url_of(WorkerKind::Inventory),
                 prefix,
                 stop,
             )
@@ -261,7 +276,7 @@ impl System {
                 start_worker(
                     workers::tax::Tax,
                     pool(&system.tax_db).await,
-                    amqp,
+                    &url_of(WorkerKind::Tax),
                     prefix,
                     stop,
                 )
@@ -274,7 +289,7 @@ impl System {
                     pool(&system.payment_db).await,
                 )),
                 pool(&system.payment_db).await,
-                amqp,
+                &url_of(WorkerKind::Payment),
                 prefix,
                 stop,
             )
@@ -282,6 +297,20 @@ impl System {
         );
         system.tasks = tasks;
         system
+    }
+
+    /// The URL `role`'s service connects to RabbitMQ with: its own user's
+    /// with `broker_users`, the test's otherwise.
+    pub fn amqp_url_for(&self, role: Role) -> String {
+        match &self.broker_users {
+            Some(users) => users.url(role),
+            None => self.amqp_url.clone(),
+        }
+    }
+
+    /// Each service's RabbitMQ user, when the system was started with them.
+    pub fn broker_users(&self) -> Option<&testing::BrokerUsers> {
+        self.broker_users.as_ref()
     }
 
     /// Starts an orchestrator instance on the system's database; its
@@ -310,7 +339,10 @@ impl System {
             "DATABASE_URL".to_owned(),
             (self.database_url_for)(&self.orchestrator_db),
         );
-        env.insert("AMQP_URL".to_owned(), self.amqp_url.clone());
+        env.insert("AMQP_URL".to_owned(), self.amqp_url_for(Role::Orchestrator));
+        if let Some(users) = &self.broker_users {
+            env.insert("WORKER_USERS".to_owned(), users.worker_users.clone());
+        }
         env.insert("AMQP_PREFIX".to_owned(), self.prefix.clone());
         env.insert("DATABASE_POOL_SIZE".to_owned(), "8".to_owned());
         let config = Config {
@@ -319,6 +351,7 @@ impl System {
             policies: self.policies,
             admin_tokens: AdminTokens::parse(&format!("{ADMIN_ACTOR}={ADMIN_TOKEN}")).unwrap(),
             http: self.http_limits,
+            reply_senders: ReplySenders::from_source(&env).unwrap(),
         };
         let stop = CancellationToken::new();
         let running = orchestrator::app::start(config, stop.clone())

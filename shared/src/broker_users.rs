@@ -1,0 +1,352 @@
+//! Each service's own RabbitMQ user, with the least it needs:
+//!
+//! - the orchestrator declares the topology, writes commands (and dead
+//!   letters), and reads replies and dead letters;
+//! - a worker declares nothing, reads only its own command queue, and
+//!   writes only replies (and dead letters).
+//!
+//! So no worker can publish a command, and a reply's `user_id` (which
+//! RabbitMQ checks against the connection's user) says which worker sent
+//! it. `orchestrator broker-users` creates the users through the
+//! management API; the permissions are this file's, for one `AMQP_PREFIX`.
+
+use rand::distr::{Alphanumeric, SampleString};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::messages::WorkerKind;
+use crate::queue_policies::{Management, PolicyError};
+use crate::topology::{exactly_one_of, Topology};
+
+/// A service, as RabbitMQ sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Orchestrator,
+    Worker(WorkerKind),
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Orchestrator,
+        Role::Worker(WorkerKind::Inventory),
+        Role::Worker(WorkerKind::Tax),
+        Role::Worker(WorkerKind::Payment),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Orchestrator => "orchestrator",
+            Role::Worker(kind) => kind.as_str(),
+        }
+    }
+
+    /// The management tags: the orchestrator keeps the queue policies
+    /// (`policymaker`); a worker has no management access at all.
+    fn tags(self) -> &'static str {
+        match self {
+            Role::Orchestrator => "policymaker",
+            Role::Worker(_) => "",
+        }
+    }
+}
+
+/// RabbitMQ's three permission patterns (regular expressions over the
+/// names of exchanges and queues in the virtual host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// Matches nothing: RabbitMQ's own idiom for "no permission".
+const NOTHING: &str = "^$";
+
+impl Topology {
+    /// What `role` may do on this prefix's exchanges and queues, and on
+    /// nothing else.
+    pub fn permissions(&self, role: Role) -> Permissions {
+        let exchanges = self.exchanges();
+        let queues = self.queues();
+        match role {
+            Role::Orchestrator => {
+                let everything: Vec<String> = exchanges.iter().chain(&queues).cloned().collect();
+                Permissions {
+                    // It declares every exchange and queue.
+                    configure: exactly_one_of(&everything),
+                    // Commands and dead letters; a binding needs write on
+                    // its queue.
+                    write: exactly_one_of(
+                        &[self.command_exchange(), self.dead_letter_exchange()]
+                            .into_iter()
+                            .chain(queues.iter().cloned())
+                            .collect::<Vec<_>>(),
+                    ),
+                    // Replies and dead letters; a binding needs read on
+                    // its exchange.
+                    read: exactly_one_of(
+                        &[self.reply_queue(), self.dead_letter_queue()]
+                            .into_iter()
+                            .chain(exchanges.iter().cloned())
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+            }
+            Role::Worker(kind) => Permissions {
+                configure: NOTHING.to_owned(),
+                write: exactly_one_of(&[self.reply_exchange(), self.dead_letter_exchange()]),
+                read: exactly_one_of(&[self.command_queue(kind)]),
+            },
+        }
+    }
+}
+
+/// A user `broker-users` created, with the password it was given (shown
+/// once, never stored here).
+pub struct CreatedUser {
+    pub role: Role,
+    pub name: String,
+    pub password: Option<secrecy::SecretString>,
+}
+
+impl std::fmt::Debug for CreatedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedUser")
+            .field("role", &self.role)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user name of `role` under `base` (`checkout` gives
+/// `checkout-orchestrator`, `checkout-payment`, ...).
+pub fn user_name(base: &str, role: Role) -> String {
+    format!("{base}-{}", role.as_str())
+}
+
+impl Management {
+    /// Creates each role's user if it is missing (with a new random
+    /// password, returned once), and sets every user's permissions and
+    /// tags to this build's. An existing user keeps its password.
+    pub async fn ensure_users(
+        &self,
+        topology: &Topology,
+        base: &str,
+    ) -> Result<Vec<CreatedUser>, PolicyError> {
+        let mut users = Vec::new();
+        for role in Role::ALL {
+            let name = user_name(base, role);
+            let exists = self.get(&["users", &name]).await?.is_some();
+            let password = if exists {
+                // Tags only: a PUT without a password would remove it.
+                let current = self.get(&["users", &name]).await?.unwrap_or_default();
+                let mut body = json!({ "tags": role.tags() });
+                if let Some(hash) = current.get("password_hash") {
+                    body["password_hash"] = hash.clone();
+                    body["hashing_algorithm"] = current
+                        .get("hashing_algorithm")
+                        .cloned()
+                        .unwrap_or_else(|| json!("rabbit_password_hashing_sha256"));
+                }
+                self.put(&["users", &name], body).await?;
+                None
+            } else {
+                let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+                self.put(
+                    &["users", &name],
+                    json!({ "password": password, "tags": role.tags() }),
+                )
+                .await?;
+                Some(secrecy::SecretString::from(password))
+            };
+            let permissions = topology.permissions(role);
+            self.put(
+                &["permissions", self.vhost(), &name],
+                json!({
+                    "configure": permissions.configure,
+                    "write": permissions.write,
+                    "read": permissions.read,
+                }),
+            )
+            .await?;
+            users.push(CreatedUser {
+                role,
+                name,
+                password,
+            });
+        }
+        Ok(users)
+    }
+
+    /// Removes each role's user (tests clean up with it).
+    pub async fn remove_users(&self, base: &str) -> Result<(), PolicyError> {
+        for role in Role::ALL {
+            self.delete(&["users", &user_name(base, role)]).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, path: &[&str]) -> Result<Option<serde_json::Value>, PolicyError> {
+        let response = self.request(reqwest::Method::GET, path).send().await;
+        let response = response.map_err(|e| self.unreachable(e))?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(response.json().await.unwrap_or_default())),
+            _ => Err(self.refused(&path.join("/"), response).await),
+        }
+    }
+
+    async fn put(&self, path: &[&str], body: serde_json::Value) -> Result<(), PolicyError> {
+        let response = self.request(reqwest::Method::PUT, path).json(&body).send();
+        let response = response.await.map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return Err(self.refused(&path.join("/"), response).await);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, path: &[&str]) -> Result<(), PolicyError> {
+        let response = self.request(reqwest::Method::DELETE, path).send();
+        let response = response.await.map_err(|e| self.unreachable(e))?;
+        if !(response.status().is_success() || response.status() == StatusCode::NOT_FOUND) {
+            return Err(self.refused(&path.join("/"), response).await);
+        }
+        Ok(())
+    }
+}
+
+/// `AMQP_URL` (one node's URL or a cluster's, comma-separated) with
+/// another user's credentials.
+pub fn url_as(amqp_url: &str, user: &str, password: &str) -> String {
+    amqp_url
+        .split(',')
+        .map(str::trim)
+        .map(|node| match reqwest::Url::parse(node) {
+            Ok(mut url) => {
+                let _ = url.set_username(user);
+                let _ = url.set_password(Some(password));
+                url.to_string()
+            }
+            Err(_) => node.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `orchestrator broker-users`: creates each service's user where missing
+/// and sets every one's permissions to this build's, through the management
+/// API as AMQP_URL's (administrator) user. Prints, once, an environment
+/// line per new user (its service's AMQP_URL) and WORKER_USERS.
+pub async fn broker_users_command(base: &str) -> std::process::ExitCode {
+    use secrecy::ExposeSecret;
+    use std::process::ExitCode;
+
+    let (amqp_url, _ca, prefix, management_url) = match crate::queue_policies::broker_settings() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let management = match Management::new(
+        amqp_url.expose_secret(),
+        management_url.as_ref().map(|url| url.expose_secret()),
+    ) {
+        Ok(management) => management,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let topology = Topology::new(&prefix);
+    let users = match management.ensure_users(&topology, base).await {
+        Ok(users) => users,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# RabbitMQ users of prefix '{prefix}', each with its service's least permissions");
+    let mut worker_users = Vec::new();
+    for user in &users {
+        let variable = format!("{}_AMQP_URL", user.role.as_str().to_uppercase());
+        match &user.password {
+            Some(password) => println!(
+                "{variable}={}",
+                url_as(
+                    amqp_url.expose_secret(),
+                    &user.name,
+                    password.expose_secret()
+                )
+            ),
+            None => println!(
+                "# {variable}: user {} exists; its password is unchanged",
+                user.name
+            ),
+        }
+        if let Role::Worker(kind) = user.role {
+            worker_users.push(format!("{}={}", kind.as_str(), user.name));
+        }
+    }
+    println!("# the orchestrator's: replies only from these users");
+    println!("WORKER_USERS={}", worker_users.join(","));
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex_lite::Regex;
+
+    fn allows(pattern: &str, name: &str) -> bool {
+        Regex::new(pattern).unwrap().is_match(name)
+    }
+
+    #[test]
+    fn a_url_as_another_user_keeps_every_node() {
+        let url = url_as(
+            "amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f",
+            "checkout-tax",
+            "s3cret",
+        );
+        assert_eq!(
+            url,
+            "amqp://checkout-tax:s3cret@127.0.0.1:5681/%2f,amqp://checkout-tax:s3cret@127.0.0.1:5682/%2f"
+        );
+    }
+
+    #[test]
+    fn a_worker_reads_its_own_queue_and_writes_replies_only() {
+        let topology = Topology::new("shop.");
+        let payment = topology.permissions(Role::Worker(WorkerKind::Payment));
+        assert!(allows(
+            &payment.read,
+            &topology.command_queue(WorkerKind::Payment)
+        ));
+        assert!(!allows(
+            &payment.read,
+            &topology.command_queue(WorkerKind::Inventory)
+        ));
+        assert!(!allows(&payment.read, &topology.reply_queue()));
+        assert!(allows(&payment.write, &topology.reply_exchange()));
+        assert!(!allows(&payment.write, &topology.command_exchange()));
+        for name in topology.exchanges().iter().chain(&topology.queues()) {
+            assert!(!allows(&payment.configure, name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_orchestrator_writes_commands_and_nobody_else_s_prefix() {
+        let topology = Topology::new("shop.");
+        let orchestrator = topology.permissions(Role::Orchestrator);
+        assert!(allows(&orchestrator.write, &topology.command_exchange()));
+        assert!(!allows(&orchestrator.write, &topology.reply_exchange()));
+        assert!(allows(&orchestrator.read, &topology.reply_queue()));
+        let other = Topology::new("other.");
+        for name in other.exchanges().iter().chain(&other.queues()) {
+            assert!(!allows(&orchestrator.configure, name), "{name}");
+            assert!(!allows(&orchestrator.write, name), "{name}");
+            assert!(!allows(&orchestrator.read, name), "{name}");
+        }
+    }
+}
