@@ -131,6 +131,10 @@ fn describe_and_zero() {
     );
     metrics::describe_counter!(REPLIES, "Worker replies applied, by step and outcome");
     metrics::describe_counter!(
+        REPLIES_REFUSED,
+        "Replies dead-lettered unapplied: sent by another RabbitMQ user than the step's worker (WORKER_USERS), by step"
+    );
+    metrics::describe_counter!(
         REPLY_COMMITS,
         "Commits that applied worker replies (replies ready together commit once)"
     );
