@@ -212,6 +212,10 @@ class Broker:
         self.connection: pika.BlockingConnection | None = None
         self.publisher: BlockingChannel | None = None
         self.consumer: BlockingChannel | None = None
+        # The RabbitMQ user of the live connection: stamped as `user_id`
+        # on what it publishes (RabbitMQ checks it; the orchestrator trusts
+        # a reply by it).
+        self.user = "guest"
 
     def parameters(self, url: str) -> pika.URLParameters:
         """pika's parameters for one node; the Rust services' `cacertfile`
@@ -235,6 +239,7 @@ class Broker:
         for url in self.urls[start:] + self.urls[:start]:
             try:
                 self.connection = pika.BlockingConnection(self.parameters(url))
+                self.user = unquote(urlsplit(url).username or "guest")
                 break
             except pika.exceptions.AMQPError as error:
                 errors.append(f"{urlsplit(url).hostname}: {error!r}")
@@ -280,6 +285,7 @@ class Broker:
         """Publishes and waits for the broker's confirm. A message the broker
         returns (no queue bound) or nacks is `Refused`, never dropped."""
         assert self.publisher is not None
+        properties.user_id = self.user
         try:
             self.publisher.basic_publish(
                 exchange, routing_key, body, properties, mandatory=True
@@ -297,6 +303,8 @@ class Broker:
         headers[ERROR_HEADER] = reason
         headers["x-original-exchange"] = method.exchange
         headers["x-original-routing-key"] = method.routing_key
+        if properties.user_id:
+            headers["x-original-user-id"] = properties.user_id
         properties.headers = headers
         self.publish(self.topology.dead_letter_exchange, "", body, properties)
 
