@@ -45,6 +45,9 @@ enum Action {
         /// Users are named <BASE>-orchestrator, <BASE>-inventory, <BASE>-tax and <BASE>-payment
         #[arg(long, default_value = "checkout")]
         base: String,
+        /// Give existing users new passwords too (and print them)
+        #[arg(long)]
+        rotate: bool,
     },
 }
 
@@ -67,9 +70,9 @@ async fn main() -> ExitCode {
         telemetry::init("warn");
         return saga_shared::queue_policies::topology_command().await;
     }
-    if let Some(Action::BrokerUsers { base }) = &cli.command {
+    if let Some(Action::BrokerUsers { base, rotate }) = &cli.command {
         telemetry::init("warn");
-        return saga_shared::broker_users::broker_users_command(base).await;
+        return saga_shared::broker_users::broker_users_command(base, *rotate).await;
     }
     let config = match Config::from_env() {
         Ok(config) => config,

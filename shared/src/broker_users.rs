@@ -127,17 +127,19 @@ pub fn user_name(base: &str, role: Role) -> String {
 impl Management {
     /// Creates each role's user if it is missing (with a new random
     /// password, returned once), and sets every user's permissions and
-    /// tags to this build's. An existing user keeps its password.
+    /// tags to this build's. An existing user keeps its password, unless
+    /// `rotate`: then it gets a new one too.
     pub async fn ensure_users(
         &self,
         topology: &Topology,
         base: &str,
+        rotate: bool,
     ) -> Result<Vec<CreatedUser>, PolicyError> {
         let mut users = Vec::new();
         for role in Role::ALL {
             let name = user_name(base, role);
             let exists = self.get(&["users", &name]).await?.is_some();
-            let password = if exists {
+            let password = if exists && !rotate {
                 // Tags only: a PUT without a password would remove it.
                 let current = self.get(&["users", &name]).await?.unwrap_or_default();
                 let mut body = json!({ "tags": role.tags() });
@@ -237,7 +239,7 @@ pub fn url_as(amqp_url: &str, user: &str, password: &str) -> String {
 /// and sets every one's permissions to this build's, through the management
 /// API as AMQP_URL's (administrator) user. Prints, once, an environment
 /// line per new user (its service's AMQP_URL) and WORKER_USERS.
-pub async fn broker_users_command(base: &str) -> std::process::ExitCode {
+pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::ExitCode {
     use secrecy::ExposeSecret;
     use std::process::ExitCode;
 
@@ -259,7 +261,7 @@ pub async fn broker_users_command(base: &str) -> std::process::ExitCode {
         }
     };
     let topology = Topology::new(&prefix);
-    let users = match management.ensure_users(&topology, base).await {
+    let users = match management.ensure_users(&topology, base, rotate).await {
         Ok(users) => users,
         Err(error) => {
             eprintln!("error: {error}");

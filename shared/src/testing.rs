@@ -171,7 +171,7 @@ impl BrokerUsers {
             .expect("management API address");
         let base = prefix.trim_end_matches('.').to_owned();
         let users = management
-            .ensure_users(&Topology::new(prefix), &base)
+            .ensure_users(&Topology::new(prefix), &base, true)
             .await
             .expect("the management API creates the test's RabbitMQ users");
         let mut urls = std::collections::HashMap::new();
