@@ -11,6 +11,8 @@ use crate::error::BenchError;
 #[derive(Clone, Debug)]
 pub struct CheckoutShape {
     pub url: String,
+    /// The checkout client key sent as the bearer token.
+    pub key: String,
     /// SKUs to pick from; they must exist with enough stock.
     pub skus: Vec<String>,
     /// Lines per checkout, each a different SKU picked at random.
@@ -57,6 +59,7 @@ pub async fn place_and_wait(
 ) -> Result<String, BenchError> {
     let response = client
         .post(format!("{}/v1/checkouts", shape.url))
+        .bearer_auth(&shape.key)
         .json(&shape.body(n))
         .send()
         .await?;
@@ -79,6 +82,7 @@ pub async fn place_and_wait(
     loop {
         let response = client
             .get(format!("{}/v1/checkouts/{id}?wait=30", shape.url))
+            .bearer_auth(&shape.key)
             .send()
             .await?;
         let status = response.status();

@@ -83,6 +83,9 @@ struct Target {
     /// Base URL of the orchestrator.
     #[arg(long, env = "CHECKOUT_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The checkout client key (`sagactl clients add`, or CHECKOUT_CLIENT_KEYS).
+    #[arg(long, env = "CHECKOUT_CLIENT_KEY", hide_env_values = true)]
+    key: String,
     /// SKUs to choose from (they must exist with enough stock).
     #[arg(long, value_delimiter = ',', default_value = "SKU-TSHIRT,SKU-BOOK")]
     skus: Vec<String>,
@@ -105,6 +108,7 @@ impl Target {
     fn shape(&self) -> CheckoutShape {
         CheckoutShape {
             url: self.url.trim_end_matches('/').to_owned(),
+            key: self.key.clone(),
             skus: self.skus.clone(),
             lines: self.lines,
             country: self.country.clone(),

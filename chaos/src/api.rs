@@ -66,8 +66,17 @@ pub enum Lookup {
 }
 
 impl Api {
-    pub fn new(bases: Vec<String>) -> Api {
+    /// `key`: the checkout client key sent with every request.
+    pub fn new(bases: Vec<String>, key: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}")
+                .parse()
+                .expect("a hex key is a valid header"),
+        );
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             // A killed instance leaves dead pooled connections; keep few.
             .pool_idle_timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2))

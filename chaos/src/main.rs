@@ -135,7 +135,14 @@ async fn main() -> ExitCode {
         }
     };
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
-    let mut specs = setup::specs(settings.start_bin_dir(), &env, ports, &admin_token);
+    let client_key = uuid::Uuid::new_v4().simple().to_string();
+    let mut specs = setup::specs(
+        settings.start_bin_dir(),
+        &env,
+        ports,
+        &admin_token,
+        &client_key,
+    );
     if settings.upgrade.is_some() {
         // As docs/upgrading.md has production run: only the deploy step
         // migrates, a new process checks the schema it finds. The older
@@ -151,6 +158,7 @@ async fn main() -> ExitCode {
             .iter()
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect(),
+        &client_key,
     ));
 
     event!(

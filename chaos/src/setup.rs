@@ -34,7 +34,15 @@ pub fn free_ports() -> anyhow::Result<[u16; 2]> {
 
 /// Workers first, each twice, then the two orchestrators: the order they are
 /// started in, as `scripts/run` does (workers migrate and declare queues).
-pub fn specs(bin_dir: &Path, env: &Environment, ports: [u16; 2], admin_token: &str) -> Vec<Spec> {
+/// `client_key`: the chaos driver's checkout client key (an older release,
+/// during an upgrade run, ignores it and serves checkouts without a key).
+pub fn specs(
+    bin_dir: &Path,
+    env: &Environment,
+    ports: [u16; 2],
+    admin_token: &str,
+    client_key: &str,
+) -> Vec<Spec> {
     let common = |service: &str, pool: u32| {
         vec![
             ("DATABASE_URL".to_owned(), env.database_url(service)),
@@ -59,6 +67,14 @@ pub fn specs(bin_dir: &Path, env: &Environment, ports: [u16; 2], admin_token: &s
         env.extend([
             ("HTTP_ADDR".to_owned(), format!("127.0.0.1:{port}")),
             ("ADMIN_TOKENS".to_owned(), format!("chaos={admin_token}")),
+            (
+                "CHECKOUT_CLIENT_KEYS".to_owned(),
+                format!("chaos={client_key}"),
+            ),
+            // The workload is the test, not a client's limits.
+            ("CLIENT_RATE_PER_SECOND".to_owned(), "1000000".to_owned()),
+            ("CLIENT_RATE_BURST".to_owned(), "1000000".to_owned()),
+            ("CLIENT_MAX_IN_FLIGHT".to_owned(), "1000000".to_owned()),
             ("STEP_DEADLINE_MS".to_owned(), STEP_DEADLINE_MS.to_string()),
             (
                 "STEP_MAX_ATTEMPTS".to_owned(),

@@ -12,10 +12,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::{run_registry_until_stopped, Clients};
 use crate::config::Config;
 use crate::dead_letters::run_dead_letter_recorder_until_stopped;
 use crate::deadlines::run_deadlines_until_stopped;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Routes};
 use crate::listener::{run_listener_until_stopped, Waiters};
 use crate::metrics::{run_gauges_until_stopped, DatabaseGauges};
 use crate::relay::run_relay_until_stopped;
@@ -43,6 +44,11 @@ pub enum StartError {
 /// A started orchestrator: its bound address and its tasks.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the support API, console and `/metrics` are served, when
+    /// apart from `addr` (`ADMIN_HTTP_ADDR`).
+    pub admin_addr: Option<SocketAddr>,
+    /// This instance's view of the checkout clients.
+    pub clients: Clients,
     /// This instance's long-polls (what tests count wake-ups on).
     pub waiters: Arc<Waiters>,
     tasks: JoinSet<()>,
@@ -75,17 +81,18 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         .await?,
     );
     saga_shared::queue_policies::ensure_at_start(service, broker.topology()).await;
-    let listener =
-        TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|error| StartError::Listen {
-                addr: config.http_addr,
-                error,
-            })?;
-    let addr = listener.local_addr().map_err(|error| StartError::Listen {
-        addr: config.http_addr,
-        error,
-    })?;
+    let (listener, addr) = bind(config.http_addr).await?;
+    let admin_listener = match config.admin_http_addr {
+        Some(admin_addr) => Some(bind(admin_addr).await?),
+        None => {
+            tracing::warn!(
+                "ADMIN_HTTP_ADDR is not set: the support API, console and /metrics share the public listener"
+            );
+            None
+        }
+    };
+    crate::clients::store::seed(&pool, &config.client_keys).await?;
+    let clients = Clients::load(pool.clone(), config.client_limits).await?;
 
     if !config.reply_senders.is_configured() {
         tracing::warn!(
@@ -109,6 +116,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         waiters.clone(),
         stop.clone(),
     ));
+    tasks.spawn(run_registry_until_stopped(clients.clone(), stop.clone()));
     tasks.spawn(run_gauges_until_stopped(
         pool.clone(),
         gauges.clone(),
@@ -154,22 +162,45 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         relay,
         waiters: waiters.clone(),
         admin_tokens: Arc::new(config.admin_tokens),
+        clients: clients.clone(),
         metrics: crate::metrics::handle(),
         gauges,
         limits: config.http,
     };
-    let app = http::router(state);
+    let public = match admin_listener {
+        Some(_) => Routes::Public,
+        None => Routes::All,
+    };
     tasks.spawn(http::server::serve(
         listener,
-        app,
+        http::router(state.clone(), public),
         config.http,
         stop.clone(),
     ));
+    let admin_addr = admin_listener.map(|(admin_listener, admin_addr)| {
+        tasks.spawn(http::server::serve(
+            admin_listener,
+            http::router(state, Routes::Admin),
+            config.http,
+            stop.clone(),
+        ));
+        tracing::info!(%admin_addr, "support API, console and metrics listening");
+        admin_addr
+    });
     tracing::info!(%addr, "orchestrator listening");
     Ok(Running {
         addr,
+        admin_addr,
+        clients,
         waiters,
         tasks,
         broker,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen = |error| StartError::Listen { addr, error };
+    let listener = TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    Ok((listener, bound))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use saga_shared::config::{parsed_or, ConfigError, Environment, ServiceConfig, Source};
 use saga_shared::Step;
 
+use crate::clients::{ClientLimits, SeededKeys};
 use crate::http::auth::AdminTokens;
 use crate::reply_senders::ReplySenders;
 use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
@@ -14,11 +15,18 @@ use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 pub struct Config {
     pub service: ServiceConfig,
     pub http_addr: SocketAddr,
+    /// `ADMIN_HTTP_ADDR`: when set, the support API, console and
+    /// `/metrics` are served there and only there.
+    pub admin_http_addr: Option<SocketAddr>,
     pub policies: StepPolicies,
     pub admin_tokens: AdminTokens,
     pub http: HttpLimits,
     /// `WORKER_USERS`: the RabbitMQ user each worker kind's replies must come from.
     pub reply_senders: ReplySenders,
+    /// `CHECKOUT_CLIENT_KEYS`, as digests.
+    pub client_keys: SeededKeys,
+    /// `CLIENT_RATE_PER_SECOND`, `CLIENT_RATE_BURST`, `CLIENT_MAX_IN_FLIGHT`.
+    pub client_limits: ClientLimits,
 }
 
 /// The bounds of the HTTP server: how long a request may take, how long a
@@ -255,10 +263,13 @@ impl Config {
         Ok(Config {
             service,
             http_addr: parsed_or(source, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            admin_http_addr: saga_shared::config::parsed(source, "ADMIN_HTTP_ADDR")?,
             policies: read_policies(source)?,
             admin_tokens: AdminTokens::from_source(source)?,
             http: HttpLimits::from_source(source)?,
             reply_senders: ReplySenders::from_source(source)?,
+            client_keys: SeededKeys::from_source(source)?,
+            client_limits: ClientLimits::from_source(source)?,
         })
     }
 
@@ -360,6 +371,11 @@ mod tests {
             ("HTTP_MAX_CONNECTIONS", "0"),
             ("HTTP_MAX_WAITERS", "-1"),
             ("HTTP_MAX_WAITERS", "512"),
+            ("CLIENT_RATE_PER_SECOND", "0"),
+            ("CLIENT_RATE_BURST", "0"),
+            ("CLIENT_MAX_IN_FLIGHT", "many"),
+            ("ADMIN_HTTP_ADDR", "localhost"),
+            ("CHECKOUT_CLIENT_KEYS", "shop"),
         ] {
             let error = Config::from_source(&source(&[(name, value)])).unwrap_err();
             assert!(error.to_string().contains(name), "{error}");

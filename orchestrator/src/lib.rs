@@ -2,6 +2,7 @@
 //! reply consumer, deadline timer and support tools.
 
 pub mod app;
+pub mod clients;
 pub mod config;
 pub mod dead_letters;
 pub mod deadlines;

@@ -36,6 +36,8 @@ pub const SUPPORT_ACTIONS: &str = "checkout_support_actions_total";
 pub const OUTBOX_REFUSED: &str = "checkout_outbox_refused_total";
 /// Sagas parked because their command could not be published, by routing key.
 pub const OUTBOX_PARKED: &str = "checkout_outbox_parked_total";
+/// Checkouts refused over a client's limit, by limit (`rate`, `in_flight`).
+pub const CLIENT_REFUSED: &str = "checkout_client_limited_total";
 /// API requests answered `503 overloaded`: no pooled connection came free.
 pub const API_OVERLOADED: &str = "checkout_api_overloaded_total";
 /// Seconds from a checkout's POST to its final status, by that status.
@@ -146,6 +148,13 @@ fn describe_and_zero() {
         API_OVERLOADED,
     ] {
         metrics::counter!(counter).absolute(0);
+    }
+    metrics::describe_counter!(
+        CLIENT_REFUSED,
+        "Checkouts answered 429 over a client's limit, by limit (rate, in_flight)"
+    );
+    for limit in ["rate", "in_flight"] {
+        metrics::counter!(CLIENT_REFUSED, "limit" => limit).absolute(0);
     }
     for action in [Action::Retry, Action::Cancel] {
         metrics::counter!(SUPPORT_ACTIONS, "action" => action.as_str()).absolute(0);

@@ -116,6 +116,62 @@ enum Command {
     /// Commands the broker refused that still wait to be published, oldest first.
     #[command(after_help = EXIT_CODES)]
     Outbox(OutboxArgs),
+    /// The checkout clients: their keys and limits.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Create a client and print its key, once: only a digest is kept.
+    #[command(after_help = EXIT_CODES)]
+    Add {
+        /// 1 to 64 of A-Z a-z 0-9 . _ -
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Every client, revoked ones too, with its limits and checkouts in flight.
+    #[command(after_help = EXIT_CODES)]
+    List,
+    /// Set a client's own limits (those not given stay as they are).
+    #[command(after_help = EXIT_CODES)]
+    Set {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Revoke a client: its key opens nothing any more (on every instance within seconds).
+    #[command(after_help = EXIT_CODES)]
+    Revoke { name: String },
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Checkouts per second, across all instances (default: CLIENT_RATE_PER_SECOND).
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
+    /// Checkouts at once above the rate (default: CLIENT_RATE_BURST).
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+    /// Checkouts not yet final (default: CLIENT_MAX_IN_FLIGHT).
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+}
+
+impl LimitArgs {
+    fn into_body(self, mut body: Map<String, Value>) -> Value {
+        for (key, value) in [
+            ("rate_per_second", self.rate.map(|n| json!(n))),
+            ("rate_burst", self.burst.map(|n| json!(n))),
+            ("max_in_flight", self.max_in_flight.map(|n| json!(n))),
+        ] {
+            if let Some(value) = value {
+                body.insert(key.into(), value);
+            }
+        }
+        Value::Object(body)
+    }
 }
 
 #[derive(Args)]
@@ -170,6 +226,9 @@ struct ListArgs {
     /// Only the saga created with this Idempotency-Key (exact).
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
+    /// Only this checkout client's sagas (exact).
+    #[arg(long, value_name = "NAME")]
+    client: Option<String>,
     /// Sagas per page, 1 to 500 (the server's default is 50).
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
@@ -343,6 +402,14 @@ impl Request {
             ..Request::get(path)
         }
     }
+
+    fn patch(path: &[&str], body: Value) -> Self {
+        Request {
+            method: Method::PATCH,
+            body: Some(body),
+            ..Request::get(path)
+        }
+    }
 }
 
 struct Api {
@@ -449,6 +516,7 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
                 ("q", args.search),
                 ("customer_id", args.customer),
                 ("idempotency_key", args.key),
+                ("client", args.client),
                 ("limit", args.limit.map(|n| n.to_string())),
                 ("cursor", args.cursor),
             ];
@@ -489,6 +557,34 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
                 .filter_map(|(key, value)| Some((key, value?)))
                 .collect();
             (request, render_outbox)
+        }
+        Command::Clients(command) => {
+            const CLIENTS: [&str; 3] = ["v1", "admin", "clients"];
+            match command {
+                ClientsCommand::Add { name, limits } => {
+                    let mut body = Map::new();
+                    body.insert("name".into(), json!(name));
+                    (
+                        Request::post(&CLIENTS, limits.into_body(body)),
+                        render_new_client,
+                    )
+                }
+                ClientsCommand::List => (Request::get(&CLIENTS), render_clients),
+                ClientsCommand::Set { name, limits } => (
+                    Request::patch(
+                        &[CLIENTS[0], CLIENTS[1], CLIENTS[2], &name],
+                        limits.into_body(Map::new()),
+                    ),
+                    render_client,
+                ),
+                ClientsCommand::Revoke { name } => (
+                    Request::post(
+                        &[CLIENTS[0], CLIENTS[1], CLIENTS[2], &name, "revoke"],
+                        json!({}),
+                    ),
+                    render_client,
+                ),
+            }
         }
         Command::RetryAll(args) => {
             let mut body = Map::new();
@@ -877,6 +973,50 @@ fn render_page(
         out.push_str(&format!("more: --cursor {}\n", clean(cursor)));
     }
     out
+}
+
+fn client_row(client: &Value) -> Vec<String> {
+    let limits = &client["limits"];
+    vec![
+        text(&client["name"]),
+        text(&limits["rate_per_second"]),
+        text(&limits["rate_burst"]),
+        format!(
+            "{}/{}",
+            text(&client["in_flight"]),
+            text(&limits["max_in_flight"])
+        ),
+        match client["revoked_at"].is_null() {
+            true => "active".to_owned(),
+            false => format!("revoked {}", time(&client["revoked_at"], false)),
+        },
+    ]
+}
+
+const CLIENT_HEADERS: [&str; 5] = ["NAME", "RATE/S", "BURST", "IN FLIGHT", "STATUS"];
+
+fn render_clients(answer: &Value) -> String {
+    let clients = answer["clients"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if clients.is_empty() {
+        return "No checkout client.\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = clients.iter().map(client_row).collect();
+    table(&CLIENT_HEADERS, &rows)
+}
+
+fn render_client(client: &Value) -> String {
+    table(&CLIENT_HEADERS, &[client_row(client)])
+}
+
+fn render_new_client(answer: &Value) -> String {
+    format!(
+        "{}\nKey (shown once, keep it secret; only its digest is stored):\n{}\n",
+        render_client(&answer["client"]).trim_end(),
+        text(&answer["key"])
+    )
 }
 
 fn render_bulk(answer: &Value) -> String {

@@ -49,9 +49,13 @@ pub struct ListParams {
     /// Only this customer's sagas (exact).
     #[param(max_length = 128)]
     customer_id: Option<String>,
-    /// Only the saga created with this `Idempotency-Key` (exact).
+    /// Only the saga created with this `Idempotency-Key` (exact, as the
+    /// client sent it; with `client`, that client's alone).
     #[param(max_length = 255)]
     idempotency_key: Option<String>,
+    /// Only this checkout client's sagas (exact).
+    #[param(max_length = 64)]
+    client: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -183,6 +187,7 @@ pub async fn list(
             ("q", params.q.as_deref()),
             ("customer_id", params.customer_id.as_deref()),
             ("idempotency_key", params.idempotency_key.as_deref()),
+            ("client", params.client.as_deref()),
         ],
     );
     if !errors.is_empty() {
@@ -193,6 +198,7 @@ pub async fn list(
         params.q,
         params.customer_id,
         params.idempotency_key,
+        params.client,
     );
     let filter = SagaFilter {
         // Given empty, these are refused like any value outside their
@@ -216,6 +222,7 @@ pub async fn list(
         search: search.q,
         customer_id: search.customer_id,
         idempotency_key: search.idempotency_key,
+        client: search.client,
     };
     let limit = page_size(&mut errors, params.limit);
     let cursor = page_cursor::<Uuid>(&mut errors, params.cursor);

@@ -3,7 +3,6 @@
 //! constant time; no token is ever printed.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use saga_shared::config::{ConfigError, Source};
 use sha2::{Digest, Sha256};
@@ -113,15 +112,7 @@ impl FromRequestParts<AppState> for Actor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let token = super::client_auth::bearer(parts)
             .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         state
             .admin_tokens

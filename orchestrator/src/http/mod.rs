@@ -3,6 +3,8 @@
 pub mod admin;
 pub mod auth;
 pub mod checkouts;
+pub mod client_auth;
+pub mod clients;
 pub mod console;
 pub mod openapi;
 pub mod problem;
@@ -18,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use saga_shared::broker::Broker;
 use saga_shared::traceparent;
@@ -26,6 +28,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 
+use crate::clients::Clients;
 use crate::config::HttpLimits;
 use crate::listener::Waiters;
 use crate::metrics::DatabaseGauges;
@@ -42,38 +45,62 @@ pub struct AppState {
     /// The long-polls waiting for their saga to finish.
     pub waiters: Arc<Waiters>,
     pub admin_tokens: Arc<AdminTokens>,
+    pub clients: Clients,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub gauges: DatabaseGauges,
     pub limits: HttpLimits,
 }
 
-pub fn router(state: AppState) -> Router {
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything: one listener for all (no `ADMIN_HTTP_ADDR`).
+    All,
+    /// The checkout API, the OpenAPI document and the health checks.
+    Public,
+    /// The support API, console and `/metrics`, with the health checks.
+    Admin,
+}
+
+pub fn router(state: AppState, routes: Routes) -> Router {
+    let public = routes != Routes::Admin;
+    let admin = routes != Routes::Public;
     // The long-poll bounds itself: its `wait` plus the request timeout.
     // A bulk retry acts on up to MAX_BULK sagas one after the other, each
     // committed as it goes: cut off by the request timeout, it would
     // answer 503 having retried some of them, and report none.
-    let unbounded = Router::new()
-        .route("/v1/checkouts/{id}", get(checkouts::get))
-        .route(
+    let mut unbounded = Router::new();
+    let mut bounded = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if public {
+        unbounded = unbounded.route("/v1/checkouts/{id}", get(checkouts::get));
+        bounded = bounded
+            .route("/v1/checkouts", post(checkouts::create))
+            .route("/openapi.json", get(openapi::document));
+    }
+    if admin {
+        unbounded = unbounded.route(
             "/v1/admin/sagas/retry",
             post(admin::bulk_retry).layer(DefaultBodyLimit::max(admin::BULK_BODY_BYTES)),
         );
-    Router::new()
-        .route("/v1/checkouts", post(checkouts::create))
-        .route("/v1/admin/sagas", get(admin::list))
-        .route("/v1/admin/sagas/{id}", get(admin::detail))
-        .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
-        .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
-        .route("/v1/admin/failures", get(admin::failures))
-        .route("/v1/admin/dead-letters", get(admin::dead_letters))
-        .route("/v1/admin/outbox", get(admin::outbox))
-        .route("/v1/admin/stats/statuses", get(stats::statuses))
-        .route("/v1/admin/stats/minutes", get(stats::minutes))
-        .route("/admin", get(console::page))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::document))
-        .route("/readyz", get(readyz))
+        bounded = bounded
+            .route("/v1/admin/sagas", get(admin::list))
+            .route("/v1/admin/sagas/{id}", get(admin::detail))
+            .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
+            .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
+            .route("/v1/admin/failures", get(admin::failures))
+            .route("/v1/admin/dead-letters", get(admin::dead_letters))
+            .route("/v1/admin/outbox", get(admin::outbox))
+            .route("/v1/admin/stats/statuses", get(stats::statuses))
+            .route("/v1/admin/stats/minutes", get(stats::minutes))
+            .route("/v1/admin/clients", get(clients::list).post(clients::add))
+            .route("/v1/admin/clients/{name}", patch(clients::set_limits))
+            .route("/v1/admin/clients/{name}/revoke", post(clients::revoke))
+            .route("/admin", get(console::page))
+            .route("/metrics", get(metrics));
+    }
+    bounded
         .route_layer(axum::middleware::from_fn_with_state(
             state.limits.request_timeout,
             within_request_timeout,

@@ -16,12 +16,12 @@ use utoipa::{Modify, OpenApi};
 
 use super::admin::MAX_REASON_CHARS;
 use super::checkouts::MAX_WAIT_SECONDS;
-use super::search::{MAX_CUSTOMER_ID_CHARS, MAX_QUERY_CHARS};
+use super::search::{MAX_CLIENT_CHARS, MAX_CUSTOMER_ID_CHARS, MAX_QUERY_CHARS};
 use super::validation::{
     MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_LEN, MAX_ID_LEN, MAX_ITEMS, MAX_METHOD_LEN, MAX_QUANTITY,
     MAX_REGION_LEN, MAX_SKU_LEN,
 };
-use super::{admin, checkouts, stats};
+use super::{admin, checkouts, clients, stats};
 use crate::saga::SagaStatus;
 use crate::store::{MAX_BULK, MAX_PAGE};
 
@@ -45,11 +45,16 @@ use crate::store::{MAX_BULK, MAX_PAGE};
         admin::outbox,
         stats::statuses,
         stats::minutes,
+        clients::list,
+        clients::add,
+        clients::set_limits,
+        clients::revoke,
     ),
     modifiers(&BearerAuth),
     tags(
-        (name = "checkouts", description = "For checkout clients"),
+        (name = "checkouts", description = "For checkout clients: a client key (`sagactl clients add`, or CHECKOUT_CLIENT_KEYS) as a bearer token"),
         (name = "support", description = "For support staff: a bearer token from ADMIN_TOKENS"),
+        (name = "clients", description = "For support staff: the checkout clients, their keys and limits"),
     )
 )]
 pub struct ApiDoc;
@@ -59,10 +64,17 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        // Two schemes, both bearer tokens, never interchangeable: a
+        // support token opens only the support API, a client key only
+        // the checkout API.
+        let mut support = Http::new(HttpAuthScheme::Bearer);
+        support.description = Some("A support token from ADMIN_TOKENS".to_owned());
+        components.add_security_scheme("bearer", SecurityScheme::Http(support));
+        let mut client = Http::new(HttpAuthScheme::Bearer);
+        client.description = Some(
+            "A checkout client's key (`sagactl clients add`, or CHECKOUT_CLIENT_KEYS)".to_owned(),
         );
+        components.add_security_scheme("client_key", SecurityScheme::Http(client));
     }
 }
 
@@ -338,6 +350,7 @@ fn constrain_parameters(doc: &mut Value) {
         ("q", MAX_QUERY_CHARS),
         ("customer_id", MAX_CUSTOMER_ID_CHARS),
         ("idempotency_key", MAX_IDEMPOTENCY_KEY_LEN),
+        ("client", MAX_CLIENT_CHARS),
     ] {
         parameter(
             doc,

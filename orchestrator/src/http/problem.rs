@@ -4,6 +4,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::clients::RateRefused;
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -40,6 +41,12 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Conflict(String),
+    #[error("over this client's rate of checkouts; try again after Retry-After")]
+    RateLimited(RateRefused),
+    #[error(
+        "this client has {0} checkouts in flight already, its limit; try again once some finish"
+    )]
+    TooManyInFlight(u32),
     #[error("the database is unavailable; try again shortly")]
     Unavailable,
     #[error("{0} long-polls are waiting already; poll again without `wait`, or later")]
@@ -55,6 +62,9 @@ pub enum ApiError {
 /// What an `overloaded` answer asks the client to wait: long enough for a
 /// burst to drain, short enough for a storefront to retry in the same visit.
 pub const OVERLOADED_RETRY_AFTER_SECONDS: u16 = 2;
+
+/// What a `too-many-in-flight` answer asks the client to wait.
+pub const IN_FLIGHT_RETRY_AFTER_SECONDS: u64 = 1;
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
@@ -124,6 +134,16 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many checkouts",
+            ),
+            ApiError::TooManyInFlight(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-in-flight",
+                "Too many checkouts in flight",
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -190,6 +210,25 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 header::HeaderValue::from(OVERLOADED_RETRY_AFTER_SECONDS),
             );
+        }
+        // The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-
+        // headers, the separate `RateLimit-Limit`/`-Remaining`/`-Reset`
+        // form), beside the Retry-After every client understands.
+        let limited = match &self {
+            ApiError::RateLimited(refused) => Some((
+                refused.limit,
+                refused.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            )),
+            // A checkout in flight finishes within seconds, or parks.
+            ApiError::TooManyInFlight(max) => Some((*max, IN_FLIGHT_RETRY_AFTER_SECONDS)),
+            _ => None,
+        };
+        if let Some((limit, seconds)) = limited {
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            headers.insert("ratelimit-limit", header::HeaderValue::from(limit));
+            headers.insert("ratelimit-remaining", header::HeaderValue::from(0));
+            headers.insert("ratelimit-reset", header::HeaderValue::from(seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

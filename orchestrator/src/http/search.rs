@@ -1,6 +1,6 @@
 //! The search terms of the saga list: what support has at hand when a
 //! customer calls (a checkout id, their customer id, the idempotency key
-//! their app sent).
+//! their app sent, the checkout client it came through).
 
 use super::admin::{invalid, non_empty};
 use super::problem::FieldError;
@@ -8,7 +8,9 @@ use super::validation::MAX_IDEMPOTENCY_KEY_LEN;
 
 /// A customer id is never longer than the checkout API accepts.
 pub(crate) const MAX_CUSTOMER_ID_CHARS: usize = 128;
-/// `q` may be any of the three, so it takes the longest of them.
+/// A client name is never longer than a client may be named.
+pub(crate) const MAX_CLIENT_CHARS: usize = 64;
+/// `q` may be any of them, so it takes the longest of them.
 pub(crate) const MAX_QUERY_CHARS: usize = MAX_IDEMPOTENCY_KEY_LEN;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -16,6 +18,7 @@ pub struct SearchTerms {
     pub q: Option<String>,
     pub customer_id: Option<String>,
     pub idempotency_key: Option<String>,
+    pub client: Option<String>,
 }
 
 /// The terms given, trimmed (a pasted id often carries a space); a term
@@ -25,6 +28,7 @@ pub fn terms(
     q: Option<String>,
     customer_id: Option<String>,
     idempotency_key: Option<String>,
+    client: Option<String>,
 ) -> SearchTerms {
     // The bound is on the term as sent, as the OpenAPI document states it.
     let mut bounded = |field: &str, text: Option<String>, max: usize| {
@@ -38,6 +42,7 @@ pub fn terms(
         q: bounded("q", q, MAX_QUERY_CHARS),
         customer_id: bounded("customer_id", customer_id, MAX_CUSTOMER_ID_CHARS),
         idempotency_key: bounded("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_LEN),
+        client: bounded("client", client, MAX_CLIENT_CHARS),
     }
 }
 
@@ -52,6 +57,7 @@ mod tests {
             &mut errors,
             Some("  cust-7 ".into()),
             Some("   ".into()),
+            None,
             None,
         );
         assert!(errors.is_empty());
@@ -72,6 +78,7 @@ mod tests {
             None,
             Some("c".repeat(129)),
             Some("k".repeat(256)),
+            None,
         );
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["customer_id", "idempotency_key"]);

@@ -70,6 +70,8 @@ impl Classify for StoreError {
 #[derive(Debug, Clone)]
 pub struct SagaRecord {
     pub saga: Saga,
+    /// The checkout client it was created for (none before clients).
+    pub client: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -80,6 +82,23 @@ pub enum Created {
     Existing(SagaRecord),
     /// The same idempotency key with another request.
     KeyReused,
+    /// The client has as many checkouts in flight as it may.
+    TooManyInFlight,
+}
+
+/// Who a checkout is created for: the client, and how many of its
+/// checkouts may be in flight.
+pub struct Owner<'a> {
+    pub client: &'a str,
+    pub max_in_flight: u32,
+}
+
+/// An idempotency key as stored: scoped by its client, so two clients may
+/// use the same key, and the unique index every build relies on (v0.3.0's
+/// `ON CONFLICT (idempotency_key)`) keeps them apart with no new
+/// constraint. A client name has no `:`, so no two scoped keys collide.
+fn scoped_key(client: &str, key: &str) -> String {
+    format!("{client}:{key}")
 }
 
 #[derive(Clone)]
@@ -97,6 +116,9 @@ pub struct Store {
 struct Row {
     id: Uuid,
     state: serde_json::Value,
+    /// Read where it is shown (support's views); absent elsewhere.
+    #[sqlx(default)]
+    client: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -112,6 +134,7 @@ impl Row {
     fn into_record(self) -> Result<SagaRecord, StoreError> {
         Ok(SagaRecord {
             saga: parse(self.id, self.state)?,
+            client: self.client,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -169,9 +192,11 @@ impl Store {
     pub async fn create(
         &self,
         request: saga::CheckoutRequest,
+        owner: Owner<'_>,
         idempotency_key: Option<&str>,
         request_hash: &str,
     ) -> Result<Created, StoreError> {
+        let idempotency_key = idempotency_key.map(|key| scoped_key(owner.client, key));
         let id = Uuid::now_v7();
         tracing::Span::current().record("saga_id", tracing::field::display(id));
         let transition = saga::start(id, request, self.context());
@@ -181,9 +206,11 @@ impl Store {
         let (query, handoff) = TransitionRows::new(&transition, self.leasing())
             .bind(sqlx::query_as::<_, Row>(transition::INSERT));
         let row = query
-            .bind(idempotency_key)
+            .bind(idempotency_key.as_deref())
             .bind(request_hash)
             .bind(traceparent::of(&tracing::Span::current()))
+            .bind(owner.client)
+            .bind(i64::from(owner.max_in_flight))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -192,6 +219,11 @@ impl Store {
             metrics::counter!(crate::metrics::SAGAS_STARTED).increment(1);
             return Ok(Created::New(row.into_record()?));
         }
+        // Nothing written: the key was taken, or the client is at its
+        // limit (then a replay of a key still finds its checkout).
+        let Some(idempotency_key) = idempotency_key else {
+            return Ok(Created::TooManyInFlight);
+        };
         let existing: Option<KeyedRow> = sqlx::query_as(
             "SELECT request_hash, id, state, created_at, updated_at
              FROM sagas WHERE idempotency_key = $1",
@@ -199,11 +231,14 @@ impl Store {
         .bind(idempotency_key)
         .fetch_optional(&self.pool)
         .await?;
-        // Conflicted on the key yet gone cannot happen: sagas are never deleted.
-        let KeyedRow {
+        // Sagas are never deleted: a key not found was never taken.
+        let Some(KeyedRow {
             request_hash: hash,
             row,
-        } = existing.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+        }) = existing
+        else {
+            return Ok(Created::TooManyInFlight);
+        };
         Ok(if hash == request_hash {
             Created::Existing(row.into_record()?)
         } else {
@@ -212,11 +247,31 @@ impl Store {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
-        let row: Option<Row> =
-            sqlx::query_as("SELECT id, state, created_at, updated_at FROM sagas WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, state, client, created_at, updated_at FROM sagas WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Row::into_record).transpose()
+    }
+
+    /// The checkout if `client` may see it: its own, or one created before
+    /// clients existed (by a v0.3.0 instance during an upgrade, say, which
+    /// the client may poll here next). Another client's is not found.
+    pub async fn get_for_client(
+        &self,
+        id: Uuid,
+        client: &str,
+    ) -> Result<Option<SagaRecord>, StoreError> {
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, state, created_at, updated_at FROM sagas
+             WHERE id = $1 AND (client = $2 OR client IS NULL)",
+        )
+        .bind(id)
+        .bind(client)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(Row::into_record).transpose()
     }
 

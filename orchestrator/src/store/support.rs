@@ -30,7 +30,11 @@ pub struct SagaFilter {
     /// customer id or an idempotency key, matched exactly against all three.
     pub search: Option<String>,
     pub customer_id: Option<String>,
+    /// As the client sent it: matched under any client's scope, unless
+    /// `client` narrows it to one.
     pub idempotency_key: Option<String>,
+    /// Only this checkout client's sagas (exact).
+    pub client: Option<String>,
 }
 
 /// Exactly which suspended sagas a bulk retry takes.
@@ -63,6 +67,8 @@ pub struct SagaSummary {
     pub attempt: u32,
     pub last_error: Option<String>,
     pub customer_id: String,
+    /// The checkout client it was created for (none before clients existed).
+    pub client: Option<String>,
     /// Subtotal plus tax, once tax is known.
     pub total_cents: Option<i64>,
     pub currency: Option<String>,
@@ -82,6 +88,7 @@ impl From<&SagaRecord> for SagaSummary {
             attempt: saga.attempt,
             last_error: saga.last_error.clone(),
             customer_id: saga.request.customer_id.clone(),
+            client: record.client.clone(),
             total_cents: saga.total_cents(),
             currency: saga.currency().map(str::to_owned),
             created_at: record.created_at,
@@ -162,8 +169,10 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
         query
             .push(" AND (customer_id = ")
             .push_bind(text.clone())
-            .push(" OR idempotency_key = ")
-            .push_bind(text.clone());
+            .push(" OR client = ")
+            .push_bind(text.clone())
+            .push(" OR ");
+        push_key_match(query, text);
         // Only a UUID can be a checkout id; anything else would be a
         // cast error in the query.
         if let Ok(id) = text.parse::<Uuid>() {
@@ -176,9 +185,25 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
             .push(" AND customer_id = ")
             .push_bind(customer.clone());
     }
-    if let Some(key) = &filter.idempotency_key {
-        query.push(" AND idempotency_key = ").push_bind(key.clone());
+    if let Some(client) = &filter.client {
+        query.push(" AND client = ").push_bind(client.clone());
     }
+    if let Some(key) = &filter.idempotency_key {
+        query.push(" AND ");
+        push_key_match(query, key);
+    }
+}
+
+/// An idempotency key as a client sent it: stored as `<client>:<key>` since
+/// clients exist, bare before. Each candidate is an exact match on the
+/// unique index; there are as many as clients.
+fn push_key_match(query: &mut QueryBuilder<'_, Postgres>, key: &str) {
+    query
+        .push("(idempotency_key = ")
+        .push_bind(key.to_owned())
+        .push(" OR idempotency_key IN (SELECT name || ':' || ")
+        .push_bind(key.to_owned())
+        .push("::text FROM checkout_clients))");
 }
 
 impl Store {
@@ -190,8 +215,9 @@ impl Store {
         limit: u32,
         cursor: Option<Uuid>,
     ) -> Result<SagaPage, StoreError> {
-        let mut query =
-            QueryBuilder::new("SELECT id, state, created_at, updated_at FROM sagas WHERE true");
+        let mut query = QueryBuilder::new(
+            "SELECT id, state, client, created_at, updated_at FROM sagas WHERE true",
+        );
         push_filter(&mut query, filter);
         if let Some(cursor) = cursor {
             query.push(" AND id < ").push_bind(cursor);

@@ -27,17 +27,26 @@ macro_rules! transition_writes {
     };
 }
 
-/// Creates a saga: $23 idempotency key, $24 request hash, $25 the
-/// creating span's traceparent.
+/// Creates a saga: $23 idempotency key (scoped by the client), $24 request
+/// hash, $25 the creating span's traceparent, $26 the client, $27 its
+/// limit of checkouts in flight. Over the limit nothing is written: the
+/// count reads only `sagas_client_in_flight` (sagas not final) and stops
+/// at the limit. Two checkouts of a client racing may both pass at the
+/// limit's edge: the limit is a guard against a runaway client, not a quota
+/// to the unit.
 pub const INSERT: &str = concat!(
     "WITH saga AS (
          INSERT INTO sagas (id, status, current_step, attempt, state, last_error, deadline_at,
-                            idempotency_key, request_hash, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6,
-                 CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
-                 $23, $24, $25)
+                            idempotency_key, request_hash, traceparent, client)
+         SELECT $1, $2, $3, $4, $5, $6,
+                CASE WHEN $8::bool THEN NULL ELSE now() + $7::int8 * interval '1 millisecond' END,
+                $23, $24, $25, $26
+         WHERE (SELECT count(*) FROM (
+                    SELECT 1 FROM sagas WHERE client = $26
+                        AND status IN ('running', 'compensating', 'suspended') LIMIT $27
+                ) in_flight) < $27
          ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING id, state, created_at, updated_at
+         RETURNING id, state, client, created_at, updated_at
      ), ",
     transition_writes!(),
     " SELECT * FROM saga"

@@ -67,6 +67,7 @@ fn spawn(service: &str, url: &str, prefix: &str, env: &[(&str, String)]) -> Chil
         .env("DATABASE_URL", url)
         .env("AMQP_URL", testing::amqp_url())
         .env("AMQP_PREFIX", prefix)
+        .envs(crate::system::client_env())
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -290,6 +291,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
         processes.push((format!("orchestrator-{copy}"), child));
     }
     let http = reqwest::Client::builder()
+        .default_headers(crate::system::key_headers(crate::system::CLIENT_KEY))
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -506,6 +508,7 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
         .env("DATABASE_URL", &db.url)
         .env("AMQP_URL", testing::amqp_url())
         .env("AMQP_PREFIX", &prefix)
+        .envs(crate::system::client_env())
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
@@ -520,7 +523,7 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::system::http_with_key(crate::system::CLIENT_KEY);
     testing::eventually("the orchestrator ready", PATIENCE, || async {
         let response = http.get(format!("{base}/readyz")).send().await.ok()?;
         (response.status() == 200).then_some(())

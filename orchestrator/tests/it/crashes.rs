@@ -73,7 +73,7 @@ impl Deployment {
             port: free_port(),
             processes: HashMap::new(),
             env,
-            http: reqwest::Client::new(),
+            http: crate::system::http_with_key(crate::system::CLIENT_KEY),
             _topology: topology,
         };
         for service in SERVICES {
@@ -88,6 +88,7 @@ impl Deployment {
             .env("DATABASE_URL", &self.databases[service].url)
             .env("AMQP_URL", testing::amqp_url())
             .env("AMQP_PREFIX", &self.prefix)
+            .envs(crate::system::client_env())
             .env("HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("SHUTDOWN_GRACE_SECONDS", "20")
             .env("DATABASE_POOL_SIZE", "4")

@@ -8,6 +8,7 @@ mod binary;
 mod broker_alarm;
 mod budget;
 mod checkout;
+mod clients;
 mod cluster;
 mod console;
 mod crashes;

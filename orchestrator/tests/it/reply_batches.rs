@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use orchestrator::http::validation::parse_checkout;
 use orchestrator::saga::{ClientStatus, StepPolicies};
-use orchestrator::store::{BatchedReply, Created, Store, StoreError};
+use orchestrator::store::{BatchedReply, Created, Owner, Store, StoreError};
 use saga_shared::broker::{Broker, Outgoing};
 use saga_shared::messages::{Command, Outcome, ReserveStock};
 use saga_shared::testing::{self, TestDatabase};
@@ -22,7 +22,11 @@ use crate::system::{order, System};
 pub async fn create(store: &Store) -> Uuid {
     let body = serde_json::to_vec(&order(&[("BOOK", 1)], "sim_approve")).unwrap();
     let request = parse_checkout(&body).unwrap();
-    match store.create(request, None, "hash").await.unwrap() {
+    let owner = Owner {
+        client: crate::system::CLIENT,
+        max_in_flight: 1_000,
+    };
+    match store.create(request, owner, None, "hash").await.unwrap() {
         Created::New(record) => record.saga.id,
         _ => panic!("a checkout without a key is always new"),
     }

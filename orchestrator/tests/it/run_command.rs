@@ -125,7 +125,14 @@ async fn readme_run_command_serves_its_printed_curl_line() {
         .expect("a checkout id")
         .to_owned();
 
-    let client = reqwest::Client::new();
+    // The demo client key, as the curl line shows it.
+    let key = curl
+        .split("Authorization: Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("the curl line carries a client key: {curl}"))
+        .to_owned();
+    let client = crate::system::http_with_key(&key);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
         let body: Value = client

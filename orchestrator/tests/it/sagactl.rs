@@ -339,3 +339,81 @@ async fn sagactl_finds_checkouts_by_customer_key_or_id() {
     assert_fails(&run, 6, "customer_id");
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_add_list_set_and_revoke_and_a_revoked_key_gets_401() {
+    let system = System::start().await;
+    let url = system.base_url.as_str();
+    let added = sagactl(
+        url,
+        Some(ADMIN_TOKEN),
+        &["clients", "add", "kiosk", "--max-in-flight", "7"],
+    )
+    .await;
+    assert_eq!(added.code, 0, "{added}");
+    let key = added
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("ck_"))
+        .unwrap_or_else(|| panic!("the key is printed: {added}"))
+        .to_owned();
+    assert!(added.stdout.contains("shown once"), "{added}");
+    let body = order(&[("BOOK", 1)], "sim_approve");
+    let post = |key: String| {
+        let body = body.clone();
+        let url = url.to_owned();
+        async move {
+            crate::system::http_with_key(&key)
+                .post(format!("{url}/v1/checkouts"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post(key.clone()).await, 202);
+
+    let listed = sagactl(url, Some(ADMIN_TOKEN), &["clients", "list"]).await;
+    assert_eq!(listed.code, 0, "{listed}");
+    assert!(
+        !listed.stdout.contains(&key),
+        "the key is never listed: {listed}"
+    );
+    let kiosk = listed
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("kiosk"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(kiosk.contains("/7") && kiosk.contains("active"), "{listed}");
+    let json = sagactl(url, Some(ADMIN_TOKEN), &["--json", "clients", "list"]).await;
+    let answer: Value = serde_json::from_str(&json.stdout).unwrap();
+    let names: Vec<&str> = answer["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kiosk", "other-shop", "test-shop"], "{json}");
+
+    let set = sagactl(
+        url,
+        Some(ADMIN_TOKEN),
+        &["clients", "set", "kiosk", "--rate", "5"],
+    )
+    .await;
+    assert_eq!(set.code, 0, "{set}");
+    assert!(set.stdout.contains(" 5.0 "), "{set}");
+    let taken = sagactl(url, Some(ADMIN_TOKEN), &["clients", "add", "kiosk"]).await;
+    assert_fails(&taken, 4, "kiosk");
+    let missing = sagactl(url, Some(ADMIN_TOKEN), &["clients", "revoke", "nobody"]).await;
+    assert_fails(&missing, 3, "nobody");
+
+    let revoked = sagactl(url, Some(ADMIN_TOKEN), &["clients", "revoke", "kiosk"]).await;
+    assert_eq!(revoked.code, 0, "{revoked}");
+    assert!(revoked.stdout.contains("revoked"), "{revoked}");
+    // At once on the instance that revoked it.
+    assert_eq!(post(key.clone()).await, 401);
+    system.stop().await;
+}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use orchestrator::clients::{ClientLimits, Clients, SeededKeys};
 use orchestrator::config::{Config, HttpLimits};
 use orchestrator::http::auth::AdminTokens;
 use orchestrator::listener::Waiters;
@@ -33,6 +34,13 @@ pub struct System {
     http_limits: HttpLimits,
     /// The long-polls of the orchestrator instance at `base_url`.
     pub waiters: Arc<Waiters>,
+    /// Where the instance at `base_url` serves the support API (the same
+    /// address unless the setup asked for a listener of its own).
+    pub admin_url: String,
+    /// What the instance at `base_url` knows of the checkout clients.
+    pub clients: Option<Clients>,
+    client_limits: ClientLimits,
+    admin_listener: bool,
     /// URLs every process of the system uses (through the proxies, if any).
     database_url_for: Box<dyn Fn(&TestDatabase) -> String + Send + Sync>,
     amqp_url: String,
@@ -41,6 +49,8 @@ pub struct System {
     pub database_proxy: Option<OutageProxy>,
     /// More orchestrator instances on the same database.
     others: Vec<(CancellationToken, JoinHandle<()>)>,
+    /// What each of those knows of the checkout clients.
+    pub other_clients: Vec<Clients>,
     /// Stops the orchestrator alone (it can be restarted).
     orchestrator_stop: CancellationToken,
     orchestrator: Option<JoinHandle<()>>,
@@ -55,6 +65,60 @@ pub struct System {
 /// The support token every test system accepts, and its actor name.
 pub const ADMIN_TOKEN: &str = "dev-admin-token";
 pub const ADMIN_ACTOR: &str = "support";
+
+/// The checkout client every test system knows, and its key: what
+/// [`System::http`] sends with every request.
+pub const CLIENT: &str = "test-shop";
+pub const CLIENT_KEY: &str = "test-shop-key-0123456789";
+/// A second client, to show that clients are kept apart.
+pub const OTHER_CLIENT: &str = "other-shop";
+pub const OTHER_CLIENT_KEY: &str = "other-shop-key-0123456789";
+
+/// `CHECKOUT_CLIENT_KEYS` of every test system (and of the binaries the
+/// tests start).
+pub fn client_keys() -> String {
+    format!("{CLIENT}={CLIENT_KEY},{OTHER_CLIENT}={OTHER_CLIENT_KEY}")
+}
+
+/// An HTTP client that presents `key` as its bearer key on every request
+/// (a request that sets its own Authorization header keeps that one).
+pub fn http_with_key(key: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(key_headers(key))
+        .build()
+        .unwrap()
+}
+
+/// `Authorization: Bearer <key>`, as default headers of an HTTP client.
+pub fn key_headers(key: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    headers
+}
+
+/// The environment of an orchestrator binary a test starts: the test
+/// clients' keys, and limits no ordinary test reaches.
+pub fn client_env() -> [(&'static str, String); 4] {
+    let limits = roomy_limits();
+    [
+        ("CHECKOUT_CLIENT_KEYS", client_keys()),
+        ("CLIENT_RATE_PER_SECOND", limits.rate_per_second.to_string()),
+        ("CLIENT_RATE_BURST", limits.rate_burst.to_string()),
+        ("CLIENT_MAX_IN_FLIGHT", limits.max_in_flight.to_string()),
+    ]
+}
+
+/// Limits no ordinary test reaches: the tests of limits set their own.
+pub fn roomy_limits() -> ClientLimits {
+    ClientLimits {
+        rate_per_second: 1_000_000.0,
+        rate_burst: 1_000_000,
+        max_in_flight: 1_000_000,
+    }
+}
 
 /// The catalogue every test starts with.
 pub const CATALOGUE: &[(&str, i32, i64, &str, &str)] = &[
@@ -121,6 +185,12 @@ pub struct Setup {
     /// least permissions, and the orchestrator checks replies' senders
     /// (WORKER_USERS).
     pub broker_users: bool,
+    /// The clients' default limits ([`roomy_limits`] if unset).
+    pub client_limits: Option<ClientLimits>,
+    /// The support API on a listener of its own (`ADMIN_HTTP_ADDR`).
+    pub admin_listener: bool,
+    /// No workers at all: every saga stays in flight.
+    pub without_workers: bool,
 }
 
 async fn start_worker<H: Handler>(
@@ -214,7 +284,12 @@ impl System {
         let stop = CancellationToken::new();
         let mut system = System {
             base_url: String::new(),
-            http: reqwest::Client::new(),
+            http: http_with_key(CLIENT_KEY),
+            admin_url: String::new(),
+            clients: None,
+            client_limits: setup.client_limits.unwrap_or_else(roomy_limits),
+            admin_listener: setup.admin_listener,
+            other_clients: Vec::new(),
             orchestrator_db,
             inventory_db,
             tax_db,
@@ -239,6 +314,9 @@ impl System {
             broker_users,
         };
         system.start_orchestrator().await;
+        if setup.without_workers {
+            return system;
+        }
         let (prefix, stop) = (&system.prefix, &system.stop);
         let url_of = |kind: WorkerKind| system.amqp_url_for(Role::Worker(kind));
         let multi_host = setup.database_admin_url.is_some();
@@ -316,8 +394,10 @@ impl System {
     /// Starts an orchestrator instance on the system's database; its
     /// address becomes `base_url`.
     pub async fn start_orchestrator(&mut self) {
-        let (stop, task, base_url, waiters) = self.orchestrator_instance().await;
+        let (stop, task, base_url, waiters, running) = self.orchestrator_instance().await;
         self.waiters = waiters;
+        self.admin_url = running.1.unwrap_or_else(|| base_url.clone());
+        self.clients = Some(running.0);
         self.orchestrator_stop = stop;
         self.orchestrator = Some(task);
         self.base_url = base_url;
@@ -326,14 +406,22 @@ impl System {
     /// Starts one more orchestrator instance on the same database and
     /// broker; returns its base URL. It stops with the system.
     pub async fn add_orchestrator(&mut self) -> String {
-        let (stop, task, base_url, _) = self.orchestrator_instance().await;
+        let (stop, task, base_url, _, (clients, _)) = self.orchestrator_instance().await;
         self.others.push((stop, task));
+        self.other_clients.push(clients);
         base_url
     }
 
+    #[allow(clippy::type_complexity)]
     async fn orchestrator_instance(
         &self,
-    ) -> (CancellationToken, JoinHandle<()>, String, Arc<Waiters>) {
+    ) -> (
+        CancellationToken,
+        JoinHandle<()>,
+        String,
+        Arc<Waiters>,
+        (Clients, Option<String>),
+    ) {
         let mut env = std::collections::HashMap::new();
         env.insert(
             "DATABASE_URL".to_owned(),
@@ -348,10 +436,13 @@ impl System {
         let config = Config {
             service: ServiceConfig::from_source(&env).unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_http_addr: self.admin_listener.then(|| "127.0.0.1:0".parse().unwrap()),
             policies: self.policies,
             admin_tokens: AdminTokens::parse(&format!("{ADMIN_ACTOR}={ADMIN_TOKEN}")).unwrap(),
             http: self.http_limits,
             reply_senders: ReplySenders::from_source(&env).unwrap(),
+            client_keys: SeededKeys::parse(&client_keys()).unwrap(),
+            client_limits: self.client_limits,
         };
         let stop = CancellationToken::new();
         let running = orchestrator::app::start(config, stop.clone())
@@ -359,7 +450,15 @@ impl System {
             .expect("orchestrator starts");
         let base_url = format!("http://{}", running.addr);
         let waiters = running.waiters.clone();
-        (stop, tokio::spawn(running.wait()), base_url, waiters)
+        let admin_url = running.admin_addr.map(|addr| format!("http://{addr}"));
+        let clients = running.clients.clone();
+        (
+            stop,
+            tokio::spawn(running.wait()),
+            base_url,
+            waiters,
+            (clients, admin_url),
+        )
     }
 
     /// Stops the orchestrator instance (the workers go on).
@@ -394,7 +493,7 @@ impl System {
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base_url))
+            .request(method.parse().unwrap(), format!("{}{path}", self.admin_url))
             .bearer_auth(ADMIN_TOKEN);
         if let Some(body) = body {
             request = request.json(&body);

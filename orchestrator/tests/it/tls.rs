@@ -121,6 +121,7 @@ fn free_port() -> u16 {
 
 fn spawn(service: &str, env: &[(&str, String)]) -> Child {
     Command::new(bin_dir().join(service))
+        .envs(crate::system::client_env())
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -189,7 +190,7 @@ async fn a_checkout_completes_over_verified_tls_to_postgresql_and_rabbitmq() {
             ],
         ));
     }
-    let http = reqwest::Client::new();
+    let http = crate::system::http_with_key(crate::system::CLIENT_KEY);
     let base = format!("http://127.0.0.1:{port}");
     testing::eventually("the orchestrator ready", PATIENCE, || async {
         let response = http.get(format!("{base}/readyz")).send().await.ok()?;
