@@ -15,6 +15,7 @@ use saga_shared::messages::{
 use saga_shared::Step;
 use uuid::Uuid;
 
+use super::expectations::{self, Mismatch};
 use super::model::{CheckoutRequest, Saga, SagaStatus};
 use super::policy::{OnExhausted, StepPolicies};
 
@@ -144,6 +145,9 @@ pub struct Transition {
     pub saga: Saga,
     pub effects: Vec<Effect>,
     pub history: Vec<HistoryEntry>,
+    /// The awaited reply did not match what the saga expects, so it was
+    /// not applied and the saga parked: the shell counts it and alerts.
+    pub mismatch: Option<Mismatch>,
 }
 
 impl Transition {
@@ -152,6 +156,7 @@ impl Transition {
             saga: saga.clone(),
             effects: Vec::new(),
             history: Vec::new(),
+            mismatch: None,
         }
     }
 
@@ -273,11 +278,24 @@ pub fn handle(saga: &Saga, event: Event, ctx: Context) -> Transition {
         );
         return t;
     }
+    let mismatch = match &outcome {
+        Outcome::Ok(result) if result.step() == step => expectations::mismatch(saga, result),
+        _ => None,
+    };
     let mut entry = HistoryEntry::new(Some(step), attempt, outcome.label());
-    if !matches!(outcome, Outcome::Ok(_)) {
+    if let Some(mismatch) = &mismatch {
+        entry = HistoryEntry::new(Some(step), attempt, "mismatched").detail(mismatch.to_string());
+    } else if !matches!(outcome, Outcome::Ok(_)) {
         entry = entry.detail(describe(&outcome));
     }
     t.history.push(entry);
+    if let Some(mismatch) = mismatch {
+        // Never applied: whoever sent it, the saga's state stays as it was
+        // and a person decides (a retry asks the worker again).
+        suspend(&mut t, mismatch.to_string());
+        t.mismatch = Some(mismatch);
+        return t;
+    }
     match outcome {
         Outcome::Ok(result) if result.step() == step => succeeded(&mut t, result, ctx),
         Outcome::Ok(_) => {

@@ -2,6 +2,7 @@
 //! retry policies. Nothing here does I/O.
 
 pub mod engine;
+pub mod expectations;
 pub mod model;
 pub mod policy;
 
@@ -9,5 +10,6 @@ pub use engine::{
     act, handle, start, Action, Context, Deadline, Effect, Event, HistoryEntry, Transition,
     WrongState,
 };
+pub use expectations::Mismatch;
 pub use model::{CheckoutRequest, ClientStatus, Phase, Saga, SagaStatus};
 pub use policy::{OnExhausted, RetryPolicy, StepPolicies};

@@ -428,6 +428,7 @@ impl Store {
                     saga: saga.clone(),
                     effects: vec![],
                     history: vec![],
+                    mismatch: None,
                 },
             };
             if transition.history.is_empty() {

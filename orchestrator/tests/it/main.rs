@@ -27,6 +27,7 @@ mod poison;
 mod python_tax;
 mod relay;
 mod reply_batches;
+mod reply_mismatch;
 mod run_command;
 mod saga_tally;
 mod sagactl;

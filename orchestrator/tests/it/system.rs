@@ -270,9 +270,10 @@ impl System {
         }
         tasks.push(
             start_worker(
-                workers::payment::Payment::new(workers::payment::Simulator::new(
-                    pool(&system.payment_db).await,
-                )),
+                workers::payment::Payment::with_config(
+                    workers::payment::Simulator::new(pool(&system.payment_db).await),
+                    workers::payment::PaymentConfig::simulated(),
+                ),
                 pool(&system.payment_db).await,
                 amqp,
                 prefix,

@@ -122,6 +122,8 @@ fn free_port() -> u16 {
 fn spawn(service: &str, env: &[(&str, String)]) -> Child {
     Command::new(bin_dir().join(service))
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // Every payment worker of a test runs the simulator (a test double).
+        .env("PAYMENT_PROVIDER", "simulator")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
