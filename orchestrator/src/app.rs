@@ -112,6 +112,14 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         relay.clone(),
         stop.clone(),
     ));
+    if let Some(ttl) = config.parked_saga_ttl {
+        tasks.spawn(crate::parked::run_park_expiry_until_stopped(
+            store.clone(),
+            ttl,
+            relay.clone(),
+            stop.clone(),
+        ));
+    }
     tasks.spawn(run_dead_letter_recorder_until_stopped(
         pool.clone(),
         broker.clone(),
@@ -148,6 +156,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         metrics: crate::metrics::handle(),
         gauges,
         limits: config.http,
+        parked_saga_ttl: config.parked_saga_ttl,
     };
     let app = http::router(state);
     tasks.spawn(http::server::serve(

@@ -337,21 +337,52 @@ pub fn act(
     entry.actor = Some(actor.to_owned());
     entry.reason = Some(reason.to_owned());
     t.history.push(entry);
+    apply(&mut t, action, ctx);
+    Ok(t)
+}
+
+/// Ends a park that outlived its time limit (`PARKED_SAGA_TTL`, `ttl` as
+/// configured, plus what support added): a saga parked going forward is
+/// cancelled with compensation, as support's cancel does; one parked
+/// compensating has its compensation retried, which is the only way on.
+/// `None` for a saga that is not parked.
+pub fn expire_park(saga: &Saga, ttl: &str, ctx: Context) -> Option<Transition> {
+    if saga.status != SagaStatus::Suspended {
+        return None;
+    }
+    let (action, what) = if Action::Cancel.allowed(saga) {
+        (Action::Cancel, "cancelling with compensation")
+    } else if Action::Retry.allowed(saga) {
+        (Action::Retry, "retrying its compensation")
+    } else {
+        return None;
+    };
+    let mut t = Transition::of(saga);
+    t.history.push(
+        HistoryEntry::new(saga.current, saga.attempt, "park_expired").detail(format!(
+            "parked longer than PARKED_SAGA_TTL ({ttl}); {what}"
+        )),
+    );
+    apply(&mut t, action, ctx);
+    Some(t)
+}
+
+/// What `action` does to the saga of `t`, which it is allowed on.
+fn apply(t: &mut Transition, action: Action, ctx: Context) {
     match action {
         Action::Retry => {
-            let step = saga.current.expect("allowed() checked a parked step");
-            t.saga.status = saga.suspended_from.unwrap_or(SagaStatus::Running);
+            let step = t.saga.current.expect("allowed() checked a parked step");
+            t.saga.status = t.saga.suspended_from.unwrap_or(SagaStatus::Running);
             t.saga.suspended_from = None;
             t.saga.attempt += 1;
             t.saga.series_start = t.saga.attempt;
-            send(&mut t, step, 0, ctx);
+            send(t, step, 0, ctx);
         }
         Action::Cancel => {
             t.saga.cancelled = true;
-            compensate(&mut t, true, ctx);
+            compensate(t, true, ctx);
         }
     }
-    Ok(t)
 }
 
 fn describe(outcome: &Outcome) -> String {

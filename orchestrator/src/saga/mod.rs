@@ -7,8 +7,8 @@ pub mod model;
 pub mod policy;
 
 pub use engine::{
-    act, handle, start, Action, Context, Deadline, Effect, Event, HistoryEntry, Transition,
-    WrongState,
+    act, expire_park, handle, start, Action, Context, Deadline, Effect, Event, HistoryEntry,
+    Transition, WrongState,
 };
 pub use expectations::Mismatch;
 pub use model::{CheckoutRequest, ClientStatus, Phase, Saga, SagaStatus};

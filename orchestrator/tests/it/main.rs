@@ -22,6 +22,7 @@ mod metrics;
 mod node_loss;
 mod openapi;
 mod outages;
+mod parked_ttl;
 mod payment_crashes;
 mod poison;
 mod python_tax;

@@ -28,6 +28,7 @@ pub struct System {
     pub prefix: String,
     policies: StepPolicies,
     http_limits: HttpLimits,
+    parked_saga_ttl: Option<Duration>,
     /// The long-polls of the orchestrator instance at `base_url`.
     pub waiters: Arc<Waiters>,
     /// URLs every process of the system uses (through the proxies, if any).
@@ -112,6 +113,8 @@ pub struct Setup {
     /// No Rust tax worker: the test brings a tax worker of its own (one
     /// in another language, say) on a database of its own.
     pub without_tax_worker: bool,
+    /// `PARKED_SAGA_TTL`; by default parks never expire within a test.
+    pub parked_saga_ttl: Option<Duration>,
 }
 
 async fn start_worker<H: Handler>(
@@ -209,6 +212,7 @@ impl System {
             prefix,
             policies: setup.policies,
             http_limits: setup.http_limits,
+            parked_saga_ttl: setup.parked_saga_ttl,
             waiters: Waiters::new(1),
             database_url_for: Box::new(move |db: &TestDatabase| match database_port {
                 Some(port) => db.url.replacen(":5432", &format!(":{port}"), 1),
@@ -320,6 +324,7 @@ impl System {
             policies: self.policies,
             admin_tokens: AdminTokens::parse(&format!("{ADMIN_ACTOR}={ADMIN_TOKEN}")).unwrap(),
             http: self.http_limits,
+            parked_saga_ttl: self.parked_saga_ttl,
         };
         let stop = CancellationToken::new();
         let running = orchestrator::app::start(config, stop.clone())

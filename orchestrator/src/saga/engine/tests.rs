@@ -752,3 +752,28 @@ proptest! {
 }
 
 mod mismatches;
+
+#[test]
+fn an_expired_park_cancels_forward_and_retries_a_compensation() {
+    let parked = parked_at_charge();
+    let t = expire_park(&parked, "24h", ctx()).unwrap();
+    assert!(t.saga.cancelled);
+    assert_eq!(sent_steps(&t), vec![(Step::Refund, 1)]);
+    assert_eq!(t.history[0].event, "park_expired");
+    assert_eq!(
+        t.history[0].detail.as_deref(),
+        Some("parked longer than PARKED_SAGA_TTL (24h); cancelling with compensation")
+    );
+    // Parked compensating: the compensation is the only way on.
+    let mut saga = act(&at_charge(), Action::Cancel, "bob", "x", ctx())
+        .unwrap()
+        .saga;
+    for _ in 0..3 {
+        saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
+    }
+    assert_eq!(saga.status, SagaStatus::Suspended);
+    let t = expire_park(&saga, "1s", ctx()).unwrap();
+    assert_eq!(t.saga.status, SagaStatus::Compensating);
+    assert_eq!(sent_steps(&t), vec![(Step::Refund, 4)]);
+    assert_eq!(expire_park(&at_charge(), "1s", ctx()), None);
+}
