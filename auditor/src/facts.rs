@@ -198,7 +198,10 @@ impl Payment {
     }
 
     /// Money the customer is out of: only charged and refunded rows ever
-    /// held any.
+    /// held any. `amount_cents` is what was charged and `refunded_cents`
+    /// what came back; payment workers before v0.4 overwrote the first
+    /// with the second on a refund, which nets such a row to zero (a short
+    /// refund then shows only in the provider's ledger, ledger-net-zero).
     pub fn net_cents(&self) -> i64 {
         match self.status.as_str() {
             "charged" | "refunded" => self.amount_cents - self.refunded_cents,

@@ -50,6 +50,10 @@ pub fn specs(
             ("AMQP_PREFIX".to_owned(), env.amqp_prefix.clone()),
             ("DATABASE_POOL_SIZE".to_owned(), pool.to_string()),
             ("LOG_FORMAT".to_owned(), "json".to_owned()),
+            // The checkouts pick the simulator's behaviours (a test double,
+            // off unless asked for); other services ignore it, and so do
+            // payment binaries older than the switch.
+            ("PAYMENT_PROVIDER".to_owned(), "simulator".to_owned()),
         ]
     };
     let mut specs = Vec::new();

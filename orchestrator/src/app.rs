@@ -127,6 +127,14 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         relay.clone(),
         stop.clone(),
     ));
+    if let Some(ttl) = config.parked_saga_ttl {
+        tasks.spawn(crate::parked::run_park_expiry_until_stopped(
+            store.clone(),
+            ttl,
+            relay.clone(),
+            stop.clone(),
+        ));
+    }
     tasks.spawn(run_dead_letter_recorder_until_stopped(
         pool.clone(),
         broker.clone(),
@@ -166,6 +174,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         metrics: crate::metrics::handle(),
         gauges,
         limits: config.http,
+        parked_saga_ttl: config.parked_saga_ttl,
     };
     let public = match admin_listener {
         Some(_) => Routes::Public,

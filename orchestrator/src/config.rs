@@ -27,6 +27,27 @@ pub struct Config {
     pub client_keys: SeededKeys,
     /// `CLIENT_RATE_PER_SECOND`, `CLIENT_RATE_BURST`, `CLIENT_MAX_IN_FLIGHT`.
     pub client_limits: ClientLimits,
+    /// `PARKED_SAGA_TTL` (default 24h; `0`: never): a saga suspended longer
+    /// than this (plus what support added) is cancelled with compensation.
+    pub parked_saga_ttl: Option<Duration>,
+}
+
+/// A parked saga holds its stock until a person acts: a day is long enough
+/// for support to look, short enough that stock comes back.
+pub const DEFAULT_PARKED_SAGA_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn parked_saga_ttl(source: &dyn Source) -> Result<Option<Duration>, ConfigError> {
+    let ttl = match source.get("PARKED_SAGA_TTL") {
+        None => DEFAULT_PARKED_SAGA_TTL,
+        Some(text) if text.trim().is_empty() => DEFAULT_PARKED_SAGA_TTL,
+        Some(text) => {
+            crate::duration_text::parse(&text).map_err(|reason| ConfigError::Invalid {
+                name: "PARKED_SAGA_TTL",
+                reason,
+            })?
+        }
+    };
+    Ok((!ttl.is_zero()).then_some(ttl))
 }
 
 /// The bounds of the HTTP server: how long a request may take, how long a
@@ -270,6 +291,7 @@ impl Config {
             reply_senders: ReplySenders::from_source(source)?,
             client_keys: SeededKeys::from_source(source)?,
             client_limits: ClientLimits::from_source(source)?,
+            parked_saga_ttl: parked_saga_ttl(source)?,
         })
     }
 
@@ -357,6 +379,19 @@ mod tests {
         assert_eq!(pool(&[("DATABASE_POOL_SIZE", "20")]).unwrap(), 20);
         let error = pool(&[("DATABASE_POOL_SIZE", "1")]).unwrap_err();
         assert!(error.to_string().contains("DATABASE_POOL_SIZE"), "{error}");
+    }
+
+    #[test]
+    fn parked_sagas_expire_after_a_day_unless_told_otherwise() {
+        let ttl = |pairs: &[(&str, &str)]| parked_saga_ttl(&source(pairs));
+        assert_eq!(ttl(&[]).unwrap(), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            ttl(&[("PARKED_SAGA_TTL", "1s")]).unwrap(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(ttl(&[("PARKED_SAGA_TTL", "0")]).unwrap(), None);
+        let error = ttl(&[("PARKED_SAGA_TTL", "soon")]).unwrap_err().to_string();
+        assert!(error.contains("PARKED_SAGA_TTL"), "{error}");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub const REPLIES: &str = "checkout_replies_total";
 pub const REPLIES_REFUSED: &str = "checkout_replies_refused_total";
 /// Commits that applied worker replies: a batch of replies commits once.
 pub const REPLY_COMMITS: &str = "checkout_reply_commits_total";
+/// Awaited `ok` replies not applied because a field did not match what the
+/// saga expects (a forged or wrong reply), by step and field.
+pub const REPLY_MISMATCHES: &str = "checkout_reply_mismatches_total";
 const SAGAS: &str = "checkout_sagas";
 const OUTBOX_PENDING: &str = "checkout_outbox_pending";
 const LONG_POLLS: &str = "checkout_long_polls_waiting";
@@ -140,6 +143,14 @@ fn describe_and_zero() {
         REPLY_COMMITS,
         "Commits that applied worker replies (replies ready together commit once)"
     );
+    metrics::describe_counter!(
+        REPLY_MISMATCHES,
+        "Worker replies refused (the saga parked) because a field did not match what the saga expects, by step and field"
+    );
+    for (step, field) in crate::saga::expectations::FIELDS {
+        metrics::counter!(REPLY_MISMATCHES, "step" => step.routing_key(), "field" => field)
+            .absolute(0);
+    }
     for counter in [
         SAGAS_STARTED,
         REPLY_COMMITS,
@@ -200,6 +211,11 @@ pub fn record(before: &Saga, transition: &Transition, clocks: Clocks, policies: 
     if after == SagaStatus::Suspended && before != SagaStatus::Suspended {
         let step = transition.saga.current.map_or("none", |s| s.routing_key());
         metrics::counter!(SAGAS_SUSPENDED, "step" => step).increment(1);
+    }
+    if let Some(mismatch) = &transition.mismatch {
+        metrics::counter!(REPLY_MISMATCHES, "step" => mismatch.step.routing_key(), "field" => mismatch.field)
+            .increment(1);
+        tracing::warn!(saga_id = %transition.saga.id, %mismatch, "reply does not match the saga: not applied, saga parked");
     }
     for entry in &transition.history {
         if entry.event == "deadline_missed" {

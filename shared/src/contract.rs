@@ -663,6 +663,7 @@ mod tests {
             Step::Charge => StepResult::Charged(Charged {
                 payment_id: Uuid::new_v4(),
                 amount_cents: 2700,
+                currency: Some("USD".into()),
             }),
             Step::Release => StepResult::Released(Released { released: true }),
             Step::Refund => StepResult::Refunded(Refunded {

@@ -181,6 +181,7 @@ mod tests {
         let mut reply = cmd.reply(Outcome::Ok(StepResult::Charged(Charged {
             payment_id: Uuid::new_v4(),
             amount_cents: 10,
+            currency: None,
         })));
         // A charge result on a release reply is a contract violation.
         assert!(matches!(

@@ -229,6 +229,10 @@ pub struct TaxCalculated {
 pub struct Charged {
     pub payment_id: Uuid,
     pub amount_cents: i64,
+    /// The currency charged; absent from workers older than the field, so
+    /// a reader tolerates its absence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

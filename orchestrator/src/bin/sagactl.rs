@@ -103,6 +103,10 @@ enum Command {
     /// parked or in-flight step is undone too, whatever its outcome.
     #[command(after_help = EXIT_CODES)]
     Cancel(ActionArgs),
+    /// Give a suspended saga more time before PARKED_SAGA_TTL cancels it
+    /// with compensation.
+    #[command(after_help = EXIT_CODES)]
+    Extend(ExtendArgs),
     /// Suspended sagas grouped by step, phase and error, largest group first.
     #[command(after_help = EXIT_CODES)]
     Failures,
@@ -241,6 +245,18 @@ struct ListArgs {
 struct ActionArgs {
     /// The saga id (the checkout id).
     id: Uuid,
+    /// Why, for the saga's timeline (1 to 500 characters).
+    #[arg(long, value_name = "TEXT", value_parser = NonEmptyStringValueParser::new())]
+    reason: String,
+}
+
+#[derive(Args)]
+struct ExtendArgs {
+    /// The saga id (the checkout id).
+    id: Uuid,
+    /// How much longer: a whole number and a unit (ms, s, m, h, d), e.g. 24h.
+    #[arg(long, value_name = "DURATION", value_parser = NonEmptyStringValueParser::new())]
+    by: String,
     /// Why, for the saga's timeline (1 to 500 characters).
     #[arg(long, value_name = "TEXT", value_parser = NonEmptyStringValueParser::new())]
     reason: String,
@@ -532,6 +548,16 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
         ),
         Command::Retry(args) => action("retry", args),
         Command::Cancel(args) => action("cancel", args),
+        Command::Extend(args) => {
+            let id = args.id.to_string();
+            (
+                Request::post(
+                    &["v1", "admin", "sagas", &id, "extend-park"],
+                    json!({"by": args.by, "reason": args.reason}),
+                ),
+                render_extended,
+            )
+        }
         Command::Failures => (Request::get(&["v1", "admin", "failures"]), render_failures),
         Command::DeadLetters(args) => {
             let mut request = Request::get(&["v1", "admin", "dead-letters"]);
@@ -878,6 +904,14 @@ fn render_acted(saga: &Value) -> String {
         text(&saga["status"]),
         text(&saga["checkout_status"])
     )
+}
+
+fn render_extended(answer: &Value) -> String {
+    let until = match &answer["park_expires_at"] {
+        Value::Null => "parks never expire here (PARKED_SAGA_TTL=0)".to_owned(),
+        at => format!("parked until {}", time(at, false)),
+    };
+    format!("saga {} {until}\n", text(&answer["saga_id"]))
 }
 
 fn render_failures(answer: &Value) -> String {

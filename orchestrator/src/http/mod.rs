@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub gauges: DatabaseGauges,
     pub limits: HttpLimits,
+    /// `PARKED_SAGA_TTL`; `None`: parks never expire.
+    pub parked_saga_ttl: Option<std::time::Duration>,
 }
 
 /// Which routes a listener serves.
@@ -89,6 +91,7 @@ pub fn router(state: AppState, routes: Routes) -> Router {
             .route("/v1/admin/sagas/{id}", get(admin::detail))
             .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
             .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
+            .route("/v1/admin/sagas/{id}/extend-park", post(admin::extend_park))
             .route("/v1/admin/failures", get(admin::failures))
             .route("/v1/admin/dead-letters", get(admin::dead_letters))
             .route("/v1/admin/outbox", get(admin::outbox))

@@ -39,6 +39,7 @@ use crate::store::{MAX_BULK, MAX_PAGE};
         admin::detail,
         admin::retry,
         admin::cancel,
+        admin::extend_park,
         admin::bulk_retry,
         admin::failures,
         admin::dead_letters,

@@ -15,6 +15,7 @@ use saga_shared::messages::{
 use saga_shared::Step;
 use uuid::Uuid;
 
+use super::expectations::{self, Mismatch};
 use super::model::{CheckoutRequest, Saga, SagaStatus};
 use super::policy::{OnExhausted, StepPolicies};
 
@@ -144,6 +145,9 @@ pub struct Transition {
     pub saga: Saga,
     pub effects: Vec<Effect>,
     pub history: Vec<HistoryEntry>,
+    /// The awaited reply did not match what the saga expects, so it was
+    /// not applied and the saga parked: the shell counts it and alerts.
+    pub mismatch: Option<Mismatch>,
 }
 
 impl Transition {
@@ -152,6 +156,7 @@ impl Transition {
             saga: saga.clone(),
             effects: Vec::new(),
             history: Vec::new(),
+            mismatch: None,
         }
     }
 
@@ -273,11 +278,24 @@ pub fn handle(saga: &Saga, event: Event, ctx: Context) -> Transition {
         );
         return t;
     }
+    let mismatch = match &outcome {
+        Outcome::Ok(result) if result.step() == step => expectations::mismatch(saga, result),
+        _ => None,
+    };
     let mut entry = HistoryEntry::new(Some(step), attempt, outcome.label());
-    if !matches!(outcome, Outcome::Ok(_)) {
+    if let Some(mismatch) = &mismatch {
+        entry = HistoryEntry::new(Some(step), attempt, "mismatched").detail(mismatch.to_string());
+    } else if !matches!(outcome, Outcome::Ok(_)) {
         entry = entry.detail(describe(&outcome));
     }
     t.history.push(entry);
+    if let Some(mismatch) = mismatch {
+        // Never applied: whoever sent it, the saga's state stays as it was
+        // and a person decides (a retry asks the worker again).
+        suspend(&mut t, mismatch.to_string());
+        t.mismatch = Some(mismatch);
+        return t;
+    }
     match outcome {
         Outcome::Ok(result) if result.step() == step => succeeded(&mut t, result, ctx),
         Outcome::Ok(_) => {
@@ -319,21 +337,52 @@ pub fn act(
     entry.actor = Some(actor.to_owned());
     entry.reason = Some(reason.to_owned());
     t.history.push(entry);
+    apply(&mut t, action, ctx);
+    Ok(t)
+}
+
+/// Ends a park that outlived its time limit (`PARKED_SAGA_TTL`, `ttl` as
+/// configured, plus what support added): a saga parked going forward is
+/// cancelled with compensation, as support's cancel does; one parked
+/// compensating has its compensation retried, which is the only way on.
+/// `None` for a saga that is not parked.
+pub fn expire_park(saga: &Saga, ttl: &str, ctx: Context) -> Option<Transition> {
+    if saga.status != SagaStatus::Suspended {
+        return None;
+    }
+    let (action, what) = if Action::Cancel.allowed(saga) {
+        (Action::Cancel, "cancelling with compensation")
+    } else if Action::Retry.allowed(saga) {
+        (Action::Retry, "retrying its compensation")
+    } else {
+        return None;
+    };
+    let mut t = Transition::of(saga);
+    t.history.push(
+        HistoryEntry::new(saga.current, saga.attempt, "park_expired").detail(format!(
+            "parked longer than PARKED_SAGA_TTL ({ttl}); {what}"
+        )),
+    );
+    apply(&mut t, action, ctx);
+    Some(t)
+}
+
+/// What `action` does to the saga of `t`, which it is allowed on.
+fn apply(t: &mut Transition, action: Action, ctx: Context) {
     match action {
         Action::Retry => {
-            let step = saga.current.expect("allowed() checked a parked step");
-            t.saga.status = saga.suspended_from.unwrap_or(SagaStatus::Running);
+            let step = t.saga.current.expect("allowed() checked a parked step");
+            t.saga.status = t.saga.suspended_from.unwrap_or(SagaStatus::Running);
             t.saga.suspended_from = None;
             t.saga.attempt += 1;
             t.saga.series_start = t.saga.attempt;
-            send(&mut t, step, 0, ctx);
+            send(t, step, 0, ctx);
         }
         Action::Cancel => {
             t.saga.cancelled = true;
-            compensate(&mut t, true, ctx);
+            compensate(t, true, ctx);
         }
     }
-    Ok(t)
 }
 
 fn describe(outcome: &Outcome) -> String {

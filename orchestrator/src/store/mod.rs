@@ -2,6 +2,7 @@
 //! outbox. A transition and the commands it emits commit together.
 
 mod final_notice;
+mod parked;
 mod reply_batch;
 mod saga_cache;
 mod support;
@@ -483,6 +484,7 @@ impl Store {
                     saga: saga.clone(),
                     effects: vec![],
                     history: vec![],
+                    mismatch: None,
                 },
             };
             if transition.history.is_empty() {

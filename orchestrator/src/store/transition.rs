@@ -66,6 +66,15 @@ pub const UPDATE: &str = concat!(
                           deadline_at = CASE WHEN $7::int8 IS NOT NULL
                                              THEN now() + $7::int8 * interval '1 millisecond'
                                              WHEN $8::bool THEN deadline_at END,
+                          -- When it parked, for PARKED_SAGA_TTL: set as it
+                          -- becomes suspended, kept while it stays so
+                          -- (a late reply), cleared with its extension as it
+                          -- leaves. The right-hand side reads the row as it was.
+                          parked_at = CASE WHEN $2 <> 'suspended' THEN NULL
+                                           WHEN status = 'suspended' THEN parked_at
+                                           ELSE now() END,
+                          park_extension_ms = CASE WHEN $2 = 'suspended' AND status = 'suspended'
+                                                   THEN park_extension_ms END,
                           version = version + 1, updated_at = now()
          WHERE id = $1 AND version = $23
          RETURNING id, created_at, updated_at

@@ -69,6 +69,8 @@ fn spawn(service: &str, url: &str, prefix: &str, env: &[(&str, String)]) -> Chil
         .env("AMQP_PREFIX", prefix)
         .envs(crate::system::client_env())
         .env("LOG_FORMAT", "json")
+        // Every payment worker of a test runs the simulator (a test double).
+        .env("PAYMENT_PROVIDER", "simulator")
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())

@@ -90,6 +90,8 @@ impl Deployment {
             .env("AMQP_PREFIX", &self.prefix)
             .envs(crate::system::client_env())
             .env("HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            // Every payment worker of a test runs the simulator (a test double).
+            .env("PAYMENT_PROVIDER", "simulator")
             .env("SHUTDOWN_GRACE_SECONDS", "20")
             .env("DATABASE_POOL_SIZE", "4")
             .env("LOG_FORMAT", "json")

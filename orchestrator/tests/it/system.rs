@@ -32,6 +32,7 @@ pub struct System {
     pub prefix: String,
     policies: StepPolicies,
     http_limits: HttpLimits,
+    parked_saga_ttl: Option<Duration>,
     /// The long-polls of the orchestrator instance at `base_url`.
     pub waiters: Arc<Waiters>,
     /// Where the instance at `base_url` serves the support API (the same
@@ -191,6 +192,8 @@ pub struct Setup {
     pub admin_listener: bool,
     /// No workers at all: every saga stays in flight.
     pub without_workers: bool,
+    /// `PARKED_SAGA_TTL`; by default parks never expire within a test.
+    pub parked_saga_ttl: Option<Duration>,
 }
 
 async fn start_worker<H: Handler>(
@@ -297,6 +300,7 @@ impl System {
             prefix,
             policies: setup.policies,
             http_limits: setup.http_limits,
+            parked_saga_ttl: setup.parked_saga_ttl,
             waiters: Waiters::new(1),
             database_url_for: Box::new(move |db: &TestDatabase| match database_port {
                 Some(port) => db.url.replacen(":5432", &format!(":{port}"), 1),
@@ -363,9 +367,10 @@ impl System {
         }
         tasks.push(
             start_worker(
-                workers::payment::Payment::new(workers::payment::Simulator::new(
-                    pool(&system.payment_db).await,
-                )),
+                workers::payment::Payment::with_config(
+                    workers::payment::Simulator::new(pool(&system.payment_db).await),
+                    workers::payment::PaymentConfig::simulated(),
+                ),
                 pool(&system.payment_db).await,
                 &url_of(WorkerKind::Payment),
                 prefix,
@@ -443,6 +448,7 @@ impl System {
             reply_senders: ReplySenders::from_source(&env).unwrap(),
             client_keys: SeededKeys::parse(&client_keys()).unwrap(),
             client_limits: self.client_limits,
+            parked_saga_ttl: self.parked_saga_ttl,
         };
         let stop = CancellationToken::new();
         let running = orchestrator::app::start(config, stop.clone())

@@ -123,6 +123,8 @@ fn spawn(service: &str, env: &[(&str, String)]) -> Child {
     Command::new(bin_dir().join(service))
         .envs(crate::system::client_env())
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // Every payment worker of a test runs the simulator (a test double).
+        .env("PAYMENT_PROVIDER", "simulator")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

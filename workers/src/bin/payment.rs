@@ -23,13 +23,15 @@ const DEFAULT_PAYMENT_PREFETCH: u16 = 64;
     long_about = "Payment worker of the checkout saga: charges and refunds, once per saga.\n\n\
         The provider is a deterministic simulator chosen by payment method: sim_approve, \
         sim_decline, sim_transient_N (N transient failures, then approved), sim_slow_MS \
-        (approved after MS milliseconds, at most 60 s), sim_down (always transient).\n\n\
+        (approved after MS milliseconds, at most 60 s), sim_down (always transient). It is a \
+        test double: the sim_* methods work only with PAYMENT_PROVIDER=simulator, and are \
+        refused invalid_payment_method otherwise.\n\n\
         With no subcommand it serves: it consumes payment commands from RabbitMQ until \
         SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH \
         (default 64 here: a charge waits on the provider holding no connection), \
         DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
         default 100000000; larger or non-positive amounts are rejected invalid_amount), \
-        PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
+        PAYMENT_PROVIDER (simulator, or unset), PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -124,6 +126,9 @@ async fn serve() -> ExitCode {
         Ok(configs) => configs,
         Err(error) => return cli::config_error(error),
     };
+    if !payment.simulator {
+        tracing::warn!("PAYMENT_PROVIDER is not `simulator`: the sim_* payment methods are refused invalid_payment_method");
+    }
     if Environment
         .get("PREFETCH")
         .is_none_or(|v| v.trim().is_empty())

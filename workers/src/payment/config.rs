@@ -18,6 +18,12 @@ pub struct PaymentConfig {
     /// Charges above this are refused `invalid_amount`.
     pub max_amount_cents: i64,
     pub failpoint: Option<Failpoint>,
+    /// `PAYMENT_PROVIDER=simulator`: the `sim_*` payment methods work.
+    /// Off by default, where they are refused `invalid_payment_method`:
+    /// the simulator is a test double, and a client that may choose
+    /// `sim_down` or `sim_slow_60000` chooses how long stock stays held
+    /// and payment slots stay busy.
+    pub simulator: bool,
 }
 
 impl Default for PaymentConfig {
@@ -25,12 +31,25 @@ impl Default for PaymentConfig {
         PaymentConfig {
             max_amount_cents: DEFAULT_MAX_AMOUNT_CENTS,
             failpoint: None,
+            simulator: false,
         }
     }
 }
 
+/// The value of `PAYMENT_PROVIDER` that enables the simulator.
+pub const SIMULATOR: &str = "simulator";
+
 impl PaymentConfig {
-    /// `PAYMENT_MAX_AMOUNT_CENTS` (default 100,000,000) and `PAYMENT_FAILPOINT`.
+    /// The defaults with the simulator on, as tests and rehearsals run.
+    pub fn simulated() -> Self {
+        PaymentConfig {
+            simulator: true,
+            ..PaymentConfig::default()
+        }
+    }
+
+    /// `PAYMENT_MAX_AMOUNT_CENTS` (default 100,000,000), `PAYMENT_FAILPOINT`
+    /// and `PAYMENT_PROVIDER` (unset, or `simulator`).
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let max_amount_cents =
             parsed_or(source, "PAYMENT_MAX_AMOUNT_CENTS", DEFAULT_MAX_AMOUNT_CENTS)?;
@@ -53,9 +72,22 @@ impl PaymentConfig {
                 })
             }
         };
+        let simulator = match source.get("PAYMENT_PROVIDER").as_deref().map(str::trim) {
+            None | Some("") => false,
+            Some(SIMULATOR) => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "PAYMENT_PROVIDER",
+                    reason: format!(
+                        "`{other}`: the one provider that ships is `simulator` (a test double); leave it unset to refuse the sim_* methods"
+                    ),
+                })
+            }
+        };
         Ok(PaymentConfig {
             max_amount_cents,
             failpoint,
+            simulator,
         })
     }
 }
@@ -91,6 +123,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("PAYMENT_FAILPOINT"), "{error}");
+    }
+
+    #[test]
+    fn the_simulator_is_on_only_when_asked_for() {
+        assert!(!config(&[]).unwrap().simulator);
+        assert!(!config(&[("PAYMENT_PROVIDER", "")]).unwrap().simulator);
+        assert!(
+            config(&[("PAYMENT_PROVIDER", "simulator")])
+                .unwrap()
+                .simulator
+        );
+        let error = config(&[("PAYMENT_PROVIDER", "stripe")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("PAYMENT_PROVIDER"), "{error}");
     }
 
     #[test]

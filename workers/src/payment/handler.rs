@@ -75,7 +75,7 @@ impl<P: PaymentProvider> Handler for Payment<P> {
         let Command::Charge(request) = &command.payload else {
             return Ok(None);
         };
-        if self.invalid_amount(request.amount_cents).is_some()
+        if self.refusal(request).is_some()
             || !store::claim_with_first_charge_intent(conn, command, request).await?
         {
             return Ok(None);
@@ -132,6 +132,7 @@ fn charge_answer(saga_id: Uuid, status: Status, row: PaymentRow) -> Result<Outco
         Status::Charged => Outcome::Ok(StepResult::Charged(Charged {
             payment_id: reference_of(saga_id, &row)?,
             amount_cents: row.amount_cents,
+            currency: row.currency,
         })),
         Status::Declined => Outcome::Rejected {
             reason: row
@@ -149,9 +150,14 @@ fn charge_answer(saga_id: Uuid, status: Status, row: PaymentRow) -> Result<Outco
 }
 
 impl<P: PaymentProvider> Payment<P> {
-    fn invalid_amount(&self, amount_cents: i64) -> Option<Outcome> {
-        rules::invalid_amount(amount_cents, self.config.max_amount_cents)
-            .map(|why| Outcome::rejected(reason::INVALID_AMOUNT, why))
+    /// Why `request` can never be charged, whatever the provider would say.
+    fn refusal(&self, request: &ChargePayment) -> Option<Outcome> {
+        if let Some(why) = rules::invalid_amount(request.amount_cents, self.config.max_amount_cents)
+        {
+            return Some(Outcome::rejected(reason::INVALID_AMOUNT, why));
+        }
+        rules::simulator_refused(&request.payment_method, self.config.simulator)
+            .map(|why| Outcome::rejected(reason::INVALID_PAYMENT_METHOD, why))
     }
 
     /// Charges once per saga; a repeat answers what the first one did.
@@ -164,7 +170,7 @@ impl<P: PaymentProvider> Payment<P> {
     ) -> Result<Decision, sqlx::Error> {
         // Refused before anything is written: the same command always gets
         // the same answer, and no intent means nothing to reconcile.
-        if let Some(refusal) = self.invalid_amount(request.amount_cents) {
+        if let Some(refusal) = self.refusal(request) {
             return Ok(Decision::Answer(refusal));
         }
         // The common case, a first charge with the switch off, in one
@@ -338,6 +344,7 @@ async fn settle_charge(
                 .then_some(Outcome::Ok(StepResult::Charged(Charged {
                     payment_id: reference,
                     amount_cents,
+                    currency: Some(charge.currency.clone()),
                 })))
         }
         ChargeVerdict::Declined { reason, detail } => {
@@ -400,6 +407,7 @@ async fn settle_charge_with_reply(
             Outcome::Ok(StepResult::Charged(Charged {
                 payment_id: reference,
                 amount_cents,
+                currency: Some(charge.currency.clone()),
             })),
         ),
         ChargeVerdict::Declined { reason, ref detail } => (

@@ -10,7 +10,7 @@ pub mod rules;
 pub mod simulator;
 pub mod store;
 
-pub use config::{Failpoint, PaymentConfig};
+pub use config::{Failpoint, PaymentConfig, SIMULATOR};
 pub use handler::Payment;
 pub use provider::{IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer};
 pub use simulator::{ledger, LedgerLine, Simulator};

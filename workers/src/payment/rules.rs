@@ -20,6 +20,16 @@ pub fn invalid_amount(amount_cents: i64, max_cents: i64) -> Option<String> {
     }
 }
 
+/// Why `method` is refused: a `sim_*` method while the simulator is off
+/// (`PAYMENT_PROVIDER` is not `simulator`).
+pub fn simulator_refused(method: &str, simulator: bool) -> Option<String> {
+    (!simulator && method.starts_with("sim_")).then(|| {
+        format!(
+            "payment method `{method}` belongs to the payment simulator, a test double that is off (PAYMENT_PROVIDER=simulator enables it)"
+        )
+    })
+}
+
 /// What a provider's answer to a charge means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeVerdict {
@@ -134,6 +144,15 @@ mod tests {
             .contains("maximum charge of 100"));
         assert_eq!(invalid_amount(100, 100), None);
         assert_eq!(invalid_amount(1, 100), None);
+    }
+
+    #[test]
+    fn sim_methods_need_the_simulator() {
+        assert!(simulator_refused("sim_approve", false)
+            .unwrap()
+            .contains("PAYMENT_PROVIDER=simulator"));
+        assert_eq!(simulator_refused("sim_approve", true), None);
+        assert_eq!(simulator_refused("card", false), None);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct PaymentRow {
     status: String,
     pub amount_cents: i64,
     pub refunded_cents: i64,
+    pub currency: Option<String>,
     pub payment_method: Option<String>,
     pub provider_reference: Option<Uuid>,
     pub transient_failures: i32,
@@ -58,7 +59,7 @@ pub async fn lock(
     saga_id: Uuid,
 ) -> Result<Option<(Status, PaymentRow)>, sqlx::Error> {
     let row: Option<PaymentRow> = sqlx::query_as(
-        "SELECT status, amount_cents, refunded_cents, payment_method,
+        "SELECT status, amount_cents, refunded_cents, currency, payment_method,
                 provider_reference, transient_failures, rejection_reason, rejection_detail
          FROM payments WHERE saga_id = $1 FOR UPDATE",
     )
@@ -370,13 +371,20 @@ pub async fn count_provider_failure(
     Ok(written == 1)
 }
 
+/// Records what a refund returned in `refunded_cents`. `amount_cents`
+/// keeps what was charged, so that a refund short of the charge shows in
+/// the books (and to the auditor) rather than netting them to zero. A
+/// charge never recorded as approved (the refund overtook it, or found it
+/// at the provider) was what the refund returned: everything that moved
+/// under its key, or nothing when the provider voided it.
 pub async fn record_refunded(
     conn: &mut PgConnection,
     saga_id: Uuid,
     amount_cents: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE payments SET status = 'refunded', amount_cents = $2, refunded_cents = $2,
+        "UPDATE payments SET status = 'refunded', refunded_cents = $2,
+             amount_cents = CASE WHEN provider_reference IS NULL THEN $2 ELSE amount_cents END,
              updated_at = now()
          WHERE saga_id = $1",
     )

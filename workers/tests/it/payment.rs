@@ -23,12 +23,17 @@ use crate::{migrated, ok, rejected};
 
 /// The payment worker with the simulator booking into `pool`'s ledger.
 fn simulated_on(pool: &PgPool) -> Payment {
-    Payment::new(Simulator::new(pool.clone()))
+    Payment::with_config(Simulator::new(pool.clone()), PaymentConfig::simulated())
 }
 
 /// Runs `command` for `saga_id` as the runtime does (inbox, both phases), as
 /// a new message each time, as a retry is; the reply's outcome.
-async fn handle(payment: &Payment, pool: &PgPool, saga_id: Uuid, command: Command) -> Outcome {
+async fn handle<P: PaymentProvider>(
+    payment: &Payment<P>,
+    pool: &PgPool,
+    saga_id: Uuid,
+    command: Command,
+) -> Outcome {
     let envelope = Envelope::command(saga_id, 1, command);
     let body = handle_command(payment, pool, &envelope)
         .await
@@ -471,7 +476,7 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
         Simulator::new(db.pool.clone()),
         PaymentConfig {
             max_amount_cents: 5_000,
-            ..PaymentConfig::default()
+            ..PaymentConfig::simulated()
         },
     );
     let (why, _) = rejected(
@@ -666,7 +671,7 @@ async fn a_provider_that_lost_an_approved_charge_refunds_nothing_and_the_refund_
 async fn a_vanished_payment_intent_is_permanent_not_retried() {
     use saga_shared::failure::Classify;
     let db = payments().await;
-    let payment = Payment::new(Simulator::new(db.pool.clone()));
+    let payment = Payment::with_config(Simulator::new(db.pool.clone()), PaymentConfig::simulated());
     let saga = Uuid::new_v4();
     let envelope = Envelope::command(saga, 1, charge(700, "sim_approve"));
     let mut tx = db.pool.begin().await.unwrap();
@@ -747,10 +752,13 @@ impl PaymentProvider for RefundOvertakes {
 #[tokio::test]
 async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement() {
     let db = payments().await;
-    let payment = Payment::new(RefundOvertakes {
-        simulator: Simulator::new(db.pool.clone()),
-        pool: db.pool.clone(),
-    });
+    let payment = Payment::with_config(
+        RefundOvertakes {
+            simulator: Simulator::new(db.pool.clone()),
+            pool: db.pool.clone(),
+        },
+        PaymentConfig::simulated(),
+    );
     let saga = Uuid::new_v4();
     let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
 
@@ -768,4 +776,105 @@ async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement
     );
     let again = handle_command(&payment, &db.pool, &command).await.unwrap();
     assert_eq!(again, body);
+}
+
+#[tokio::test]
+async fn sim_methods_are_refused_unless_the_simulator_is_switched_on() {
+    let db = payments().await;
+    // What the binary runs with PAYMENT_PROVIDER unset.
+    let production =
+        Payment::with_config(Simulator::new(db.pool.clone()), PaymentConfig::default());
+    for method in [
+        "sim_approve",
+        "sim_down",
+        "sim_slow_60000",
+        "sim_transient_3",
+    ] {
+        let saga = Uuid::new_v4();
+        let (why, detail) =
+            rejected(handle(&production, &db.pool, saga, charge(1_000, method)).await);
+        assert_eq!(why, reason::INVALID_PAYMENT_METHOD, "{method}");
+        assert!(detail.contains("PAYMENT_PROVIDER=simulator"), "{detail}");
+        assert_eq!(
+            find_payment_row(&db.pool, saga).await,
+            None,
+            "{method}: nothing written"
+        );
+        assert_eq!(
+            ledger_of(&db.pool, saga).await,
+            None,
+            "{method}: nothing booked"
+        );
+    }
+    // The switch, as PaymentConfig::from_source reads it.
+    let env: std::collections::HashMap<String, String> =
+        [("PAYMENT_PROVIDER".to_owned(), "simulator".to_owned())].into();
+    let switched = Payment::with_config(
+        Simulator::new(db.pool.clone()),
+        PaymentConfig::from_source(&env).unwrap(),
+    );
+    let saga = Uuid::new_v4();
+    let charge = charged(handle(&switched, &db.pool, saga, charge(1_000, "sim_approve")).await);
+    assert_eq!(charge.amount_cents, 1_000);
+}
+
+/// The simulator, but a refund returns only part of what was charged.
+struct ShortRefund {
+    simulator: Simulator,
+    refunds_cents: i64,
+}
+
+impl PaymentProvider for ShortRefund {
+    async fn charge(&self, request: &ChargeRequest) -> ProviderAnswer {
+        self.simulator.charge(request).await
+    }
+
+    async fn refund(&self, _: &RefundRequest) -> ProviderAnswer {
+        ProviderAnswer::Approved {
+            reference: Uuid::new_v4(),
+            amount_cents: self.refunds_cents,
+        }
+    }
+
+    async fn lookup(&self, key: &IdempotencyKey) -> Lookup {
+        self.simulator.lookup(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_refund_keeps_the_charged_amount_and_records_the_refund_beside_it() {
+    let db = payments().await;
+    let payment = Payment::with_config(
+        ShortRefund {
+            simulator: Simulator::new(db.pool.clone()),
+            refunds_cents: 500,
+        },
+        PaymentConfig::simulated(),
+    );
+    let saga = Uuid::new_v4();
+    charged(handle(&payment, &db.pool, saga, charge(1_200, "sim_approve")).await);
+
+    assert_eq!(
+        refunded(handle(&payment, &db.pool, saga, refund()).await),
+        500
+    );
+
+    // The books say 700 is still out, where overwriting the charge with the
+    // refund netted them to zero.
+    assert_eq!(
+        payment_row(&db.pool, saga).await,
+        ("refunded".into(), 1_200, 500, 0)
+    );
+    // A full refund of a recorded charge, and a voided one, as before.
+    let full = Uuid::new_v4();
+    let simulated = simulated_on(&db.pool);
+    charged(handle(&simulated, &db.pool, full, charge(1_200, "sim_approve")).await);
+    assert_eq!(
+        refunded(handle(&simulated, &db.pool, full, refund()).await),
+        1_200
+    );
+    assert_eq!(
+        payment_row(&db.pool, full).await,
+        ("refunded".into(), 1_200, 1_200, 0)
+    );
 }

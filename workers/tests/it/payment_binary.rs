@@ -32,6 +32,7 @@ fn a_bad_maximum_or_failpoint_stops_the_worker_naming_the_variable() {
         ("PAYMENT_MAX_AMOUNT_CENTS", "a lot"),
         ("PAYMENT_MAX_AMOUNT_CENTS", "99999999999999999999"),
         ("PAYMENT_FAILPOINT", "sometimes"),
+        ("PAYMENT_PROVIDER", "stripe"),
     ] {
         let mut env = service.to_vec();
         env.push((name, value));

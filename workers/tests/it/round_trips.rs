@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use workers::inventory::{self, catalogue, Inventory};
-use workers::payment::{self, Payment, Simulator};
+use workers::payment::{self, Payment, PaymentConfig, Simulator};
 use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
 
 use crate::migrated;
@@ -313,10 +313,13 @@ async fn a_first_charge_is_one_statement_each_side_of_the_provider_call() {
     let proxy = CountingProxy::start(&db).await;
     let pool = proxy.pool().await;
     // The provider is another party: its books are not on the proxy.
-    let general = General(Payment::new(Simulator::new(db.pool.clone())));
+    let general = General(Payment::with_config(
+        Simulator::new(db.pool.clone()),
+        PaymentConfig::simulated(),
+    ));
     round_trips(&proxy, &pool, &general, &charge(Uuid::new_v4())).await;
     let before = round_trips(&proxy, &pool, &general, &charge(Uuid::new_v4())).await;
-    let payment = Payment::new(Simulator::new(db.pool.clone()));
+    let payment = Payment::with_config(Simulator::new(db.pool.clone()), PaymentConfig::simulated());
     round_trips(&proxy, &pool, &payment, &charge(Uuid::new_v4())).await;
     let after = round_trips(&proxy, &pool, &payment, &charge(Uuid::new_v4())).await;
     println!("payment charge, round trips: {before:?} before, {after:?} after");

@@ -718,7 +718,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
     use saga_shared::messages::ChargePayment;
-    use workers::payment::{self, Payment, Simulator};
+    use workers::payment::{self, Payment, PaymentConfig, Simulator};
 
     let db = migrated("payment_runtime", &payment::MIGRATOR).await;
     let guard = TopologyGuard::new(&random_prefix());
@@ -763,7 +763,7 @@ async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
     )
     .await;
     let worker = tokio::spawn(run_worker_until_stopped(
-        Payment::new(Simulator::new(db.pool.clone())),
+        Payment::with_config(Simulator::new(db.pool.clone()), PaymentConfig::simulated()),
         db.pool.clone(),
         broker.clone(),
         16,

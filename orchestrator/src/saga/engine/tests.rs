@@ -67,6 +67,7 @@ fn ok_for(step: Step) -> Outcome {
         Step::Charge => StepResult::Charged(Charged {
             payment_id: Uuid::nil(),
             amount_cents: 2_695,
+            currency: Some("USD".into()),
         }),
         Step::Release => StepResult::Released(Released { released: true }),
         Step::Refund => StepResult::Refunded(Refunded {
@@ -190,6 +191,13 @@ fn declined_charge_releases_the_stock_then_is_rejected() {
     assert_eq!(t.saga.reason.as_deref(), Some(reason::PAYMENT_DECLINED));
 }
 
+/// The test request with `quantity` of its SKU A.
+fn request_of_a(quantity: u32) -> CheckoutRequest {
+    let mut request = request();
+    request.items[0].quantity = quantity;
+    request
+}
+
 /// A reservation priced so that the money overflows an `i64` of cents.
 fn reserved_at(unit_price_cents: i64, quantity: u32) -> Outcome {
     Outcome::Ok(StepResult::Reserved(Reserved {
@@ -214,7 +222,7 @@ fn reserved_at(unit_price_cents: i64, quantity: u32) -> Outcome {
 #[test]
 fn a_subtotal_that_overflows_is_rejected_and_the_stock_released() {
     for (price, quantity) in [(i64::MAX, 2), (i64::MAX, 1)] {
-        let saga = start(Uuid::nil(), request(), ctx()).saga;
+        let saga = start(Uuid::nil(), request_of_a(quantity), ctx()).saga;
         let t = handle(&saga, reply(&saga, reserved_at(price, quantity)), ctx());
         assert_eq!(
             t.saga.status,
@@ -235,7 +243,7 @@ fn a_subtotal_that_overflows_is_rejected_and_the_stock_released() {
 
 #[test]
 fn a_total_that_overflows_is_rejected_before_any_charge() {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = start(Uuid::nil(), request_of_a(1), ctx()).saga;
     // The subtotal just fits; the tax pushes the total over.
     let saga = handle(&saga, reply(&saga, reserved_at(i64::MAX - 1, 1)), ctx()).saga;
     assert_eq!(saga.subtotal_cents(), Some(i64::MAX));
@@ -741,4 +749,31 @@ proptest! {
             other => prop_assert!(false, "unexpected status {:?}", other),
         }
     }
+}
+
+mod mismatches;
+
+#[test]
+fn an_expired_park_cancels_forward_and_retries_a_compensation() {
+    let parked = parked_at_charge();
+    let t = expire_park(&parked, "24h", ctx()).unwrap();
+    assert!(t.saga.cancelled);
+    assert_eq!(sent_steps(&t), vec![(Step::Refund, 1)]);
+    assert_eq!(t.history[0].event, "park_expired");
+    assert_eq!(
+        t.history[0].detail.as_deref(),
+        Some("parked longer than PARKED_SAGA_TTL (24h); cancelling with compensation")
+    );
+    // Parked compensating: the compensation is the only way on.
+    let mut saga = act(&at_charge(), Action::Cancel, "bob", "x", ctx())
+        .unwrap()
+        .saga;
+    for _ in 0..3 {
+        saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
+    }
+    assert_eq!(saga.status, SagaStatus::Suspended);
+    let t = expire_park(&saga, "1s", ctx()).unwrap();
+    assert_eq!(t.saga.status, SagaStatus::Compensating);
+    assert_eq!(sent_steps(&t), vec![(Step::Refund, 4)]);
+    assert_eq!(expire_park(&at_charge(), "1s", ctx()), None);
 }

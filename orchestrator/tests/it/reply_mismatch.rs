@@ -1,0 +1,151 @@
+//! A reply that does not match what its saga expects is never applied: a
+//! forged `payment.charge` reply of 1 cent, published on the reply exchange
+//! as a payment worker publishes its replies, while the real charge is
+//! still at the provider, parks the saga instead of completing it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_shared::broker::{Broker, Outgoing};
+use saga_shared::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
+use saga_shared::testing;
+use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_shared::{Envelope, Step};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::system::{order, System};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The mismatch counter's value for `step` and `field`, summed over the
+/// lines that carry both labels (the exporter's label order is its own).
+async fn mismatches(system: &System, step: &str, field: &str) -> f64 {
+    let text = system
+        .http
+        .get(format!("{}/metrics", system.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("checkout_reply_mismatches_total{"))
+        .filter(|line| {
+            line.contains(&format!(r#"step="{step}""#))
+                && line.contains(&format!(r#"field="{field}""#))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted() {
+    let system = System::start().await;
+    let before = mismatches(&system, "payment.charge", "amount_cents").await;
+    // 5 x 2,000 + 7.25 % tax; the provider answers after 4 s.
+    let id = system
+        .place(&order(&[("TSHIRT", 5)], "sim_slow_4000"))
+        .await;
+    let saga: Uuid = id.parse().unwrap();
+    testing::eventually("the charge at the provider", PATIENCE, || async {
+        let step: Option<String> =
+            sqlx::query_scalar("SELECT current_step FROM sagas WHERE id = $1")
+                .bind(saga)
+                .fetch_one(&system.orchestrator_db.pool)
+                .await
+                .unwrap();
+        (step.as_deref() == Some("payment.charge")).then_some(())
+    })
+    .await;
+
+    // Any broker user could publish this; it answers attempt 1 of the
+    // charge, with the routing, type and ids a payment worker's reply has.
+    let stop = CancellationToken::new();
+    let broker = Arc::new(
+        Broker::connect(
+            &testing::amqp_url(),
+            Topology::new(&system.prefix),
+            "forger",
+            &stop,
+        )
+        .await
+        .unwrap(),
+    );
+    let command = Envelope::command(
+        saga,
+        1,
+        Command::Charge(ChargePayment {
+            amount_cents: 10_725,
+            currency: "USD".into(),
+            payment_method: "sim_slow_4000".into(),
+            customer_id: "customer-1".into(),
+        }),
+    );
+    let forged = command.reply(Outcome::Ok(StepResult::Charged(Charged {
+        payment_id: Uuid::new_v4(),
+        amount_cents: 1,
+        currency: Some("USD".into()),
+    })));
+    broker
+        .publish(&Outgoing {
+            exchange: broker.topology().reply_exchange(),
+            routing_key: REPLY_ROUTING_KEY.to_owned(),
+            body: forged.encode(),
+            message_id: forged.message_id,
+            saga_id: saga,
+            message_type: Step::Charge.reply_type(),
+            traceparent: saga_shared::traceparent::for_saga(saga),
+        })
+        .await
+        .unwrap();
+
+    system
+        .wait_status(std::slice::from_ref(&id), "suspended", PATIENCE)
+        .await;
+    let (status, view) = system
+        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        view["last_error"], "payment.charge reply: amount_cents expected 10725, got 1",
+        "{view}"
+    );
+    // The client never saw it complete.
+    let (_, checkout) = system.get(&format!("/v1/checkouts/{id}")).await;
+    assert_eq!(checkout["status"], "pending", "{checkout}");
+    assert_eq!(
+        mismatches(&system, "payment.charge", "amount_cents").await,
+        before + 1.0
+    );
+
+    // The real charge's answer comes late and changes nothing; a support
+    // retry asks the worker, whose books have the true charge.
+    testing::eventually("the real charge recorded", PATIENCE, || async {
+        let charged: Option<i64> = sqlx::query_scalar(
+            "SELECT amount_cents FROM payments WHERE saga_id = $1 AND status = 'charged'",
+        )
+        .bind(saga)
+        .fetch_optional(&system.payment_db.pool)
+        .await
+        .unwrap();
+        charged.map(|amount| assert_eq!(amount, 10_725))
+    })
+    .await;
+    assert_eq!(system.saga_status(&id).await, "suspended");
+    let (status, body) = system
+        .admin(
+            "POST",
+            &format!("/v1/admin/sagas/{id}/retry"),
+            Some(json!({"reason": "forged reply refused; ask the worker"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = system.wait_final(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["total_cents"], 10_725);
+    stop.cancel();
+    system.stop().await;
+}
