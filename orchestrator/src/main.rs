@@ -14,7 +14,12 @@ use saga_shared::{schema, shutdown, telemetry, tls};
 /// sslmode and sslrootcert, as libpq), AMQP_URL (amqps:// for TLS),
 /// AMQP_CA_FILE, AMQP_PREFIX, HTTP_ADDR, HTTP_REQUEST_TIMEOUT_SECONDS,
 /// HTTP_HEADER_READ_TIMEOUT_SECONDS, HTTP_MAX_CONNECTIONS, HTTP_MAX_WAITERS,
-/// ADMIN_TOKENS, PREFETCH, DATABASE_POOL_SIZE,
+/// ADMIN_TOKENS, ADMIN_HTTP_ADDR (when set, the support API, /admin console
+/// and /metrics are served there only), CHECKOUT_CLIENT_KEYS (name=key,...,
+/// keys of 16 characters or more), CLIENT_RATE_PER_SECOND (default 100),
+/// CLIENT_RATE_BURST (200), CLIENT_MAX_IN_FLIGHT (1000), WORKER_USERS
+/// (inventory=USER,tax=USER,payment=USER: who replies may come from),
+/// PREFETCH, DATABASE_POOL_SIZE,
 /// SHUTDOWN_GRACE_SECONDS, STEP_MAX_ATTEMPTS, STEP_BACKOFF_BASE_MS,
 /// STEP_BACKOFF_MAX_MS, STEP_DEADLINE_MS, STEP_ON_EXHAUSTED (and the same
 /// per step, e.g. STEP_PAYMENT_CHARGE_DEADLINE_MS), MIGRATE_ON_START
