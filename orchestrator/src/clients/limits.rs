@@ -53,8 +53,14 @@ impl ClientLimits {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
+    // The bounds `check` enforces, stated in the OpenAPI document too.
+    #[schema(exclusive_minimum = 0.0)]
     pub rate_per_second: Option<f64>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(default, deserialize_with = "whole_count")]
     pub rate_burst: Option<u32>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(default, deserialize_with = "whole_count")]
     pub max_in_flight: Option<u32>,
 }
 
@@ -93,6 +99,32 @@ impl LimitOverrides {
         if self.max_in_flight.is_some_and(|n| n > i32::MAX as u32) {
             return Err(("max_in_flight", "must be at most 2147483647"));
         }
+        if self.rate_burst.is_some_and(|n| n > i32::MAX as u32) {
+            return Err(("rate_burst", "must be at most 2147483647"));
+        }
         Ok(())
+    }
+}
+
+/// A count given as any whole JSON number (`3`, `3.0`, `3e0`), as the
+/// checkout API takes a quantity: JSON does not tell 3 from 3.0.
+pub fn whole_count<'de, D>(deserializer: D) -> Result<Option<u32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64)
+            .map(|f| f as u64)
+    });
+    match whole.and_then(|n| u32::try_from(n).ok()) {
+        Some(n) => Ok(Some(n)),
+        None => Err(serde::de::Error::custom(format!(
+            "must be a whole number from 1 to 2147483647, got {number}"
+        ))),
     }
 }

@@ -3,7 +3,7 @@
 //! limits.
 
 mod keys;
-mod limits;
+pub mod limits;
 mod rate;
 mod registry;
 pub mod store;

@@ -59,9 +59,15 @@ pub struct NewClient {
 #[serde(deny_unknown_fields)]
 pub struct NewClientBody {
     /// 1 to 64 of A-Z a-z 0-9 . _ -
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     name: String,
+    #[schema(exclusive_minimum = 0.0)]
     rate_per_second: Option<f64>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(default, deserialize_with = "crate::clients::limits::whole_count")]
     rate_burst: Option<u32>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(default, deserialize_with = "crate::clients::limits::whole_count")]
     max_in_flight: Option<u32>,
 }
 

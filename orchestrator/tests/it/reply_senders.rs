@@ -30,6 +30,7 @@ fn forged_charge(topology: &Topology, saga_id: Uuid, amount_cents: i64) -> Outgo
     .reply(Outcome::Ok(StepResult::Charged(Charged {
         payment_id: Uuid::new_v4(),
         amount_cents,
+        currency: Some("EUR".into()),
     })));
     Outgoing {
         exchange: topology.reply_exchange(),
