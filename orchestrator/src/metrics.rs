@@ -176,6 +176,7 @@ fn describe_and_zero() {
     for step in Step::ALL {
         let step = step.routing_key();
         metrics::counter!(SAGAS_SUSPENDED, "step" => step).absolute(0);
+        metrics::counter!(REPLIES_REFUSED, "step" => step).absolute(0);
         metrics::counter!(DEADLINES_MISSED, "step" => step).absolute(0);
         metrics::counter!(OUTBOX_REFUSED, "routing_key" => step).absolute(0);
         metrics::counter!(OUTBOX_PARKED, "routing_key" => step).absolute(0);

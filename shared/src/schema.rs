@@ -489,31 +489,61 @@ async fn migrate_on(
 }
 
 /// Takes sqlx's migration lock, saying so when another migration holds it.
+///
+/// Polled with `pg_try_advisory_lock`, never waited for in one blocking
+/// `pg_advisory_lock`: a statement that blocks holds a snapshot, and a
+/// `CREATE INDEX CONCURRENTLY` the holder runs waits for every older
+/// snapshot to go. Two instances starting at once would then wait for each
+/// other for ever (the lock's holder for the waiter's snapshot, the waiter
+/// for the lock), out of sight of the deadlock detector.
 async fn take_migration_lock(
     conn: &mut PgConnection,
     schema: &Schema,
     settings: MigrateSettings,
 ) -> Result<(), SchemaError> {
-    let mut lock = conn.lock();
-    let taken = tokio::select! {
-        taken = &mut lock => taken,
-        () = tokio::time::sleep(Duration::from_secs(1)) => {
+    let database = |error| SchemaError::Database {
+        service: schema.service,
+        error,
+    };
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(database)?;
+    let id = migration_lock_id(&name);
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(database)?;
+        if taken {
+            return Ok(());
+        }
+        if started.elapsed() >= settings.statement_timeout {
+            return Err(SchemaError::LockBusy {
+                service: schema.service,
+                timeout: show(settings.statement_timeout),
+            });
+        }
+        if !said && started.elapsed() >= Duration::from_secs(1) {
+            said = true;
             tracing::warn!(
                 "another migration of this database holds the migration lock; waiting for it, at most {} (MIGRATE_STATEMENT_TIMEOUT)",
                 show(settings.statement_timeout)
             );
-            lock.await
         }
-    };
-    taken.map_err(|error| match &error {
-        MigrateError::Execute(e) if sqlstate(e).as_deref() == Some(QUERY_CANCELED) => {
-            SchemaError::LockBusy {
-                service: schema.service,
-                timeout: show(settings.statement_timeout),
-            }
-        }
-        _ => migrate_failure(schema, settings, error),
-    })
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The key of sqlx's migration lock on database `name`: the one every
+/// build of this project (and sqlx's own `Migrate::lock`) takes, so that
+/// older releases and this one exclude each other.
+fn migration_lock_id(name: &str) -> i64 {
+    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * (CRC_IEEE.checksum(name.as_bytes()) as i64)
 }
 
 /// lock_not_available: `lock_timeout` fired.

@@ -241,6 +241,21 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         .await;
     let id_shown = browser.text_of("detail-id").await;
     assert_eq!(id_shown, saga_id, "the detail shows another saga");
+    // Whose checkout it is, and the clients with their limits.
+    assert_eq!(
+        browser.text_of("detail-client").await,
+        crate::system::CLIENT
+    );
+    for client in [crate::system::CLIENT, crate::system::OTHER_CLIENT] {
+        browser
+            .wait_for(
+                "the checkout clients listed",
+                Locator::XPath(&format!(
+                    "//table[@id='clients']//td[normalize-space()='{client}']"
+                )),
+            )
+            .await;
+    }
 
     c.find(Locator::Id("action-reason"))
         .await
