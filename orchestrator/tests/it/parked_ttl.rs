@@ -44,16 +44,31 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
     let both = [expiring.clone(), extended.clone()];
     system.wait_status(&both, "suspended", PATIENCE).await;
 
-    let (status, answer) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{extended}/extend-park"),
-            Some(json!({"by": "1h", "reason": "the customer called; provider back soon"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    assert!(answer["park_expires_at"].is_string(), "{answer}");
-    assert_eq!(answer["saga"]["status"], "suspended", "{answer}");
+    // Support extends it with sagactl, as an operator would.
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"))
+        .args([
+            "extend",
+            &extended,
+            "--by",
+            "1h",
+            "--reason",
+            "the customer called; provider back soon",
+        ])
+        .env("SAGACTL_URL", &system.base_url)
+        .env("SAGACTL_TOKEN", crate::system::ADMIN_TOKEN)
+        .output()
+        .await
+        .expect("sagactl runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("saga {extended} parked until ")),
+        "{stdout}"
+    );
     system.outage(false).await;
 
     // The other one outlives its limit: released and refunded (nothing was
