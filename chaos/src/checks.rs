@@ -68,7 +68,12 @@ pub struct SagaRow {
 /// Every saga of the run, read straight from the orchestrator's database.
 pub async fn sagas(pool: &PgPool) -> anyhow::Result<Vec<SagaRow>> {
     sqlx::query_as(
-        "SELECT id, status, current_step, attempt, idempotency_key, last_error
+        // The key as the client sent it: stored scoped by its client
+        // (`client:key`) since checkout clients, bare before.
+        "SELECT id, status, current_step, attempt,
+                CASE WHEN client IS NULL THEN idempotency_key
+                     ELSE substr(idempotency_key, length(client) + 2) END AS idempotency_key,
+                last_error
          FROM sagas ORDER BY created_at",
     )
     .fetch_all(pool)

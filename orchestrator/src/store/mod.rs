@@ -197,6 +197,7 @@ impl Store {
         idempotency_key: Option<&str>,
         request_hash: &str,
     ) -> Result<Created, StoreError> {
+        let bare_key = idempotency_key;
         let idempotency_key = idempotency_key.map(|key| scoped_key(owner.client, key));
         let id = Uuid::now_v7();
         tracing::Span::current().record("saga_id", tracing::field::display(id));
@@ -212,6 +213,7 @@ impl Store {
             .bind(traceparent::of(&tracing::Span::current()))
             .bind(owner.client)
             .bind(i64::from(owner.max_in_flight))
+            .bind(bare_key)
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -227,9 +229,11 @@ impl Store {
         };
         let existing: Option<KeyedRow> = sqlx::query_as(
             "SELECT request_hash, id, state, created_at, updated_at
-             FROM sagas WHERE idempotency_key = $1",
+             FROM sagas WHERE idempotency_key = $1 OR (idempotency_key = $2 AND client IS NULL)
+             ORDER BY client NULLS LAST LIMIT 1",
         )
         .bind(idempotency_key)
+        .bind(bare_key)
         .fetch_optional(&self.pool)
         .await?;
         // Sagas are never deleted: a key not found was never taken.

@@ -29,7 +29,9 @@ macro_rules! transition_writes {
 
 /// Creates a saga: $23 idempotency key (scoped by the client), $24 request
 /// hash, $25 the creating span's traceparent, $26 the client, $27 its
-/// limit of checkouts in flight. Over the limit nothing is written: the
+/// limit of checkouts in flight, $28 the key unscoped (a checkout a release
+/// before clients made with it is that checkout: nothing is written, and the
+/// caller finds it). Over the limit nothing is written: the
 /// count reads only `sagas_client_in_flight` (sagas not final) and stops
 /// at the limit. Two checkouts of a client racing may both pass at the
 /// limit's edge: the limit is a guard against a runaway client, not a quota
@@ -45,6 +47,9 @@ pub const INSERT: &str = concat!(
                     SELECT 1 FROM sagas WHERE client = $26
                         AND status IN ('running', 'compensating', 'suspended') LIMIT $27
                 ) in_flight) < $27
+           -- The same key, unscoped, from a release before clients (a
+           -- retry that first reached a v0.3.0 instance): that checkout.
+           AND NOT EXISTS (SELECT 1 FROM sagas WHERE idempotency_key = $28 AND client IS NULL)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id, state, client, created_at, updated_at
      ), ",

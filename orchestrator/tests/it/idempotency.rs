@@ -53,3 +53,32 @@ async fn concurrent_posts_with_one_key_create_one_checkout() {
     assert_eq!(system.available("TSHIRT").await, 99);
     system.stop().await;
 }
+
+/// A retry whose first try reached a release before checkout clients (its
+/// key stored bare, no client) finds that checkout here: rolling the
+/// orchestrators never turns one checkout into two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_a_release_before_clients_stored_bare_is_still_the_same_checkout() {
+    let system = System::start().await;
+    let body = order(&[("BOOK", 1)], "sim_approve");
+    let (status, first) = system.post(&body, Some("legacy-1")).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["checkout_id"].as_str().unwrap();
+    // As v0.3.0 writes it.
+    sqlx::query("UPDATE sagas SET idempotency_key = 'legacy-1', client = NULL WHERE id = $1::uuid")
+        .bind(id)
+        .execute(&system.orchestrator_db.pool)
+        .await
+        .unwrap();
+
+    let (again_status, again) = system.post(&body, Some("legacy-1")).await;
+    assert_eq!(again_status, 200, "{again}");
+    assert_eq!(again["checkout_id"], first["checkout_id"]);
+    let (conflict_status, problem) = system
+        .post(&order(&[("BOOK", 2)], "sim_approve"), Some("legacy-1"))
+        .await;
+    assert_eq!(conflict_status, 422, "{problem}");
+    assert_eq!(system.saga_count().await, 1);
+    system.wait_final(id).await;
+    system.stop().await;
+}
