@@ -136,22 +136,16 @@ async fn main() -> ExitCode {
     };
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
     let client_key = uuid::Uuid::new_v4().simple().to_string();
-    let mut specs = setup::specs(
+    let specs = setup::specs(
         settings.start_bin_dir(),
         &env,
         ports,
         &admin_token,
         &client_key,
     );
-    if settings.upgrade.is_some() {
-        // As docs/upgrading.md has production run: only the deploy step
-        // migrates, a new process checks the schema it finds. The older
-        // release ignores the variable and migrates at start as it did.
-        for spec in &mut specs {
-            spec.env
-                .push(("MIGRATE_ON_START".to_owned(), "false".to_owned()));
-        }
-    }
+    // The release rolled from starts as it was deployed: migrating at start
+    // (a release with `migrate` would otherwise refuse the fresh databases).
+    // Each replacement runs with MIGRATE_ON_START=false (Fleet::replace).
     let fleet = Arc::new(Mutex::new(Fleet::new(&log_dir, specs)));
     let api = Arc::new(Api::new(
         ports

@@ -188,6 +188,12 @@ impl Fleet {
         }
         let stopped_after = asked.elapsed();
         self.slots[slot].spec.binary = binary;
+        // The replacement runs as docs/upgrading.md has production run it:
+        // only the deploy step (`migrate`) migrates; a new process checks
+        // the schema it finds.
+        let env = &mut self.slots[slot].spec.env;
+        env.retain(|(name, _)| name != "MIGRATE_ON_START");
+        env.push(("MIGRATE_ON_START".to_owned(), "false".to_owned()));
         self.start(slot)?;
         Ok(stopped_after)
     }

@@ -229,8 +229,10 @@ pub struct TaxCalculated {
 pub struct Charged {
     pub payment_id: Uuid,
     pub amount_cents: i64,
-    /// The currency charged; absent from workers older than the field, so
-    /// a reader tolerates its absence.
+    /// The currency charged. Read, checked against the checkout's when
+    /// present, but not sent yet: v0.2.0 orchestrators refuse unknown fields
+    /// in a result, so the payment worker sends it once v0.2.0 is out of
+    /// the two releases a build must roll from (see `CHARGE_REPLY_CURRENCY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
 }

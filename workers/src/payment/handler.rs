@@ -126,13 +126,24 @@ fn already_compensated(saga_id: Uuid) -> Outcome {
     )
 }
 
+/// Whether a charge reply carries its currency. Not yet: a v0.2.0
+/// orchestrator, still one a deployment may roll from, dead-letters a result
+/// with a field it does not know (scripts/upgrade-test found it). The
+/// orchestrator checks the currency when a reply has one; until then the
+/// command's currency is the only one a worker charges in.
+const CHARGE_REPLY_CURRENCY: bool = false;
+
+fn reply_currency(currency: Option<String>) -> Option<String> {
+    currency.filter(|_| CHARGE_REPLY_CURRENCY)
+}
+
 /// What a settled or refused payment answers to another charge.
 fn charge_answer(saga_id: Uuid, status: Status, row: PaymentRow) -> Result<Outcome, sqlx::Error> {
     Ok(match status {
         Status::Charged => Outcome::Ok(StepResult::Charged(Charged {
             payment_id: reference_of(saga_id, &row)?,
             amount_cents: row.amount_cents,
-            currency: row.currency,
+            currency: reply_currency(row.currency),
         })),
         Status::Declined => Outcome::Rejected {
             reason: row
@@ -344,7 +355,7 @@ async fn settle_charge(
                 .then_some(Outcome::Ok(StepResult::Charged(Charged {
                     payment_id: reference,
                     amount_cents,
-                    currency: Some(charge.currency.clone()),
+                    currency: reply_currency(Some(charge.currency.clone())),
                 })))
         }
         ChargeVerdict::Declined { reason, detail } => {
@@ -407,7 +418,7 @@ async fn settle_charge_with_reply(
             Outcome::Ok(StepResult::Charged(Charged {
                 payment_id: reference,
                 amount_cents,
-                currency: Some(charge.currency.clone()),
+                currency: reply_currency(Some(charge.currency.clone())),
             })),
         ),
         ChargeVerdict::Declined { reason, ref detail } => (
