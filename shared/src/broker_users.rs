@@ -250,15 +250,9 @@ pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::Exi
             return ExitCode::from(2);
         }
     };
-    let management = match Management::new(
-        amqp_url.expose_secret(),
-        management_url.as_ref().map(|url| url.expose_secret()),
-    ) {
+    let management = match Management::from_settings(&amqp_url, management_url.as_ref()) {
         Ok(management) => management,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let topology = Topology::new(&prefix);
     let users = match management.ensure_users(&topology, base, rotate).await {

@@ -320,6 +320,25 @@ pub(crate) type BrokerSettings = (
     Option<secrecy::SecretString>,
 );
 
+impl Management {
+    /// A command's client of the management API, from its settings; a bad
+    /// address is said on stderr, with exit code 2.
+    pub(crate) fn from_settings(
+        amqp_url: &secrecy::SecretString,
+        management_url: Option<&secrecy::SecretString>,
+    ) -> Result<Management, std::process::ExitCode> {
+        use secrecy::ExposeSecret;
+        Management::new(
+            amqp_url.expose_secret(),
+            management_url.map(|url| url.expose_secret()),
+        )
+        .map_err(|error| {
+            eprintln!("error: {error}");
+            std::process::ExitCode::from(2)
+        })
+    }
+}
+
 pub(crate) fn broker_settings() -> Result<BrokerSettings, crate::config::ConfigError> {
     use secrecy::ExposeSecret;
     let source = crate::config::Environment;
@@ -352,15 +371,9 @@ pub async fn topology_command() -> std::process::ExitCode {
         }
     };
     let topology = Topology::new(&prefix);
-    let management = match Management::new(
-        amqp_url.expose_secret(),
-        management_url.as_ref().map(|url| url.expose_secret()),
-    ) {
+    let management = match Management::from_settings(&amqp_url, management_url.as_ref()) {
         Ok(management) => management,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // Declared first: a policy applies to the queues it matches.
     let stop = tokio_util::sync::CancellationToken::new();

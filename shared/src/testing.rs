@@ -127,29 +127,38 @@ impl TopologyGuard {
     }
 }
 
+/// Runs a test's clean-up to its end from `Drop`, which may be called
+/// inside or outside a runtime: on a thread and runtime of its own.
+fn clean_up<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work)
+    })
+    .join();
+}
+
 impl Drop for TopologyGuard {
     fn drop(&mut self) {
         let topology = self.topology.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let props = lapin::ConnectionProperties::default();
-                if let Ok(conn) = lapin::Connection::connect(&amqp_url(), props).await {
-                    if let Ok(channel) = conn.create_channel().await {
-                        let _ = topology.delete(&channel).await;
-                    }
-                    let _ = conn.close(200, "bye".into()).await;
+        clean_up(async move {
+            let props = lapin::ConnectionProperties::default();
+            if let Ok(conn) = lapin::Connection::connect(&amqp_url(), props).await {
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = topology.delete(&channel).await;
                 }
-                // The services under test created the prefix's policies.
-                if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
-                    let _ = management.remove(&topology).await;
-                }
-            });
-        })
-        .join();
+                let _ = conn.close(200, "bye".into()).await;
+            }
+            // The services under test created the prefix's policies.
+            if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
+                let _ = management.remove(&topology).await;
+            }
+        });
     }
 }
 
@@ -207,18 +216,11 @@ impl BrokerUsers {
 impl Drop for BrokerUsers {
     fn drop(&mut self) {
         let base = self.base.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
-                    let _ = management.remove_users(&base).await;
-                }
-            });
-        })
-        .join();
+        clean_up(async move {
+            if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
+                let _ = management.remove_users(&base).await;
+            }
+        });
     }
 }
 
