@@ -43,7 +43,13 @@ async fn mismatches(system: &System, step: &str, field: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted() {
-    let system = System::start().await;
+    // Every service on its own broker user, replies checked for their
+    // sender: the forger holds the payment worker's own credentials.
+    let system = System::start_setup(crate::system::Setup {
+        broker_users: true,
+        ..Default::default()
+    })
+    .await;
     let before = mismatches(&system, "payment.charge", "amount_cents").await;
     // 5 x 2,000 + 7.25 % tax; the provider answers after 4 s.
     let id = system
@@ -61,12 +67,15 @@ async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted()
     })
     .await;
 
-    // Any broker user could publish this; it answers attempt 1 of the
-    // charge, with the routing, type and ids a payment worker's reply has.
+    // As the payment worker's user (a leaked password, a buggy worker): it
+    // answers attempt 1 of the charge, with the routing, type and ids a
+    // payment worker's reply has.
     let stop = CancellationToken::new();
     let broker = Arc::new(
         Broker::connect(
-            &testing::amqp_url(),
+            &system.amqp_url_for(saga_shared::broker_users::Role::Worker(
+                saga_shared::WorkerKind::Payment,
+            )),
             Topology::new(&system.prefix),
             "forger",
             &stop,
