@@ -61,6 +61,13 @@ pub fn parse_checkout(body: &[u8]) -> Result<CheckoutRequest, ApiError> {
 
 /// A JSON request body as `T`, or the field that does not fit and why.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body this API takes is an object; serde would also read a
+    // struct from an array of its fields in order (`[null, null]`).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::MalformedJson(
+            "the body must be a JSON object, not an array".into(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
     de.end()
@@ -292,6 +299,23 @@ mod tests {
         let r = parse_checkout(OK.as_bytes()).unwrap();
         assert_eq!(r.ship_to.country, "US");
         assert_eq!(r.ship_to.region, "");
+    }
+
+    #[test]
+    fn a_body_is_an_object_never_an_array_of_its_fields() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Limits {
+            rate: Option<u32>,
+            burst: Option<u32>,
+        }
+        assert!(parse_json::<Limits>(br#"{"rate": 1}"#).is_ok());
+        for body in [&b"[null, null]"[..], b"  [1, 2]"] {
+            let error = parse_json::<Limits>(body).unwrap_err();
+            assert!(matches!(error, ApiError::MalformedJson(_)), "{error:?}");
+        }
+        let order = br#"[{"sku": "BOOK", "quantity": 1}]"#;
+        assert!(parse_checkout(order).is_err());
     }
 
     #[test]
