@@ -101,6 +101,11 @@ pub struct Args {
     /// nodes on 5681, 5682 and 5683].
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// RabbitMQ's management API, where the run creates each service's own
+    /// user [default: AMQP_URL's host on 15672, with --cluster node 1's
+    /// API on 15681].
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
+    pub management_url: Option<String>,
 }
 
 const LOCAL_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -109,6 +114,7 @@ const CLUSTER_PG: &str = "postgres://postgres@127.0.0.1:5441,127.0.0.1:5442/post
 const CLUSTER_AMQP: &str = "amqp://guest:guest@127.0.0.1:5681/%2f,\
                             amqp://guest:guest@127.0.0.1:5682/%2f,\
                             amqp://guest:guest@127.0.0.1:5683/%2f";
+const CLUSTER_MANAGEMENT: &str = "http://127.0.0.1:15681";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -129,6 +135,7 @@ pub struct Settings {
     pub run_id: String,
     pub pg_admin_url: String,
     pub amqp_url: String,
+    pub management_url: Option<String>,
 }
 
 impl Settings {
@@ -151,6 +158,12 @@ impl Settings {
         };
         let pg_admin_url = args.pg_admin_url.unwrap_or_else(|| pg_default.to_owned());
         let amqp_url = args.amqp_url.unwrap_or_else(|| amqp_default.to_owned());
+        let management_url = args
+            .management_url
+            .or_else(|| args.cluster.then(|| CLUSTER_MANAGEMENT.to_owned()));
+        if let Some(url) = &management_url {
+            ensure_local("RABBITMQ_MANAGEMENT_URL", url)?;
+        }
         for host in saga_shared::database::host_urls(&pg_admin_url) {
             ensure_local("PG_ADMIN_URL", &host)?;
         }
@@ -217,6 +230,7 @@ impl Settings {
             run_id,
             pg_admin_url,
             amqp_url,
+            management_url,
         })
     }
 }

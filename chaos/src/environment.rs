@@ -2,10 +2,17 @@
 //! prefix, all named after the run id so that runs (and the tests running
 //! beside them) never collide, and so that a kept run is easy to find.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
+use saga_shared::broker_users::{url_as, Role};
 use saga_shared::database::primary_connection;
+use saga_shared::queue_policies::Management;
 use saga_shared::topology::Topology;
+use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
+
+use crate::args::Settings;
 
 /// The services with a database, in the order they are created.
 pub const SERVICES: [&str; 4] = ["orchestrator", "inventory", "tax", "payment"];
@@ -14,15 +21,34 @@ pub const SERVICES: [&str; 4] = ["orchestrator", "inventory", "tax", "payment"];
 pub struct Environment {
     admin_url: String,
     amqp_url: String,
+    management_url: Option<String>,
     database_prefix: String,
     pub amqp_prefix: String,
 }
 
+/// Each service's own least-privilege RabbitMQ user for one run, as
+/// `orchestrator broker-users` makes them in production: the run's processes
+/// connect as these, so a worker that needs more than its grant fails here.
+pub struct ServiceUsers {
+    /// The AMQP URL (with its password) of each service, by name.
+    urls: HashMap<&'static str, String>,
+    /// The orchestrator's WORKER_USERS.
+    pub worker_users: String,
+}
+
+impl ServiceUsers {
+    /// The AMQP URL `service` connects with.
+    pub fn url(&self, service: &str) -> Option<&str> {
+        self.urls.get(service).map(String::as_str)
+    }
+}
+
 impl Environment {
-    pub fn new(run_id: &str, admin_url: &str, amqp_url: &str) -> Environment {
+    pub fn new(run_id: &str, settings: &Settings) -> Environment {
         Environment {
-            admin_url: admin_url.to_owned(),
-            amqp_url: amqp_url.to_owned(),
+            admin_url: settings.pg_admin_url.clone(),
+            amqp_url: settings.amqp_url.clone(),
+            management_url: settings.management_url.clone(),
             database_prefix: format!("chaos_{run_id}_"),
             amqp_prefix: format!("chaos_{run_id}."),
         }
@@ -50,6 +76,61 @@ impl Environment {
 
     pub fn amqp_url(&self) -> &str {
         &self.amqp_url
+    }
+
+    /// RABBITMQ_MANAGEMENT_URL as given (the services derive it from
+    /// their AMQP_URL when it is not).
+    pub fn management_url(&self) -> Option<&str> {
+        self.management_url.as_deref()
+    }
+
+    /// The RabbitMQ management API as AMQP_URL's (administrator) user.
+    pub fn management(&self) -> anyhow::Result<Management> {
+        Management::new(&self.amqp_url, self.management_url.as_deref())
+            .context("cannot tell RabbitMQ's management API (set RABBITMQ_MANAGEMENT_URL)")
+    }
+
+    /// The user names are the AMQP prefix without its dot, as
+    /// `scripts/run` names its own.
+    fn users_base(&self) -> &str {
+        self.amqp_prefix.trim_end_matches('.')
+    }
+
+    /// Creates each service's own user and declares the topology as the
+    /// administrator (a worker's user may not declare it). Releases from
+    /// before per-service users (an upgrade run's first fleet) cannot run
+    /// on them: those runs keep AMQP_URL's user.
+    pub async fn create_service_users(&self) -> anyhow::Result<ServiceUsers> {
+        let management = self.management()?;
+        let topology = Topology::new(&self.amqp_prefix);
+        let users = management
+            .ensure_users(&topology, self.users_base(), true, &Default::default())
+            .await
+            .context("cannot create the services' RabbitMQ users (is the management plugin on? scripts/services-up enables it)")?;
+        let mut urls = HashMap::new();
+        let mut worker_users = Vec::new();
+        for user in users {
+            let password = user
+                .password
+                .context("a run's RabbitMQ users get new passwords")?;
+            urls.insert(
+                user.role.as_str(),
+                url_as(&self.amqp_url, &user.name, password.expose_secret()),
+            );
+            if let Role::Worker(kind) = user.role {
+                worker_users.push(format!("{}={}", kind.as_str(), user.name));
+            }
+        }
+        let connection = self.broker().await?;
+        topology
+            .declare(&connection)
+            .await
+            .context("cannot declare the run's broker topology")?;
+        connection.close(200, "topology declared".into()).await.ok();
+        Ok(ServiceUsers {
+            urls,
+            worker_users: worker_users.join(","),
+        })
     }
 
     async fn admin(&self) -> anyhow::Result<PgConnection> {
@@ -110,10 +191,11 @@ impl Environment {
             .await
             .context("cannot delete the run's queues and exchanges")?;
         connection.close(200, "chaos run done".into()).await.ok();
-        // The services created the run's queue policies; a broker without
-        // the management API has none to remove.
-        if let Ok(management) = saga_shared::queue_policies::Management::new(&self.amqp_url, None) {
+        // The services created the run's queue policies and the run its
+        // users; a broker without the management API has neither.
+        if let Ok(management) = self.management() {
             let _ = management.remove(&Topology::new(&self.amqp_prefix)).await;
+            let _ = management.remove_users(self.users_base()).await;
         }
         Ok(())
     }

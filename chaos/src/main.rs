@@ -90,7 +90,7 @@ async fn main() -> ExitCode {
     };
     events::start();
     if let Some(run_id) = &settings.remove {
-        let env = Environment::new(run_id, &settings.pg_admin_url, &settings.amqp_url);
+        let env = Environment::new(run_id, &settings);
         return match env.remove().await {
             Ok(()) => {
                 eprintln!("chaos: removed the databases and queues of run {run_id}");
@@ -102,7 +102,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let env = Environment::new(&settings.run_id, &settings.pg_admin_url, &settings.amqp_url);
+    let env = Environment::new(&settings.run_id, &settings);
     let log_dir = settings.run_dir.join("logs");
     if let Err(error) = std::fs::create_dir_all(&log_dir) {
         eprintln!("chaos: cannot create {}: {error}", log_dir.display());
@@ -136,12 +136,29 @@ async fn main() -> ExitCode {
     };
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
     let client_key = uuid::Uuid::new_v4().simple().to_string();
+    // An upgrade run starts releases from before per-service users: they
+    // declare the topology themselves, which a worker's user may not.
+    let users = match &settings.upgrade {
+        Some(_) => None,
+        None => match env.create_service_users().await {
+            Ok(users) => Some(users),
+            Err(error) => {
+                eprintln!("chaos: {error:#}");
+                keep_notice(&env, &settings.run_id);
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if users.is_some() {
+        event!("each service connects as its own RabbitMQ user; the orchestrators take replies only from the workers' users");
+    }
     let specs = setup::specs(
         settings.start_bin_dir(),
         &env,
         ports,
         &admin_token,
         &client_key,
+        users.as_ref(),
     );
     // The release rolled from starts as it was deployed: migrating at start
     // (a release with `migrate` would otherwise refuse the fresh databases).

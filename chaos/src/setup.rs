@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::api::Api;
-use crate::environment::Environment;
+use crate::environment::{Environment, ServiceUsers};
 use crate::processes::Spec;
 use crate::workload::STEP_DEADLINE_MS;
 
@@ -36,17 +36,23 @@ pub fn free_ports() -> anyhow::Result<[u16; 2]> {
 /// started in, as `scripts/run` does (workers migrate and declare queues).
 /// `client_key`: the chaos driver's checkout client key (an older release,
 /// during an upgrade run, ignores it and serves checkouts without a key).
+/// `users`: each service's own RabbitMQ user, and the orchestrators take
+/// replies only from the workers' ones; without, all connect as AMQP_URL's.
 pub fn specs(
     bin_dir: &Path,
     env: &Environment,
     ports: [u16; 2],
     admin_token: &str,
     client_key: &str,
+    users: Option<&ServiceUsers>,
 ) -> Vec<Spec> {
     let common = |service: &str, pool: u32| {
-        vec![
+        let amqp_url = users
+            .and_then(|users| users.url(service))
+            .unwrap_or(env.amqp_url());
+        let mut vars = vec![
             ("DATABASE_URL".to_owned(), env.database_url(service)),
-            ("AMQP_URL".to_owned(), env.amqp_url().to_owned()),
+            ("AMQP_URL".to_owned(), amqp_url.to_owned()),
             ("AMQP_PREFIX".to_owned(), env.amqp_prefix.clone()),
             ("DATABASE_POOL_SIZE".to_owned(), pool.to_string()),
             ("LOG_FORMAT".to_owned(), "json".to_owned()),
@@ -54,7 +60,11 @@ pub fn specs(
             // off unless asked for); other services ignore it, and so do
             // payment binaries older than the switch.
             ("PAYMENT_PROVIDER".to_owned(), "simulator".to_owned()),
-        ]
+        ];
+        if let Some(url) = env.management_url() {
+            vars.push(("RABBITMQ_MANAGEMENT_URL".to_owned(), url.to_owned()));
+        }
+        vars
     };
     let mut specs = Vec::new();
     for worker in ["inventory", "tax", "payment"] {
@@ -80,6 +90,10 @@ pub fn specs(
             ("CLIENT_RATE_BURST".to_owned(), "1000000".to_owned()),
             ("CLIENT_MAX_IN_FLIGHT".to_owned(), "1000000".to_owned()),
             ("STEP_DEADLINE_MS".to_owned(), STEP_DEADLINE_MS.to_string()),
+            (
+                "WORKER_USERS".to_owned(),
+                users.map(|u| u.worker_users.clone()).unwrap_or_default(),
+            ),
             (
                 "STEP_MAX_ATTEMPTS".to_owned(),
                 STEP_MAX_ATTEMPTS.to_string(),

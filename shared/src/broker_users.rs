@@ -10,6 +10,8 @@
 //! it. `orchestrator broker-users` creates the users through the
 //! management API; the permissions are this file's, for one `AMQP_PREFIX`.
 
+use std::collections::HashMap;
+
 use rand::distr::{Alphanumeric, SampleString};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -37,6 +39,18 @@ impl Role {
         match self {
             Role::Orchestrator => "orchestrator",
             Role::Worker(kind) => kind.as_str(),
+        }
+    }
+
+    /// The variable `broker-users` takes this role's password from, when
+    /// the operator chooses it (as docker-compose.yml does) rather than
+    /// having one generated.
+    pub fn password_variable(self) -> &'static str {
+        match self {
+            Role::Orchestrator => "ORCHESTRATOR_AMQP_PASSWORD",
+            Role::Worker(WorkerKind::Inventory) => "INVENTORY_AMQP_PASSWORD",
+            Role::Worker(WorkerKind::Tax) => "TAX_AMQP_PASSWORD",
+            Role::Worker(WorkerKind::Payment) => "PAYMENT_AMQP_PASSWORD",
         }
     }
 
@@ -106,8 +120,38 @@ impl Topology {
 pub struct CreatedUser {
     pub role: Role,
     pub name: String,
+    /// A new generated password; `None` when it kept its own or got the
+    /// operator's.
     pub password: Option<secrecy::SecretString>,
+    /// Its password is the operator's, from [`Role::password_variable`].
+    pub given: bool,
 }
+
+/// The passwords the operator chose, by role: `<SERVICE>_AMQP_PASSWORD`,
+/// each at least 16 characters when set.
+pub fn given_passwords(
+    source: &dyn crate::config::Source,
+) -> Result<HashMap<Role, secrecy::SecretString>, crate::config::ConfigError> {
+    let mut given = HashMap::new();
+    for role in Role::ALL {
+        let name = role.password_variable();
+        let Some(value) = source.get(name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if value.chars().count() < MIN_GIVEN_PASSWORD {
+            return Err(crate::config::ConfigError::Invalid {
+                name,
+                reason: format!(
+                    "shorter than {MIN_GIVEN_PASSWORD} characters; generate one, e.g. with `openssl rand -hex 24`"
+                ),
+            });
+        }
+        given.insert(role, secrecy::SecretString::from(value));
+    }
+    Ok(given)
+}
+
+const MIN_GIVEN_PASSWORD: usize = 16;
 
 impl std::fmt::Debug for CreatedUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,18 +172,28 @@ impl Management {
     /// Creates each role's user if it is missing (with a new random
     /// password, returned once), and sets every user's permissions and
     /// tags to this build's. An existing user keeps its password, unless
-    /// `rotate`: then it gets a new one too.
+    /// `rotate`: then it gets a new one too. A role in `given` gets that
+    /// password, every time.
     pub async fn ensure_users(
         &self,
         topology: &Topology,
         base: &str,
         rotate: bool,
+        given: &HashMap<Role, secrecy::SecretString>,
     ) -> Result<Vec<CreatedUser>, PolicyError> {
+        use secrecy::ExposeSecret;
         let mut users = Vec::new();
         for role in Role::ALL {
             let name = user_name(base, role);
             let exists = self.get(&["users", &name]).await?.is_some();
-            let password = if exists && !rotate {
+            let password = if let Some(password) = given.get(&role) {
+                self.put(
+                    &["users", &name],
+                    json!({ "password": password.expose_secret(), "tags": role.tags() }),
+                )
+                .await?;
+                None
+            } else if exists && !rotate {
                 // Tags only: a PUT without a password would remove it.
                 let current = self.get(&["users", &name]).await?.unwrap_or_default();
                 let mut body = json!({ "tags": role.tags() });
@@ -175,6 +229,7 @@ impl Management {
                 role,
                 name,
                 password,
+                given: given.contains_key(&role),
             });
         }
         Ok(users)
@@ -254,8 +309,18 @@ pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::Exi
         Ok(management) => management,
         Err(code) => return code,
     };
+    let given = match given_passwords(&crate::config::Environment) {
+        Ok(given) => given,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let topology = Topology::new(&prefix);
-    let users = match management.ensure_users(&topology, base, rotate).await {
+    let users = match management
+        .ensure_users(&topology, base, rotate, &given)
+        .await
+    {
         Ok(users) => users,
         Err(error) => {
             eprintln!("error: {error}");
@@ -274,6 +339,11 @@ pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::Exi
                     &user.name,
                     password.expose_secret()
                 )
+            ),
+            None if user.given => println!(
+                "# {variable}: user {} has the password of {}",
+                user.name,
+                user.role.password_variable()
             ),
             None => println!(
                 "# {variable}: user {} exists; its password is unchanged",

@@ -109,6 +109,48 @@ pub fn database_url(source: &dyn Source) -> Result<SecretString, ConfigError> {
     Ok(database_url)
 }
 
+/// `AMQP_URL` (one node's URL, or several separated by commas), with
+/// `AMQP_USER` and `AMQP_PASSWORD`, when set, in place of every node's
+/// credentials: a deployment can keep each service's password in a secret
+/// of its own, apart from the broker's address (docker-compose.yml does).
+pub(crate) fn amqp_url(source: &dyn Source) -> Result<SecretString, ConfigError> {
+    let amqp_url = url(
+        source,
+        "AMQP_URL",
+        &["amqp", "amqps"],
+        "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+    )?;
+    let set = |name| source.get(name).filter(|value| !value.trim().is_empty());
+    match (set("AMQP_USER"), set("AMQP_PASSWORD")) {
+        (None, None) => Ok(amqp_url),
+        (Some(user), Some(password)) => {
+            let nodes = amqp_url.expose_secret().split(',');
+            if nodes
+                .clone()
+                .any(|node| reqwest::Url::parse(node.trim()).is_err())
+            {
+                return Err(ConfigError::Invalid {
+                    name: "AMQP_URL",
+                    reason: "a node is not a URL, so AMQP_USER cannot be set in it".into(),
+                });
+            }
+            Ok(SecretString::from(crate::broker_users::url_as(
+                amqp_url.expose_secret(),
+                &user,
+                &password,
+            )))
+        }
+        (Some(_), None) => Err(ConfigError::Missing {
+            name: "AMQP_PASSWORD",
+            hint: "AMQP_USER is set: set AMQP_PASSWORD to that user's password too",
+        }),
+        (None, Some(_)) => Err(ConfigError::Missing {
+            name: "AMQP_USER",
+            hint: "AMQP_PASSWORD is set: set AMQP_USER to the user it belongs to",
+        }),
+    }
+}
+
 /// Prefix of every exchange and queue name: letters, digits, `.`, `-`, `_`.
 pub(crate) fn prefix(source: &dyn Source) -> Result<String, ConfigError> {
     let value = source.get("AMQP_PREFIX").unwrap_or_default();
@@ -182,12 +224,7 @@ impl ServiceConfig {
         }
         let grace_seconds = parsed_or(source, "SHUTDOWN_GRACE_SECONDS", 30u64)?;
         let database_url = database_url(source)?;
-        let amqp_url = url(
-            source,
-            "AMQP_URL",
-            &["amqp", "amqps"],
-            "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
-        )?;
+        let amqp_url = amqp_url(source)?;
         let amqp_ca = tls::amqp_ca(source, amqp_url.expose_secret())?;
         let rabbitmq_management_url = management_url(source)?;
         Ok(ServiceConfig {
@@ -284,6 +321,47 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn the_broker_user_can_be_kept_apart_from_the_url() {
+        let base = [
+            ("DATABASE_URL", "postgres://x/y"),
+            (
+                "AMQP_URL",
+                "amqp://127.0.0.1:5681/%2f,amqp://127.0.0.1:5682/%2f",
+            ),
+        ];
+        let config = ServiceConfig::from_source(&env(&[
+            base[0],
+            base[1],
+            ("AMQP_USER", "checkout-tax"),
+            ("AMQP_PASSWORD", "p@ss/word"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.amqp_url(),
+            "amqp://checkout-tax:p%40ss%2Fword@127.0.0.1:5681/%2f,\
+             amqp://checkout-tax:p%40ss%2Fword@127.0.0.1:5682/%2f"
+        );
+        assert_eq!(
+            ServiceConfig::from_source(&env(&base)).unwrap().amqp_url(),
+            base[1].1
+        );
+
+        let err =
+            ServiceConfig::from_source(&env(&[base[0], base[1], ("AMQP_USER", "checkout-tax")]))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("AMQP_PASSWORD is missing"),
+            "{err}"
+        );
+        let err =
+            ServiceConfig::from_source(&env(&[base[0], base[1], ("AMQP_PASSWORD", "hunter4")]))
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("AMQP_USER is missing"), "{text}");
+        assert!(!text.contains("hunter4"), "{text}");
     }
 
     #[test]

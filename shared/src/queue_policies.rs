@@ -342,12 +342,7 @@ impl Management {
 pub(crate) fn broker_settings() -> Result<BrokerSettings, crate::config::ConfigError> {
     use secrecy::ExposeSecret;
     let source = crate::config::Environment;
-    let amqp_url = crate::config::url(
-        &source,
-        "AMQP_URL",
-        &["amqp", "amqps"],
-        "set it to the RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
-    )?;
+    let amqp_url = crate::config::amqp_url(&source)?;
     let ca = crate::tls::amqp_ca(&source, amqp_url.expose_secret())?;
     let prefix = crate::config::prefix(&source)?;
     let management = crate::config::management_url(&source)?;

@@ -114,7 +114,8 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Deletes every queue and exchange of `prefix` on drop.
+/// Deletes every queue, exchange, policy and service user of `prefix` on
+/// drop.
 pub struct TopologyGuard {
     pub topology: Topology,
 }
@@ -154,9 +155,12 @@ impl Drop for TopologyGuard {
                 }
                 let _ = conn.close(200, "bye".into()).await;
             }
-            // The services under test created the prefix's policies.
+            // The services under test created the prefix's policies, and
+            // `broker-users` its users.
             if let Ok(management) = crate::queue_policies::Management::new(&amqp_url(), None) {
                 let _ = management.remove(&topology).await;
+                let base = topology.prefix().trim_end_matches('.');
+                let _ = management.remove_users(base).await;
             }
         });
     }
@@ -180,7 +184,7 @@ impl BrokerUsers {
             .expect("management API address");
         let base = prefix.trim_end_matches('.').to_owned();
         let users = management
-            .ensure_users(&Topology::new(prefix), &base, true)
+            .ensure_users(&Topology::new(prefix), &base, true, &Default::default())
             .await
             .expect("the management API creates the test's RabbitMQ users");
         let mut urls = std::collections::HashMap::new();

@@ -211,3 +211,74 @@ async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_bui
         "{said}"
     );
 }
+
+/// `orchestrator broker-users`: a service whose password the operator
+/// chose (as docker-compose.yml does) gets that one and it is never
+/// printed; the others get new ones, printed once as their AMQP_URL.
+#[tokio::test]
+async fn broker_users_takes_the_operators_passwords_and_prints_only_new_ones() {
+    use saga_shared::broker_users::url_as;
+    use saga_shared::testing;
+
+    let prefix = testing::random_prefix();
+    let _guard = testing::TopologyGuard::new(&prefix);
+    let base = prefix.trim_end_matches('.');
+    let chosen = "chosen-by-the-operator-0123456789";
+    let run = |inventory_password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["broker-users", "--base", base, "--rotate"])
+            .env_clear()
+            .env("AMQP_URL", testing::amqp_url())
+            .env("AMQP_PREFIX", &prefix)
+            .env("INVENTORY_AMQP_PASSWORD", inventory_password)
+            .output()
+            .expect("orchestrator broker-users runs")
+    };
+
+    let output = run(chosen);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        said.contains(&format!(
+            "# INVENTORY_AMQP_URL: user {base}-inventory has the password of INVENTORY_AMQP_PASSWORD"
+        )),
+        "{said}"
+    );
+    assert!(
+        !said.contains(chosen),
+        "the operator's password is not echoed: {said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "WORKER_USERS=inventory={base}-inventory,tax={base}-tax,payment={base}-payment"
+        )),
+        "{said}"
+    );
+    let tax_url = said
+        .lines()
+        .find_map(|line| line.strip_prefix("TAX_AMQP_URL="))
+        .expect("a new user's URL is printed");
+
+    // Both passwords open a connection.
+    let inventory_url = url_as(&testing::amqp_url(), &format!("{base}-inventory"), chosen);
+    for url in [inventory_url.as_str(), tax_url] {
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .expect("the service's user connects");
+        connection.close(200, "bye".into()).await.ok();
+    }
+
+    // A weak chosen password is refused, naming the variable, not echoing it.
+    let output = run("tiny123");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("INVENTORY_AMQP_PASSWORD is invalid"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("tiny123"), "{stderr}");
+}
