@@ -16,9 +16,9 @@ use crate::clients::{run_registry_until_stopped, Clients};
 use crate::config::Config;
 use crate::dead_letters::run_dead_letter_recorder_until_stopped;
 use crate::deadlines::run_deadlines_until_stopped;
+use crate::gauges::{run_gauges_until_stopped, DatabaseGauges};
 use crate::http::{self, AppState, Routes};
 use crate::listener::{run_listener_until_stopped, Waiters};
-use crate::metrics::{run_gauges_until_stopped, DatabaseGauges};
 use crate::relay::run_relay_until_stopped;
 use crate::replies::run_reply_consumer_until_stopped;
 use crate::store::Store;
@@ -91,8 +91,9 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
             None
         }
     };
-    crate::clients::store::seed(&pool, &config.client_keys).await?;
-    let clients = Clients::load(pool.clone(), config.client_limits).await?;
+    let plain = Store::new(pool.clone(), config.policies);
+    plain.client_table().seed(&config.client_keys).await?;
+    let clients = Clients::load(plain.client_table(), config.client_limits).await?;
 
     if !config.reply_senders.is_configured() {
         tracing::warn!(
@@ -105,20 +106,20 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         tracing::warn!("ADMIN_TOKENS is not set: the support API and console refuse everyone");
     }
     let relay = Arc::new(Notify::new());
-    let (lane, confirmed) = crate::handoff::lane(pool.clone(), broker.clone(), relay.clone());
-    let store = Store::new(pool.clone(), config.policies).handing_to(lane);
+    let (lane, confirmed) = crate::handoff::lane(plain.outbox(), broker.clone(), relay.clone());
+    let store = plain.handing_to(lane);
     let waiters = Waiters::new(config.http.max_waiters);
     let gauges = DatabaseGauges::default();
     let mut tasks = JoinSet::new();
 
     tasks.spawn(run_listener_until_stopped(
-        pool.clone(),
+        store.clone(),
         waiters.clone(),
         stop.clone(),
     ));
     tasks.spawn(run_registry_until_stopped(clients.clone(), stop.clone()));
     tasks.spawn(run_gauges_until_stopped(
-        pool.clone(),
+        store.clone(),
         gauges.clone(),
         stop.clone(),
     ));
@@ -136,7 +137,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         ));
     }
     tasks.spawn(run_dead_letter_recorder_until_stopped(
-        pool.clone(),
+        store.clone(),
         broker.clone(),
         service.prefetch,
         stop.clone(),

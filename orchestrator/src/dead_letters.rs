@@ -5,23 +5,23 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use saga_shared::broker::{header, Broker, ERROR_HEADER};
 use saga_shared::consumer::{hold_until_settled, run_consumer_until_stopped, Settled};
 use saga_shared::failure::printable;
-use serde::Serialize;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::store::dead_letters::NewDeadLetter;
+use crate::store::Store;
 
 /// Bytes of a dead letter's body kept for reading.
 const PREVIEW_BYTES: usize = 2048;
 
 pub async fn run_dead_letter_recorder_until_stopped(
-    pool: PgPool,
+    store: Store,
     broker: Arc<Broker>,
     prefetch: u16,
     stop: CancellationToken,
@@ -29,8 +29,8 @@ pub async fn run_dead_letter_recorder_until_stopped(
     let queue = broker.topology().dead_letter_queue();
     let tag = format!("dead-letters-{}", Uuid::new_v4().simple());
     let handle = |delivery| {
-        let (pool, stop) = (pool.clone(), stop.clone());
-        async move { record(&pool, delivery, &stop).await }
+        let (store, stop) = (store.clone(), stop.clone());
+        async move { record(&store, delivery, &stop).await }
     };
     let _ = run_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await;
 }
@@ -63,79 +63,34 @@ fn preview(body: &[u8]) -> String {
 }
 
 /// A dead letter as stored: every text printable, whatever the message held.
-struct Record {
-    saga_id: Option<Uuid>,
-    reason: String,
-    message_id: Option<String>,
-    message_type: Option<String>,
-    original_exchange: Option<String>,
-    routing_key: Option<String>,
-    body_bytes: i32,
-    body_preview: String,
-}
-
-impl Record {
-    fn of(delivery: &Delivery) -> Record {
-        let clean = |text: Option<String>| text.map(|t| printable(&t).into_owned());
-        let short = |value: &Option<lapin::types::ShortString>| {
-            clean(value.as_ref().map(|v| v.to_string()))
-        };
-        let properties = &delivery.properties;
-        let reason = header(delivery, ERROR_HEADER)
-            .or_else(|| death_reason(delivery))
-            .unwrap_or_else(|| "unknown".to_owned());
-        Record {
-            saga_id: properties
-                .correlation_id()
-                .as_ref()
-                .and_then(|id| id.as_str().parse::<Uuid>().ok()),
-            reason: printable(&reason).into_owned(),
-            message_id: short(properties.message_id()),
-            message_type: short(properties.kind()),
-            original_exchange: clean(header(delivery, "x-original-exchange")),
-            routing_key: clean(header(delivery, "x-original-routing-key")),
-            body_bytes: i32::try_from(delivery.data.len()).unwrap_or(i32::MAX),
-            body_preview: preview(&delivery.data),
-        }
-    }
-
-    fn stripped(self, why: &str) -> Record {
-        Record {
-            reason: format!("{} (recorded without its details: {why})", self.reason),
-            message_type: None,
-            original_exchange: None,
-            routing_key: None,
-            body_preview: String::new(),
-            ..self
-        }
-    }
-
-    async fn insert(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO dead_letters (saga_id, reason, message_id, message_type,
-                 original_exchange, routing_key, body_bytes, body_preview)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (message_id, reason) WHERE message_id IS NOT NULL DO NOTHING",
-        )
-        .bind(self.saga_id)
-        .bind(&self.reason)
-        .bind(&self.message_id)
-        .bind(&self.message_type)
-        .bind(&self.original_exchange)
-        .bind(&self.routing_key)
-        .bind(self.body_bytes)
-        .bind(&self.body_preview)
-        .execute(pool)
-        .await?;
-        Ok(())
+fn record_of(delivery: &Delivery) -> NewDeadLetter {
+    let clean = |text: Option<String>| text.map(|t| printable(&t).into_owned());
+    let short =
+        |value: &Option<lapin::types::ShortString>| clean(value.as_ref().map(|v| v.to_string()));
+    let properties = &delivery.properties;
+    let reason = header(delivery, ERROR_HEADER)
+        .or_else(|| death_reason(delivery))
+        .unwrap_or_else(|| "unknown".to_owned());
+    NewDeadLetter {
+        saga_id: properties
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse::<Uuid>().ok()),
+        reason: printable(&reason).into_owned(),
+        message_id: short(properties.message_id()),
+        message_type: short(properties.kind()),
+        original_exchange: clean(header(delivery, "x-original-exchange")),
+        routing_key: clean(header(delivery, "x-original-routing-key")),
+        body_bytes: i32::try_from(delivery.data.len()).unwrap_or(i32::MAX),
+        body_preview: preview(&delivery.data),
     }
 }
 
-async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
-    let mut record = Record::of(&delivery);
+async fn record(store: &Store, delivery: Delivery, stop: &CancellationToken) {
+    let mut record = record_of(&delivery);
     let mut stripped = false;
     loop {
-        match hold_until_settled(&delivery, stop, || record.insert(pool)).await {
+        match hold_until_settled(&delivery, stop, || store.record_dead_letter(&record)).await {
             Settled::Done(()) => break,
             Settled::Stopped => return,
             // The recorder is the end of the line: a dead letter it cannot
@@ -154,39 +109,4 @@ async fn record(pool: &PgPool, delivery: Delivery, stop: &CancellationToken) {
     tracing::warn!(saga_id = ?record.saga_id, reason = %record.reason, "dead letter recorded");
     metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
     let _ = delivery.ack(BasicAckOptions::default()).await;
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub saga_id: Option<Uuid>,
-    pub reason: String,
-    pub message_id: Option<String>,
-    pub message_type: Option<String>,
-    pub original_exchange: Option<String>,
-    pub routing_key: Option<String>,
-    pub body_bytes: i32,
-    pub body_preview: String,
-}
-
-/// Dead letters newest first, optionally of one saga, before `cursor`.
-pub async fn list(
-    pool: &PgPool,
-    saga_id: Option<Uuid>,
-    limit: u32,
-    cursor: Option<i64>,
-) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, at, saga_id, reason, message_id, message_type, original_exchange,
-                routing_key, body_bytes, body_preview
-         FROM dead_letters
-         WHERE ($1::uuid IS NULL OR saga_id = $1) AND ($2::int8 IS NULL OR id < $2)
-         ORDER BY id DESC LIMIT $3",
-    )
-    .bind(saga_id)
-    .bind(cursor)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
 }

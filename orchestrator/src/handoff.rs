@@ -9,64 +9,25 @@
 //! fail, the row is there for any relay once the lease runs out (or at
 //! once: a publish that failed releases its rows).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use saga_shared::broker::Broker;
-use sqlx::PgPool;
+use saga_shared::broker::{Broker, Outgoing};
+use saga_shared::traceparent;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
-/// How long a handed row is left to the instance that wrote it: long
-/// enough for a publish and its confirm under load, short enough that a
-/// command an instance died holding is sent soon by another.
-pub const LEASE: Duration = Duration::from_secs(3);
+use crate::store::outbox::{Hand, Outbox};
+pub use crate::store::outbox::{HandOff, Handed, LEASE};
 
-/// A command committed with its transition, as the relay publishes it.
-#[derive(Debug, Clone)]
-pub struct Handed {
-    pub message_id: Uuid,
-    pub saga_id: Uuid,
-    pub routing_key: String,
-    pub message_type: String,
-    pub body: String,
-    pub traceparent: String,
-    pub attempt: u32,
-}
-
-/// What one committed transition (or batch of them) leaves the relay.
-#[derive(Debug)]
-pub struct HandOff {
-    /// Leased rows, to publish now.
-    pub commands: Vec<Handed>,
-    /// When the earliest row written unleased (a delayed retry) is due:
-    /// the relay's timer must not sleep past it.
-    pub due_in: Option<Duration>,
-    /// When the rows were committed: their lease counts from here.
-    pub committed_at: Instant,
-}
-
-impl HandOff {
-    /// Adds what another transition of the same commit left.
-    pub fn merge(&mut self, other: HandOff) {
-        self.commands.extend(other.commands);
-        self.due_in = match (self.due_in, other.due_in) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-
-    pub fn empty() -> Self {
-        HandOff {
-            commands: Vec::new(),
-            due_in: None,
-            committed_at: Instant::now(),
-        }
-    }
-}
+/// How long a batch waits for its confirms. A queue without a leader (its
+/// quorum lost) may never confirm; its messages count as refused rather
+/// than holding every other command back.
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
+/// A handed command whose lease ends within this is left to the claiming
+/// path: the lease must outlast its publish and confirm.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
 
 /// The writing side: the store hands each commit's commands here, and they
 /// are published at once, in a task of their own (the committing task goes
@@ -79,7 +40,7 @@ pub struct Lane {
 }
 
 struct Publisher {
-    pool: PgPool,
+    outbox: Outbox,
     broker: Arc<Broker>,
     /// Wakes the relay's claiming path: for a delayed row, or a handed row
     /// left to it.
@@ -106,13 +67,13 @@ impl std::fmt::Debug for Lane {
 
 /// A lane publishing through `broker`; the relay woken by `wake` claims
 /// what it leaves, and deletes what it confirms (the receiver).
-pub fn lane(pool: PgPool, broker: Arc<Broker>, wake: Arc<Notify>) -> (Lane, Confirmed) {
+pub fn lane(outbox: Outbox, broker: Arc<Broker>, wake: Arc<Notify>) -> (Lane, Confirmed) {
     // Unbounded: it holds what publishes confirmed until the relay's next
     // delete, which runs as soon as it is woken.
     let (confirmed, rows) = mpsc::unbounded_channel();
     let publishing = TaskTracker::new();
     let publisher = Publisher {
-        pool,
+        outbox,
         broker,
         wake,
         confirmed,
@@ -130,9 +91,11 @@ impl Lane {
     pub fn detached() -> Self {
         Lane { publisher: None }
     }
+}
 
+impl Hand for Lane {
     /// Publishes what one commit handed over, from a task of its own.
-    pub fn hand(&self, handoff: HandOff) {
+    fn hand(&self, handoff: HandOff) {
         let Some(publisher) = &self.publisher else {
             return;
         };
@@ -146,8 +109,8 @@ impl Lane {
         let publisher = publisher.clone();
         let publishing = publisher.publishing.clone();
         publishing.spawn(async move {
-            let published = crate::relay::publish_handed(
-                &publisher.pool,
+            let published = publish_handed(
+                &publisher.outbox,
                 &publisher.broker,
                 handoff.commands,
                 handoff.committed_at,
@@ -164,4 +127,110 @@ impl Lane {
             }
         });
     }
+}
+
+/// What became of commands handed over by their commit.
+struct HandedPublish {
+    /// Published and confirmed: their rows are to be deleted.
+    confirmed: Vec<Handed>,
+    /// Some were left to the claiming path (not confirmed, or their lease
+    /// about to end): it should look now.
+    left_to_relay: bool,
+}
+
+/// Publishes commands handed over by the transition that committed them,
+/// from memory. The rows of commands not confirmed are released to the
+/// claiming path (due at once), which backs off, parks or waits out an
+/// outage as for any row.
+#[tracing::instrument(level = "debug", skip_all, fields(published, released))]
+async fn publish_handed(
+    outbox: &Outbox,
+    broker: &Broker,
+    commands: Vec<Handed>,
+    committed_at: Instant,
+) -> HandedPublish {
+    // Close to its lease's end a row may be claimed by any relay at any
+    // moment: leave it to them rather than publish it twice. Under a
+    // resource alarm the claiming path holds every row until it clears.
+    if committed_at + LEASE - LEASE_MARGIN <= Instant::now() || broker.blocked().is_some() {
+        return left_to_relay(outbox, commands).await;
+    }
+    let exchange = broker.topology().command_exchange();
+    let spans: Vec<tracing::Span> = commands.iter().map(handed_span).collect();
+    let messages: Vec<Outgoing> = commands
+        .iter()
+        .zip(&spans)
+        .map(|(command, span)| Outgoing {
+            exchange: exchange.clone(),
+            routing_key: command.routing_key.clone(),
+            body: command.body.clone().into_bytes(),
+            message_id: command.message_id,
+            saga_id: command.saga_id,
+            message_type: command.message_type.clone(),
+            traceparent: traceparent::of(span).unwrap_or_else(|| command.traceparent.clone()),
+        })
+        .collect();
+    let publishing = std::time::Instant::now();
+    let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
+    metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
+    let (mut confirmed, mut unsent) = (Vec::new(), Vec::new());
+    for ((command, result), span) in commands.into_iter().zip(results).zip(spans) {
+        match result {
+            Ok(()) => {
+                span.record("outcome", "confirmed");
+                confirmed.push(command);
+            }
+            Err(error) => {
+                span.record("outcome", "released");
+                span.record("error", tracing::field::display(&error));
+                unsent.push(command);
+            }
+        }
+    }
+    let span = tracing::Span::current();
+    span.record("published", confirmed.len());
+    span.record("released", unsent.len());
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(confirmed.len() as u64);
+    if unsent.is_empty() {
+        return HandedPublish {
+            confirmed,
+            left_to_relay: false,
+        };
+    }
+    tracing::warn!(
+        commands = unsent.len(),
+        "handed commands not confirmed; the outbox relay takes them over"
+    );
+    HandedPublish {
+        confirmed,
+        left_to_relay: left_to_relay(outbox, unsent).await.left_to_relay,
+    }
+}
+
+/// Leaves `commands` to the claiming path: released when they can be,
+/// else (the database away) once their lease ends.
+async fn left_to_relay(outbox: &Outbox, commands: Vec<Handed>) -> HandedPublish {
+    if let Err(error) = outbox.release(&commands).await {
+        tracing::warn!(%error, commands = commands.len(), "cannot release handed commands; they wait out their lease");
+    }
+    HandedPublish {
+        confirmed: Vec::new(),
+        left_to_relay: true,
+    }
+}
+
+/// A handed command's publish span: a child of the transition that wrote
+/// it, as for a claimed row.
+fn handed_span(command: &Handed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        saga_id = %command.saga_id,
+        routing_key = %command.routing_key,
+        attempt = command.attempt,
+        publish_attempts = 0,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    traceparent::continue_from(&span, Some(&command.traceparent));
+    span
 }

@@ -2,11 +2,13 @@
 //! reply consumer, deadline timer and support tools.
 
 pub mod app;
+pub mod checkout_view;
 pub mod clients;
 pub mod config;
 pub mod dead_letters;
 pub mod deadlines;
 pub mod duration_text;
+pub mod gauges;
 pub mod handoff;
 pub mod http;
 pub mod listener;
@@ -16,5 +18,4 @@ pub mod relay;
 pub mod replies;
 pub mod reply_senders;
 pub mod saga;
-pub mod saga_tally;
 pub mod store;

@@ -10,14 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use saga_shared::broker::Backoff;
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::http::checkouts::CheckoutView;
-use crate::store::{FinalNotice, FINAL_CHANNEL};
+use crate::checkout_view::CheckoutView;
+use crate::store::{FinalNotice, Heard, Store};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{max} long-polls are waiting already")]
@@ -184,14 +182,14 @@ impl Waiters {
 }
 
 pub async fn run_listener_until_stopped(
-    pool: PgPool,
+    store: Store,
     waiters: Arc<Waiters>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::reconnecting();
     loop {
         let error = tokio::select! {
-            Err(error) = forward_notifications(&pool, &waiters) => error,
+            Err(error) = forward_notifications(&store, &waiters) => error,
             _ = stop.cancelled() => break,
         };
         let wait = backoff.next_delay();
@@ -207,25 +205,19 @@ pub async fn run_listener_until_stopped(
 /// Listens and forwards until the connection fails; it never ends otherwise.
 #[tracing::instrument(skip_all)]
 async fn forward_notifications(
-    pool: &PgPool,
+    store: &Store,
     waiters: &Waiters,
 ) -> Result<Infallible, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(FINAL_CHANNEL).await?;
+    let mut notices = store.listen_final().await?;
     // Anything committed while we were not listening.
     waiters.recheck_all();
     loop {
-        // `recv` would reconnect silently, and what was committed meanwhile
-        // would wake nobody: `None` is that reconnect, listening again.
-        match listener.try_recv().await? {
-            Some(notification) => match FinalNotice::parse(notification.payload()) {
-                Some(notice) => waiters.finished(notice),
-                None => tracing::warn!(
-                    payload = notification.payload(),
-                    "unreadable notice of a finished saga"
-                ),
-            },
-            None => {
+        match notices.next().await? {
+            Heard::Notice(notice) => waiters.finished(notice),
+            Heard::Unreadable(payload) => {
+                tracing::warn!(payload, "unreadable notice of a finished saga")
+            }
+            Heard::Reconnected => {
                 tracing::warn!("notification listener reconnected; every long-poll re-reads");
                 waiters.recheck_all();
             }

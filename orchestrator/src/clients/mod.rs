@@ -6,7 +6,6 @@ mod keys;
 pub mod limits;
 mod rate;
 mod registry;
-pub mod store;
 
 pub use keys::{digest, generate_key, valid_name, KeyDigest, SeededKeys, NAME_RULE};
 pub use limits::{ClientLimits, LimitOverrides};

@@ -4,7 +4,7 @@
 //! on one row lock; shares cost nothing on the hot path and hold across
 //! instances as long as the load balancer spreads requests evenly (which
 //! round robin does). An instance learns how many run within a second or
-//! two (see [`super::registry`]).
+//! two (see `registry.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

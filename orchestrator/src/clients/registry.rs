@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::rate::{Buckets, RateRefused};
-use super::{digest, store, ClientLimits, KeyDigest, LimitOverrides};
+use super::{digest, ClientLimits, KeyDigest, LimitOverrides};
+use crate::store::clients::ClientTable;
 
 /// How often an instance reloads the clients and beats its heartbeat.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -37,7 +37,7 @@ pub struct Clients {
 }
 
 struct Inner {
-    pool: PgPool,
+    table: ClientTable,
     instance: Uuid,
     defaults: ClientLimits,
     known: RwLock<Vec<Known>>,
@@ -48,10 +48,10 @@ struct Inner {
 impl Clients {
     /// Loads the clients once: an instance serves no checkout before it
     /// knows them.
-    pub async fn load(pool: PgPool, defaults: ClientLimits) -> Result<Self, sqlx::Error> {
+    pub async fn load(table: ClientTable, defaults: ClientLimits) -> Result<Self, sqlx::Error> {
         let clients = Clients {
             inner: Arc::new(Inner {
-                pool,
+                table,
                 instance: Uuid::now_v7(),
                 defaults,
                 known: RwLock::default(),
@@ -73,9 +73,9 @@ impl Clients {
     }
 
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
-        let instances = store::heartbeat(&self.inner.pool, self.inner.instance).await?;
+        let instances = self.inner.table.heartbeat(self.inner.instance).await?;
         self.inner.instances.store(instances, Ordering::Relaxed);
-        let rows = store::active(&self.inner.pool).await?;
+        let rows = self.inner.table.active().await?;
         let known = rows
             .into_iter()
             .filter_map(|row| {
@@ -119,10 +119,6 @@ impl Clients {
             .buckets
             .take(&client.name, &client.limits, self.instances())
     }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
 }
 
 /// Reloads the clients every second until `stop`, then leaves the
@@ -137,7 +133,7 @@ pub async fn run_registry_until_stopped(clients: Clients, stop: CancellationToke
             tracing::warn!(%error, "cannot reload the checkout clients; keeping the last ones");
         }
     }
-    if let Err(error) = store::leave(&clients.inner.pool, clients.inner.instance).await {
+    if let Err(error) = clients.inner.table.leave(clients.inner.instance).await {
         tracing::debug!(%error, "cannot remove this instance's heartbeat");
     }
 }

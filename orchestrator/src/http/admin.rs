@@ -16,8 +16,8 @@ use super::auth::Actor;
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
-use crate::dead_letters::DeadLetter;
 use crate::saga::{Action, CheckoutRequest, Phase, SagaStatus};
+use crate::store::dead_letters::DeadLetter;
 use crate::store::{
     BulkSelection, FailureGroup, SagaFilter, SagaRecord, SagaSummary, StoreError, TimelineEntry,
     MAX_BULK, MAX_PAGE,
@@ -751,9 +751,7 @@ pub async fn dead_letters(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let rows = crate::dead_letters::list(state.store.pool(), saga_id, limit + 1, cursor)
-        .await
-        .map_err(StoreError::from)?;
+    let rows = state.store.dead_letters(saga_id, limit + 1, cursor).await?;
     let (rows, next_cursor) = page(rows, limit, |r| r.id);
     Ok(Json(DeadLetterList {
         dead_letters: rows,
@@ -770,7 +768,7 @@ pub struct OutboxParams {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RefusedCommandList {
-    commands: Vec<crate::relay::RefusedCommand>,
+    commands: Vec<crate::store::outbox::RefusedCommand>,
     next_cursor: Option<String>,
 }
 
@@ -796,9 +794,11 @@ pub async fn outbox(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let commands = crate::relay::refused(state.store.pool(), i64::from(limit) + 1, cursor)
-        .await
-        .map_err(StoreError::from)?;
+    let commands = state
+        .store
+        .outbox()
+        .refused(i64::from(limit) + 1, cursor)
+        .await?;
     let (commands, next_cursor) = page(commands, limit, |c| c.id);
     Ok(Json(RefusedCommandList {
         commands,

@@ -9,8 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -18,56 +17,12 @@ use super::client_auth::CheckoutClient;
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
-use crate::saga::{ClientStatus, Saga};
-use crate::store::{Created, Owner, SagaRecord};
+use crate::checkout_view::CheckoutView;
+use crate::saga::ClientStatus;
+use crate::store::{Created, Owner};
 
 /// The longest `?wait=` a client may ask for.
 pub const MAX_WAIT_SECONDS: u64 = 30;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct CheckoutView {
-    pub checkout_id: Uuid,
-    pub status: ClientStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subtotal_cents: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tax_cents: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total_cents: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl CheckoutView {
-    pub fn of(saga: &Saga, created_at: DateTime<Utc>, updated_at: DateTime<Utc>) -> Self {
-        let status = saga.status.client_status();
-        let rejected = status == ClientStatus::Rejected;
-        CheckoutView {
-            checkout_id: saga.id,
-            status,
-            reason: saga.reason.clone().filter(|_| rejected),
-            detail: saga.detail.clone().filter(|_| rejected),
-            subtotal_cents: saga.subtotal_cents(),
-            tax_cents: saga.tax_cents(),
-            total_cents: saga.total_cents(),
-            currency: saga.currency().map(str::to_owned),
-            created_at,
-            updated_at,
-        }
-    }
-}
-
-impl From<&SagaRecord> for CheckoutView {
-    fn from(record: &SagaRecord) -> Self {
-        CheckoutView::of(&record.saga, record.created_at, record.updated_at)
-    }
-}
 
 fn location(id: Uuid) -> String {
     format!("/v1/checkouts/{id}")

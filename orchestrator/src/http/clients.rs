@@ -13,8 +13,8 @@ use super::auth::Actor;
 use super::problem::{ApiError, FieldError};
 use super::validation;
 use super::AppState;
-use crate::clients::store::{self, ClientRow};
 use crate::clients::{digest, generate_key, valid_name, ClientLimits, LimitOverrides, NAME_RULE};
+use crate::store::clients::ClientRow;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientView {
@@ -100,7 +100,10 @@ fn not_found(name: &str) -> ApiError {
 )]
 pub async fn list(_: Actor, State(state): State<AppState>) -> Result<Json<ClientList>, ApiError> {
     let defaults = *state.clients.defaults();
-    let rows = store::list(state.store.pool())
+    let rows = state
+        .store
+        .client_table()
+        .list()
         .await
         .map_err(crate::store::StoreError::from)?;
     Ok(Json(ClientList {
@@ -135,7 +138,10 @@ pub async fn add(
     let limits = body.limits();
     check(&limits)?;
     let key = generate_key();
-    let row = store::add(state.store.pool(), &body.name, &digest(&key), &limits)
+    let row = state
+        .store
+        .client_table()
+        .add(&body.name, &digest(&key), &limits)
         .await
         .map_err(crate::store::StoreError::from)?
         .ok_or_else(|| ApiError::Conflict(format!("a client named `{}` exists", body.name)))?;
@@ -170,7 +176,10 @@ pub async fn set_limits(
 ) -> Result<Json<ClientView>, ApiError> {
     let limits: LimitOverrides = validation::parse_json(&validation::json_body(&headers, body)?)?;
     check(&limits)?;
-    let row = store::set_limits(state.store.pool(), &name, &limits)
+    let row = state
+        .store
+        .client_table()
+        .set_limits(&name, &limits)
         .await
         .map_err(crate::store::StoreError::from)?
         .ok_or_else(|| not_found(&name))?;
@@ -193,7 +202,10 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
-    let row = store::revoke(state.store.pool(), &name)
+    let row = state
+        .store
+        .client_table()
+        .revoke(&name)
         .await
         .map_err(crate::store::StoreError::from)?
         .ok_or_else(|| not_found(&name))?;

@@ -30,8 +30,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::clients::Clients;
 use crate::config::HttpLimits;
+use crate::gauges::DatabaseGauges;
 use crate::listener::Waiters;
-use crate::metrics::DatabaseGauges;
 use crate::store::Store;
 use auth::AdminTokens;
 use problem::ApiError;
@@ -154,7 +154,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = crate::metrics::render(
+    let body = crate::gauges::render(
         &state.metrics,
         &state.gauges,
         &state.waiters,
@@ -182,12 +182,9 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // Answer promptly even when the database hangs: a probe that waits
     // for the pool's acquire timeout is itself a problem.
-    let database = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(state.store.pool()),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let database = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.answers())
+        .await
+        .unwrap_or(false);
     let broker = state.broker.is_connected();
     let blocked = state.broker.blocked().filter(|_| broker);
     let refusing = state.broker.refusing_since().filter(|_| broker);

@@ -6,9 +6,11 @@
 //! answer that would not fit pg_notify's 8000 bytes (a long rejection
 //! detail) is sent as the bare saga id, and its waiters read the saga.
 
+use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
-use crate::http::checkouts::CheckoutView;
+use super::{Store, FINAL_CHANNEL};
+use crate::checkout_view::CheckoutView;
 use crate::saga::Saga;
 
 /// Room left for the two timestamps and their keys under pg_notify's
@@ -47,6 +49,44 @@ impl FinalNotice {
             FinalNotice::Answer(view) => view.checkout_id,
             FinalNotice::Finished(id) => *id,
         }
+    }
+}
+
+/// What a subscription to the final channel heard.
+pub enum Heard {
+    Notice(FinalNotice),
+    /// A payload no build writes; the raw text, for the log.
+    Unreadable(String),
+    /// The connection was lost and listens again: what was committed
+    /// meanwhile woke nobody.
+    Reconnected,
+}
+
+/// The final channel, listened to on a connection of its own.
+pub struct FinalNotices {
+    listener: PgListener,
+}
+
+impl Store {
+    pub async fn listen_final(&self) -> Result<FinalNotices, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(FINAL_CHANNEL).await?;
+        Ok(FinalNotices { listener })
+    }
+}
+
+impl FinalNotices {
+    /// The next notice; an error when the connection fails.
+    pub async fn next(&mut self) -> Result<Heard, sqlx::Error> {
+        // `recv` would reconnect silently, and what was committed meanwhile
+        // would wake nobody: `None` is that reconnect, listening again.
+        Ok(match self.listener.try_recv().await? {
+            Some(notification) => match FinalNotice::parse(notification.payload()) {
+                Some(notice) => Heard::Notice(notice),
+                None => Heard::Unreadable(notification.payload().to_owned()),
+            },
+            None => Heard::Reconnected,
+        })
     }
 }
 

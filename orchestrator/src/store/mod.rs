@@ -1,10 +1,14 @@
 //! The orchestrator's PostgreSQL store: sagas, their timeline and the
 //! outbox. A transition and the commands it emits commit together.
 
+pub mod clients;
+pub mod dead_letters;
 mod final_notice;
+pub mod outbox;
 mod parked;
 mod reply_batch;
 mod saga_cache;
+pub mod saga_tally;
 mod support;
 mod transition;
 
@@ -19,9 +23,9 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::handoff::{HandOff, Lane};
 use crate::saga::{self, Action, Context, Event, Saga, StepPolicies, Transition, WrongState};
-pub use final_notice::FinalNotice;
+pub use final_notice::{FinalNotice, FinalNotices, Heard};
+use outbox::{Hand, HandOff};
 pub use reply_batch::BatchedReply;
 use saga_cache::SagaCache;
 pub use support::{
@@ -109,7 +113,7 @@ pub struct Store {
     /// This instance's relay, which publishes the commands of the
     /// transitions written here as soon as they commit. Without one, rows
     /// are written due at once and wait for a relay to claim them.
-    lane: Option<Lane>,
+    lane: Option<Arc<dyn Hand>>,
     cache: Arc<SagaCache>,
 }
 
@@ -158,8 +162,8 @@ impl Store {
 
     /// Hands the commands of every transition this store writes on the
     /// hot path (a checkout's start, a reply) to the relay behind `lane`.
-    pub fn handing_to(mut self, lane: Lane) -> Self {
-        self.lane = Some(lane);
+    pub fn handing_to(mut self, lane: impl Hand + 'static) -> Self {
+        self.lane = Some(Arc::new(lane));
         self
     }
 
@@ -174,8 +178,22 @@ impl Store {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Whether the database answers a trivial statement, for readiness.
+    pub async fn answers(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Sagas by status, for the gauges ([`saga_tally`]).
+    pub async fn count_sagas(
+        &self,
+        tally: &mut saga_tally::SagaTally,
+    ) -> Result<Vec<(saga::SagaStatus, i64)>, StoreError> {
+        Ok(tally.count(&self.pool).await?)
+    }
+
+    /// What waits in the outbox, for the gauges.
+    pub async fn outbox_backlog(&self) -> Result<outbox::Backlog, StoreError> {
+        self.outbox().backlog().await
     }
 
     /// The engine's inputs for one transition, with a fresh jitter sample.
@@ -613,7 +631,7 @@ enum Cause {
 }
 
 /// Writes `transition` if the saga is still at `version` (`lease`: its
-/// commands leased, see [`crate::handoff`]); `None` when another writer got
+/// commands leased, see [`outbox::LEASE`]); `None` when another writer got
 /// there first, else what to hand the relay once committed. Its span is a child of the current one,
 /// or, given the saga's `trace` (a transition no message caused), of the
 /// span that created the saga, linked to the current one (the support
@@ -688,4 +706,10 @@ async fn write_in(
         };
         (clocks, handoff)
     }))
+}
+
+impl From<&SagaRecord> for crate::checkout_view::CheckoutView {
+    fn from(record: &SagaRecord) -> Self {
+        crate::checkout_view::CheckoutView::of(&record.saga, record.created_at, record.updated_at)
+    }
 }

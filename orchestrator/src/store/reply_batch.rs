@@ -10,8 +10,8 @@ use saga_shared::Envelope;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::outbox::HandOff;
 use super::{parse, transition_span, write_in, Store, StoreError};
-use crate::handoff::HandOff;
 use crate::saga::{self, Event, Saga, Transition};
 
 /// A reply in a batch, with the span its handling hangs under.

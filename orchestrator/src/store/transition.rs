@@ -4,7 +4,7 @@
 use saga_shared::{traceparent, Envelope};
 use uuid::Uuid;
 
-use crate::handoff::{HandOff, Handed, LEASE};
+use super::outbox::{HandOff, Handed, LEASE};
 use crate::saga::{Deadline, Effect, Saga, Transition};
 
 /// The timeline and outbox inserts of a transition, as CTEs after a `saga`
@@ -121,7 +121,7 @@ pub struct TransitionRows {
 
 impl TransitionRows {
     /// `lease`: a command due now is written leased and handed to this
-    /// instance's relay once committed ([`crate::handoff`]).
+    /// instance's relay once committed ([`super::outbox::LEASE`]).
     pub fn new(t: &Transition, lease: bool) -> Self {
         let (deadline_ms, keep_deadline) = match t.deadline() {
             Deadline::In(after) => (Some(after.as_millis() as i64), false),

@@ -2,7 +2,7 @@
 //! count, while sagas start, finish and park.
 
 use orchestrator::saga::SagaStatus;
-use orchestrator::saga_tally::SagaTally;
+use orchestrator::store::saga_tally::SagaTally;
 use saga_shared::testing::TestDatabase;
 use uuid::Uuid;
 
