@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use saga_shared::broker_users::{url_as, Role};
+use saga_shared::broker_users::Role;
+use saga_shared::config::url_as;
 use saga_shared::database::primary_connection;
 use saga_shared::queue_policies::Management;
 use saga_shared::topology::Topology;
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
-
-use crate::args::Settings;
 
 /// The services with a database, in the order they are created.
 pub const SERVICES: [&str; 4] = ["orchestrator", "inventory", "tax", "payment"];
@@ -44,11 +43,18 @@ impl ServiceUsers {
 }
 
 impl Environment {
-    pub fn new(run_id: &str, settings: &Settings) -> Environment {
+    /// `management_url`: RABBITMQ_MANAGEMENT_URL, when it cannot be told
+    /// from the AMQP URL (a cluster's nodes on other ports).
+    pub fn new(
+        run_id: &str,
+        admin_url: &str,
+        amqp_url: &str,
+        management_url: Option<&str>,
+    ) -> Environment {
         Environment {
-            admin_url: settings.pg_admin_url.clone(),
-            amqp_url: settings.amqp_url.clone(),
-            management_url: settings.management_url.clone(),
+            admin_url: admin_url.to_owned(),
+            amqp_url: amqp_url.to_owned(),
+            management_url: management_url.map(str::to_owned),
             database_prefix: format!("chaos_{run_id}_"),
             amqp_prefix: format!("chaos_{run_id}."),
         }

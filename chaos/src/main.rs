@@ -90,7 +90,12 @@ async fn main() -> ExitCode {
     };
     events::start();
     if let Some(run_id) = &settings.remove {
-        let env = Environment::new(run_id, &settings);
+        let env = Environment::new(
+            run_id,
+            &settings.pg_admin_url,
+            &settings.amqp_url,
+            settings.management_url.as_deref(),
+        );
         return match env.remove().await {
             Ok(()) => {
                 eprintln!("chaos: removed the databases and queues of run {run_id}");
@@ -102,7 +107,12 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let env = Environment::new(&settings.run_id, &settings);
+    let env = Environment::new(
+        &settings.run_id,
+        &settings.pg_admin_url,
+        &settings.amqp_url,
+        settings.management_url.as_deref(),
+    );
     let log_dir = settings.run_dir.join("logs");
     if let Err(error) = std::fs::create_dir_all(&log_dir) {
         eprintln!("chaos: cannot create {}: {error}", log_dir.display());

@@ -80,7 +80,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         )
         .await?,
     );
-    saga_shared::queue_policies::ensure_at_start(service, broker.topology()).await;
+    saga_shared::broker_commands::ensure_at_start(service, broker.topology()).await;
     let (listener, addr) = bind(config.http_addr).await?;
     let admin_listener = match config.admin_http_addr {
         Some(admin_addr) => Some(bind(admin_addr).await?),

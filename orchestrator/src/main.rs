@@ -73,11 +73,11 @@ async fn main() -> ExitCode {
     }
     if let Some(Action::Topology) = cli.command {
         telemetry::init("warn");
-        return saga_shared::queue_policies::topology_command().await;
+        return saga_shared::broker_commands::topology_command().await;
     }
     if let Some(Action::BrokerUsers { base, rotate }) = &cli.command {
         telemetry::init("warn");
-        return saga_shared::broker_users::broker_users_command(base, *rotate).await;
+        return saga_shared::broker_commands::broker_users_command(base, *rotate).await;
     }
     let config = match Config::from_env() {
         Ok(config) => config,

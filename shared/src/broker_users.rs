@@ -272,96 +272,10 @@ impl Management {
     }
 }
 
-/// `AMQP_URL` (one node's URL or a cluster's, comma-separated) with
-/// another user's credentials.
-pub fn url_as(amqp_url: &str, user: &str, password: &str) -> String {
-    amqp_url
-        .split(',')
-        .map(str::trim)
-        .map(|node| match reqwest::Url::parse(node) {
-            Ok(mut url) => {
-                let _ = url.set_username(user);
-                let _ = url.set_password(Some(password));
-                url.to_string()
-            }
-            Err(_) => node.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `orchestrator broker-users`: creates each service's user where missing
-/// and sets every one's permissions to this build's, through the management
-/// API as AMQP_URL's (administrator) user. Prints, once, an environment
-/// line per new user (its service's AMQP_URL) and WORKER_USERS.
-pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::ExitCode {
-    use secrecy::ExposeSecret;
-    use std::process::ExitCode;
-
-    let (amqp_url, _ca, prefix, management_url) = match crate::queue_policies::broker_settings() {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let management = match Management::from_settings(&amqp_url, management_url.as_ref()) {
-        Ok(management) => management,
-        Err(code) => return code,
-    };
-    let given = match given_passwords(&crate::config::Environment) {
-        Ok(given) => given,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let topology = Topology::new(&prefix);
-    let users = match management
-        .ensure_users(&topology, base, rotate, &given)
-        .await
-    {
-        Ok(users) => users,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("# RabbitMQ users of prefix '{prefix}', each with its service's least permissions");
-    let mut worker_users = Vec::new();
-    for user in &users {
-        let variable = format!("{}_AMQP_URL", user.role.as_str().to_uppercase());
-        match &user.password {
-            Some(password) => println!(
-                "{variable}={}",
-                url_as(
-                    amqp_url.expose_secret(),
-                    &user.name,
-                    password.expose_secret()
-                )
-            ),
-            None if user.given => println!(
-                "# {variable}: user {} has the password of {}",
-                user.name,
-                user.role.password_variable()
-            ),
-            None => println!(
-                "# {variable}: user {} exists; its password is unchanged",
-                user.name
-            ),
-        }
-        if let Role::Worker(kind) = user.role {
-            worker_users.push(format!("{}={}", kind.as_str(), user.name));
-        }
-    }
-    println!("# the orchestrator's: replies only from these users");
-    println!("WORKER_USERS={}", worker_users.join(","));
-    ExitCode::SUCCESS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::url_as;
     use regex_lite::Regex;
 
     fn allows(pattern: &str, name: &str) -> bool {

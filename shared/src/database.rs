@@ -415,6 +415,22 @@ pub async fn warn_if_budget_tight(pool: &PgPool, pool_size: u32) {
     }
 }
 
+/// `DATABASE_URL`: a PostgreSQL URL whose TLS parameters make sense. All a
+/// one-shot command (`migrate`, `inventory import`) needs.
+pub fn url(
+    source: &dyn crate::config::Source,
+) -> Result<secrecy::SecretString, crate::config::ConfigError> {
+    use secrecy::ExposeSecret;
+    let database_url = crate::config::url(
+        source,
+        "DATABASE_URL",
+        &["postgres", "postgresql"],
+        "set it to this service's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/inventory",
+    )?;
+    tls::check_database_url(database_url.expose_secret())?;
+    Ok(database_url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

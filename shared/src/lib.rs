@@ -3,6 +3,7 @@
 //! telemetry and money.
 
 pub mod broker;
+pub mod broker_commands;
 pub mod broker_users;
 pub mod config;
 pub mod consumer;
@@ -14,6 +15,7 @@ pub mod messages;
 pub mod money;
 pub mod queue_policies;
 pub mod schema;
+pub mod service_config;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -681,7 +681,7 @@ pub const MIGRATE_HELP: &str = "Apply this build's pending database migrations, 
 /// did on stdout. Exit code 0; 2 for a configuration error or a refused TLS
 /// certificate; 1 for anything else, with one line on stderr.
 pub async fn migrate_command(schema: &Schema) -> ExitCode {
-    let config = config::database_url(&Environment)
+    let config = database::url(&Environment)
         .and_then(|url| Ok((url, MigrateSettings::from_source(&Environment)?)));
     let (url, settings) = match config {
         Ok(config) => config,

@@ -193,7 +193,7 @@ impl BrokerUsers {
             let password = user.password.expect("a test's users are new");
             urls.insert(
                 user.role,
-                crate::broker_users::url_as(amqp_url, &user.name, password.expose_secret()),
+                crate::config::url_as(amqp_url, &user.name, password.expose_secret()),
             );
             if let crate::broker_users::Role::Worker(kind) = user.role {
                 worker_users.push(format!("{}={}", kind.as_str(), user.name));

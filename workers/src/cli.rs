@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_shared::broker::Broker;
-use saga_shared::config::{self, ConfigError, ServiceConfig};
+use saga_shared::config::{self, ConfigError};
 use saga_shared::schema::{self, OnStart, Schema};
+use saga_shared::service_config::ServiceConfig;
 use saga_shared::topology::Topology;
 use saga_shared::{database, shutdown, telemetry, tls};
 use secrecy::ExposeSecret;
@@ -40,7 +41,7 @@ pub async fn serve<H: Handler>(
         )
         .await?,
     );
-    saga_shared::queue_policies::ensure_at_start(&config, broker.topology()).await;
+    saga_shared::broker_commands::ensure_at_start(&config, broker.topology()).await;
     let pruning = tokio::spawn(run_inbox_pruning_until_stopped(
         pool.clone(),
         inbox_retention,
@@ -156,7 +157,7 @@ where
     F: FnOnce(PgPool) -> Fut,
     Fut: std::future::Future<Output = Result<(), WorkerError>>,
 {
-    let config = config::database_url(&config::Environment)
+    let config = saga_shared::database::url(&config::Environment)
         .and_then(|url| Ok((url, OnStart::from_source(&config::Environment)?)));
     let (url, on_start) = match config {
         Ok(config) => config,

@@ -217,7 +217,7 @@ async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_bui
 /// printed; the others get new ones, printed once as their AMQP_URL.
 #[tokio::test]
 async fn broker_users_takes_the_operators_passwords_and_prints_only_new_ones() {
-    use saga_shared::broker_users::url_as;
+    use saga_shared::config::url_as;
     use saga_shared::testing;
 
     let prefix = testing::random_prefix();

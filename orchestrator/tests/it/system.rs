@@ -11,7 +11,7 @@ use orchestrator::reply_senders::ReplySenders;
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
 use saga_shared::broker_users::Role;
-use saga_shared::config::ServiceConfig;
+use saga_shared::service_config::ServiceConfig;
 use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::Topology;
 use saga_shared::WorkerKind;

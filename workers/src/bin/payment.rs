@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use saga_shared::config::{Environment, ServiceConfig, Source};
+use saga_shared::config::{Environment, Source};
 use saga_shared::schema;
+use saga_shared::service_config::ServiceConfig;
 use workers::cli;
 use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, SCHEMA};
 use workers::retention::inbox_retention;
