@@ -9,7 +9,9 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing::subscriber::Interest;
+use tracing::{span, Metadata};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
@@ -153,13 +155,9 @@ pub fn init_service(default_filter: &str, service: &str) -> Result<(), ConfigErr
                 .build(),
         )
         .build();
-    let tracer = provider.tracer(service.to_owned());
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(EnvFilter::new(TRACE_FILTER));
     let installed = tracing_subscriber::registry()
         .with(log_layer(default_filter))
-        .with(traces)
+        .with(trace_layer(provider.tracer(service.to_owned())))
         .try_init();
     if installed.is_ok() {
         *PROVIDER.lock().expect("provider lock is never poisoned") = Some(provider);
@@ -192,6 +190,15 @@ pub async fn shutdown(within: Duration) {
     }
 }
 
+fn trace_layer<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(AskEveryTime(EnvFilter::new(TRACE_FILTER)))
+}
+
 fn log_layer<S>(default_filter: &str) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -207,6 +214,7 @@ where
         Ok("pretty") => false,
         _ => !std::io::stderr().is_terminal(),
     };
+    let filter = AskEveryTime(filter);
     let builder = fmt::layer().with_writer(std::io::stderr);
     if json {
         builder
@@ -216,6 +224,67 @@ where
             .boxed()
     } else {
         builder.with_filter(filter).boxed()
+    }
+}
+
+/// A per-layer filter whose answer is asked for every span and event, never
+/// cached for their callsite as `always`.
+///
+/// Per-layer filters hand their answer to their layer through a
+/// thread-local set by the dispatcher's `enabled`, which `tracing` skips
+/// for a callsite every filter cached as `always`. A dependency that asks
+/// `enabled` and then emits nothing (sqlx's query logger asks `log`'s
+/// `log_enabled!` after every statement, which `tracing-log` turns into
+/// `enabled`) leaves its answers there, and the next such span takes them
+/// as its own: the exporter missed the workers' `command` and the
+/// orchestrator's `reply` spans, and the spans under them started traces
+/// of their own, whenever the log enabled what the traces do (`RUST_LOG`
+/// at `info`, a service's default).
+/// Asking each time overwrites the stale answers, for every layer, at the
+/// cost of one filter match per span and event.
+/// <https://github.com/tokio-rs/tracing/issues/2519>
+struct AskEveryTime<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for AskEveryTime<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        let interest = self.0.callsite_enabled(meta);
+        if interest.is_never() {
+            interest
+        } else {
+            Interest::sometimes()
+        }
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, cx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, cx: Context<'_, S>) {
+        self.0.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &span::Id, cx: Context<'_, S>) {
+        self.0.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &span::Id, cx: Context<'_, S>) {
+        self.0.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: span::Id, cx: Context<'_, S>) {
+        self.0.on_close(id, cx)
     }
 }
 
@@ -270,6 +339,26 @@ mod tests {
         ] {
             assert_eq!(export(&[on[0], off]).unwrap(), None, "{off:?}");
         }
+    }
+
+    #[test]
+    fn a_span_is_exported_after_a_dependency_asked_about_a_level_only_the_log_shows() {
+        let provider = SdkTracerProvider::builder().build();
+        let log = fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(AskEveryTime(EnvFilter::new("info")));
+        let subscriber = tracing_subscriber::registry()
+            .with(log)
+            .with(trace_layer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            // Asked, and nothing logged: sqlx does so after every statement.
+            let _ = tracing::enabled!(target: "lapin::channels", tracing::Level::INFO);
+            let command = tracing::info_span!("command");
+            assert!(
+                crate::traceparent::of(&command).is_some(),
+                "the exporter sees the span"
+            );
+        });
     }
 
     #[test]
