@@ -7,6 +7,7 @@ pub const DEFAULT_MAX_AMOUNT_CENTS: i64 = 100_000_000;
 
 /// Where the worker process aborts on purpose, for crash tests only: right
 /// after the provider approved, before the outcome is recorded.
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failpoint {
     AfterProviderCharge,
@@ -17,6 +18,7 @@ pub enum Failpoint {
 pub struct PaymentConfig {
     /// Charges above this are refused `invalid_amount`.
     pub max_amount_cents: i64,
+    #[cfg(feature = "failpoints")]
     pub failpoint: Option<Failpoint>,
     /// `PAYMENT_PROVIDER=simulator`: the `sim_*` payment methods work.
     /// Off by default, where they are refused `invalid_payment_method`:
@@ -30,6 +32,7 @@ impl Default for PaymentConfig {
     fn default() -> Self {
         PaymentConfig {
             max_amount_cents: DEFAULT_MAX_AMOUNT_CENTS,
+            #[cfg(feature = "failpoints")]
             failpoint: None,
             simulator: false,
         }
@@ -59,6 +62,7 @@ impl PaymentConfig {
                 reason: format!("must be at least 1 cent, not {max_amount_cents}"),
             });
         }
+        #[cfg(feature = "failpoints")]
         let failpoint = match source.get("PAYMENT_FAILPOINT").as_deref().map(str::trim) {
             None | Some("") => None,
             Some("after_provider_charge") => Some(Failpoint::AfterProviderCharge),
@@ -72,6 +76,21 @@ impl PaymentConfig {
                 })
             }
         };
+        // Silently running without the crash a test asked for would pass
+        // that test for the wrong reason, or hang it.
+        #[cfg(not(feature = "failpoints"))]
+        if let Some(asked) = source
+            .get("PAYMENT_FAILPOINT")
+            .filter(|v| !v.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                name: "PAYMENT_FAILPOINT",
+                reason: format!(
+                    "`{}`: this build has no failpoints (the crash tests' builds have them, with the workers crate's `failpoints` feature)",
+                    asked.trim()
+                ),
+            });
+        }
         let simulator = match source.get("PAYMENT_PROVIDER").as_deref().map(str::trim) {
             None | Some("") => false,
             Some(SIMULATOR) => true,
@@ -86,6 +105,7 @@ impl PaymentConfig {
         };
         Ok(PaymentConfig {
             max_amount_cents,
+            #[cfg(feature = "failpoints")]
             failpoint,
             simulator,
         })
@@ -141,6 +161,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "failpoints")]
     fn reads_both() {
         let read = config(&[
             ("PAYMENT_MAX_AMOUNT_CENTS", "5000"),
@@ -149,5 +170,22 @@ mod tests {
         .unwrap();
         assert_eq!(read.max_amount_cents, 5_000);
         assert_eq!(read.failpoint, Some(Failpoint::AfterProviderRefund));
+    }
+
+    #[test]
+    #[cfg(not(feature = "failpoints"))]
+    fn a_build_without_failpoints_refuses_one_and_says_so() {
+        for asked in ["after_provider_charge", "after_provider_refund"] {
+            let error = config(&[("PAYMENT_FAILPOINT", asked)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("PAYMENT_FAILPOINT"), "{error}");
+            assert!(error.contains("this build has no failpoints"), "{error}");
+        }
+        assert_eq!(
+            config(&[("PAYMENT_FAILPOINT", " ")]).unwrap(),
+            PaymentConfig::default(),
+            "empty is unset"
+        );
     }
 }

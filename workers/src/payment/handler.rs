@@ -16,7 +16,9 @@ use saga_shared::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::config::{Failpoint, PaymentConfig};
+#[cfg(feature = "failpoints")]
+use super::config::Failpoint;
+use super::config::PaymentConfig;
 use super::outage::{self, OUTAGE_ERROR};
 use super::provider::{
     ChargeRequest, IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer, RefundRequest,
@@ -237,6 +239,7 @@ impl<P: PaymentProvider> Payment<P> {
             transient_failures: transient_failures.unsigned_abs(),
         };
         let provider = self.provider.clone();
+        #[cfg(feature = "failpoints")]
         let failpoint = self.config.failpoint;
         ExternalCall::new(async move {
             // An intent found (not written) may have reached the provider:
@@ -250,6 +253,7 @@ impl<P: PaymentProvider> Payment<P> {
                     Lookup::Transient { error } => ProviderAnswer::Transient { error },
                 }
             };
+            #[cfg(feature = "failpoints")]
             if failpoint == Some(Failpoint::AfterProviderCharge)
                 && matches!(answer, ProviderAnswer::Approved { .. })
             {
@@ -304,6 +308,7 @@ impl<P: PaymentProvider> Payment<P> {
             payment_method: row.payment_method.unwrap_or_default(),
         };
         let provider = self.provider.clone();
+        #[cfg(feature = "failpoints")]
         let failpoint = self.config.failpoint;
         Ok(Decision::Call(ExternalCall::new(async move {
             let answer = if resumed {
@@ -315,6 +320,7 @@ impl<P: PaymentProvider> Payment<P> {
             } else {
                 provider.refund(&refund).await
             };
+            #[cfg(feature = "failpoints")]
             if failpoint == Some(Failpoint::AfterProviderRefund)
                 && matches!(answer, ProviderAnswer::Approved { .. })
             {

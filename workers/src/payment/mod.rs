@@ -10,7 +10,9 @@ pub mod rules;
 pub mod simulator;
 pub mod store;
 
-pub use config::{Failpoint, PaymentConfig, SIMULATOR};
+#[cfg(feature = "failpoints")]
+pub use config::Failpoint;
+pub use config::{PaymentConfig, SIMULATOR};
 pub use handler::Payment;
 pub use provider::{IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer};
 pub use simulator::{ledger, LedgerLine, Simulator};

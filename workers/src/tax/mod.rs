@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod rates;
+pub mod rules;
 
 pub use handler::Tax;
 
