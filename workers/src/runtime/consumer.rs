@@ -17,14 +17,9 @@ use uuid::Uuid;
 
 use super::batch::{handle_batch, Batched};
 use super::delivery::{answer, finish_call, reply_message, requeue, settle_delivery};
+use super::context::{Context, Received};
 use super::Handler;
 use crate::WorkerError;
-
-pub(super) struct Context<H> {
-    pub(super) handler: H,
-    pub(super) pool: PgPool,
-    pub(super) broker: Arc<Broker>,
-}
 
 /// Consumes until `stop`, then stops fetching, lets in-flight commands
 /// finish, and returns. At most `prefetch` commands are handled at once;
@@ -50,13 +45,6 @@ pub async fn run_worker_until_stopped<H: Handler>(
     };
     run_batch_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await?;
     Ok(())
-}
-
-/// A decoded command and the delivery that brought it.
-pub(super) struct Received {
-    pub(super) delivery: Delivery,
-    pub(super) command: Envelope<Command>,
-    pub(super) span: tracing::Span,
 }
 
 /// The command of `delivery`, or why it can never be handled here.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::command::handle_command;
-use super::consumer::{Context, Received};
+use super::context::{Context, Received};
 use super::settlement::record_settlement;
 use super::{ExternalCall, Handler};
 

@@ -8,6 +8,7 @@
 mod batch;
 mod command;
 mod consumer;
+mod context;
 mod delivery;
 mod settlement;
 
