@@ -16,8 +16,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::batch::{handle_batch, Batched};
-use super::delivery::{answer, finish_call, reply_message, requeue, settle_delivery};
 use super::context::{Context, Received};
+use super::delivery::{answer, finish_call, reply_message, requeue, settle_delivery};
 use super::Handler;
 use crate::WorkerError;
 
