@@ -32,7 +32,7 @@ pub struct TraceExport {
 /// span as long as its connection) would each be a trace of their own with
 /// no checkout in it.
 const TRACE_FILTER: &str = "warn,orchestrator=info,workers=info,saga_shared=info,tower_http=debug,\
-                            orchestrator::metrics=warn,orchestrator::listener=warn";
+                            orchestrator::gauges=warn,orchestrator::listener=warn";
 
 /// The provider installed by [`init_service`], shut down (flushed) once by
 /// [`shutdown`].
