@@ -4,13 +4,10 @@ pub mod admin;
 pub mod auth;
 pub mod checkouts;
 pub mod client_auth;
-pub mod clients;
 pub mod console;
 pub mod openapi;
 pub mod problem;
-pub mod search;
 pub mod server;
-pub mod stats;
 pub mod validation;
 
 use std::sync::Arc;
@@ -84,22 +81,44 @@ pub fn router(state: AppState, routes: Routes) -> Router {
     if admin {
         unbounded = unbounded.route(
             "/v1/admin/sagas/retry",
-            post(admin::bulk_retry).layer(DefaultBodyLimit::max(admin::BULK_BODY_BYTES)),
+            post(admin::bulk_retry::bulk_retry)
+                .layer(DefaultBodyLimit::max(admin::bulk_retry::BULK_BODY_BYTES)),
         );
         bounded = bounded
-            .route("/v1/admin/sagas", get(admin::list))
-            .route("/v1/admin/sagas/{id}", get(admin::detail))
-            .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
-            .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
-            .route("/v1/admin/sagas/{id}/extend-park", post(admin::extend_park))
-            .route("/v1/admin/failures", get(admin::failures))
-            .route("/v1/admin/dead-letters", get(admin::dead_letters))
-            .route("/v1/admin/outbox", get(admin::outbox))
-            .route("/v1/admin/stats/statuses", get(stats::statuses))
-            .route("/v1/admin/stats/minutes", get(stats::minutes))
-            .route("/v1/admin/clients", get(clients::list).post(clients::add))
-            .route("/v1/admin/clients/{name}", patch(clients::set_limits))
-            .route("/v1/admin/clients/{name}/revoke", post(clients::revoke))
+            .route("/v1/admin/sagas", get(admin::saga_list::list))
+            .route("/v1/admin/sagas/{id}", get(admin::saga_detail::detail))
+            .route(
+                "/v1/admin/sagas/{id}/retry",
+                post(admin::saga_actions::retry),
+            )
+            .route(
+                "/v1/admin/sagas/{id}/cancel",
+                post(admin::saga_actions::cancel),
+            )
+            .route(
+                "/v1/admin/sagas/{id}/extend-park",
+                post(admin::park_extension::extend_park),
+            )
+            .route("/v1/admin/failures", get(admin::failures::failures))
+            .route(
+                "/v1/admin/dead-letters",
+                get(admin::dead_letters::dead_letters),
+            )
+            .route("/v1/admin/outbox", get(admin::outbox::outbox))
+            .route("/v1/admin/stats/statuses", get(admin::stats::statuses))
+            .route("/v1/admin/stats/minutes", get(admin::stats::minutes))
+            .route(
+                "/v1/admin/clients",
+                get(admin::clients::list).post(admin::clients::add),
+            )
+            .route(
+                "/v1/admin/clients/{name}",
+                patch(admin::clients::set_limits),
+            )
+            .route(
+                "/v1/admin/clients/{name}/revoke",
+                post(admin::clients::revoke),
+            )
             .route("/admin", get(console::page))
             .route("/metrics", get(metrics));
     }

@@ -9,12 +9,11 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::auth::Actor;
-use super::problem::{ApiError, FieldError};
-use super::validation;
-use super::AppState;
 use crate::clients::store::{self, ClientRow};
 use crate::clients::{digest, generate_key, valid_name, ClientLimits, LimitOverrides, NAME_RULE};
+use crate::http::auth::Actor;
+use crate::http::problem::{ApiError, FieldError};
+use crate::http::{validation, AppState};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientView {

@@ -6,10 +6,10 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::admin::{invalid, no_control_characters};
-use super::auth::Actor;
-use super::problem::ApiError;
-use super::AppState;
+use super::field::no_control_characters;
+use crate::http::auth::Actor;
+use crate::http::problem::{ApiError, FieldError};
+use crate::http::AppState;
 use crate::store::{MinuteOutcomes, StatusCounts, MAX_MINUTES};
 
 /// The console's chart: the last hour.
@@ -75,7 +75,7 @@ pub async fn minutes(
     State(state): State<AppState>,
     params: Result<Query<MinuteParams>, QueryRejection>,
 ) -> Result<Json<MinuteStats>, ApiError> {
-    let params = super::validation::query(params)?;
+    let params = crate::http::validation::query(params)?;
     let mut errors = Vec::new();
     no_control_characters(&mut errors, &[("minutes", params.minutes.as_deref())]);
     if !errors.is_empty() {
@@ -88,7 +88,7 @@ pub async fn minutes(
         Some(text) => match text.parse::<u32>() {
             Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
             _ => {
-                return Err(ApiError::Invalid(vec![invalid(
+                return Err(ApiError::Invalid(vec![FieldError::new(
                     "minutes",
                     format!("must be a number from 1 to {MAX_MINUTES}"),
                 )]))
