@@ -1,17 +1,17 @@
 //! Messages that could never be handled, kept for support to read.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::field::{all_or_errors, no_control_characters};
-use super::page::{page, page_cursor, page_size};
+use super::field::all_or_errors;
+use super::page::{page, PageRequest};
+use super::query::{CheckedQuery, SupportQuery};
 use crate::dead_letters::DeadLetter;
 use crate::http::auth::Actor;
 use crate::http::problem::{ApiError, FieldError};
-use crate::http::{validation, AppState};
+use crate::http::AppState;
 use crate::store::StoreError;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -20,6 +20,30 @@ pub struct DeadLetterParams {
     saga_id: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+}
+
+impl SupportQuery for DeadLetterParams {
+    type Read = (Option<Uuid>, PageRequest<i64>);
+
+    fn texts(&self) -> Vec<(&'static str, Option<&str>)> {
+        vec![
+            ("saga_id", self.saga_id.as_deref()),
+            ("limit", self.limit.as_deref()),
+            ("cursor", self.cursor.as_deref()),
+        ]
+    }
+
+    fn read(self, errors: &mut Vec<FieldError>) -> Self::Read {
+        let saga_id = all_or_errors(
+            errors,
+            self.saga_id.map(|id| {
+                id.trim()
+                    .parse::<Uuid>()
+                    .map_err(|_| FieldError::new("saga_id", "must be a saga id (a UUID)"))
+            }),
+        );
+        (saga_id, PageRequest::read(errors, self.limit, self.cursor))
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -41,34 +65,9 @@ pub struct DeadLetterList {
 pub async fn dead_letters(
     _: Actor,
     State(state): State<AppState>,
-    params: Result<Query<DeadLetterParams>, QueryRejection>,
+    CheckedQuery((saga_id, request)): CheckedQuery<DeadLetterParams>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let params = validation::query(params)?;
-    let mut errors = Vec::new();
-    no_control_characters(
-        &mut errors,
-        &[
-            ("saga_id", params.saga_id.as_deref()),
-            ("limit", params.limit.as_deref()),
-            ("cursor", params.cursor.as_deref()),
-        ],
-    );
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    let saga_id = all_or_errors(
-        &mut errors,
-        params.saga_id.map(|id| {
-            id.trim()
-                .parse::<Uuid>()
-                .map_err(|_| FieldError::new("saga_id", "must be a saga id (a UUID)"))
-        }),
-    );
-    let limit = page_size(&mut errors, params.limit);
-    let cursor = page_cursor::<i64>(&mut errors, params.cursor);
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
+    let PageRequest { limit, cursor } = request;
     let rows = crate::dead_letters::list(state.store.pool(), saga_id, limit + 1, cursor)
         .await
         .map_err(StoreError::from)?;

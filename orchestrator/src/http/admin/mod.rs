@@ -17,5 +17,7 @@ pub mod saga_list;
 pub mod saga_search;
 pub mod stats;
 
+pub mod page;
+pub mod query;
+
 mod field;
-mod page;

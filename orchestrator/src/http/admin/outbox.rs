@@ -1,14 +1,14 @@
 //! Commands the broker refused that still wait in the outbox.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::page::{page, page_cursor, page_size};
+use super::page::{page, PageRequest};
+use super::query::{CheckedQuery, SupportQuery};
 use crate::http::auth::Actor;
-use crate::http::problem::ApiError;
-use crate::http::{validation, AppState};
+use crate::http::problem::{ApiError, FieldError};
+use crate::http::AppState;
 use crate::store::StoreError;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -16,6 +16,20 @@ use crate::store::StoreError;
 pub struct OutboxParams {
     limit: Option<String>,
     cursor: Option<String>,
+}
+
+impl SupportQuery for OutboxParams {
+    type Read = PageRequest<i64>;
+
+    fn texts(&self) -> Vec<(&'static str, Option<&str>)> {
+        // Both are numbers, read once trimmed: a control character is
+        // either white space trimmed away or refused as not a number.
+        Vec::new()
+    }
+
+    fn read(self, errors: &mut Vec<FieldError>) -> Self::Read {
+        PageRequest::read(errors, self.limit, self.cursor)
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -37,15 +51,8 @@ pub struct RefusedCommandList {
 pub async fn outbox(
     _: Actor,
     State(state): State<AppState>,
-    params: Result<Query<OutboxParams>, QueryRejection>,
+    CheckedQuery(PageRequest { limit, cursor }): CheckedQuery<OutboxParams>,
 ) -> Result<Json<RefusedCommandList>, ApiError> {
-    let params = validation::query(params)?;
-    let mut errors = Vec::new();
-    let limit = page_size(&mut errors, params.limit);
-    let cursor = page_cursor::<i64>(&mut errors, params.cursor);
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
     let commands = crate::relay::refused(state.store.pool(), i64::from(limit) + 1, cursor)
         .await
         .map_err(StoreError::from)?;

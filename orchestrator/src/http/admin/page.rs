@@ -7,34 +7,41 @@ use crate::store::MAX_PAGE;
 
 const DEFAULT_PAGE: u32 = 50;
 
-/// `limit` of a page: 1..=MAX_PAGE, [`DEFAULT_PAGE`] when absent.
-pub(super) fn page_size(errors: &mut Vec<FieldError>, limit: Option<String>) -> u32 {
-    all_or_errors(
-        errors,
-        limit.map(|l| match l.trim().parse::<u32>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(FieldError::new(
-                "limit",
-                format!("must be a number from 1 to {MAX_PAGE}"),
-            )),
-        }),
-    )
-    .unwrap_or(DEFAULT_PAGE)
+/// The page a list route is asked for; `C` is what its rows are paged by.
+pub struct PageRequest<C> {
+    pub limit: u32,
+    pub cursor: Option<C>,
 }
 
-/// `cursor` of a page: what the previous page gave as `next_cursor`.
-pub(super) fn page_cursor<T: std::str::FromStr>(
-    errors: &mut Vec<FieldError>,
-    cursor: Option<String>,
-) -> Option<T> {
-    all_or_errors(
-        errors,
-        cursor.map(|c| {
-            c.trim().parse::<T>().map_err(|_| {
-                FieldError::new("cursor", "must be a `next_cursor` from an earlier page")
-            })
-        }),
-    )
+impl<C: std::str::FromStr> PageRequest<C> {
+    /// `limit`: 1..=MAX_PAGE, [`DEFAULT_PAGE`] when absent; `cursor`: what
+    /// the previous page gave as `next_cursor`.
+    pub(super) fn read(
+        errors: &mut Vec<FieldError>,
+        limit: Option<String>,
+        cursor: Option<String>,
+    ) -> Self {
+        let limit = all_or_errors(
+            errors,
+            limit.map(|l| match l.trim().parse::<u32>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+                _ => Err(FieldError::new(
+                    "limit",
+                    format!("must be a number from 1 to {MAX_PAGE}"),
+                )),
+            }),
+        )
+        .unwrap_or(DEFAULT_PAGE);
+        let cursor = all_or_errors(
+            errors,
+            cursor.map(|c| {
+                c.trim().parse::<C>().map_err(|_| {
+                    FieldError::new("cursor", "must be a `next_cursor` from an earlier page")
+                })
+            }),
+        );
+        PageRequest { limit, cursor }
+    }
 }
 
 /// A page of `rows`, fetched with one row more than `limit` to learn

@@ -1,20 +1,17 @@
 //! The saga list: sagas found by their state, their last error, when they
 //! were created, or what support has at hand when a customer calls.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::field::{
-    all_or_errors, no_control_characters, non_empty, parse_phase, parse_status, parse_step,
-    parse_time,
-};
-use super::page::{page_cursor, page_size};
+use super::field::{all_or_errors, non_empty, parse_phase, parse_status, parse_step, parse_time};
+use super::page::PageRequest;
+use super::query::{CheckedQuery, SupportQuery};
 use crate::http::auth::Actor;
-use crate::http::problem::ApiError;
-use crate::http::{validation, AppState};
+use crate::http::problem::{ApiError, FieldError};
+use crate::http::AppState;
 use crate::store::{SagaFilter, SagaSummary};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -44,6 +41,60 @@ pub struct ListParams {
     client: Option<String>,
 }
 
+impl SupportQuery for ListParams {
+    type Read = (SagaFilter, PageRequest<Uuid>);
+
+    fn texts(&self) -> Vec<(&'static str, Option<&str>)> {
+        vec![
+            ("status", self.status.as_deref()),
+            ("step", self.step.as_deref()),
+            ("phase", self.phase.as_deref()),
+            ("error", self.error.as_deref()),
+            ("created_after", self.created_after.as_deref()),
+            ("created_before", self.created_before.as_deref()),
+            ("limit", self.limit.as_deref()),
+            ("cursor", self.cursor.as_deref()),
+            ("q", self.q.as_deref()),
+            ("customer_id", self.customer_id.as_deref()),
+            ("idempotency_key", self.idempotency_key.as_deref()),
+            ("client", self.client.as_deref()),
+        ]
+    }
+
+    fn read(self, errors: &mut Vec<FieldError>) -> Self::Read {
+        let search = super::saga_search::terms(
+            errors,
+            self.q,
+            self.customer_id,
+            self.idempotency_key,
+            self.client,
+        );
+        let filter = SagaFilter {
+            // Given empty, these are refused like any value outside their
+            // set: the contract lists the values, and "" is not one of them.
+            status: all_or_errors(errors, self.status.map(|s| parse_status(s.trim()))),
+            step: all_or_errors(errors, self.step.map(|s| parse_step(s.trim()))),
+            phase: all_or_errors(errors, self.phase.map(|p| parse_phase(p.trim()))),
+            error: non_empty(self.error),
+            created_after: all_or_errors(
+                errors,
+                self.created_after
+                    .map(|t| parse_time("created_after", t.trim())),
+            ),
+            created_before: all_or_errors(
+                errors,
+                self.created_before
+                    .map(|t| parse_time("created_before", t.trim())),
+            ),
+            search: search.q,
+            customer_id: search.customer_id,
+            idempotency_key: search.idempotency_key,
+            client: search.client,
+        };
+        (filter, PageRequest::read(errors, self.limit, self.cursor))
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct SagaList {
     sagas: Vec<SagaSummary>,
@@ -62,67 +113,9 @@ pub struct SagaList {
 pub async fn list(
     _: Actor,
     State(state): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    CheckedQuery((filter, page)): CheckedQuery<ListParams>,
 ) -> Result<Json<SagaList>, ApiError> {
-    let params = validation::query(params)?;
-    let mut errors = Vec::new();
-    no_control_characters(
-        &mut errors,
-        &[
-            ("status", params.status.as_deref()),
-            ("step", params.step.as_deref()),
-            ("phase", params.phase.as_deref()),
-            ("error", params.error.as_deref()),
-            ("created_after", params.created_after.as_deref()),
-            ("created_before", params.created_before.as_deref()),
-            ("limit", params.limit.as_deref()),
-            ("cursor", params.cursor.as_deref()),
-            ("q", params.q.as_deref()),
-            ("customer_id", params.customer_id.as_deref()),
-            ("idempotency_key", params.idempotency_key.as_deref()),
-            ("client", params.client.as_deref()),
-        ],
-    );
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    let search = super::saga_search::terms(
-        &mut errors,
-        params.q,
-        params.customer_id,
-        params.idempotency_key,
-        params.client,
-    );
-    let filter = SagaFilter {
-        // Given empty, these are refused like any value outside their
-        // set: the contract lists the values, and "" is not one of them.
-        status: all_or_errors(&mut errors, params.status.map(|s| parse_status(s.trim()))),
-        step: all_or_errors(&mut errors, params.step.map(|s| parse_step(s.trim()))),
-        phase: all_or_errors(&mut errors, params.phase.map(|p| parse_phase(p.trim()))),
-        error: non_empty(params.error),
-        created_after: all_or_errors(
-            &mut errors,
-            params
-                .created_after
-                .map(|t| parse_time("created_after", t.trim())),
-        ),
-        created_before: all_or_errors(
-            &mut errors,
-            params
-                .created_before
-                .map(|t| parse_time("created_before", t.trim())),
-        ),
-        search: search.q,
-        customer_id: search.customer_id,
-        idempotency_key: search.idempotency_key,
-        client: search.client,
-    };
-    let limit = page_size(&mut errors, params.limit);
-    let cursor = page_cursor::<Uuid>(&mut errors, params.cursor);
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    let page = state.store.list(&filter, limit, cursor).await?;
+    let page = state.store.list(&filter, page.limit, page.cursor).await?;
     Ok(Json(SagaList {
         sagas: page.sagas,
         next_cursor: page.next_cursor,
