@@ -1,20 +1,18 @@
 //! Retry many suspended sagas at once: one failure group, or the ids a dry
 //! run listed.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::field::{all_or_errors, no_control_characters, parse_phase, parse_step};
+use super::json_body::JsonBody;
 use super::reason::reason_of;
 use crate::http::auth::Actor;
 use crate::http::problem::{ApiError, FieldError};
-use crate::http::{validation, AppState};
+use crate::http::AppState;
 use crate::saga::Action;
 use crate::store::{BulkSelection, StoreError, MAX_BULK};
 
@@ -29,7 +27,7 @@ pub const BULK_BODY_BYTES: usize = 512 * 1024;
 /// returned them), not both.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BulkRetryBody {
+pub struct BulkRetryBody {
     step: Option<String>,
     phase: Option<String>,
     /// The group's error text, exactly; `""` is the group parked without one.
@@ -128,10 +126,8 @@ pub struct BulkRetried {
 pub async fn bulk_retry(
     Actor(actor): Actor,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<BulkRetryBody>,
 ) -> Result<Json<BulkRetried>, ApiError> {
-    let body: BulkRetryBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
     let selection = bulk_selection(&body)?;
     // A dry run needs no reason; one given anyway is held to the same rules,
     // so a body that passes its dry run passes for real too.

@@ -1,24 +1,23 @@
 //! More time for a parked saga before `PARKED_SAGA_TTL` cancels it.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::json_body::JsonBody;
 use super::reason::reason_of;
-use super::saga_detail::{detail_of, saga_id, SagaDetail};
+use super::saga_detail::{detail_of, SagaDetail};
+use super::saga_id::SagaId;
 use crate::http::auth::Actor;
 use crate::http::problem::{ApiError, FieldError};
-use crate::http::{validation, AppState};
+use crate::http::AppState;
 
 /// How much longer a parked saga may stay parked, and why.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ExtendParkBody {
+pub struct ExtendParkBody {
     /// Added to its time limit: a whole number and a unit (ms, s, m, h,
     /// d), e.g. `24h`.
     by: Option<String>,
@@ -53,12 +52,9 @@ pub struct ParkExtended {
 pub async fn extend_park(
     Actor(actor): Actor,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    SagaId(id): SagaId,
+    JsonBody(body): JsonBody<ExtendParkBody>,
 ) -> Result<Json<ParkExtended>, ApiError> {
-    let id = saga_id(&id)?;
-    let body: ExtendParkBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
     let mut errors = Vec::new();
     let by = match body.by.as_deref().map(crate::duration_text::parse) {
         None => {

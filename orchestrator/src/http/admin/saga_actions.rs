@@ -1,35 +1,32 @@
 //! Retry or cancel one saga, saying why.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
+use uuid::Uuid;
 
+use super::json_body::JsonBody;
 use super::reason::reason_of;
-use super::saga_detail::{detail_of, saga_id, SagaDetail};
+use super::saga_detail::{detail_of, SagaDetail};
+use super::saga_id::SagaId;
 use crate::http::auth::Actor;
 use crate::http::problem::ApiError;
-use crate::http::{validation, AppState};
+use crate::http::AppState;
 use crate::saga::Action;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ActionBody {
+pub struct ActionBody {
     reason: Option<String>,
 }
 
 async fn act(
     state: &AppState,
     Actor(actor): Actor,
-    id: &str,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    id: Uuid,
+    body: ActionBody,
     action: Action,
 ) -> Result<Json<SagaDetail>, ApiError> {
-    let id = saga_id(id)?;
-    let body: ActionBody = validation::parse_json(&validation::json_body(headers, body)?)?;
     let reason = reason_of(body.reason)?;
     state.store.act(id, action, &actor, &reason).await?;
     state.relay.notify_one();
@@ -52,11 +49,10 @@ async fn act(
 pub async fn retry(
     actor: Actor,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    SagaId(id): SagaId,
+    JsonBody(body): JsonBody<ActionBody>,
 ) -> Result<Json<SagaDetail>, ApiError> {
-    act(&state, actor, &id, &headers, body, Action::Retry).await
+    act(&state, actor, id, body, Action::Retry).await
 }
 
 #[utoipa::path(
@@ -75,9 +71,8 @@ pub async fn retry(
 pub async fn cancel(
     actor: Actor,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    SagaId(id): SagaId,
+    JsonBody(body): JsonBody<ActionBody>,
 ) -> Result<Json<SagaDetail>, ApiError> {
-    act(&state, actor, &id, &headers, body, Action::Cancel).await
+    act(&state, actor, id, body, Action::Cancel).await
 }

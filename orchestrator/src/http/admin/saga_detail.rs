@@ -1,13 +1,14 @@
 //! One saga as support sees it: its state, amounts, what may be done to
 //! it, each step's attempts and its whole timeline.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use saga_shared::Step;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::saga_id::SagaId;
 use crate::http::auth::Actor;
 use crate::http::problem::ApiError;
 use crate::http::AppState;
@@ -93,11 +94,6 @@ pub(super) async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, 
     })
 }
 
-pub(super) fn saga_id(text: &str) -> Result<Uuid, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::NotFound(format!("no saga with id `{text}`")))
-}
-
 #[utoipa::path(
     get, path = "/v1/admin/sagas/{id}", tag = "support", security(("bearer" = [])),
     params(("id" = String, Path, description = "The saga (checkout) id")),
@@ -110,7 +106,7 @@ pub(super) fn saga_id(text: &str) -> Result<Uuid, ApiError> {
 pub async fn detail(
     _: Actor,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    SagaId(id): SagaId,
 ) -> Result<Json<SagaDetail>, ApiError> {
-    Ok(Json(detail_of(&state, saga_id(&id)?).await?))
+    Ok(Json(detail_of(&state, id).await?))
 }
