@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_shared::broker::Broker;
 use saga_shared::traceparent;
@@ -79,46 +79,9 @@ pub fn router(state: AppState, routes: Routes) -> Router {
             .route("/openapi.json", get(openapi::document));
     }
     if admin {
-        unbounded = unbounded.route(
-            "/v1/admin/sagas/retry",
-            post(admin::bulk_retry::bulk_retry)
-                .layer(DefaultBodyLimit::max(admin::bulk_retry::BULK_BODY_BYTES)),
-        );
+        unbounded = unbounded.merge(admin::unbounded_routes());
         bounded = bounded
-            .route("/v1/admin/sagas", get(admin::saga_list::list))
-            .route("/v1/admin/sagas/{id}", get(admin::saga_detail::detail))
-            .route(
-                "/v1/admin/sagas/{id}/retry",
-                post(admin::saga_actions::retry),
-            )
-            .route(
-                "/v1/admin/sagas/{id}/cancel",
-                post(admin::saga_actions::cancel),
-            )
-            .route(
-                "/v1/admin/sagas/{id}/extend-park",
-                post(admin::park_extension::extend_park),
-            )
-            .route("/v1/admin/failures", get(admin::failures::failures))
-            .route(
-                "/v1/admin/dead-letters",
-                get(admin::dead_letters::dead_letters),
-            )
-            .route("/v1/admin/outbox", get(admin::outbox::outbox))
-            .route("/v1/admin/stats/statuses", get(admin::stats::statuses))
-            .route("/v1/admin/stats/minutes", get(admin::stats::minutes))
-            .route(
-                "/v1/admin/clients",
-                get(admin::clients::list).post(admin::clients::add),
-            )
-            .route(
-                "/v1/admin/clients/{name}",
-                patch(admin::clients::set_limits),
-            )
-            .route(
-                "/v1/admin/clients/{name}/revoke",
-                post(admin::clients::revoke),
-            )
+            .merge(admin::routes())
             .route("/admin", get(console::page))
             .route("/metrics", get(metrics));
     }
