@@ -4,13 +4,10 @@ pub mod admin;
 pub mod auth;
 pub mod checkouts;
 pub mod client_auth;
-pub mod clients;
 pub mod console;
 pub mod openapi;
 pub mod problem;
-pub mod search;
 pub mod server;
-pub mod stats;
 pub mod validation;
 
 use std::sync::Arc;
@@ -20,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_shared::broker::Broker;
 use saga_shared::traceparent;
@@ -82,24 +79,9 @@ pub fn router(state: AppState, routes: Routes) -> Router {
             .route("/openapi.json", get(openapi::document));
     }
     if admin {
-        unbounded = unbounded.route(
-            "/v1/admin/sagas/retry",
-            post(admin::bulk_retry).layer(DefaultBodyLimit::max(admin::BULK_BODY_BYTES)),
-        );
+        unbounded = unbounded.merge(admin::unbounded_routes());
         bounded = bounded
-            .route("/v1/admin/sagas", get(admin::list))
-            .route("/v1/admin/sagas/{id}", get(admin::detail))
-            .route("/v1/admin/sagas/{id}/retry", post(admin::retry))
-            .route("/v1/admin/sagas/{id}/cancel", post(admin::cancel))
-            .route("/v1/admin/sagas/{id}/extend-park", post(admin::extend_park))
-            .route("/v1/admin/failures", get(admin::failures))
-            .route("/v1/admin/dead-letters", get(admin::dead_letters))
-            .route("/v1/admin/outbox", get(admin::outbox))
-            .route("/v1/admin/stats/statuses", get(stats::statuses))
-            .route("/v1/admin/stats/minutes", get(stats::minutes))
-            .route("/v1/admin/clients", get(clients::list).post(clients::add))
-            .route("/v1/admin/clients/{name}", patch(clients::set_limits))
-            .route("/v1/admin/clients/{name}/revoke", post(clients::revoke))
+            .merge(admin::routes())
             .route("/admin", get(console::page))
             .route("/metrics", get(metrics));
     }

@@ -14,14 +14,18 @@ use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::admin::MAX_REASON_CHARS;
+use super::admin::reason::MAX_REASON_CHARS;
+use super::admin::saga_search::{MAX_CLIENT_CHARS, MAX_CUSTOMER_ID_CHARS, MAX_QUERY_CHARS};
+use super::admin::{
+    bulk_retry, clients, dead_letters, failures, outbox, park_extension, saga_actions, saga_detail,
+    saga_list, stats,
+};
+use super::checkouts;
 use super::checkouts::MAX_WAIT_SECONDS;
-use super::search::{MAX_CLIENT_CHARS, MAX_CUSTOMER_ID_CHARS, MAX_QUERY_CHARS};
 use super::validation::{
     MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_LEN, MAX_ID_LEN, MAX_ITEMS, MAX_METHOD_LEN, MAX_QUANTITY,
     MAX_REGION_LEN, MAX_SKU_LEN,
 };
-use super::{admin, checkouts, clients, stats};
 use crate::saga::SagaStatus;
 use crate::store::{MAX_BULK, MAX_PAGE};
 
@@ -35,15 +39,15 @@ use crate::store::{MAX_BULK, MAX_PAGE};
     paths(
         checkouts::create,
         checkouts::get,
-        admin::list,
-        admin::detail,
-        admin::retry,
-        admin::cancel,
-        admin::extend_park,
-        admin::bulk_retry,
-        admin::failures,
-        admin::dead_letters,
-        admin::outbox,
+        saga_list::list,
+        saga_detail::detail,
+        saga_actions::retry,
+        saga_actions::cancel,
+        park_extension::extend_park,
+        bulk_retry::bulk_retry,
+        failures::failures,
+        dead_letters::dead_letters,
+        outbox::outbox,
         stats::statuses,
         stats::minutes,
         clients::list,

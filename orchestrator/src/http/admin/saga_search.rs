@@ -2,9 +2,9 @@
 //! customer calls (a checkout id, their customer id, the idempotency key
 //! their app sent, the checkout client it came through).
 
-use super::admin::{invalid, non_empty};
-use super::problem::FieldError;
-use super::validation::MAX_IDEMPOTENCY_KEY_LEN;
+use super::field::non_empty;
+use crate::http::problem::FieldError;
+use crate::http::validation::MAX_IDEMPOTENCY_KEY_LEN;
 
 /// A customer id is never longer than the checkout API accepts.
 pub(crate) const MAX_CUSTOMER_ID_CHARS: usize = 128;
@@ -33,7 +33,10 @@ pub fn terms(
     // The bound is on the term as sent, as the OpenAPI document states it.
     let mut bounded = |field: &str, text: Option<String>, max: usize| {
         if text.as_ref().is_some_and(|t| t.chars().count() > max) {
-            errors.push(invalid(field, format!("must be at most {max} characters")));
+            errors.push(FieldError::new(
+                field,
+                format!("must be at most {max} characters"),
+            ));
             return None;
         }
         non_empty(text)

@@ -1,15 +1,14 @@
 //! Numbers for the console's header: sagas by status now, and checkouts
 //! completed, rejected and parked per minute. Support bearer token needed.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::admin::{invalid, no_control_characters};
-use super::auth::Actor;
-use super::problem::ApiError;
-use super::AppState;
+use super::query::{CheckedQuery, SupportQuery};
+use crate::http::auth::Actor;
+use crate::http::problem::{ApiError, FieldError};
+use crate::http::AppState;
 use crate::store::{MinuteOutcomes, StatusCounts, MAX_MINUTES};
 
 /// The console's chart: the last hour.
@@ -54,6 +53,32 @@ pub struct MinuteParams {
     minutes: Option<String>,
 }
 
+impl SupportQuery for MinuteParams {
+    type Read = u32;
+
+    fn texts(&self) -> Vec<(&'static str, Option<&str>)> {
+        vec![("minutes", self.minutes.as_deref())]
+    }
+
+    fn read(self, errors: &mut Vec<FieldError>) -> u32 {
+        // Given empty, it is refused like any other filter: only an absent
+        // `minutes` means the default.
+        let Some(text) = self.minutes else {
+            return DEFAULT_MINUTES;
+        };
+        match text.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    "minutes",
+                    format!("must be a number from 1 to {MAX_MINUTES}"),
+                ));
+                DEFAULT_MINUTES
+            }
+        }
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MinuteStats {
     /// Oldest first, one entry per minute (zeros included); the last is
@@ -73,28 +98,8 @@ pub struct MinuteStats {
 pub async fn minutes(
     _: Actor,
     State(state): State<AppState>,
-    params: Result<Query<MinuteParams>, QueryRejection>,
+    CheckedQuery(minutes): CheckedQuery<MinuteParams>,
 ) -> Result<Json<MinuteStats>, ApiError> {
-    let params = super::validation::query(params)?;
-    let mut errors = Vec::new();
-    no_control_characters(&mut errors, &[("minutes", params.minutes.as_deref())]);
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    // Given empty, it is refused like any other filter: only an absent
-    // `minutes` means the default.
-    let minutes = match params.minutes.map(|m| m.trim().to_owned()) {
-        None => DEFAULT_MINUTES,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
-            _ => {
-                return Err(ApiError::Invalid(vec![invalid(
-                    "minutes",
-                    format!("must be a number from 1 to {MAX_MINUTES}"),
-                )]))
-            }
-        },
-    };
     Ok(Json(MinuteStats {
         minutes: state.store.outcomes_per_minute(minutes).await?,
     }))

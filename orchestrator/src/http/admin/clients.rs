@@ -1,19 +1,17 @@
 //! The support API for checkout clients: create one (its key shown once),
 //! list them, change their limits, revoke one. Support tokens only.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::auth::Actor;
-use super::problem::{ApiError, FieldError};
-use super::validation;
-use super::AppState;
+use super::json_body::JsonBody;
 use crate::clients::{digest, generate_key, valid_name, ClientLimits, LimitOverrides, NAME_RULE};
+use crate::http::auth::Actor;
+use crate::http::problem::{ApiError, FieldError};
+use crate::http::AppState;
 use crate::store::clients::ClientRow;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -125,10 +123,8 @@ pub async fn list(_: Actor, State(state): State<AppState>) -> Result<Json<Client
 pub async fn add(
     Actor(actor): Actor,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<NewClientBody>,
 ) -> Result<(StatusCode, Json<NewClient>), ApiError> {
-    let body: NewClientBody = validation::parse_json(&validation::json_body(&headers, body)?)?;
     if !valid_name(&body.name) {
         return Err(ApiError::Invalid(vec![FieldError::new(
             "name",
@@ -171,10 +167,8 @@ pub async fn set_limits(
     Actor(actor): Actor,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(limits): JsonBody<LimitOverrides>,
 ) -> Result<Json<ClientView>, ApiError> {
-    let limits: LimitOverrides = validation::parse_json(&validation::json_body(&headers, body)?)?;
     check(&limits)?;
     let row = state
         .store
