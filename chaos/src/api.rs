@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use saga_shared::broker::Backoff;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -94,7 +95,7 @@ impl Api {
     pub async fn post_checkout(&self, checkout: &Planned, first: usize, bound: Duration) -> Posted {
         let started = Instant::now();
         let mut attempts = 0;
-        let mut pause = Backoff::new();
+        let mut pause = pauses();
         loop {
             let base = self.base(first + attempts as usize);
             attempts += 1;
@@ -135,7 +136,7 @@ impl Api {
                     last_error,
                 };
             }
-            tokio::time::sleep(pause.next()).await;
+            tokio::time::sleep(pause.next_ceiling()).await;
         }
     }
 
@@ -145,7 +146,7 @@ impl Api {
         let started = Instant::now();
         let mut last = None;
         let mut instance = first;
-        let mut pause = Backoff::new();
+        let mut pause = pauses();
         while started.elapsed() < bound {
             let left = bound.saturating_sub(started.elapsed()).as_secs();
             let wait = left.clamp(1, LONG_POLL_SECONDS);
@@ -153,12 +154,12 @@ impl Api {
                 Ok(Some(view)) if view.is_final() => return Some(view),
                 Ok(Some(view)) => {
                     last = Some(view);
-                    pause = Backoff::new();
+                    pause = pauses();
                 }
                 // A 404 is for `lookup` to judge; keep waiting here.
                 Ok(None) | Err(_) => {
                     instance += 1;
-                    tokio::time::sleep(pause.next()).await;
+                    tokio::time::sleep(pause.next_ceiling()).await;
                 }
             }
         }
@@ -170,7 +171,7 @@ impl Api {
     pub async fn lookup(&self, id: Uuid, bound: Duration) -> Lookup {
         let started = Instant::now();
         let mut instance = 0;
-        let mut pause = Backoff::new();
+        let mut pause = pauses();
         loop {
             match self.get(id, instance, 0).await {
                 Ok(Some(view)) => return Lookup::Found(view),
@@ -178,7 +179,7 @@ impl Api {
                 Err(error) if started.elapsed() >= bound => return Lookup::Unanswered(error),
                 Err(_) => {
                     instance += 1;
-                    tokio::time::sleep(pause.next()).await;
+                    tokio::time::sleep(pause.next_ceiling()).await;
                 }
             }
         }
@@ -257,20 +258,6 @@ fn describe(error: &reqwest::Error) -> String {
 
 /// Pauses between retries: short at first (a killed instance's twin is
 /// usually fine), growing to a second while a server restarts.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(1));
-        now
-    }
+fn pauses() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(1))
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use saga_shared::broker::Backoff;
 use saga_shared::Step;
 
 /// What a forward step does once its attempts are exhausted. Compensations
@@ -45,9 +46,7 @@ impl RetryPolicy {
     /// `unit` is a uniform sample in `[0, 1)` supplied by the caller so this
     /// stays deterministic.
     pub fn delay(&self, retry: u32, unit: f64) -> Duration {
-        let exp = retry.saturating_sub(1).min(20);
-        let ceiling = self.base_delay.saturating_mul(1 << exp).min(self.max_delay);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+        Backoff::new(self.base_delay, self.max_delay).delay(retry.saturating_sub(1), unit)
     }
 
     /// How long the broker may refuse this step's command before its saga
