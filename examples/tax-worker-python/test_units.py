@@ -34,7 +34,7 @@ def command_body(**changes) -> bytes:
 
 class Rounding(unittest.TestCase):
     def test_half_up_per_line(self):
-        # The Rust worker's own cases (shared/src/money.rs).
+        # The Rust worker's own cases (protocol/src/money.rs).
         self.assertEqual(tax.apply_basis_points(999, 825), 82)  # 82.4175
         self.assertEqual(tax.apply_basis_points(1_000, 725), 73)  # 72.5
         self.assertEqual(tax.apply_basis_points(1_000, 724), 72)  # 72.4

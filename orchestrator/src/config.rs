@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use saga_protocol::Step;
 use saga_shared::config::{parsed_or, ConfigError, Environment, Source};
 use saga_shared::service_config::ServiceConfig;
-use saga_shared::Step;
 
 use crate::clients::{ClientLimits, SeededKeys};
 use crate::http::auth::AdminTokens;

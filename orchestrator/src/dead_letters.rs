@@ -8,9 +8,9 @@ use std::sync::Arc;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
+use saga_protocol::printable;
 use saga_shared::broker::{header, Broker, ERROR_HEADER};
 use saga_shared::consumer::{hold_until_settled, run_consumer_until_stopped, Settled};
-use saga_shared::failure::printable;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

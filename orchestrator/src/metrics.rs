@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use saga_shared::Step;
+use saga_protocol::Step;
 
 use crate::saga::{Action, Saga, SagaStatus, StepPolicies, Transition};
 
@@ -243,7 +243,7 @@ fn round_trip(
 
 #[cfg(test)]
 mod tests {
-    use saga_shared::messages::{LineRequest, Outcome, ShipTo};
+    use saga_protocol::messages::{LineRequest, Outcome, ShipTo};
     use uuid::Uuid;
 
     use super::*;

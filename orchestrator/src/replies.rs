@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
+use saga_protocol::messages::Outcome;
+use saga_protocol::printable;
+use saga_protocol::Envelope;
 use saga_shared::broker::{header, Broker, BrokerError};
 use saga_shared::consumer::{
     dead_letter, hold_until_settled, run_batches_until_stopped, Batching, Settled,
 };
-use saga_shared::failure::{printable, Classify};
-use saga_shared::messages::Outcome;
-use saga_shared::{traceparent, Envelope};
+use saga_shared::failure::Classify;
+use saga_shared::traceparent;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;

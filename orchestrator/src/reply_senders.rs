@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 
+use saga_protocol::messages::WorkerKind;
+use saga_protocol::Step;
 use saga_shared::config::{ConfigError, Source};
-use saga_shared::messages::WorkerKind;
-use saga_shared::Step;
 
 const VARIABLE: &str = "WORKER_USERS";
 

@@ -16,9 +16,9 @@ use rand::distr::{Alphanumeric, SampleString};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::messages::WorkerKind;
 use crate::queue_policies::{Management, PolicyError};
 use crate::topology::{exactly_one_of, Topology};
+use saga_protocol::messages::WorkerKind;
 
 /// A service, as RabbitMQ sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Backoff, Broker, BrokerError};
-use crate::failure::{printable, Classify};
+use crate::failure::Classify;
+use saga_protocol::printable;
 
 /// Runs `handle` for each delivery of `queue`, at most `prefetch` at once,
 /// until `stop`; then lets the in-flight ones finish. `handle` owns the

@@ -13,15 +13,15 @@ use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
 use crate::broker::ERROR_HEADER;
-use crate::envelope::{Envelope, ENVELOPE_VERSION};
-use crate::messages::{
-    CalculateTax, ChargePayment, Charged, RefundPayment, Refunded, ReleaseStock, Released,
-    ReplyPayload, ReserveStock, Reserved, Step, TaxCalculated, WorkerKind,
-};
 use crate::topology::{
     queue_arguments, QueueArgument, Topology, DELIVERY_LIMIT, REPLY_ROUTING_KEY,
 };
 use crate::traceparent;
+use saga_protocol::envelope::{Envelope, ENVELOPE_VERSION};
+use saga_protocol::messages::{
+    CalculateTax, ChargePayment, Charged, RefundPayment, Refunded, ReleaseStock, Released,
+    ReplyPayload, ReserveStock, Reserved, Step, TaxCalculated, WorkerKind,
+};
 
 /// Stands for `AMQP_PREFIX` in the names of exchanges and queues; an AsyncAPI
 /// channel parameter where the name is a channel's address.

@@ -8,7 +8,6 @@
 //! and 23, a stored state this build cannot read). Holding it would pin a
 //! prefetch slot forever, so it is dead-lettered with the reason.
 
-use std::borrow::Cow;
 use std::fmt::Display;
 
 /// A failure a consumer can sort into transient or permanent.
@@ -54,21 +53,6 @@ fn is_data_error(sqlstate: &str) -> bool {
     sqlstate.starts_with("22") || sqlstate.starts_with("23")
 }
 
-/// `text` with every control character (NUL included, which PostgreSQL
-/// text cannot hold) replaced by U+FFFD, so that a reason or a preview
-/// taken from a message can always be stored and shown.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        Cow::Owned(
-            text.chars()
-                .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,11 +78,5 @@ mod tests {
     #[test]
     fn undecodable_state_is_permanent() {
         assert!(sqlx::Error::Decode("bad".into()).is_permanent());
-    }
-
-    #[test]
-    fn control_characters_are_replaced() {
-        assert_eq!(printable("a\0b\u{7}c\nd"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}d");
-        assert!(matches!(printable("plain text é"), Cow::Borrowed(_)));
     }
 }

@@ -1,6 +1,7 @@
-//! What every service of the checkout backend shares: the message contract,
-//! the AMQP topology and broker plumbing, configuration, TLS,
-//! telemetry and money.
+//! The infrastructure every service of the checkout backend shares: the
+//! AMQP topology and broker plumbing, the database and its migrations,
+//! configuration, TLS and telemetry. The messages themselves are the
+//! `saga-protocol` crate.
 
 pub mod broker;
 pub mod broker_commands;
@@ -9,10 +10,7 @@ pub mod config;
 pub mod consumer;
 pub mod contract;
 pub mod database;
-pub mod envelope;
 pub mod failure;
-pub mod messages;
-pub mod money;
 pub mod queue_policies;
 pub mod schema;
 pub mod service_config;
@@ -24,6 +22,3 @@ pub mod traceparent;
 
 #[cfg(feature = "test-support")]
 pub mod testing;
-
-pub use envelope::{Envelope, ENVELOPE_VERSION};
-pub use messages::{Step, WorkerKind};

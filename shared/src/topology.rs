@@ -4,7 +4,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::messages::WorkerKind;
+use saga_protocol::messages::WorkerKind;
 
 /// A message that keeps crashing its consumer is dead-lettered after this
 /// many deliveries by the quorum queue itself.

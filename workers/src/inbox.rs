@@ -1,8 +1,8 @@
 //! The worker inbox: one row per command message handled, holding the reply
 //! that was sent for it.
 
-use saga_shared::messages::{Command, Outcome};
-use saga_shared::Envelope;
+use saga_protocol::messages::{Command, Outcome};
+use saga_protocol::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

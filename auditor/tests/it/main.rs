@@ -5,9 +5,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use orchestrator::saga::{CheckoutRequest, Saga, SagaStatus};
-use saga_shared::messages::{LineRequest, LineTax, PricedLine, Reserved, ShipTo, TaxCalculated};
+use saga_protocol::messages::{LineRequest, LineTax, PricedLine, Reserved, ShipTo, TaxCalculated};
+use saga_protocol::Step;
 use saga_shared::testing::TestDatabase;
-use saga_shared::Step;
 use uuid::Uuid;
 
 const COMPLETED: Uuid = Uuid::from_u128(0x01);

@@ -9,7 +9,7 @@
 //! tests instead of silently loosening the contract.
 
 use axum::Json;
-use saga_shared::Step;
+use saga_protocol::Step;
 use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, StatusCode};
-use saga_shared::messages::{LineRequest, ShipTo};
+use saga_protocol::messages::{LineRequest, ShipTo};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::error::Category;

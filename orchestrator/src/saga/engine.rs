@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, CalculateTax, ChargePayment, Command, Outcome, RefundPayment, ReleaseStock,
     ReserveStock, StepResult,
 };
-use saga_shared::Step;
+use saga_protocol::Step;
 use uuid::Uuid;
 
 use super::expectations::{self, Mismatch};

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use saga_shared::messages::{Charged, Refunded, Reserved, StepResult, TaxCalculated};
-use saga_shared::Step;
+use saga_protocol::messages::{Charged, Refunded, Reserved, StepResult, TaxCalculated};
+use saga_protocol::Step;
 
 use super::model::Saga;
 

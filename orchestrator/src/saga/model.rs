@@ -1,7 +1,7 @@
 //! The saga's state, as stored (JSON) and as the engine sees it.
 
-use saga_shared::messages::{Charged, LineRequest, Reserved, ShipTo, TaxCalculated};
-use saga_shared::Step;
+use saga_protocol::messages::{Charged, LineRequest, Reserved, ShipTo, TaxCalculated};
+use saga_protocol::Step;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

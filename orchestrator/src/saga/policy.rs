@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use saga_protocol::Step;
 use saga_shared::broker::Backoff;
-use saga_shared::Step;
 
 /// What a forward step does once its attempts are exhausted. Compensations
 /// always park: there is nothing left to fall back on.

@@ -16,9 +16,10 @@ mod transition;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use saga_protocol::messages::Outcome;
+use saga_protocol::Envelope;
 use saga_shared::failure::Classify;
-use saga_shared::messages::Outcome;
-use saga_shared::{traceparent, Envelope};
+use saga_shared::traceparent;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use saga_shared::messages::Command;
-use saga_shared::{Envelope, Step};
+use saga_protocol::messages::Command;
+use saga_protocol::{Envelope, Step};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::time::Instant;

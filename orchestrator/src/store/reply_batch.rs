@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use saga_shared::messages::Outcome;
-use saga_shared::Envelope;
+use saga_protocol::messages::Outcome;
+use saga_protocol::Envelope;
 use tracing::Instrument;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Read queries for support staff: lists, timelines, failure groups.
 
 use chrono::{DateTime, Utc};
-use saga_shared::Step;
+use saga_protocol::Step;
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;

@@ -1,7 +1,8 @@
 //! A transition as one SQL statement: the saga's new state, its timeline
 //! entries and its outbox rows commit together, or not at all.
 
-use saga_shared::{traceparent, Envelope};
+use saga_protocol::Envelope;
+use saga_shared::traceparent;
 use uuid::Uuid;
 
 use super::outbox::{HandOff, Handed, LEASE};

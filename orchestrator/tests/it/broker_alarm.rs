@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use orchestrator::saga::{RetryPolicy, StepPolicies};
-use saga_shared::{testing, Step};
+use saga_protocol::Step;
+use saga_shared::testing;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use orchestrator::saga::{OnExhausted, RetryPolicy, StepPolicies};
-use saga_shared::Step;
+use saga_protocol::Step;
 use serde_json::{json, Value};
 
 use crate::system::{order, System, ADMIN_ACTOR};

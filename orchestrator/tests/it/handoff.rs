@@ -9,7 +9,7 @@ use std::time::Duration;
 use orchestrator::handoff;
 use orchestrator::saga::{ClientStatus, StepPolicies};
 use orchestrator::store::Store;
-use saga_shared::messages::Outcome;
+use saga_protocol::messages::Outcome;
 use saga_shared::testing::TestDatabase;
 
 use crate::reply_batches::{create, reserve_replies_applied, reserve_reply};

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_protocol::messages::{ChargePayment, Command, Outcome};
+use saga_protocol::Envelope;
 use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::messages::{ChargePayment, Command, Outcome};
 use saga_shared::testing;
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
-use saga_shared::Envelope;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -111,7 +111,7 @@ async fn poison_on_any_queue_is_dead_lettered_listed_and_the_queues_flow() {
     let stray = Envelope::command(
         poison_saga,
         1,
-        Command::Refund(saga_shared::messages::RefundPayment {}),
+        Command::Refund(saga_protocol::messages::RefundPayment {}),
     )
     .reply(Outcome::Transient { error: "x".into() })
     .encode();
@@ -192,7 +192,7 @@ async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() 
     let late = Envelope::command(
         done_id,
         1,
-        Command::Refund(saga_shared::messages::RefundPayment {}),
+        Command::Refund(saga_protocol::messages::RefundPayment {}),
     )
     .reply(Outcome::Transient {
         error: "provider said \u{0} no".into(),
@@ -248,7 +248,7 @@ async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() 
     let stray = Envelope::command(
         corrupt_id,
         1,
-        Command::Refund(saga_shared::messages::RefundPayment {}),
+        Command::Refund(saga_protocol::messages::RefundPayment {}),
     )
     .reply(Outcome::Transient { error: "x".into() });
     broker

@@ -10,11 +10,11 @@ use std::time::Duration;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use orchestrator::saga::{RetryPolicy, StepPolicies};
+use saga_protocol::messages::WorkerKind;
+use saga_protocol::Step;
 use saga_shared::broker::Broker;
-use saga_shared::messages::WorkerKind;
 use saga_shared::testing;
 use saga_shared::topology::Topology;
-use saga_shared::Step;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 

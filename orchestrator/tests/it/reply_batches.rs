@@ -9,11 +9,11 @@ use std::time::Duration;
 use orchestrator::http::validation::parse_checkout;
 use orchestrator::saga::{ClientStatus, StepPolicies};
 use orchestrator::store::{BatchedReply, Created, Owner, Store, StoreError};
+use saga_protocol::messages::{Command, Outcome, ReserveStock};
+use saga_protocol::Envelope;
 use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::messages::{Command, Outcome, ReserveStock};
 use saga_shared::testing::{self, TestDatabase};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
-use saga_shared::Envelope;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

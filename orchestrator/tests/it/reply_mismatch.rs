@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
+use saga_protocol::{Envelope, Step};
 use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
 use saga_shared::testing;
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
-use saga_shared::{Envelope, Step};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -74,7 +74,7 @@ async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted()
     let broker = Arc::new(
         Broker::connect(
             &system.amqp_url_for(saga_shared::broker_users::Role::Worker(
-                saga_shared::WorkerKind::Payment,
+                saga_protocol::WorkerKind::Payment,
             )),
             Topology::new(&system.prefix),
             "forger",

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
+use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{Broker, BrokerError, Outgoing};
 use saga_shared::broker_users::Role;
-use saga_shared::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
-use saga_shared::{Envelope, WorkerKind};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

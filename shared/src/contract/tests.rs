@@ -1,6 +1,8 @@
 use super::*;
-use crate::envelope::Envelope;
-use crate::messages::{Command, LineRequest, LineTax, Outcome, PricedLine, ShipTo, StepResult};
+use saga_protocol::envelope::Envelope;
+use saga_protocol::messages::{
+    Command, LineRequest, LineTax, Outcome, PricedLine, ShipTo, StepResult,
+};
 use uuid::Uuid;
 
 /// Enough of JSON Schema for the keywords these schemas use: whether

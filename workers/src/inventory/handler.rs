@@ -1,7 +1,7 @@
 use std::sync::LazyLock;
 
-use saga_shared::messages::{Command, Outcome};
-use saga_shared::{Envelope, WorkerKind};
+use saga_protocol::messages::{Command, Outcome};
+use saga_protocol::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 
 use super::prices::Prices;

@@ -3,10 +3,10 @@
 //! for one saga serialize on it and never both hold stock, and product rows
 //! are always locked in SKU order, so two sagas never deadlock.
 
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, Command, Outcome, Released, ReserveStock, Reserved, StepResult,
 };
-use saga_shared::Envelope;
+use saga_protocol::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use saga_shared::messages::{reason, LineRequest, PricedLine};
+use saga_protocol::messages::{reason, LineRequest, PricedLine};
 
 /// One product's stock and price, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! the stock of products. A hot product row is locked by one statement
 //! only, the one that takes its stock, and always in SKU order.
 
-use saga_shared::messages::{reason, Command, Outcome, PricedLine, Reserved};
-use saga_shared::Envelope;
+use saga_protocol::messages::{reason, Command, Outcome, PricedLine, Reserved};
+use saga_protocol::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

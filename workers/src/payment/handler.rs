@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, ChargePayment, Charged, Command, Outcome, Refunded, StepResult,
 };
-use saga_shared::{Envelope, WorkerKind};
+use saga_protocol::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -2,7 +2,7 @@
 //! amounts a charge may have, and what a provider's answer to a charge or a
 //! refund means for the saga's payment.
 
-use saga_shared::messages::reason;
+use saga_protocol::messages::reason;
 use uuid::Uuid;
 
 use super::provider::ProviderAnswer;

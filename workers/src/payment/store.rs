@@ -1,8 +1,8 @@
 //! The payment worker's own books: one payment row per saga, its status
 //! moving from an intent (`charging`, `refunding`) to an outcome.
 
-use saga_shared::messages::{ChargePayment, Command};
-use saga_shared::Envelope;
+use saga_protocol::messages::{ChargePayment, Command};
+use saga_protocol::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -5,8 +5,8 @@ use std::panic::AssertUnwindSafe;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use saga_shared::messages::Command;
-use saga_shared::Envelope;
+use saga_protocol::messages::Command;
+use saga_protocol::Envelope;
 use sqlx::{PgConnection, PgPool};
 
 use super::{AtOnce, Decision, ExternalCall, Handler};

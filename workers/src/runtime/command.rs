@@ -1,8 +1,8 @@
 //! One command handled alone: the one-statement path when it applies, else
 //! the inbox claim, the handler and the recorded reply in a transaction.
 
-use saga_shared::messages::Command;
-use saga_shared::Envelope;
+use saga_protocol::messages::Command;
+use saga_protocol::Envelope;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::settlement::record_settlement;

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use lapin::message::Delivery;
+use saga_protocol::messages::Command;
+use saga_protocol::Envelope;
 use saga_shared::broker::{header, Broker};
 use saga_shared::consumer::{dead_letter, run_batch_consumer_until_stopped};
-use saga_shared::messages::Command;
-use saga_shared::{traceparent, Envelope};
+use saga_shared::traceparent;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use lapin::message::Delivery;
+use saga_protocol::messages::Command;
+use saga_protocol::Envelope;
 use saga_shared::broker::Broker;
-use saga_shared::messages::Command;
-use saga_shared::Envelope;
 use sqlx::PgPool;
 
 /// The handler a worker runs, with what it runs on.

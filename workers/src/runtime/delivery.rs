@@ -3,11 +3,12 @@
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use saga_protocol::messages::Command;
+use saga_protocol::Envelope;
 use saga_shared::broker::{header, BrokerError, Outgoing};
 use saga_shared::consumer::{dead_letter, hold_until_settled, Settled};
-use saga_shared::messages::Command;
 use saga_shared::topology::REPLY_ROUTING_KEY;
-use saga_shared::{traceparent, Envelope};
+use saga_shared::traceparent;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

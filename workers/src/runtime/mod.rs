@@ -14,8 +14,8 @@ mod settlement;
 
 use std::future::Future;
 
-use saga_shared::messages::{reason, Command, Outcome};
-use saga_shared::{Envelope, WorkerKind};
+use saga_protocol::messages::{reason, Command, Outcome};
+use saga_protocol::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 
 pub use batch::{handle_batch, Batched};

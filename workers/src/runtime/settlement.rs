@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use futures::future::BoxFuture;
-use saga_shared::messages::{Command, Outcome};
-use saga_shared::Envelope;
+use saga_protocol::messages::{Command, Outcome};
+use saga_protocol::Envelope;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::inbox;

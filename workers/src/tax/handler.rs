@@ -1,5 +1,5 @@
-use saga_shared::messages::{CalculateTax, Command, Outcome};
-use saga_shared::{Envelope, WorkerKind};
+use saga_protocol::messages::{CalculateTax, Command, Outcome};
+use saga_protocol::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 
 use super::rates::{self, Destination};

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use saga_shared::messages::{reason, CalculateTax, LineTax, Outcome, StepResult, TaxCalculated};
-use saga_shared::money::apply_basis_points;
+use saga_protocol::messages::{reason, CalculateTax, LineTax, Outcome, StepResult, TaxCalculated};
+use saga_protocol::money::apply_basis_points;
 
 use super::rates::Destination;
 
@@ -114,7 +114,7 @@ fn too_large(sku: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use saga_shared::messages::{PricedLine, ShipTo};
+    use saga_protocol::messages::{PricedLine, ShipTo};
 
     use super::*;
 

@@ -1,6 +1,6 @@
 //! The catalogue's CSV import and export.
 
-use saga_shared::messages::{Command, LineRequest, ReserveStock};
+use saga_protocol::messages::{Command, LineRequest, ReserveStock};
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::import::ImportSummary;

@@ -1,11 +1,11 @@
 //! Reservations: all or nothing, once per saga, and released at most once.
 
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, Command, LineRequest, Outcome, PricedLine, ReleaseStock, Released, ReserveStock,
     Reserved, StepResult,
 };
+use saga_protocol::Envelope;
 use saga_shared::testing::{eventually, TestDatabase};
-use saga_shared::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};

@@ -14,9 +14,9 @@ mod schema;
 mod tax;
 mod topology;
 
-use saga_shared::messages::{Command, Outcome, StepResult};
+use saga_protocol::messages::{Command, Outcome, StepResult};
+use saga_protocol::Envelope;
 use saga_shared::testing::{self, TestDatabase};
-use saga_shared::Envelope;
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use uuid::Uuid;

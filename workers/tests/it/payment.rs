@@ -4,11 +4,11 @@
 //! no connection held, outcome), and the simulated provider keeps a ledger
 //! that says what really moved.
 
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
+use saga_protocol::Envelope;
 use saga_shared::testing::TestDatabase;
-use saga_shared::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::payment::provider::{ChargeRequest, RefundRequest};

@@ -9,9 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use saga_shared::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
+use saga_protocol::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
+use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::testing::TestDatabase;
-use saga_shared::{Envelope, WorkerKind};
 use sqlx::{PgConnection, PgPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

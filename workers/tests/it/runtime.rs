@@ -9,11 +9,12 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::Consumer;
+use saga_protocol::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
+use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
-use saga_shared::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
 use saga_shared::testing::{amqp_url, random_prefix, TestDatabase, TopologyGuard};
 use saga_shared::topology::REPLY_ROUTING_KEY;
-use saga_shared::{traceparent, Envelope, WorkerKind};
+use saga_shared::traceparent;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -717,7 +718,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
-    use saga_shared::messages::ChargePayment;
+    use saga_protocol::messages::ChargePayment;
     use workers::payment::{self, Payment, PaymentConfig, Simulator};
 
     let db = migrated("payment_runtime", &payment::MIGRATOR).await;

@@ -1,10 +1,10 @@
 //! Tax per line, rounded half up, with the country default as fallback.
 
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, CalculateTax, Command, LineTax, Outcome, PricedLine, ShipTo, StepResult, TaxCalculated,
 };
+use saga_protocol::Envelope;
 use saga_shared::testing::TestDatabase;
-use saga_shared::Envelope;
 use uuid::Uuid;
 use workers::runtime::{handle_batch, handle_command, Batched};
 use workers::tax::{rates, Tax, MIGRATOR};

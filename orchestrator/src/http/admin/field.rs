@@ -2,7 +2,7 @@
 //! naming its field, every one of them reported at once.
 
 use chrono::{DateTime, Utc};
-use saga_shared::Step;
+use saga_protocol::Step;
 
 use crate::http::problem::FieldError;
 use crate::saga::{Phase, SagaStatus};

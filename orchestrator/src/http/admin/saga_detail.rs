@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use saga_shared::Step;
+use saga_protocol::Step;
 use serde::Serialize;
 use uuid::Uuid;
 

@@ -1,5 +1,5 @@
 use proptest::prelude::*;
-use saga_shared::messages::{
+use saga_protocol::messages::{
     reason, Charged, LineRequest, LineTax, PricedLine, Refunded, Released, Reserved, ShipTo,
     TaxCalculated,
 };
