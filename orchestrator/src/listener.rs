@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use saga_shared::broker::Backoff;
@@ -31,6 +31,9 @@ pub struct Waiters {
     /// Waiters woken by a notification (their own saga's, or a re-check
     /// after the listener reconnected): what a finished saga costs.
     woken: AtomicU64,
+    /// Long-polls that have read their saga and sleep until woken or their
+    /// deadline (a registered one may still be reading).
+    asleep: AtomicUsize,
     /// The instance is stopping: waiters answer now rather than hold the
     /// shutdown for the rest of their wait.
     closing: AtomicBool,
@@ -82,6 +85,25 @@ impl Waiter {
     }
 }
 
+/// A long-poll asleep until it is woken or its deadline passes; awake
+/// again when dropped.
+pub struct Asleep<'a>(&'a Waiters);
+
+impl Waiter {
+    /// Marks this long-poll asleep (it has read its saga) for as long as
+    /// the guard lives.
+    pub fn sleeping(&self) -> Asleep<'_> {
+        self.waiters.asleep.fetch_add(1, Ordering::SeqCst);
+        Asleep(&self.waiters)
+    }
+}
+
+impl Drop for Asleep<'_> {
+    fn drop(&mut self) {
+        self.0.asleep.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Waiter {
     fn drop(&mut self) {
         let mut registered = self.waiters.lock();
@@ -101,6 +123,7 @@ impl Waiters {
             max,
             registered: Mutex::new(Registered::default()),
             woken: AtomicU64::new(0),
+            asleep: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
         })
     }
@@ -168,6 +191,11 @@ impl Waiters {
 
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Long-polls that have read their saga and sleep now.
+    pub fn asleep(&self) -> usize {
+        self.asleep.load(Ordering::SeqCst)
     }
 
     /// Long-polls waiting now.

@@ -182,6 +182,7 @@ async fn read_or_wait(
         if view.status != ClientStatus::Pending || state.waiters.is_closing() {
             return Ok(view);
         }
+        let _asleep = waiter.sleeping();
         tokio::select! {
             // With the answer, or a re-check (the listener reconnected,
             // the notice was too large to carry it): read again.

@@ -164,7 +164,7 @@ async fn long_polls_beyond_the_bound_get_503_with_retry_after() {
     saga_shared::testing::eventually(
         "the first long-poll waits",
         Duration::from_secs(10),
-        || async { (system.waiters.waiting() == 1).then_some(()) },
+        || async { (system.waiters.asleep() == 1).then_some(()) },
     )
     .await;
 
@@ -226,8 +226,10 @@ async fn a_finished_saga_wakes_only_its_own_waiter() {
             (body, started.elapsed())
         })
     };
+    // Asleep, not only registered: a poll still at its first read would see
+    // the finish below and answer at once, for the wrong reason.
     saga_shared::testing::eventually("the long-poll waits", Duration::from_secs(10), || async {
-        (system.waiters.waiting() == 1).then_some(())
+        (system.waiters.asleep() == 1).then_some(())
     })
     .await;
     // Finished behind the orchestrator's back (no notification): only a
@@ -304,9 +306,11 @@ fn long_poll(system: &System, id: &str, wait: u64) -> tokio::task::JoinHandle<(V
     })
 }
 
+/// Until `n` long-polls have read their saga and sleep (a registered one
+/// may still be reading, and would see a change made now at once).
 async fn until_waiting(system: &System, n: usize) {
     saga_shared::testing::eventually("the long-poll waits", Duration::from_secs(10), || async {
-        (system.waiters.waiting() == n).then_some(())
+        (system.waiters.asleep() == n).then_some(())
     })
     .await;
 }
