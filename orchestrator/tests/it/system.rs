@@ -12,7 +12,7 @@ use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
 use saga_shared::broker_users::Role;
 use saga_shared::service_config::ServiceConfig;
-use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
+use saga_shared::testing::{self, Proxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::Topology;
 use saga_shared::WorkerKind;
 use serde_json::{json, Value};
@@ -46,8 +46,8 @@ pub struct System {
     database_url_for: Box<dyn Fn(&TestDatabase) -> String + Send + Sync>,
     amqp_url: String,
     /// Stand in for RabbitMQ and PostgreSQL when a test cuts them.
-    pub broker_proxy: Option<OutageProxy>,
-    pub database_proxy: Option<OutageProxy>,
+    pub broker_proxy: Option<Proxy>,
+    pub database_proxy: Option<Proxy>,
     /// More orchestrator instances on the same database.
     others: Vec<(CancellationToken, JoinHandle<()>)>,
     /// What each of those knows of the checkout clients.
@@ -244,11 +244,11 @@ impl System {
         testing::init_tracing();
         let rust_tax_worker = !setup.without_tax_worker;
         let broker_proxy = match setup.broker_proxy {
-            true => Some(OutageProxy::start("127.0.0.1:5672").await),
+            true => Some(Proxy::start("127.0.0.1:5672").await),
             false => None,
         };
         let database_proxy = match setup.database_proxy {
-            true => Some(OutageProxy::start("127.0.0.1:5432").await),
+            true => Some(Proxy::start("127.0.0.1:5432").await),
             false => None,
         };
         let amqp_url = match (&broker_proxy, setup.amqp_url) {

@@ -5,6 +5,13 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::topology::Topology;
 
+pub mod proxy;
+
+pub use proxy::Proxy;
+/// The proxy's name when it could only cut connections, which branches
+/// written before it could do more still use.
+pub use proxy::Proxy as OutageProxy;
+
 /// A server URL with rights to create databases (`TEST_DATABASE_URL`).
 pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -244,82 +251,5 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// A TCP proxy in front of a service (PostgreSQL, RabbitMQ) that a test can
-/// cut and restore: what an outage or a restart of that service looks like
-/// to the processes behind it (connections reset, new ones refused), for
-/// this test alone, while other tests share the real service.
-pub struct OutageProxy {
-    pub port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped on each cut: a connection of an older generation closes.
-    generation: tokio::sync::watch::Sender<u64>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl OutageProxy {
-    /// Listens on a free local port and forwards to `target` (`host:port`).
-    pub async fn start(target: &str) -> OutageProxy {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (target, up_flag, gen_tx) = (target.to_owned(), up.clone(), generation.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if !up_flag.load(Ordering::SeqCst) {
-                    // Down: the connection is closed at once.
-                    continue;
-                }
-                let born = *gen_tx.borrow();
-                let mut cut = gen_tx.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|g| *g != born) => {}
-                    }
-                });
-            }
-        });
-        OutageProxy {
-            port,
-            up,
-            generation,
-            accept,
-        }
-    }
-
-    /// `url` with its port replaced by the proxy's.
-    pub fn url_for(&self, url: &str, service_port: u16) -> String {
-        url.replacen(&format!(":{service_port}"), &format!(":{}", self.port), 1)
-    }
-
-    /// The service goes away: every open connection is cut, new ones are
-    /// closed on arrival.
-    pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    /// The service is back.
-    pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for OutageProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.generation.send_modify(|g| *g += 1);
     }
 }
