@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use orchestrator::saga::{RetryPolicy, StepPolicies};
+use saga_shared::testing::metrics::scrape;
 use saga_shared::testing::proxy::{Proxy, Wire};
 use saga_shared::{testing, Step};
 use serde_json::Value;
 
-use crate::latency::{sample, scrape};
 use crate::system::{order, Setup, System};
 
 /// A proxy in front of the shared broker that can raise and clear an
@@ -84,8 +84,10 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
         "{body}"
     );
     assert_eq!(
-        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
-        0.0
+        scrape(&system.base_url)
+            .await
+            .value("checkout_broker_blocked"),
+        Some(0.0)
     );
 
     proxy.block("low on memory");
@@ -101,8 +103,10 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
     assert_eq!(body.1["broker_blocked"]["reason"], "low on memory");
     assert!(body.1["broker_blocked"]["since"].is_string(), "{}", body.1);
     assert_eq!(
-        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
-        1.0
+        scrape(&system.base_url)
+            .await
+            .value("checkout_broker_blocked"),
+        Some(1.0)
     );
 
     let id = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
@@ -140,8 +144,10 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
     );
     assert!(body.get("broker_blocked").is_none(), "{body}");
     assert_eq!(
-        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
-        0.0
+        scrape(&system.base_url)
+            .await
+            .value("checkout_broker_blocked"),
+        Some(0.0)
     );
     system.stop().await;
 }

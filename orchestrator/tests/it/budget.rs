@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use saga_shared::testing::metrics::scrape;
 use saga_shared::testing::{self, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -595,20 +596,13 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
     assert_eq!(released.status(), 200);
     // Nothing of the refused request was kept: its key is still free.
     assert_eq!(post("second").await.unwrap().status(), 202);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("checkout_api_overloaded_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no overload counter in {metrics}"));
-    assert!(counted >= 1.0, "{metrics}");
+    let metrics = scrape(&base).await;
+    assert!(
+        metrics
+            .value("checkout_api_overloaded_total")
+            .is_some_and(|counted| counted >= 1.0),
+        "{metrics}"
+    );
     // The contract says so too.
     let doc: Value = http
         .get(format!("{base}/openapi.json"))

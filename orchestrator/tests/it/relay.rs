@@ -13,6 +13,7 @@ use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_shared::broker::Broker;
 use saga_shared::messages::WorkerKind;
 use saga_shared::testing;
+use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::Topology;
 use saga_shared::Step;
 use serde_json::{json, Value};
@@ -119,26 +120,6 @@ async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes()
     assert_eq!(system.held().await, 20);
     operator.close().await;
     system.stop().await;
-}
-
-/// The value of the sample line of `series` (exact name, no labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.split(' ').next() == Some(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(system: &System) -> String {
-    system
-        .http
-        .get(format!("{}/metrics", system.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The refused commands support sees, as `(saga_id, routing_key)`.
@@ -285,8 +266,8 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         "{listed_by_sagactl}"
     );
     testing::eventually("the stuck gauge counts them", PATIENCE, || async {
-        let text = scrape(&system).await;
-        (sample(&text, "checkout_outbox_stuck") == Some(3.0)).then_some(())
+        let metrics = scrape(&system.base_url).await;
+        (metrics.value("checkout_outbox_stuck") == Some(3.0)).then_some(())
     })
     .await;
     let (status, _) = system
@@ -341,8 +322,8 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
     );
     assert!(refused_commands(&system).await.is_empty());
     testing::eventually("the stuck gauge back to 0", PATIENCE, || async {
-        let text = scrape(&system).await;
-        (sample(&text, "checkout_outbox_stuck") == Some(0.0)).then_some(())
+        let metrics = scrape(&system.base_url).await;
+        (metrics.value("checkout_outbox_stuck") == Some(0.0)).then_some(())
     })
     .await;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use saga_shared::broker::{Broker, Outgoing};
 use saga_shared::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
 use saga_shared::testing;
+use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
 use saga_shared::{Envelope, Step};
 use serde_json::json;
@@ -19,26 +20,13 @@ use crate::system::{order, System};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The mismatch counter's value for `step` and `field`, summed over the
-/// lines that carry both labels (the exporter's label order is its own).
+/// The mismatch counter of `step` and `field`, there from the start at 0.
 async fn mismatches(system: &System, step: &str, field: &str) -> f64 {
-    let text = system
-        .http
-        .get(format!("{}/metrics", system.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with("checkout_reply_mismatches_total{"))
-        .filter(|line| {
-            line.contains(&format!(r#"step="{step}""#))
-                && line.contains(&format!(r#"field="{field}""#))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let series = format!(r#"checkout_reply_mismatches_total{{step="{step}",field="{field}"}}"#);
+    let metrics = scrape(&system.base_url).await;
+    metrics
+        .value(&series)
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::topology::Topology;
 
+pub mod metrics;
 pub mod proxy;
 
 pub use proxy::Proxy;
