@@ -22,7 +22,9 @@ pub mod tls;
 pub mod topology;
 pub mod traceparent;
 
-#[cfg(feature = "test-support")]
+// Its own unit tests, and those of the modules that read variables, use
+// it too.
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 pub use envelope::{Envelope, ENVELOPE_VERSION};

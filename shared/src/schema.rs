@@ -719,18 +719,11 @@ pub async fn migrate_command(schema: &Schema) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use crate::testing::environment;
 
     use sqlx::migrate::MigrationType;
 
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn timeouts_take_postgres_units_and_name_the_variable_when_malformed() {
@@ -741,9 +734,9 @@ mod tests {
         for bad in ["5", "s", "5 sec", "-5s", "0s", "1.5s", "600h"] {
             assert!(parse_timeout(bad).is_err(), "{bad}");
         }
-        let on_start = OnStart::from_source(&env(&[])).unwrap();
+        let on_start = OnStart::from_source(&environment(&[])).unwrap();
         assert_eq!(on_start, OnStart::Migrate(MigrateSettings::default()));
-        let on_start = OnStart::from_source(&env(&[
+        let on_start = OnStart::from_source(&environment(&[
             ("MIGRATE_LOCK_TIMEOUT", "2s"),
             ("MIGRATE_STATEMENT_TIMEOUT", "1h"),
         ]))
@@ -756,7 +749,7 @@ mod tests {
             })
         );
         assert_eq!(
-            OnStart::from_source(&env(&[("MIGRATE_ON_START", "false")])).unwrap(),
+            OnStart::from_source(&environment(&[("MIGRATE_ON_START", "false")])).unwrap(),
             OnStart::Check
         );
         for (name, value) in [
@@ -764,8 +757,11 @@ mod tests {
             ("MIGRATE_LOCK_TIMEOUT", "5"),
             ("MIGRATE_STATEMENT_TIMEOUT", "0min"),
         ] {
-            let error = OnStart::from_source(&env(&[("MIGRATE_ON_START", "false"), (name, value)]))
-                .unwrap_err();
+            let error = OnStart::from_source(&environment(&[
+                ("MIGRATE_ON_START", "false"),
+                (name, value),
+            ]))
+            .unwrap_err();
             assert!(error.to_string().contains(name), "{error}");
         }
     }

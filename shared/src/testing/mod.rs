@@ -28,6 +28,15 @@ fn random_suffix() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
+/// The variables `pairs` as a configuration reader takes them, in place of
+/// the process's environment, which every test in the process shares.
+pub fn environment(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
 /// A random `AMQP_PREFIX` for one test.
 pub fn random_prefix() -> String {
     format!("t{}.", random_suffix())
