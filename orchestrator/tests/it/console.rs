@@ -34,11 +34,7 @@ impl Browser {
              packages `chromium chromium-driver` \
              (apt-get install -y --no-install-recommends chromium chromium-driver)"
         );
-        // A free port: bind :0, read it, let chromedriver take it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = saga_shared::testing::free_port();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

@@ -9,17 +9,13 @@ use std::time::Duration;
 use saga_shared::testing;
 use serde_json::Value;
 
+use crate::crashes::bin_dir;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_owned()
-}
-
-/// The directory holding this build's binaries (`target/debug`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
 /// Stops the script when the test ends, however it ends: on TERM it stops
@@ -52,11 +48,7 @@ async fn readme_run_command_serves_its_printed_curl_line() {
             "{name} not built in {bins:?}: run `cargo test --workspace`"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testing::free_port();
     let suffix = testing::random_prefix().trim_end_matches('.').to_owned();
     let db_prefix = format!("{suffix}_");
     let run_dir = std::env::temp_dir().join(format!("run-{suffix}"));

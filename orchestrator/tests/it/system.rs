@@ -163,6 +163,26 @@ pub async fn seed(inventory: &sqlx::PgPool, tax: &sqlx::PgPool) {
     }
 }
 
+/// A fresh database for each of the four services, the inventory's and the
+/// tax worker's migrated and seeded: their binaries' own migrations then
+/// find nothing to do.
+pub async fn seeded_databases() -> std::collections::HashMap<&'static str, TestDatabase> {
+    let mut databases = std::collections::HashMap::new();
+    for service in ["orchestrator", "inventory", "tax", "payment"] {
+        databases.insert(service, TestDatabase::create(service).await);
+    }
+    workers::inventory::MIGRATOR
+        .run(&databases["inventory"].pool)
+        .await
+        .unwrap();
+    workers::tax::MIGRATOR
+        .run(&databases["tax"].pool)
+        .await
+        .unwrap();
+    seed(&databases["inventory"].pool, &databases["tax"].pool).await;
+    databases
+}
+
 /// How a test wants its system.
 #[derive(Default)]
 pub struct Setup {

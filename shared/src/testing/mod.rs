@@ -42,6 +42,25 @@ pub fn random_prefix() -> String {
     format!("t{}.", random_suffix())
 }
 
+/// A port free now on 127.0.0.1, for a process the test starts to listen
+/// on (another may take it meanwhile: rare enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Where a service process a test starts logs to: the test's own stderr
+/// under `TEST_LOG`, nowhere otherwise, as the in-process services.
+pub fn service_log() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
 /// Quiet tests unless `TEST_LOG` is set.
 pub fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
