@@ -264,6 +264,45 @@ impl Drop for BrokerUsers {
     }
 }
 
+/// A test-owned queue that receives a copy of every reply of `broker`'s
+/// prefix (beside the orchestrator's own), consumed without acks as
+/// `consumer_tag`: what the workers answered, as the orchestrator got it.
+pub async fn reply_copies(broker: &crate::broker::Broker, consumer_tag: &str) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let channel = broker.channel().await.expect("a channel");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions::exclusive().auto_delete(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the reply copies' queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            broker.topology().reply_exchange().into(),
+            crate::topology::REPLY_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the reply copies' queue");
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume the reply copies")
+}
+
 /// Waits for `check` to return `Some`, polling until `timeout`; panics with
 /// `what` when the deadline passes.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T

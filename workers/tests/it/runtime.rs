@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use lapin::Consumer;
 use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
 use saga_shared::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
-use saga_shared::testing::{amqp_url, random_prefix, TestDatabase, TopologyGuard};
-use saga_shared::topology::REPLY_ROUTING_KEY;
+use saga_shared::testing::{amqp_url, random_prefix, reply_copies, TestDatabase, TopologyGuard};
 use saga_shared::{traceparent, Envelope, WorkerKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,45 +25,6 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 const CATALOGUE: &str =
     "sku,name,on_hand,unit_price_cents,currency,tax_category\nMUG,Mug,5,850,USD,general\n";
-
-/// A test-owned queue that receives a copy of every reply of the prefix.
-async fn reply_consumer(broker: &Broker) -> Consumer {
-    let channel = broker.channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            broker.topology().reply_exchange().into(),
-            REPLY_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "test-replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-}
 
 async fn next_reply(replies: &mut Consumer) -> Delivery {
     tokio::time::timeout(PATIENCE, replies.next())
@@ -148,7 +107,7 @@ impl Harness {
                 .await
                 .expect("connect to RabbitMQ (is it running?)"),
         );
-        let replies = reply_consumer(&broker).await;
+        let replies = reply_copies(&broker, "test-replies").await;
         Harness {
             db,
             broker,
@@ -417,7 +376,7 @@ async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
     let broker = Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
         .await
         .expect("connect to RabbitMQ (is it running?)");
-    let mut replies = reply_consumer(&broker).await;
+    let mut replies = reply_copies(&broker, "test-replies").await;
     let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_inventory"))
         .env("DATABASE_URL", &db.url)
         .env("AMQP_URL", amqp_url())
@@ -728,7 +687,7 @@ async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
             .await
             .expect("connect to RabbitMQ (is it running?)"),
     );
-    let mut replies = reply_consumer(&broker).await;
+    let mut replies = reply_copies(&broker, "test-replies").await;
     let charges: Vec<Envelope<Command>> = (0..8)
         .map(|i| {
             Envelope::command(
