@@ -462,14 +462,7 @@ async fn the_console_retries_exactly_the_group_it_showed() {
         "suspended",
         "a saga the console never showed was retried"
     );
-    let (status, _) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{}/cancel", later[0]),
-            Some(json!({"reason": "test over"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    system.cancel(&later[0]).await;
     system.stop().await;
 }
 
@@ -606,14 +599,7 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
 
     system.outage(false).await;
     for id in &parked {
-        let (status, _) = system
-            .admin(
-                "POST",
-                &format!("/v1/admin/sagas/{id}/cancel"),
-                Some(json!({"reason": "test over"})),
-            )
-            .await;
-        assert_eq!(status, 200);
+        system.cancel(id).await;
     }
     system.stop().await;
 }

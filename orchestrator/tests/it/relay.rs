@@ -78,18 +78,6 @@ async fn sagas(
     .unwrap()
 }
 
-/// Every payment row is one charge of one TSHIRT checkout (2,000 + 7.25% tax).
-async fn one_tshirt_charge_each(system: &System, checkouts: usize) {
-    let payments = system.payments().await;
-    assert_eq!(payments.len(), checkouts, "{payments:?}");
-    assert!(
-        payments
-            .iter()
-            .all(|p| *p == ("charged".to_owned(), 2_145, 0)),
-        "{payments:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes() {
     // Short deadlines: the commands inside the deleted queue are lost with
@@ -116,7 +104,7 @@ async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes()
         queue_exists(&operator, &tax_queue).await,
         "the relay declared the tax queue again"
     );
-    one_tshirt_charge_each(&system, 20).await;
+    system.assert_one_tshirt_charge_each(20).await;
     assert_eq!(system.held().await, 20);
     operator.close().await;
     system.stop().await;
@@ -341,7 +329,7 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         assert_eq!(status, 200, "{body}");
     }
     system.wait_status(&refused, "completed", PATIENCE).await;
-    one_tshirt_charge_each(&system, 6).await;
+    system.assert_one_tshirt_charge_each(6).await;
     operator.close().await;
     system.stop().await;
 }
@@ -474,7 +462,7 @@ async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allo
     system
         .wait_status(std::slice::from_ref(&id), "completed", PATIENCE)
         .await;
-    one_tshirt_charge_each(&system, 1).await;
+    system.assert_one_tshirt_charge_each(1).await;
     operator.close().await;
     system.stop().await;
 }

@@ -529,6 +529,19 @@ impl System {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Support cancels the saga `id`, which must succeed: how a test ends a
+    /// saga it parked.
+    pub async fn cancel(&self, id: &str) {
+        let (status, body) = self
+            .admin(
+                "POST",
+                &format!("/v1/admin/sagas/{id}/cancel"),
+                Some(json!({"reason": "test over"})),
+            )
+            .await;
+        assert_eq!(status, 200, "cancel {id}: {body}");
+    }
+
     /// Switches the payment provider outage on or off.
     pub async fn outage(&self, on: bool) {
         let mut conn = self.payment_db.pool.acquire().await.unwrap();
@@ -571,6 +584,19 @@ impl System {
             },
         )
         .await
+    }
+
+    /// Every payment is one charge of one TSHIRT checkout (2,000 + 7.25%
+    /// tax), `checkouts` of them: none doubled, none lost, none refunded.
+    pub async fn assert_one_tshirt_charge_each(&self, checkouts: usize) {
+        let payments = self.payments().await;
+        assert_eq!(payments.len(), checkouts, "{payments:?}");
+        assert!(
+            payments
+                .iter()
+                .all(|p| *p == ("charged".to_owned(), 2_145, 0)),
+            "{payments:?}"
+        );
     }
 
     /// Net money taken: charged minus refunded, over every payment.
