@@ -102,18 +102,35 @@ impl Browser {
             .send_keys(token)
             .await
             .expect("type the token");
-        c.find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser.click(Locator::Id("login")).await;
         browser
             .wait_for(
                 "the console after login",
                 Locator::Css("#app-view:not([hidden])"),
             )
             .await;
+    }
+
+    /// Clicks what `locator` finds on the page now.
+    pub async fn click(&self, locator: Locator<'_>) {
+        self.client
+            .find(locator)
+            .await
+            .expect("the element to click")
+            .click()
+            .await
+            .expect("a click");
+    }
+
+    /// Types `text` into the field `#id`.
+    pub async fn type_into(&self, id: &str, text: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .expect("the field to type into")
+            .send_keys(text)
+            .await
+            .expect("typing");
     }
 
     /// Ends the session (Chromium quits), then chromedriver. Dropping a
@@ -195,12 +212,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
     browser.log_in(base_url, token).await;
 
     // The saga's dead letter is listed, with a link to the saga.
-    c.find(Locator::Id("dead-letters-refresh"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("dead-letters-refresh")).await;
     let dead = format!(r#"#dead-letters .dead-letter-saga[data-id="{saga_id}"]"#);
     browser
         .wait_for("the saga's dead letter", Locator::Css(&dead))
@@ -213,12 +225,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         .select_by_value("suspended")
         .await
         .expect("select suspended");
-    c.find(Locator::Id("filter-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("filter-apply")).await;
     let link = format!(r#"#sagas[data-query*="status=suspended"] .saga-link[data-id="{saga_id}"]"#);
     browser
         .wait_for("the saga among the suspended ones", Locator::Css(&link))
@@ -253,12 +260,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
             .await;
     }
 
-    c.find(Locator::Id("action-reason"))
-        .await
-        .unwrap()
-        .send_keys(REASON)
-        .await
-        .unwrap();
+    browser.type_into("action-reason", REASON).await;
     browser
         .wait_for(
             "an enabled Retry",
@@ -292,12 +294,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         match wait.for_element(Locator::XPath(&completed)).await {
             Ok(_) => break,
             Err(CmdError::WaitTimeout) if Instant::now() < deadline => {
-                c.find(Locator::Id("detail-refresh"))
-                    .await
-                    .unwrap()
-                    .click()
-                    .await
-                    .unwrap();
+                browser.click(Locator::Id("detail-refresh")).await;
             }
             Err(err) => {
                 let msg = format!("waiting {COMPLETE_TIMEOUT:?} for completed: {err}");
@@ -405,7 +402,6 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     let shown = park(2).await;
 
     let browser = Browser::start().await;
-    let c = &browser.client;
     browser.log_in(&system.base_url, ADMIN_TOKEN).await;
     browser
         .wait_for(
@@ -428,18 +424,8 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     // One more parks in the same group while support reads the count.
     let later = park(1).await;
     system.outage(false).await;
-    c.find(Locator::Id("bulk-reason"))
-        .await
-        .unwrap()
-        .send_keys("provider back")
-        .await
-        .unwrap();
-    c.find(Locator::Id("bulk-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("bulk-reason", "provider back").await;
+    browser.click(Locator::Id("bulk-confirm")).await;
     browser
         .wait_for(
             "the bulk retry's answer",
@@ -530,18 +516,8 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
 
     // Search by customer: exactly Alice's checkout, with its customer,
     // total and age.
-    c.find(Locator::Id("filter-q"))
-        .await
-        .unwrap()
-        .send_keys(CUSTOMER)
-        .await
-        .unwrap();
-    c.find(Locator::Id("filter-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("filter-q", CUSTOMER).await;
+    browser.click(Locator::Id("filter-apply")).await;
     let found = format!(r#"#sagas[data-query*="q={CUSTOMER}"] .saga-link[data-id="{alice}"]"#);
     browser
         .wait_for(
@@ -569,12 +545,9 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     );
 
     // The suspended count lists the parked sagas.
-    c.find(Locator::Css(r#"#counts button[data-status="suspended"]"#))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser
+        .click(Locator::Css(r#"#counts button[data-status="suspended"]"#))
+        .await;
     for id in &parked {
         let link = format!(r#"#sagas[data-query="status=suspended"] .saga-link[data-id="{id}"]"#);
         browser
@@ -583,12 +556,7 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     }
 
     // The pause switch stops the refreshing and says so.
-    c.find(Locator::Id("auto-refresh"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("auto-refresh")).await;
     browser
         .wait_for(
             "the console to say it is paused",
