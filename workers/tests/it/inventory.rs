@@ -45,6 +45,16 @@ fn release() -> Command {
     Command::Release(ReleaseStock {})
 }
 
+/// What the inventory worker answers to reserving `lines` for `saga`.
+async fn reserving(pool: &PgPool, saga: Uuid, lines: &[(&str, u32)]) -> Outcome {
+    handle(&Inventory, pool, saga, reserve(lines)).await
+}
+
+/// What the inventory worker answers to releasing `saga`'s stock.
+async fn releasing(pool: &PgPool, saga: Uuid) -> Outcome {
+    handle(&Inventory, pool, saga, release()).await
+}
+
 async fn available(pool: &PgPool, sku: &str) -> i32 {
     sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
         .bind(sku)
@@ -91,15 +101,7 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
 
-    let reservation = reserved(
-        handle(
-            &Inventory,
-            &db.pool,
-            saga,
-            reserve(&[("MUG", 2), ("APPLE", 4)]),
-        )
-        .await,
-    );
+    let reservation = reserved(reserving(&db.pool, saga, &[("MUG", 2), ("APPLE", 4)]).await);
 
     assert_eq!(
         reservation,
@@ -130,15 +132,8 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
 async fn out_of_stock_reserves_nothing_and_names_the_sku() {
     let db = stocked().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("APPLE", 2), ("BOOK", 4)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 2), ("BOOK", 4)]).await);
 
     assert_eq!(why, reason::OUT_OF_STOCK);
     assert!(
@@ -154,23 +149,14 @@ async fn out_of_stock_reserves_nothing_and_names_the_sku() {
 async fn a_sku_on_several_lines_is_checked_against_their_sum() {
     let db = stocked().await;
 
-    let (why, _) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("BOOK", 2), ("BOOK", 2)]),
-        )
-        .await,
-    );
+    let (why, _) = rejected(reserving(&db.pool, Uuid::new_v4(), &[("BOOK", 2), ("BOOK", 2)]).await);
     assert_eq!(why, reason::OUT_OF_STOCK);
 
     let reservation = reserved(
-        handle(
-            &Inventory,
+        reserving(
             &db.pool,
             Uuid::new_v4(),
-            reserve(&[("BOOK", 2), ("MUG", 1), ("BOOK", 1)]),
+            &[("BOOK", 2), ("MUG", 1), ("BOOK", 1)],
         )
         .await,
     );
@@ -184,15 +170,8 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
 async fn unknown_sku_reserves_nothing_and_names_the_sku() {
     let db = stocked().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("APPLE", 1), ("GHOST", 1)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 1), ("GHOST", 1)]).await);
 
     assert_eq!(why, reason::UNKNOWN_SKU);
     assert!(detail.contains("GHOST"), "{detail}");
@@ -204,15 +183,8 @@ async fn unknown_sku_reserves_nothing_and_names_the_sku() {
 async fn lines_in_two_currencies_are_refused() {
     let db = stocked().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("MUG", 1), ("EURO-MUG", 1)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(reserving(&db.pool, Uuid::new_v4(), &[("MUG", 1), ("EURO-MUG", 1)]).await);
 
     assert_eq!(why, reason::CURRENCY_MISMATCH);
     assert!(detail.contains("EUR") && detail.contains("USD"), "{detail}");
@@ -224,10 +196,9 @@ async fn lines_in_two_currencies_are_refused() {
 async fn empty_or_zero_quantity_reservations_are_invalid() {
     let db = stocked().await;
 
-    let (why, _) = rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[])).await);
+    let (why, _) = rejected(reserving(&db.pool, Uuid::new_v4(), &[]).await);
     assert_eq!(why, reason::INVALID_COMMAND);
-    let (why, detail) =
-        rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[("MUG", 0)])).await);
+    let (why, detail) = rejected(reserving(&db.pool, Uuid::new_v4(), &[("MUG", 0)]).await);
     assert_eq!(why, reason::INVALID_COMMAND);
     assert!(detail.contains("MUG"), "{detail}");
 }
@@ -236,14 +207,14 @@ async fn empty_or_zero_quantity_reservations_are_invalid() {
 async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    let first = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    let first = reserved(reserving(&db.pool, saga, &[("BOOK", 2)]).await);
     // Prices change between the attempts: the reply must not.
     sqlx::query("UPDATE products SET unit_price_cents = 1 WHERE sku = 'BOOK'")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let again = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    let again = reserved(reserving(&db.pool, saga, &[("BOOK", 2)]).await);
 
     assert_eq!(again, first);
     assert_eq!(available(&db.pool, "BOOK").await, 1);
@@ -254,22 +225,12 @@ async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
 async fn release_gives_stock_back_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    reserved(
-        handle(
-            &Inventory,
-            &db.pool,
-            saga,
-            reserve(&[("APPLE", 3), ("MUG", 5)]),
-        )
-        .await,
-    );
+    reserved(reserving(&db.pool, saga, &[("APPLE", 3), ("MUG", 5)]).await);
     assert_eq!(available(&db.pool, "MUG").await, 0);
 
-    assert!(released(
-        handle(&Inventory, &db.pool, saga, release()).await
-    ));
+    assert!(released(releasing(&db.pool, saga).await));
     assert!(
-        !released(handle(&Inventory, &db.pool, saga, release()).await),
+        !released(releasing(&db.pool, saga).await),
         "second release is a no-op"
     );
 
@@ -284,16 +245,14 @@ async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
     let saga = Uuid::new_v4();
 
     assert!(
-        !released(handle(&Inventory, &db.pool, saga, release()).await),
+        !released(releasing(&db.pool, saga).await),
         "nothing was held"
     );
-    let (why, _) = rejected(handle(&Inventory, &db.pool, saga, reserve(&[("APPLE", 1)])).await);
+    let (why, _) = rejected(reserving(&db.pool, saga, &[("APPLE", 1)]).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
     assert_eq!(available(&db.pool, "APPLE").await, 10);
-    assert!(!released(
-        handle(&Inventory, &db.pool, saga, release()).await
-    ));
+    assert!(!released(releasing(&db.pool, saga).await));
     assert_stock_conserved(&db.pool).await;
 }
 
@@ -301,11 +260,9 @@ async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
 async fn a_refused_reserve_leaves_no_reservation_to_release() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    rejected(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 99)])).await);
+    rejected(reserving(&db.pool, saga, &[("BOOK", 99)]).await);
 
-    assert!(!released(
-        handle(&Inventory, &db.pool, saga, release()).await
-    ));
+    assert!(!released(releasing(&db.pool, saga).await));
     assert_eq!(available(&db.pool, "BOOK").await, 3);
     assert_stock_conserved(&db.pool).await;
 }
@@ -366,8 +323,8 @@ async fn two_reserves_racing_for_the_last_unit_exactly_one_gets_it() {
             .unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let (first, second) = tokio::join!(
-            handle(&Inventory, &db.pool, a, reserve(&[("BOOK", 1)])),
-            handle(&Inventory, &db.pool, b, reserve(&[("BOOK", 1)])),
+            reserving(&db.pool, a, &[("BOOK", 1)]),
+            reserving(&db.pool, b, &[("BOOK", 1)]),
         );
         let won: Vec<bool> = [first, second]
             .into_iter()
