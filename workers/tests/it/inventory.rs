@@ -1,8 +1,8 @@
 //! Reservations: all or nothing, once per saga, and released at most once.
 
 use saga_shared::messages::{
-    reason, Command, LineRequest, Outcome, PricedLine, ReleaseStock, Released, ReserveStock,
-    Reserved, StepResult,
+    reason, Command, LineRequest, Outcome, ReleaseStock, Released, ReserveStock, Reserved,
+    StepResult,
 };
 use saga_shared::testing::{eventually, TestDatabase};
 use saga_shared::Envelope;
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{handle_command, Handler};
 
-use crate::{handle, migrated, ok, rejected};
+use crate::{handle, migrated, ok, priced_line, rejected, reserved};
 
 const CATALOGUE: &str = "\
 sku,name,on_hand,unit_price_cents,currency,tax_category
@@ -82,13 +82,6 @@ async fn assert_stock_conserved(pool: &PgPool) {
     );
 }
 
-fn reserved(outcome: Outcome) -> Reserved {
-    match ok(outcome) {
-        StepResult::Reserved(reserved) => reserved,
-        other => panic!("expected a reservation, got {other:?}"),
-    }
-}
-
 fn released(outcome: Outcome) -> bool {
     match ok(outcome) {
         StepResult::Released(Released { released }) => released,
@@ -108,18 +101,8 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
         Reserved {
             currency: "USD".into(),
             lines: vec![
-                PricedLine {
-                    sku: "MUG".into(),
-                    quantity: 2,
-                    unit_price_cents: 850,
-                    tax_category: "general".into(),
-                },
-                PricedLine {
-                    sku: "APPLE".into(),
-                    quantity: 4,
-                    unit_price_cents: 125,
-                    tax_category: "food".into(),
-                },
+                priced_line("MUG", 2, 850, "general"),
+                priced_line("APPLE", 4, 125, "food"),
             ],
         }
     );
@@ -385,12 +368,17 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
 /// Runs `command` as the runtime does (inbox, one-statement path first);
 /// the reply's outcome.
 async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
-    let body = handle_command(&Inventory, pool, command)
-        .await
-        .expect("the handler reaches its database");
-    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
-        .expect("a recorded reply decodes")
-        .payload
+    crate::answered(&Inventory, pool, command).await
+}
+
+/// A reserve of one `sku` for a saga of its own: the worker then knows its
+/// price, and tries the one-statement path.
+async fn price_known(pool: &PgPool, sku: &str) {
+    answered(
+        pool,
+        &Envelope::command(Uuid::new_v4(), 1, reserve(&[(sku, 1)])),
+    )
+    .await;
 }
 
 async fn inbox_rows(pool: &PgPool) -> i64 {
@@ -425,18 +413,8 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     assert_eq!(
         reservation.lines,
         vec![
-            PricedLine {
-                sku: "MUG".into(),
-                quantity: 2,
-                unit_price_cents: 850,
-                tax_category: "general".into(),
-            },
-            PricedLine {
-                sku: "APPLE".into(),
-                quantity: 1,
-                unit_price_cents: 125,
-                tax_category: "food".into(),
-            },
+            priced_line("MUG", 2, 850, "general"),
+            priced_line("APPLE", 1, 125, "food"),
         ]
     );
     assert_eq!(available(&db.pool, "MUG").await, 3, "taken once");
@@ -452,11 +430,7 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
 async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothing() {
     let db = stocked().await;
     // Prices known: the one-statement path is tried and finds the stock short.
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "MUG").await;
     let saga = Uuid::new_v4();
     let command = Envelope::command(saga, 1, reserve(&[("APPLE", 1), ("MUG", 5)]));
 
@@ -481,11 +455,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
 #[tokio::test]
 async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
     let db = stocked().await;
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "MUG").await;
     sqlx::query("UPDATE products SET unit_price_cents = 900 WHERE sku = 'MUG'")
         .execute(&db.pool)
         .await
@@ -516,11 +486,7 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
 async fn concurrent_reserves_in_one_statement_each_never_oversell() {
     let db = stocked().await;
     // MUG: 5 units for 24 buyers, each also taking an apple.
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("BOOK", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "BOOK").await;
     let mut buyers = tokio::task::JoinSet::new();
     for _ in 0..24 {
         let pool = db.pool.clone();
@@ -583,11 +549,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_the_winner_did() {
     let db = stocked().await;
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "MUG").await;
     let saga = Uuid::new_v4();
     // The first attempt holds the saga's reservation (and the MUG row),
     // uncommitted, when the second tries its one statement.

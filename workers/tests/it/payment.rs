@@ -19,7 +19,7 @@ use workers::payment::{
 };
 use workers::runtime::{handle_command, Decision, Handler};
 
-use crate::{migrated, ok, rejected};
+use crate::{answered, migrated, ok, rejected};
 
 /// The payment worker with the simulator booking into `pool`'s ledger.
 fn simulated_on(pool: &PgPool) -> Payment {
@@ -34,13 +34,7 @@ async fn handle<P: PaymentProvider>(
     saga_id: Uuid,
     command: Command,
 ) -> Outcome {
-    let envelope = Envelope::command(saga_id, 1, command);
-    let body = handle_command(payment, pool, &envelope)
-        .await
-        .expect("the handler reaches its database");
-    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
-        .expect("a recorded reply decodes")
-        .payload
+    answered(payment, pool, &Envelope::command(saga_id, 1, command)).await
 }
 
 /// The provider's ledger line of `saga`, if it ever booked anything for it.

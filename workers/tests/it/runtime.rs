@@ -19,7 +19,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{run_worker_until_stopped, Handler};
 use workers::WorkerError;
 
-use crate::migrated;
+use crate::{migrated, reserved};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -226,11 +226,7 @@ async fn a_redelivered_command_gets_the_same_reply_and_acts_once() {
             .map(|id| id.to_string()),
         Some(saga.to_string())
     );
-    assert!(
-        matches!(a.payload, Outcome::Ok(StepResult::Reserved(_))),
-        "{:?}",
-        a.payload
-    );
+    reserved(a.payload);
     assert_eq!(harness.available("MUG").await, 3, "stock taken once");
     harness.stop().await;
 }
@@ -256,11 +252,7 @@ async fn a_command_with_fields_this_worker_does_not_know_is_served_not_dead_lett
 
     let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
     assert_eq!(reply.saga_id, command.saga_id);
-    assert!(
-        matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
-        "{:?}",
-        reply.payload
-    );
+    reserved(reply.payload);
     assert_eq!(harness.available("MUG").await, 4);
     harness.stop().await;
 }
@@ -598,11 +590,7 @@ async fn commands_that_are_ready_together_commit_together() {
     harness.run(Inventory, 16);
     let sagas: Vec<Uuid> = commands.iter().map(|c| c.saga_id).collect();
     for reply in one_reply_each(&mut harness, &sagas).await {
-        assert!(
-            matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
-            "{:?}",
-            reply.payload
-        );
+        reserved(reply.payload);
     }
     let (rows, commits) = inbox_commits(&harness.db.pool).await;
     assert_eq!(rows, 12, "each command handled once");
@@ -640,11 +628,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
 
     let sagas: Vec<Uuid> = good.iter().map(|c| c.saga_id).collect();
     for reply in one_reply_each(&mut harness, &sagas).await {
-        assert!(
-            matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
-            "{:?}",
-            reply.payload
-        );
+        reserved(reply.payload);
     }
     let mut dead: Vec<String> = Vec::new();
     for _ in 0..2 {
