@@ -319,15 +319,7 @@ async fn support_retries_a_parked_saga_from_the_console() {
     use orchestrator::saga::StepPolicies;
 
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
-    system.outage(true).await;
-    let id = system.place(&order(&[("BOOK", 2)], "sim_approve")).await;
-    system
-        .wait_status(
-            std::slice::from_ref(&id),
-            "suspended",
-            Duration::from_secs(60),
-        )
-        .await;
+    let id = system.park(&order(&[("BOOK", 2)], "sim_approve")).await;
     system.outage(false).await;
     // A garbled reply about this saga, for the dead-letter list.
     let stop = tokio_util::sync::CancellationToken::new();

@@ -50,15 +50,7 @@ async fn status_line(stream: &mut TcpStream) -> String {
 /// A checkout parked by a provider outage: pending to its client, for as
 /// long as the test likes.
 async fn parked_checkout(system: &System) -> String {
-    system.outage(true).await;
-    let id = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
-    system
-        .wait_status(
-            std::slice::from_ref(&id),
-            "suspended",
-            Duration::from_secs(30),
-        )
-        .await;
+    let id = system.park(&order(&[("BOOK", 1)], "sim_approve")).await;
     system.outage(false).await;
     id
 }

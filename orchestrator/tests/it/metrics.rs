@@ -28,15 +28,7 @@ async fn metrics_count_sagas_by_status_and_what_the_orchestrator_did() {
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
     let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
     assert_eq!(done["status"], "completed");
-    system.outage(true).await;
-    let parked = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
-    system
-        .wait_status(
-            std::slice::from_ref(&parked),
-            "suspended",
-            Duration::from_secs(60),
-        )
-        .await;
+    system.park(&order(&[("BOOK", 1)], "sim_approve")).await;
 
     let response = system
         .http

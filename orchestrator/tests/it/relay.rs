@@ -16,7 +16,7 @@ use saga_shared::testing;
 use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::Topology;
 use saga_shared::Step;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::system::{order, System};
@@ -319,14 +319,7 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
     delete_queue(&channel, &topology.command_queue(WorkerKind::Tax)).await;
     operator.redeclare().await.expect("topology declared");
     for id in &refused {
-        let (status, body) = system
-            .admin(
-                "POST",
-                &format!("/v1/admin/sagas/{id}/retry"),
-                Some(json!({"reason": "tax queue fixed"})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        system.retry(id, "tax queue fixed").await;
     }
     system.wait_status(&refused, "completed", PATIENCE).await;
     system.assert_one_tshirt_charge_each(6).await;
@@ -451,14 +444,7 @@ async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allo
 
     delete_queue(&channel, &topology.command_queue(WorkerKind::Inventory)).await;
     operator.redeclare().await.expect("topology declared");
-    let (status, body) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{id}/retry"),
-            Some(json!({"reason": "inventory queue fixed"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.retry(&id, "inventory queue fixed").await;
     system
         .wait_status(std::slice::from_ref(&id), "completed", PATIENCE)
         .await;

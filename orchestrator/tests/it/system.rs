@@ -532,14 +532,38 @@ impl System {
     /// Support cancels the saga `id`, which must succeed: how a test ends a
     /// saga it parked.
     pub async fn cancel(&self, id: &str) {
+        self.support_action(id, "cancel", "test over").await;
+    }
+
+    /// Support retries the parked saga `id` for `reason`, which must be
+    /// accepted.
+    pub async fn retry(&self, id: &str, reason: &str) {
+        self.support_action(id, "retry", reason).await;
+    }
+
+    async fn support_action(&self, id: &str, action: &str, reason: &str) {
         let (status, body) = self
             .admin(
                 "POST",
-                &format!("/v1/admin/sagas/{id}/cancel"),
-                Some(json!({"reason": "test over"})),
+                &format!("/v1/admin/sagas/{id}/{action}"),
+                Some(json!({ "reason": reason })),
             )
             .await;
-        assert_eq!(status, 200, "cancel {id}: {body}");
+        assert_eq!(status, 200, "{action} {id}: {body}");
+    }
+
+    /// Places `body` while the payment provider is down and waits until
+    /// its saga is parked at the charge. The provider stays down.
+    pub async fn park(&self, body: &Value) -> String {
+        self.outage(true).await;
+        let id = self.place(body).await;
+        self.wait_status(
+            std::slice::from_ref(&id),
+            "suspended",
+            Duration::from_secs(60),
+        )
+        .await;
+        id
     }
 
     /// Switches the payment provider outage on or off.
