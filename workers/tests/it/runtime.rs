@@ -146,6 +146,11 @@ impl Harness {
         next_reply(&mut self.replies).await
     }
 
+    /// The next reply's envelope.
+    async fn next_answer(&mut self) -> Envelope<Outcome> {
+        Envelope::<Outcome>::decode(&self.next_reply().await.data).expect("a reply envelope")
+    }
+
     async fn available(&self, sku: &str) -> i32 {
         sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
             .bind(sku)
@@ -250,7 +255,7 @@ async fn a_command_with_fields_this_worker_does_not_know_is_served_not_dead_lett
         )
         .await;
 
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, command.saga_id);
     reserved(reply.payload);
     assert_eq!(harness.available("MUG").await, 4);
@@ -286,7 +291,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
         Some(poison_id.to_string())
     );
 
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, command.saga_id);
     assert!(
         matches!(reply.payload, Outcome::Ok(_)),
@@ -332,7 +337,7 @@ async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_deliv
     harness.send(&good).await;
 
     // The good command is answered while the bad one is retried.
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, good.saga_id);
 
     // The queue's delivery limit, not the worker, takes the bad one out.
@@ -351,7 +356,7 @@ async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_deliv
     // The worker is still alive and answering.
     let after = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&after).await;
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, after.saga_id);
     assert_eq!(harness.available("MUG").await, 3);
     harness.stop().await;
@@ -447,7 +452,7 @@ async fn a_refused_publish_reopens_the_publishing_channel_and_keeps_the_consumer
     // same connection (the worker's, the test's reply queue) never noticed.
     let command = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&command).await;
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, command.saga_id);
     assert!(harness.broker.is_connected());
     harness.stop().await;
@@ -471,7 +476,7 @@ async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
     let good = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&good).await;
 
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, good.saga_id);
     let mut dead = Vec::new();
     for _ in 0..poison.len() {
@@ -513,7 +518,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
     // Attempt 1 is delayed; its deadline passes and attempt 2 is refused.
     let (first, second) = (reserve(1), reserve(2));
     harness.send(&second).await;
-    let refused = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let refused = harness.next_answer().await;
     assert_eq!(refused.attempt, 2);
     assert!(
         matches!(&refused.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
@@ -527,7 +532,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
         .unwrap();
     // Attempt 1 finally runs: it must hold nothing, as nobody will release it.
     harness.send(&first).await;
-    let late = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let late = harness.next_answer().await;
     assert_eq!(late.attempt, 1);
     assert!(
         matches!(&late.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
@@ -548,7 +553,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
 async fn one_reply_each(harness: &mut Harness, sagas: &[Uuid]) -> Vec<Envelope<Outcome>> {
     let mut replies = Vec::new();
     while replies.len() < sagas.len() {
-        let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+        let reply = harness.next_answer().await;
         assert!(
             sagas.contains(&reply.saga_id),
             "a reply of another saga: {reply:?}"
@@ -653,7 +658,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
     // Nothing else is answered: the next reply is the next command's.
     let probe = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&probe).await;
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, probe.saga_id);
     harness.stop().await;
 }
