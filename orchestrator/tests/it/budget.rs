@@ -343,12 +343,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
         .output()
         .await
         .unwrap();
-    let csv = String::from_utf8_lossy(&export.stdout);
-    assert!(
-        export.status.success(),
-        "{csv}{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    let csv = testing::succeeded(&export);
     assert!(
         csv.lines()
             .any(|l| l.starts_with("BULK,Bulk,100000,99400,")),
@@ -360,12 +355,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
         .output()
         .await
         .unwrap();
-    assert!(
-        psql.status.success(),
-        "{}",
-        String::from_utf8_lossy(&psql.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "600");
+    assert_eq!(testing::succeeded(&psql).trim(), "600");
     let mut plain = PgConnection::connect(&databases["payment"].url)
         .await
         .unwrap();
@@ -576,14 +566,7 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
         "{metrics}"
     );
     // The contract says so too.
-    let doc: Value = http
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = testing::json_answer(http.get(format!("{base}/openapi.json"))).await;
     for (path, method) in [("/v1/checkouts", "post"), ("/v1/checkouts/{id}", "get")] {
         let busy = &doc["paths"][path][method]["responses"]["503"];
         assert!(

@@ -59,12 +59,7 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
         .output()
         .await
         .expect("sagactl runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stdout = saga_shared::testing::succeeded(&run);
     assert!(
         stdout.starts_with(&format!("saga {extended} parked until ")),
         "{stdout}"

@@ -127,14 +127,10 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     let client = crate::system::http_with_key(&key);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let body: Value = client
-            .get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=5"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = testing::json_answer(
+            client.get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=5")),
+        )
+        .await;
         if body["status"] != "pending" {
             break body;
         }
@@ -194,14 +190,10 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     ));
     assert!(retried.contains('2'), "{retried}");
     for id in &parked {
-        let done: Value = client
-            .get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=30"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let done: Value = testing::json_answer(
+            client.get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=30")),
+        )
+        .await;
         assert_eq!(done["status"], "completed", "{done}");
     }
 

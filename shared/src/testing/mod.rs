@@ -61,6 +61,19 @@ pub fn service_log() -> std::process::Stdio {
     }
 }
 
+/// What a process a test ran printed on stdout; it must have exited 0,
+/// or the test fails with both its streams.
+pub fn succeeded(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}\nstdout:\n{stdout}stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Quiet tests unless `TEST_LOG` is set.
 pub fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -301,6 +314,17 @@ pub async fn reply_copies(broker: &crate::broker::Broker, consumer_tag: &str) ->
         )
         .await
         .expect("consume the reply copies")
+}
+
+/// The JSON body `request` is answered with, whatever the status.
+pub async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("a JSON body")
 }
 
 /// Waits for `check` to return `Some`, polling until `timeout`; panics with
