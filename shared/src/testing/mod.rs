@@ -1,5 +1,9 @@
 //! Test support: a fresh database and a fresh broker prefix per test, both
 //! removed when the test ends, so tests run in parallel and never meet.
+//! Beside them, the kit every suite shares rather than copies: the one
+//! proxy in front of a service ([`proxy`]), the one reader of `/metrics`
+//! text ([`metrics`]), [`eventually`] for waiting on a condition with a
+//! deadline, and the small steps of starting and reading processes.
 
 use sqlx::{PgConnection, PgPool};
 
