@@ -20,5 +20,7 @@ pub mod tls;
 pub mod topology;
 pub mod traceparent;
 
-#[cfg(feature = "test-support")]
+// Its own unit tests, and those of the modules that read variables, use
+// it too.
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -96,24 +96,18 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::environment;
 
     #[test]
     fn names_the_missing_variable() {
-        let err = ServiceConfig::from_source(&env(&[("AMQP_URL", "amqp://x")])).unwrap_err();
+        let err =
+            ServiceConfig::from_source(&environment(&[("AMQP_URL", "amqp://x")])).unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL is missing"), "{err}");
     }
 
     #[test]
     fn names_the_malformed_variable_without_echoing_secrets() {
-        let err = ServiceConfig::from_source(&env(&[
+        let err = ServiceConfig::from_source(&environment(&[
             ("DATABASE_URL", "mysql://u:hunter2@x/y"),
             ("AMQP_URL", "amqp://x"),
         ]))
@@ -122,7 +116,7 @@ mod tests {
         assert!(text.contains("DATABASE_URL is invalid"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
 
-        let err = ServiceConfig::from_source(&env(&[
+        let err = ServiceConfig::from_source(&environment(&[
             ("DATABASE_URL", "postgres://x/y"),
             ("AMQP_URL", "amqp://x"),
             ("PREFETCH", "lots"),
@@ -134,16 +128,22 @@ mod tests {
     #[test]
     fn the_pool_size_is_an_override_only_when_set() {
         let base = [("DATABASE_URL", "postgres://x/y"), ("AMQP_URL", "amqp://x")];
-        let config = ServiceConfig::from_source(&env(&base)).unwrap();
+        let config = ServiceConfig::from_source(&environment(&base)).unwrap();
         assert_eq!(config.database_pool_size, None);
-        let config =
-            ServiceConfig::from_source(&env(&[base[0], base[1], ("DATABASE_POOL_SIZE", "5")]))
-                .unwrap();
+        let config = ServiceConfig::from_source(&environment(&[
+            base[0],
+            base[1],
+            ("DATABASE_POOL_SIZE", "5"),
+        ]))
+        .unwrap();
         assert_eq!(config.database_pool_size, Some(5));
         for bad in ["0", "many", "-1"] {
-            let err =
-                ServiceConfig::from_source(&env(&[base[0], base[1], ("DATABASE_POOL_SIZE", bad)]))
-                    .unwrap_err();
+            let err = ServiceConfig::from_source(&environment(&[
+                base[0],
+                base[1],
+                ("DATABASE_POOL_SIZE", bad),
+            ]))
+            .unwrap_err();
             assert!(
                 err.to_string().contains("DATABASE_POOL_SIZE is invalid"),
                 "{err}"
@@ -160,7 +160,7 @@ mod tests {
                 "amqp://127.0.0.1:5681/%2f,amqp://127.0.0.1:5682/%2f",
             ),
         ];
-        let config = ServiceConfig::from_source(&env(&[
+        let config = ServiceConfig::from_source(&environment(&[
             base[0],
             base[1],
             ("AMQP_USER", "checkout-tax"),
@@ -173,20 +173,28 @@ mod tests {
              amqp://checkout-tax:p%40ss%2Fword@127.0.0.1:5682/%2f"
         );
         assert_eq!(
-            ServiceConfig::from_source(&env(&base)).unwrap().amqp_url(),
+            ServiceConfig::from_source(&environment(&base))
+                .unwrap()
+                .amqp_url(),
             base[1].1
         );
 
-        let err =
-            ServiceConfig::from_source(&env(&[base[0], base[1], ("AMQP_USER", "checkout-tax")]))
-                .unwrap_err();
+        let err = ServiceConfig::from_source(&environment(&[
+            base[0],
+            base[1],
+            ("AMQP_USER", "checkout-tax"),
+        ]))
+        .unwrap_err();
         assert!(
             err.to_string().contains("AMQP_PASSWORD is missing"),
             "{err}"
         );
-        let err =
-            ServiceConfig::from_source(&env(&[base[0], base[1], ("AMQP_PASSWORD", "hunter4")]))
-                .unwrap_err();
+        let err = ServiceConfig::from_source(&environment(&[
+            base[0],
+            base[1],
+            ("AMQP_PASSWORD", "hunter4"),
+        ]))
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("AMQP_USER is missing"), "{text}");
         assert!(!text.contains("hunter4"), "{text}");
@@ -194,7 +202,7 @@ mod tests {
 
     #[test]
     fn debug_output_hides_urls() {
-        let config = ServiceConfig::from_source(&env(&[
+        let config = ServiceConfig::from_source(&environment(&[
             ("DATABASE_URL", "postgres://u:hunter2@x/y"),
             ("AMQP_URL", "amqp://u:hunter3@x"),
         ]))

@@ -259,14 +259,7 @@ pub fn is_refusal(error: &(dyn Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::environment;
 
     /// A PEM file under the temp directory, removed on drop.
     struct TempFile(PathBuf);
@@ -297,33 +290,41 @@ mod tests {
     fn the_ca_file_comes_from_the_variable_or_the_url() {
         let ca = TempFile::new(PEM);
         let url = "amqps://guest:guest@broker:5671/%2f";
-        let found = amqp_ca(&env(&[("AMQP_CA_FILE", ca.path())]), url).unwrap();
+        let found = amqp_ca(&environment(&[("AMQP_CA_FILE", ca.path())]), url).unwrap();
         assert_eq!(found.unwrap().path, ca.0);
 
         let encoded = ca.path().replace('/', "%2F");
         let with_parameter = format!("{url}?heartbeat=10&cacertfile={encoded}");
-        let found = amqp_ca(&env(&[]), &with_parameter).unwrap();
+        let found = amqp_ca(&environment(&[]), &with_parameter).unwrap();
         assert_eq!(found.unwrap().path, ca.0);
 
-        assert_eq!(amqp_ca(&env(&[]), url).unwrap(), None);
+        assert_eq!(amqp_ca(&environment(&[]), url).unwrap(), None);
     }
 
     #[test]
     fn a_missing_or_unusable_ca_file_names_the_variable() {
         let url = "amqps://broker:5671/%2f";
-        let err = amqp_ca(&env(&[("AMQP_CA_FILE", "/nonexistent/ca.pem")]), url).unwrap_err();
+        let err = amqp_ca(
+            &environment(&[("AMQP_CA_FILE", "/nonexistent/ca.pem")]),
+            url,
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("AMQP_CA_FILE is invalid"), "{text}");
         assert!(text.contains("/nonexistent/ca.pem"), "{text}");
 
         let not_pem = TempFile::new("hello\n");
-        let err = amqp_ca(&env(&[("AMQP_CA_FILE", not_pem.path())]), url).unwrap_err();
+        let err = amqp_ca(&environment(&[("AMQP_CA_FILE", not_pem.path())]), url).unwrap_err();
         assert!(
             err.to_string().contains("holds no PEM certificate"),
             "{err}"
         );
 
-        let err = amqp_ca(&env(&[]), &format!("{url}?cacertfile=/nonexistent/ca.pem")).unwrap_err();
+        let err = amqp_ca(
+            &environment(&[]),
+            &format!("{url}?cacertfile=/nonexistent/ca.pem"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("AMQP_URL is invalid"), "{err}");
     }
 
@@ -331,7 +332,7 @@ mod tests {
     fn a_ca_file_for_a_plain_connection_is_refused() {
         let ca = TempFile::new(PEM);
         let err = amqp_ca(
-            &env(&[("AMQP_CA_FILE", ca.path())]),
+            &environment(&[("AMQP_CA_FILE", ca.path())]),
             "amqp://guest:guest@broker:5672/%2f",
         )
         .unwrap_err();

@@ -92,29 +92,23 @@ pub async fn prune_inbox(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use saga_shared::testing::environment;
 
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn retention_defaults_to_seven_days_and_names_a_bad_value() {
         assert_eq!(
-            inbox_retention(&env(&[])).unwrap(),
+            inbox_retention(&environment(&[])).unwrap(),
             Duration::from_secs(7 * 24 * 3600)
         );
         assert_eq!(
-            inbox_retention(&env(&[("INBOX_RETENTION_DAYS", "30")])).unwrap(),
+            inbox_retention(&environment(&[("INBOX_RETENTION_DAYS", "30")])).unwrap(),
             Duration::from_secs(30 * 24 * 3600)
         );
         for bad in ["0", "-1", "week", "100000"] {
-            let error = inbox_retention(&env(&[("INBOX_RETENTION_DAYS", bad)])).unwrap_err();
+            let error =
+                inbox_retention(&environment(&[("INBOX_RETENTION_DAYS", bad)])).unwrap_err();
             assert!(
                 error.to_string().contains("INBOX_RETENTION_DAYS"),
                 "{bad}: {error}"

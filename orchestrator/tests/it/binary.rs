@@ -102,12 +102,7 @@ async fn migrate_is_a_step_of_its_own_and_a_service_that_may_not_migrate_refuses
         .env("DATABASE_URL", &db.url)
         .output()
         .expect("orchestrator migrate runs");
-    let stdout = String::from_utf8_lossy(&migrate.stdout);
-    assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
+    let stdout = saga_shared::testing::succeeded(&migrate);
     assert!(
         stdout.starts_with("orchestrator: applied 1 sagas\n"),
         "{stdout}"
@@ -141,12 +136,7 @@ async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_bui
             .env("AMQP_PREFIX", &prefix)
             .output()
             .expect("orchestrator topology runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        testing::succeeded(&output)
     };
     let policy = format!("{prefix}checkout-work-queues");
 
@@ -189,15 +179,8 @@ async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_bui
         said.contains(&format!("policy {policy}: updated to this build's")),
         "{said}"
     );
-    let now: serde_json::Value = client
-        .get(&url)
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let now: serde_json::Value =
+        testing::json_answer(client.get(&url).basic_auth("guest", Some("guest"))).await;
     assert_eq!(now["definition"], topology.policies()[0].definition);
     assert_eq!(
         now["definition"]["delivery-limit"],
@@ -236,12 +219,7 @@ async fn broker_users_takes_the_operators_passwords_and_prints_only_new_ones() {
     };
 
     let output = run(chosen);
-    let said = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = testing::succeeded(&output);
     assert!(
         said.contains(&format!(
             "# INVENTORY_AMQP_URL: user {base}-inventory has the password of INVENTORY_AMQP_PASSWORD"

@@ -10,20 +10,15 @@ use std::time::Duration;
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_protocol::Step;
 use saga_shared::testing;
+use saga_shared::testing::metrics::scrape;
+use saga_shared::testing::proxy::{Proxy, Wire};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc};
 
-use crate::latency::{sample, scrape};
 use crate::system::{order, Setup, System};
 
-/// Forwards AMQP connections to the shared broker, frame by frame from the
-/// broker's side, so that a frame can be slipped in between two of them.
-struct AlarmProxy {
-    port: u16,
-    inject: broadcast::Sender<Vec<u8>>,
-    accept: tokio::task::JoinHandle<()>,
-}
+/// A proxy in front of the shared broker that can raise and clear an
+/// alarm on the connections through it.
+struct AlarmProxy(Proxy);
 
 /// An AMQP method frame on channel 0 of `class`.`method` with `arguments`.
 fn connection_frame(method: u16, arguments: &[u8]) -> Vec<u8> {
@@ -39,98 +34,25 @@ fn connection_frame(method: u16, arguments: &[u8]) -> Vec<u8> {
 }
 
 impl AlarmProxy {
-    async fn start(target: &'static str) -> AlarmProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (inject, _) = broadcast::channel::<Vec<u8>>(16);
-        let injections = inject.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                    continue;
-                };
-                let injected = injections.subscribe();
-                tokio::spawn(relay_connection(client, server, injected));
-            }
-        });
-        AlarmProxy {
-            port,
-            inject,
-            accept,
-        }
+    async fn start() -> AlarmProxy {
+        AlarmProxy(Proxy::start_framed("127.0.0.1:5672", Wire::Amqp).await)
     }
 
     fn url(&self) -> String {
-        testing::amqp_url().replacen(":5672", &format!(":{}", self.port), 1)
+        self.0.url_for(&testing::amqp_url(), 5672)
     }
 
     /// What RabbitMQ sends every publishing connection when an alarm is raised.
     fn block(&self, reason: &str) {
         let mut arguments = vec![reason.len() as u8];
         arguments.extend_from_slice(reason.as_bytes());
-        let _ = self.inject.send(connection_frame(60, &arguments));
+        self.0.inject(connection_frame(60, &arguments));
     }
 
     /// ... and when it clears.
     fn unblock(&self) {
-        let _ = self.inject.send(connection_frame(61, &[]));
+        self.0.inject(connection_frame(61, &[]));
     }
-}
-
-impl Drop for AlarmProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn relay_connection(
-    client: tokio::net::TcpStream,
-    server: tokio::net::TcpStream,
-    mut injected: broadcast::Receiver<Vec<u8>>,
-) {
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-    });
-    // Whole frames from the broker, read apart from the writer so that an
-    // injection never lands inside one.
-    let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            let mut header = [0u8; 7];
-            if server_read.read_exact(&mut header).await.is_err() {
-                return;
-            }
-            let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-            let mut frame = header.to_vec();
-            frame.resize(7 + size + 1, 0);
-            if server_read.read_exact(&mut frame[7..]).await.is_err() {
-                return;
-            }
-            if frames_tx.send(frame).await.is_err() {
-                return;
-            }
-        }
-    });
-    loop {
-        let frame = tokio::select! {
-            frame = frames.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
-            frame = injected.recv() => match frame {
-                Ok(frame) => frame,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-        };
-        if client_write.write_all(&frame).await.is_err() {
-            break;
-        }
-    }
-    upstream.abort();
-    reader.abort();
 }
 
 async fn readyz(system: &System) -> (u16, Value) {
@@ -139,7 +61,7 @@ async fn readyz(system: &System) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_once_it_clears() {
-    let proxy = AlarmProxy::start("127.0.0.1:5672").await;
+    let proxy = AlarmProxy::start().await;
     // A short publish allowance (2 attempts of 1.5 s): a relay that took
     // publishes the alarm holds for refusals would park the saga before
     // the alarm clears.
@@ -163,8 +85,10 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
         "{body}"
     );
     assert_eq!(
-        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
-        0.0
+        scrape(&system.base_url)
+            .await
+            .value("checkout_broker_blocked"),
+        Some(0.0)
     );
 
     proxy.block("low on memory");
@@ -180,8 +104,10 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
     assert_eq!(body.1["broker_blocked"]["reason"], "low on memory");
     assert!(body.1["broker_blocked"]["since"].is_string(), "{}", body.1);
     assert_eq!(
-        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
-        1.0
+        scrape(&system.base_url)
+            .await
+            .value("checkout_broker_blocked"),
+        Some(1.0)
     );
 
     let id = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
@@ -219,8 +145,10 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
     );
     assert!(body.get("broker_blocked").is_none(), "{body}");
     assert_eq!(
-        sample(&scrape(&system.base_url).await, "checkout_broker_blocked"),
-        0.0
+        scrape(&system.base_url)
+            .await
+            .value("checkout_broker_blocked"),
+        Some(0.0)
     );
     system.stop().await;
 }

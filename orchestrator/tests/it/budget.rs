@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use saga_shared::testing::metrics::scrape;
 use saga_shared::testing::{self, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -19,7 +20,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use crate::crashes::bin_dir;
-use crate::system::{order, seed};
+use crate::system::{order, seeded_databases};
 
 const PATIENCE: Duration = Duration::from_secs(180);
 
@@ -38,14 +39,6 @@ const WORKER_CONNECTIONS: i64 = if PREFETCH < 8 { PREFETCH } else { 8 };
 const ORCHESTRATOR_CONNECTIONS: i64 = WORKER_CONNECTIONS + 3;
 
 const WORKERS: [&str; 3] = ["inventory", "tax", "payment"];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A pool on `url` named as this test's, so it is not counted.
 async fn test_pool(url: &str) -> PgPool {
@@ -75,11 +68,7 @@ fn spawn(service: &str, url: &str, prefix: &str, env: &[(&str, String)]) -> Chil
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(testing::service_log())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("{service} starts: {e}"))
@@ -223,19 +212,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
     testing::init_tracing();
     let prefix = testing::random_prefix();
     let _topology = TopologyGuard::new(&prefix);
-    let mut databases = HashMap::new();
-    for service in ["orchestrator", "inventory", "tax", "payment"] {
-        databases.insert(service, TestDatabase::create(service).await);
-    }
-    workers::inventory::MIGRATOR
-        .run(&databases["inventory"].pool)
-        .await
-        .unwrap();
-    workers::tax::MIGRATOR
-        .run(&databases["tax"].pool)
-        .await
-        .unwrap();
-    seed(&databases["inventory"].pool, &databases["tax"].pool).await;
+    let databases = seeded_databases().await;
     sqlx::query(
         "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency, tax_category)
          VALUES ('BULK', 'Bulk', 100000, 100000, 1000, 'USD', 'general')",
@@ -278,7 +255,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
             processes.push((format!("{worker}-{copy}"), child));
         }
     }
-    let ports = [free_port(), free_port()];
+    let ports = [testing::free_port(), testing::free_port()];
     for (copy, port) in ["a", "b"].into_iter().zip(ports) {
         let env = [
             ("PREFETCH", prefetch.clone()),
@@ -366,12 +343,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
         .output()
         .await
         .unwrap();
-    let csv = String::from_utf8_lossy(&export.stdout);
-    assert!(
-        export.status.success(),
-        "{csv}{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    let csv = testing::succeeded(&export);
     assert!(
         csv.lines()
             .any(|l| l.starts_with("BULK,Bulk,100000,99400,")),
@@ -383,12 +355,7 @@ async fn eight_processes_stay_within_the_connection_budget_through_a_burst_and_o
         .output()
         .await
         .unwrap();
-    assert!(
-        psql.status.success(),
-        "{}",
-        String::from_utf8_lossy(&psql.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "600");
+    assert_eq!(testing::succeeded(&psql).trim(), "600");
     let mut plain = PgConnection::connect(&databases["payment"].url)
         .await
         .unwrap();
@@ -454,7 +421,7 @@ async fn a_process_whose_pool_does_not_fit_the_server_warns_once_at_start() {
     let _topology = TopologyGuard::new(&prefix);
     let orchestrator_db = TestDatabase::create("orchestrator").await;
     let tax_db = TestDatabase::create("tax").await;
-    let port = free_port();
+    let port = testing::free_port();
     for (binary, db, started) in [
         (
             bin_dir().join("orchestrator"),
@@ -503,7 +470,7 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
     let prefix = testing::random_prefix();
     let _topology = TopologyGuard::new(&prefix);
     let db = TestDatabase::create("orchestrator").await;
-    let port = free_port();
+    let port = testing::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .env_remove("RUST_LOG")
@@ -517,11 +484,7 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
         .env("DATABASE_POOL_SIZE", "2")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(testing::service_log())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -595,29 +558,15 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
     assert_eq!(released.status(), 200);
     // Nothing of the refused request was kept: its key is still free.
     assert_eq!(post("second").await.unwrap().status(), 202);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("checkout_api_overloaded_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no overload counter in {metrics}"));
-    assert!(counted >= 1.0, "{metrics}");
+    let metrics = scrape(&base).await;
+    assert!(
+        metrics
+            .value("checkout_api_overloaded_total")
+            .is_some_and(|counted| counted >= 1.0),
+        "{metrics}"
+    );
     // The contract says so too.
-    let doc: Value = http
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = testing::json_answer(http.get(format!("{base}/openapi.json"))).await;
     for (path, method) in [("/v1/checkouts", "post"), ("/v1/checkouts/{id}", "get")] {
         let busy = &doc["paths"][path][method]["responses"]["503"];
         assert!(

@@ -34,11 +34,7 @@ impl Browser {
              packages `chromium chromium-driver` \
              (apt-get install -y --no-install-recommends chromium chromium-driver)"
         );
-        // A free port: bind :0, read it, let chromedriver take it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = saga_shared::testing::free_port();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -106,18 +102,35 @@ impl Browser {
             .send_keys(token)
             .await
             .expect("type the token");
-        c.find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser.click(Locator::Id("login")).await;
         browser
             .wait_for(
                 "the console after login",
                 Locator::Css("#app-view:not([hidden])"),
             )
             .await;
+    }
+
+    /// Clicks what `locator` finds on the page now.
+    pub async fn click(&self, locator: Locator<'_>) {
+        self.client
+            .find(locator)
+            .await
+            .expect("the element to click")
+            .click()
+            .await
+            .expect("a click");
+    }
+
+    /// Types `text` into the field `#id`.
+    pub async fn type_into(&self, id: &str, text: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .expect("the field to type into")
+            .send_keys(text)
+            .await
+            .expect("typing");
     }
 
     /// Ends the session (Chromium quits), then chromedriver. Dropping a
@@ -199,12 +212,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
     browser.log_in(base_url, token).await;
 
     // The saga's dead letter is listed, with a link to the saga.
-    c.find(Locator::Id("dead-letters-refresh"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("dead-letters-refresh")).await;
     let dead = format!(r#"#dead-letters .dead-letter-saga[data-id="{saga_id}"]"#);
     browser
         .wait_for("the saga's dead letter", Locator::Css(&dead))
@@ -217,12 +225,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         .select_by_value("suspended")
         .await
         .expect("select suspended");
-    c.find(Locator::Id("filter-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("filter-apply")).await;
     let link = format!(r#"#sagas[data-query*="status=suspended"] .saga-link[data-id="{saga_id}"]"#);
     browser
         .wait_for("the saga among the suspended ones", Locator::Css(&link))
@@ -257,12 +260,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
             .await;
     }
 
-    c.find(Locator::Id("action-reason"))
-        .await
-        .unwrap()
-        .send_keys(REASON)
-        .await
-        .unwrap();
+    browser.type_into("action-reason", REASON).await;
     browser
         .wait_for(
             "an enabled Retry",
@@ -296,12 +294,7 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         match wait.for_element(Locator::XPath(&completed)).await {
             Ok(_) => break,
             Err(CmdError::WaitTimeout) if Instant::now() < deadline => {
-                c.find(Locator::Id("detail-refresh"))
-                    .await
-                    .unwrap()
-                    .click()
-                    .await
-                    .unwrap();
+                browser.click(Locator::Id("detail-refresh")).await;
             }
             Err(err) => {
                 let msg = format!("waiting {COMPLETE_TIMEOUT:?} for completed: {err}");
@@ -326,15 +319,7 @@ async fn support_retries_a_parked_saga_from_the_console() {
     use orchestrator::saga::StepPolicies;
 
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
-    system.outage(true).await;
-    let id = system.place(&order(&[("BOOK", 2)], "sim_approve")).await;
-    system
-        .wait_status(
-            std::slice::from_ref(&id),
-            "suspended",
-            Duration::from_secs(60),
-        )
-        .await;
+    let id = system.park(&order(&[("BOOK", 2)], "sim_approve")).await;
     system.outage(false).await;
     // A garbled reply about this saga, for the dead-letter list.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -409,7 +394,6 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     let shown = park(2).await;
 
     let browser = Browser::start().await;
-    let c = &browser.client;
     browser.log_in(&system.base_url, ADMIN_TOKEN).await;
     browser
         .wait_for(
@@ -432,18 +416,8 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     // One more parks in the same group while support reads the count.
     let later = park(1).await;
     system.outage(false).await;
-    c.find(Locator::Id("bulk-reason"))
-        .await
-        .unwrap()
-        .send_keys("provider back")
-        .await
-        .unwrap();
-    c.find(Locator::Id("bulk-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("bulk-reason", "provider back").await;
+    browser.click(Locator::Id("bulk-confirm")).await;
     browser
         .wait_for(
             "the bulk retry's answer",
@@ -466,14 +440,7 @@ async fn the_console_retries_exactly_the_group_it_showed() {
         "suspended",
         "a saga the console never showed was retried"
     );
-    let (status, _) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{}/cancel", later[0]),
-            Some(json!({"reason": "test over"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    system.cancel(&later[0]).await;
     system.stop().await;
 }
 
@@ -541,18 +508,8 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
 
     // Search by customer: exactly Alice's checkout, with its customer,
     // total and age.
-    c.find(Locator::Id("filter-q"))
-        .await
-        .unwrap()
-        .send_keys(CUSTOMER)
-        .await
-        .unwrap();
-    c.find(Locator::Id("filter-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("filter-q", CUSTOMER).await;
+    browser.click(Locator::Id("filter-apply")).await;
     let found = format!(r#"#sagas[data-query*="q={CUSTOMER}"] .saga-link[data-id="{alice}"]"#);
     browser
         .wait_for(
@@ -580,12 +537,9 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     );
 
     // The suspended count lists the parked sagas.
-    c.find(Locator::Css(r#"#counts button[data-status="suspended"]"#))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser
+        .click(Locator::Css(r#"#counts button[data-status="suspended"]"#))
+        .await;
     for id in &parked {
         let link = format!(r#"#sagas[data-query="status=suspended"] .saga-link[data-id="{id}"]"#);
         browser
@@ -594,12 +548,7 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     }
 
     // The pause switch stops the refreshing and says so.
-    c.find(Locator::Id("auto-refresh"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("auto-refresh")).await;
     browser
         .wait_for(
             "the console to say it is paused",
@@ -610,14 +559,7 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
 
     system.outage(false).await;
     for id in &parked {
-        let (status, _) = system
-            .admin(
-                "POST",
-                &format!("/v1/admin/sagas/{id}/cancel"),
-                Some(json!({"reason": "test over"})),
-            )
-            .await;
-        assert_eq!(status, 200);
+        system.cancel(id).await;
     }
     system.stop().await;
 }

@@ -11,7 +11,7 @@ use saga_shared::testing::{self, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::system::{order, seed};
+use crate::system::{order, seeded_databases};
 
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -19,14 +19,6 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The four services as real processes, each restartable.
@@ -52,25 +44,11 @@ impl Deployment {
         testing::init_tracing();
         let prefix = testing::random_prefix();
         let topology = TopologyGuard::new(&prefix);
-        let mut databases = HashMap::new();
-        for service in SERVICES {
-            databases.insert(service, TestDatabase::create(service).await);
-        }
-        // Schemas and seed data first; each binary's own migrations then
-        // find nothing to do.
-        workers::inventory::MIGRATOR
-            .run(&databases["inventory"].pool)
-            .await
-            .unwrap();
-        workers::tax::MIGRATOR
-            .run(&databases["tax"].pool)
-            .await
-            .unwrap();
-        seed(&databases["inventory"].pool, &databases["tax"].pool).await;
+        let databases = seeded_databases().await;
         let mut deployment = Deployment {
             databases,
             prefix,
-            port: free_port(),
+            port: testing::free_port(),
             processes: HashMap::new(),
             env,
             http: crate::system::http_with_key(crate::system::CLIENT_KEY),
@@ -105,11 +83,7 @@ impl Deployment {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(testing::service_log())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("{service} starts: {e}"));

@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use saga_shared::testing::metrics::scrape;
 use serde_json::Value;
 
-use crate::latency::scrape;
 use crate::system::{order, System};
 
 /// Series that come from elsewhere: Prometheus's own `up`, and RabbitMQ's
@@ -167,15 +167,6 @@ fn alert_queries(rules: &str) -> Vec<String> {
     exprs
 }
 
-/// Metric names in a Prometheus text exposition.
-fn exported(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn metric_names_are_read_from_promql() {
     let names = metric_names(
@@ -204,17 +195,19 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_the_orchestrator_export
     let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
     assert_eq!(done["status"], "completed");
     // The database gauges appear once counted (every few seconds).
-    let text = saga_shared::testing::eventually(
+    let metrics = saga_shared::testing::eventually(
         "the database gauges counted",
         std::time::Duration::from_secs(20),
         || async {
-            let text = scrape(&system.base_url).await;
-            text.contains("checkout_outbox_oldest_due_seconds")
-                .then_some(text)
+            let metrics = scrape(&system.base_url).await;
+            metrics
+                .value("checkout_outbox_oldest_due_seconds")
+                .is_some()
+                .then_some(metrics)
         },
     )
     .await;
-    let exported = exported(&text);
+    let exported = metrics.names();
 
     for (what, queries) in [
         (
@@ -238,7 +231,7 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_the_orchestrator_export
             .collect();
         assert!(
             missing.is_empty(),
-            "{what} queries metrics /metrics does not export: {missing:?}\n{text}"
+            "{what} queries metrics /metrics does not export: {missing:?}\n{metrics}"
         );
         // Each shipped histogram and the new counters are on show.
         for name in [

@@ -50,15 +50,7 @@ async fn status_line(stream: &mut TcpStream) -> String {
 /// A checkout parked by a provider outage: pending to its client, for as
 /// long as the test likes.
 async fn parked_checkout(system: &System) -> String {
-    system.outage(true).await;
-    let id = system.place(&order(&[("BOOK", 1)], "sim_approve")).await;
-    system
-        .wait_status(
-            std::slice::from_ref(&id),
-            "suspended",
-            Duration::from_secs(30),
-        )
-        .await;
+    let id = system.park(&order(&[("BOOK", 1)], "sim_approve")).await;
     system.outage(false).await;
     id
 }
@@ -191,14 +183,7 @@ async fn long_polls_beyond_the_bound_get_503_with_retry_after() {
     assert_eq!((status, view["status"].as_str()), (200, Some("pending")));
 
     // The waiter is woken by its saga finishing, and its place is free again.
-    let (status, _) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{id}/cancel"),
-            Some(json!({"reason": "test over"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    system.cancel(&id).await;
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), first)
         .await
         .expect("the waiter answers when its saga finishes")

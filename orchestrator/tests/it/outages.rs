@@ -29,18 +29,6 @@ async fn wait_ready(system: &System, ready: bool) -> Value {
     .await
 }
 
-/// Every payment row is one charge of a TSHIRT checkout.
-async fn one_charge_each(system: &System, checkouts: usize) {
-    let payments = system.payments().await;
-    assert_eq!(payments.len(), checkouts, "{payments:?}");
-    assert!(
-        payments
-            .iter()
-            .all(|p| *p == ("charged".to_owned(), 2_145, 0)),
-        "{payments:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_and_doubles_nothing() {
     // Short deadlines: the outage outlasts several of them.
@@ -92,7 +80,7 @@ async fn a_broker_outage_loses_and_doubles_nothing() {
     system.broker_proxy.as_ref().unwrap().restore();
     wait_ready(&system, true).await;
     system.wait_status(&ids, "completed", PATIENCE).await;
-    one_charge_each(&system, 20).await;
+    system.assert_one_tshirt_charge_each(20).await;
     assert_eq!(system.held().await, 20);
     system.stop().await;
 }
@@ -123,7 +111,7 @@ async fn a_database_outage_answers_503_then_everything_resumes() {
     wait_ready(&system, true).await;
     ids.extend(futures::future::join_all((0..10).map(|_| system.place(&body))).await);
     system.wait_status(&ids, "completed", PATIENCE).await;
-    one_charge_each(&system, 20).await;
+    system.assert_one_tshirt_charge_each(20).await;
     system.stop().await;
 }
 
@@ -150,7 +138,7 @@ async fn two_orchestrators_share_the_work_and_advance_each_saga_once() {
         ids.push(created["checkout_id"].as_str().unwrap().to_owned());
     }
     system.wait_status(&ids, "completed", PATIENCE).await;
-    one_charge_each(&system, 40).await;
+    system.assert_one_tshirt_charge_each(40).await;
     // Each attempt was sent once and answered once: no transition was
     // applied twice.
     let doubled: i64 = sqlx::query_scalar(

@@ -59,12 +59,7 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
         .output()
         .await
         .expect("sagactl runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stdout = saga_shared::testing::succeeded(&run);
     assert!(
         stdout.starts_with(&format!("saga {extended} parked until ")),
         "{stdout}"
@@ -122,14 +117,7 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
     assert_eq!(status, 422, "{problem}");
 
     // Support ends it the ordinary way.
-    let (status, body) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{extended}/retry"),
-            Some(json!({"reason": "provider back"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.retry(&extended, "provider back").await;
     assert_eq!(system.wait_final(&extended).await["status"], "completed");
     system.stop().await;
 }

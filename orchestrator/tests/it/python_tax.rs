@@ -15,14 +15,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use saga_protocol::messages::{CalculateTax, Command, Outcome, PricedLine, ShipTo, Step};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing};
 use saga_shared::queue_policies::{Applied, Management};
-use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
-use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_shared::testing::{self, Proxy, TestDatabase, TopologyGuard};
+use saga_shared::topology::Topology;
 use saga_shared::traceparent;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command as Process};
@@ -256,37 +256,7 @@ struct Replies {
 
 impl Replies {
     async fn listen(broker: &Broker) -> Replies {
-        let channel = broker.channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions::exclusive().auto_delete(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                broker.topology().reply_exchange().into(),
-                REPLY_ROUTING_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "python-tax-test".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let consumer = testing::reply_copies(broker, "python-tax-test").await;
         Replies {
             consumer,
             by_saga: HashMap::new(),
@@ -377,7 +347,7 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
         .expect("the Rust import takes the same file");
 
     // It reaches its database through a proxy the test can cut.
-    let database = OutageProxy::start("127.0.0.1:5432").await;
+    let database = Proxy::start("127.0.0.1:5432").await;
     let mut worker = PythonWorker::spawn(
         &python,
         &[

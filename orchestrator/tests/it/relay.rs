@@ -14,8 +14,9 @@ use saga_protocol::messages::WorkerKind;
 use saga_protocol::Step;
 use saga_shared::broker::Broker;
 use saga_shared::testing;
+use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::Topology;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::system::{order, System};
@@ -77,18 +78,6 @@ async fn sagas(
     .unwrap()
 }
 
-/// Every payment row is one charge of one TSHIRT checkout (2,000 + 7.25% tax).
-async fn one_tshirt_charge_each(system: &System, checkouts: usize) {
-    let payments = system.payments().await;
-    assert_eq!(payments.len(), checkouts, "{payments:?}");
-    assert!(
-        payments
-            .iter()
-            .all(|p| *p == ("charged".to_owned(), 2_145, 0)),
-        "{payments:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes() {
     // Short deadlines: the commands inside the deleted queue are lost with
@@ -115,30 +104,10 @@ async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes()
         queue_exists(&operator, &tax_queue).await,
         "the relay declared the tax queue again"
     );
-    one_tshirt_charge_each(&system, 20).await;
+    system.assert_one_tshirt_charge_each(20).await;
     assert_eq!(system.held().await, 20);
     operator.close().await;
     system.stop().await;
-}
-
-/// The value of the sample line of `series` (exact name, no labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.split(' ').next() == Some(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(system: &System) -> String {
-    system
-        .http
-        .get(format!("{}/metrics", system.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The refused commands support sees, as `(saga_id, routing_key)`.
@@ -285,8 +254,8 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         "{listed_by_sagactl}"
     );
     testing::eventually("the stuck gauge counts them", PATIENCE, || async {
-        let text = scrape(&system).await;
-        (sample(&text, "checkout_outbox_stuck") == Some(3.0)).then_some(())
+        let metrics = scrape(&system.base_url).await;
+        (metrics.value("checkout_outbox_stuck") == Some(3.0)).then_some(())
     })
     .await;
     let (status, _) = system
@@ -341,8 +310,8 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
     );
     assert!(refused_commands(&system).await.is_empty());
     testing::eventually("the stuck gauge back to 0", PATIENCE, || async {
-        let text = scrape(&system).await;
-        (sample(&text, "checkout_outbox_stuck") == Some(0.0)).then_some(())
+        let metrics = scrape(&system.base_url).await;
+        (metrics.value("checkout_outbox_stuck") == Some(0.0)).then_some(())
     })
     .await;
 
@@ -350,17 +319,10 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
     delete_queue(&channel, &topology.command_queue(WorkerKind::Tax)).await;
     operator.redeclare().await.expect("topology declared");
     for id in &refused {
-        let (status, body) = system
-            .admin(
-                "POST",
-                &format!("/v1/admin/sagas/{id}/retry"),
-                Some(json!({"reason": "tax queue fixed"})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        system.retry(id, "tax queue fixed").await;
     }
     system.wait_status(&refused, "completed", PATIENCE).await;
-    one_tshirt_charge_each(&system, 6).await;
+    system.assert_one_tshirt_charge_each(6).await;
     operator.close().await;
     system.stop().await;
 }
@@ -482,18 +444,11 @@ async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allo
 
     delete_queue(&channel, &topology.command_queue(WorkerKind::Inventory)).await;
     operator.redeclare().await.expect("topology declared");
-    let (status, body) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{id}/retry"),
-            Some(json!({"reason": "inventory queue fixed"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.retry(&id, "inventory queue fixed").await;
     system
         .wait_status(std::slice::from_ref(&id), "completed", PATIENCE)
         .await;
-    one_tshirt_charge_each(&system, 1).await;
+    system.assert_one_tshirt_charge_each(1).await;
     operator.close().await;
     system.stop().await;
 }

@@ -10,8 +10,8 @@ use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResu
 use saga_protocol::{Envelope, Step};
 use saga_shared::broker::{Broker, Outgoing};
 use saga_shared::testing;
+use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -19,26 +19,13 @@ use crate::system::{order, System};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The mismatch counter's value for `step` and `field`, summed over the
-/// lines that carry both labels (the exporter's label order is its own).
+/// The mismatch counter of `step` and `field`, there from the start at 0.
 async fn mismatches(system: &System, step: &str, field: &str) -> f64 {
-    let text = system
-        .http
-        .get(format!("{}/metrics", system.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with("checkout_reply_mismatches_total{"))
-        .filter(|line| {
-            line.contains(&format!(r#"step="{step}""#))
-                && line.contains(&format!(r#"field="{field}""#))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let series = format!(r#"checkout_reply_mismatches_total{{step="{step}",field="{field}"}}"#);
+    let metrics = scrape(&system.base_url).await;
+    metrics
+        .value(&series)
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,14 +131,9 @@ async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted()
     })
     .await;
     assert_eq!(system.saga_status(&id).await, "suspended");
-    let (status, body) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{id}/retry"),
-            Some(json!({"reason": "forged reply refused; ask the worker"})),
-        )
+    system
+        .retry(&id, "forged reply refused; ask the worker")
         .await;
-    assert_eq!(status, 200, "{body}");
     let done = system.wait_final(&id).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["total_cents"], 10_725);

@@ -9,17 +9,13 @@ use std::time::Duration;
 use saga_shared::testing;
 use serde_json::Value;
 
+use crate::crashes::bin_dir;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_owned()
-}
-
-/// The directory holding this build's binaries (`target/debug`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
 /// Stops the script when the test ends, however it ends: on TERM it stops
@@ -52,11 +48,7 @@ async fn readme_run_command_serves_its_printed_curl_line() {
             "{name} not built in {bins:?}: run `cargo test --workspace`"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testing::free_port();
     let suffix = testing::random_prefix().trim_end_matches('.').to_owned();
     let db_prefix = format!("{suffix}_");
     let run_dir = std::env::temp_dir().join(format!("run-{suffix}"));
@@ -135,14 +127,10 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     let client = crate::system::http_with_key(&key);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let body: Value = client
-            .get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=5"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = testing::json_answer(
+            client.get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=5")),
+        )
+        .await;
         if body["status"] != "pending" {
             break body;
         }
@@ -202,14 +190,10 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     ));
     assert!(retried.contains('2'), "{retried}");
     for id in &parked {
-        let done: Value = client
-            .get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=30"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let done: Value = testing::json_answer(
+            client.get(format!("http://127.0.0.1:{port}/v1/checkouts/{id}?wait=30")),
+        )
+        .await;
         assert_eq!(done["status"], "completed", "{done}");
     }
 

@@ -98,14 +98,7 @@ async fn control_characters_in_support_input_are_422_naming_the_field() {
     }
     // Nothing was done to the saga meanwhile.
     assert_eq!(system.saga_status(&parked).await, "suspended");
-    let (status, _) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{parked}/cancel"),
-            Some(json!({"reason": "test over"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    system.cancel(&parked).await;
     system.stop().await;
 }
 
@@ -231,13 +224,6 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
         .await;
     assert_eq!(again["count"], 0, "{again}");
 
-    let (status, _) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{down}/cancel"),
-            Some(json!({"reason": "test over"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    system.cancel(&down).await;
     system.stop().await;
 }

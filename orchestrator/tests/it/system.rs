@@ -13,7 +13,7 @@ use saga_protocol::WorkerKind;
 use saga_shared::broker::Broker;
 use saga_shared::broker_users::Role;
 use saga_shared::service_config::ServiceConfig;
-use saga_shared::testing::{self, OutageProxy, TestDatabase, TopologyGuard};
+use saga_shared::testing::{self, Proxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::Topology;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -46,8 +46,8 @@ pub struct System {
     database_url_for: Box<dyn Fn(&TestDatabase) -> String + Send + Sync>,
     amqp_url: String,
     /// Stand in for RabbitMQ and PostgreSQL when a test cuts them.
-    pub broker_proxy: Option<OutageProxy>,
-    pub database_proxy: Option<OutageProxy>,
+    pub broker_proxy: Option<Proxy>,
+    pub database_proxy: Option<Proxy>,
     /// More orchestrator instances on the same database.
     others: Vec<(CancellationToken, JoinHandle<()>)>,
     /// What each of those knows of the checkout clients.
@@ -163,6 +163,26 @@ pub async fn seed(inventory: &sqlx::PgPool, tax: &sqlx::PgPool) {
     }
 }
 
+/// A fresh database for each of the four services, the inventory's and the
+/// tax worker's migrated and seeded: their binaries' own migrations then
+/// find nothing to do.
+pub async fn seeded_databases() -> std::collections::HashMap<&'static str, TestDatabase> {
+    let mut databases = std::collections::HashMap::new();
+    for service in ["orchestrator", "inventory", "tax", "payment"] {
+        databases.insert(service, TestDatabase::create(service).await);
+    }
+    workers::inventory::MIGRATOR
+        .run(&databases["inventory"].pool)
+        .await
+        .unwrap();
+    workers::tax::MIGRATOR
+        .run(&databases["tax"].pool)
+        .await
+        .unwrap();
+    seed(&databases["inventory"].pool, &databases["tax"].pool).await;
+    databases
+}
+
 /// How a test wants its system.
 #[derive(Default)]
 pub struct Setup {
@@ -244,11 +264,11 @@ impl System {
         testing::init_tracing();
         let rust_tax_worker = !setup.without_tax_worker;
         let broker_proxy = match setup.broker_proxy {
-            true => Some(OutageProxy::start("127.0.0.1:5672").await),
+            true => Some(Proxy::start("127.0.0.1:5672").await),
             false => None,
         };
         let database_proxy = match setup.database_proxy {
-            true => Some(OutageProxy::start("127.0.0.1:5432").await),
+            true => Some(Proxy::start("127.0.0.1:5432").await),
             false => None,
         };
         let amqp_url = match (&broker_proxy, setup.amqp_url) {
@@ -509,6 +529,43 @@ impl System {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Support cancels the saga `id`, which must succeed: how a test ends a
+    /// saga it parked.
+    pub async fn cancel(&self, id: &str) {
+        self.support_action(id, "cancel", "test over").await;
+    }
+
+    /// Support retries the parked saga `id` for `reason`, which must be
+    /// accepted.
+    pub async fn retry(&self, id: &str, reason: &str) {
+        self.support_action(id, "retry", reason).await;
+    }
+
+    async fn support_action(&self, id: &str, action: &str, reason: &str) {
+        let (status, body) = self
+            .admin(
+                "POST",
+                &format!("/v1/admin/sagas/{id}/{action}"),
+                Some(json!({ "reason": reason })),
+            )
+            .await;
+        assert_eq!(status, 200, "{action} {id}: {body}");
+    }
+
+    /// Places `body` while the payment provider is down and waits until
+    /// its saga is parked at the charge. The provider stays down.
+    pub async fn park(&self, body: &Value) -> String {
+        self.outage(true).await;
+        let id = self.place(body).await;
+        self.wait_status(
+            std::slice::from_ref(&id),
+            "suspended",
+            Duration::from_secs(60),
+        )
+        .await;
+        id
+    }
+
     /// Switches the payment provider outage on or off.
     pub async fn outage(&self, on: bool) {
         let mut conn = self.payment_db.pool.acquire().await.unwrap();
@@ -551,6 +608,19 @@ impl System {
             },
         )
         .await
+    }
+
+    /// Every payment is one charge of one TSHIRT checkout (2,000 + 7.25%
+    /// tax), `checkouts` of them: none doubled, none lost, none refunded.
+    pub async fn assert_one_tshirt_charge_each(&self, checkouts: usize) {
+        let payments = self.payments().await;
+        assert_eq!(payments.len(), checkouts, "{payments:?}");
+        assert!(
+            payments
+                .iter()
+                .all(|p| *p == ("charged".to_owned(), 2_145, 0)),
+            "{payments:?}"
+        );
     }
 
     /// Net money taken: charged minus refunded, over every payment.

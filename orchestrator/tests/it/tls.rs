@@ -111,14 +111,6 @@ impl Drop for TlsServices {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(service: &str, env: &[(&str, String)]) -> Child {
     Command::new(bin_dir().join(service))
         .envs(crate::system::client_env())
@@ -128,11 +120,7 @@ fn spawn(service: &str, env: &[(&str, String)]) -> Child {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(testing::service_log())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("{service} starts: {e}"))
@@ -146,7 +134,7 @@ async fn run_until_exit(service: &str, env: &[(&str, String)]) -> (Option<i32>, 
         // Only the binary's own last word: rustls' verifier logs the
         // refusal too, as a log line of its own.
         .env("RUST_LOG", "off")
-        .env("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("HTTP_ADDR", format!("127.0.0.1:{}", testing::free_port()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -176,7 +164,7 @@ async fn a_checkout_completes_over_verified_tls_to_postgresql_and_rabbitmq() {
     workers::tax::MIGRATOR.run(&pools["tax"]).await.unwrap();
     seed(&pools["inventory"], &pools["tax"]).await;
 
-    let port = free_port();
+    let port = testing::free_port();
     let prefix = testing::random_prefix();
     let mut processes = Vec::new();
     for service in names {

@@ -116,16 +116,8 @@ pub(super) fn show(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::environment;
 
     #[test]
     fn timeouts_take_postgres_units_and_name_the_variable_when_malformed() {
@@ -136,9 +128,9 @@ mod tests {
         for bad in ["5", "s", "5 sec", "-5s", "0s", "1.5s", "600h"] {
             assert!(parse_timeout(bad).is_err(), "{bad}");
         }
-        let on_start = OnStart::from_source(&env(&[])).unwrap();
+        let on_start = OnStart::from_source(&environment(&[])).unwrap();
         assert_eq!(on_start, OnStart::Migrate(MigrateSettings::default()));
-        let on_start = OnStart::from_source(&env(&[
+        let on_start = OnStart::from_source(&environment(&[
             ("MIGRATE_LOCK_TIMEOUT", "2s"),
             ("MIGRATE_STATEMENT_TIMEOUT", "1h"),
         ]))
@@ -151,7 +143,7 @@ mod tests {
             })
         );
         assert_eq!(
-            OnStart::from_source(&env(&[("MIGRATE_ON_START", "false")])).unwrap(),
+            OnStart::from_source(&environment(&[("MIGRATE_ON_START", "false")])).unwrap(),
             OnStart::Check
         );
         for (name, value) in [
@@ -159,8 +151,11 @@ mod tests {
             ("MIGRATE_LOCK_TIMEOUT", "5"),
             ("MIGRATE_STATEMENT_TIMEOUT", "0min"),
         ] {
-            let error = OnStart::from_source(&env(&[("MIGRATE_ON_START", "false"), (name, value)]))
-                .unwrap_err();
+            let error = OnStart::from_source(&environment(&[
+                ("MIGRATE_ON_START", "false"),
+                (name, value),
+            ]))
+            .unwrap_err();
             assert!(error.to_string().contains(name), "{error}");
         }
     }

@@ -1,8 +1,8 @@
 //! Reservations: all or nothing, once per saga, and released at most once.
 
 use saga_protocol::messages::{
-    reason, Command, LineRequest, Outcome, PricedLine, ReleaseStock, Released, ReserveStock,
-    Reserved, StepResult,
+    reason, Command, LineRequest, Outcome, ReleaseStock, Released, ReserveStock, Reserved,
+    StepResult,
 };
 use saga_protocol::Envelope;
 use saga_shared::testing::{eventually, TestDatabase};
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{handle_command, Handler};
 
-use crate::{handle, migrated, ok, rejected};
+use crate::{handle, migrated, ok, priced_line, rejected, reserved};
 
 const CATALOGUE: &str = "\
 sku,name,on_hand,unit_price_cents,currency,tax_category
@@ -45,6 +45,16 @@ fn release() -> Command {
     Command::Release(ReleaseStock {})
 }
 
+/// What the inventory worker answers to reserving `lines` for `saga`.
+async fn reserving(pool: &PgPool, saga: Uuid, lines: &[(&str, u32)]) -> Outcome {
+    handle(&Inventory, pool, saga, reserve(lines)).await
+}
+
+/// What the inventory worker answers to releasing `saga`'s stock.
+async fn releasing(pool: &PgPool, saga: Uuid) -> Outcome {
+    handle(&Inventory, pool, saga, release()).await
+}
+
 async fn available(pool: &PgPool, sku: &str) -> i32 {
     sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
         .bind(sku)
@@ -72,13 +82,6 @@ async fn assert_stock_conserved(pool: &PgPool) {
     );
 }
 
-fn reserved(outcome: Outcome) -> Reserved {
-    match ok(outcome) {
-        StepResult::Reserved(reserved) => reserved,
-        other => panic!("expected a reservation, got {other:?}"),
-    }
-}
-
 fn released(outcome: Outcome) -> bool {
     match ok(outcome) {
         StepResult::Released(Released { released }) => released,
@@ -91,33 +94,15 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
 
-    let reservation = reserved(
-        handle(
-            &Inventory,
-            &db.pool,
-            saga,
-            reserve(&[("MUG", 2), ("APPLE", 4)]),
-        )
-        .await,
-    );
+    let reservation = reserved(reserving(&db.pool, saga, &[("MUG", 2), ("APPLE", 4)]).await);
 
     assert_eq!(
         reservation,
         Reserved {
             currency: "USD".into(),
             lines: vec![
-                PricedLine {
-                    sku: "MUG".into(),
-                    quantity: 2,
-                    unit_price_cents: 850,
-                    tax_category: "general".into(),
-                },
-                PricedLine {
-                    sku: "APPLE".into(),
-                    quantity: 4,
-                    unit_price_cents: 125,
-                    tax_category: "food".into(),
-                },
+                priced_line("MUG", 2, 850, "general"),
+                priced_line("APPLE", 4, 125, "food"),
             ],
         }
     );
@@ -130,15 +115,8 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
 async fn out_of_stock_reserves_nothing_and_names_the_sku() {
     let db = stocked().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("APPLE", 2), ("BOOK", 4)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 2), ("BOOK", 4)]).await);
 
     assert_eq!(why, reason::OUT_OF_STOCK);
     assert!(
@@ -154,23 +132,14 @@ async fn out_of_stock_reserves_nothing_and_names_the_sku() {
 async fn a_sku_on_several_lines_is_checked_against_their_sum() {
     let db = stocked().await;
 
-    let (why, _) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("BOOK", 2), ("BOOK", 2)]),
-        )
-        .await,
-    );
+    let (why, _) = rejected(reserving(&db.pool, Uuid::new_v4(), &[("BOOK", 2), ("BOOK", 2)]).await);
     assert_eq!(why, reason::OUT_OF_STOCK);
 
     let reservation = reserved(
-        handle(
-            &Inventory,
+        reserving(
             &db.pool,
             Uuid::new_v4(),
-            reserve(&[("BOOK", 2), ("MUG", 1), ("BOOK", 1)]),
+            &[("BOOK", 2), ("MUG", 1), ("BOOK", 1)],
         )
         .await,
     );
@@ -184,15 +153,8 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
 async fn unknown_sku_reserves_nothing_and_names_the_sku() {
     let db = stocked().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("APPLE", 1), ("GHOST", 1)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 1), ("GHOST", 1)]).await);
 
     assert_eq!(why, reason::UNKNOWN_SKU);
     assert!(detail.contains("GHOST"), "{detail}");
@@ -204,15 +166,8 @@ async fn unknown_sku_reserves_nothing_and_names_the_sku() {
 async fn lines_in_two_currencies_are_refused() {
     let db = stocked().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &Inventory,
-            &db.pool,
-            Uuid::new_v4(),
-            reserve(&[("MUG", 1), ("EURO-MUG", 1)]),
-        )
-        .await,
-    );
+    let (why, detail) =
+        rejected(reserving(&db.pool, Uuid::new_v4(), &[("MUG", 1), ("EURO-MUG", 1)]).await);
 
     assert_eq!(why, reason::CURRENCY_MISMATCH);
     assert!(detail.contains("EUR") && detail.contains("USD"), "{detail}");
@@ -224,10 +179,9 @@ async fn lines_in_two_currencies_are_refused() {
 async fn empty_or_zero_quantity_reservations_are_invalid() {
     let db = stocked().await;
 
-    let (why, _) = rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[])).await);
+    let (why, _) = rejected(reserving(&db.pool, Uuid::new_v4(), &[]).await);
     assert_eq!(why, reason::INVALID_COMMAND);
-    let (why, detail) =
-        rejected(handle(&Inventory, &db.pool, Uuid::new_v4(), reserve(&[("MUG", 0)])).await);
+    let (why, detail) = rejected(reserving(&db.pool, Uuid::new_v4(), &[("MUG", 0)]).await);
     assert_eq!(why, reason::INVALID_COMMAND);
     assert!(detail.contains("MUG"), "{detail}");
 }
@@ -236,14 +190,14 @@ async fn empty_or_zero_quantity_reservations_are_invalid() {
 async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    let first = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    let first = reserved(reserving(&db.pool, saga, &[("BOOK", 2)]).await);
     // Prices change between the attempts: the reply must not.
     sqlx::query("UPDATE products SET unit_price_cents = 1 WHERE sku = 'BOOK'")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let again = reserved(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 2)])).await);
+    let again = reserved(reserving(&db.pool, saga, &[("BOOK", 2)]).await);
 
     assert_eq!(again, first);
     assert_eq!(available(&db.pool, "BOOK").await, 1);
@@ -254,22 +208,12 @@ async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
 async fn release_gives_stock_back_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    reserved(
-        handle(
-            &Inventory,
-            &db.pool,
-            saga,
-            reserve(&[("APPLE", 3), ("MUG", 5)]),
-        )
-        .await,
-    );
+    reserved(reserving(&db.pool, saga, &[("APPLE", 3), ("MUG", 5)]).await);
     assert_eq!(available(&db.pool, "MUG").await, 0);
 
-    assert!(released(
-        handle(&Inventory, &db.pool, saga, release()).await
-    ));
+    assert!(released(releasing(&db.pool, saga).await));
     assert!(
-        !released(handle(&Inventory, &db.pool, saga, release()).await),
+        !released(releasing(&db.pool, saga).await),
         "second release is a no-op"
     );
 
@@ -284,16 +228,14 @@ async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
     let saga = Uuid::new_v4();
 
     assert!(
-        !released(handle(&Inventory, &db.pool, saga, release()).await),
+        !released(releasing(&db.pool, saga).await),
         "nothing was held"
     );
-    let (why, _) = rejected(handle(&Inventory, &db.pool, saga, reserve(&[("APPLE", 1)])).await);
+    let (why, _) = rejected(reserving(&db.pool, saga, &[("APPLE", 1)]).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
     assert_eq!(available(&db.pool, "APPLE").await, 10);
-    assert!(!released(
-        handle(&Inventory, &db.pool, saga, release()).await
-    ));
+    assert!(!released(releasing(&db.pool, saga).await));
     assert_stock_conserved(&db.pool).await;
 }
 
@@ -301,11 +243,9 @@ async fn release_before_reserve_leaves_nothing_held_after_the_late_reserve() {
 async fn a_refused_reserve_leaves_no_reservation_to_release() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    rejected(handle(&Inventory, &db.pool, saga, reserve(&[("BOOK", 99)])).await);
+    rejected(reserving(&db.pool, saga, &[("BOOK", 99)]).await);
 
-    assert!(!released(
-        handle(&Inventory, &db.pool, saga, release()).await
-    ));
+    assert!(!released(releasing(&db.pool, saga).await));
     assert_eq!(available(&db.pool, "BOOK").await, 3);
     assert_stock_conserved(&db.pool).await;
 }
@@ -366,8 +306,8 @@ async fn two_reserves_racing_for_the_last_unit_exactly_one_gets_it() {
             .unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let (first, second) = tokio::join!(
-            handle(&Inventory, &db.pool, a, reserve(&[("BOOK", 1)])),
-            handle(&Inventory, &db.pool, b, reserve(&[("BOOK", 1)])),
+            reserving(&db.pool, a, &[("BOOK", 1)]),
+            reserving(&db.pool, b, &[("BOOK", 1)]),
         );
         let won: Vec<bool> = [first, second]
             .into_iter()
@@ -428,12 +368,17 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
 /// Runs `command` as the runtime does (inbox, one-statement path first);
 /// the reply's outcome.
 async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
-    let body = handle_command(&Inventory, pool, command)
-        .await
-        .expect("the handler reaches its database");
-    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
-        .expect("a recorded reply decodes")
-        .payload
+    crate::answered(&Inventory, pool, command).await
+}
+
+/// A reserve of one `sku` for a saga of its own: the worker then knows its
+/// price, and tries the one-statement path.
+async fn price_known(pool: &PgPool, sku: &str) {
+    answered(
+        pool,
+        &Envelope::command(Uuid::new_v4(), 1, reserve(&[(sku, 1)])),
+    )
+    .await;
 }
 
 async fn inbox_rows(pool: &PgPool) -> i64 {
@@ -468,18 +413,8 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     assert_eq!(
         reservation.lines,
         vec![
-            PricedLine {
-                sku: "MUG".into(),
-                quantity: 2,
-                unit_price_cents: 850,
-                tax_category: "general".into(),
-            },
-            PricedLine {
-                sku: "APPLE".into(),
-                quantity: 1,
-                unit_price_cents: 125,
-                tax_category: "food".into(),
-            },
+            priced_line("MUG", 2, 850, "general"),
+            priced_line("APPLE", 1, 125, "food"),
         ]
     );
     assert_eq!(available(&db.pool, "MUG").await, 3, "taken once");
@@ -495,11 +430,7 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
 async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothing() {
     let db = stocked().await;
     // Prices known: the one-statement path is tried and finds the stock short.
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "MUG").await;
     let saga = Uuid::new_v4();
     let command = Envelope::command(saga, 1, reserve(&[("APPLE", 1), ("MUG", 5)]));
 
@@ -524,11 +455,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
 #[tokio::test]
 async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
     let db = stocked().await;
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "MUG").await;
     sqlx::query("UPDATE products SET unit_price_cents = 900 WHERE sku = 'MUG'")
         .execute(&db.pool)
         .await
@@ -559,11 +486,7 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
 async fn concurrent_reserves_in_one_statement_each_never_oversell() {
     let db = stocked().await;
     // MUG: 5 units for 24 buyers, each also taking an apple.
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("BOOK", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "BOOK").await;
     let mut buyers = tokio::task::JoinSet::new();
     for _ in 0..24 {
         let pool = db.pool.clone();
@@ -626,11 +549,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_the_winner_did() {
     let db = stocked().await;
-    answered(
-        &db.pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1)])),
-    )
-    .await;
+    price_known(&db.pool, "MUG").await;
     let saga = Uuid::new_v4();
     // The first attempt holds the saga's reservation (and the MUG row),
     // uncommitted, when the second tries its one statement.

@@ -14,13 +14,13 @@ mod schema;
 mod tax;
 mod topology;
 
-use saga_protocol::messages::{Command, Outcome, StepResult};
+use saga_protocol::messages::{Command, Outcome, PricedLine, Reserved, StepResult};
 use saga_protocol::Envelope;
 use saga_shared::testing::{self, TestDatabase};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use uuid::Uuid;
-use workers::runtime::Handler;
+use workers::runtime::{handle_command, Handler};
 
 /// A fresh database with `migrator`'s tables.
 pub async fn migrated(label: &str, migrator: &'static Migrator) -> TestDatabase {
@@ -51,11 +51,44 @@ pub async fn handle<H: Handler>(
     outcome
 }
 
+/// Runs `command` as the runtime does (inbox, one statement or both
+/// phases), and the outcome of the reply it recorded.
+pub async fn answered<H: Handler>(
+    handler: &H,
+    pool: &PgPool,
+    command: &Envelope<Command>,
+) -> Outcome {
+    let body = handle_command(handler, pool, command)
+        .await
+        .expect("the handler reaches its database");
+    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
+        .expect("a recorded reply decodes")
+        .payload
+}
+
+/// A reserved line as the inventory worker prices it.
+pub fn priced_line(sku: &str, quantity: u32, unit_price_cents: i64, category: &str) -> PricedLine {
+    PricedLine {
+        sku: sku.into(),
+        quantity,
+        unit_price_cents,
+        tax_category: category.into(),
+    }
+}
+
 /// The result of an `ok` outcome; panics with the outcome otherwise.
 pub fn ok(outcome: Outcome) -> StepResult {
     match outcome {
         Outcome::Ok(result) => result,
         other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+/// The reservation of an `ok` outcome; panics with the outcome otherwise.
+pub fn reserved(outcome: Outcome) -> Reserved {
+    match ok(outcome) {
+        StepResult::Reserved(reserved) => reserved,
+        other => panic!("expected a reservation, got {other:?}"),
     }
 }
 

@@ -19,7 +19,7 @@ use workers::payment::{
 };
 use workers::runtime::{handle_command, Decision, Handler};
 
-use crate::{migrated, ok, rejected};
+use crate::{answered, migrated, ok, rejected};
 
 /// The payment worker with the simulator booking into `pool`'s ledger.
 fn simulated_on(pool: &PgPool) -> Payment {
@@ -34,13 +34,7 @@ async fn handle<P: PaymentProvider>(
     saga_id: Uuid,
     command: Command,
 ) -> Outcome {
-    let envelope = Envelope::command(saga_id, 1, command);
-    let body = handle_command(payment, pool, &envelope)
-        .await
-        .expect("the handler reaches its database");
-    Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
-        .expect("a recorded reply decodes")
-        .payload
+    answered(payment, pool, &Envelope::command(saga_id, 1, command)).await
 }
 
 /// The provider's ledger line of `saga`, if it ever booked anything for it.
@@ -91,6 +85,11 @@ fn refunded(outcome: Outcome) -> i64 {
         StepResult::Refunded(Refunded { refunded_cents }) => refunded_cents,
         other => panic!("expected a refund, got {other:?}"),
     }
+}
+
+/// The cents a refund command for `saga` answers it returned.
+async fn refund_cents<P: PaymentProvider>(payment: &Payment<P>, pool: &PgPool, saga: Uuid) -> i64 {
+    refunded(handle(payment, pool, saga, refund()).await)
 }
 
 fn transient(outcome: Outcome) -> String {
@@ -148,7 +147,7 @@ async fn sim_decline_is_refused_and_stays_refused() {
     assert_eq!(again, first);
     assert_eq!(payment_row(&db.pool, saga).await.0, "declined");
     assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
+        refund_cents(&payment, &db.pool, saga).await,
         0,
         "nothing to refund"
     );
@@ -215,15 +214,9 @@ async fn refund_returns_the_charge_once() {
     let payment = simulated_on(&db.pool);
     charged(handle(&payment, &db.pool, saga, charge(1_234, "sim_approve")).await);
 
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        1_234
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 1_234);
     // A retried refund reports the refund already made and moves nothing.
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        1_234
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 1_234);
     assert_eq!(
         payment_row(&db.pool, saga).await,
         ("refunded".into(), 1_234, 1_234, 0)
@@ -243,10 +236,7 @@ async fn refund_before_charge_leaves_nothing_for_the_late_charge() {
     let saga = Uuid::new_v4();
     let payment = simulated_on(&db.pool);
 
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        0
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
     let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(900, "sim_approve")).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
@@ -263,10 +253,7 @@ async fn refund_after_only_failed_attempts_closes_the_payment() {
     let payment = simulated_on(&db.pool);
     transient(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
 
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        0
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
     let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
@@ -304,10 +291,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
 
     outage::set(&mut conn, false).await.unwrap();
     charged(handle(&payment, &db.pool, saga, charge(300, "sim_approve")).await);
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, refunded_saga, refund()).await),
-        300
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, refunded_saga).await, 300);
 }
 
 #[tokio::test]
@@ -338,10 +322,7 @@ async fn the_ledger_shows_one_charge_and_one_refund_whatever_the_retries() {
     }
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
     for _ in 0..3 {
-        assert_eq!(
-            refunded(handle(&payment, &db.pool, saga, refund()).await),
-            2_145
-        );
+        assert_eq!(refund_cents(&payment, &db.pool, saga).await, 2_145);
     }
 
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 2_145));
@@ -396,10 +377,7 @@ async fn a_refund_while_the_charge_is_at_the_provider_voids_it_there() {
     tx.commit().await.unwrap();
 
     // The compensation overtakes the charge on its way to the provider.
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        0
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
     let settlement = in_flight.run().await;
     let mut tx = db.pool.begin().await.unwrap();
     let late = settlement.settle(&mut tx).await.unwrap();
@@ -431,10 +409,7 @@ async fn a_refund_after_the_charge_reached_the_provider_refunds_it() {
     // Approved at the provider; the answer is not recorded yet.
     let settlement = in_flight.run().await;
 
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        2_145
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 2_145);
     let mut tx = db.pool.begin().await.unwrap();
     let late = settlement.settle(&mut tx).await.unwrap();
     tx.commit().await.unwrap();
@@ -626,7 +601,7 @@ async fn payments_made_before_the_provider_ledger_are_refunded_after_the_upgrade
     let payment = simulated_on(&db.pool);
 
     assert_eq!(
-        refunded(handle(&payment, &db.pool, charged_saga, refund()).await),
+        refund_cents(&payment, &db.pool, charged_saga).await,
         1500,
         "the charge made before the upgrade goes back in full"
     );
@@ -634,10 +609,7 @@ async fn payments_made_before_the_provider_ledger_are_refunded_after_the_upgrade
         ledger_of(&db.pool, charged_saga).await,
         line(charged_saga, 1500, 1500)
     );
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, refunded_saga, refund()).await),
-        900
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, refunded_saga).await, 900);
     assert_eq!(
         ledger_of(&db.pool, refunded_saga).await,
         line(refunded_saga, 900, 900)
@@ -854,10 +826,7 @@ async fn a_refund_keeps_the_charged_amount_and_records_the_refund_beside_it() {
     let saga = Uuid::new_v4();
     charged(handle(&payment, &db.pool, saga, charge(1_200, "sim_approve")).await);
 
-    assert_eq!(
-        refunded(handle(&payment, &db.pool, saga, refund()).await),
-        500
-    );
+    assert_eq!(refund_cents(&payment, &db.pool, saga).await, 500);
 
     // The books say 700 is still out, where overwriting the charge with the
     // refund netted them to zero.
@@ -869,10 +838,7 @@ async fn a_refund_keeps_the_charged_amount_and_records_the_refund_beside_it() {
     let full = Uuid::new_v4();
     let simulated = simulated_on(&db.pool);
     charged(handle(&simulated, &db.pool, full, charge(1_200, "sim_approve")).await);
-    assert_eq!(
-        refunded(handle(&simulated, &db.pool, full, refund()).await),
-        1_200
-    );
+    assert_eq!(refund_cents(&simulated, &db.pool, full).await, 1_200);
     assert_eq!(
         payment_row(&db.pool, full).await,
         ("refunded".into(), 1_200, 1_200, 0)

@@ -1,5 +1,5 @@
-//! Round trips to PostgreSQL per command, counted on the wire: a proxy
-//! between the worker's pool and the server counts the server's
+//! Round trips to PostgreSQL per command, counted on the wire: the test
+//! kit's proxy between the worker's pool and the server counts the server's
 //! ReadyForQuery messages, one per round trip the client waits for (a
 //! statement, a `BEGIN`, a `COMMIT`, the pool's ping before it hands out a
 //! connection). The general path is measured through a wrapper that hides
@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use saga_protocol::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
 use saga_protocol::{Envelope, WorkerKind};
+use saga_shared::testing::proxy::{Proxy, Side, Wire};
 use saga_shared::testing::TestDatabase;
 use sqlx::{PgConnection, PgPool};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use workers::inventory::{self, catalogue, Inventory};
@@ -23,12 +22,12 @@ use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settleme
 
 use crate::migrated;
 
-/// Forwards connections to PostgreSQL and counts ReadyForQuery ('Z')
-/// messages from the server. Plain protocol only (the test URL asks for no
-/// TLS), where every server message is a type byte and a length.
+/// Counts ReadyForQuery ('Z') messages from PostgreSQL on the proxy
+/// between the worker's pool and the server.
 struct CountingProxy {
     counts: Arc<Counts>,
     url: String,
+    _proxy: Proxy,
 }
 
 #[derive(Default)]
@@ -49,21 +48,51 @@ struct Trips {
 
 impl CountingProxy {
     async fn start(db: &TestDatabase) -> CountingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap().to_string();
         let (scheme_user, rest) = db.url.split_once('@').expect("a URL with a user");
         let (upstream, path) = rest.split_once('/').expect("a URL with a database");
-        let upstream = upstream.to_owned();
-        let url = format!("{scheme_user}@{proxy}/{path}");
         let counts = Arc::new(Counts::default());
         let counter = counts.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let server = TcpStream::connect(&upstream).await.unwrap();
-                tokio::spawn(forward(client, server, counter.clone()));
+        let proxy = Proxy::start_watching(upstream, Wire::Postgres, move |side| {
+            let counts = counter.clone();
+            match side {
+                Side::Client => {
+                    // The startup message has no type byte.
+                    let mut started = false;
+                    let mut since_sync = 0usize;
+                    Box::new(move |message: &[u8]| {
+                        if !std::mem::replace(&mut started, true) {
+                            return;
+                        }
+                        match message[0] {
+                            // A simple query is answered on its own.
+                            b'Q' => since_sync = 0,
+                            b'S' => {
+                                // A Sync with nothing before it asks only
+                                // whether the connection lives: the pool's
+                                // ping.
+                                if since_sync == 0 {
+                                    counts.pings.fetch_add(1, Ordering::SeqCst);
+                                }
+                                since_sync = 0;
+                            }
+                            _ => since_sync += 1,
+                        }
+                    })
+                }
+                Side::Server => Box::new(move |message: &[u8]| {
+                    if message[0] == b'Z' {
+                        counts.ready.fetch_add(1, Ordering::SeqCst);
+                    }
+                }),
             }
-        });
-        CountingProxy { counts, url }
+        })
+        .await;
+        let url = format!("{scheme_user}@127.0.0.1:{}/{path}", proxy.port);
+        CountingProxy {
+            counts,
+            url,
+            _proxy: proxy,
+        }
     }
 
     fn count(&self) -> (u64, u64) {
@@ -78,108 +107,6 @@ impl CountingProxy {
         saga_shared::database::connect_with_backoff(&self.url, 1, &CancellationToken::new())
             .await
             .unwrap()
-    }
-}
-
-async fn forward(client: TcpStream, server: TcpStream, counts: Arc<Counts>) {
-    let server_counts = counts.clone();
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let upstream = async move {
-        // The startup message has no type byte; every later one has.
-        let mut frames = Frames::new(true);
-        let mut since_sync = 0usize;
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = match client_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            frames.feed(&buffer[..n], |kind| match kind {
-                // A simple query is answered on its own.
-                b'Q' => since_sync = 0,
-                b'S' => {
-                    // A Sync with nothing before it asks only whether the
-                    // connection lives: the pool's ping.
-                    if since_sync == 0 {
-                        counts.pings.fetch_add(1, Ordering::SeqCst);
-                    }
-                    since_sync = 0;
-                }
-                _ => since_sync += 1,
-            });
-            if server_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = server_write.shutdown().await;
-    };
-    let downstream = async move {
-        let mut frames = Frames::new(false);
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = match server_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            frames.feed(&buffer[..n], |kind| {
-                if kind == b'Z' {
-                    server_counts.ready.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-            if client_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::join!(upstream, downstream);
-}
-
-/// Splits one direction of the PostgreSQL protocol into its messages,
-/// whatever the boundaries of the reads: each message's type byte is seen
-/// once.
-struct Frames {
-    /// The next message is the startup message, which has no type byte.
-    startup: bool,
-    /// Bytes of the current message's body still to pass over.
-    skip: usize,
-    header: Vec<u8>,
-}
-
-impl Frames {
-    fn new(startup: bool) -> Self {
-        Frames {
-            startup,
-            skip: 0,
-            header: Vec::with_capacity(5),
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8], mut each: impl FnMut(u8)) {
-        let mut at = 0;
-        while at < bytes.len() {
-            if self.skip > 0 {
-                let step = self.skip.min(bytes.len() - at);
-                self.skip -= step;
-                at += step;
-                continue;
-            }
-            self.header.push(bytes[at]);
-            at += 1;
-            let length_at = match (self.startup, self.header.len()) {
-                (true, 4) => 0,
-                (false, 5) => 1,
-                _ => continue,
-            };
-            if !self.startup {
-                each(self.header[0]);
-            }
-            let length = &self.header[length_at..length_at + 4];
-            let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
-            self.skip = length as usize - 4;
-            self.header.clear();
-            self.startup = false;
-        }
     }
 }
 

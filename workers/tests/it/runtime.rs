@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use lapin::Consumer;
 use saga_protocol::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
-use saga_shared::testing::{amqp_url, random_prefix, TestDatabase, TopologyGuard};
-use saga_shared::topology::REPLY_ROUTING_KEY;
+use saga_shared::testing::{amqp_url, random_prefix, reply_copies, TestDatabase, TopologyGuard};
 use saga_shared::traceparent;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,51 +20,12 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{run_worker_until_stopped, Handler};
 use workers::WorkerError;
 
-use crate::migrated;
+use crate::{migrated, reserved};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
 const CATALOGUE: &str =
     "sku,name,on_hand,unit_price_cents,currency,tax_category\nMUG,Mug,5,850,USD,general\n";
-
-/// A test-owned queue that receives a copy of every reply of the prefix.
-async fn reply_consumer(broker: &Broker) -> Consumer {
-    let channel = broker.channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            broker.topology().reply_exchange().into(),
-            REPLY_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "test-replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-}
 
 async fn next_reply(replies: &mut Consumer) -> Delivery {
     tokio::time::timeout(PATIENCE, replies.next())
@@ -149,7 +108,7 @@ impl Harness {
                 .await
                 .expect("connect to RabbitMQ (is it running?)"),
         );
-        let replies = reply_consumer(&broker).await;
+        let replies = reply_copies(&broker, "test-replies").await;
         Harness {
             db,
             broker,
@@ -186,6 +145,11 @@ impl Harness {
 
     async fn next_reply(&mut self) -> Delivery {
         next_reply(&mut self.replies).await
+    }
+
+    /// The next reply's envelope.
+    async fn next_answer(&mut self) -> Envelope<Outcome> {
+        Envelope::<Outcome>::decode(&self.next_reply().await.data).expect("a reply envelope")
     }
 
     async fn available(&self, sku: &str) -> i32 {
@@ -268,11 +232,7 @@ async fn a_redelivered_command_gets_the_same_reply_and_acts_once() {
             .map(|id| id.to_string()),
         Some(saga.to_string())
     );
-    assert!(
-        matches!(a.payload, Outcome::Ok(StepResult::Reserved(_))),
-        "{:?}",
-        a.payload
-    );
+    reserved(a.payload);
     assert_eq!(harness.available("MUG").await, 3, "stock taken once");
     harness.stop().await;
 }
@@ -296,13 +256,9 @@ async fn a_command_with_fields_this_worker_does_not_know_is_served_not_dead_lett
         )
         .await;
 
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, command.saga_id);
-    assert!(
-        matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
-        "{:?}",
-        reply.payload
-    );
+    reserved(reply.payload);
     assert_eq!(harness.available("MUG").await, 4);
     harness.stop().await;
 }
@@ -336,7 +292,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
         Some(poison_id.to_string())
     );
 
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, command.saga_id);
     assert!(
         matches!(reply.payload, Outcome::Ok(_)),
@@ -382,7 +338,7 @@ async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_deliv
     harness.send(&good).await;
 
     // The good command is answered while the bad one is retried.
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, good.saga_id);
 
     // The queue's delivery limit, not the worker, takes the bad one out.
@@ -401,7 +357,7 @@ async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_deliv
     // The worker is still alive and answering.
     let after = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&after).await;
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, after.saga_id);
     assert_eq!(harness.available("MUG").await, 3);
     harness.stop().await;
@@ -418,7 +374,7 @@ async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
     let broker = Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
         .await
         .expect("connect to RabbitMQ (is it running?)");
-    let mut replies = reply_consumer(&broker).await;
+    let mut replies = reply_copies(&broker, "test-replies").await;
     let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_inventory"))
         .env("DATABASE_URL", &db.url)
         .env("AMQP_URL", amqp_url())
@@ -497,7 +453,7 @@ async fn a_refused_publish_reopens_the_publishing_channel_and_keeps_the_consumer
     // same connection (the worker's, the test's reply queue) never noticed.
     let command = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&command).await;
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, command.saga_id);
     assert!(harness.broker.is_connected());
     harness.stop().await;
@@ -521,7 +477,7 @@ async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
     let good = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&good).await;
 
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, good.saga_id);
     let mut dead = Vec::new();
     for _ in 0..poison.len() {
@@ -563,7 +519,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
     // Attempt 1 is delayed; its deadline passes and attempt 2 is refused.
     let (first, second) = (reserve(1), reserve(2));
     harness.send(&second).await;
-    let refused = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let refused = harness.next_answer().await;
     assert_eq!(refused.attempt, 2);
     assert!(
         matches!(&refused.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
@@ -577,7 +533,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
         .unwrap();
     // Attempt 1 finally runs: it must hold nothing, as nobody will release it.
     harness.send(&first).await;
-    let late = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let late = harness.next_answer().await;
     assert_eq!(late.attempt, 1);
     assert!(
         matches!(&late.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
@@ -598,7 +554,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
 async fn one_reply_each(harness: &mut Harness, sagas: &[Uuid]) -> Vec<Envelope<Outcome>> {
     let mut replies = Vec::new();
     while replies.len() < sagas.len() {
-        let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+        let reply = harness.next_answer().await;
         assert!(
             sagas.contains(&reply.saga_id),
             "a reply of another saga: {reply:?}"
@@ -640,11 +596,7 @@ async fn commands_that_are_ready_together_commit_together() {
     harness.run(Inventory, 16);
     let sagas: Vec<Uuid> = commands.iter().map(|c| c.saga_id).collect();
     for reply in one_reply_each(&mut harness, &sagas).await {
-        assert!(
-            matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
-            "{:?}",
-            reply.payload
-        );
+        reserved(reply.payload);
     }
     let (rows, commits) = inbox_commits(&harness.db.pool).await;
     assert_eq!(rows, 12, "each command handled once");
@@ -682,11 +634,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
 
     let sagas: Vec<Uuid> = good.iter().map(|c| c.saga_id).collect();
     for reply in one_reply_each(&mut harness, &sagas).await {
-        assert!(
-            matches!(reply.payload, Outcome::Ok(StepResult::Reserved(_))),
-            "{:?}",
-            reply.payload
-        );
+        reserved(reply.payload);
     }
     let mut dead: Vec<String> = Vec::new();
     for _ in 0..2 {
@@ -711,7 +659,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
     // Nothing else is answered: the next reply is the next command's.
     let probe = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&probe).await;
-    let reply = Envelope::<Outcome>::decode(&harness.next_reply().await.data).unwrap();
+    let reply = harness.next_answer().await;
     assert_eq!(reply.saga_id, probe.saga_id);
     harness.stop().await;
 }
@@ -729,7 +677,7 @@ async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
             .await
             .expect("connect to RabbitMQ (is it running?)"),
     );
-    let mut replies = reply_consumer(&broker).await;
+    let mut replies = reply_copies(&broker, "test-replies").await;
     let charges: Vec<Envelope<Command>> = (0..8)
         .map(|i| {
             Envelope::command(

@@ -10,7 +10,7 @@ use workers::runtime::{handle_batch, handle_command, Batched};
 use workers::tax::{rates, Tax, MIGRATOR};
 use workers::WorkerError;
 
-use crate::{handle, migrated, ok, rejected};
+use crate::{handle, migrated, ok, priced_line, rejected};
 
 const RATES: &str = "\
 country,region,category,rate_bp
@@ -26,15 +26,6 @@ async fn with_rates() -> TestDatabase {
         .await
         .expect("seed the rates");
     db
-}
-
-fn line(sku: &str, quantity: u32, unit_price_cents: i64, category: &str) -> PricedLine {
-    PricedLine {
-        sku: sku.into(),
-        quantity,
-        unit_price_cents,
-        tax_category: category.into(),
-    }
 }
 
 fn calculate(country: &str, region: &str, lines: Vec<PricedLine>) -> Command {
@@ -60,11 +51,11 @@ async fn tax_is_rounded_half_up_per_line_with_the_region_rate() {
     let db = with_rates().await;
     let lines = vec![
         // 1000 * 7.25% = 72.5 -> 73
-        line("A", 1, 1000, "general"),
+        priced_line("A", 1, 1000, "general"),
         // 3 * 333 = 999 * 7.25% = 72.4275 -> 72
-        line("B", 3, 333, "general"),
-        line("C", 2, 500, "food"),
-        line("D", 1, 1000, "general"),
+        priced_line("B", 3, 333, "general"),
+        priced_line("C", 2, 500, "food"),
+        priced_line("D", 1, 1000, "general"),
     ];
 
     let taxed = taxed(ok(handle(
@@ -111,9 +102,9 @@ async fn rounding_is_per_line_not_on_the_total() {
     let db = with_rates().await;
     // 10 cents at 5% is 0.5 -> 1 per line; on the 30-cent total it would be 1.5 -> 2.
     let lines = vec![
-        line("A", 1, 10, "general"),
-        line("B", 1, 10, "general"),
-        line("C", 1, 10, "general"),
+        priced_line("A", 1, 10, "general"),
+        priced_line("B", 1, 10, "general"),
+        priced_line("C", 1, 10, "general"),
     ];
 
     let taxed = taxed(ok(handle(
@@ -139,7 +130,7 @@ async fn an_unknown_region_falls_back_to_the_country_default_case_insensitively(
         &Tax,
         &db.pool,
         Uuid::new_v4(),
-        calculate("us", "ny", vec![line("A", 1, 2000, "general")]),
+        calculate("us", "ny", vec![priced_line("A", 1, 2000, "general")]),
     )
     .await));
     assert_eq!(taxed.lines[0].rate_bp, 500);
@@ -157,7 +148,7 @@ async fn taxed_in(db: &TestDatabase, country: &str, region: &str) -> TaxCalculat
         &Tax,
         &db.pool,
         Uuid::new_v4(),
-        calculate(country, region, vec![line("A", 1, 2000, "general")]),
+        calculate(country, region, vec![priced_line("A", 1, 2000, "general")]),
     )
     .await))
 }
@@ -174,7 +165,10 @@ async fn no_rate_is_refused_naming_country_region_and_category() {
             calculate(
                 "US",
                 "NY",
-                vec![line("A", 1, 100, "general"), line("B", 1, 100, "food")],
+                vec![
+                    priced_line("A", 1, 100, "general"),
+                    priced_line("B", 1, 100, "food"),
+                ],
             ),
         )
         .await,
@@ -190,7 +184,7 @@ async fn no_rate_is_refused_naming_country_region_and_category() {
             &Tax,
             &db.pool,
             Uuid::new_v4(),
-            calculate("FR", "", vec![line("A", 1, 100, "general")]),
+            calculate("FR", "", vec![priced_line("A", 1, 100, "general")]),
         )
         .await,
     );
@@ -262,7 +256,7 @@ async fn a_redelivered_tax_command_is_answered_with_the_first_reply() {
     let command = Envelope::command(
         Uuid::new_v4(),
         1,
-        calculate("US", "CA", vec![line("A", 1, 1000, "general")]),
+        calculate("US", "CA", vec![priced_line("A", 1, 1000, "general")]),
     );
     let first = handle_command(&Tax, &db.pool, &command).await.unwrap();
     assert_eq!(recorded_tax(&first), 73);
@@ -280,7 +274,7 @@ async fn a_redelivered_tax_command_is_answered_with_the_first_reply() {
     let fresh = Envelope::command(
         Uuid::new_v4(),
         1,
-        calculate("US", "CA", vec![line("A", 1, 1000, "general")]),
+        calculate("US", "CA", vec![priced_line("A", 1, 1000, "general")]),
     );
     let batch = handle_batch(&Tax, &db.pool, &[&command, &fresh, &fresh])
         .await

@@ -1,9 +1,21 @@
 //! Test support: a fresh database and a fresh broker prefix per test, both
 //! removed when the test ends, so tests run in parallel and never meet.
+//! Beside them, the kit every suite shares rather than copies: the one
+//! proxy in front of a service ([`proxy`]), the one reader of `/metrics`
+//! text ([`metrics`]), [`eventually`] for waiting on a condition with a
+//! deadline, and the small steps of starting and reading processes.
 
 use sqlx::{PgConnection, PgPool};
 
 use crate::topology::Topology;
+
+pub mod metrics;
+pub mod proxy;
+
+pub use proxy::Proxy;
+/// The proxy's name when it could only cut connections, which branches
+/// written before it could do more still use.
+pub use proxy::Proxy as OutageProxy;
 
 /// A server URL with rights to create databases (`TEST_DATABASE_URL`).
 pub fn admin_database_url() -> String {
@@ -20,9 +32,50 @@ fn random_suffix() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
+/// The variables `pairs` as a configuration reader takes them, in place of
+/// the process's environment, which every test in the process shares.
+pub fn environment(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
 /// A random `AMQP_PREFIX` for one test.
 pub fn random_prefix() -> String {
     format!("t{}.", random_suffix())
+}
+
+/// A port free now on 127.0.0.1, for a process the test starts to listen
+/// on (another may take it meanwhile: rare enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Where a service process a test starts logs to: the test's own stderr
+/// under `TEST_LOG`, nowhere otherwise, as the in-process services.
+pub fn service_log() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
+/// What a process a test ran printed on stdout; it must have exited 0,
+/// or the test fails with both its streams.
+pub fn succeeded(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}\nstdout:\n{stdout}stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// Quiet tests unless `TEST_LOG` is set.
@@ -228,6 +281,56 @@ impl Drop for BrokerUsers {
     }
 }
 
+/// A test-owned queue that receives a copy of every reply of `broker`'s
+/// prefix (beside the orchestrator's own), consumed without acks as
+/// `consumer_tag`: what the workers answered, as the orchestrator got it.
+pub async fn reply_copies(broker: &crate::broker::Broker, consumer_tag: &str) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let channel = broker.channel().await.expect("a channel");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions::exclusive().auto_delete(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the reply copies' queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            broker.topology().reply_exchange().into(),
+            crate::topology::REPLY_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the reply copies' queue");
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume the reply copies")
+}
+
+/// The JSON body `request` is answered with, whatever the status.
+pub async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// Waits for `check` to return `Some`, polling until `timeout`; panics with
 /// `what` when the deadline passes.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
@@ -244,82 +347,5 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// A TCP proxy in front of a service (PostgreSQL, RabbitMQ) that a test can
-/// cut and restore: what an outage or a restart of that service looks like
-/// to the processes behind it (connections reset, new ones refused), for
-/// this test alone, while other tests share the real service.
-pub struct OutageProxy {
-    pub port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped on each cut: a connection of an older generation closes.
-    generation: tokio::sync::watch::Sender<u64>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl OutageProxy {
-    /// Listens on a free local port and forwards to `target` (`host:port`).
-    pub async fn start(target: &str) -> OutageProxy {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (target, up_flag, gen_tx) = (target.to_owned(), up.clone(), generation.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if !up_flag.load(Ordering::SeqCst) {
-                    // Down: the connection is closed at once.
-                    continue;
-                }
-                let born = *gen_tx.borrow();
-                let mut cut = gen_tx.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|g| *g != born) => {}
-                    }
-                });
-            }
-        });
-        OutageProxy {
-            port,
-            up,
-            generation,
-            accept,
-        }
-    }
-
-    /// `url` with its port replaced by the proxy's.
-    pub fn url_for(&self, url: &str, service_port: u16) -> String {
-        url.replacen(&format!(":{service_port}"), &format!(":{}", self.port), 1)
-    }
-
-    /// The service goes away: every open connection is cut, new ones are
-    /// closed on arrival.
-    pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    /// The service is back.
-    pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for OutageProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.generation.send_modify(|g| *g += 1);
     }
 }
