@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use saga_shared::broker_users::Role;
+use saga_shared::broker_users::worker_users;
 use saga_shared::config::url_as;
 use saga_shared::database::primary_connection;
 use saga_shared::queue_policies::Management;
@@ -114,7 +114,6 @@ impl Environment {
             .await
             .context("cannot create the services' RabbitMQ users (is the management plugin on? scripts/services-up enables it)")?;
         let mut urls = HashMap::new();
-        let mut worker_users = Vec::new();
         for user in users {
             let password = user
                 .password
@@ -123,9 +122,6 @@ impl Environment {
                 user.role.as_str(),
                 url_as(&self.amqp_url, &user.name, password.expose_secret()),
             );
-            if let Role::Worker(kind) = user.role {
-                worker_users.push(format!("{}={}", kind.as_str(), user.name));
-            }
         }
         let connection = self.broker().await?;
         topology
@@ -135,7 +131,7 @@ impl Environment {
         connection.close(200, "topology declared".into()).await.ok();
         Ok(ServiceUsers {
             urls,
-            worker_users: worker_users.join(","),
+            worker_users: worker_users(self.users_base()),
         })
     }
 

@@ -87,7 +87,7 @@ impl DatabaseGauges {
 #[tracing::instrument(skip_all)]
 async fn count(store: &Store, tally: &mut SagaTally) -> Result<Counted, StoreError> {
     let sagas = store.count_sagas(tally).await?;
-    let backlog = store.outbox_backlog().await?;
+    let backlog = store.outbox().backlog().await?;
     Ok(Counted {
         sagas,
         outbox_pending: backlog.pending,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::broker_users::{given_passwords, Role};
+use crate::broker_users::{given_passwords, worker_users};
 use crate::config::url_as;
 use crate::queue_policies::{Applied, Management, PolicyError};
 use crate::topology::Topology;
@@ -192,7 +192,6 @@ pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::Exi
         }
     };
     println!("# RabbitMQ users of prefix '{prefix}', each with its service's least permissions");
-    let mut worker_users = Vec::new();
     for user in &users {
         let variable = format!("{}_AMQP_URL", user.role.as_str().to_uppercase());
         match &user.password {
@@ -214,11 +213,8 @@ pub async fn broker_users_command(base: &str, rotate: bool) -> std::process::Exi
                 user.name
             ),
         }
-        if let Role::Worker(kind) = user.role {
-            worker_users.push(format!("{}={}", kind.as_str(), user.name));
-        }
     }
     println!("# the orchestrator's: replies only from these users");
-    println!("WORKER_USERS={}", worker_users.join(","));
+    println!("WORKER_USERS={}", worker_users(base));
     ExitCode::SUCCESS
 }

@@ -168,6 +168,19 @@ pub fn user_name(base: &str, role: Role) -> String {
     format!("{base}-{}", role.as_str())
 }
 
+/// The orchestrator's `WORKER_USERS` for the users under `base`: each
+/// worker kind's user, as [`user_name`] names it.
+pub fn worker_users(base: &str) -> String {
+    Role::ALL
+        .into_iter()
+        .filter_map(|role| match role {
+            Role::Worker(kind) => Some(format!("{}={}", kind.as_str(), user_name(base, role))),
+            Role::Orchestrator => None,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Management {
     /// Creates each role's user if it is missing (with a new random
     /// password, returned once), and sets every user's permissions and

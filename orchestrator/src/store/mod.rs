@@ -192,11 +192,6 @@ impl Store {
         Ok(tally.count(&self.pool).await?)
     }
 
-    /// What waits in the outbox, for the gauges.
-    pub async fn outbox_backlog(&self) -> Result<outbox::Backlog, StoreError> {
-        self.outbox().backlog().await
-    }
-
     /// The engine's inputs for one transition, with a fresh jitter sample.
     fn context(&self) -> Context<'_> {
         Context {

@@ -241,21 +241,17 @@ impl BrokerUsers {
             .await
             .expect("the management API creates the test's RabbitMQ users");
         let mut urls = std::collections::HashMap::new();
-        let mut worker_users = Vec::new();
         for user in users {
             let password = user.password.expect("a test's users are new");
             urls.insert(
                 user.role,
                 crate::config::url_as(amqp_url, &user.name, password.expose_secret()),
             );
-            if let crate::broker_users::Role::Worker(kind) = user.role {
-                worker_users.push(format!("{}={}", kind.as_str(), user.name));
-            }
         }
         BrokerUsers {
+            worker_users: crate::broker_users::worker_users(&base),
             base,
             urls,
-            worker_users: worker_users.join(","),
         }
     }
 
