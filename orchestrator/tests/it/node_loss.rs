@@ -8,14 +8,28 @@ use futures::future::join_all;
 use saga_shared::testing;
 use serde_json::Value;
 
+use orchestrator::saga::{RetryPolicy, StepPolicies};
+
 use crate::cluster::RabbitCluster;
 use crate::system::{order, Setup, System};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
+/// Every process on the cluster's three nodes. A command the broker
+/// refuses may wait longer than the test's patience before its saga parks:
+/// a node restarted on a loaded machine has taken more than the default
+/// allowance (5 attempts x 10 s) to take commands again, and these tests
+/// are about waiting for it, not about parking.
 async fn on_cluster(cluster: &RabbitCluster) -> System {
+    let patient = RetryPolicy {
+        max_attempts: 2 * PATIENCE.as_secs() as u32 / 10,
+        deadline: Duration::from_secs(10),
+        ..RetryPolicy::default()
+    };
+    assert!(patient.publish_allowance() > PATIENCE);
     System::start_setup(Setup {
         amqp_url: Some(cluster.amqp_url.clone()),
+        policies: StepPolicies::uniform(patient),
         ..Setup::default()
     })
     .await

@@ -589,25 +589,47 @@ impl System {
             .unwrap()
     }
 
-    /// Waits (deadline `timeout`) until every saga in `ids` has `status`.
+    /// Waits (deadline `timeout`) until every saga in `ids` has `status`;
+    /// past it, fails naming how many are in which status and the last
+    /// event of one that is not there, which says why.
     pub async fn wait_status(&self, ids: &[String], status: &str, timeout: Duration) {
-        testing::eventually(
-            &format!("{} sagas {status}", ids.len()),
-            timeout,
-            || async {
-                let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = $2",
-                )
-                .bind(&uuids)
-                .bind(status)
-                .fetch_one(&self.orchestrator_db.pool)
-                .await
-                .unwrap();
-                (n as usize == ids.len()).then_some(())
-            },
+        let uuids: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
+        let pool = &self.orchestrator_db.pool;
+        let reached = testing::within(timeout, || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = $2")
+                    .bind(&uuids)
+                    .bind(status)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            (n as usize == ids.len()).then_some(())
+        })
+        .await;
+        if reached.is_some() {
+            return;
+        }
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM sagas WHERE id = ANY($1) GROUP BY status ORDER BY status",
         )
+        .bind(&uuids)
+        .fetch_all(pool)
         .await
+        .unwrap();
+        let last_event: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT to_jsonb(e) FROM saga_events e JOIN sagas s ON s.id = e.saga_id
+             WHERE s.id = ANY($1) AND s.status <> $2 ORDER BY e.id DESC LIMIT 1",
+        )
+        .bind(&uuids)
+        .bind(status)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        panic!(
+            "timed out after {timeout:?} waiting for {} sagas {status}: by status {counts:?}; \
+             the last event of one not {status}: {last_event:?}",
+            ids.len()
+        );
     }
 
     /// Every payment is one charge of one TSHIRT checkout (2,000 + 7.25%

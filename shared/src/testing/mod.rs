@@ -329,7 +329,21 @@ pub async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value 
 
 /// Waits for `check` to return `Some`, polling until `timeout`; panics with
 /// `what` when the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match within(timeout, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// What `check` returned once it returned `Some`, polling until `timeout`;
+/// `None` when the deadline passed first, for a caller that says more
+/// about what it saw than [`eventually`] can.
+pub async fn within<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -337,10 +351,10 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
