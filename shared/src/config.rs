@@ -29,6 +29,15 @@ impl Source for Environment {
     }
 }
 
+/// The variables `pairs` as a configuration reader takes them, in place of
+/// the process's environment, which every test in a process shares.
+pub fn variables(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
 impl Source for std::collections::HashMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
         std::collections::HashMap::get(self, name).cloned()

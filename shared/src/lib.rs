@@ -19,8 +19,3 @@ pub mod telemetry;
 pub mod tls;
 pub mod topology;
 pub mod traceparent;
-
-// Its own unit tests, and those of the modules that read variables, use
-// it too.
-#[cfg(any(test, feature = "test-support"))]
-pub mod testing;

@@ -96,7 +96,7 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::environment;
+    use crate::config::variables as environment;
 
     #[test]
     fn names_the_missing_variable() {

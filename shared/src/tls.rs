@@ -259,7 +259,7 @@ pub fn is_refusal(error: &(dyn Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::environment;
+    use crate::config::variables as environment;
 
     /// A PEM file under the temp directory, removed on drop.
     struct TempFile(PathBuf);

@@ -92,7 +92,7 @@ pub async fn prune_inbox(
 
 #[cfg(test)]
 mod tests {
-    use saga_shared::testing::environment;
+    use saga_testkit::environment;
 
     use super::*;
 

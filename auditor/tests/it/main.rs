@@ -7,7 +7,7 @@ use std::time::Duration;
 use orchestrator::saga::{CheckoutRequest, Saga, SagaStatus};
 use saga_protocol::messages::{LineRequest, LineTax, PricedLine, Reserved, ShipTo, TaxCalculated};
 use saga_protocol::Step;
-use saga_shared::testing::TestDatabase;
+use saga_testkit::TestDatabase;
 use uuid::Uuid;
 
 const COMPLETED: Uuid = Uuid::from_u128(0x01);

@@ -81,7 +81,7 @@ fn an_unreadable_ca_file_stops_it_at_start_naming_the_variable() {
 #[tokio::test]
 async fn migrate_is_a_step_of_its_own_and_a_service_that_may_not_migrate_refuses_a_schema_behind_it(
 ) {
-    let db = saga_shared::testing::TestDatabase::create("orchestrator_migrate_bin").await;
+    let db = saga_testkit::TestDatabase::create("orchestrator_migrate_bin").await;
     let n = orchestrator::app::SCHEMA.build_version();
     let serve = [
         ("DATABASE_URL", db.url.as_str()),
@@ -102,7 +102,7 @@ async fn migrate_is_a_step_of_its_own_and_a_service_that_may_not_migrate_refuses
         .env("DATABASE_URL", &db.url)
         .output()
         .expect("orchestrator migrate runs");
-    let stdout = saga_shared::testing::succeeded(&migrate);
+    let stdout = saga_testkit::succeeded(&migrate);
     assert!(
         stdout.starts_with("orchestrator: applied 1 sagas\n"),
         "{stdout}"
@@ -122,8 +122,8 @@ async fn migrate_is_a_step_of_its_own_and_a_service_that_may_not_migrate_refuses
 #[tokio::test]
 async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_builds() {
     use saga_shared::queue_policies::Management;
-    use saga_shared::testing;
     use saga_shared::topology::Topology;
+    use saga_testkit as testing;
 
     let prefix = testing::random_prefix();
     let _guard = testing::TopologyGuard::new(&prefix);
@@ -201,7 +201,7 @@ async fn topology_declares_what_is_missing_and_sets_the_queue_policy_to_this_bui
 #[tokio::test]
 async fn broker_users_takes_the_operators_passwords_and_prints_only_new_ones() {
     use saga_shared::config::url_as;
-    use saga_shared::testing;
+    use saga_testkit as testing;
 
     let prefix = testing::random_prefix();
     let _guard = testing::TopologyGuard::new(&prefix);

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_protocol::Step;
-use saga_shared::testing;
-use saga_shared::testing::metrics::scrape;
-use saga_shared::testing::proxy::{Proxy, Wire};
+use saga_testkit as testing;
+use saga_testkit::metrics::scrape;
+use saga_testkit::proxy::{Proxy, Wire};
 use serde_json::Value;
 
 use crate::system::{order, Setup, System};

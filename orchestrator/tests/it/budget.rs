@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use saga_shared::testing::metrics::scrape;
-use saga_shared::testing::{self, TestDatabase, TopologyGuard};
+use saga_testkit::metrics::scrape;
+use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};

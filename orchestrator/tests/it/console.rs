@@ -34,7 +34,7 @@ impl Browser {
              packages `chromium chromium-driver` \
              (apt-get install -y --no-install-recommends chromium chromium-driver)"
         );
-        let port = saga_shared::testing::free_port();
+        let port = saga_testkit::free_port();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -324,7 +324,7 @@ async fn support_retries_a_parked_saga_from_the_console() {
     // A garbled reply about this saga, for the dead-letter list.
     let stop = tokio_util::sync::CancellationToken::new();
     let broker = saga_shared::broker::Broker::connect(
-        &saga_shared::testing::amqp_url(),
+        &saga_testkit::amqp_url(),
         saga_shared::topology::Topology::new(&system.prefix),
         "console-test",
         &stop,
@@ -345,7 +345,7 @@ async fn support_retries_a_parked_saga_from_the_console() {
         .await
         .unwrap();
     broker.close().await;
-    saga_shared::testing::eventually(
+    saga_testkit::eventually(
         "the dead letter recorded",
         Duration::from_secs(30),
         || async {

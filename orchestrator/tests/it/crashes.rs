@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use saga_shared::testing::{self, TestDatabase, TopologyGuard};
+use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use saga_shared::testing::metrics::scrape;
+use saga_testkit::metrics::scrape;
 use serde_json::Value;
 
 use crate::system::{order, System};
@@ -195,7 +195,7 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_the_orchestrator_export
     let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
     assert_eq!(done["status"], "completed");
     // The database gauges appear once counted (every few seconds).
-    let metrics = saga_shared::testing::eventually(
+    let metrics = saga_testkit::eventually(
         "the database gauges counted",
         std::time::Duration::from_secs(20),
         || async {

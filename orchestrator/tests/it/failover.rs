@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use saga_shared::testing;
+use saga_testkit as testing;
 
 use crate::cluster::PostgresPair;
 use crate::system::{order, Setup, System};

@@ -134,7 +134,7 @@ async fn a_charge_past_its_deadline_parks_then_a_retry_completes_with_one_charge
     assert_eq!(parked["deadline_at"], Value::Null);
     // The provider did charge, late: both late answers are recorded and
     // change nothing.
-    saga_shared::testing::eventually("two late charge replies", PARK_WAIT, || async {
+    saga_testkit::eventually("two late charge replies", PARK_WAIT, || async {
         let late = timeline(&system, &id)
             .await
             .iter()
@@ -309,7 +309,7 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
     // The provider answers 2 s after the charge began; the outage starts
     // while the charge is at the provider (its intent committed), before
     // its deadline, so the refund that follows the deadline fails.
-    saga_shared::testing::eventually("the charge at the provider", PARK_WAIT, || async {
+    saga_testkit::eventually("the charge at the provider", PARK_WAIT, || async {
         let charging: i64 =
             sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'charging'")
                 .fetch_one(&system.payment_db.pool)
@@ -324,7 +324,7 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
         .await;
     // The refund no longer waits on the charge (no lock is held while the
     // provider works): the charge in flight lands after the park.
-    saga_shared::testing::eventually("charged, not yet refunded", PARK_WAIT, || async {
+    saga_testkit::eventually("charged, not yet refunded", PARK_WAIT, || async {
         (system.net_charged().await == 2_145 * 3).then_some(())
     })
     .await;
@@ -368,7 +368,7 @@ async fn retries_pending_across_an_orchestrator_restart_all_run() {
     // Wait until every charge has failed at least once: each then has a
     // durable retry (an outbox row due later, or an attempt awaiting its
     // deadline).
-    saga_shared::testing::eventually("a failed charge on all 100", PARK_WAIT, || async {
+    saga_testkit::eventually("a failed charge on all 100", PARK_WAIT, || async {
         let failed: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT saga_id) FROM saga_events
              WHERE step = 'payment.charge' AND event = 'transient'",

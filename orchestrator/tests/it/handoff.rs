@@ -10,7 +10,7 @@ use orchestrator::handoff;
 use orchestrator::saga::{ClientStatus, StepPolicies};
 use orchestrator::store::Store;
 use saga_protocol::messages::Outcome;
-use saga_shared::testing::TestDatabase;
+use saga_testkit::TestDatabase;
 
 use crate::reply_batches::{create, reserve_replies_applied, reserve_reply};
 use crate::system::System;

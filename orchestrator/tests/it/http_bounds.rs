@@ -153,7 +153,7 @@ async fn long_polls_beyond_the_bound_get_503_with_retry_after() {
             )
         })
     };
-    saga_shared::testing::eventually(
+    saga_testkit::eventually(
         "the first long-poll waits",
         Duration::from_secs(10),
         || async { (system.waiters.asleep() == 1).then_some(()) },
@@ -213,7 +213,7 @@ async fn a_finished_saga_wakes_only_its_own_waiter() {
     };
     // Asleep, not only registered: a poll still at its first read would see
     // the finish below and answer at once, for the wrong reason.
-    saga_shared::testing::eventually("the long-poll waits", Duration::from_secs(10), || async {
+    saga_testkit::eventually("the long-poll waits", Duration::from_secs(10), || async {
         (system.waiters.asleep() == 1).then_some(())
     })
     .await;
@@ -294,7 +294,7 @@ fn long_poll(system: &System, id: &str, wait: u64) -> tokio::task::JoinHandle<(V
 /// Until `n` long-polls have read their saga and sleep (a registered one
 /// may still be reading, and would see a change made now at once).
 async fn until_waiting(system: &System, n: usize) {
-    saga_shared::testing::eventually("the long-poll waits", Duration::from_secs(10), || async {
+    saga_testkit::eventually("the long-poll waits", Duration::from_secs(10), || async {
         (system.waiters.asleep() == n).then_some(())
     })
     .await;
@@ -317,7 +317,7 @@ async fn after_the_listener_reconnects_every_waiter_rechecks() {
     .await
     .unwrap();
     let pool = &system.orchestrator_db.pool;
-    saga_shared::testing::eventually(
+    saga_testkit::eventually(
         "the listener's connection cut",
         Duration::from_secs(10),
         || async {
@@ -415,7 +415,7 @@ async fn a_long_poll_answers_from_the_notification_before_and_after_a_reconnect(
         .execute(&system.orchestrator_db.pool)
         .await
         .unwrap();
-    saga_shared::testing::eventually("the listener back", Duration::from_secs(15), || async {
+    saga_testkit::eventually("the listener back", Duration::from_secs(15), || async {
         let now = listener_pids(&system).await;
         (!now.is_empty() && now.iter().all(|pid| !before.contains(pid))).then_some(())
     })

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use saga_shared::testing;
-use saga_shared::testing::metrics::{scrape, Metrics};
+use saga_testkit as testing;
+use saga_testkit::metrics::{scrape, Metrics};
 
 use crate::system::{order, Setup, System};
 

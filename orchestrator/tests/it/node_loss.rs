@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use saga_shared::testing;
+use saga_testkit as testing;
 use serde_json::Value;
 
 use orchestrator::saga::{RetryPolicy, StepPolicies};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use saga_shared::testing;
+use saga_testkit as testing;
 use serde_json::Value;
 
 use orchestrator::saga::{RetryPolicy, StepPolicies};

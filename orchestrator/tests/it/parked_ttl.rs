@@ -59,7 +59,7 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
         .output()
         .await
         .expect("sagactl runs");
-    let stdout = saga_shared::testing::succeeded(&run);
+    let stdout = saga_testkit::succeeded(&run);
     assert!(
         stdout.starts_with(&format!("saga {extended} parked until ")),
         "{stdout}"

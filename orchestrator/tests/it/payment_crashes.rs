@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 
-use saga_shared::testing;
+use saga_testkit as testing;
 
 use crate::crashes::{bin_dir, Deployment, PATIENCE};
 use crate::system::order;

@@ -21,9 +21,9 @@ use saga_protocol::messages::{CalculateTax, Command, Outcome, PricedLine, ShipTo
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing};
 use saga_shared::queue_policies::{Applied, Management};
-use saga_shared::testing::{self, Proxy, TestDatabase, TopologyGuard};
 use saga_shared::topology::Topology;
 use saga_shared::traceparent;
+use saga_testkit::{self as testing, Proxy, TestDatabase, TopologyGuard};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command as Process};
 use tokio_util::sync::CancellationToken;

@@ -13,9 +13,9 @@ use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_protocol::messages::WorkerKind;
 use saga_protocol::Step;
 use saga_shared::broker::Broker;
-use saga_shared::testing;
-use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::Topology;
+use saga_testkit as testing;
+use saga_testkit::metrics::scrape;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

@@ -12,8 +12,8 @@ use orchestrator::store::{BatchedReply, Created, Owner, Store, StoreError};
 use saga_protocol::messages::{Command, Outcome, ReserveStock};
 use saga_protocol::Envelope;
 use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::testing::{self, TestDatabase};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_testkit::{self as testing, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
 use saga_protocol::{Envelope, Step};
 use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::testing;
-use saga_shared::testing::metrics::scrape;
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_testkit as testing;
+use saga_testkit::metrics::scrape;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -132,7 +132,7 @@ async fn rabbitmq_refuses_a_forged_sender_and_a_worker_publishing_commands() {
     let refused = match published {
         Err(error) => Some(error.to_string()),
         Ok(_) => {
-            saga_shared::testing::eventually(
+            saga_testkit::eventually(
                 "the channel closed by the broker",
                 Duration::from_secs(10),
                 || async { (!channel.status().connected()).then_some(()) },

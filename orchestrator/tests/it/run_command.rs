@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use saga_shared::testing;
+use saga_testkit as testing;
 use serde_json::Value;
 
 use crate::crashes::bin_dir;

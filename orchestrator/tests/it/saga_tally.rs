@@ -3,7 +3,7 @@
 
 use orchestrator::saga::SagaStatus;
 use orchestrator::store::saga_tally::SagaTally;
-use saga_shared::testing::TestDatabase;
+use saga_testkit::TestDatabase;
 use uuid::Uuid;
 
 async fn insert(pool: &sqlx::PgPool, status: &str) -> Uuid {

@@ -124,7 +124,7 @@ async fn status_counts_and_outcomes_per_minute_show_an_outage() {
         .await;
 
     // The counts are the gauges' (re-counted every few seconds).
-    saga_shared::testing::eventually(
+    saga_testkit::eventually(
         "the status counts to show the parked sagas",
         Duration::from_secs(20),
         || async {

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use saga_shared::database;
-use saga_shared::testing;
+use saga_testkit as testing;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;

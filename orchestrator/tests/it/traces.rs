@@ -13,7 +13,7 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
-use saga_shared::testing;
+use saga_testkit as testing;
 
 use crate::crashes::{Deployment, PATIENCE};
 use crate::system::order;

@@ -117,7 +117,7 @@ pub(super) fn show(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::environment;
+    use crate::config::variables as environment;
 
     #[test]
     fn timeouts_take_postgres_units_and_name_the_variable_when_malformed() {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use workers::inventory;
 use workers::payment;
 
-use saga_shared::testing;
+use saga_testkit as testing;
 
 use crate::migrated;
 

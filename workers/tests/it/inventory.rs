@@ -5,7 +5,7 @@ use saga_protocol::messages::{
     StepResult,
 };
 use saga_protocol::Envelope;
-use saga_shared::testing::{eventually, TestDatabase};
+use saga_testkit::{eventually, TestDatabase};
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};

@@ -16,7 +16,7 @@ mod topology;
 
 use saga_protocol::messages::{Command, Outcome, PricedLine, Reserved, StepResult};
 use saga_protocol::Envelope;
-use saga_shared::testing::{self, TestDatabase};
+use saga_testkit::{self as testing, TestDatabase};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use uuid::Uuid;

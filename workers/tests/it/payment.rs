@@ -8,7 +8,7 @@ use saga_protocol::messages::{
     reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
 use saga_protocol::Envelope;
-use saga_shared::testing::TestDatabase;
+use saga_testkit::TestDatabase;
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::payment::provider::{ChargeRequest, RefundRequest};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use saga_shared::testing::{self, amqp_url, random_prefix, TopologyGuard};
+use saga_testkit::{self as testing, amqp_url, random_prefix, TopologyGuard};
 use sqlx::PgPool;
 use workers::tax::MIGRATOR;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use saga_protocol::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
 use saga_protocol::{Envelope, WorkerKind};
-use saga_shared::testing::proxy::{Proxy, Side, Wire};
-use saga_shared::testing::TestDatabase;
+use saga_testkit::proxy::{Proxy, Side, Wire};
+use saga_testkit::TestDatabase;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -151,7 +151,7 @@ async fn round_trips<H: Handler>(
     handle_command(handler, pool, command).await.unwrap();
     // A connection goes back to the pool (and is pinged) after the command,
     // in a task of the pool's: count once every connection is idle again.
-    saga_shared::testing::eventually(
+    saga_testkit::eventually(
         "every connection back in the pool",
         std::time::Duration::from_secs(10),
         || async { (pool.num_idle() == pool.size() as usize).then_some(()) },

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use saga_shared::schema::{self, MigrateSettings, OnStart, Schema, SchemaError, Status};
-use saga_shared::testing::{self, TestDatabase};
+use saga_testkit::{self as testing, TestDatabase};
 use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
 use sqlx::{Connection, PgConnection};
 use workers::{inventory, tax};

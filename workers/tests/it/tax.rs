@@ -4,7 +4,7 @@ use saga_protocol::messages::{
     reason, CalculateTax, Command, LineTax, Outcome, PricedLine, ShipTo, StepResult, TaxCalculated,
 };
 use saga_protocol::Envelope;
-use saga_shared::testing::TestDatabase;
+use saga_testkit::TestDatabase;
 use uuid::Uuid;
 use workers::runtime::{handle_batch, handle_command, Batched};
 use workers::tax::{rates, Tax, MIGRATOR};

@@ -9,8 +9,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use saga_protocol::messages::WorkerKind;
 use saga_shared::broker::{Broker, BrokerError, Outgoing};
-use saga_shared::testing::{self, TopologyGuard};
 use saga_shared::topology::Topology;
+use saga_testkit::{self as testing, TopologyGuard};
 use tokio_util::sync::CancellationToken;
 
 async fn connection() -> Connection {
