@@ -1,9 +1,14 @@
 //! What the three worker binaries share: start-up, migrations, serving
 //! until a signal, and the exit codes of their operator subcommands.
 
+use std::fmt::Display;
+use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+use clap::Subcommand;
 
 use saga_shared::broker::Broker;
 use saga_shared::config::{self, ConfigError};
@@ -17,6 +22,66 @@ use sqlx::PgPool;
 use crate::retention::{inbox_retention, run_inbox_pruning_until_stopped};
 use crate::runtime::{run_worker_until_stopped, Handler};
 use crate::WorkerError;
+
+/// The subcommands every worker binary has beside its own.
+#[derive(Subcommand, Clone, Copy)]
+pub enum Standard {
+    /// Serve this worker's commands until SIGTERM or ctrl-c (the default)
+    Serve,
+    /// Apply this build's pending database migrations, then exit
+    #[command(long_about = schema::MIGRATE_HELP)]
+    Migrate,
+}
+
+/// Runs `standard` with its logging: `serve` (which reads its own
+/// configuration) until a signal, or `migrate` on `schema`.
+pub async fn run_standard<F>(
+    standard: Standard,
+    service: &str,
+    schema: &Schema,
+    serve: impl FnOnce() -> F,
+) -> ExitCode
+where
+    F: Future<Output = ExitCode>,
+{
+    if let Err(code) = init_logging(matches!(standard, Standard::Serve), service) {
+        return code;
+    }
+    match standard {
+        Standard::Migrate => schema::migrate_command(schema).await,
+        Standard::Serve => serve().await,
+    }
+}
+
+/// An operator subcommand: logging that keeps its output its own, then
+/// `command` on the service's database ([`with_database`]).
+pub async fn operator<F, Fut>(service: &str, schema: &Schema, command: F) -> ExitCode
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>>,
+{
+    if let Err(code) = init_logging(false, service) {
+        return code;
+    }
+    with_database(schema, command).await
+}
+
+/// `import FILE`: `load` reads the opened file (named as given, for its
+/// error lines) into the database, and its summary is printed.
+pub async fn import<F, Fut, S>(service: &str, schema: &Schema, file: PathBuf, load: F) -> ExitCode
+where
+    F: FnOnce(PgPool, String, std::fs::File) -> Fut,
+    Fut: Future<Output = Result<S, WorkerError>>,
+    S: Display,
+{
+    operator(service, schema, |pool| async move {
+        let input = open_input(&file)?;
+        let summary = load(pool, file.display().to_string(), input).await?;
+        println!("{summary}");
+        Ok(())
+    })
+    .await
+}
 
 /// Runs a worker service until SIGTERM or ctrl-c.
 pub async fn serve<H: Handler>(
@@ -155,7 +220,7 @@ pub async fn serve_from_env<H: Handler>(
 pub async fn with_database<F, Fut>(schema: &Schema, command: F) -> ExitCode
 where
     F: FnOnce(PgPool) -> Fut,
-    Fut: std::future::Future<Output = Result<(), WorkerError>>,
+    Fut: Future<Output = Result<(), WorkerError>>,
 {
     let config = saga_shared::database::url(&config::Environment)
         .and_then(|url| Ok((url, OnStart::from_source(&config::Environment)?)));

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saga_shared::schema;
-use workers::cli;
+use workers::cli::{self, Standard};
 use workers::inventory::{catalogue, Inventory, SCHEMA};
 
 #[derive(Parser)]
@@ -27,11 +26,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Serve inventory commands until SIGTERM or ctrl-c (the default)
-    Serve,
-    /// Apply this build's pending database migrations, then exit
-    #[command(long_about = schema::MIGRATE_HELP)]
-    Migrate,
+    #[command(flatten)]
+    Standard(Standard),
     /// Load a catalogue from CSV: sku,name,on_hand,unit_price_cents,currency,tax_category
     #[command(long_about = "Load a catalogue from a CSV file with the header\n\
         sku,name,on_hand,unit_price_cents,currency,tax_category\n\n\
@@ -50,27 +46,22 @@ enum Action {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(code) = cli::init_logging(
-        matches!(args.command, None | Some(Action::Serve)),
-        "inventory",
-    ) {
-        return code;
-    }
-    match args.command.unwrap_or(Action::Serve) {
-        Action::Migrate => schema::migrate_command(&SCHEMA).await,
-        Action::Serve => cli::serve_from_env(&SCHEMA, |_pool| Inventory).await,
+    let command = Args::parse().command;
+    match command.unwrap_or(Action::Standard(Standard::Serve)) {
+        Action::Standard(standard) => {
+            cli::run_standard(standard, "inventory", &SCHEMA, || {
+                cli::serve_from_env(&SCHEMA, |_pool| Inventory)
+            })
+            .await
+        }
         Action::Import { file } => {
-            cli::with_database(&SCHEMA, |pool| async move {
-                let input = cli::open_input(&file)?;
-                let summary = catalogue::import(&pool, &file.display().to_string(), input).await?;
-                println!("{summary}");
-                Ok(())
+            cli::import("inventory", &SCHEMA, file, |pool, name, input| async move {
+                catalogue::import(&pool, &name, input).await
             })
             .await
         }
         Action::Export => {
-            cli::with_database(&SCHEMA, |pool| async move {
+            cli::operator("inventory", &SCHEMA, |pool| async move {
                 cli::write_stdout(&catalogue::export(&pool).await?)
             })
             .await

@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use saga_shared::config::{Environment, Source};
-use saga_shared::schema;
 use saga_shared::service_config::ServiceConfig;
-use workers::cli;
+use workers::cli::{self, Standard};
 use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, SCHEMA};
 use workers::retention::inbox_retention;
 
@@ -41,11 +40,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Serve payment commands until SIGTERM or ctrl-c (the default)
-    Serve,
-    /// Apply this build's pending database migrations, then exit
-    #[command(long_about = schema::MIGRATE_HELP)]
-    Migrate,
+    #[command(flatten)]
+    Standard(Standard),
     /// Show or switch the rehearsed provider outage
     #[command(long_about = "Show or switch the rehearsed provider outage.\n\n\
         While it is on, every charge and refund that needs the provider answers \
@@ -73,18 +69,11 @@ enum Switch {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(code) = cli::init_logging(
-        matches!(args.command, None | Some(Action::Serve)),
-        "payment",
-    ) {
-        return code;
-    }
-    match args.command.unwrap_or(Action::Serve) {
-        Action::Migrate => schema::migrate_command(&SCHEMA).await,
-        Action::Serve => serve().await,
+    let command = Args::parse().command;
+    match command.unwrap_or(Action::Standard(Standard::Serve)) {
+        Action::Standard(standard) => cli::run_standard(standard, "payment", &SCHEMA, serve).await,
         Action::Ledger => {
-            cli::with_database(&SCHEMA, |pool| async move {
+            cli::operator("payment", &SCHEMA, |pool| async move {
                 let mut csv =
                     String::from("saga_id,charges,charged_cents,refunds,refunded_cents\n");
                 for line in ledger(&pool).await? {
@@ -102,7 +91,7 @@ async fn main() -> ExitCode {
             .await
         }
         Action::Outage { state } => {
-            cli::with_database(&SCHEMA, |pool| async move {
+            cli::operator("payment", &SCHEMA, |pool| async move {
                 let mut conn = pool.acquire().await?;
                 if let Some(state) = state {
                     outage::set(&mut conn, matches!(state, Switch::On)).await?;

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saga_shared::schema;
-use workers::cli;
+use workers::cli::{self, Standard};
 use workers::tax::{rates, Tax, SCHEMA};
 
 #[derive(Parser)]
@@ -28,11 +27,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Serve tax commands until SIGTERM or ctrl-c (the default)
-    Serve,
-    /// Apply this build's pending database migrations, then exit
-    #[command(long_about = schema::MIGRATE_HELP)]
-    Migrate,
+    #[command(flatten)]
+    Standard(Standard),
     /// Load tax rates from CSV: country,region,category,rate_bp
     #[command(long_about = "Load tax rates from a CSV file with the header\n\
         country,region,category,rate_bp\n\n\
@@ -48,20 +44,17 @@ enum Action {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(code) = cli::init_logging(matches!(args.command, None | Some(Action::Serve)), "tax")
-    {
-        return code;
-    }
-    match args.command.unwrap_or(Action::Serve) {
-        Action::Migrate => schema::migrate_command(&SCHEMA).await,
-        Action::Serve => cli::serve_from_env(&SCHEMA, |_pool| Tax).await,
+    let command = Args::parse().command;
+    match command.unwrap_or(Action::Standard(Standard::Serve)) {
+        Action::Standard(standard) => {
+            cli::run_standard(standard, "tax", &SCHEMA, || {
+                cli::serve_from_env(&SCHEMA, |_pool| Tax)
+            })
+            .await
+        }
         Action::Import { file } => {
-            cli::with_database(&SCHEMA, |pool| async move {
-                let input = cli::open_input(&file)?;
-                let summary = rates::import(&pool, &file.display().to_string(), input).await?;
-                println!("{summary}");
-                Ok(())
+            cli::import("tax", &SCHEMA, file, |pool, name, input| async move {
+                rates::import(&pool, &name, input).await
             })
             .await
         }
