@@ -8,7 +8,6 @@
 
 pub mod envelope;
 pub mod messages;
-pub mod money;
 pub mod text;
 pub mod values;
 

@@ -32,7 +32,11 @@ mod tests {
         assert!(CustomerId::parse("c".repeat(128)).is_ok());
         assert!(matches!(
             CustomerId::parse("c".repeat(129)),
-            Err(ValueError::TooLong { max: 128, chars: 129, .. })
+            Err(ValueError::TooLong {
+                max: 128,
+                chars: 129,
+                ..
+            })
         ));
     }
 
@@ -40,11 +44,15 @@ mod tests {
     fn refuses_blank_and_control_text() {
         assert_eq!(
             CustomerId::parse(" "),
-            Err(ValueError::Blank { what: "customer_id" })
+            Err(ValueError::Blank {
+                what: "customer_id"
+            })
         );
         assert_eq!(
             CustomerId::parse("a\nb"),
-            Err(ValueError::ControlCharacter { what: "customer_id" })
+            Err(ValueError::ControlCharacter {
+                what: "customer_id"
+            })
         );
     }
 

@@ -72,12 +72,12 @@ mod tests {
         assert_eq!(serde_json::to_string(&three).unwrap(), "3");
         assert_eq!(serde_json::from_str::<Quantity>("3").unwrap(), three);
         let error = serde_json::from_str::<Quantity>("0").unwrap_err();
-        assert!(error.to_string().contains("quantity must be at least 1"), "{error}");
+        assert!(
+            error.to_string().contains("quantity must be at least 1"),
+            "{error}"
+        );
         assert!(serde_json::from_str::<Quantity>("-1").is_err());
         assert!(serde_json::from_str::<Quantity>("1.5").is_err());
-        assert_eq!(
-            schemars::schema_for!(Quantity),
-            schemars::schema_for!(u32)
-        );
+        assert_eq!(schemars::schema_for!(Quantity), schemars::schema_for!(u32));
     }
 }

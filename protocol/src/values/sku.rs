@@ -30,8 +30,14 @@ mod tests {
     fn takes_what_a_catalogue_holds() {
         assert_eq!(Sku::parse("SKU-TSHIRT").unwrap().as_str(), "SKU-TSHIRT");
         assert!(Sku::parse("x".repeat(64)).is_ok());
-        assert!(Sku::parse(" padded ").is_ok(), "blank is not the same as padded");
-        assert_eq!(Sku::parse("é".repeat(64)).unwrap().to_string(), "é".repeat(64));
+        assert!(
+            Sku::parse(" padded ").is_ok(),
+            "blank is not the same as padded"
+        );
+        assert_eq!(
+            Sku::parse("é".repeat(64)).unwrap().to_string(),
+            "é".repeat(64)
+        );
     }
 
     #[test]
@@ -40,7 +46,11 @@ mod tests {
         assert_eq!(Sku::parse("  "), Err(ValueError::Blank { what: "sku" }));
         assert!(matches!(
             Sku::parse("x".repeat(65)),
-            Err(ValueError::TooLong { max: 64, chars: 65, .. })
+            Err(ValueError::TooLong {
+                max: 64,
+                chars: 65,
+                ..
+            })
         ));
         assert_eq!(
             Sku::parse("A\u{7}"),
@@ -54,15 +64,15 @@ mod tests {
         assert_eq!(serde_json::to_string(&sku).unwrap(), r#""BOOK""#);
         assert_eq!(serde_json::from_str::<Sku>(r#""BOOK""#).unwrap(), sku);
         let error = serde_json::from_str::<Sku>(r#""""#).unwrap_err();
-        assert!(error.to_string().contains("sku must not be blank"), "{error}");
+        assert!(
+            error.to_string().contains("sku must not be blank"),
+            "{error}"
+        );
         assert!(serde_json::from_str::<Sku>("1").is_err());
     }
 
     #[test]
     fn its_schema_is_a_string() {
-        assert_eq!(
-            schemars::schema_for!(Sku),
-            schemars::schema_for!(String)
-        );
+        assert_eq!(schemars::schema_for!(Sku), schemars::schema_for!(String));
     }
 }
