@@ -190,16 +190,14 @@ fn validate(source: &str, rows: &[Row]) -> Result<Vec<Entry>, WorkerError> {
             }
         };
         // Lower case is refused, not upper-cased: see `Currency`.
-        let currency = match Currency::parse(field(4)) {
+        let text = field(4);
+        let currency = match Currency::parse(text) {
             Ok(currency) => Some(currency),
             Err(_) => {
                 problems.add(
                     line,
                     "currency",
-                    format!(
-                        "`{}` is not three upper-case letters (ISO 4217, e.g. USD)",
-                        field(4)
-                    ),
+                    format!("`{text}` is not three upper-case letters (ISO 4217, e.g. USD)"),
                 );
                 None
             }
