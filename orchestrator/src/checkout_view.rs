@@ -2,6 +2,7 @@
 //! `/v1/checkouts` answer, and of the final notice a long poll waits for.
 
 use chrono::{DateTime, Utc};
+use saga_protocol::values::{Cents, Currency};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -36,10 +37,10 @@ impl CheckoutView {
             status,
             reason: saga.reason.clone().filter(|_| rejected),
             detail: saga.detail.clone().filter(|_| rejected),
-            subtotal_cents: saga.subtotal_cents(),
-            tax_cents: saga.tax_cents(),
-            total_cents: saga.total_cents(),
-            currency: saga.currency().map(str::to_owned),
+            subtotal_cents: saga.subtotal_cents().map(Cents::get),
+            tax_cents: saga.tax_cents().map(Cents::get),
+            total_cents: saga.total_cents().map(Cents::get),
+            currency: saga.currency().map(Currency::to_string),
             created_at,
             updated_at,
         }

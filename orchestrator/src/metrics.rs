@@ -244,6 +244,7 @@ fn round_trip(
 #[cfg(test)]
 mod tests {
     use saga_protocol::messages::{LineRequest, Outcome, ShipTo};
+    use saga_protocol::values::Quantity;
     use uuid::Uuid;
 
     use super::*;
@@ -251,10 +252,10 @@ mod tests {
 
     fn awaiting_reserve(policies: &StepPolicies) -> Saga {
         let request = CheckoutRequest {
-            customer_id: "c-1".into(),
+            customer_id: "c-1".parse().unwrap(),
             items: vec![LineRequest {
-                sku: "A".into(),
-                quantity: 1,
+                sku: "A".parse().unwrap(),
+                quantity: Quantity::new(1).unwrap(),
             }],
             ship_to: ShipTo {
                 country: "US".into(),

@@ -167,6 +167,7 @@ mod tests {
         CalculateTax, ChargePayment, Charged, LineRequest, PricedLine, RefundPayment, Refunded,
         ReleaseStock, Released, ReserveStock, Reserved, ShipTo, StepResult,
     };
+    use crate::values::{Cents, Quantity};
 
     #[test]
     fn command_round_trips() {
@@ -180,7 +181,7 @@ mod tests {
         let cmd = Envelope::command(Uuid::new_v4(), 1, Command::Release(ReleaseStock {}));
         let mut reply = cmd.reply(Outcome::Ok(StepResult::Charged(Charged {
             payment_id: Uuid::new_v4(),
-            amount_cents: 10,
+            amount_cents: Cents::new(10),
             currency: None,
         })));
         // A charge result on a release reply is a contract violation.
@@ -219,11 +220,43 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_command_holding_an_invalid_value_does_not_decode() {
+        let sent = Envelope::command(
+            Uuid::new_v4(),
+            1,
+            Command::Reserve(ReserveStock {
+                lines: vec![LineRequest {
+                    sku: "BOOK".parse().unwrap(),
+                    quantity: Quantity::ONE,
+                }],
+            }),
+        );
+        let body: serde_json::Value = serde_json::from_slice(&sent.encode()).unwrap();
+        for (field, value, named) in [
+            (
+                "quantity",
+                serde_json::json!(0),
+                "quantity must be at least 1",
+            ),
+            ("sku", serde_json::json!(" "), "sku must not be blank"),
+        ] {
+            let mut body = body.clone();
+            body["payload"]["lines"][0][field] = value;
+            match Envelope::<Command>::decode(body.to_string().as_bytes()) {
+                Err(DecodeError::BadPayload { error, .. }) => {
+                    assert!(error.contains(named), "{field}: {error}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
     fn line() -> PricedLine {
         PricedLine {
-            sku: "BOOK".into(),
-            quantity: 2,
-            unit_price_cents: 1250,
+            sku: "BOOK".parse().unwrap(),
+            quantity: Quantity::new(2).unwrap(),
+            unit_price_cents: Cents::new(1250),
             tax_category: "standard".into(),
         }
     }
@@ -254,8 +287,8 @@ mod tests {
             (
                 Command::Reserve(ReserveStock {
                     lines: vec![LineRequest {
-                        sku: "BOOK".into(),
-                        quantity: 1,
+                        sku: "BOOK".parse().unwrap(),
+                        quantity: Quantity::ONE,
                     }],
                 }),
                 vec!["payload", "lines", "0"],
@@ -266,17 +299,17 @@ mod tests {
                         country: "US".into(),
                         region: "CA".into(),
                     },
-                    currency: "USD".into(),
+                    currency: "USD".parse().unwrap(),
                     lines: vec![line()],
                 }),
                 vec!["payload", "ship_to"],
             ),
             (
                 Command::Charge(ChargePayment {
-                    amount_cents: 2700,
-                    currency: "USD".into(),
+                    amount_cents: Cents::new(2700),
+                    currency: "USD".parse().unwrap(),
                     payment_method: "sim_approve".into(),
-                    customer_id: "c".into(),
+                    customer_id: "c".parse().unwrap(),
                 }),
                 vec!["payload"],
             ),
@@ -305,7 +338,7 @@ mod tests {
             Command::Reserve(ReserveStock { lines: vec![] }),
         );
         let reserved = command.reply(Outcome::Ok(StepResult::Reserved(Reserved {
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             lines: vec![line()],
         })));
         for path in [
@@ -350,7 +383,9 @@ mod tests {
         };
         // Another step's result lacks this one's fields: still a violation,
         // not a result with defaults.
-        let refunded = StepResult::Refunded(Refunded { refunded_cents: 5 });
+        let refunded = StepResult::Refunded(Refunded {
+            refunded_cents: Cents::new(5),
+        });
         assert!(matches!(
             decode(serde_json::json!({"outcome": "ok", "result": refunded.to_value()})),
             Err(DecodeError::BadPayload { .. })

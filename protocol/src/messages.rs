@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::text::printable;
+use crate::values::{Cents, Currency, CustomerId, Quantity, Sku};
 
 /// Which worker kind a command is for; each has one durable quorum queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,21 +107,24 @@ impl std::fmt::Display for Step {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct LineRequest {
-    pub sku: String,
-    pub quantity: u32,
+    #[schema(value_type = String)]
+    pub sku: Sku,
+    #[schema(value_type = u32)]
+    pub quantity: Quantity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PricedLine {
-    pub sku: String,
-    pub quantity: u32,
-    pub unit_price_cents: i64,
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price_cents: Cents,
     pub tax_category: String,
 }
 
 impl PricedLine {
-    pub fn amount_cents(&self) -> i64 {
-        self.unit_price_cents * i64::from(self.quantity)
+    /// The unit price times the quantity, or None if it does not fit.
+    pub fn amount_cents(&self) -> Option<Cents> {
+        self.unit_price_cents.checked_mul(self.quantity)
     }
 }
 
@@ -142,16 +146,16 @@ pub struct ReleaseStock {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CalculateTax {
     pub ship_to: ShipTo,
-    pub currency: String,
+    pub currency: Currency,
     pub lines: Vec<PricedLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChargePayment {
-    pub amount_cents: i64,
-    pub currency: String,
+    pub amount_cents: Cents,
+    pub currency: Currency,
     pub payment_method: String,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -202,7 +206,7 @@ impl Command {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reserved {
-    pub currency: String,
+    pub currency: Currency,
     pub lines: Vec<PricedLine>,
 }
 
@@ -214,33 +218,33 @@ pub struct Released {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LineTax {
-    pub sku: String,
+    pub sku: Sku,
     pub rate_bp: u32,
-    pub tax_cents: i64,
+    pub tax_cents: Cents,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaxCalculated {
     pub lines: Vec<LineTax>,
-    pub tax_cents: i64,
+    pub tax_cents: Cents,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Charged {
     pub payment_id: Uuid,
-    pub amount_cents: i64,
+    pub amount_cents: Cents,
     /// The currency charged. Read, checked against the checkout's when
     /// present, but not sent yet: v0.2.0 orchestrators refuse unknown fields
     /// in a result, so the payment worker sends it once v0.2.0 is out of
     /// the two releases a build must roll from (see `CHARGE_REPLY_CURRENCY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
+    pub currency: Option<Currency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Refunded {
     /// Zero when there was nothing to refund.
-    pub refunded_cents: i64,
+    pub refunded_cents: Cents,
 }
 
 /// The result of a step that succeeded, typed by its step.
@@ -300,8 +304,9 @@ pub mod reason {
     pub const INVALID_AMOUNT: &str = "invalid_amount";
     /// A forward step that arrived after its compensation already ran.
     pub const ALREADY_COMPENSATED: &str = "already_compensated";
-    /// A command that parses but no business could act on: no lines, a zero
-    /// quantity, a negative amount. Refusing it beats retrying it forever.
+    /// A command that parses but no business could act on: no lines, a
+    /// negative unit price. Refusing it beats retrying it forever. (A zero
+    /// quantity or a blank SKU does not parse: see `values`.)
     pub const INVALID_COMMAND: &str = "invalid_command";
 }
 

@@ -15,6 +15,7 @@ pub mod queue_policies;
 pub mod schema;
 pub mod service_config;
 pub mod shutdown;
+pub mod stored;
 pub mod telemetry;
 pub mod tls;
 pub mod topology;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use orchestrator::saga::{CheckoutRequest, Saga, SagaStatus};
 use saga_protocol::messages::{LineRequest, LineTax, PricedLine, Reserved, ShipTo, TaxCalculated};
+use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::Step;
 use saga_testkit::TestDatabase;
 use uuid::Uuid;
@@ -38,9 +39,9 @@ fn saga(id: Uuid, status: SagaStatus, items: &[(&str, u32)], progress: &[Step]) 
     let priced: Vec<PricedLine> = items
         .iter()
         .map(|(sku, quantity)| PricedLine {
-            sku: sku.to_string(),
-            quantity: *quantity,
-            unit_price_cents: price(sku),
+            sku: sku.parse().unwrap(),
+            quantity: Quantity::new(*quantity).unwrap(),
+            unit_price_cents: Cents::new(price(sku)),
             tax_category: "standard".into(),
         })
         .collect();
@@ -49,19 +50,19 @@ fn saga(id: Uuid, status: SagaStatus, items: &[(&str, u32)], progress: &[Step]) 
         .map(|l| LineTax {
             sku: l.sku.clone(),
             rate_bp: 1000,
-            tax_cents: l.amount_cents() / 10,
+            tax_cents: Cents::new(l.amount_cents().unwrap().get() / 10),
         })
         .collect();
     Saga {
         id,
         status,
         request: CheckoutRequest {
-            customer_id: "c-1".into(),
+            customer_id: "c-1".parse().unwrap(),
             items: items
                 .iter()
                 .map(|(sku, quantity)| LineRequest {
-                    sku: sku.to_string(),
-                    quantity: *quantity,
+                    sku: sku.parse().unwrap(),
+                    quantity: Quantity::new(*quantity).unwrap(),
                 })
                 .collect(),
             ship_to: ShipTo {
@@ -78,13 +79,13 @@ fn saga(id: Uuid, status: SagaStatus, items: &[(&str, u32)], progress: &[Step]) 
         completed: progress.to_vec(),
         compensations: vec![],
         reserved: progress.contains(&Step::Reserve).then(|| Reserved {
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             lines: priced,
         }),
         tax: progress
             .contains(&Step::CalculateTax)
             .then(|| TaxCalculated {
-                tax_cents: tax_lines.iter().map(|l| l.tax_cents).sum(),
+                tax_cents: Cents::checked_sum(tax_lines.iter().map(|l| l.tax_cents)).unwrap(),
                 lines: tax_lines,
             }),
         charge: None,
@@ -221,7 +222,7 @@ impl World {
         .execute(&self.orchestrator.pool)
         .await
         .unwrap();
-        saga.total_cents().unwrap_or(0)
+        saga.total_cents().map_or(0, Cents::get)
     }
 
     /// A reservation with one line per request line, as the worker writes it.
@@ -252,9 +253,9 @@ impl World {
             )
             .bind(saga_id)
             .bind(position as i32)
-            .bind(&item.sku)
-            .bind(item.quantity as i32)
-            .bind(price(&item.sku))
+            .bind(item.sku.as_str())
+            .bind(item.quantity.get() as i32)
+            .bind(price(item.sku.as_str()))
             .execute(&self.inventory.pool)
             .await
             .unwrap();
@@ -575,8 +576,8 @@ async fn orphan_reservation_and_payment() {
             orphan,
             false,
             &[LineRequest {
-                sku: "sku-a".into(),
-                quantity: 1,
+                sku: "sku-a".parse().unwrap(),
+                quantity: Quantity::ONE,
             }],
         )
         .await;

@@ -1,5 +1,7 @@
 //! Turns request bodies into typed values (a checkout into a
-//! [`CheckoutRequest`]), or into the list of fields that are wrong and why.
+//! [`CheckoutRequest`] of `saga_protocol::values`), or into the list of
+//! fields that are wrong and why. The values' own rules decide what is
+//! valid; this module words the answer as this API always has.
 
 use std::collections::HashMap;
 
@@ -8,6 +10,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, StatusCode};
 use saga_protocol::messages::{LineRequest, ShipTo};
+use saga_protocol::values::{check_text, CustomerId, Quantity, Sku, ValueError};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::error::Category;
@@ -18,8 +21,8 @@ use crate::saga::CheckoutRequest;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_QUANTITY: i64 = 10_000;
-pub(crate) const MAX_ID_LEN: usize = 128;
-pub(crate) const MAX_SKU_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = CustomerId::MAX_CHARS;
+pub(crate) const MAX_SKU_LEN: usize = Sku::MAX_CHARS;
 pub(crate) const MAX_METHOD_LEN: usize = 64;
 pub(crate) const MAX_REGION_LEN: usize = 16;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -159,12 +162,15 @@ fn without_position(message: String) -> String {
 
 fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
     let mut errors = Vec::new();
-    text(&mut errors, "customer_id", &body.customer_id, MAX_ID_LEN);
-    text(
+    let customer_id = valid(
+        &mut errors,
+        "customer_id",
+        CustomerId::parse(body.customer_id.as_str()),
+    );
+    valid(
         &mut errors,
         "payment_method",
-        &body.payment_method,
-        MAX_METHOD_LEN,
+        check_text("payment_method", &body.payment_method, MAX_METHOD_LEN),
     );
     if body.items.is_empty() {
         errors.push(FieldError::new("items", "must contain at least one item"));
@@ -176,25 +182,31 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
         ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut quantities = Vec::with_capacity(body.items.len());
+    let mut lines = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.iter().enumerate() {
         let sku_field = format!("items[{i}].sku");
-        text(&mut errors, &sku_field, &item.sku, MAX_SKU_LEN);
+        let sku = valid(&mut errors, &sku_field, Sku::parse(item.sku.as_str()));
         if let Some(first) = seen.insert(item.sku.as_str(), i) {
             errors.push(FieldError::new(
                 sku_field,
                 format!("duplicate SKU `{}` (also in items[{first}]); put the total quantity on one line", item.sku),
             ));
         }
-        match whole_number(&item.quantity).filter(|q| (1..=MAX_QUANTITY).contains(q)) {
-            Some(quantity) => quantities.push(quantity as u32),
-            None => errors.push(FieldError::new(
+        // The upper bound is this API's; `Quantity` itself only refuses 0.
+        let quantity = whole_number(&item.quantity)
+            .filter(|q| (1..=MAX_QUANTITY).contains(q))
+            .and_then(|q| Quantity::new(q as u32).ok());
+        if quantity.is_none() {
+            errors.push(FieldError::new(
                 format!("items[{i}].quantity"),
                 format!(
                     "must be a whole number from 1 to {MAX_QUANTITY}, got {}",
                     item.quantity
                 ),
-            )),
+            ));
+        }
+        if let (Some(sku), Some(quantity)) = (sku, quantity) {
+            lines.push(LineRequest { sku, quantity });
         }
     }
     let country = &body.ship_to.country;
@@ -215,20 +227,13 @@ fn validate(body: Body) -> Result<CheckoutRequest, ApiError> {
             format!("must be at most {MAX_REGION_LEN} letters, digits or `-`"),
         ));
     }
-    if !errors.is_empty() {
+    // An invalid customer_id (None) is among the errors.
+    let Some(customer_id) = customer_id.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Invalid(errors));
-    }
+    };
     Ok(CheckoutRequest {
-        customer_id: body.customer_id,
-        items: body
-            .items
-            .into_iter()
-            .zip(quantities)
-            .map(|(i, quantity)| LineRequest {
-                sku: i.sku,
-                quantity,
-            })
-            .collect(),
+        customer_id,
+        items: lines,
         ship_to: ShipTo {
             country: country.to_ascii_uppercase(),
             region: region.to_ascii_uppercase(),
@@ -249,20 +254,21 @@ fn whole_number(number: &serde_json::Number) -> Option<i64> {
     })
 }
 
-fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
-    if value.trim().is_empty() {
-        errors.push(FieldError::new(field, "must not be empty"));
-    } else if value.chars().count() > max {
-        errors.push(FieldError::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    } else if value.chars().any(char::is_control) {
-        errors.push(FieldError::new(
-            field,
-            "must not contain control characters",
-        ));
-    }
+/// The value, or None with the field's error added, worded as this API
+/// words it (the values' own messages name the value, not the field).
+fn valid<T>(errors: &mut Vec<FieldError>, field: &str, value: Result<T, ValueError>) -> Option<T> {
+    let error = match value {
+        Ok(value) => return Some(value),
+        Err(error) => error,
+    };
+    let message = match error {
+        ValueError::Blank { .. } => "must not be empty".to_owned(),
+        ValueError::TooLong { max, .. } => format!("must be at most {max} characters"),
+        ValueError::ControlCharacter { .. } => "must not contain control characters".to_owned(),
+        other => other.to_string(),
+    };
+    errors.push(FieldError::new(field, message));
+    None
 }
 
 /// A valid `Idempotency-Key` header value, if any.

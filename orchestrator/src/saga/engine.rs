@@ -586,7 +586,7 @@ fn command_for(saga: &Saga, step: Step) -> Command {
             amount_cents: saga
                 .total_cents()
                 .expect("charge runs after reserve and tax"),
-            currency: saga.currency().unwrap_or_default().to_owned(),
+            currency: saga.currency().cloned().expect("charge runs after reserve"),
             payment_method: request.payment_method.clone(),
             customer_id: request.customer_id.clone(),
         }),

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use saga_protocol::messages::{Charged, Refunded, Reserved, StepResult, TaxCalculated};
+use saga_protocol::values::{Cents, Currency};
 use saga_protocol::Step;
 
 use super::model::Saga;
@@ -82,8 +83,11 @@ fn reservation(saga: &Saga, reserved: &Reserved) -> Option<Mismatch> {
         .request
         .items
         .iter()
-        .map(|l| (l.sku.as_str(), l.quantity));
-    let got = reserved.lines.iter().map(|l| (l.sku.as_str(), l.quantity));
+        .map(|l| (l.sku.as_str(), l.quantity.get()));
+    let got = reserved
+        .lines
+        .iter()
+        .map(|l| (l.sku.as_str(), l.quantity.get()));
     differs(
         Step::Reserve,
         "lines",
@@ -100,10 +104,7 @@ fn tax_lines(saga: &Saga, tax: &TaxCalculated) -> Option<Mismatch> {
     if let Some(mismatch) = differs(Step::CalculateTax, "lines", expected, got) {
         return Some(mismatch);
     }
-    let sum = tax
-        .lines
-        .iter()
-        .try_fold(0i64, |sum, line| sum.checked_add(line.tax_cents));
+    let sum = Cents::checked_sum(tax.lines.iter().map(|line| line.tax_cents));
     (sum != Some(tax.tax_cents)).then(|| Mismatch {
         step: Step::CalculateTax,
         field: "tax_cents",
@@ -131,9 +132,14 @@ fn charge(saga: &Saga, charged: &Charged) -> Option<Mismatch> {
     ) {
         return Some(mismatch);
     }
-    let currency = saga.currency().unwrap_or_default();
+    let currency = saga.currency().map(Currency::to_string);
     match &charged.currency {
-        Some(got) => differs(Step::Charge, "currency", currency.to_owned(), got.clone()),
+        Some(got) => differs(
+            Step::Charge,
+            "currency",
+            currency.unwrap_or_default(),
+            got.to_string(),
+        ),
         None => None,
     }
 }
@@ -145,8 +151,8 @@ fn refund(saga: &Saga, refunded: &Refunded) -> Option<Mismatch> {
     let got = refunded.refunded_cents;
     let (ok, expected) = match (&saga.charge, saga.total_cents()) {
         (Some(charge), _) => (got == charge.amount_cents, charge.amount_cents.to_string()),
-        (None, Some(total)) => (got == 0 || got == total, format!("0 or {total}")),
-        (None, None) => (got == 0, "0".to_owned()),
+        (None, Some(total)) => (got == Cents::ZERO || got == total, format!("0 or {total}")),
+        (None, None) => (got == Cents::ZERO, "0".to_owned()),
     };
     (!ok).then(|| Mismatch {
         step: Step::Refund,

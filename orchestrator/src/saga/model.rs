@@ -1,6 +1,7 @@
 //! The saga's state, as stored (JSON) and as the engine sees it.
 
 use saga_protocol::messages::{Charged, LineRequest, Reserved, ShipTo, TaxCalculated};
+use saga_protocol::values::{Cents, Currency, CustomerId};
 use saga_protocol::Step;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -8,7 +9,8 @@ use uuid::Uuid;
 /// A validated checkout request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckoutRequest {
-    pub customer_id: String,
+    #[schema(value_type = String)]
+    pub customer_id: CustomerId,
     pub items: Vec<LineRequest>,
     pub ship_to: ShipTo,
     pub payment_method: String,
@@ -147,27 +149,24 @@ impl Saga {
 
     /// `None` before the reservation, and for a sum that does not fit in
     /// an `i64` (the engine refuses such a checkout `invalid_amount`).
-    pub fn subtotal_cents(&self) -> Option<i64> {
+    pub fn subtotal_cents(&self) -> Option<Cents> {
         self.reserved.as_ref().and_then(|r| {
-            r.lines.iter().try_fold(0i64, |sum, line| {
-                sum.checked_add(
-                    line.unit_price_cents
-                        .checked_mul(i64::from(line.quantity))?,
-                )
+            r.lines.iter().try_fold(Cents::ZERO, |sum, line| {
+                sum.checked_add(line.amount_cents()?)
             })
         })
     }
 
-    pub fn tax_cents(&self) -> Option<i64> {
+    pub fn tax_cents(&self) -> Option<Cents> {
         self.tax.as_ref().map(|t| t.tax_cents)
     }
 
     /// `None` until tax is known, and when subtotal + tax overflows.
-    pub fn total_cents(&self) -> Option<i64> {
+    pub fn total_cents(&self) -> Option<Cents> {
         self.subtotal_cents()?.checked_add(self.tax_cents()?)
     }
 
-    pub fn currency(&self) -> Option<&str> {
-        self.reserved.as_ref().map(|r| r.currency.as_str())
+    pub fn currency(&self) -> Option<&Currency> {
+        self.reserved.as_ref().map(|r| &r.currency)
     }
 }

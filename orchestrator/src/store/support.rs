@@ -1,6 +1,7 @@
 //! Read queries for support staff: lists, timelines, failure groups.
 
 use chrono::{DateTime, Utc};
+use saga_protocol::values::{Cents, Currency};
 use saga_protocol::Step;
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
@@ -87,10 +88,10 @@ impl From<&SagaRecord> for SagaSummary {
             step: saga.current,
             attempt: saga.attempt,
             last_error: saga.last_error.clone(),
-            customer_id: saga.request.customer_id.clone(),
+            customer_id: saga.request.customer_id.to_string(),
             client: record.client.clone(),
-            total_cents: saga.total_cents(),
-            currency: saga.currency().map(str::to_owned),
+            total_cents: saga.total_cents().map(Cents::get),
+            currency: saga.currency().map(Currency::to_string),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_protocol::messages::{ChargePayment, Command, Outcome};
+use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
 use saga_shared::broker::{Broker, Outgoing};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
@@ -22,10 +23,10 @@ fn poisons() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         Uuid::new_v4(),
         1,
         Command::Charge(ChargePayment {
-            amount_cents: 100,
-            currency: "USD".into(),
+            amount_cents: Cents::new(100),
+            currency: "USD".parse().unwrap(),
             payment_method: "sim_approve".into(),
-            customer_id: "c".into(),
+            customer_id: "c".parse().unwrap(),
         }),
     );
     let valid: Value = serde_json::from_slice(&command.encode()).unwrap();

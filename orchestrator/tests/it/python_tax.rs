@@ -18,6 +18,7 @@ use futures::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use saga_protocol::messages::{CalculateTax, Command, Outcome, PricedLine, ShipTo, Step};
+use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing};
 use saga_shared::queue_policies::{Applied, Management};
@@ -108,9 +109,9 @@ fn tax_command(country: &str, region: &str, items: &[(&str, u32)]) -> Envelope<C
         .map(|(sku, quantity)| {
             let (price, category) = product(sku);
             PricedLine {
-                sku: (*sku).to_owned(),
-                quantity: *quantity,
-                unit_price_cents: price,
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(*quantity).unwrap(),
+                unit_price_cents: Cents::new(price),
                 tax_category: category.to_owned(),
             }
         })
@@ -127,7 +128,7 @@ fn tax_command_of(country: &str, region: &str, lines: Vec<PricedLine>) -> Envelo
                 country: country.to_owned(),
                 region: region.to_owned(),
             },
-            currency: "USD".to_owned(),
+            currency: "USD".parse().unwrap(),
             lines,
         }),
     )
@@ -521,12 +522,12 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
     // Rust contract decodes.
     let mut huge = tax_command("US", "CA", &[("MUG", 1)]);
     if let Command::CalculateTax(request) = &mut huge.payload {
-        request.lines[0].quantity = u32::MAX;
-        request.lines[0].unit_price_cents = i64::MAX / 2;
+        request.lines[0].quantity = Quantity::new(u32::MAX).unwrap();
+        request.lines[0].unit_price_cents = Cents::new(i64::MAX / 2);
     }
     let mut negative = tax_command("US", "CA", &[("MUG", 1), ("BOOK", 1)]);
     if let Command::CalculateTax(request) = &mut negative.payload {
-        request.lines[1].unit_price_cents = -1;
+        request.lines[1].unit_price_cents = Cents::new(-1);
     }
     let compared = [
         duplicated.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
+use saga_protocol::values::Cents;
 use saga_protocol::{Envelope, Step};
 use saga_shared::broker::{Broker, Outgoing};
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
@@ -74,16 +75,16 @@ async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted()
         saga,
         1,
         Command::Charge(ChargePayment {
-            amount_cents: 10_725,
-            currency: "USD".into(),
+            amount_cents: Cents::new(10_725),
+            currency: "USD".parse().unwrap(),
             payment_method: "sim_slow_4000".into(),
-            customer_id: "customer-1".into(),
+            customer_id: "customer-1".parse().unwrap(),
         }),
     );
     let forged = command.reply(Outcome::Ok(StepResult::Charged(Charged {
         payment_id: Uuid::new_v4(),
-        amount_cents: 1,
-        currency: Some("USD".into()),
+        amount_cents: Cents::new(1),
+        currency: Some("USD".parse().unwrap()),
     })));
     broker
         .publish(&Outgoing {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
+use saga_protocol::values::Cents;
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{Broker, BrokerError, Outgoing};
 use saga_shared::broker_users::Role;
@@ -21,16 +22,16 @@ fn forged_charge(topology: &Topology, saga_id: Uuid, amount_cents: i64) -> Outgo
         saga_id,
         1,
         Command::Charge(ChargePayment {
-            amount_cents,
-            currency: "EUR".into(),
+            amount_cents: Cents::new(amount_cents),
+            currency: "EUR".parse().unwrap(),
             payment_method: "sim_approve".into(),
-            customer_id: "c".into(),
+            customer_id: "c".parse().unwrap(),
         }),
     )
     .reply(Outcome::Ok(StepResult::Charged(Charged {
         payment_id: Uuid::new_v4(),
-        amount_cents,
-        currency: Some("EUR".into()),
+        amount_cents: Cents::new(amount_cents),
+        currency: Some("EUR".parse().unwrap()),
     })));
     Outgoing {
         exchange: topology.reply_exchange(),

@@ -3,6 +3,7 @@ use saga_protocol::envelope::Envelope;
 use saga_protocol::messages::{
     Command, LineRequest, LineTax, Outcome, PricedLine, ShipTo, StepResult,
 };
+use saga_protocol::values::{Cents, Quantity};
 use uuid::Uuid;
 
 /// Enough of JSON Schema for the keywords these schemas use: whether
@@ -78,9 +79,9 @@ fn valid(root: &Value, schema: &Value, value: &Value) -> bool {
 
 fn priced(sku: &str) -> PricedLine {
     PricedLine {
-        sku: sku.into(),
-        quantity: 2,
-        unit_price_cents: 1250,
+        sku: sku.parse().unwrap(),
+        quantity: Quantity::new(2).unwrap(),
+        unit_price_cents: Cents::new(1250),
         tax_category: "standard".into(),
     }
 }
@@ -89,8 +90,8 @@ fn commands() -> Vec<Command> {
     vec![
         Command::Reserve(ReserveStock {
             lines: vec![LineRequest {
-                sku: "BOOK".into(),
-                quantity: 2,
+                sku: "BOOK".parse().unwrap(),
+                quantity: Quantity::new(2).unwrap(),
             }],
         }),
         Command::CalculateTax(CalculateTax {
@@ -98,14 +99,14 @@ fn commands() -> Vec<Command> {
                 country: "US".into(),
                 region: "CA".into(),
             },
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             lines: vec![priced("BOOK")],
         }),
         Command::Charge(ChargePayment {
-            amount_cents: 2700,
-            currency: "USD".into(),
+            amount_cents: Cents::new(2700),
+            currency: "USD".parse().unwrap(),
             payment_method: "sim_approve".into(),
-            customer_id: "c-1".into(),
+            customer_id: "c-1".parse().unwrap(),
         }),
         Command::Release(ReleaseStock {}),
         Command::Refund(RefundPayment {}),
@@ -115,25 +116,25 @@ fn commands() -> Vec<Command> {
 fn result(step: Step) -> StepResult {
     match step {
         Step::Reserve => StepResult::Reserved(Reserved {
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             lines: vec![priced("BOOK")],
         }),
         Step::CalculateTax => StepResult::TaxCalculated(TaxCalculated {
             lines: vec![LineTax {
-                sku: "BOOK".into(),
+                sku: "BOOK".parse().unwrap(),
                 rate_bp: 800,
-                tax_cents: 200,
+                tax_cents: Cents::new(200),
             }],
-            tax_cents: 200,
+            tax_cents: Cents::new(200),
         }),
         Step::Charge => StepResult::Charged(Charged {
             payment_id: Uuid::new_v4(),
-            amount_cents: 2700,
-            currency: Some("USD".into()),
+            amount_cents: Cents::new(2700),
+            currency: Some("USD".parse().unwrap()),
         }),
         Step::Release => StepResult::Released(Released { released: true }),
         Step::Refund => StepResult::Refunded(Refunded {
-            refunded_cents: 2700,
+            refunded_cents: Cents::new(2700),
         }),
     }
 }

@@ -6,6 +6,7 @@ use std::collections::hash_map::Entry as Seen;
 use std::collections::HashMap;
 use std::io::Read;
 
+use saga_protocol::values::{Cents, Currency, Sku, ValueError};
 use sqlx::PgPool;
 
 use crate::import::{read_rows, ImportSummary, Problems, Row};
@@ -26,8 +27,8 @@ pub const IMPORT_HEADER: [&str; 6] = [
 /// `i64` overflow.
 pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
 
-/// The longest SKU an import accepts, in characters.
-pub const MAX_SKU_CHARS: usize = 64;
+/// The longest SKU an import accepts, in characters: any SKU's.
+pub const MAX_SKU_CHARS: usize = Sku::MAX_CHARS;
 
 pub const EXPORT_HEADER: [&str; 7] = [
     "sku",
@@ -42,11 +43,11 @@ pub const EXPORT_HEADER: [&str; 7] = [
 /// One valid row of an import file.
 struct Entry {
     line: u64,
-    sku: String,
+    sku: Sku,
     name: String,
     on_hand: i32,
-    unit_price_cents: i64,
-    currency: String,
+    unit_price_cents: Cents,
+    currency: Currency,
     tax_category: String,
 }
 
@@ -77,7 +78,7 @@ pub async fn import(
 
     let mut problems = Problems::new(source);
     for entry in &entries {
-        match held.get(&entry.sku) {
+        match held.get(entry.sku.as_str()) {
             Some(&held) if entry.on_hand < held => problems.add(
                 entry.line,
                 "on_hand",
@@ -93,7 +94,7 @@ pub async fn import(
 
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     let on_hand: Vec<i32> = entries.iter().map(|e| e.on_hand).collect();
-    let prices: Vec<i64> = entries.iter().map(|e| e.unit_price_cents).collect();
+    let prices: Vec<i64> = entries.iter().map(|e| e.unit_price_cents.get()).collect();
     let currencies: Vec<&str> = entries.iter().map(|e| e.currency.as_str()).collect();
     let categories: Vec<&str> = entries.iter().map(|e| e.tax_category.as_str()).collect();
     // `on_hand - available` on the right of SET is the old row's: what its
@@ -123,7 +124,10 @@ pub async fn import(
     .await?;
     tx.commit().await?;
 
-    let updated = entries.iter().filter(|e| held.contains_key(&e.sku)).count() as u64;
+    let updated = entries
+        .iter()
+        .filter(|e| held.contains_key(e.sku.as_str()))
+        .count() as u64;
     Ok(ImportSummary {
         what: "products",
         new: entries.len() as u64 - updated,
@@ -133,37 +137,32 @@ pub async fn import(
 
 fn validate(source: &str, rows: &[Row]) -> Result<Vec<Entry>, WorkerError> {
     let mut problems = Problems::new(source);
-    let mut first_line: HashMap<String, u64> = HashMap::new();
+    let mut first_line: HashMap<Sku, u64> = HashMap::new();
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         let field = |i: usize| row.record.get(i).unwrap_or_default();
         let line = row.line;
-        let sku = field(0);
-        if sku.is_empty() {
-            problems.add(line, "sku", "is empty");
-        } else if sku.chars().count() > MAX_SKU_CHARS {
-            problems.add(
-                line,
-                "sku",
-                format!(
-                    "is {} characters long, more than {MAX_SKU_CHARS}",
-                    sku.chars().count()
-                ),
-            );
-        } else if sku.chars().any(char::is_control) {
-            problems.add(line, "sku", format!("{sku:?} holds a control character"));
-        } else {
-            match first_line.entry(sku.to_owned()) {
-                Seen::Occupied(first) => problems.add(
-                    line,
-                    "sku",
-                    format!("`{sku}` is already on line {}", first.get()),
-                ),
+        let text = field(0);
+        let sku = match Sku::parse(text) {
+            Ok(sku) => match first_line.entry(sku.clone()) {
+                Seen::Occupied(first) => {
+                    problems.add(
+                        line,
+                        "sku",
+                        format!("`{sku}` is already on line {}", first.get()),
+                    );
+                    None
+                }
                 Seen::Vacant(slot) => {
                     slot.insert(line);
+                    Some(sku)
                 }
+            },
+            Err(error) => {
+                problems.add(line, "sku", sku_problem(text, error));
+                None
             }
-        }
+        };
         let on_hand = match whole_number(field(2)) {
             Ok(n) if n > i64::from(i32::MAX) => {
                 problems.add(line, "on_hand", format!("{n} is too large"));
@@ -190,32 +189,53 @@ fn validate(source: &str, rows: &[Row]) -> Result<Vec<Entry>, WorkerError> {
                 None
             }
         };
-        let currency = field(4);
-        if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
-            problems.add(
-                line,
-                "currency",
-                format!("`{currency}` is not three upper-case letters (ISO 4217, e.g. USD)"),
-            );
-        }
+        // Lower case is refused, not upper-cased: see `Currency`.
+        let text = field(4);
+        let currency = match Currency::parse(text) {
+            Ok(currency) => Some(currency),
+            Err(_) => {
+                problems.add(
+                    line,
+                    "currency",
+                    format!("`{text}` is not three upper-case letters (ISO 4217, e.g. USD)"),
+                );
+                None
+            }
+        };
         let tax_category = field(5);
         if tax_category.is_empty() {
             problems.add(line, "tax_category", "is empty");
         }
-        if let (Some(on_hand), Some(unit_price_cents)) = (on_hand, unit_price_cents) {
+        if let (Some(sku), Some(on_hand), Some(unit_price_cents), Some(currency)) =
+            (sku, on_hand, unit_price_cents, currency)
+        {
             entries.push(Entry {
                 line,
-                sku: sku.to_owned(),
+                sku,
                 name: field(1).to_owned(),
                 on_hand,
-                unit_price_cents,
-                currency: currency.to_owned(),
+                unit_price_cents: Cents::new(unit_price_cents),
+                currency,
                 tax_category: tax_category.to_owned(),
             });
         }
     }
     problems.into_result()?;
     Ok(entries)
+}
+
+/// What is wrong with the SKU `text`, in the words this import has always
+/// used.
+fn sku_problem(text: &str, error: ValueError) -> String {
+    match error {
+        ValueError::Blank { .. } if text.is_empty() => "is empty".to_owned(),
+        ValueError::Blank { .. } => "is blank".to_owned(),
+        ValueError::TooLong { chars, .. } => {
+            format!("is {chars} characters long, more than {MAX_SKU_CHARS}")
+        }
+        ValueError::ControlCharacter { .. } => format!("{text:?} holds a control character"),
+        other => other.to_string(),
+    }
 }
 
 /// A count or an amount of minor units: an integer, zero or more.

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use saga_protocol::values::{Cents, Currency, Sku};
+
 use super::rules::Stock;
 
 /// Entries beyond this drop the whole map: a catalogue this large is read
@@ -15,18 +17,18 @@ const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Price {
-    unit_price_cents: i64,
-    currency: String,
+    unit_price_cents: Cents,
+    currency: Currency,
     tax_category: String,
 }
 
 #[derive(Debug, Default)]
-pub struct Prices(Mutex<HashMap<String, Price>>);
+pub struct Prices(Mutex<HashMap<Sku, Price>>);
 
 impl Prices {
     /// The remembered prices of every one of `skus`, as stock with no
     /// availability known (`available` 0); `None` when one is missing.
-    pub fn of(&self, skus: &[&str]) -> Option<Vec<Stock>> {
+    pub fn of(&self, skus: &[&Sku]) -> Option<Vec<Stock>> {
         let prices = self
             .0
             .lock()
@@ -34,7 +36,7 @@ impl Prices {
         skus.iter()
             .map(|sku| {
                 prices.get(*sku).map(|price| Stock {
-                    sku: (*sku).to_owned(),
+                    sku: (*sku).clone(),
                     available: 0,
                     unit_price_cents: price.unit_price_cents,
                     currency: price.currency.clone(),
@@ -72,10 +74,10 @@ mod tests {
 
     fn stock(sku: &str, price: i64) -> Stock {
         Stock {
-            sku: sku.into(),
+            sku: sku.parse().unwrap(),
             available: 7,
-            unit_price_cents: price,
-            currency: "USD".into(),
+            unit_price_cents: Cents::new(price),
+            currency: "USD".parse().unwrap(),
             tax_category: "general".into(),
         }
     }
@@ -83,14 +85,15 @@ mod tests {
     #[test]
     fn all_or_nothing_and_the_newest_read_wins() {
         let prices = Prices::default();
-        assert_eq!(prices.of(&["MUG"]), None);
+        let [mug, tea, cup] = ["MUG", "TEA", "CUP"].map(|s| s.parse::<Sku>().unwrap());
+        assert_eq!(prices.of(&[&mug]), None);
         prices.remember(&[stock("MUG", 850), stock("CUP", 400)]);
-        assert_eq!(prices.of(&["MUG", "TEA"]), None);
+        assert_eq!(prices.of(&[&mug, &tea]), None);
         prices.remember(&[stock("MUG", 900)]);
-        let known = prices.of(&["CUP", "MUG"]).unwrap();
+        let known = prices.of(&[&cup, &mug]).unwrap();
         let seen: Vec<(&str, i64, i32)> = known
             .iter()
-            .map(|s| (s.sku.as_str(), s.unit_price_cents, s.available))
+            .map(|s| (s.sku.as_str(), s.unit_price_cents.get(), s.available))
             .collect();
         assert_eq!(seen, [("CUP", 400, 0), ("MUG", 900, 0)]);
     }

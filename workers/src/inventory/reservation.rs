@@ -6,6 +6,7 @@
 use saga_protocol::messages::{
     reason, Command, Outcome, Released, ReserveStock, Reserved, StepResult,
 };
+use saga_protocol::values::Sku;
 use saga_protocol::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -29,7 +30,7 @@ pub async fn reserve_at_once(
         return Ok(None);
     }
     let wanted = rules::wanted(&request.lines);
-    let skus: Vec<&str> = wanted.keys().copied().collect();
+    let skus: Vec<&Sku> = wanted.keys().copied().collect();
     let known = match prices.of(&skus) {
         Some(known) => known,
         None => {
@@ -59,7 +60,7 @@ pub async fn reserve(
         return Ok(Outcome::rejected(reason::INVALID_COMMAND, problem));
     }
     let wanted = rules::wanted(&request.lines);
-    let skus: Vec<&str> = wanted.keys().copied().collect();
+    let skus: Vec<&Sku> = wanted.keys().copied().collect();
     let stock = match store::claim_reading_stock(conn, saga_id, &skus).await? {
         (Claim::Created, stock) => stock,
         (Claim::Existing(Status::Active), _) => {

@@ -3,7 +3,9 @@
 //! only, the one that takes its stock, and always in SKU order.
 
 use saga_protocol::messages::{reason, Command, Outcome, PricedLine, Reserved};
+use saga_protocol::values::{Cents, Sku};
 use saga_protocol::Envelope;
+use saga_shared::stored;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -105,7 +107,7 @@ struct ClaimedStock {
 pub async fn claim_reading_stock(
     conn: &mut PgConnection,
     saga_id: Uuid,
-    skus: &[&str],
+    skus: &[&Sku],
 ) -> Result<(Claim, Vec<Stock>), sqlx::Error> {
     // The one-row left join keeps the `created` flag when no SKU is known.
     let rows: Vec<ClaimedStock> = sqlx::query_as(
@@ -120,31 +122,53 @@ pub async fn claim_reading_stock(
          LEFT JOIN products p ON p.sku = ANY($2)",
     )
     .bind(saga_id)
-    .bind(skus)
+    .bind(texts(skus))
     .fetch_all(&mut *conn)
     .await?;
     if !rows.first().is_some_and(|r| r.created) {
         return Ok((Claim::Existing(locked_status(conn, saga_id).await?), vec![]));
     }
-    let stock = rows
-        .into_iter()
-        .filter_map(|r| {
-            Some(Stock {
-                sku: r.sku?,
-                available: r.available?,
-                unit_price_cents: r.unit_price_cents?,
-                currency: r.currency?,
-                tax_category: r.tax_category?,
-            })
-        })
-        .collect();
+    let mut stock = Vec::with_capacity(rows.len());
+    for r in rows {
+        // Only the one row of a left join that matched no product has nulls.
+        if let (Some(sku), Some(available), Some(price), Some(currency), Some(category)) = (
+            r.sku,
+            r.available,
+            r.unit_price_cents,
+            r.currency,
+            r.tax_category,
+        ) {
+            stock.push(stock_row((sku, available, price, currency, category))?);
+        }
+    }
     Ok((Claim::Created, stock))
+}
+
+/// `skus` as the `text[]` the statements bind.
+fn texts<'a>(skus: &[&'a Sku]) -> Vec<&'a str> {
+    skus.iter().map(|sku| sku.as_str()).collect()
+}
+
+/// A product's stock columns: sku, available, unit price, currency, tax
+/// category.
+type StockRow = (String, i32, i64, String, String);
+
+fn stock_row(
+    (sku, available, unit_price_cents, currency, tax_category): StockRow,
+) -> Result<Stock, sqlx::Error> {
+    Ok(Stock {
+        sku: stored::sku(sku)?,
+        available,
+        unit_price_cents: Cents::new(unit_price_cents),
+        currency: stored::currency(currency)?,
+        tax_category,
+    })
 }
 
 /// The stock of `skus`, locked in SKU order until the transaction ends.
 pub async fn locked_stock(
     conn: &mut PgConnection,
-    skus: &[&str],
+    skus: &[&Sku],
 ) -> Result<Vec<Stock>, sqlx::Error> {
     read_stock(
         conn,
@@ -159,42 +183,41 @@ pub async fn locked_stock(
 async fn read_stock(
     conn: &mut PgConnection,
     sql: &'static str,
-    skus: &[&str],
+    skus: &[&Sku],
 ) -> Result<Vec<Stock>, sqlx::Error> {
-    let rows: Vec<(String, i32, i64, String, String)> =
-        sqlx::query_as(sql).bind(skus).fetch_all(&mut *conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(sku, available, unit_price_cents, currency, tax_category)| Stock {
-                sku,
-                available,
-                unit_price_cents,
-                currency,
-                tax_category,
-            },
-        )
-        .collect())
+    let rows: Vec<StockRow> = sqlx::query_as(sql)
+        .bind(texts(skus))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.into_iter().map(stock_row).collect()
 }
 
-/// A take's reservation lines, one array per column, as the statements
-/// that record them bind them.
-struct LineColumns<'a> {
-    positions: Vec<i32>,
+/// A take as the statements that write it bind it, one array per column:
+/// the stock wanted per SKU and the reservation lines.
+struct TakeColumns<'a> {
     skus: Vec<&'a str>,
+    unit_prices: Vec<i64>,
+    positions: Vec<i32>,
+    line_skus: Vec<&'a str>,
     quantities: Vec<i32>,
     prices: Vec<i64>,
     categories: Vec<&'a str>,
 }
 
-impl<'a> LineColumns<'a> {
+impl<'a> TakeColumns<'a> {
     fn of(take: &'a Take) -> Self {
-        LineColumns {
+        TakeColumns {
+            skus: take.skus.iter().map(Sku::as_str).collect(),
+            unit_prices: take.unit_prices_cents.iter().map(|c| c.get()).collect(),
             positions: (0..).take(take.lines.len()).collect(),
-            skus: take.lines.iter().map(|l| l.sku.as_str()).collect(),
+            line_skus: take.lines.iter().map(|l| l.sku.as_str()).collect(),
             // Each line is at most the stock it took, so it fits an integer.
-            quantities: take.lines.iter().map(|l| l.quantity as i32).collect(),
-            prices: take.lines.iter().map(|l| l.unit_price_cents).collect(),
+            quantities: take.lines.iter().map(|l| l.quantity.get() as i32).collect(),
+            prices: take
+                .lines
+                .iter()
+                .map(|l| l.unit_price_cents.get())
+                .collect(),
             categories: take.lines.iter().map(|l| l.tax_category.as_str()).collect(),
         }
     }
@@ -209,7 +232,7 @@ pub async fn take(
     saga_id: Uuid,
     take: &Take,
 ) -> Result<bool, sqlx::Error> {
-    let lines = LineColumns::of(take);
+    let columns = TakeColumns::of(take);
     // `locked` waits for and reads each row's newest version; the UPDATE
     // below then finds the same versions, so it decrements what was checked.
     sqlx::query_scalar(
@@ -254,22 +277,22 @@ pub async fn take(
          SELECT ok FROM enough",
     )
     .bind(saga_id)
-    .bind(&take.skus)
+    .bind(&columns.skus)
     .bind(&take.quantities)
-    .bind(&take.unit_prices_cents)
+    .bind(&columns.unit_prices)
     .bind(&take.tax_categories)
-    .bind(&take.currency)
-    .bind(&lines.positions)
-    .bind(&lines.skus)
-    .bind(&lines.quantities)
-    .bind(&lines.prices)
-    .bind(&lines.categories)
+    .bind(take.currency.as_str())
+    .bind(&columns.positions)
+    .bind(&columns.line_skus)
+    .bind(&columns.quantities)
+    .bind(&columns.prices)
+    .bind(&columns.categories)
     .fetch_one(&mut *conn)
     .await
 }
 
 /// The stock of `skus` as committed, locking nothing: for pricing only.
-pub async fn stock(conn: &mut PgConnection, skus: &[&str]) -> Result<Vec<Stock>, sqlx::Error> {
+pub async fn stock(conn: &mut PgConnection, skus: &[&Sku]) -> Result<Vec<Stock>, sqlx::Error> {
     read_stock(
         conn,
         "SELECT sku, available, unit_price_cents, currency, tax_category
@@ -303,7 +326,7 @@ pub async fn reserve_at_once(
     take: &Take,
     reply: &serde_json::Value,
 ) -> Result<bool, sqlx::Error> {
-    let lines = LineColumns::of(take);
+    let columns = TakeColumns::of(take);
     // `fresh` skips the locks when a committed row already says the case
     // does not apply. `locked` waits for and reads each row's newest
     // version; `enough` decides on those; the UPDATE then finds the same
@@ -363,16 +386,16 @@ pub async fn reserve_at_once(
          SELECT EXISTS (SELECT 1 FROM reserved)",
     )
     .bind(command.saga_id)
-    .bind(&take.skus)
+    .bind(&columns.skus)
     .bind(&take.quantities)
-    .bind(&take.unit_prices_cents)
+    .bind(&columns.unit_prices)
     .bind(&take.tax_categories)
-    .bind(&take.currency)
-    .bind(&lines.positions)
-    .bind(&lines.skus)
-    .bind(&lines.quantities)
-    .bind(&lines.prices)
-    .bind(&lines.categories)
+    .bind(take.currency.as_str())
+    .bind(&columns.positions)
+    .bind(&columns.line_skus)
+    .bind(&columns.quantities)
+    .bind(&columns.prices)
+    .bind(&columns.categories)
     .bind(command.message_id)
     .bind(command.step.routing_key())
     .bind(command.attempt as i32)
@@ -437,17 +460,19 @@ pub async fn recorded(conn: &mut PgConnection, saga_id: Uuid) -> Result<Reserved
     .await?;
     let lines = rows
         .into_iter()
-        .map(
-            |(sku, quantity, unit_price_cents, tax_category)| PricedLine {
-                sku,
-                // The table only holds positive quantities.
-                quantity: quantity.unsigned_abs(),
-                unit_price_cents,
+        .map(|(sku, quantity, unit_price_cents, tax_category)| {
+            Ok(PricedLine {
+                sku: stored::sku(sku)?,
+                quantity: stored::quantity(quantity)?,
+                unit_price_cents: Cents::new(unit_price_cents),
                 tax_category,
-            },
-        )
-        .collect();
-    Ok(Reserved { currency, lines })
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Reserved {
+        currency: stored::currency(currency)?,
+        lines,
+    })
 }
 
 /// Puts the saga's held stock back into `available` and marks the

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use saga_protocol::messages::{
     reason, ChargePayment, Charged, Command, Outcome, Refunded, StepResult,
 };
+use saga_protocol::values::{Cents, Currency};
 use saga_protocol::{Envelope, WorkerKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -111,7 +112,7 @@ fn reference_of(saga_id: Uuid, row: &PaymentRow) -> Result<Uuid, sqlx::Error> {
     })
 }
 
-fn refunded(refunded_cents: i64) -> Outcome {
+fn refunded(refunded_cents: Cents) -> Outcome {
     Outcome::Ok(StepResult::Refunded(Refunded { refunded_cents }))
 }
 
@@ -135,7 +136,7 @@ fn already_compensated(saga_id: Uuid) -> Outcome {
 /// command's currency is the only one a worker charges in.
 const CHARGE_REPLY_CURRENCY: bool = false;
 
-fn reply_currency(currency: Option<String>) -> Option<String> {
+fn reply_currency(currency: Option<Currency>) -> Option<Currency> {
     currency.filter(|_| CHARGE_REPLY_CURRENCY)
 }
 
@@ -174,7 +175,7 @@ impl<P: PaymentProvider> Payment<P> {
     }
 
     /// Charges once per saga; a repeat answers what the first one did.
-    #[tracing::instrument(skip_all, fields(%saga_id, amount_cents = request.amount_cents))]
+    #[tracing::instrument(skip_all, fields(%saga_id, amount_cents = request.amount_cents.get()))]
     async fn charge(
         &self,
         conn: &mut PgConnection,
@@ -284,14 +285,14 @@ impl<P: PaymentProvider> Payment<P> {
         saga_id: Uuid,
     ) -> Result<Decision, sqlx::Error> {
         if store::write_refund_tombstone(conn, saga_id).await? {
-            return Ok(Decision::Answer(refunded(0)));
+            return Ok(Decision::Answer(refunded(Cents::ZERO)));
         }
         let (status, row) = store::locked(conn, saga_id).await?;
         match status {
             // A repeat answers what the first refund did.
             Status::Refunded => return Ok(Decision::Answer(refunded(row.refunded_cents))),
             // The provider gave its final no under the charge key.
-            Status::Declined => return Ok(Decision::Answer(refunded(0))),
+            Status::Declined => return Ok(Decision::Answer(refunded(Cents::ZERO))),
             Status::Charged | Status::Charging | Status::Refunding => {}
         }
         if outage::is_on(conn).await? {

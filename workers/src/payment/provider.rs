@@ -9,6 +9,7 @@
 use std::fmt;
 use std::future::Future;
 
+use saga_protocol::values::{Cents, Currency, CustomerId};
 use uuid::Uuid;
 
 /// One per saga and operation: `charge:<saga_id>`, `refund:<saga_id>`.
@@ -39,10 +40,10 @@ impl fmt::Display for IdempotencyKey {
 pub struct ChargeRequest {
     pub key: IdempotencyKey,
     pub saga_id: Uuid,
-    pub amount_cents: i64,
-    pub currency: String,
+    pub amount_cents: Cents,
+    pub currency: Currency,
     pub payment_method: String,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// How many times this saga's charge already failed transiently.
     pub transient_failures: u32,
 }
@@ -64,7 +65,10 @@ pub enum ProviderAnswer {
     /// Done: `amount_cents` moved (for a refund, 0 when the charge was
     /// voided before it moved anything); `reference` identifies it at the
     /// provider.
-    Approved { reference: Uuid, amount_cents: i64 },
+    Approved {
+        reference: Uuid,
+        amount_cents: Cents,
+    },
     /// A final no, e.g. a declined card or a charge voided by its refund.
     Declined { reason: String },
     /// The provider does not know this payment method.

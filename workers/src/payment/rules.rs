@@ -3,12 +3,14 @@
 //! refund means for the saga's payment.
 
 use saga_protocol::messages::reason;
+use saga_protocol::values::Cents;
 use uuid::Uuid;
 
 use super::provider::ProviderAnswer;
 
 /// Why `amount_cents` can never be charged, given the largest charge.
-pub fn invalid_amount(amount_cents: i64, max_cents: i64) -> Option<String> {
+pub fn invalid_amount(amount_cents: Cents, max_cents: i64) -> Option<String> {
+    let amount_cents = amount_cents.get();
     if amount_cents <= 0 {
         Some(format!("amount_cents {amount_cents} is not positive"))
     } else if amount_cents > max_cents {
@@ -35,7 +37,7 @@ pub fn simulator_refused(method: &str, simulator: bool) -> Option<String> {
 pub enum ChargeVerdict {
     Charged {
         reference: Uuid,
-        amount_cents: i64,
+        amount_cents: Cents,
     },
     /// A final no: nothing moved and nothing will under this key.
     Declined {
@@ -85,7 +87,7 @@ pub fn charge_verdict(answer: ProviderAnswer) -> ChargeVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundVerdict {
     Refunded {
-        amount_cents: i64,
+        amount_cents: Cents,
     },
     /// Money charged must go back: a compensation has no business "no", so
     /// the step retries (and the saga parks for support if it never clears).
@@ -96,7 +98,7 @@ pub enum RefundVerdict {
 
 /// `charged_cents`: what our books say an approved charge moved, `None`
 /// when no charge of this saga was approved by the provider.
-pub fn refund_verdict(answer: ProviderAnswer, charged_cents: Option<i64>) -> RefundVerdict {
+pub fn refund_verdict(answer: ProviderAnswer, charged_cents: Option<Cents>) -> RefundVerdict {
     let refused = |why: String| RefundVerdict::Open {
         error: format!("the provider refused the refund: {why}"),
     };
@@ -105,8 +107,9 @@ pub fn refund_verdict(answer: ProviderAnswer, charged_cents: Option<i64>) -> Ref
         // provider lost it (a ledger that predates the charge): refunding
         // 0 would keep the customer's money, so it is not an answer.
         ProviderAnswer::Approved {
-            amount_cents: 0, ..
-        } if charged_cents.is_some_and(|c| c > 0) => RefundVerdict::Open {
+            amount_cents: Cents::ZERO,
+            ..
+        } if charged_cents.is_some_and(|c| c > Cents::ZERO) => RefundVerdict::Open {
             error: format!(
                 "the provider refunded nothing of a charge of {} it approved",
                 charged_cents.unwrap_or_default()
@@ -131,19 +134,18 @@ mod tests {
     fn approved(amount_cents: i64) -> ProviderAnswer {
         ProviderAnswer::Approved {
             reference: Uuid::nil(),
-            amount_cents,
+            amount_cents: Cents::new(amount_cents),
         }
     }
 
     #[test]
     fn amounts_must_be_positive_and_at_most_the_maximum() {
-        assert!(invalid_amount(0, 100).unwrap().contains("not positive"));
-        assert!(invalid_amount(-5, 100).unwrap().contains("not positive"));
-        assert!(invalid_amount(101, 100)
-            .unwrap()
-            .contains("maximum charge of 100"));
-        assert_eq!(invalid_amount(100, 100), None);
-        assert_eq!(invalid_amount(1, 100), None);
+        let invalid = |amount: i64, max: i64| invalid_amount(Cents::new(amount), max);
+        assert!(invalid(0, 100).unwrap().contains("not positive"));
+        assert!(invalid(-5, 100).unwrap().contains("not positive"));
+        assert!(invalid(101, 100).unwrap().contains("maximum charge of 100"));
+        assert_eq!(invalid(100, 100), None);
+        assert_eq!(invalid(1, 100), None);
     }
 
     #[test]
@@ -161,7 +163,7 @@ mod tests {
             charge_verdict(approved(700)),
             ChargeVerdict::Charged {
                 reference: Uuid::nil(),
-                amount_cents: 700
+                amount_cents: Cents::new(700)
             }
         );
         let declined = charge_verdict(ProviderAnswer::UnsupportedMethod {
@@ -191,17 +193,21 @@ mod tests {
     #[test]
     fn nothing_refunded_of_an_approved_charge_is_not_an_answer() {
         assert!(matches!(
-            refund_verdict(approved(0), Some(1200)),
+            refund_verdict(approved(0), Some(Cents::new(1200))),
             RefundVerdict::Open { error } if error.contains("1200")
         ));
         // A charge that never reached the provider is voided: 0 is right.
         assert_eq!(
             refund_verdict(approved(0), None),
-            RefundVerdict::Refunded { amount_cents: 0 }
+            RefundVerdict::Refunded {
+                amount_cents: Cents::ZERO
+            }
         );
         assert_eq!(
-            refund_verdict(approved(1200), Some(1200)),
-            RefundVerdict::Refunded { amount_cents: 1200 }
+            refund_verdict(approved(1200), Some(Cents::new(1200))),
+            RefundVerdict::Refunded {
+                amount_cents: Cents::new(1200)
+            }
         );
     }
 
@@ -217,7 +223,7 @@ mod tests {
             },
         ] {
             assert!(matches!(
-                refund_verdict(answer, Some(5)),
+                refund_verdict(answer, Some(Cents::new(5))),
                 RefundVerdict::Open { .. }
             ));
         }

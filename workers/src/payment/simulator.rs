@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use saga_protocol::values::{Cents, Currency};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -96,7 +97,7 @@ impl Entry {
         match self.outcome.as_str() {
             "approved" => ProviderAnswer::Approved {
                 reference: self.reference,
-                amount_cents: self.amount_cents,
+                amount_cents: Cents::new(self.amount_cents),
             },
             "voided" => ProviderAnswer::Declined {
                 reason: VOIDED.to_owned(),
@@ -134,8 +135,8 @@ async fn insert(
     saga_id: Uuid,
     operation: &str,
     outcome: &str,
-    amount_cents: i64,
-    currency: Option<&str>,
+    amount_cents: Cents,
+    currency: Option<&Currency>,
     payment_method: &str,
     decline_reason: Option<&str>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
@@ -151,8 +152,8 @@ async fn insert(
     .bind(saga_id)
     .bind(operation)
     .bind(outcome)
-    .bind(amount_cents)
-    .bind(currency)
+    .bind(amount_cents.get())
+    .bind(currency.map(Currency::as_str))
     .bind(payment_method)
     .bind(decline_reason)
     .fetch_optional(conn)
@@ -174,7 +175,7 @@ impl Simulator {
         let amount = if outcome == "approved" {
             request.amount_cents
         } else {
-            0
+            Cents::ZERO
         };
         let written = insert(
             &mut conn,
@@ -237,7 +238,7 @@ impl Simulator {
             request.saga_id,
             "charge",
             "voided",
-            0,
+            Cents::ZERO,
             None,
             &request.payment_method,
             None,
@@ -246,7 +247,7 @@ impl Simulator {
         let answer = if let Some(reference) = voided {
             ProviderAnswer::Approved {
                 reference,
-                amount_cents: 0,
+                amount_cents: Cents::ZERO,
             }
         } else {
             let charge = entry(&mut tx, &request.charge_key, true)
@@ -259,7 +260,7 @@ impl Simulator {
                     request.saga_id,
                     "refund",
                     "approved",
-                    charge.amount_cents,
+                    Cents::new(charge.amount_cents),
                     None,
                     &request.payment_method,
                     None,
@@ -268,7 +269,7 @@ impl Simulator {
                 match refunded {
                     Some(reference) => ProviderAnswer::Approved {
                         reference,
-                        amount_cents: charge.amount_cents,
+                        amount_cents: Cents::new(charge.amount_cents),
                     },
                     None => entry(&mut tx, &request.key, false)
                         .await?
@@ -279,7 +280,7 @@ impl Simulator {
                 // Declined or voided: nothing moved, nothing to return.
                 ProviderAnswer::Approved {
                     reference: charge.reference,
-                    amount_cents: 0,
+                    amount_cents: Cents::ZERO,
                 }
             }
         };

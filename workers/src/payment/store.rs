@@ -2,7 +2,9 @@
 //! moving from an intent (`charging`, `refunding`) to an outcome.
 
 use saga_protocol::messages::{ChargePayment, Command};
+use saga_protocol::values::{Cents, Currency, CustomerId};
 use saga_protocol::Envelope;
+use saga_shared::stored;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -33,12 +35,10 @@ impl Status {
 }
 
 /// The saga's payment row, as locked by this transaction.
-#[derive(sqlx::FromRow)]
 pub struct PaymentRow {
-    status: String,
-    pub amount_cents: i64,
-    pub refunded_cents: i64,
-    pub currency: Option<String>,
+    pub amount_cents: Cents,
+    pub refunded_cents: Cents,
+    pub currency: Option<Currency>,
     pub payment_method: Option<String>,
     pub provider_reference: Option<Uuid>,
     pub transient_failures: i32,
@@ -46,9 +46,41 @@ pub struct PaymentRow {
     pub rejection_detail: Option<String>,
 }
 
+/// The columns of a [`PaymentRow`] and its status, as stored.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    status: String,
+    amount_cents: i64,
+    refunded_cents: i64,
+    currency: Option<String>,
+    payment_method: Option<String>,
+    provider_reference: Option<Uuid>,
+    transient_failures: i32,
+    rejection_reason: Option<String>,
+    rejection_detail: Option<String>,
+}
+
+impl StoredRow {
+    fn typed(self) -> Result<(Status, PaymentRow), sqlx::Error> {
+        Ok((
+            Status::parse(&self.status)?,
+            PaymentRow {
+                amount_cents: Cents::new(self.amount_cents),
+                refunded_cents: Cents::new(self.refunded_cents),
+                currency: self.currency.map(stored::currency).transpose()?,
+                payment_method: self.payment_method,
+                provider_reference: self.provider_reference,
+                transient_failures: self.transient_failures,
+                rejection_reason: self.rejection_reason,
+                rejection_detail: self.rejection_detail,
+            },
+        ))
+    }
+}
+
 impl PaymentRow {
     /// What the provider approved under the charge key, per our books.
-    pub fn approved_charge_cents(&self) -> Option<i64> {
+    pub fn approved_charge_cents(&self) -> Option<Cents> {
         self.provider_reference.map(|_| self.amount_cents)
     }
 }
@@ -58,7 +90,7 @@ pub async fn lock(
     conn: &mut PgConnection,
     saga_id: Uuid,
 ) -> Result<Option<(Status, PaymentRow)>, sqlx::Error> {
-    let row: Option<PaymentRow> = sqlx::query_as(
+    let row: Option<StoredRow> = sqlx::query_as(
         "SELECT status, amount_cents, refunded_cents, currency, payment_method,
                 provider_reference, transient_failures, rejection_reason, rejection_detail
          FROM payments WHERE saga_id = $1 FOR UPDATE",
@@ -66,8 +98,7 @@ pub async fn lock(
     .bind(saga_id)
     .fetch_optional(&mut *conn)
     .await?;
-    row.map(|row| Ok((Status::parse(&row.status)?, row)))
-        .transpose()
+    row.map(StoredRow::typed).transpose()
 }
 
 /// Locks the saga's payment row, which an earlier step wrote. Rows are
@@ -157,10 +188,10 @@ pub async fn claim_with_first_charge_intent(
          SELECT EXISTS (SELECT 1 FROM intent)",
     )
     .bind(command.saga_id)
-    .bind(request.amount_cents)
-    .bind(&request.currency)
+    .bind(request.amount_cents.get())
+    .bind(request.currency.as_str())
     .bind(&request.payment_method)
-    .bind(&request.customer_id)
+    .bind(request.customer_id.as_str())
     .bind(command.message_id)
     .bind(command.step.routing_key())
     .bind(command.attempt as i32)
@@ -227,10 +258,10 @@ pub async fn settle_charge_with_reply(
         .bind(command.message_id)
         .bind(command.saga_id)
         .bind(reply)
-        .bind(charge.amount_cents)
-        .bind(charge.currency)
+        .bind(charge.amount_cents.get())
+        .bind(charge.currency.as_str())
         .bind(charge.payment_method)
-        .bind(charge.customer_id)
+        .bind(charge.customer_id.as_str())
         .bind(charge.reference),
         ChargeSettled::Declined { reason, detail } => sqlx::query_scalar(settling_with_reply!(
             "status = 'declined', amount_cents = 0, rejection_reason = $4,
@@ -261,10 +292,10 @@ async fn insert_charge_intent(
 ) -> Result<bool, sqlx::Error> {
     let written = sqlx::query(insert)
         .bind(saga_id)
-        .bind(request.amount_cents)
-        .bind(&request.currency)
+        .bind(request.amount_cents.get())
+        .bind(request.currency.as_str())
         .bind(&request.payment_method)
-        .bind(&request.customer_id)
+        .bind(request.customer_id.as_str())
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -300,10 +331,10 @@ pub async fn mark_refunding(conn: &mut PgConnection, saga_id: Uuid) -> Result<()
 pub struct ApprovedCharge<'a> {
     pub saga_id: Uuid,
     pub reference: Uuid,
-    pub amount_cents: i64,
-    pub currency: &'a str,
+    pub amount_cents: Cents,
+    pub currency: &'a Currency,
     pub payment_method: &'a str,
-    pub customer_id: &'a str,
+    pub customer_id: &'a CustomerId,
 }
 
 /// Records an approved charge on a payment still `charging`; `false` when
@@ -320,10 +351,10 @@ pub async fn record_charged(
          WHERE saga_id = $1 AND status = 'charging'",
     )
     .bind(charge.saga_id)
-    .bind(charge.amount_cents)
-    .bind(charge.currency)
+    .bind(charge.amount_cents.get())
+    .bind(charge.currency.as_str())
     .bind(charge.payment_method)
-    .bind(charge.customer_id)
+    .bind(charge.customer_id.as_str())
     .bind(charge.reference)
     .execute(&mut *conn)
     .await?
@@ -380,7 +411,7 @@ pub async fn count_provider_failure(
 pub async fn record_refunded(
     conn: &mut PgConnection,
     saga_id: Uuid,
-    amount_cents: i64,
+    amount_cents: Cents,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE payments SET status = 'refunded', refunded_cents = $2,
@@ -389,7 +420,7 @@ pub async fn record_refunded(
          WHERE saga_id = $1",
     )
     .bind(saga_id)
-    .bind(amount_cents)
+    .bind(amount_cents.get())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use saga_protocol::messages::{reason, CalculateTax, LineTax, Outcome, StepResult, TaxCalculated};
-use saga_protocol::money::apply_basis_points;
+use saga_protocol::values::{Cents, Sku};
 
 use super::rates::Destination;
 
@@ -47,7 +47,7 @@ pub fn answer(
     }
 
     let mut lines = Vec::with_capacity(request.lines.len());
-    let mut tax_cents: i64 = 0;
+    let mut tax_cents = Cents::ZERO;
     for line in &request.lines {
         let rate_bp = rates[&line.tax_category];
         // With amounts that passed `needed_categories` and rates of at most
@@ -55,9 +55,8 @@ pub fn answer(
         // amount, and the amounts' sum fits. They refuse rather than wrap
         // should either ever not hold.
         let tax = line
-            .unit_price_cents
-            .checked_mul(i64::from(line.quantity))
-            .map(|amount| apply_basis_points(amount, rate_bp))
+            .amount_cents()
+            .and_then(|amount| amount.apply_basis_points(rate_bp))
             .and_then(|tax| tax_cents.checked_add(tax).map(|sum| (tax, sum)));
         let Some((tax, sum)) = tax else {
             return Outcome::rejected(reason::INVALID_COMMAND, too_large(&line.sku));
@@ -91,16 +90,15 @@ fn categories(request: &CalculateTax) -> Vec<&str> {
 /// Amounts that no checkout has: negative prices, or a total that does not
 /// fit in 64 bits.
 fn invalid_amounts(request: &CalculateTax) -> Option<String> {
-    let mut total: i64 = 0;
+    let mut total = Cents::ZERO;
     for line in &request.lines {
-        if line.unit_price_cents < 0 {
+        if line.unit_price_cents < Cents::ZERO {
             return Some(format!(
                 "{}: unit price {} is negative",
                 line.sku, line.unit_price_cents
             ));
         }
-        let amount = line.unit_price_cents.checked_mul(i64::from(line.quantity));
-        match amount.and_then(|a| total.checked_add(a)) {
+        match line.amount_cents().and_then(|a| total.checked_add(a)) {
             Some(sum) => total = sum,
             None => return Some(too_large(&line.sku)),
         }
@@ -108,21 +106,22 @@ fn invalid_amounts(request: &CalculateTax) -> Option<String> {
     None
 }
 
-fn too_large(sku: &str) -> String {
+fn too_large(sku: &Sku) -> String {
     format!("{sku}: the amounts are too large")
 }
 
 #[cfg(test)]
 mod tests {
     use saga_protocol::messages::{PricedLine, ShipTo};
+    use saga_protocol::values::Quantity;
 
     use super::*;
 
     fn line(sku: &str, quantity: u32, unit_price_cents: i64, category: &str) -> PricedLine {
         PricedLine {
-            sku: sku.into(),
-            quantity,
-            unit_price_cents,
+            sku: sku.parse().unwrap(),
+            quantity: Quantity::new(quantity).unwrap(),
+            unit_price_cents: Cents::new(unit_price_cents),
             tax_category: category.into(),
         }
     }
@@ -133,7 +132,7 @@ mod tests {
                 country: "US".into(),
                 region: "CA".into(),
             },
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             lines,
         }
     }
@@ -162,7 +161,7 @@ mod tests {
         taxed
             .lines
             .iter()
-            .map(|l| (l.sku.as_str(), l.rate_bp, l.tax_cents))
+            .map(|l| (l.sku.as_str(), l.rate_bp, l.tax_cents.get()))
             .collect()
     }
 

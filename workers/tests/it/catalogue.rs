@@ -1,6 +1,7 @@
 //! The catalogue's CSV import and export.
 
 use saga_protocol::messages::{Command, LineRequest, ReserveStock};
+use saga_protocol::values::Quantity;
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::import::ImportSummary;
@@ -58,8 +59,8 @@ async fn reimport_updates_products_and_keeps_what_reservations_hold() {
         Uuid::new_v4(),
         Command::Reserve(ReserveStock {
             lines: vec![LineRequest {
-                sku: "MUG".into(),
-                quantity: 2,
+                sku: "MUG".parse().unwrap(),
+                quantity: Quantity::new(2).unwrap(),
             }],
         }),
     )

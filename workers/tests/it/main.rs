@@ -15,6 +15,7 @@ mod tax;
 mod topology;
 
 use saga_protocol::messages::{Command, Outcome, PricedLine, Reserved, StepResult};
+use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::Envelope;
 use saga_testkit::{self as testing, TestDatabase};
 use sqlx::migrate::Migrator;
@@ -69,9 +70,9 @@ pub async fn answered<H: Handler>(
 /// A reserved line as the inventory worker prices it.
 pub fn priced_line(sku: &str, quantity: u32, unit_price_cents: i64, category: &str) -> PricedLine {
     PricedLine {
-        sku: sku.into(),
-        quantity,
-        unit_price_cents,
+        sku: sku.parse().unwrap(),
+        quantity: Quantity::new(quantity).unwrap(),
+        unit_price_cents: Cents::new(unit_price_cents),
         tax_category: category.into(),
     }
 }

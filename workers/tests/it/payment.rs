@@ -7,6 +7,7 @@
 use saga_protocol::messages::{
     reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
+use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
 use saga_testkit::TestDatabase;
 use sqlx::PgPool;
@@ -62,10 +63,10 @@ async fn payments() -> TestDatabase {
 
 fn charge(amount_cents: i64, method: &str) -> Command {
     Command::Charge(ChargePayment {
-        amount_cents,
-        currency: "USD".into(),
+        amount_cents: Cents::new(amount_cents),
+        currency: "USD".parse().unwrap(),
         payment_method: method.into(),
-        customer_id: "customer-1".into(),
+        customer_id: "customer-1".parse().unwrap(),
     })
 }
 
@@ -82,7 +83,7 @@ fn charged(outcome: Outcome) -> Charged {
 
 fn refunded(outcome: Outcome) -> i64 {
     match ok(outcome) {
-        StepResult::Refunded(Refunded { refunded_cents }) => refunded_cents,
+        StepResult::Refunded(Refunded { refunded_cents }) => refunded_cents.get(),
         other => panic!("expected a refund, got {other:?}"),
     }
 }
@@ -470,10 +471,10 @@ fn charge_request(pool_saga: Uuid, amount_cents: i64, method: &str) -> ChargeReq
     ChargeRequest {
         key: IdempotencyKey::charge(pool_saga),
         saga_id: pool_saga,
-        amount_cents,
-        currency: "USD".into(),
+        amount_cents: Cents::new(amount_cents),
+        currency: "USD".parse().unwrap(),
         payment_method: method.into(),
-        customer_id: "customer-1".into(),
+        customer_id: "customer-1".parse().unwrap(),
         transient_failures: 0,
     }
 }
@@ -497,10 +498,7 @@ async fn the_simulator_honours_idempotency_keys() {
     assert!(
         matches!(
             first,
-            ProviderAnswer::Approved {
-                amount_cents: 700,
-                ..
-            }
+            ProviderAnswer::Approved { amount_cents, .. } if amount_cents == 700
         ),
         "{first:?}"
     );
@@ -545,7 +543,7 @@ async fn a_charge_key_voided_by_its_refund_is_declined() {
         matches!(
             cancelled,
             ProviderAnswer::Approved {
-                amount_cents: 0,
+                amount_cents: Cents::ZERO,
                 ..
             }
         ),
@@ -804,7 +802,7 @@ impl PaymentProvider for ShortRefund {
     async fn refund(&self, _: &RefundRequest) -> ProviderAnswer {
         ProviderAnswer::Approved {
             reference: Uuid::new_v4(),
-            amount_cents: self.refunds_cents,
+            amount_cents: Cents::new(self.refunds_cents),
         }
     }
 

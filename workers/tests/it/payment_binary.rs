@@ -3,6 +3,7 @@
 
 use std::process::{Command, Output};
 
+use saga_protocol::values::Cents;
 use uuid::Uuid;
 use workers::payment::provider::ChargeRequest;
 use workers::payment::{IdempotencyKey, PaymentProvider, Simulator, MIGRATOR};
@@ -70,10 +71,10 @@ async fn ledger_prints_the_providers_side_as_csv() {
     let request = ChargeRequest {
         key: IdempotencyKey::charge(saga),
         saga_id: saga,
-        amount_cents: 2_145,
-        currency: "USD".into(),
+        amount_cents: Cents::new(2_145),
+        currency: "USD".parse().unwrap(),
         payment_method: "sim_approve".into(),
-        customer_id: "customer-1".into(),
+        customer_id: "customer-1".parse().unwrap(),
         transient_failures: 0,
     };
     provider.charge(&request).await;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use saga_protocol::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
+use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_testkit::proxy::{Proxy, Side, Wire};
 use saga_testkit::TestDatabase;
@@ -170,8 +171,8 @@ fn reserve_one(sku: &str) -> Envelope<Command> {
         1,
         Command::Reserve(ReserveStock {
             lines: vec![LineRequest {
-                sku: sku.into(),
-                quantity: 1,
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(1).unwrap(),
             }],
         }),
     )
@@ -182,10 +183,10 @@ fn charge(saga_id: Uuid) -> Envelope<Command> {
         saga_id,
         1,
         Command::Charge(ChargePayment {
-            amount_cents: 1250,
-            currency: "USD".into(),
+            amount_cents: Cents::new(1250),
+            currency: "USD".parse().unwrap(),
             payment_method: "sim_approve".into(),
-            customer_id: "customer-1".into(),
+            customer_id: "customer-1".parse().unwrap(),
         }),
     )
 }

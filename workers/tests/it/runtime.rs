@@ -9,6 +9,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Consumer;
 use saga_protocol::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
+use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
 use saga_shared::traceparent;
@@ -174,16 +175,54 @@ impl Harness {
 }
 
 fn reserve_mugs(saga_id: Uuid, quantity: u32) -> Envelope<Command> {
+    reserve(saga_id, "MUG", quantity)
+}
+
+fn reserve(saga_id: Uuid, sku: &str, quantity: u32) -> Envelope<Command> {
     Envelope::command(
         saga_id,
         1,
         Command::Reserve(ReserveStock {
             lines: vec![LineRequest {
-                sku: "MUG".into(),
-                quantity,
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(quantity).unwrap(),
             }],
         }),
     )
+}
+
+/// A product whose reservation the database refuses.
+const POISON: &str = "POISON";
+
+/// Stocks `sku` and makes the database refuse any reservation line of it
+/// with a data exception (SQLSTATE 22021, what a NUL in text gets). A
+/// command that is valid on the wire but that the database never accepts:
+/// a NUL, the way these tests used to make one, no longer decodes (a SKU
+/// holds no control character).
+async fn refuse_in_database(pool: &sqlx::PgPool, sku: &str) {
+    sqlx::query(
+        "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency,
+             tax_category)
+         VALUES ($1, 'refused by the database', 100, 100, 100, 'USD', 'general')",
+    )
+    .bind(sku)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION refuse_line() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.sku = '{sku}' THEN
+                 RAISE EXCEPTION 'this test refuses %', NEW.sku USING ERRCODE = '22021';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_line BEFORE INSERT ON reservation_lines
+             FOR EACH ROW EXECUTE FUNCTION refuse_line();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,13 +503,11 @@ async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
     // More of them than the worker's prefetch (4): held, they would pin
     // every slot and the good command behind them would never be answered.
     let mut harness = Harness::start().await;
+    refuse_in_database(&harness.db.pool, POISON).await;
     let mut dead_letters = dead_letter_consumer(&harness.broker).await;
     let mut poison = Vec::new();
     for _ in 0..6 {
-        let mut command = reserve_mugs(Uuid::new_v4(), 1);
-        if let Command::Reserve(reserve) = &mut command.payload {
-            reserve.lines[0].sku = "MU\u{0}G".into();
-        }
+        let command = reserve(Uuid::new_v4(), POISON, 1);
         harness.send(&command).await;
         poison.push(command.message_id.to_string());
     }
@@ -510,8 +547,8 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
             attempt,
             Command::Reserve(ReserveStock {
                 lines: vec![LineRequest {
-                    sku: "MUG".into(),
-                    quantity: 6,
+                    sku: "MUG".parse().unwrap(),
+                    quantity: Quantity::new(6).unwrap(),
                 }],
             }),
         )
@@ -608,14 +645,12 @@ async fn commands_that_are_ready_together_commit_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_fails_in_a_batch_fails_alone() {
     let mut harness = Harness::idle().await;
+    refuse_in_database(&harness.db.pool, POISON).await;
     let mut dead_letters = dead_letter_consumer(&harness.broker).await;
     let good: Vec<_> = (0..4).map(|_| reserve_mugs(Uuid::new_v4(), 1)).collect();
-    // The database refuses this one's data (a NUL in text) in the middle of
-    // the batch; the not-JSON one never reaches the database.
-    let mut refused = reserve_mugs(Uuid::new_v4(), 1);
-    if let Command::Reserve(reserve) = &mut refused.payload {
-        reserve.lines[0].sku = "MU\u{0}G".into();
-    }
+    // The database refuses this one's data in the middle of the batch; the
+    // not-JSON one never reaches the database.
+    let refused = reserve(Uuid::new_v4(), POISON, 1);
     let garbage = Uuid::new_v4();
     harness.send(&good[0]).await;
     harness.send(&good[1]).await;
@@ -684,10 +719,10 @@ async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
                 Uuid::new_v4(),
                 1,
                 Command::Charge(ChargePayment {
-                    amount_cents: 100 + i,
-                    currency: "USD".into(),
+                    amount_cents: Cents::new(100 + i),
+                    currency: "USD".parse().unwrap(),
                     payment_method: "sim_approve".into(),
-                    customer_id: "c".into(),
+                    customer_id: "c".parse().unwrap(),
                 }),
             )
         })

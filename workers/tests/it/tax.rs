@@ -3,6 +3,7 @@
 use saga_protocol::messages::{
     reason, CalculateTax, Command, LineTax, Outcome, PricedLine, ShipTo, StepResult, TaxCalculated,
 };
+use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
 use saga_testkit::TestDatabase;
 use uuid::Uuid;
@@ -34,7 +35,7 @@ fn calculate(country: &str, region: &str, lines: Vec<PricedLine>) -> Command {
             country: country.into(),
             region: region.into(),
         },
-        currency: "USD".into(),
+        currency: "USD".parse().unwrap(),
         lines,
     })
 }
@@ -71,28 +72,28 @@ async fn tax_is_rounded_half_up_per_line_with_the_region_rate() {
         TaxCalculated {
             lines: vec![
                 LineTax {
-                    sku: "A".into(),
+                    sku: "A".parse().unwrap(),
                     rate_bp: 725,
-                    tax_cents: 73
+                    tax_cents: Cents::new(73)
                 },
                 LineTax {
-                    sku: "B".into(),
+                    sku: "B".parse().unwrap(),
                     rate_bp: 725,
-                    tax_cents: 72
+                    tax_cents: Cents::new(72)
                 },
                 LineTax {
-                    sku: "C".into(),
+                    sku: "C".parse().unwrap(),
                     rate_bp: 0,
-                    tax_cents: 0
+                    tax_cents: Cents::new(0)
                 },
                 LineTax {
-                    sku: "D".into(),
+                    sku: "D".parse().unwrap(),
                     rate_bp: 725,
-                    tax_cents: 73
+                    tax_cents: Cents::new(73)
                 },
             ],
             // Per line; on the 2999 taxed subtotal it would be 217.
-            tax_cents: 218,
+            tax_cents: Cents::new(218),
         }
     );
 }
@@ -244,7 +245,7 @@ async fn rate_import_upserts_and_refuses_bad_rows() {
 fn recorded_tax(reply: &serde_json::Value) -> i64 {
     let body = serde_json::to_vec(reply).expect("JSON serializes");
     let reply = Envelope::<Outcome>::decode(&body).expect("a recorded reply is an envelope");
-    taxed(ok(reply.payload)).tax_cents
+    taxed(ok(reply.payload)).tax_cents.get()
 }
 
 // The claim and the reply are one statement, outside any transaction: a

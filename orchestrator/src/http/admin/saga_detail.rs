@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use saga_protocol::values::Cents;
 use saga_protocol::Step;
 use serde::Serialize;
 use uuid::Uuid;
@@ -79,8 +80,8 @@ pub(super) async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, 
         request: saga.request.clone(),
         reason: saga.reason.clone(),
         detail: saga.detail.clone(),
-        subtotal_cents: saga.subtotal_cents(),
-        tax_cents: saga.tax_cents(),
+        subtotal_cents: saga.subtotal_cents().map(Cents::get),
+        tax_cents: saga.tax_cents().map(Cents::get),
         completed_steps: saga.completed.clone(),
         pending_compensations: saga.compensations.clone(),
         deadline_at,

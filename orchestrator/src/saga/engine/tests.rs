@@ -3,6 +3,7 @@ use saga_protocol::messages::{
     reason, Charged, LineRequest, LineTax, PricedLine, Refunded, Released, Reserved, ShipTo,
     TaxCalculated,
 };
+use saga_protocol::values::{Cents, Quantity};
 
 use std::sync::LazyLock;
 
@@ -11,15 +12,15 @@ use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 
 fn request() -> CheckoutRequest {
     CheckoutRequest {
-        customer_id: "c-1".into(),
+        customer_id: "c-1".parse().unwrap(),
         items: vec![
             LineRequest {
-                sku: "A".into(),
-                quantity: 2,
+                sku: "A".parse().unwrap(),
+                quantity: Quantity::new(2).unwrap(),
             },
             LineRequest {
-                sku: "B".into(),
-                quantity: 1,
+                sku: "B".parse().unwrap(),
+                quantity: Quantity::new(1).unwrap(),
             },
         ],
         ship_to: ShipTo {
@@ -33,18 +34,18 @@ fn request() -> CheckoutRequest {
 fn ok_for(step: Step) -> Outcome {
     Outcome::Ok(match step {
         Step::Reserve => StepResult::Reserved(Reserved {
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             lines: vec![
                 PricedLine {
-                    sku: "A".into(),
-                    quantity: 2,
-                    unit_price_cents: 1_000,
+                    sku: "A".parse().unwrap(),
+                    quantity: Quantity::new(2).unwrap(),
+                    unit_price_cents: Cents::new(1_000),
                     tax_category: "clothing".into(),
                 },
                 PricedLine {
-                    sku: "B".into(),
-                    quantity: 1,
-                    unit_price_cents: 550,
+                    sku: "B".parse().unwrap(),
+                    quantity: Quantity::new(1).unwrap(),
+                    unit_price_cents: Cents::new(550),
                     tax_category: "books".into(),
                 },
             ],
@@ -52,26 +53,26 @@ fn ok_for(step: Step) -> Outcome {
         Step::CalculateTax => StepResult::TaxCalculated(TaxCalculated {
             lines: vec![
                 LineTax {
-                    sku: "A".into(),
+                    sku: "A".parse().unwrap(),
                     rate_bp: 725,
-                    tax_cents: 145,
+                    tax_cents: Cents::new(145),
                 },
                 LineTax {
-                    sku: "B".into(),
+                    sku: "B".parse().unwrap(),
                     rate_bp: 0,
-                    tax_cents: 0,
+                    tax_cents: Cents::new(0),
                 },
             ],
-            tax_cents: 145,
+            tax_cents: Cents::new(145),
         }),
         Step::Charge => StepResult::Charged(Charged {
             payment_id: Uuid::nil(),
-            amount_cents: 2_695,
-            currency: Some("USD".into()),
+            amount_cents: Cents::new(2_695),
+            currency: Some("USD".parse().unwrap()),
         }),
         Step::Release => StepResult::Released(Released { released: true }),
         Step::Refund => StepResult::Refunded(Refunded {
-            refunded_cents: 2_695,
+            refunded_cents: Cents::new(2_695),
         }),
     })
 }
@@ -147,9 +148,9 @@ fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
     let t = handle(&saga, reply(&saga, ok_for(Step::Charge)), ctx());
     assert!(t.effects.is_empty());
     assert_eq!(t.saga.status, SagaStatus::Completed);
-    assert_eq!(t.saga.subtotal_cents(), Some(2_550));
-    assert_eq!(t.saga.tax_cents(), Some(145));
-    assert_eq!(t.saga.total_cents(), Some(2_695));
+    assert_eq!(t.saga.subtotal_cents(), Some(Cents::new(2_550)));
+    assert_eq!(t.saga.tax_cents(), Some(Cents::new(145)));
+    assert_eq!(t.saga.total_cents(), Some(Cents::new(2_695)));
     assert_eq!(
         t.saga.status.client_status(),
         crate::saga::ClientStatus::Completed
@@ -194,25 +195,25 @@ fn declined_charge_releases_the_stock_then_is_rejected() {
 /// The test request with `quantity` of its SKU A.
 fn request_of_a(quantity: u32) -> CheckoutRequest {
     let mut request = request();
-    request.items[0].quantity = quantity;
+    request.items[0].quantity = Quantity::new(quantity).unwrap();
     request
 }
 
 /// A reservation priced so that the money overflows an `i64` of cents.
 fn reserved_at(unit_price_cents: i64, quantity: u32) -> Outcome {
     Outcome::Ok(StepResult::Reserved(Reserved {
-        currency: "USD".into(),
+        currency: "USD".parse().unwrap(),
         lines: vec![
             PricedLine {
-                sku: "A".into(),
-                quantity,
-                unit_price_cents,
+                sku: "A".parse().unwrap(),
+                quantity: Quantity::new(quantity).unwrap(),
+                unit_price_cents: Cents::new(unit_price_cents),
                 tax_category: "clothing".into(),
             },
             PricedLine {
-                sku: "B".into(),
-                quantity: 1,
-                unit_price_cents: 1,
+                sku: "B".parse().unwrap(),
+                quantity: Quantity::new(1).unwrap(),
+                unit_price_cents: Cents::new(1),
                 tax_category: "books".into(),
             },
         ],
@@ -246,7 +247,7 @@ fn a_total_that_overflows_is_rejected_before_any_charge() {
     let saga = start(Uuid::nil(), request_of_a(1), ctx()).saga;
     // The subtotal just fits; the tax pushes the total over.
     let saga = handle(&saga, reply(&saga, reserved_at(i64::MAX - 1, 1)), ctx()).saga;
-    assert_eq!(saga.subtotal_cents(), Some(i64::MAX));
+    assert_eq!(saga.subtotal_cents(), Some(Cents::new(i64::MAX)));
     let t = handle(&saga, reply(&saga, ok_for(Step::CalculateTax)), ctx());
     assert_eq!(t.saga.reason.as_deref(), Some(reason::INVALID_AMOUNT));
     assert_eq!(sent_steps(&t), vec![(Step::Release, 1)], "no charge sent");

@@ -6,13 +6,15 @@ use super::*;
 fn charged(amount_cents: i64, currency: Option<&str>) -> Outcome {
     Outcome::Ok(StepResult::Charged(Charged {
         payment_id: Uuid::nil(),
-        amount_cents,
-        currency: currency.map(str::to_owned),
+        amount_cents: Cents::new(amount_cents),
+        currency: currency.map(|c| c.parse().unwrap()),
     }))
 }
 
 fn refunded(refunded_cents: i64) -> Outcome {
-    Outcome::Ok(StepResult::Refunded(Refunded { refunded_cents }))
+    Outcome::Ok(StepResult::Refunded(Refunded {
+        refunded_cents: Cents::new(refunded_cents),
+    }))
 }
 
 /// Asserts that `t` parked `before` without applying anything, naming
@@ -109,7 +111,7 @@ fn a_refund_is_judged_against_the_recorded_charge() {
     let mut saga = refunding();
     saga.charge = Some(Charged {
         payment_id: Uuid::nil(),
-        amount_cents: 1_200,
+        amount_cents: Cents::new(1_200),
         currency: None,
     });
     let t = handle(&saga, reply(&saga, refunded(2_695)), ctx());
@@ -125,13 +127,13 @@ fn a_refund_is_judged_against_the_recorded_charge() {
 
 fn reserved(lines: &[(&str, u32)]) -> Outcome {
     Outcome::Ok(StepResult::Reserved(Reserved {
-        currency: "USD".into(),
+        currency: "USD".parse().unwrap(),
         lines: lines
             .iter()
             .map(|(sku, quantity)| PricedLine {
-                sku: (*sku).into(),
-                quantity: *quantity,
-                unit_price_cents: 100,
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(*quantity).unwrap(),
+                unit_price_cents: Cents::new(100),
                 tax_category: "books".into(),
             })
             .collect(),
@@ -174,12 +176,12 @@ fn tax(lines: &[(&str, i64)], total: i64) -> Outcome {
         lines: lines
             .iter()
             .map(|(sku, tax_cents)| LineTax {
-                sku: (*sku).into(),
+                sku: sku.parse().unwrap(),
                 rate_bp: 725,
-                tax_cents: *tax_cents,
+                tax_cents: Cents::new(*tax_cents),
             })
             .collect(),
-        tax_cents: total,
+        tax_cents: Cents::new(total),
     }))
 }
 
@@ -243,7 +245,10 @@ fn a_support_retry_after_a_mismatch_applies_the_worker_s_true_answer() {
         ctx(),
     );
     assert_eq!(t.saga.status, SagaStatus::Completed);
-    assert_eq!(t.saga.charge.map(|c| c.amount_cents), Some(2_695));
+    assert_eq!(
+        t.saga.charge.map(|c| c.amount_cents),
+        Some(Cents::new(2_695))
+    );
 }
 
 #[test]

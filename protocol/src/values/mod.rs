@@ -1,0 +1,197 @@
+//! The checkout's domain values, each validated once where it enters (an
+//! HTTP body, a CSV row, a message, a database row) so that code holding
+//! one never checks it again. On the wire each is exactly its bare JSON
+//! string or integer, and its JSON Schema is the bare type's: a typed value
+//! changes what a reader accepts, never what the contract says.
+
+mod cents;
+mod currency;
+mod customer_id;
+mod quantity;
+mod sku;
+
+pub use cents::Cents;
+pub use currency::Currency;
+pub use customer_id::CustomerId;
+pub use quantity::Quantity;
+pub use sku::Sku;
+
+/// Why a text or a number is not a valid domain value. Each message names
+/// the value (`sku`, `quantity`...), because a message decoded from the
+/// wire reports it without saying which field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{what} must not be blank")]
+    Blank { what: &'static str },
+    #[error("{what} must be at most {max} characters, got {chars}")]
+    TooLong {
+        what: &'static str,
+        max: usize,
+        chars: usize,
+    },
+    #[error("{what} must not contain control characters")]
+    ControlCharacter { what: &'static str },
+    #[error("quantity must be at least 1, got 0")]
+    ZeroQuantity,
+    #[error("currency must be three upper-case ASCII letters (ISO 4217, e.g. USD), got {0:?}")]
+    Currency(String),
+}
+
+/// The rule every free text of a checkout follows (a SKU, a customer id, a
+/// payment method): not blank, at most `max` characters, no control
+/// characters, checked in that order so the first problem is the one told.
+/// Public so that a text that is not (yet) a value type is held to the same
+/// rule with the same messages.
+pub fn check_text(what: &'static str, text: &str, max: usize) -> Result<(), ValueError> {
+    let chars = text.chars().count();
+    if text.trim().is_empty() {
+        Err(ValueError::Blank { what })
+    } else if chars > max {
+        Err(ValueError::TooLong { what, max, chars })
+    } else if text.chars().any(char::is_control) {
+        Err(ValueError::ControlCharacter { what })
+    } else {
+        Ok(())
+    }
+}
+
+/// What a text value needs besides its own rule: Display, `as_str`, the
+/// conversions serde uses (`try_from = "String"`, `into = "String"`, so the
+/// JSON is the bare string and is validated on the way in), comparison with
+/// plain text, and a JSON Schema that is `String`'s, delegated by hand
+/// because a derived one would be a named object schema, not the bare type.
+macro_rules! text_value {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = $crate::values::ValueError;
+
+            fn try_from(text: String) -> Result<Self, Self::Error> {
+                Self::parse(text)
+            }
+        }
+
+        impl ::std::convert::TryFrom<&str> for $name {
+            type Error = $crate::values::ValueError;
+
+            fn try_from(text: &str) -> Result<Self, Self::Error> {
+                Self::parse(text)
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::values::ValueError;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                Self::parse(text)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl ::std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        $crate::values::bare_schema!($name => String);
+    };
+}
+
+/// A JSON Schema identical to `$inner`'s, so that schemas generated from
+/// the wire types do not change when a field becomes a value type.
+macro_rules! bare_schema {
+    ($name:ident => $inner:ty) => {
+        impl ::schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                <$inner as ::schemars::JsonSchema>::inline_schema()
+            }
+
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                <$inner as ::schemars::JsonSchema>::schema_name()
+            }
+
+            fn schema_id() -> ::std::borrow::Cow<'static, str> {
+                <$inner as ::schemars::JsonSchema>::schema_id()
+            }
+
+            fn json_schema(generator: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                <$inner as ::schemars::JsonSchema>::json_schema(generator)
+            }
+        }
+    };
+}
+
+pub(crate) use bare_schema;
+pub(crate) use text_value;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_problems_are_told_in_order() {
+        assert_eq!(
+            check_text("sku", " \t", 3),
+            Err(ValueError::Blank { what: "sku" })
+        );
+        assert_eq!(
+            check_text("sku", "abcd\n", 3),
+            Err(ValueError::TooLong {
+                what: "sku",
+                max: 3,
+                chars: 5
+            })
+        );
+        assert_eq!(
+            check_text("sku", "a\0", 3),
+            Err(ValueError::ControlCharacter { what: "sku" })
+        );
+        assert_eq!(check_text("sku", "é€x", 3), Ok(()));
+    }
+
+    #[test]
+    fn messages_name_the_value() {
+        let message = check_text("customer_id", "", 3).unwrap_err().to_string();
+        assert_eq!(message, "customer_id must not be blank");
+        assert!(ValueError::ZeroQuantity.to_string().starts_with("quantity"));
+    }
+}
