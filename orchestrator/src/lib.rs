@@ -1,6 +1,7 @@
 //! The saga orchestrator: HTTP API, saga engine, store, outbox relay and
 //! reply consumer, deadline timer and support tools.
 
+pub mod admin_tokens;
 pub mod app;
 pub mod checkout_view;
 pub mod clients;
