@@ -7,8 +7,8 @@ use saga_protocol::Step;
 use saga_shared::config::{parsed_or, ConfigError, Environment, Source};
 use saga_shared::service_config::ServiceConfig;
 
-use crate::clients::{ClientLimits, SeededKeys};
 use crate::admin_tokens::AdminTokens;
+use crate::clients::{ClientLimits, SeededKeys};
 use crate::reply_senders::ReplySenders;
 use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 
