@@ -9,11 +9,13 @@
 pub mod broker;
 pub mod database;
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod waiting;
 
 pub use broker::{reply_copies, BrokerUsers, TopologyGuard};
 pub use database::TestDatabase;
+pub use process::ServiceCommand;
 pub use proxy::Proxy;
 pub use waiting::{eventually, within};
 
@@ -97,6 +99,13 @@ where
             .block_on(work)
     })
     .join();
+}
+
+/// The JSON body `request` is answered with, whatever the status; none
+/// if there is no answer or it is not JSON (yet): for polling a service
+/// that may still be starting.
+pub async fn try_json_answer(request: reqwest::RequestBuilder) -> Option<serde_json::Value> {
+    request.send().await.ok()?.json().await.ok()
 }
 
 /// The JSON body `request` is answered with, whatever the status.

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
+use saga_testkit::{self as testing, ServiceCommand, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -19,6 +19,17 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// The orchestrator's environment for a charge that gets one attempt of
+/// one second and then compensates: a slow charge misses its deadline and
+/// is refunded while it may still be at the provider.
+pub fn charge_compensated_after_one_second() -> Vec<(&'static str, String)> {
+    vec![
+        ("STEP_PAYMENT_CHARGE_MAX_ATTEMPTS", "1".to_owned()),
+        ("STEP_PAYMENT_CHARGE_DEADLINE_MS", "1000".to_owned()),
+        ("STEP_PAYMENT_CHARGE_ON_EXHAUSTED", "compensate".to_owned()),
+    ]
 }
 
 /// The four services as real processes, each restartable.
@@ -81,11 +92,7 @@ impl Deployment {
                     .flatten()
                     .map(|(k, v)| (k, v)),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(testing::service_log())
-            .kill_on_drop(true)
-            .spawn()
+            .spawn_service(testing::service_log())
             .unwrap_or_else(|e| panic!("{service} starts: {e}"));
         self.processes.insert(service, child);
     }

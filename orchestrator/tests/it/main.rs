@@ -4,6 +4,7 @@
 //! broker and database of their own).
 
 mod amounts;
+mod answers;
 mod binary;
 mod broker_alarm;
 mod budget;

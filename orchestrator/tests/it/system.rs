@@ -216,26 +216,6 @@ pub struct Setup {
     pub parked_saga_ttl: Option<Duration>,
 }
 
-async fn start_worker<H: Handler>(
-    handler: H,
-    pool: sqlx::PgPool,
-    amqp_url: &str,
-    prefix: &str,
-    stop: &CancellationToken,
-) -> JoinHandle<()> {
-    let broker = Arc::new(
-        Broker::connect(amqp_url, Topology::new(prefix), "test-worker", stop)
-            .await
-            .expect("worker connects to RabbitMQ"),
-    );
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        run_worker_until_stopped(handler, pool, broker, 16, stop)
-            .await
-            .expect("worker runs");
-    })
-}
-
 impl System {
     pub async fn start() -> System {
         Self::start_with(StepPolicies::default()).await
@@ -249,6 +229,14 @@ impl System {
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(100),
             ..RetryPolicy::default()
+        }
+    }
+
+    /// [`System::fast_retries`], each attempt awaited at most `deadline`.
+    pub fn fast_retries_within(max_attempts: u32, deadline: Duration) -> RetryPolicy {
+        RetryPolicy {
+            deadline,
+            ..Self::fast_retries(max_attempts)
         }
     }
 
@@ -341,8 +329,7 @@ impl System {
         if setup.without_workers {
             return system;
         }
-        let (prefix, stop) = (&system.prefix, &system.stop);
-        let url_of = |kind: WorkerKind| system.amqp_url_for(Role::Worker(kind));
+        let stop = &system.stop;
         let multi_host = setup.database_admin_url.is_some();
         let pool = |db: &TestDatabase| {
             let url = (system.database_url_for)(db);
@@ -361,45 +348,63 @@ impl System {
                     .unwrap()
             }
         };
-        let mut tasks = Vec::new();
-
-        tasks.push(
-            start_worker(
-                workers::inventory::Inventory,
-                pool(&system.inventory_db).await,
-                &url_of(WorkerKind::Inventory),
-                prefix,
-                stop,
-            )
-            .await,
-        );
-        if rust_tax_worker {
-            tasks.push(
-                start_worker(
-                    workers::tax::Tax,
-                    pool(&system.tax_db).await,
-                    &url_of(WorkerKind::Tax),
-                    prefix,
-                    stop,
+        let inventory = workers::inventory::Inventory;
+        let mut tasks = vec![
+            system
+                .start_worker(
+                    WorkerKind::Inventory,
+                    inventory,
+                    pool(&system.inventory_db).await,
                 )
                 .await,
+        ];
+        if rust_tax_worker {
+            let tax_pool = pool(&system.tax_db).await;
+            tasks.push(
+                system
+                    .start_worker(WorkerKind::Tax, workers::tax::Tax, tax_pool)
+                    .await,
             );
         }
+        let payment = workers::payment::Payment::with_config(
+            workers::payment::Simulator::new(pool(&system.payment_db).await),
+            workers::payment::PaymentConfig::simulated(),
+        );
+        let payment_pool = pool(&system.payment_db).await;
         tasks.push(
-            start_worker(
-                workers::payment::Payment::with_config(
-                    workers::payment::Simulator::new(pool(&system.payment_db).await),
-                    workers::payment::PaymentConfig::simulated(),
-                ),
-                pool(&system.payment_db).await,
-                &url_of(WorkerKind::Payment),
-                prefix,
-                stop,
-            )
-            .await,
+            system
+                .start_worker(WorkerKind::Payment, payment, payment_pool)
+                .await,
         );
         system.tasks = tasks;
         system
+    }
+
+    /// Starts the worker of `kind`, `handler` on `pool`, connected as
+    /// that worker's service would; it stops with the system.
+    async fn start_worker<H: Handler>(
+        &self,
+        kind: WorkerKind,
+        handler: H,
+        pool: sqlx::PgPool,
+    ) -> JoinHandle<()> {
+        let amqp_url = self.amqp_url_for(Role::Worker(kind));
+        let broker = Arc::new(
+            Broker::connect(
+                &amqp_url,
+                Topology::new(&self.prefix),
+                "test-worker",
+                &self.stop,
+            )
+            .await
+            .expect("worker connects to RabbitMQ"),
+        );
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            run_worker_until_stopped(handler, pool, broker, 16, stop)
+                .await
+                .expect("worker runs");
+        })
     }
 
     /// The URL `role`'s service connects to RabbitMQ with: its own user's
@@ -409,6 +414,20 @@ impl System {
             Some(users) => users.url(role),
             None => self.amqp_url.clone(),
         }
+    }
+
+    /// A connection of the test's own to the system's topology, named
+    /// `name`: as the guest user, straight to RabbitMQ (past any proxy the
+    /// test cuts).
+    pub async fn connect_broker(&self, name: &str, stop: &CancellationToken) -> Broker {
+        Broker::connect(
+            &testing::amqp_url(),
+            Topology::new(&self.prefix),
+            name,
+            stop,
+        )
+        .await
+        .expect("the test connects to RabbitMQ")
     }
 
     /// Each service's RabbitMQ user, when the system was started with them.
@@ -505,14 +524,33 @@ impl System {
         saga: impl std::fmt::Display,
         within: Duration,
     ) -> Vec<Value> {
-        let path = format!("/v1/admin/dead-letters?saga_id={saga}");
+        let saga = saga.to_string();
         testing::eventually("a dead letter recorded", within, || async {
-            let (status, body) = self.admin("GET", &path, None).await;
-            assert_eq!(status, 200, "{body}");
-            let rows = body["dead_letters"].as_array().unwrap().clone();
+            let rows = self.dead_letters(&saga).await;
             (!rows.is_empty()).then_some(rows)
         })
         .await
+    }
+
+    /// The dead letters recorded for `saga` by now (up to 100), as support
+    /// lists them.
+    pub async fn dead_letters(&self, saga: &str) -> Vec<Value> {
+        let path = format!("/v1/admin/dead-letters?saga_id={saga}&limit=100");
+        let list = self.admin_read(&path).await;
+        list["dead_letters"].as_array().unwrap().clone()
+    }
+
+    /// Support's list of the sagas `query` (a query string) selects, which
+    /// must be answered.
+    pub async fn sagas(&self, query: &str) -> Value {
+        self.admin_read(&format!("/v1/admin/sagas?{query}")).await
+    }
+
+    /// A support API read of `path`, which must be answered (200).
+    pub async fn admin_read(&self, path: &str) -> Value {
+        let (status, body) = self.admin("GET", path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body
     }
 
     /// A support API call with the test token: (status, body).
@@ -527,6 +565,26 @@ impl System {
         let response = request.send().await.expect("support API answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Support's view of the saga `id`, which must be found.
+    pub async fn saga_view(&self, id: &str) -> Value {
+        self.admin_read(&format!("/v1/admin/sagas/{id}")).await
+    }
+
+    /// The entries of the saga `id`'s timeline, as support sees them.
+    pub async fn timeline(&self, id: &str) -> Vec<Value> {
+        let view = self.saga_view(id).await;
+        view["timeline"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a timeline: {view}"))
+            .clone()
+    }
+
+    /// A bulk retry (`POST /v1/admin/sagas/retry`) of `body`.
+    pub async fn bulk_retry(&self, body: Value) -> (u16, Value) {
+        self.admin("POST", "/v1/admin/sagas/retry", Some(body))
+            .await
     }
 
     /// Support cancels the saga `id`, which must succeed: how a test ends a
@@ -555,15 +613,21 @@ impl System {
     /// Places `body` while the payment provider is down and waits until
     /// its saga is parked at the charge. The provider stays down.
     pub async fn park(&self, body: &Value) -> String {
+        self.park_each(body, 1).await.remove(0)
+    }
+
+    /// Places `n` checkouts of `body`, one after the other, while the
+    /// payment provider is down and waits until every one is parked at the
+    /// charge. The provider stays down.
+    pub async fn park_each(&self, body: &Value, n: usize) -> Vec<String> {
         self.outage(true).await;
-        let id = self.place(body).await;
-        self.wait_status(
-            std::slice::from_ref(&id),
-            "suspended",
-            Duration::from_secs(60),
-        )
-        .await;
-        id
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(self.place(body).await);
+        }
+        self.wait_status(&ids, "suspended", Duration::from_secs(60))
+            .await;
+        ids
     }
 
     /// Switches the payment provider outage on or off.
@@ -645,6 +709,14 @@ impl System {
         );
     }
 
+    /// The one payment there is: `cents` charged, nothing refunded.
+    pub async fn assert_one_charge(&self, cents: i64) {
+        assert_eq!(
+            self.payments().await,
+            vec![("charged".to_owned(), cents, 0)]
+        );
+    }
+
     /// Net money taken: charged minus refunded, over every payment.
     pub async fn net_charged(&self) -> i64 {
         sqlx::query_scalar(
@@ -656,12 +728,25 @@ impl System {
         .unwrap()
     }
 
-    pub async fn post(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
-        let mut request = self
-            .http
+    /// A checkout POST of `body` as written, declared as `content_type`.
+    fn checkout_request(&self, content_type: &str, body: String) -> reqwest::RequestBuilder {
+        self.http
             .post(format!("{}/v1/checkouts", self.base_url))
-            .header("content-type", "application/json")
-            .body(body.to_string());
+            .header("content-type", content_type)
+            .body(body)
+    }
+
+    /// Posts `body` as written, declared as `content_type`: the answer as
+    /// it came, for the tests of what the API refuses to read.
+    pub async fn post_raw(&self, content_type: &str, body: String) -> reqwest::Response {
+        self.checkout_request(content_type, body)
+            .send()
+            .await
+            .expect("POST answers")
+    }
+
+    pub async fn post(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.checkout_request("application/json", body.to_string());
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -670,13 +755,17 @@ impl System {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
+    /// The orchestrator's answer to `GET path`, as it came.
+    pub async fn fetch(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(format!("{}{path}", self.base_url))
             .send()
             .await
-            .expect("GET answers");
+            .expect("GET answers")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.fetch(path).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -703,6 +792,14 @@ impl System {
         assert_eq!(status, 202, "{created}");
         self.wait_final(created["checkout_id"].as_str().unwrap())
             .await
+    }
+
+    /// Posts a checkout, waits for its final status, which must be
+    /// `rejected` for `reason`.
+    pub async fn checkout_rejected(&self, body: &Value, reason: &str) {
+        let done = self.checkout(body).await;
+        assert_eq!(done["status"], "rejected", "{done}");
+        assert_eq!(done["reason"], reason, "{done}");
     }
 
     pub async fn available(&self, sku: &str) -> i32 {
