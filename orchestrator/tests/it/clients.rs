@@ -87,29 +87,16 @@ async fn checkout_routes_need_a_client_key_and_the_two_kinds_of_token_stay_apart
     }
 
     // The saga records its client, and support finds it by the client.
-    let (status, found) = system
-        .admin("GET", "/v1/admin/sagas?client=test-shop", None)
-        .await;
-    assert_eq!(status, 200, "{found}");
+    let found = system.sagas("client=test-shop").await;
     let sagas = found["sagas"].as_array().unwrap();
     assert_eq!(sagas.len(), 1, "{found}");
     assert_eq!(sagas[0]["client"], "test-shop", "{found}");
-    let (_, none) = system
-        .admin(
-            "GET",
-            &format!("/v1/admin/sagas?client={OTHER_CLIENT}"),
-            None,
-        )
-        .await;
+    let none = system.sagas(&format!("client={OTHER_CLIENT}")).await;
     assert_eq!(none["sagas"].as_array().unwrap().len(), 0, "{none}");
-    let (_, detail) = system
-        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
-        .await;
+    let detail = system.saga_view(&id).await;
     assert_eq!(detail["client"], "test-shop", "{detail}");
     // Support finds it by the idempotency key as the client sent it.
-    let (_, keyed) = system
-        .admin("GET", "/v1/admin/sagas?idempotency_key=order-9", None)
-        .await;
+    let keyed = system.sagas("idempotency_key=order-9").await;
     assert_eq!(keyed["sagas"][0]["saga_id"], id, "{keyed}");
     system.wait_final(&id).await;
     system.stop().await;
@@ -295,18 +282,17 @@ async fn with_admin_http_addr_the_support_routes_leave_the_public_listener() {
     assert_ne!(system.admin_url, system.base_url);
     let support = http_with_key(ADMIN_TOKEN);
     for path in ["/v1/admin/sagas", "/v1/admin/clients", "/admin", "/metrics"] {
-        let public = support
-            .get(format!("{}{path}", system.base_url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(public.status(), 404, "{path} on the public listener");
-        let admin = support
-            .get(format!("{}{path}", system.admin_url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(admin.status(), 200, "{path} on the admin listener");
+        for (listener, url, expected) in [
+            ("public", &system.base_url, 404),
+            ("admin", &system.admin_url, 200),
+        ] {
+            let answer = support.get(format!("{url}{path}")).send().await.unwrap();
+            assert_eq!(
+                answer.status(),
+                expected,
+                "{path} on the {listener} listener"
+            );
+        }
     }
     let body = order(&[("BOOK", 1)], "sim_approve");
     let (status, _, answer) = post_as(&system.admin_url, CLIENT_KEY, &body, None).await;

@@ -323,14 +323,7 @@ async fn support_retries_a_parked_saga_from_the_console() {
     system.outage(false).await;
     // A garbled reply about this saga, for the dead-letter list.
     let stop = tokio_util::sync::CancellationToken::new();
-    let broker = saga_shared::broker::Broker::connect(
-        &saga_testkit::amqp_url(),
-        saga_shared::topology::Topology::new(&system.prefix),
-        "console-test",
-        &stop,
-    )
-    .await
-    .unwrap();
+    let broker = system.connect_broker("console-test", &stop).await;
     let saga_id: uuid::Uuid = id.parse().unwrap();
     broker
         .publish(&saga_shared::broker::Outgoing {
@@ -348,12 +341,7 @@ async fn support_retries_a_parked_saga_from_the_console() {
     saga_testkit::eventually(
         "the dead letter recorded",
         Duration::from_secs(30),
-        || async {
-            let (_, body) = system
-                .admin("GET", &format!("/v1/admin/dead-letters?saga_id={id}"), None)
-                .await;
-            (body["dead_letters"].as_array().map(Vec::len) == Some(1)).then_some(())
-        },
+        || async { (system.dead_letters(&id).await.len() == 1).then_some(()) },
     )
     .await;
 
@@ -377,21 +365,8 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     use orchestrator::saga::StepPolicies;
 
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(1))).await;
-    let park = |n: usize| {
-        let system = &system;
-        async move {
-            let mut ids = Vec::new();
-            for _ in 0..n {
-                ids.push(system.place(&order(&[("BOOK", 1)], "sim_approve")).await);
-            }
-            system
-                .wait_status(&ids, "suspended", Duration::from_secs(60))
-                .await;
-            ids
-        }
-    };
-    system.outage(true).await;
-    let shown = park(2).await;
+    let book = order(&[("BOOK", 1)], "sim_approve");
+    let shown = system.park_each(&book, 2).await;
 
     let browser = Browser::start().await;
     browser.log_in(&system.base_url, ADMIN_TOKEN).await;
@@ -414,7 +389,7 @@ async fn the_console_retries_exactly_the_group_it_showed() {
         .await;
 
     // One more parks in the same group while support reads the count.
-    let later = park(1).await;
+    let later = system.park_each(&book, 1).await;
     system.outage(false).await;
     browser.type_into("bulk-reason", "provider back").await;
     browser.click(Locator::Id("bulk-confirm")).await;
@@ -456,13 +431,8 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     let alice = system.place(&alices).await;
     assert_eq!(system.wait_final(&alice).await["status"], "completed");
     system.checkout(&order(&[("BOOK", 1)], "sim_decline")).await;
-    system.outage(true).await;
-    let parked = vec![
-        system.place(&order(&[("MUG", 1)], "sim_approve")).await,
-        system.place(&order(&[("MUG", 1)], "sim_approve")).await,
-    ];
-    system
-        .wait_status(&parked, "suspended", Duration::from_secs(60))
+    let parked = system
+        .park_each(&order(&[("MUG", 1)], "sim_approve"), 2)
         .await;
 
     let browser = Browser::start().await;

@@ -11,13 +11,9 @@ use crate::system::{order, System, ADMIN_ACTOR};
 
 /// (step, attempt, event) of a saga's timeline, via the support API.
 async fn timeline(system: &System, id: &str) -> Vec<(String, i64, String, String)> {
-    let (status, detail) = system
-        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{detail}");
-    detail["timeline"]
-        .as_array()
-        .unwrap()
+    system
+        .timeline(id)
+        .await
         .iter()
         .map(|e| {
             (
@@ -28,14 +24,6 @@ async fn timeline(system: &System, id: &str) -> Vec<(String, i64, String, String
             )
         })
         .collect()
-}
-
-async fn detail(system: &System, id: &str) -> Value {
-    let (status, body) = system
-        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
 }
 
 async fn act(system: &System, id: &str, action: &str, reason: &str) -> (u16, Value) {
@@ -57,10 +45,7 @@ async fn transient_failures_retry_with_backoff_and_charge_once() {
         .checkout(&order(&[("BOOK", 1)], "sim_transient_2"))
         .await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(
-        system.payments().await,
-        vec![("charged".to_owned(), 1_545, 0)]
-    );
+    system.assert_one_charge(1_545).await;
     let id = done["checkout_id"].as_str().unwrap();
     let charge: Vec<(i64, String, String)> = timeline(&system, id)
         .await
@@ -90,7 +75,7 @@ async fn transient_failures_retry_with_backoff_and_charge_once() {
             .unwrap_or_else(|| panic!("no backoff in `{detail}`"));
         assert!(waited <= ceiling, "{detail}");
     }
-    let steps = &detail(&system, id).await["steps"];
+    let steps = &system.saga_view(id).await["steps"];
     assert_eq!(
         steps[2],
         json!({"step": "payment.charge", "attempts": 3, "last_event": "ok"})
@@ -103,10 +88,8 @@ fn slow_charge(on_exhausted: OnExhausted) -> StepPolicies {
     StepPolicies::uniform(System::fast_retries(5)).with(
         Step::Charge,
         RetryPolicy {
-            max_attempts: 2,
-            deadline: Duration::from_millis(300),
             on_exhausted,
-            ..System::fast_retries(2)
+            ..System::fast_retries_within(2, Duration::from_millis(300))
         },
     )
 }
@@ -120,7 +103,7 @@ async fn a_charge_past_its_deadline_parks_then_a_retry_completes_with_one_charge
     system
         .wait_status(std::slice::from_ref(&id), "suspended", PARK_WAIT)
         .await;
-    let parked = detail(&system, &id).await;
+    let parked = system.saga_view(&id).await;
     assert_eq!(parked["step"], "payment.charge");
     assert_eq!(parked["phase"], "forward");
     assert!(
@@ -144,30 +127,22 @@ async fn a_charge_past_its_deadline_parks_then_a_retry_completes_with_one_charge
     })
     .await;
     assert_eq!(system.saga_status(&id).await, "suspended");
-    assert_eq!(
-        system.payments().await,
-        vec![("charged".to_owned(), 2_145, 0)]
-    );
+    system.assert_one_charge(2_145).await;
     // Support retries: the provider's record answers, no second charge.
     let (status, body) = act(&system, &id, "retry", "provider answered late").await;
     assert_eq!(status, 200, "{body}");
     let done = system.wait_final(&id).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(
-        system.payments().await,
-        vec![("charged".to_owned(), 2_145, 0)]
-    );
+    system.assert_one_charge(2_145).await;
     system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_past_its_deadline_set_to_compensate_refunds_what_it_took() {
     let system = System::start_with(slow_charge(OnExhausted::Compensate)).await;
-    let done = system
-        .checkout(&order(&[("TSHIRT", 2)], "sim_slow_2000"))
+    system
+        .checkout_rejected(&order(&[("TSHIRT", 2)], "sim_slow_2000"), "unavailable")
         .await;
-    assert_eq!(done["status"], "rejected", "{done}");
-    assert_eq!(done["reason"], "unavailable");
     // Whatever the provider did was undone: no net charge, no stock held.
     assert_eq!(system.net_charged().await, 0);
     assert_eq!(system.held().await, 0);
@@ -189,8 +164,7 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
     assert_eq!(system.held().await, 50);
     assert_eq!(system.available("TSHIRT").await, 50);
     assert_eq!(system.net_charged().await, 0);
-    let (status, failures) = system.admin("GET", "/v1/admin/failures", None).await;
-    assert_eq!(status, 200, "{failures}");
+    let failures = system.admin_read("/v1/admin/failures").await;
     assert_eq!(failures["total"], 50);
     assert_eq!(
         failures["groups"].as_array().unwrap().len(),
@@ -208,9 +182,7 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
     let selection = json!({"step": "payment.charge", "phase": "forward", "error": error});
     let mut dry = selection.clone();
     dry["dry_run"] = json!(true);
-    let (status, preview) = system
-        .admin("POST", "/v1/admin/sagas/retry", Some(dry))
-        .await;
+    let (status, preview) = system.bulk_retry(dry).await;
     assert_eq!(status, 200, "{preview}");
     assert_eq!(
         (preview["dry_run"].clone(), preview["count"].clone()),
@@ -220,9 +192,7 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
 
     let mut real = selection;
     real["reason"] = json!("provider outage is over");
-    let (status, retried) = system
-        .admin("POST", "/v1/admin/sagas/retry", Some(real))
-        .await;
+    let (status, retried) = system.bulk_retry(real).await;
     assert_eq!(status, 200, "{retried}");
     assert_eq!(retried["count"], 50);
     system.wait_status(&ids, "completed", PARK_WAIT).await;
@@ -248,11 +218,7 @@ async fn an_outage_parks_fifty_checkouts_and_a_bulk_retry_completes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_of_a_parked_saga_releases_the_stock_with_no_net_charge() {
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
-    system.outage(true).await;
-    let id = system.place(&order(&[("TSHIRT", 3)], "sim_approve")).await;
-    system
-        .wait_status(std::slice::from_ref(&id), "suspended", PARK_WAIT)
-        .await;
+    let id = system.park(&order(&[("TSHIRT", 3)], "sim_approve")).await;
     assert_eq!(system.held().await, 3);
     system.outage(false).await;
 
@@ -268,15 +234,8 @@ async fn cancel_of_a_parked_saga_releases_the_stock_with_no_net_charge() {
         .into_iter()
         .find(|(_, _, event, _)| event == "cancel");
     assert!(cancel.is_some());
-    let (_, saga) = system
-        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
-        .await;
-    let entry = saga["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "cancel")
-        .unwrap();
+    let timeline = system.timeline(&id).await;
+    let entry = timeline.iter().find(|e| e["event"] == "cancel").unwrap();
     assert_eq!(entry["actor"], ADMIN_ACTOR);
     assert_eq!(entry["reason"], "customer changed their mind");
 
@@ -296,10 +255,8 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
     let policies = StepPolicies::uniform(System::fast_retries(2)).with(
         Step::Charge,
         RetryPolicy {
-            max_attempts: 1,
-            deadline: Duration::from_millis(1_000),
             on_exhausted: OnExhausted::Compensate,
-            ..System::fast_retries(1)
+            ..System::fast_retries_within(1, Duration::from_millis(1_000))
         },
     );
     let system = System::start_with(policies).await;
@@ -328,7 +285,7 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
         (system.net_charged().await == 2_145 * 3).then_some(())
     })
     .await;
-    let parked = detail(&system, &id).await;
+    let parked = system.saga_view(&id).await;
     assert_eq!(parked["phase"], "compensating", "{parked}");
     assert_eq!(parked["step"], "payment.refund");
     assert_eq!(

@@ -30,12 +30,7 @@ async fn metrics_count_sagas_by_status_and_what_the_orchestrator_did() {
     assert_eq!(done["status"], "completed");
     system.park(&order(&[("BOOK", 1)], "sim_approve")).await;
 
-    let response = system
-        .http
-        .get(format!("{}/metrics", system.base_url))
-        .send()
-        .await
-        .unwrap();
+    let response = system.fetch("/metrics").await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::answers::fields;
 use crate::system::{order, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,13 +81,6 @@ fn parameter<'a>(doc: &'a Value, path: &str, method: &str, name: &str) -> &'a Va
         .find(|p| p["name"] == name)
         .map(|p| &p["schema"])
         .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
-}
-
-fn fields(problem: &Value) -> Vec<&str> {
-    problem["errors"]
-        .as_array()
-        .map(|e| e.iter().map(|e| e["field"].as_str().unwrap()).collect())
-        .unwrap_or_default()
 }
 
 /// What a client generated from the document allows is what the API takes:

@@ -10,13 +10,10 @@ use serde_json::{json, Value};
 
 use crate::system::{order, Setup, System, ADMIN_ACTOR};
 
-const PATIENCE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(3);
 
-fn events(view: &Value) -> Vec<(String, String)> {
-    view["timeline"]
-        .as_array()
-        .unwrap()
+fn events(timeline: &[Value]) -> Vec<(String, String)> {
+    timeline
         .iter()
         .map(|e| {
             (
@@ -38,11 +35,10 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
     let before = system.available("MUG").await;
     // The provider is down: both charges exhaust their attempts and park,
     // each holding its mug.
-    system.outage(true).await;
-    let expiring = system.place(&order(&[("MUG", 1)], "sim_approve")).await;
-    let extended = system.place(&order(&[("MUG", 1)], "sim_approve")).await;
-    let both = [expiring.clone(), extended.clone()];
-    system.wait_status(&both, "suspended", PATIENCE).await;
+    let both = system
+        .park_each(&order(&[("MUG", 1)], "sim_approve"), 2)
+        .await;
+    let (expiring, extended) = (both[0].clone(), both[1].clone());
 
     // Support extends it with sagactl, as an operator would.
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"))
@@ -70,10 +66,7 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
     // charged), and it says why.
     let done = system.wait_final(&expiring).await;
     assert_eq!(done["status"], "cancelled", "{done}");
-    let (_, view) = system
-        .admin("GET", &format!("/v1/admin/sagas/{expiring}"), None)
-        .await;
-    let timeline = events(&view);
+    let timeline = events(&system.timeline(&expiring).await);
     assert!(
         timeline.contains(&(
             "park_expired".to_owned(),
@@ -86,35 +79,23 @@ async fn a_park_past_its_ttl_is_cancelled_with_compensation_unless_extended() {
     // The extended one is still parked, past the same limit, and its
     // timeline has who extended it and why.
     assert_eq!(system.saga_status(&extended).await, "suspended");
-    let (_, view) = system
-        .admin("GET", &format!("/v1/admin/sagas/{extended}"), None)
-        .await;
-    let extension = view["timeline"]
-        .as_array()
-        .unwrap()
+    let timeline = system.timeline(&extended).await;
+    let extension = timeline
         .iter()
         .find(|e| e["event"] == "park_extended")
-        .unwrap_or_else(|| panic!("{view}"));
+        .unwrap_or_else(|| panic!("{timeline:?}"));
     assert_eq!(extension["detail"], "time limit extended by 1h");
     assert_eq!(extension["actor"], ADMIN_ACTOR);
 
     // Only a parked saga has a limit to extend; a duration is required.
-    let (status, problem) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{expiring}/extend-park"),
-            Some(json!({"by": "1h", "reason": "too late"})),
-        )
-        .await;
-    assert_eq!(status, 409, "{problem}");
-    let (status, problem) = system
-        .admin(
-            "POST",
-            &format!("/v1/admin/sagas/{extended}/extend-park"),
-            Some(json!({"by": "soon", "reason": "x"})),
-        )
-        .await;
-    assert_eq!(status, 422, "{problem}");
+    for (id, extension, answer) in [
+        (&expiring, json!({"by": "1h", "reason": "too late"}), 409),
+        (&extended, json!({"by": "soon", "reason": "x"}), 422),
+    ] {
+        let path = format!("/v1/admin/sagas/{id}/extend-park");
+        let (status, problem) = system.admin("POST", &path, Some(extension)).await;
+        assert_eq!(status, answer, "{id}: {problem}");
+    }
 
     // Support ends it the ordinary way.
     system.retry(&extended, "provider back").await;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use saga_protocol::messages::{ChargePayment, Command, Outcome};
 use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
-use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_shared::broker::Outgoing;
+use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_testkit as testing;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -69,16 +69,7 @@ fn poisons() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 async fn poison_on_any_queue_is_dead_lettered_listed_and_the_queues_flow() {
     let system = System::start().await;
     let stop = CancellationToken::new();
-    let broker = Arc::new(
-        Broker::connect(
-            &testing::amqp_url(),
-            Topology::new(&system.prefix),
-            "poisoner",
-            &stop,
-        )
-        .await
-        .unwrap(),
-    );
+    let broker = Arc::new(system.connect_broker("poisoner", &stop).await);
     let topology = broker.topology().clone();
     let poison_saga = Uuid::new_v4();
     let publish = |exchange: String, routing_key: &str, body: Vec<u8>| Outgoing {
@@ -134,15 +125,7 @@ async fn poison_on_any_queue_is_dead_lettered_listed_and_the_queues_flow() {
         "every poison message listed as a dead letter",
         Duration::from_secs(30),
         || async {
-            let (status, body) = system
-                .admin(
-                    "GET",
-                    &format!("/v1/admin/dead-letters?saga_id={poison_saga}&limit=100"),
-                    None,
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-            let rows = body["dead_letters"].as_array().unwrap().clone();
+            let rows = system.dead_letters(&poison_saga.to_string()).await;
             (rows.len() == expected.len()).then_some(rows)
         },
     )
@@ -177,14 +160,7 @@ async fn poison_on_any_queue_is_dead_lettered_listed_and_the_queues_flow() {
 async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() {
     let system = System::start().await;
     let stop = CancellationToken::new();
-    let broker = Broker::connect(
-        &testing::amqp_url(),
-        Topology::new(&system.prefix),
-        "poisoner",
-        &stop,
-    )
-    .await
-    .unwrap();
+    let broker = system.connect_broker("poisoner", &stop).await;
     let topology = broker.topology().clone();
     let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
     let done_id: Uuid = done["checkout_id"].as_str().unwrap().parse().unwrap();
@@ -215,13 +191,9 @@ async fn data_the_database_never_accepts_is_stored_printable_or_dead_lettered() 
         "the late reply in the timeline, its NUL replaced",
         Duration::from_secs(20),
         || async {
-            let (status, body) = system
-                .admin("GET", &format!("/v1/admin/sagas/{done_id}"), None)
-                .await;
-            assert_eq!(status, 200, "{body}");
-            body["timeline"]
-                .as_array()
-                .unwrap()
+            system
+                .timeline(&done_id.to_string())
+                .await
                 .iter()
                 .any(|e| {
                     e["detail"]

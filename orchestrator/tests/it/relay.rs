@@ -26,14 +26,9 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// A connection of the test's own, as an operator's tool would have.
 async fn operator(system: &System) -> (Arc<Broker>, lapin::Channel) {
     let broker = Arc::new(
-        Broker::connect(
-            &testing::amqp_url(),
-            Topology::new(&system.prefix),
-            "test-operator",
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("the test connects to RabbitMQ"),
+        system
+            .connect_broker("test-operator", &CancellationToken::new())
+            .await,
     );
     let channel = broker.channel().await.expect("a channel");
     (broker, channel)
@@ -82,11 +77,7 @@ async fn sagas(
 async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes() {
     // Short deadlines: the commands inside the deleted queue are lost with
     // it, and their sagas retry once the deadline passes.
-    let policy = RetryPolicy {
-        max_attempts: 6,
-        deadline: Duration::from_secs(3),
-        ..System::fast_retries(6)
-    };
+    let policy = System::fast_retries_within(6, Duration::from_secs(3));
     let system = System::start_with(StepPolicies::uniform(policy)).await;
     let (operator, channel) = operator(&system).await;
     let topology = Topology::new(&system.prefix);
@@ -112,8 +103,7 @@ async fn a_deleted_worker_queue_is_declared_again_and_every_checkout_completes()
 
 /// The refused commands support sees, as `(saga_id, routing_key)`.
 async fn refused_commands(system: &System) -> Vec<Value> {
-    let (status, body) = system.admin("GET", "/v1/admin/outbox", None).await;
-    assert_eq!(status, 200, "{body}");
+    let body = system.admin_read("/v1/admin/outbox").await;
     body["commands"].as_array().unwrap().clone()
 }
 
@@ -129,13 +119,7 @@ async fn sagactl(system: &System, args: &[&str]) -> String {
         .await
         .expect("sagactl answers within 30 s")
         .expect("sagactl runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "sagactl {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    testing::succeeded(&output)
 }
 
 /// Replaces the worker's quorum queue with one bound the same way that
@@ -181,11 +165,7 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         ..System::fast_retries(1_000)
     };
     // Tax commands may be refused for 4 x 4 s before their sagas park.
-    let tax = RetryPolicy {
-        max_attempts: 4,
-        deadline: Duration::from_secs(4),
-        ..System::fast_retries(4)
-    };
+    let tax = System::fast_retries_within(4, Duration::from_secs(4));
     let system =
         System::start_with(StepPolicies::uniform(fast).with(Step::CalculateTax, tax)).await;
     let (operator, channel) = operator(&system).await;
@@ -258,13 +238,7 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         (metrics.value("checkout_outbox_stuck") == Some(3.0)).then_some(())
     })
     .await;
-    let (status, _) = system
-        .http
-        .get(format!("{}/v1/admin/outbox", system.base_url))
-        .send()
-        .await
-        .map(|r| (r.status().as_u16(), ()))
-        .unwrap();
+    let (status, _) = system.get("/v1/admin/outbox").await;
     assert_eq!(status, 401, "the outbox list needs a support token");
 
     // Meanwhile inventory and payment commands of the other sagas flow:
@@ -295,12 +269,8 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         assert!(error.contains("nack"), "{error}");
         assert!(!deadline, "a parked saga awaits no deadline");
     }
-    let (_, detail) = system
-        .admin("GET", &format!("/v1/admin/sagas/{}", refused[0]), None)
-        .await;
-    let events: Vec<&str> = detail["timeline"]
-        .as_array()
-        .unwrap()
+    let timeline = system.timeline(&refused[0]).await;
+    let events: Vec<&str> = timeline
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
@@ -390,11 +360,7 @@ async fn publish_all_judges_each_message_on_its_own() {
 async fn the_deadline_timer_parks_a_saga_whose_command_was_refused_past_its_allowance() {
     // The reserve's allowance is 1,000 x 1 s: the relay alone would keep
     // trying for a quarter of an hour.
-    let reserve = RetryPolicy {
-        max_attempts: 1_000,
-        deadline: Duration::from_secs(1),
-        ..System::fast_retries(1_000)
-    };
+    let reserve = System::fast_retries_within(1_000, Duration::from_secs(1));
     let system = System::start_with(StepPolicies::default().with(Step::Reserve, reserve)).await;
     let (operator, channel) = operator(&system).await;
     let topology = Topology::new(&system.prefix);

@@ -102,10 +102,7 @@ async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted()
     system
         .wait_status(std::slice::from_ref(&id), "suspended", PATIENCE)
         .await;
-    let (status, view) = system
-        .admin("GET", &format!("/v1/admin/sagas/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{view}");
+    let view = system.saga_view(&id).await;
     assert_eq!(
         view["last_error"], "payment.charge reply: amount_cents expected 10725, got 1",
         "{view}"

@@ -7,11 +7,11 @@ use orchestrator::saga::StepPolicies;
 use serde_json::Value;
 use tokio::process::Command;
 
+use crate::answers::strings;
 use crate::system::{order, System, ADMIN_ACTOR, ADMIN_TOKEN};
 
 /// How long one sagactl run may take; it only makes one HTTP call.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
-const PARK_WAIT: Duration = Duration::from_secs(60);
 
 struct Run {
     code: i32,
@@ -62,6 +62,32 @@ fn assert_fails(run: &Run, code: i32, needle: &str) {
     assert!(run.stderr.contains(needle), "wanted {needle:?}: {run}");
 }
 
+/// A dry run of retrying the charges parked with `error`, which must say
+/// that `would` sagas would be retried.
+async fn retry_all_dry_run(url: &str, token: Option<&str>, error: &str, would: usize) -> Run {
+    let run = sagactl(
+        url,
+        token,
+        &[
+            "retry-all",
+            "--dry-run",
+            "--step",
+            "payment.charge",
+            "--error",
+            error,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains(&format!(
+            "dry run: {would} suspended sagas would be retried"
+        )),
+        "{run}"
+    );
+    run
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(2))).await;
@@ -72,12 +98,9 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     assert_eq!(done["status"], "completed", "{done}");
     let completed = done["checkout_id"].as_str().unwrap().to_owned();
 
-    system.outage(true).await;
-    let parked = vec![
-        system.place(&order(&[("BOOK", 1)], "sim_approve")).await,
-        system.place(&order(&[("BOOK", 1)], "sim_approve")).await,
-    ];
-    system.wait_status(&parked, "suspended", PARK_WAIT).await;
+    let parked = system
+        .park_each(&order(&[("BOOK", 1)], "sim_approve"), 2)
+        .await;
 
     // No token, or one the server does not know: 5, and never echoed.
     assert_fails(&sagactl(url, None, &["failures"]).await, 5, "SAGACTL_TOKEN");
@@ -151,44 +174,8 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     assert_fails(&run, 6, "status: must be one of");
 
     // A partial error names no group: nothing would be retried.
-    let run = sagactl(
-        url,
-        token,
-        &[
-            "retry-all",
-            "--dry-run",
-            "--step",
-            "payment.charge",
-            "--error",
-            "outage",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout
-            .contains("dry run: 0 suspended sagas would be retried"),
-        "{run}"
-    );
-    let run = sagactl(
-        url,
-        token,
-        &[
-            "retry-all",
-            "--dry-run",
-            "--step",
-            "payment.charge",
-            "--error",
-            "payment provider outage",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout
-            .contains("dry run: 2 suspended sagas would be retried"),
-        "{run}"
-    );
+    retry_all_dry_run(url, token, "outage", 0).await;
+    let run = retry_all_dry_run(url, token, "payment provider outage", 2).await;
     for id in &parked {
         assert!(run.stdout.lines().any(|l| l == id), "{id}: {run}");
     }
@@ -344,12 +331,9 @@ async fn sagactl_finds_checkouts_by_customer_key_or_id() {
 async fn clients_add_list_set_and_revoke_and_a_revoked_key_gets_401() {
     let system = System::start().await;
     let url = system.base_url.as_str();
-    let added = sagactl(
-        url,
-        Some(ADMIN_TOKEN),
-        &["clients", "add", "kiosk", "--max-in-flight", "7"],
-    )
-    .await;
+    // Support's own runs, with the support token.
+    let support = |args: &'static [&'static str]| sagactl(url, Some(ADMIN_TOKEN), args);
+    let added = support(&["clients", "add", "kiosk", "--max-in-flight", "7"]).await;
     assert_eq!(added.code, 0, "{added}");
     let key = added
         .stdout
@@ -375,7 +359,7 @@ async fn clients_add_list_set_and_revoke_and_a_revoked_key_gets_401() {
     };
     assert_eq!(post(key.clone()).await, 202);
 
-    let listed = sagactl(url, Some(ADMIN_TOKEN), &["clients", "list"]).await;
+    let listed = support(&["clients", "list"]).await;
     assert_eq!(listed.code, 0, "{listed}");
     assert!(
         !listed.stdout.contains(&key),
@@ -387,30 +371,20 @@ async fn clients_add_list_set_and_revoke_and_a_revoked_key_gets_401() {
         .find(|line| line.starts_with("kiosk"))
         .unwrap_or_else(|| panic!("{listed}"));
     assert!(kiosk.contains("/7") && kiosk.contains("active"), "{listed}");
-    let json = sagactl(url, Some(ADMIN_TOKEN), &["--json", "clients", "list"]).await;
+    let json = support(&["--json", "clients", "list"]).await;
     let answer: Value = serde_json::from_str(&json.stdout).unwrap();
-    let names: Vec<&str> = answer["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = strings(&answer["clients"], "name");
     assert_eq!(names, ["kiosk", "other-shop", "test-shop"], "{json}");
 
-    let set = sagactl(
-        url,
-        Some(ADMIN_TOKEN),
-        &["clients", "set", "kiosk", "--rate", "5"],
-    )
-    .await;
+    let set = support(&["clients", "set", "kiosk", "--rate", "5"]).await;
     assert_eq!(set.code, 0, "{set}");
     assert!(set.stdout.contains(" 5.0 "), "{set}");
-    let taken = sagactl(url, Some(ADMIN_TOKEN), &["clients", "add", "kiosk"]).await;
+    let taken = support(&["clients", "add", "kiosk"]).await;
     assert_fails(&taken, 4, "kiosk");
-    let missing = sagactl(url, Some(ADMIN_TOKEN), &["clients", "revoke", "nobody"]).await;
+    let missing = support(&["clients", "revoke", "nobody"]).await;
     assert_fails(&missing, 3, "nobody");
 
-    let revoked = sagactl(url, Some(ADMIN_TOKEN), &["clients", "revoke", "kiosk"]).await;
+    let revoked = support(&["clients", "revoke", "kiosk"]).await;
     assert_eq!(revoked.code, 0, "{revoked}");
     assert!(revoked.stdout.contains("revoked"), "{revoked}");
     // At once on the instance that revoked it.

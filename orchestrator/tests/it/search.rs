@@ -7,6 +7,7 @@ use std::time::Duration;
 use orchestrator::saga::StepPolicies;
 use serde_json::{json, Value};
 
+use crate::answers::{fields, strings};
 use crate::system::{order, System};
 
 fn for_customer(customer: &str, sku: &str, payment_method: &str) -> Value {
@@ -17,19 +18,7 @@ fn for_customer(customer: &str, sku: &str, payment_method: &str) -> Value {
 
 /// The saga ids a list answer holds, in its order.
 fn ids(list: &Value) -> Vec<&str> {
-    list["sagas"]
-        .as_array()
-        .expect("a list of sagas")
-        .iter()
-        .map(|s| s["saga_id"].as_str().unwrap())
-        .collect()
-}
-
-fn fields(problem: &Value) -> Vec<&str> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| errors.iter().filter_map(|e| e["field"].as_str()).collect())
-        .unwrap_or_default()
+    strings(&list["sagas"], "saga_id")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,18 +42,8 @@ async fn support_finds_a_checkout_by_its_id_customer_or_idempotency_key() {
         system.wait_final(id).await;
     }
 
-    let list = |query: String| {
-        let system = &system;
-        async move {
-            let (status, body) = system
-                .admin("GET", &format!("/v1/admin/sagas?{query}"), None)
-                .await;
-            assert_eq!(status, 200, "{query}: {body}");
-            body
-        }
-    };
     // The customer's checkouts, newest first, each with its customer and total.
-    let by_customer = list("q=cust-42".into()).await;
+    let by_customer = system.sagas("q=cust-42").await;
     assert_eq!(ids(&by_customer), [second.as_str(), first.as_str()]);
     let newest = &by_customer["sagas"][0];
     assert_eq!(newest["customer_id"], "cust-42");
@@ -73,32 +52,32 @@ async fn support_finds_a_checkout_by_its_id_customer_or_idempotency_key() {
     assert_eq!(newest["total_cents"], 999 + 82, "{newest}");
     assert_eq!(newest["currency"], "USD");
 
-    assert_eq!(ids(&list(format!("q={other}")).await), [other.as_str()]);
-    assert_eq!(ids(&list("q=app-key-1".into()).await), [first.as_str()]);
-    // A pasted id keeps its surrounding spaces; they are not part of it.
-    assert_eq!(ids(&list("q=%20cust-7%20".into()).await), [other.as_str()]);
     assert_eq!(
-        ids(&list("customer_id=cust-7".into()).await),
+        ids(&system.sagas(&format!("q={other}")).await),
+        [other.as_str()]
+    );
+    assert_eq!(ids(&system.sagas("q=app-key-1").await), [first.as_str()]);
+    // A pasted id keeps its surrounding spaces; they are not part of it.
+    assert_eq!(ids(&system.sagas("q=%20cust-7%20").await), [other.as_str()]);
+    assert_eq!(
+        ids(&system.sagas("customer_id=cust-7").await),
         [other.as_str()]
     );
     assert_eq!(
-        ids(&list("idempotency_key=app-key-1".into()).await),
+        ids(&system.sagas("idempotency_key=app-key-1").await),
         [first.as_str()]
     );
     // Exact, not a substring: a customer id is not found by a part of it.
-    assert!(ids(&list("q=cust-4".into()).await).is_empty());
+    assert!(ids(&system.sagas("q=cust-4").await).is_empty());
     // Terms narrow together with the other filters.
-    assert!(ids(&list("customer_id=cust-42&status=suspended".into()).await).is_empty());
+    assert!(ids(&system.sagas("customer_id=cust-42&status=suspended").await).is_empty());
 
     // The detail names the customer and the total too.
-    let (_, detail) = system
-        .admin("GET", &format!("/v1/admin/sagas/{first}"), None)
-        .await;
+    let detail = system.saga_view(&first).await;
     assert_eq!(detail["customer_id"], "cust-42");
     assert_eq!(detail["total_cents"], 1_500 + 45, "{detail}");
 
-    let (status, stats) = system.admin("GET", "/v1/admin/stats/minutes", None).await;
-    assert_eq!(status, 200, "{stats}");
+    let stats = system.admin_read("/v1/admin/stats/minutes").await;
     let minutes = stats["minutes"].as_array().unwrap();
     assert_eq!(minutes.len(), 60, "one entry per minute of the last hour");
     let completed: i64 = minutes
@@ -114,13 +93,8 @@ async fn status_counts_and_outcomes_per_minute_show_an_outage() {
     let system = System::start_with(StepPolicies::uniform(System::fast_retries(1))).await;
     system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
     system.checkout(&order(&[("BOOK", 1)], "sim_decline")).await;
-    system.outage(true).await;
-    let parked = vec![
-        system.place(&order(&[("BOOK", 1)], "sim_approve")).await,
-        system.place(&order(&[("BOOK", 1)], "sim_approve")).await,
-    ];
-    system
-        .wait_status(&parked, "suspended", Duration::from_secs(60))
+    let parked = system
+        .park_each(&order(&[("BOOK", 1)], "sim_approve"), 2)
         .await;
 
     // The counts are the gauges' (re-counted every few seconds).
@@ -128,8 +102,7 @@ async fn status_counts_and_outcomes_per_minute_show_an_outage() {
         "the status counts to show the parked sagas",
         Duration::from_secs(20),
         || async {
-            let (status, body) = system.admin("GET", "/v1/admin/stats/statuses", None).await;
-            assert_eq!(status, 200, "{body}");
+            let body = system.admin_read("/v1/admin/stats/statuses").await;
             let counts = &body["counts"];
             (counts["suspended"] == 2).then(|| counts.clone())
         },
@@ -142,10 +115,7 @@ async fn status_counts_and_outcomes_per_minute_show_an_outage() {
                "compensated": 1, "cancelled": 0, "total": 4})
     );
 
-    let (status, stats) = system
-        .admin("GET", "/v1/admin/stats/minutes?minutes=5", None)
-        .await;
-    assert_eq!(status, 200, "{stats}");
+    let stats = system.admin_read("/v1/admin/stats/minutes?minutes=5").await;
     let minutes = stats["minutes"].as_array().unwrap();
     assert_eq!(minutes.len(), 5);
     let sum = |key: &str| -> i64 { minutes.iter().map(|m| m[key].as_i64().unwrap()).sum() };

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::answers::{fields, strings};
 use crate::system::{order, System, ADMIN_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,12 +38,7 @@ async fn every_support_route_needs_a_valid_token() {
         }
     }
     // The console page itself loads without a token; its API calls need one.
-    let page = system
-        .http
-        .get(format!("{}/admin", system.base_url))
-        .send()
-        .await
-        .unwrap();
+    let page = system.fetch("/admin").await;
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("id=\"token\""));
     system.stop().await;
@@ -56,35 +52,20 @@ async fn lists_filter_and_page_newest_first_and_bad_input_names_the_field() {
         let done = system.checkout(&order(&[("BOOK", 1)], method)).await;
         ids.push(done["checkout_id"].as_str().unwrap().to_owned());
     }
-    let (status, page) = system
-        .admin("GET", "/v1/admin/sagas?status=completed&limit=1", None)
-        .await;
-    assert_eq!(status, 200, "{page}");
+    let page = system.sagas("status=completed&limit=1").await;
     assert_eq!(page["sagas"][0]["saga_id"], ids[2].as_str(), "newest first");
     assert_eq!(page["sagas"][0]["checkout_status"], "completed");
     let cursor = page["next_cursor"].as_str().expect("a second page");
-    let (_, next) = system
-        .admin(
-            "GET",
-            &format!("/v1/admin/sagas?status=completed&limit=1&cursor={cursor}"),
-            None,
-        )
+    let next = system
+        .sagas(&format!("status=completed&limit=1&cursor={cursor}"))
         .await;
     assert_eq!(next["sagas"][0]["saga_id"], ids[0].as_str());
     assert_eq!(next["next_cursor"], Value::Null);
 
-    let (_, rejected) = system
-        .admin("GET", "/v1/admin/sagas?status=compensated", None)
-        .await;
+    let rejected = system.sagas("status=compensated").await;
     assert_eq!(rejected["sagas"].as_array().unwrap().len(), 1);
     assert_eq!(rejected["sagas"][0]["saga_id"], ids[1].as_str());
-    let (_, future) = system
-        .admin(
-            "GET",
-            "/v1/admin/sagas?created_after=2999-01-01T00:00:00Z",
-            None,
-        )
-        .await;
+    let future = system.sagas("created_after=2999-01-01T00:00:00Z").await;
     assert_eq!(future["sagas"], json!([]));
 
     let (status, problem) = system
@@ -95,29 +76,18 @@ async fn lists_filter_and_page_newest_first_and_bad_input_names_the_field() {
         )
         .await;
     assert_eq!(status, 422, "{problem}");
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["status", "step", "created_after", "limit"]);
+    assert_eq!(
+        fields(&problem),
+        ["status", "step", "created_after", "limit"]
+    );
 
     // Detail: steps, the timeline, and what support may do (nothing, final).
-    let (status, detail) = system
-        .admin("GET", &format!("/v1/admin/sagas/{}", ids[1]), None)
-        .await;
-    assert_eq!(status, 200);
+    let detail = system.saga_view(&ids[1]).await;
     assert_eq!(detail["status"], "compensated");
     assert_eq!(detail["reason"], "payment_declined");
     assert_eq!(detail["actions"], json!([]));
     assert_eq!(
-        detail["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["step"].as_str().unwrap())
-            .collect::<Vec<_>>(),
+        strings(&detail["steps"], "step"),
         [
             "inventory.reserve",
             "tax.calculate",
@@ -144,19 +114,13 @@ async fn lists_filter_and_page_newest_first_and_bad_input_names_the_field() {
     assert_eq!(status, 409, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("completed"));
     let (status, problem) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(json!({"step": "payment.charge", "phase": "forward", "error": "x"})),
-        )
+        .bulk_retry(json!({"step": "payment.charge", "phase": "forward", "error": "x"}))
         .await;
     assert_eq!(status, 422, "bulk retry without a reason: {problem}");
     assert_eq!(problem["errors"][0]["field"], "reason", "{problem}");
     let (status, none) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(json!({"step": "payment.charge", "phase": "forward", "error": "x", "dry_run": true})),
+        .bulk_retry(
+            json!({"step": "payment.charge", "phase": "forward", "error": "x", "dry_run": true}),
         )
         .await;
     assert_eq!((status, none["count"].clone()), (200, json!(0)));

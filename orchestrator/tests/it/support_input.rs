@@ -6,26 +6,17 @@ use std::time::Duration;
 use orchestrator::saga::StepPolicies;
 use serde_json::{json, Value};
 
+use crate::answers::{fields, strings};
 use crate::system::{order, System};
 
 const PARK_WAIT: Duration = Duration::from_secs(60);
 const OUTAGE: &str = "payment provider outage";
 
-fn fields(problem: &Value) -> Vec<&str> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| errors.iter().filter_map(|e| e["field"].as_str()).collect())
-        .unwrap_or_default()
-}
-
 /// Checkouts parked at `payment.charge` by an outage.
 async fn parked_by_outage(system: &System, n: usize) -> Vec<String> {
-    system.outage(true).await;
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(system.place(&order(&[("BOOK", 1)], "sim_approve")).await);
-    }
-    system.wait_status(&ids, "suspended", PARK_WAIT).await;
+    let ids = system
+        .park_each(&order(&[("BOOK", 1)], "sim_approve"), n)
+        .await;
     system.outage(false).await;
     ids
 }
@@ -112,12 +103,7 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
         .await;
     let outage = parked_by_outage(&system, 2).await;
     let (_, failures) = system.admin("GET", "/v1/admin/failures", None).await;
-    let errors: Vec<&str> = failures["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["error"].as_str().unwrap())
-        .collect();
+    let errors = strings(&failures["groups"], "error");
     assert_eq!(errors.len(), 2, "{failures}");
     assert!(errors.contains(&OUTAGE), "{failures}");
 
@@ -130,9 +116,7 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
         "PAYMENT PROVIDER OUTAGE",
         " payment provider outage",
     ] {
-        let (status, preview) = system
-            .admin("POST", "/v1/admin/sagas/retry", Some(dry_run(error)))
-            .await;
+        let (status, preview) = system.bulk_retry(dry_run(error)).await;
         assert_eq!(status, 200, "{preview}");
         assert_eq!(preview["count"], 0, "error {error:?} selected {preview}");
     }
@@ -142,19 +126,13 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
         json!({"step": "payment.charge", "error": OUTAGE, "reason": "r"}),
         json!({"dry_run": true}),
     ] {
-        let (status, problem) = system
-            .admin("POST", "/v1/admin/sagas/retry", Some(body.clone()))
-            .await;
+        let (status, problem) = system.bulk_retry(body.clone()).await;
         assert_eq!(status, 422, "{body}: {problem}");
     }
     let (status, problem) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(
-                json!({"step": "payment.charge", "phase": "forward", "error": OUTAGE,
+        .bulk_retry(
+            json!({"step": "payment.charge", "phase": "forward", "error": OUTAGE,
                         "saga_ids": [down], "reason": "r"}),
-            ),
         )
         .await;
     assert_eq!(
@@ -166,21 +144,13 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
     // Ids up to the bulk bound fit in one body (beyond the usual 64 KiB).
     let many: Vec<uuid::Uuid> = (0..10_000).map(|_| uuid::Uuid::now_v7()).collect();
     let (status, none) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(json!({"saga_ids": many, "dry_run": true})),
-        )
+        .bulk_retry(json!({"saga_ids": many, "dry_run": true}))
         .await;
     assert_eq!((status, none["count"].clone()), (200, json!(0)), "{none}");
     let mut too_many = many;
     too_many.push(uuid::Uuid::now_v7());
     let (status, problem) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(json!({"saga_ids": too_many, "dry_run": true})),
-        )
+        .bulk_retry(json!({"saga_ids": too_many, "dry_run": true}))
         .await;
     assert_eq!(
         (status, fields(&problem)),
@@ -189,9 +159,7 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
     );
 
     // The exact group: its two sagas, listed by the dry run, then retried.
-    let (_, preview) = system
-        .admin("POST", "/v1/admin/sagas/retry", Some(dry_run(OUTAGE)))
-        .await;
+    let (_, preview) = system.bulk_retry(dry_run(OUTAGE)).await;
     let mut listed: Vec<String> = preview["saga_ids"]
         .as_array()
         .unwrap()
@@ -203,11 +171,7 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
     expected.sort();
     assert_eq!(listed, expected, "{preview}");
     let (status, retried) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(json!({"saga_ids": listed, "reason": "provider back"})),
-        )
+        .bulk_retry(json!({"saga_ids": listed, "reason": "provider back"}))
         .await;
     assert_eq!(status, 200, "{retried}");
     assert_eq!(retried["count"], 2, "{retried}");
@@ -216,11 +180,7 @@ async fn a_bulk_retry_takes_exactly_the_group_it_names() {
 
     // The ids of sagas no longer suspended are skipped, not retried twice.
     let (_, again) = system
-        .admin(
-            "POST",
-            "/v1/admin/sagas/retry",
-            Some(json!({"saga_ids": outage, "reason": "once more"})),
-        )
+        .bulk_retry(json!({"saga_ids": outage, "reason": "once more"}))
         .await;
     assert_eq!(again["count"], 0, "{again}");
 

@@ -1,18 +1,7 @@
 use serde_json::{json, Value};
 
+use crate::answers::fields;
 use crate::system::{order, System};
-
-fn field_names(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| e["field"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_a_problem_naming_the_field_and_creates_nothing() {
@@ -113,7 +102,7 @@ async fn every_bad_input_is_a_problem_naming_the_field_and_creates_nothing() {
         assert_eq!(status, 422, "{what}: {problem}");
         assert_eq!(problem["status"], 422, "{what}: {problem}");
         assert!(
-            field_names(&problem).contains(&field.to_owned()),
+            fields(&problem).contains(&field),
             "{what}: expected field {field} in {problem}"
         );
         assert!(
@@ -125,14 +114,7 @@ async fn every_bad_input_is_a_problem_naming_the_field_and_creates_nothing() {
     // Not JSON at all, and JSON with trailing garbage: 400.
     let trailing = format!("{good} {{}}");
     for raw in ["{\"customer_id\": ", "not json", trailing.as_str()] {
-        let response = system
-            .http
-            .post(format!("{}/v1/checkouts", system.base_url))
-            .header("content-type", "application/json")
-            .body(raw.to_owned())
-            .send()
-            .await
-            .unwrap();
+        let response = system.post_raw("application/json", raw.to_owned()).await;
         assert_eq!(response.status(), 400, "{raw}");
         assert_eq!(
             response.headers()["content-type"],
@@ -155,20 +137,13 @@ async fn every_bad_input_is_a_problem_naming_the_field_and_creates_nothing() {
     );
 
     // Not declared as JSON.
-    let response = system
-        .http
-        .post(format!("{}/v1/checkouts", system.base_url))
-        .header("content-type", "text/plain")
-        .body(good.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = system.post_raw("text/plain", good.to_string()).await;
     assert_eq!(response.status(), 415);
 
     // An over-long Idempotency-Key names the header.
     let (status, problem) = system.post(&good, Some(&"k".repeat(300))).await;
     assert_eq!(status, 422);
-    assert_eq!(field_names(&problem), ["Idempotency-Key"]);
+    assert_eq!(fields(&problem), ["Idempotency-Key"]);
 
     assert_eq!(
         system.saga_count().await,
@@ -188,13 +163,8 @@ async fn unknown_checkout_is_404_and_a_bad_wait_is_named() {
         assert_eq!(problem["status"], 404);
         assert!(problem["detail"].as_str().unwrap().contains(&id));
     }
-    let response = system
-        .http
-        .post(format!("{}/v1/checkouts", system.base_url))
-        .json(&order(&[("BOOK", 1)], "sim_approve"))
-        .send()
-        .await
-        .unwrap();
+    let body = order(&[("BOOK", 1)], "sim_approve").to_string();
+    let response = system.post_raw("application/json", body).await;
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let created: Value = response.json().await.unwrap();
@@ -209,7 +179,7 @@ async fn unknown_checkout_is_404_and_a_bad_wait_is_named() {
     for wait in ["31", "-1", "soon"] {
         let (status, problem) = system.get(&format!("/v1/checkouts/{id}?wait={wait}")).await;
         assert_eq!(status, 422, "{problem}");
-        assert_eq!(field_names(&problem), ["wait"]);
+        assert_eq!(fields(&problem), ["wait"]);
     }
     system.stop().await;
 }
