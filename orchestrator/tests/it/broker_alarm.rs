@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use orchestrator::saga::{RetryPolicy, StepPolicies};
+use orchestrator::saga::StepPolicies;
 use saga_protocol::Step;
 use saga_testkit as testing;
 use saga_testkit::metrics::scrape;
@@ -65,11 +65,7 @@ async fn a_resource_alarm_shows_in_readyz_and_metrics_and_checkouts_complete_onc
     // A short publish allowance (2 attempts of 1.5 s): a relay that took
     // publishes the alarm holds for refusals would park the saga before
     // the alarm clears.
-    let reserve = RetryPolicy {
-        max_attempts: 2,
-        deadline: Duration::from_millis(1_500),
-        ..System::fast_retries(2)
-    };
+    let reserve = System::fast_retries_within(2, Duration::from_millis(1_500));
     let system = System::start_setup(Setup {
         policies: StepPolicies::default().with(Step::Reserve, reserve),
         amqp_url: Some(proxy.url()),

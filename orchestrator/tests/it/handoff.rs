@@ -7,12 +7,15 @@
 use std::time::Duration;
 
 use orchestrator::handoff;
-use orchestrator::saga::{ClientStatus, StepPolicies};
+use orchestrator::saga::StepPolicies;
 use orchestrator::store::Store;
 use saga_protocol::messages::Outcome;
 use saga_testkit::TestDatabase;
 
-use crate::reply_batches::{create, reserve_replies_applied, reserve_reply};
+use crate::reply_batches::{
+    assert_rejected_out_of_stock, assert_transient_then_rejected, create, out_of_stock,
+    reserve_reply,
+};
 use crate::system::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,23 +37,12 @@ async fn a_reply_to_a_saga_another_instance_advanced_is_decided_on_the_row() {
         .unwrap();
     // To the copy `one` holds, attempt 2 is no attempt it awaits; the row
     // says it is.
-    let refused = Outcome::Rejected {
-        reason: "out_of_stock".into(),
-        detail: "none left".into(),
-    };
-    one.apply_reply(&reserve_reply(id, 2, refused))
+    one.apply_reply(&reserve_reply(id, 2, out_of_stock()))
         .await
         .unwrap();
 
-    let saga = one.get(id).await.unwrap().unwrap().saga;
-    assert_eq!(
-        saga.status.client_status(),
-        ClientStatus::Rejected,
-        "{saga:?}"
-    );
-    assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
-    let replied = reserve_replies_applied(&db.pool, id).await;
-    assert_eq!(replied, [(1, "transient".into()), (2, "rejected".into())]);
+    assert_rejected_out_of_stock(&one, id).await;
+    assert_transient_then_rejected(&db.pool, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

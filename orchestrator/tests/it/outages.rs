@@ -7,7 +7,7 @@ use std::time::Duration;
 use saga_testkit as testing;
 use serde_json::Value;
 
-use orchestrator::saga::{RetryPolicy, StepPolicies};
+use orchestrator::saga::StepPolicies;
 
 use crate::system::{order, Setup, System};
 
@@ -32,11 +32,7 @@ async fn wait_ready(system: &System, ready: bool) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_and_doubles_nothing() {
     // Short deadlines: the outage outlasts several of them.
-    let policy = RetryPolicy {
-        max_attempts: 10,
-        deadline: Duration::from_millis(1_000),
-        ..System::fast_retries(10)
-    };
+    let policy = System::fast_retries_within(10, Duration::from_millis(1_000));
     let system = System::start_setup(Setup {
         broker_proxy: true,
         policies: StepPolicies::uniform(policy),

@@ -360,14 +360,7 @@ async fn a_python_tax_worker_takes_the_rust_ones_place() {
         std::env::temp_dir().join(format!("{}tax-worker-python.log", system.prefix)),
     );
     let stop = CancellationToken::new();
-    let broker = Broker::connect(
-        &testing::amqp_url(),
-        Topology::new(&system.prefix),
-        "python-tax-test",
-        &stop,
-    )
-    .await
-    .unwrap();
+    let broker = system.connect_broker("python-tax-test", &stop).await;
     let topology = broker.topology().clone();
     let tax_queue = topology.command_queue(WorkerKind::Tax);
     testing::eventually(
@@ -671,15 +664,8 @@ async fn the_topology_the_python_worker_declares_is_the_rust_services_own() {
     let consuming = |queue: String| {
         let (http, url) = (&http, queue_url(&queue));
         async move {
-            let queue: Value = http
-                .get(url)
-                .basic_auth("guest", Some("guest"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let request = http.get(url).basic_auth("guest", Some("guest"));
+            let queue = testing::try_json_answer(request).await?;
             (queue["consumers"].as_u64() >= Some(1)).then_some(queue)
         }
     };

@@ -11,8 +11,8 @@ use orchestrator::saga::{ClientStatus, StepPolicies};
 use orchestrator::store::{BatchedReply, Created, Owner, Store, StoreError};
 use saga_protocol::messages::{Command, Outcome, ReserveStock};
 use saga_protocol::Envelope;
-use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_shared::broker::Outgoing;
+use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_testkit::{self as testing, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -42,7 +42,7 @@ pub fn reserve_reply(saga_id: Uuid, attempt: u32, outcome: Outcome) -> Envelope<
     .reply(outcome)
 }
 
-fn out_of_stock() -> Outcome {
+pub fn out_of_stock() -> Outcome {
     Outcome::Rejected {
         reason: "out_of_stock".into(),
         detail: "none left".into(),
@@ -51,7 +51,7 @@ fn out_of_stock() -> Outcome {
 
 /// How each reserve reply of saga `id` was taken, in order: (attempt,
 /// event) for the replies applied, late ones included.
-pub async fn reserve_replies_applied(pool: &sqlx::PgPool, id: Uuid) -> Vec<(i32, String)> {
+async fn reserve_replies_applied(pool: &sqlx::PgPool, id: Uuid) -> Vec<(i32, String)> {
     let events: Vec<(i32, String)> = sqlx::query_as(
         "SELECT attempt, event FROM saga_events WHERE saga_id = $1 AND step = 'inventory.reserve'
          ORDER BY id",
@@ -66,6 +66,25 @@ pub async fn reserve_replies_applied(pool: &sqlx::PgPool, id: Uuid) -> Vec<(i32,
             event == "transient" || event.starts_with("late_") || event == "rejected"
         })
         .collect()
+}
+
+/// The saga `id`, as `store` reads it, ended rejected for
+/// [`out_of_stock`].
+pub async fn assert_rejected_out_of_stock(store: &Store, id: Uuid) {
+    let saga = store.get(id).await.unwrap().unwrap().saga;
+    assert_eq!(
+        saga.status.client_status(),
+        ClientStatus::Rejected,
+        "{saga:?}"
+    );
+    assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
+}
+
+/// The reserve of saga `id` failed for now at attempt 1 and was rejected
+/// at attempt 2, both applied as the attempt awaited (neither as late).
+pub async fn assert_transient_then_rejected(pool: &sqlx::PgPool, id: Uuid) {
+    let replied = reserve_replies_applied(pool, id).await;
+    assert_eq!(replied, [(1, "transient".into()), (2, "rejected".into())]);
 }
 
 /// The transactions that last wrote these sagas.
@@ -119,17 +138,9 @@ async fn a_batch_commits_once_applies_a_sagas_replies_in_turn_and_refuses_a_stra
     assert!(results[2].is_ok() && results[3].is_ok(), "{results:?}");
 
     for id in [twice, once] {
-        let saga = store.get(id).await.unwrap().unwrap().saga;
-        assert_eq!(
-            saga.status.client_status(),
-            ClientStatus::Rejected,
-            "{saga:?}"
-        );
-        assert_eq!(saga.reason.as_deref(), Some("out_of_stock"));
+        assert_rejected_out_of_stock(&store, id).await;
     }
-    // Both applied as the awaited attempt: neither was taken as late.
-    let replied = reserve_replies_applied(&db.pool, twice).await;
-    assert_eq!(replied, [(1, "transient".into()), (2, "rejected".into())]);
+    assert_transient_then_rejected(&db.pool, twice).await;
     assert_eq!(writers(&db.pool, &[twice, once]).await, 1, "one commit");
 }
 
@@ -150,14 +161,9 @@ async fn ready_replies_commit_in_fewer_transactions_and_a_stray_is_dead_lettered
         .unwrap();
 
     let broker = Arc::new(
-        Broker::connect(
-            &testing::amqp_url(),
-            Topology::new(&system.prefix),
-            "replier",
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap(),
+        system
+            .connect_broker("replier", &CancellationToken::new())
+            .await,
     );
     let stray = Uuid::now_v7();
     let mut replies: Vec<Envelope<Outcome>> = ids
