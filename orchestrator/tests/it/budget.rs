@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_testkit::metrics::scrape;
-use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
+use saga_testkit::{self as testing, ServiceCommand, TestDatabase, TopologyGuard};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -68,11 +68,7 @@ fn spawn(service: &str, url: &str, prefix: &str, env: &[(&str, String)]) -> Chil
         .env("PAYMENT_PROVIDER", "simulator")
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(testing::service_log())
-        .kill_on_drop(true)
-        .spawn()
+        .spawn_service(testing::service_log())
         .unwrap_or_else(|e| panic!("{service} starts: {e}"))
 }
 
@@ -451,11 +447,7 @@ async fn a_process_whose_pool_does_not_fit_the_server_warns_once_at_start() {
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("LOG_FORMAT", "json")
             .env("DATABASE_POOL_SIZE", "1000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .spawn_service(Stdio::piped())
             .unwrap();
         let lines = log_until(&mut child, |line| line.contains(started)).await;
         let warnings: Vec<&String> = lines
@@ -495,11 +487,7 @@ async fn a_request_that_finds_no_free_connection_is_503_overloaded_with_retry_af
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .env("DATABASE_POOL_SIZE", "2")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(testing::service_log())
-        .kill_on_drop(true)
-        .spawn()
+        .spawn_service(testing::service_log())
         .unwrap();
     let http = crate::system::http_with_key(crate::system::CLIENT_KEY);
     testing::eventually("the orchestrator ready", PATIENCE, || async {

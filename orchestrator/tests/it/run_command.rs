@@ -160,13 +160,7 @@ async fn readme_run_command_serves_its_printed_curl_line() {
     let outage_off = outage_on.replace("outage on", "outage off");
     let sh = |line: &str| {
         let output = Command::new("bash").arg("-c").arg(line).output().unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "`{line}` failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        text
+        testing::succeeded(&output)
     };
     sh(&outage_on);
     let mut parked = Vec::new();

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use saga_shared::database;
-use saga_testkit as testing;
+use saga_testkit::{self as testing, ServiceCommand};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -118,11 +118,7 @@ fn spawn(service: &str, env: &[(&str, String)]) -> Child {
         // Every payment worker of a test runs the simulator (a test double).
         .env("PAYMENT_PROVIDER", "simulator")
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(testing::service_log())
-        .kill_on_drop(true)
-        .spawn()
+        .spawn_service(testing::service_log())
         .unwrap_or_else(|e| panic!("{service} starts: {e}"))
 }
 
@@ -135,11 +131,7 @@ async fn run_until_exit(service: &str, env: &[(&str, String)]) -> (Option<i32>, 
         // refusal too, as a log line of its own.
         .env("RUST_LOG", "off")
         .env("HTTP_ADDR", format!("127.0.0.1:{}", testing::free_port()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .spawn_service(Stdio::piped())
         .unwrap();
     let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
@@ -198,14 +190,7 @@ async fn a_checkout_completes_over_verified_tls_to_postgresql_and_rabbitmq() {
     let created: serde_json::Value = response.json().await.unwrap();
     let id = created["checkout_id"].as_str().unwrap().to_owned();
     let checkout = testing::eventually("the checkout completed", PATIENCE, || async {
-        let body: serde_json::Value = http
-            .get(format!("{base}/v1/checkouts/{id}"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let body = testing::try_json_answer(http.get(format!("{base}/v1/checkouts/{id}"))).await?;
         (body["status"] == "completed").then_some(body)
     })
     .await;
@@ -258,51 +243,45 @@ async fn a_wrong_ca_or_host_stops_a_service_with_exit_code_2_naming_the_variable
             ("AMQP_PREFIX", testing::random_prefix()),
         ]
     };
-    let refused = |service: &str, (code, stderr): (Option<i32>, String), needles: &[&str]| {
-        eprintln!("{service}: {stderr}");
-        assert_eq!(code, Some(2), "{service}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{service}: {stderr}");
-        for needle in needles {
-            assert!(stderr.contains(needle), "{service}: {needle}? {stderr}");
-        }
-    };
+    let elsewhere = amqps.replace("127.0.0.1", &unnamed);
 
     for service in ["orchestrator", "inventory"] {
-        let database_url =
-            services.database_url("127.0.0.1", service, "verify-full", Some(&wrong_ca));
-        refused(
-            service,
-            run_until_exit(service, &env(database_url, &amqps, &good_ca)).await,
-            &["DATABASE_URL", "PostgreSQL", "not signed by a trusted CA"],
-        );
-
-        let database_url = services.database_url(&unnamed, service, "verify-full", Some(&good_ca));
-        refused(
-            service,
-            run_until_exit(service, &env(database_url, &amqps, &good_ca)).await,
-            &["DATABASE_URL", "does not name this host"],
-        );
-
-        refused(
-            service,
-            run_until_exit(
-                service,
-                &env(services.good_database_url(service), &amqps, &wrong_ca),
-            )
-            .await,
-            &["AMQP_CA_FILE", "RabbitMQ", "not signed by a trusted CA"],
-        );
-
-        let elsewhere = amqps.replace("127.0.0.1", &unnamed);
-        refused(
-            service,
-            run_until_exit(
-                service,
-                &env(services.good_database_url(service), &elsewhere, &good_ca),
-            )
-            .await,
-            &["RabbitMQ", "does not name this host", "AMQP_URL"],
-        );
+        // (DATABASE_URL, AMQP_URL, AMQP_CA_FILE, what the one line names)
+        let refusals: [(String, &str, &str, &[&str]); 4] = [
+            (
+                services.database_url("127.0.0.1", service, "verify-full", Some(&wrong_ca)),
+                &amqps,
+                &good_ca,
+                &["DATABASE_URL", "PostgreSQL", "not signed by a trusted CA"],
+            ),
+            (
+                services.database_url(&unnamed, service, "verify-full", Some(&good_ca)),
+                &amqps,
+                &good_ca,
+                &["DATABASE_URL", "does not name this host"],
+            ),
+            (
+                services.good_database_url(service),
+                &amqps,
+                &wrong_ca,
+                &["AMQP_CA_FILE", "RabbitMQ", "not signed by a trusted CA"],
+            ),
+            (
+                services.good_database_url(service),
+                &elsewhere,
+                &good_ca,
+                &["RabbitMQ", "does not name this host", "AMQP_URL"],
+            ),
+        ];
+        for (database_url, amqp_url, ca, needles) in refusals {
+            let (code, stderr) = run_until_exit(service, &env(database_url, amqp_url, ca)).await;
+            eprintln!("{service}: {stderr}");
+            assert_eq!(code, Some(2), "{service}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{service}: {stderr}");
+            for needle in needles {
+                assert!(stderr.contains(needle), "{service}: {needle}? {stderr}");
+            }
+        }
     }
 
     // sslmode as libpq reads it: `require` encrypts without verifying,
