@@ -9,7 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use saga_testkit as testing;
 
-use crate::crashes::{bin_dir, Deployment, PATIENCE};
+use crate::crashes::{bin_dir, charge_compensated_after_one_second, Deployment, PATIENCE};
 use crate::system::order;
 
 /// `payment ledger`, the provider's side, without its header.
@@ -53,78 +53,82 @@ async fn payment_status(deployment: &Deployment) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_after_the_provider_charged_charges_once_after_restart() {
-    let failpoint = ("PAYMENT_FAILPOINT", "after_provider_charge".to_owned());
-    let mut deployment =
-        Deployment::start_with(HashMap::from([("payment", vec![failpoint])])).await;
-    let id = deployment
-        .place(&order(&[("TSHIRT", 1)], "sim_approve"))
-        .await;
+/// Where a payment worker killed at its failpoint left the money.
+struct Crash {
+    /// The provider's ledger row of the saga past its id (charges,
+    /// charged, refunds, refunded): the money moved there.
+    ledger: &'static str,
+    /// The payment's status as the worker last recorded it.
+    recorded: &'static str,
+}
 
+/// Places one TSHIRT checkout paid with `payment_method`, waits for the
+/// payment worker to die as `crash` says, restarts it, and checks that the
+/// saga ends `ends` with the provider's ledger unchanged (the money moved
+/// once) and the payment `settled`.
+async fn restarted_after(
+    mut deployment: Deployment,
+    payment_method: &str,
+    crash: Crash,
+    ends: &str,
+    settled: (&str, i64, i64),
+) {
+    let id = deployment
+        .place(&order(&[("TSHIRT", 1)], payment_method))
+        .await;
+    let ledger_row = format!("{id},{}", crash.ledger);
     aborted(&mut deployment).await;
-    // The provider took the money; the worker never recorded it.
-    assert_eq!(ledger(&deployment).await, vec![format!("{id},1,2145,0,0")]);
-    assert_eq!(payment_status(&deployment).await, vec!["charging"]);
+    assert_eq!(ledger(&deployment).await, vec![ledger_row.clone()]);
+    assert_eq!(payment_status(&deployment).await, vec![crash.recorded]);
 
     deployment.env.remove("payment");
     deployment.spawn("payment");
     let statuses = deployment.settle().await;
 
-    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
+    assert_eq!(statuses.get(ends), Some(&1), "{statuses:?}");
     assert_eq!(
         ledger(&deployment).await,
-        vec![format!("{id},1,2145,0,0")],
-        "one charge at the provider"
+        vec![ledger_row],
+        "the money moved once at the provider"
     );
+    let (status, charged, refunded) = settled;
     assert_eq!(
         deployment.payments().await,
-        vec![("charged".to_owned(), 2_145, 0)]
+        vec![(status.to_owned(), charged, refunded)]
     );
     deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_the_provider_charged_charges_once_after_restart() {
+    let failpoint = ("PAYMENT_FAILPOINT", "after_provider_charge".to_owned());
+    let deployment = Deployment::start_with(HashMap::from([("payment", vec![failpoint])])).await;
+    // The provider took the money; the worker never recorded it.
+    let crash = Crash {
+        ledger: "1,2145,0,0",
+        recorded: "charging",
+    };
+    let charged = ("charged", 2_145, 0);
+    restarted_after(deployment, "sim_approve", crash, "completed", charged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_the_provider_refunded_refunds_once_after_restart() {
     // The charge outlives its deadline and the saga compensates at once:
     // the refund arrives while the charge is still at the provider.
-    let orchestrator = vec![
-        ("STEP_PAYMENT_CHARGE_MAX_ATTEMPTS", "1".to_owned()),
-        ("STEP_PAYMENT_CHARGE_DEADLINE_MS", "1000".to_owned()),
-        ("STEP_PAYMENT_CHARGE_ON_EXHAUSTED", "compensate".to_owned()),
-    ];
+    let orchestrator = charge_compensated_after_one_second();
     let failpoint = ("PAYMENT_FAILPOINT", "after_provider_refund".to_owned());
-    let mut deployment = Deployment::start_with(HashMap::from([
+    let deployment = Deployment::start_with(HashMap::from([
         ("payment", vec![failpoint]),
         ("orchestrator", orchestrator),
     ]))
     .await;
-    let id = deployment
-        .place(&order(&[("TSHIRT", 1)], "sim_slow_3000"))
-        .await;
-
-    aborted(&mut deployment).await;
-    assert_eq!(
-        ledger(&deployment).await,
-        vec![format!("{id},1,2145,1,2145")]
-    );
-    assert_eq!(payment_status(&deployment).await, vec!["refunding"]);
-
-    deployment.env.remove("payment");
-    deployment.spawn("payment");
-    let statuses = deployment.settle().await;
-
-    assert_eq!(statuses.get("compensated"), Some(&1), "{statuses:?}");
-    assert_eq!(
-        ledger(&deployment).await,
-        vec![format!("{id},1,2145,1,2145")],
-        "one charge, one refund at the provider"
-    );
-    assert_eq!(
-        deployment.payments().await,
-        vec![("refunded".to_owned(), 2_145, 2_145)]
-    );
-    deployment.stop().await;
+    let crash = Crash {
+        ledger: "1,2145,1,2145",
+        recorded: "refunding",
+    };
+    let refunded = ("refunded", 2_145, 2_145);
+    restarted_after(deployment, "sim_slow_3000", crash, "compensated", refunded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

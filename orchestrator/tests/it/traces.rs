@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
 use saga_testkit as testing;
 
-use crate::crashes::{Deployment, PATIENCE};
+use crate::crashes::{charge_compensated_after_one_second, Deployment, PATIENCE};
 use crate::system::order;
 
 /// One span as the collector received it.
@@ -212,6 +212,39 @@ async fn path_to(spans: &Spans, id: &str, last: &str) -> (Vec<String>, Vec<Colle
     .await
 }
 
+/// Once the deployment's one saga, the checkout `id`, has ended `ending`
+/// and every process has stopped (SIGTERM to each; each exits 0, flushing
+/// its spans on the way out): [`path_to`] its last transition, with the
+/// whole trace printed as the collector holds it (`--nocapture` shows it).
+async fn settled_trace(
+    deployment: Deployment,
+    spans: &Spans,
+    id: &str,
+    ending: &str,
+) -> (Vec<String>, Vec<Collected>, String) {
+    let statuses = deployment.settle().await;
+    assert_eq!(statuses.get(ending), Some(&1), "{statuses:?}");
+    deployment.stop().await;
+    let (chain, all, root) = path_to(spans, id, ending).await;
+    print_tree(&all, &root, 0);
+    (chain, all, root)
+}
+
+/// One TSHIRT checkout paid with `payment_method` through a
+/// [`traced_deployment`], ended `ending`: its id, and its [`settled_trace`].
+async fn traced_checkout(
+    orchestrator_env: Vec<(&'static str, String)>,
+    payment_method: &str,
+    ending: &str,
+) -> (String, Vec<String>, Vec<Collected>) {
+    let (deployment, spans) = traced_deployment(orchestrator_env).await;
+    let id = deployment
+        .place(&order(&[("TSHIRT", 1)], payment_method))
+        .await;
+    let (chain, all, _) = settled_trace(deployment, &spans, &id, ending).await;
+    (id, chain, all)
+}
+
 /// Every span that names the checkout is in one trace, with spans of the
 /// four services; that trace's id.
 fn assert_one_trace(all: &[Collected], id: &str) -> String {
@@ -249,18 +282,7 @@ fn assert_one_trace(all: &[Collected], id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_checkout_is_one_trace_across_the_four_services() {
-    let (deployment, spans) = traced_deployment(vec![]).await;
-    let id = deployment
-        .place(&order(&[("TSHIRT", 1)], "sim_approve"))
-        .await;
-    let statuses = deployment.settle().await;
-    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
-    // SIGTERM to each; each exits 0, flushing its spans on the way out.
-    deployment.stop().await;
-
-    let (chain, all, root) = path_to(&spans, &id, "completed").await;
-    // The whole trace, as the collector holds it (`--nocapture` shows it).
-    print_tree(&all, &root, 0);
+    let (id, chain, all) = traced_checkout(vec![], "sim_approve", "completed").await;
     assert_eq!(
         chain,
         [
@@ -303,21 +325,8 @@ async fn one_checkout_is_one_trace_across_the_four_services() {
 async fn a_missed_deadline_and_the_compensation_it_starts_stay_in_the_checkouts_trace() {
     // No message causes the deadline's transition: it continues the trace
     // the saga was created in.
-    let (deployment, spans) = traced_deployment(vec![
-        ("STEP_PAYMENT_CHARGE_MAX_ATTEMPTS", "1".to_owned()),
-        ("STEP_PAYMENT_CHARGE_DEADLINE_MS", "1000".to_owned()),
-        ("STEP_PAYMENT_CHARGE_ON_EXHAUSTED", "compensate".to_owned()),
-    ])
-    .await;
-    let id = deployment
-        .place(&order(&[("TSHIRT", 1)], "sim_slow_2000"))
-        .await;
-    let statuses = deployment.settle().await;
-    assert_eq!(statuses.get("compensated"), Some(&1), "{statuses:?}");
-    deployment.stop().await;
-
-    let (chain, all, root) = path_to(&spans, &id, "compensated").await;
-    print_tree(&all, &root, 0);
+    let orchestrator_env = charge_compensated_after_one_second();
+    let (id, chain, all) = traced_checkout(orchestrator_env, "sim_slow_2000", "compensated").await;
     assert_eq!(
         chain,
         [
@@ -354,11 +363,7 @@ async fn a_client_that_sends_a_traceparent_finds_the_whole_checkout_in_its_own_t
             )],
         )
         .await;
-    let statuses = deployment.settle().await;
-    assert_eq!(statuses.get("completed"), Some(&1), "{statuses:?}");
-    deployment.stop().await;
-
-    let (_, all, root) = path_to(&spans, &id, "completed").await;
+    let (_, all, root) = settled_trace(deployment, &spans, &id, "completed").await;
     let request = all.iter().find(|s| s.span_id == root).unwrap();
     assert_eq!(request.trace_id, client_trace, "{request:?}");
     assert_eq!(
