@@ -9,8 +9,8 @@ use std::time::Duration;
 use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
 use saga_protocol::values::Cents;
 use saga_protocol::{Envelope, Step};
-use saga_shared::broker::{Broker, Outgoing};
-use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
+use saga_shared::broker::Outgoing;
+use saga_shared::topology::REPLY_ROUTING_KEY;
 use saga_testkit as testing;
 use saga_testkit::metrics::scrape;
 use tokio_util::sync::CancellationToken;
@@ -33,11 +33,7 @@ async fn mismatches(system: &System, step: &str, field: &str) -> f64 {
 async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted() {
     // Every service on its own broker user, replies checked for their
     // sender: the forger holds the payment worker's own credentials.
-    let system = System::start_setup(crate::system::Setup {
-        broker_users: true,
-        ..Default::default()
-    })
-    .await;
+    let system = System::start_with_broker_users().await;
     let before = mismatches(&system, "payment.charge", "amount_cents").await;
     // 5 x 2,000 + 7.25 % tax; the provider answers after 4 s.
     let id = system
@@ -59,18 +55,8 @@ async fn a_forged_charge_reply_of_another_amount_parks_the_saga_and_is_counted()
     // answers attempt 1 of the charge, with the routing, type and ids a
     // payment worker's reply has.
     let stop = CancellationToken::new();
-    let broker = Arc::new(
-        Broker::connect(
-            &system.amqp_url_for(saga_shared::broker_users::Role::Worker(
-                saga_protocol::WorkerKind::Payment,
-            )),
-            Topology::new(&system.prefix),
-            "forger",
-            &stop,
-        )
-        .await
-        .unwrap(),
-    );
+    let payment = saga_shared::broker_users::Role::Worker(saga_protocol::WorkerKind::Payment);
+    let broker = Arc::new(system.connect_broker_as(payment, "forger", &stop).await);
     let command = Envelope::command(
         saga,
         1,

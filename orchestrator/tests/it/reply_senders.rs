@@ -8,13 +8,13 @@ use std::time::Duration;
 use saga_protocol::messages::{ChargePayment, Charged, Command, Outcome, StepResult};
 use saga_protocol::values::Cents;
 use saga_protocol::{Envelope, WorkerKind};
-use saga_shared::broker::{Broker, BrokerError, Outgoing};
+use saga_shared::broker::{BrokerError, Outgoing};
 use saga_shared::broker_users::Role;
 use saga_shared::topology::{Topology, REPLY_ROUTING_KEY};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::system::{order, Setup, System};
+use crate::system::{order, System};
 
 /// A well-formed `payment.charge` reply saying `amount_cents` was charged.
 fn forged_charge(topology: &Topology, saga_id: Uuid, amount_cents: i64) -> Outgoing {
@@ -44,24 +44,9 @@ fn forged_charge(topology: &Topology, saga_id: Uuid, amount_cents: i64) -> Outgo
     }
 }
 
-async fn connect_as(system: &System, role: Role, stop: &CancellationToken) -> Broker {
-    Broker::connect(
-        &system.amqp_url_for(role),
-        Topology::new(&system.prefix),
-        "forger",
-        stop,
-    )
-    .await
-    .expect("connects with its own user")
-}
-
 #[tokio::test]
 async fn a_reply_from_another_user_than_the_steps_worker_is_dead_lettered_never_applied() {
-    let system = System::start_setup(Setup {
-        broker_users: true,
-        ..Setup::default()
-    })
-    .await;
+    let system = System::start_with_broker_users().await;
     // Every service on its own least-privilege user still serves.
     let done = system.checkout(&order(&[("BOOK", 1)], "sim_approve")).await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -70,7 +55,9 @@ async fn a_reply_from_another_user_than_the_steps_worker_is_dead_lettered_never_
     let id = system.place(&order(&[("BOOK", 1)], "sim_slow_4000")).await;
     let saga: Uuid = id.parse().unwrap();
     let stop = CancellationToken::new();
-    let inventory = connect_as(&system, Role::Worker(WorkerKind::Inventory), &stop).await;
+    let inventory = system
+        .connect_broker_as(Role::Worker(WorkerKind::Inventory), "forger", &stop)
+        .await;
     inventory
         .publish(&forged_charge(inventory.topology(), saga, 1))
         .await
@@ -103,13 +90,11 @@ async fn a_reply_from_another_user_than_the_steps_worker_is_dead_lettered_never_
 
 #[tokio::test]
 async fn rabbitmq_refuses_a_forged_sender_and_a_worker_publishing_commands() {
-    let system = System::start_setup(Setup {
-        broker_users: true,
-        ..Setup::default()
-    })
-    .await;
+    let system = System::start_with_broker_users().await;
     let stop = CancellationToken::new();
-    let inventory = connect_as(&system, Role::Worker(WorkerKind::Inventory), &stop).await;
+    let inventory = system
+        .connect_broker_as(Role::Worker(WorkerKind::Inventory), "forger", &stop)
+        .await;
     let topology = inventory.topology().clone();
     let payment_user = system
         .broker_users()

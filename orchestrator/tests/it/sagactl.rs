@@ -19,6 +19,17 @@ struct Run {
     stderr: String,
 }
 
+impl Run {
+    /// The first line on stdout that `wanted` takes, which must be there:
+    /// `what`, in the failure.
+    fn line(&self, what: &str, wanted: impl Fn(&str) -> bool) -> &str {
+        self.stdout
+            .lines()
+            .find(|line| wanted(line))
+            .unwrap_or_else(|| panic!("{what}: {self}"))
+    }
+}
+
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -114,11 +125,7 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
 
     let run = sagactl(url, token, &["failures"]).await;
     assert_eq!(run.code, 0, "{run}");
-    let group = run
-        .stdout
-        .lines()
-        .find(|l| l.contains("payment.charge"))
-        .unwrap_or_else(|| panic!("a payment.charge group: {run}"));
+    let group = run.line("a payment.charge group", |l| l.contains("payment.charge"));
     assert!(
         group.starts_with("2 ") && group.contains("forward") && group.contains("outage"),
         "{run}"
@@ -128,8 +135,7 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     let run = sagactl(url, token, &["list", "--status", "suspended"]).await;
     assert_eq!(run.code, 0, "{run}");
     for id in &parked {
-        let row = run.stdout.lines().find(|l| l.starts_with(id.as_str()));
-        let row = row.unwrap_or_else(|| panic!("{id} listed: {run}"));
+        let row = run.line(&format!("{id} listed"), |l| l.starts_with(id.as_str()));
         assert!(
             row.contains("suspended") && row.contains("payment.charge"),
             "{run}"
@@ -224,11 +230,7 @@ async fn support_finds_retries_and_reads_parked_sagas_with_sagactl() {
     ] {
         assert!(run.stdout.contains(needle), "{needle:?}: {run}");
     }
-    let retry_line = run
-        .stdout
-        .lines()
-        .find(|l| l.contains(" retry "))
-        .unwrap_or_else(|| panic!("a retry line in the timeline: {run}"));
+    let retry_line = run.line("a retry line in the timeline", |l| l.contains(" retry "));
     assert!(
         retry_line.contains("payment.charge")
             && retry_line.contains(&format!("by {ADMIN_ACTOR}: {reason}")),
@@ -336,10 +338,7 @@ async fn clients_add_list_set_and_revoke_and_a_revoked_key_gets_401() {
     let added = support(&["clients", "add", "kiosk", "--max-in-flight", "7"]).await;
     assert_eq!(added.code, 0, "{added}");
     let key = added
-        .stdout
-        .lines()
-        .find(|line| line.starts_with("ck_"))
-        .unwrap_or_else(|| panic!("the key is printed: {added}"))
+        .line("the key is printed", |l| l.starts_with("ck_"))
         .to_owned();
     assert!(added.stdout.contains("shown once"), "{added}");
     let body = order(&[("BOOK", 1)], "sim_approve");
@@ -365,11 +364,7 @@ async fn clients_add_list_set_and_revoke_and_a_revoked_key_gets_401() {
         !listed.stdout.contains(&key),
         "the key is never listed: {listed}"
     );
-    let kiosk = listed
-        .stdout
-        .lines()
-        .find(|line| line.starts_with("kiosk"))
-        .unwrap_or_else(|| panic!("{listed}"));
+    let kiosk = listed.line("kiosk listed", |l| l.starts_with("kiosk"));
     assert!(kiosk.contains("/7") && kiosk.contains("active"), "{listed}");
     let json = support(&["--json", "clients", "list"]).await;
     let answer: Value = serde_json::from_str(&json.stdout).unwrap();

@@ -240,6 +240,16 @@ impl System {
         }
     }
 
+    /// A system whose every service connects as a RabbitMQ user of its
+    /// own, replies checked for their sender.
+    pub async fn start_with_broker_users() -> System {
+        Self::start_setup(Setup {
+            broker_users: true,
+            ..Setup::default()
+        })
+        .await
+    }
+
     pub async fn start_with(policies: StepPolicies) -> System {
         Self::start_setup(Setup {
             policies,
@@ -388,16 +398,9 @@ impl System {
         handler: H,
         pool: sqlx::PgPool,
     ) -> JoinHandle<()> {
-        let amqp_url = self.amqp_url_for(Role::Worker(kind));
         let broker = Arc::new(
-            Broker::connect(
-                &amqp_url,
-                Topology::new(&self.prefix),
-                "test-worker",
-                &self.stop,
-            )
-            .await
-            .expect("worker connects to RabbitMQ"),
+            self.connect_broker_as(Role::Worker(kind), "test-worker", &self.stop)
+                .await,
         );
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -420,14 +423,26 @@ impl System {
     /// `name`: as the guest user, straight to RabbitMQ (past any proxy the
     /// test cuts).
     pub async fn connect_broker(&self, name: &str, stop: &CancellationToken) -> Broker {
-        Broker::connect(
-            &testing::amqp_url(),
-            Topology::new(&self.prefix),
-            name,
-            stop,
-        )
-        .await
-        .expect("the test connects to RabbitMQ")
+        self.connect_broker_at(&testing::amqp_url(), name, stop)
+            .await
+    }
+
+    /// [`System::connect_broker`] as `role`'s service connects: as its own
+    /// RabbitMQ user when the system was started with them.
+    pub async fn connect_broker_as(
+        &self,
+        role: Role,
+        name: &str,
+        stop: &CancellationToken,
+    ) -> Broker {
+        self.connect_broker_at(&self.amqp_url_for(role), name, stop)
+            .await
+    }
+
+    async fn connect_broker_at(&self, url: &str, name: &str, stop: &CancellationToken) -> Broker {
+        Broker::connect(url, Topology::new(&self.prefix), name, stop)
+            .await
+            .unwrap_or_else(|e| panic!("{name} connects to RabbitMQ: {e}"))
     }
 
     /// Each service's RabbitMQ user, when the system was started with them.
