@@ -1,18 +1,34 @@
+use serde_json::Value;
+
 use crate::system::{order, System};
+
+/// A book checkout posted with `key`: new (202).
+async fn first_post(system: &System, key: &str) -> Value {
+    let (status, first) = system.post(&book(1), Some(key)).await;
+    assert_eq!(status, 202, "{first}");
+    first
+}
+
+fn book(quantity: u32) -> Value {
+    order(&[("BOOK", quantity)], "sim_approve")
+}
+
+/// With `key` again, the same body is the checkout `first` (200) and
+/// another body is refused (422): the problem.
+async fn assert_key_holds(system: &System, key: &str, first: &Value) -> Value {
+    let (again_status, again) = system.post(&book(1), Some(key)).await;
+    assert_eq!(again_status, 200, "{again}");
+    assert_eq!(again["checkout_id"], first["checkout_id"]);
+    let (conflict_status, problem) = system.post(&book(2), Some(key)).await;
+    assert_eq!(conflict_status, 422, "{problem}");
+    problem
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_same_body_is_the_same_checkout_and_another_body_is_422() {
     let system = System::start().await;
-    let body = order(&[("BOOK", 1)], "sim_approve");
-    let (first_status, first) = system.post(&body, Some("key-1")).await;
-    assert_eq!(first_status, 202, "{first}");
-    let (again_status, again) = system.post(&body, Some("key-1")).await;
-    assert_eq!(again_status, 200, "{again}");
-    assert_eq!(again["checkout_id"], first["checkout_id"]);
-
-    let other = order(&[("BOOK", 2)], "sim_approve");
-    let (conflict_status, problem) = system.post(&other, Some("key-1")).await;
-    assert_eq!(conflict_status, 422, "{problem}");
+    let first = first_post(&system, "key-1").await;
+    let problem = assert_key_holds(&system, "key-1", &first).await;
     assert_eq!(problem["status"], 422);
     assert!(problem["detail"]
         .as_str()
@@ -24,7 +40,7 @@ async fn same_key_same_body_is_the_same_checkout_and_another_body_is_422() {
         .await;
     assert_eq!(done["status"], "completed");
     // A retry after completion still answers with the same, now completed, checkout.
-    let (_, replay) = system.post(&body, Some("key-1")).await;
+    let (_, replay) = system.post(&book(1), Some("key-1")).await;
     assert_eq!(replay["checkout_id"], first["checkout_id"]);
     assert_eq!(replay["status"], "completed");
     assert_eq!(system.saga_count().await, 1);
@@ -60,9 +76,7 @@ async fn concurrent_posts_with_one_key_create_one_checkout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_a_release_before_clients_stored_bare_is_still_the_same_checkout() {
     let system = System::start().await;
-    let body = order(&[("BOOK", 1)], "sim_approve");
-    let (status, first) = system.post(&body, Some("legacy-1")).await;
-    assert_eq!(status, 202, "{first}");
+    let first = first_post(&system, "legacy-1").await;
     let id = first["checkout_id"].as_str().unwrap();
     // As v0.3.0 writes it.
     sqlx::query("UPDATE sagas SET idempotency_key = 'legacy-1', client = NULL WHERE id = $1::uuid")
@@ -71,13 +85,7 @@ async fn a_key_a_release_before_clients_stored_bare_is_still_the_same_checkout()
         .await
         .unwrap();
 
-    let (again_status, again) = system.post(&body, Some("legacy-1")).await;
-    assert_eq!(again_status, 200, "{again}");
-    assert_eq!(again["checkout_id"], first["checkout_id"]);
-    let (conflict_status, problem) = system
-        .post(&order(&[("BOOK", 2)], "sim_approve"), Some("legacy-1"))
-        .await;
-    assert_eq!(conflict_status, 422, "{problem}");
+    assert_key_holds(&system, "legacy-1", &first).await;
     assert_eq!(system.saga_count().await, 1);
     system.wait_final(id).await;
     system.stop().await;
