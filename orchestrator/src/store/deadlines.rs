@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{parse, write, Store, StoreError};
+use super::{parse, Store, StoreError};
 use crate::saga::{self, Event, Transition};
 
 impl Store {
@@ -79,17 +79,16 @@ impl Store {
                         refused_for: refused_for.unwrap_or_default(),
                     };
                     let transition = saga::handle(&saga, event, self.context());
-                    if write(
-                        &mut tx,
-                        &self.policies,
-                        &saga,
-                        version,
-                        transition,
-                        due.traceparent.as_deref(),
-                        false,
-                    )
-                    .await?
-                    .is_some()
+                    if self
+                        .write_unleased(
+                            &mut tx,
+                            &saga,
+                            version,
+                            transition,
+                            due.traceparent.as_deref(),
+                        )
+                        .await?
+                        .is_some()
                     {
                         metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => step.routing_key())
                             .increment(1);
@@ -138,14 +137,12 @@ impl Store {
                     .await?;
                 continue;
             }
-            write(
+            self.write_unleased(
                 &mut tx,
-                &self.policies,
                 &saga,
                 version,
                 transition,
                 due.traceparent.as_deref(),
-                false,
             )
             .await?;
         }
