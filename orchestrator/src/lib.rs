@@ -3,6 +3,7 @@
 
 pub mod admin_tokens;
 pub mod app;
+mod batch_timer;
 pub mod checkout_view;
 pub mod clients;
 pub mod config;
