@@ -114,17 +114,7 @@ fn step_names() -> Vec<&'static str> {
 }
 
 fn status_names() -> Vec<&'static str> {
-    [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Suspended,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Cancelled,
-    ]
-    .iter()
-    .map(|s| s.as_str())
-    .collect()
+    SagaStatus::ALL.iter().map(|s| s.as_str()).collect()
 }
 
 fn page_limit() -> Value {
