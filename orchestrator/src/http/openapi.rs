@@ -380,9 +380,10 @@ fn constrain_parameters(doc: &mut Value) {
 }
 
 /// Answers that come from the route's kind rather than its handler: every
-/// route can be out of database connections or time, every route that
-/// reads a JSON body refuses one that is not JSON, too large or declared
-/// otherwise.
+/// route can be out of database connections or time, every route behind a
+/// support token refuses a request without a valid one, every route on one
+/// saga answers 404 for an id that names none, every route that reads a
+/// JSON body refuses one that is not JSON, too large or declared otherwise.
 fn document_shared_answers(doc: &mut Value) {
     let problem = |description: &str| {
         json!({
@@ -398,20 +399,35 @@ fn document_shared_answers(doc: &mut Value) {
         }});
         answer
     };
+    let unauthenticated = problem("No valid bearer token");
+    let no_such_saga = problem("No such saga");
     let paths = doc["paths"]
         .as_object_mut()
         .expect("the document has paths");
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
+        // Every route on one saga reads its id with `SagaId`, which
+        // answers 404 for an id that names no saga.
+        let names_a_saga = path.starts_with("/v1/admin/sagas/{id}");
         for operation in item.values_mut() {
+            let support_token = operation
+                .get("security")
+                .and_then(Value::as_array)
+                .is_some_and(|schemes| schemes.iter().any(|s| s.get("bearer").is_some()));
             let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
             else {
                 continue;
             };
+            if support_token {
+                add_answer(responses, "401", unauthenticated.clone());
+            }
+            if names_a_saga {
+                add_answer(responses, "404", no_such_saga.clone());
+            }
             add_answer(responses, "503", unavailable.clone());
             if operation.get("requestBody").is_none() {
                 continue;

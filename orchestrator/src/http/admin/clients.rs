@@ -93,7 +93,6 @@ fn not_found(name: &str) -> ApiError {
     get, path = "/v1/admin/clients", tag = "clients", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every client, revoked ones too, by name", body = ClientList),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(_: Actor, State(state): State<AppState>) -> Result<Json<ClientList>, ApiError> {
@@ -115,7 +114,6 @@ pub async fn list(_: Actor, State(state): State<AppState>) -> Result<Json<Client
     request_body = NewClientBody,
     responses(
         (status = 201, description = "Created: the key is in this answer and nowhere else", body = NewClient),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken (by a revoked client too)", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
@@ -158,7 +156,6 @@ pub async fn add(
     request_body = LimitOverrides,
     responses(
         (status = 200, description = "The limits given are set; the others are as they were", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A limit is out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
@@ -187,7 +184,6 @@ pub async fn set_limits(
     params(("name" = String, Path, description = "The client's name")),
     responses(
         (status = 200, description = "Revoked (or already was): its key opens nothing, on every instance within seconds", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]

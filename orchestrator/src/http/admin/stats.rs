@@ -26,7 +26,6 @@ pub struct StatusStats {
                    the database nothing.",
     responses(
         (status = 200, description = "Sagas in each status", body = StatusStats),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn statuses(
@@ -91,7 +90,6 @@ pub struct MinuteStats {
     params(MinuteParams),
     responses(
         (status = 200, description = "Checkouts completed, rejected and suspended per minute", body = MinuteStats),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`minutes` is not a number from 1 to 1440", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
