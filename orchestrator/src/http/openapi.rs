@@ -381,7 +381,7 @@ fn constrain_parameters(doc: &mut Value) {
 
 /// Answers that come from the route's kind rather than its handler: every
 /// route can be out of database connections or time, every route behind a
-/// support token refuses a request without a valid one, every route on one
+/// token refuses a request without a valid one, every route on one
 /// saga answers 404 for an id that names none, every route that reads a
 /// JSON body refuses one that is not JSON, too large or declared otherwise.
 fn document_shared_answers(doc: &mut Value) {
@@ -399,7 +399,11 @@ fn document_shared_answers(doc: &mut Value) {
         }});
         answer
     };
-    let unauthenticated = problem("No valid bearer token");
+    // Each security scheme's refusal of a request without a valid token.
+    let unauthenticated = [
+        ("bearer", problem("No valid bearer token")),
+        ("client_key", problem("No client key, or not a valid one")),
+    ];
     let no_such_saga = problem("No such saga");
     let paths = doc["paths"]
         .as_object_mut()
@@ -412,18 +416,24 @@ fn document_shared_answers(doc: &mut Value) {
         // answers 404 for an id that names no saga.
         let names_a_saga = path.starts_with("/v1/admin/sagas/{id}");
         for operation in item.values_mut() {
-            let support_token = operation
-                .get("security")
-                .and_then(Value::as_array)
-                .is_some_and(|schemes| schemes.iter().any(|s| s.get("bearer").is_some()));
+            let secured_by = |scheme: &str| {
+                operation
+                    .get("security")
+                    .and_then(Value::as_array)
+                    .is_some_and(|schemes| schemes.iter().any(|s| s.get(scheme).is_some()))
+            };
+            let refused = unauthenticated
+                .iter()
+                .find(|(scheme, _)| secured_by(scheme))
+                .map(|(_, answer)| answer.clone());
             let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
             else {
                 continue;
             };
-            if support_token {
-                add_answer(responses, "401", unauthenticated.clone());
+            if let Some(answer) = refused {
+                add_answer(responses, "401", answer);
             }
             if names_a_saga {
                 add_answer(responses, "404", no_such_saga.clone());
