@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+mod named_secrets;
 pub mod parked;
 pub mod relay;
 pub mod replies;
