@@ -381,9 +381,10 @@ fn constrain_parameters(doc: &mut Value) {
 
 /// Answers that come from the route's kind rather than its handler: every
 /// route can be out of database connections or time, every route behind a
-/// token refuses a request without a valid one, every route on one
-/// saga answers 404 for an id that names none, every route that reads a
-/// JSON body refuses one that is not JSON, too large or declared otherwise.
+/// token refuses a request without a valid one, every route on one saga or
+/// client answers 404 for one that does not exist, every route that reads
+/// a JSON body refuses one that is not JSON, too large or declared
+/// otherwise.
 fn document_shared_answers(doc: &mut Value) {
     let problem = |description: &str| {
         json!({
@@ -404,7 +405,12 @@ fn document_shared_answers(doc: &mut Value) {
         ("bearer", problem("No valid bearer token")),
         ("client_key", problem("No client key, or not a valid one")),
     ];
-    let no_such_saga = problem("No such saga");
+    // The routes on one saga or one client, and their answer for an id or
+    // a name that names none (the saga's from `SagaId`).
+    let not_found = [
+        ("/v1/admin/sagas/{id}", problem("No such saga")),
+        ("/v1/admin/clients/{name}", problem("No such client")),
+    ];
     let paths = doc["paths"]
         .as_object_mut()
         .expect("the document has paths");
@@ -412,9 +418,10 @@ fn document_shared_answers(doc: &mut Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        // Every route on one saga reads its id with `SagaId`, which
-        // answers 404 for an id that names no saga.
-        let names_a_saga = path.starts_with("/v1/admin/sagas/{id}");
+        let unknown = not_found
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix))
+            .map(|(_, answer)| answer);
         for operation in item.values_mut() {
             let secured_by = |scheme: &str| {
                 operation
@@ -435,8 +442,8 @@ fn document_shared_answers(doc: &mut Value) {
             if let Some(answer) = refused {
                 add_answer(responses, "401", answer);
             }
-            if names_a_saga {
-                add_answer(responses, "404", no_such_saga.clone());
+            if let Some(answer) = unknown {
+                add_answer(responses, "404", answer.clone());
             }
             add_answer(responses, "503", unavailable.clone());
             if operation.get("requestBody").is_none() {
