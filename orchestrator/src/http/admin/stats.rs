@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::field::{all_or_errors, parse_count};
 use super::query::{CheckedQuery, SupportQuery};
 use crate::http::auth::Actor;
 use crate::http::problem::{ApiError, FieldError};
@@ -62,19 +63,12 @@ impl SupportQuery for MinuteParams {
     fn read(self, errors: &mut Vec<FieldError>) -> u32 {
         // Given empty, it is refused like any other filter: only an absent
         // `minutes` means the default.
-        let Some(text) = self.minutes else {
-            return DEFAULT_MINUTES;
-        };
-        match text.trim().parse::<u32>() {
-            Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
-            _ => {
-                errors.push(FieldError::new(
-                    "minutes",
-                    format!("must be a number from 1 to {MAX_MINUTES}"),
-                ));
-                DEFAULT_MINUTES
-            }
-        }
+        all_or_errors(
+            errors,
+            self.minutes
+                .map(|m| parse_count("minutes", &m, MAX_MINUTES)),
+        )
+        .unwrap_or(DEFAULT_MINUTES)
     }
 }
 
