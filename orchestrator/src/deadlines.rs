@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::broker::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch_timer;
 use crate::store::Store;
 
 /// Deadlines fired per transaction.
@@ -22,34 +22,20 @@ pub async fn run_deadlines_until_stopped(
     relay: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let fresh = Backoff::holding;
-    let mut backoff = fresh();
-    loop {
-        let sleep_for = match store.fire_deadlines(BATCH).await {
-            Ok(fired) => {
-                backoff = fresh();
-                if fired > 0 {
-                    // The retries just committed are due now (or after their backoff).
-                    relay.notify_one();
-                }
-                if fired as i64 == BATCH {
-                    continue;
-                }
-                match store.next_deadline().await {
-                    Ok(next) => next.unwrap_or(MAX_SLEEP).min(MAX_SLEEP),
-                    Err(_) => MAX_SLEEP,
-                }
+    let store = &store;
+    batch_timer::run_until_stopped(
+        BATCH,
+        &relay,
+        &stop,
+        "firing deadlines failed; retrying",
+        || store.fire_deadlines(BATCH),
+        || async move {
+            match store.next_deadline().await {
+                Ok(next) => next.unwrap_or(MAX_SLEEP).min(MAX_SLEEP),
+                Err(_) => MAX_SLEEP,
             }
-            Err(error) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, "firing deadlines failed; retrying");
-                wait
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(sleep_for) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
+        },
+    )
+    .await;
     tracing::info!("deadline timer stopped");
 }

@@ -3,6 +3,7 @@
 
 pub mod admin_tokens;
 pub mod app;
+mod batch_timer;
 pub mod checkout_view;
 pub mod clients;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod handoff;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+mod named_secrets;
 pub mod parked;
 pub mod relay;
 pub mod replies;

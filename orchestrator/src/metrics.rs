@@ -65,15 +65,6 @@ pub const PUBLISH_BUCKETS: [f64; 12] = [
 
 const REPLY_OUTCOMES: [&str; 3] = ["ok", "rejected", "transient"];
 
-const STATUSES: [SagaStatus; 6] = [
-    SagaStatus::Running,
-    SagaStatus::Compensating,
-    SagaStatus::Suspended,
-    SagaStatus::Completed,
-    SagaStatus::Compensated,
-    SagaStatus::Cancelled,
-];
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide recorder, installed on first use; a second instance in
@@ -153,7 +144,7 @@ fn describe_and_zero() {
     for action in [Action::Retry, Action::Cancel] {
         metrics::counter!(SUPPORT_ACTIONS, "action" => action.as_str()).absolute(0);
     }
-    for status in STATUSES.iter().filter(|s| s.is_final()) {
+    for status in SagaStatus::ALL.iter().filter(|s| s.is_final()) {
         metrics::counter!(SAGAS_FINISHED, "status" => status.as_str()).absolute(0);
     }
     for step in Step::ALL {

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::broker::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch_timer;
 use crate::store::Store;
 
 /// Parks ended per transaction.
@@ -27,30 +27,14 @@ pub async fn run_park_expiry_until_stopped(
     relay: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::holding();
-    loop {
-        let sleep_for = match store.expire_parked(ttl, BATCH).await {
-            Ok(expired) => {
-                backoff = Backoff::holding();
-                if expired > 0 {
-                    // The compensations just committed are due now.
-                    relay.notify_one();
-                }
-                if expired as i64 == BATCH {
-                    continue;
-                }
-                period(ttl)
-            }
-            Err(error) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%error, ?wait, "ending expired parks failed; retrying");
-                wait
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(sleep_for) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
+    batch_timer::run_until_stopped(
+        BATCH,
+        &relay,
+        &stop,
+        "ending expired parks failed; retrying",
+        || store.expire_parked(ttl, BATCH),
+        || async move { period(ttl) },
+    )
+    .await;
     tracing::info!("park timer stopped");
 }

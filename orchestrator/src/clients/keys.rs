@@ -1,28 +1,18 @@
 //! Client keys: random, so a plain SHA-256 digest is enough to store them
 //! (nothing to brute-force), compared in constant time, never printed.
 
-use saga_shared::config::{ConfigError, Source};
-use sha2::{Digest, Sha256};
+pub use crate::named_secrets::digest;
+use crate::named_secrets::{self, NamedSecrets, SecretDigest, SecretList, SecretRules};
 
-const VAR: &str = "CHECKOUT_CLIENT_KEYS";
-/// A seeded key shorter than this is guessable, or a misconfiguration.
-const MIN_KEY_CHARS: usize = 16;
 pub const NAME_RULE: &str = "1 to 64 of A-Z a-z 0-9 . _ -";
+const NAME_PUNCTUATION: &str = "._-";
 
-pub type KeyDigest = [u8; 32];
-
-pub fn digest(key: &str) -> KeyDigest {
-    Sha256::digest(key.as_bytes()).into()
-}
+pub type KeyDigest = SecretDigest;
 
 /// A client name: no `:`, which separates the client from its
 /// idempotency key in the stored key.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    named_secrets::valid_name(name, NAME_PUNCTUATION)
 }
 
 /// A new key: 256 random bits, hex, with a prefix that tells a leaked key
@@ -33,69 +23,24 @@ pub fn generate_key() -> String {
     format!("ck_{hex}")
 }
 
+#[derive(Clone, Default)]
+pub struct Seeded;
+
+impl SecretList for Seeded {
+    const NAME: &'static str = "SeededKeys";
+    const RULES: SecretRules = SecretRules {
+        var: "CHECKOUT_CLIENT_KEYS",
+        secret: "key",
+        // A seeded key shorter than this is guessable, or a misconfiguration.
+        min_chars: 16,
+        name_punctuation: NAME_PUNCTUATION,
+        name_rule: NAME_RULE,
+    };
+}
+
 /// `CHECKOUT_CLIENT_KEYS=name=key,…`: clients created (or given this key)
 /// at start, as digests only.
-#[derive(Clone, Default)]
-pub struct SeededKeys {
-    entries: Vec<(String, KeyDigest)>,
-}
-
-impl std::fmt::Debug for SeededKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("SeededKeys").field("names", &names).finish()
-    }
-}
-
-impl SeededKeys {
-    /// Errors name the entry by position, never by content: it holds a key.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut keys = SeededKeys::default();
-        for (i, entry) in text.split(',').map(str::trim).enumerate() {
-            let position = i + 1;
-            if entry.is_empty() {
-                continue;
-            }
-            let (name, key) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("entry {position} is not `name=key`"))?;
-            let (name, key) = (name.trim(), key.trim());
-            if !valid_name(name) {
-                return Err(format!("entry {position}: the name must be {NAME_RULE}"));
-            }
-            if key.chars().count() < MIN_KEY_CHARS {
-                return Err(format!(
-                    "entry {position}: the key is shorter than {MIN_KEY_CHARS} characters"
-                ));
-            }
-            if keys.entries.iter().any(|(n, _)| n == name) {
-                return Err(format!("entry {position}: its name appears twice"));
-            }
-            let hashed = digest(key);
-            if keys.entries.iter().any(|(_, d)| *d == hashed) {
-                return Err(format!("entry {position} reuses another entry's key"));
-            }
-            keys.entries.push((name.to_owned(), hashed));
-        }
-        Ok(keys)
-    }
-
-    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        match source.get(VAR) {
-            None => Ok(SeededKeys::default()),
-            Some(text) => SeededKeys::parse(&text)
-                .map_err(|reason| ConfigError::Invalid { name: VAR, reason }),
-        }
-    }
-
-    pub fn entries(&self) -> &[(String, KeyDigest)] {
-        &self.entries
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
+pub type SeededKeys = NamedSecrets<Seeded>;
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,6 @@ fn location(id: Uuid) -> String {
     responses(
         (status = 202, description = "Accepted: the checkout runs", body = CheckoutView),
         (status = 200, description = "The same key and body as before: that checkout", body = CheckoutView),
-        (status = 401, description = "No client key, or not a valid one", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the client's rate (`rate-limited`) or its checkouts in flight (`too-many-in-flight`): retry after `Retry-After` seconds", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"), ("RateLimit-Limit" = u64, description = "The limit reached: the client's burst, or its checkouts in flight"), ("RateLimit-Remaining" = u64, description = "Always 0 on a 429"), ("RateLimit-Reset" = u64, description = "Seconds until the limit allows a checkout again"))),
         (status = 400, description = "Not JSON", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
@@ -99,7 +98,6 @@ pub struct GetParams {
     params(("id" = String, Path, description = "The checkout id"), GetParams),
     responses(
         (status = 200, description = "The checkout", body = CheckoutView),
-        (status = 401, description = "No client key, or not a valid one", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such checkout (or another client's)", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable (`unavailable`), no database connection came free in time (`overloaded`: retry after `Retry-After` seconds), too many long-polls wait already (`too-many-waiters`, with `Retry-After`), or the request timed out (`timeout`)", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u16, description = "With `overloaded` or `too-many-waiters`: seconds to wait before retrying"))),

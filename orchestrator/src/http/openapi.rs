@@ -114,17 +114,7 @@ fn step_names() -> Vec<&'static str> {
 }
 
 fn status_names() -> Vec<&'static str> {
-    [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Suspended,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Cancelled,
-    ]
-    .iter()
-    .map(|s| s.as_str())
-    .collect()
+    SagaStatus::ALL.iter().map(|s| s.as_str()).collect()
 }
 
 fn page_limit() -> Value {
@@ -390,8 +380,10 @@ fn constrain_parameters(doc: &mut Value) {
 }
 
 /// Answers that come from the route's kind rather than its handler: every
-/// route can be out of database connections or time, every route that
-/// reads a JSON body refuses one that is not JSON, too large or declared
+/// route can be out of database connections or time, every route behind a
+/// token refuses a request without a valid one, every route on one saga or
+/// client answers 404 for one that does not exist, every route that reads
+/// a JSON body refuses one that is not JSON, too large or declared
 /// otherwise.
 fn document_shared_answers(doc: &mut Value) {
     let problem = |description: &str| {
@@ -408,20 +400,51 @@ fn document_shared_answers(doc: &mut Value) {
         }});
         answer
     };
+    // Each security scheme's refusal of a request without a valid token.
+    let unauthenticated = [
+        ("bearer", problem("No valid bearer token")),
+        ("client_key", problem("No client key, or not a valid one")),
+    ];
+    // The routes on one saga or one client, and their answer for an id or
+    // a name that names none (the saga's from `SagaId`).
+    let not_found = [
+        ("/v1/admin/sagas/{id}", problem("No such saga")),
+        ("/v1/admin/clients/{name}", problem("No such client")),
+    ];
     let paths = doc["paths"]
         .as_object_mut()
         .expect("the document has paths");
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
+        let unknown = not_found
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix))
+            .map(|(_, answer)| answer);
         for operation in item.values_mut() {
+            let secured_by = |scheme: &str| {
+                operation
+                    .get("security")
+                    .and_then(Value::as_array)
+                    .is_some_and(|schemes| schemes.iter().any(|s| s.get(scheme).is_some()))
+            };
+            let refused = unauthenticated
+                .iter()
+                .find(|(scheme, _)| secured_by(scheme))
+                .map(|(_, answer)| answer.clone());
             let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
             else {
                 continue;
             };
+            if let Some(answer) = refused {
+                add_answer(responses, "401", answer);
+            }
+            if let Some(answer) = unknown {
+                add_answer(responses, "404", answer.clone());
+            }
             add_answer(responses, "503", unavailable.clone());
             if operation.get("requestBody").is_none() {
                 continue;

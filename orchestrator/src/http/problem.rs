@@ -66,6 +66,14 @@ pub const OVERLOADED_RETRY_AFTER_SECONDS: u16 = 2;
 /// What a `too-many-in-flight` answer asks the client to wait.
 pub const IN_FLIGHT_RETRY_AFTER_SECONDS: u64 = 1;
 
+/// A query outside [`crate::store::Store`]'s own methods (the client table's)
+/// fails as any store call does.
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::from(StoreError::from(error))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -32,6 +32,16 @@ pub enum SagaStatus {
 }
 
 impl SagaStatus {
+    /// Every status, in the order the contract and the metrics list them.
+    pub const ALL: [SagaStatus; 6] = [
+        SagaStatus::Running,
+        SagaStatus::Compensating,
+        SagaStatus::Suspended,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::Cancelled,
+    ];
+
     pub fn is_final(self) -> bool {
         matches!(
             self,

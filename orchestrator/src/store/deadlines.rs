@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{parse, write, Store, StoreError};
+use super::{parse, Store, StoreError};
 use crate::saga::{self, Event, Transition};
 
 impl Store {
@@ -53,10 +53,7 @@ impl Store {
                 Err(error) => {
                     // Never let one bad row stall every timer behind it.
                     tracing::error!(%error, saga_id = %id, "cannot fire the deadline of a saga that does not parse");
-                    sqlx::query("UPDATE sagas SET deadline_at = NULL WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                    clear_deadline(&mut tx, id).await?;
                     continue;
                 }
             };
@@ -79,17 +76,16 @@ impl Store {
                         refused_for: refused_for.unwrap_or_default(),
                     };
                     let transition = saga::handle(&saga, event, self.context());
-                    if write(
-                        &mut tx,
-                        &self.policies,
-                        &saga,
-                        version,
-                        transition,
-                        due.traceparent.as_deref(),
-                        false,
-                    )
-                    .await?
-                    .is_some()
+                    if self
+                        .write_unleased(
+                            &mut tx,
+                            &saga,
+                            version,
+                            transition,
+                            due.traceparent.as_deref(),
+                        )
+                        .await?
+                        .is_some()
                     {
                         metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => step.routing_key())
                             .increment(1);
@@ -132,20 +128,15 @@ impl Store {
             };
             if transition.history.is_empty() {
                 tracing::warn!(saga_id = %id, status = saga.status.as_str(), "deadline on a saga awaiting nothing; cleared");
-                sqlx::query("UPDATE sagas SET deadline_at = NULL WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                clear_deadline(&mut tx, id).await?;
                 continue;
             }
-            write(
+            self.write_unleased(
                 &mut tx,
-                &self.policies,
                 &saga,
                 version,
                 transition,
                 due.traceparent.as_deref(),
-                false,
             )
             .await?;
         }
@@ -187,6 +178,16 @@ struct DueSaga {
 
 /// Deletes the unsent command `row` unless the relay holds it right now
 /// (it may be publishing it); true when deleted.
+/// Leaves a saga no deadline: what cannot be fired is not looked at again
+/// at every tick.
+async fn clear_deadline(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sagas SET deadline_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn take_unsent(conn: &mut PgConnection, row: i64) -> Result<bool, sqlx::Error> {
     let taken: Option<i64> = sqlx::query_scalar(
         "DELETE FROM outbox WHERE id = (SELECT id FROM outbox WHERE id = $1 FOR UPDATE SKIP LOCKED)

@@ -349,16 +349,7 @@ impl Store {
         loop {
             let (version, saga, trace) = match cached.take() {
                 Some(hit) => (hit.version, hit.saga, None),
-                None => {
-                    let current: Option<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
-                        "SELECT version, state, traceparent FROM sagas WHERE id = $1",
-                    )
-                    .bind(id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
-                    (version, parse(id, state)?, trace)
-                }
+                None => read_for_write(&mut conn, id, Lock::None).await?,
             };
             let transition = decide(&saga, self.context())?;
             let trace = match cause {
@@ -397,29 +388,38 @@ impl Store {
         id: Uuid,
         event: Event,
     ) -> Result<bool, StoreError> {
-        let current: Option<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
-            "SELECT version, state, traceparent FROM sagas WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
-        let saga = parse(id, state)?;
+        let (version, saga, trace) = read_for_write(conn, id, Lock::ForUpdate).await?;
         let transition = saga::handle(&saga, event, self.context());
         if transition.history.is_empty() {
             return Ok(false);
         }
-        Ok(write(
+        Ok(self
+            .write_unleased(conn, &saga, version, transition, trace.as_deref())
+            .await?
+            .is_some())
+    }
+
+    /// Writes `transition` inside a transaction of the caller's (a timer's
+    /// batch, the relay's): its commands are not leased, since nothing may
+    /// be handed on before that transaction commits; the relay finds them.
+    async fn write_unleased(
+        &self,
+        conn: &mut PgConnection,
+        before: &Saga,
+        version: i64,
+        transition: Transition,
+        trace: Option<&str>,
+    ) -> Result<Option<HandOff>, sqlx::Error> {
+        write(
             conn,
             &self.policies,
-            &saga,
+            before,
             version,
             transition,
-            trace.as_deref(),
+            trace,
             false,
         )
-        .await?
-        .is_some())
+        .await
     }
 
     pub fn policies(&self) -> &StepPolicies {
@@ -437,6 +437,32 @@ enum Cause {
     /// Nothing the checkout sent (a missed deadline, a support action): the
     /// transition continues the trace the saga was created in.
     Saga,
+}
+
+/// Whether a read for a write holds the saga's row until commit.
+enum Lock {
+    /// The write is conditional on the version read instead.
+    None,
+    ForUpdate,
+}
+
+/// The saga `id` as a write needs it: the version the write is
+/// conditional on, its state, and the trace it was created in.
+async fn read_for_write(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: Lock,
+) -> Result<(i64, Saga, Option<String>), StoreError> {
+    let query = match lock {
+        Lock::None => "SELECT version, state, traceparent FROM sagas WHERE id = $1",
+        Lock::ForUpdate => "SELECT version, state, traceparent FROM sagas WHERE id = $1 FOR UPDATE",
+    };
+    let current: Option<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(query)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (version, state, trace) = current.ok_or(StoreError::UnknownSaga(id))?;
+    Ok((version, parse(id, state)?, trace))
 }
 
 /// Writes `transition` if the saga is still at `version` (`lease`: its

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{parse, write, Store, StoreError};
+use super::{parse, Store, StoreError};
 use crate::duration_text;
 use crate::saga::{self, SagaStatus, WrongState};
 
@@ -60,14 +60,12 @@ impl Store {
                     .await?;
                 continue;
             };
-            write(
+            self.write_unleased(
                 &mut tx,
-                &self.policies,
                 &saga,
                 row.version,
                 transition,
                 row.traceparent.as_deref(),
-                false,
             )
             .await?;
             tracing::warn!(saga_id = %row.id, ttl = %ttl_text, "parked saga past PARKED_SAGA_TTL: ended with compensation");

@@ -107,7 +107,7 @@ pub enum Command {
     DeadLetters(DeadLetterArgs),
     /// Commands the broker refused that still wait to be published, oldest first.
     #[command(after_help = EXIT_CODES)]
-    Outbox(OutboxArgs),
+    Outbox(PageArgs),
     /// The checkout clients: their keys and limits.
     #[command(subcommand)]
     Clients(ClientsCommand),
@@ -166,8 +166,9 @@ impl LimitArgs {
     }
 }
 
+/// The page of a list to show, as the outbox and the dead letters take it.
 #[derive(Args)]
-pub struct OutboxArgs {
+pub struct PageArgs {
     /// How many to show (1 to 500).
     #[arg(long)]
     pub limit: Option<u32>,
@@ -176,17 +177,27 @@ pub struct OutboxArgs {
     pub cursor: Option<String>,
 }
 
+impl PageArgs {
+    pub fn query(self) -> [(&'static str, Option<String>); 2] {
+        page_query(self.limit, self.cursor)
+    }
+}
+
+/// The query parameters of a page of any support list.
+pub fn page_query(
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> [(&'static str, Option<String>); 2] {
+    [("limit", limit.map(|n| n.to_string())), ("cursor", cursor)]
+}
+
 #[derive(Args)]
 pub struct DeadLetterArgs {
     /// Only the dead letters of this saga.
     #[arg(long)]
     pub saga: Option<Uuid>,
-    /// How many to show (1 to 500).
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Where the previous page ended (printed under it).
-    #[arg(long)]
-    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
 }
 
 #[derive(Args)]

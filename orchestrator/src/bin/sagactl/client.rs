@@ -34,9 +34,9 @@ impl Request {
     }
 
     /// With the query parameters given; an absent one is left out.
-    pub fn with_query<const N: usize>(
+    pub fn with_query(
         mut self,
-        parameters: [(&'static str, Option<String>); N],
+        parameters: impl IntoIterator<Item = (&'static str, Option<String>)>,
     ) -> Self {
         self.query = parameters
             .into_iter()

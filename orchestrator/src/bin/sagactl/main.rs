@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::{json, Map, Value};
 
-use args::{ActionArgs, Cli, ClientsCommand, Command};
+use args::{page_query, ActionArgs, Cli, ClientsCommand, Command};
 use client::{Api, Request};
 use failure::Failure;
 use render::{
@@ -31,20 +31,22 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
     const SAGAS: [&str; 3] = ["v1", "admin", "sagas"];
     match command {
         Command::List(args) => {
-            let request = Request::get(&SAGAS).with_query([
-                ("status", args.status),
-                ("step", args.step),
-                ("phase", args.phase),
-                ("error", args.error),
-                ("created_after", args.created_after),
-                ("created_before", args.created_before),
-                ("q", args.search),
-                ("customer_id", args.customer),
-                ("idempotency_key", args.key),
-                ("client", args.client),
-                ("limit", args.limit.map(|n| n.to_string())),
-                ("cursor", args.cursor),
-            ]);
+            let request = Request::get(&SAGAS).with_query(
+                [
+                    ("status", args.status),
+                    ("step", args.step),
+                    ("phase", args.phase),
+                    ("error", args.error),
+                    ("created_after", args.created_after),
+                    ("created_before", args.created_before),
+                    ("q", args.search),
+                    ("customer_id", args.customer),
+                    ("idempotency_key", args.key),
+                    ("client", args.client),
+                ]
+                .into_iter()
+                .chain(page_query(args.limit, args.cursor)),
+            );
             (request, render_list)
         }
         Command::Show { id } => (
@@ -65,18 +67,15 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
         }
         Command::Failures => (Request::get(&["v1", "admin", "failures"]), render_failures),
         Command::DeadLetters(args) => {
-            let request = Request::get(&["v1", "admin", "dead-letters"]).with_query([
-                ("saga_id", args.saga.map(|id| id.to_string())),
-                ("limit", args.limit.map(|n| n.to_string())),
-                ("cursor", args.cursor),
-            ]);
+            let request = Request::get(&["v1", "admin", "dead-letters"]).with_query(
+                [("saga_id", args.saga.map(|id| id.to_string()))]
+                    .into_iter()
+                    .chain(args.page.query()),
+            );
             (request, render_dead_letters)
         }
         Command::Outbox(args) => {
-            let request = Request::get(&["v1", "admin", "outbox"]).with_query([
-                ("limit", args.limit.map(|n| n.to_string())),
-                ("cursor", args.cursor),
-            ]);
+            let request = Request::get(&["v1", "admin", "outbox"]).with_query(args.query());
             (request, render_outbox)
         }
         Command::Clients(command) => {

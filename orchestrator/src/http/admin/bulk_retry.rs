@@ -119,7 +119,6 @@ pub struct BulkRetried {
     request_body = BulkRetryBody,
     responses(
         (status = 200, description = "The sagas retried (or, with dry_run, that would be)", body = BulkRetried),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "No group or ids, both, a field invalid, or the reason missing", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]

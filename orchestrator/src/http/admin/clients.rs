@@ -93,17 +93,11 @@ fn not_found(name: &str) -> ApiError {
     get, path = "/v1/admin/clients", tag = "clients", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every client, revoked ones too, by name", body = ClientList),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(_: Actor, State(state): State<AppState>) -> Result<Json<ClientList>, ApiError> {
     let defaults = *state.clients.defaults();
-    let rows = state
-        .store
-        .client_table()
-        .list()
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    let rows = state.store.client_table().list().await?;
     Ok(Json(ClientList {
         clients: rows.iter().map(|r| ClientView::of(r, &defaults)).collect(),
         defaults,
@@ -115,7 +109,6 @@ pub async fn list(_: Actor, State(state): State<AppState>) -> Result<Json<Client
     request_body = NewClientBody,
     responses(
         (status = 201, description = "Created: the key is in this answer and nowhere else", body = NewClient),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken (by a revoked client too)", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
@@ -138,8 +131,7 @@ pub async fn add(
         .store
         .client_table()
         .add(&body.name, &digest(&key), &limits)
-        .await
-        .map_err(crate::store::StoreError::from)?
+        .await?
         .ok_or_else(|| ApiError::Conflict(format!("a client named `{}` exists", body.name)))?;
     tracing::info!(client = %row.name, %actor, "checkout client created");
     refresh(&state).await;
@@ -158,8 +150,6 @@ pub async fn add(
     request_body = LimitOverrides,
     responses(
         (status = 200, description = "The limits given are set; the others are as they were", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such client", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A limit is out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -174,8 +164,7 @@ pub async fn set_limits(
         .store
         .client_table()
         .set_limits(&name, &limits)
-        .await
-        .map_err(crate::store::StoreError::from)?
+        .await?
         .ok_or_else(|| not_found(&name))?;
     tracing::info!(client = %row.name, %actor, ?limits, "checkout client limits set");
     refresh(&state).await;
@@ -187,8 +176,6 @@ pub async fn set_limits(
     params(("name" = String, Path, description = "The client's name")),
     responses(
         (status = 200, description = "Revoked (or already was): its key opens nothing, on every instance within seconds", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such client", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn revoke(
@@ -200,8 +187,7 @@ pub async fn revoke(
         .store
         .client_table()
         .revoke(&name)
-        .await
-        .map_err(crate::store::StoreError::from)?
+        .await?
         .ok_or_else(|| not_found(&name))?;
     tracing::info!(client = %row.name, %actor, "checkout client revoked");
     refresh(&state).await;

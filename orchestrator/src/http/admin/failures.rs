@@ -19,7 +19,6 @@ pub struct Failures {
     get, path = "/v1/admin/failures", tag = "support", security(("bearer" = [])),
     responses(
         (status = 200, description = "Suspended sagas grouped by step, phase and error", body = Failures),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn failures(_: Actor, State(state): State<AppState>) -> Result<Json<Failures>, ApiError> {

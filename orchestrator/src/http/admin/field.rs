@@ -37,6 +37,17 @@ pub(super) fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, Field
         .map_err(|_| FieldError::new(field, "must be an RFC 3339 time, like 2026-11-25T10:00:00Z"))
 }
 
+/// A count from 1 to `max` (a page's rows, a chart's minutes).
+pub(super) fn parse_count(field: &str, text: &str, max: u32) -> Result<u32, FieldError> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(FieldError::new(
+            field,
+            format!("must be a number from 1 to {max}"),
+        )),
+    }
+}
+
 /// Collects every field error rather than stopping at the first.
 pub(super) fn all_or_errors<T>(
     errors: &mut Vec<FieldError>,

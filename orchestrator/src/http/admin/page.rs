@@ -1,7 +1,7 @@
 //! Pages of a support list: how many rows (`limit`), where the previous
 //! page ended (`cursor`), and where the next one starts.
 
-use super::field::all_or_errors;
+use super::field::{all_or_errors, parse_count};
 use crate::http::problem::FieldError;
 use crate::store::MAX_PAGE;
 
@@ -21,17 +21,8 @@ impl<C: std::str::FromStr> PageRequest<C> {
         limit: Option<String>,
         cursor: Option<String>,
     ) -> Self {
-        let limit = all_or_errors(
-            errors,
-            limit.map(|l| match l.trim().parse::<u32>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-                _ => Err(FieldError::new(
-                    "limit",
-                    format!("must be a number from 1 to {MAX_PAGE}"),
-                )),
-            }),
-        )
-        .unwrap_or(DEFAULT_PAGE);
+        let limit = all_or_errors(errors, limit.map(|l| parse_count("limit", &l, MAX_PAGE)))
+            .unwrap_or(DEFAULT_PAGE);
         let cursor = all_or_errors(
             errors,
             cursor.map(|c| {

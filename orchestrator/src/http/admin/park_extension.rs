@@ -43,8 +43,6 @@ pub struct ParkExtended {
     request_body = ExtendParkBody,
     responses(
         (status = 200, description = "Extended: when the park now ends, and the saga", body = ParkExtended),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The saga is not parked", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The duration or the reason is missing or invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )

@@ -40,8 +40,6 @@ async fn act(
     request_body = ActionBody,
     responses(
         (status = 200, description = "Done: the saga as it is now", body = SagaDetail),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The saga is in a state this action does not apply to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The reason is missing or too long", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
@@ -62,8 +60,6 @@ pub async fn retry(
     request_body = ActionBody,
     responses(
         (status = 200, description = "Done: the saga as it is now", body = SagaDetail),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The saga is in a state this action does not apply to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The reason is missing or too long", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )

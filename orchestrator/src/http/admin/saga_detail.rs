@@ -100,8 +100,6 @@ pub(super) async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, 
     params(("id" = String, Path, description = "The saga (checkout) id")),
     responses(
         (status = 200, description = "The saga, its steps and its timeline", body = SagaDetail),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such saga", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn detail(

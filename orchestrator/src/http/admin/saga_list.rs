@@ -106,7 +106,6 @@ pub struct SagaList {
     params(ListParams),
     responses(
         (status = 200, description = "A page of sagas, newest first", body = SagaList),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A filter is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]

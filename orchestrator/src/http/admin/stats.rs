@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::field::{all_or_errors, parse_count};
 use super::query::{CheckedQuery, SupportQuery};
 use crate::http::auth::Actor;
 use crate::http::problem::{ApiError, FieldError};
@@ -26,7 +27,6 @@ pub struct StatusStats {
                    the database nothing.",
     responses(
         (status = 200, description = "Sagas in each status", body = StatusStats),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn statuses(
@@ -63,19 +63,12 @@ impl SupportQuery for MinuteParams {
     fn read(self, errors: &mut Vec<FieldError>) -> u32 {
         // Given empty, it is refused like any other filter: only an absent
         // `minutes` means the default.
-        let Some(text) = self.minutes else {
-            return DEFAULT_MINUTES;
-        };
-        match text.trim().parse::<u32>() {
-            Ok(n) if (1..=MAX_MINUTES).contains(&n) => n,
-            _ => {
-                errors.push(FieldError::new(
-                    "minutes",
-                    format!("must be a number from 1 to {MAX_MINUTES}"),
-                ));
-                DEFAULT_MINUTES
-            }
-        }
+        all_or_errors(
+            errors,
+            self.minutes
+                .map(|m| parse_count("minutes", &m, MAX_MINUTES)),
+        )
+        .unwrap_or(DEFAULT_MINUTES)
     }
 }
 
@@ -91,7 +84,6 @@ pub struct MinuteStats {
     params(MinuteParams),
     responses(
         (status = 200, description = "Checkouts completed, rejected and suspended per minute", body = MinuteStats),
-        (status = 401, description = "No valid bearer token", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`minutes` is not a number from 1 to 1440", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
