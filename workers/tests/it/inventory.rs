@@ -84,6 +84,14 @@ async fn assert_stock_conserved(pool: &PgPool) {
     );
 }
 
+/// Asserts what is available of each of `skus`, and that stock is conserved.
+async fn assert_stock(pool: &PgPool, skus: &[(&str, i32)]) {
+    for &(sku, expected) in skus {
+        assert_eq!(available(pool, sku).await, expected, "available {sku}");
+    }
+    assert_stock_conserved(pool).await;
+}
+
 fn released(outcome: Outcome) -> bool {
     match ok(outcome) {
         StepResult::Released(Released { released }) => released,
@@ -108,26 +116,55 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
             ],
         }
     );
-    assert_eq!(available(&db.pool, "MUG").await, 3);
-    assert_eq!(available(&db.pool, "APPLE").await, 6);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 3), ("APPLE", 6)]).await;
 }
 
+/// Each reserve refused as a whole, with what its detail must and must not
+/// name: all or nothing, so the stock stays as the catalogue has it.
 #[tokio::test]
-async fn out_of_stock_reserves_nothing_and_names_the_sku() {
+async fn refused_reserves_take_nothing_and_say_why() {
     let db = stocked().await;
+    let refused: [(&[(&str, u32)], &str, &[&str], &[&str]); 4] = [
+        (
+            &[("APPLE", 2), ("BOOK", 4)],
+            reason::OUT_OF_STOCK,
+            &["BOOK"],
+            &["APPLE"],
+        ),
+        (
+            &[("APPLE", 1), ("GHOST", 1)],
+            reason::UNKNOWN_SKU,
+            &["GHOST"],
+            &[],
+        ),
+        (
+            &[("MUG", 1), ("EURO-MUG", 1)],
+            reason::CURRENCY_MISMATCH,
+            &["EUR", "USD"],
+            &[],
+        ),
+        (&[], reason::INVALID_COMMAND, &[], &[]),
+    ];
 
-    let (why, detail) =
-        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 2), ("BOOK", 4)]).await);
+    for (lines, reason, named, unnamed) in refused {
+        let (why, detail) = rejected(reserving(&db.pool, Uuid::new_v4(), lines).await);
 
-    assert_eq!(why, reason::OUT_OF_STOCK);
-    assert!(
-        detail.contains("BOOK") && !detail.contains("APPLE"),
-        "{detail}"
-    );
-    assert_eq!(available(&db.pool, "APPLE").await, 10, "all or nothing");
-    assert_eq!(available(&db.pool, "BOOK").await, 3);
-    assert_stock_conserved(&db.pool).await;
+        assert_eq!(why, reason, "{lines:?}: {detail}");
+        for name in named {
+            assert!(detail.contains(name), "{lines:?} names {name}: {detail}");
+        }
+        for name in unnamed {
+            assert!(
+                !detail.contains(name),
+                "{lines:?} leaves out {name}: {detail}"
+            );
+        }
+        assert_stock(
+            &db.pool,
+            &[("APPLE", 10), ("BOOK", 3), ("MUG", 5), ("EURO-MUG", 5)],
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -147,42 +184,7 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
     );
     let skus: Vec<&str> = reservation.lines.iter().map(|l| l.sku.as_str()).collect();
     assert_eq!(skus, ["BOOK", "MUG", "BOOK"]);
-    assert_eq!(available(&db.pool, "BOOK").await, 0);
-    assert_stock_conserved(&db.pool).await;
-}
-
-#[tokio::test]
-async fn unknown_sku_reserves_nothing_and_names_the_sku() {
-    let db = stocked().await;
-
-    let (why, detail) =
-        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 1), ("GHOST", 1)]).await);
-
-    assert_eq!(why, reason::UNKNOWN_SKU);
-    assert!(detail.contains("GHOST"), "{detail}");
-    assert_eq!(available(&db.pool, "APPLE").await, 10);
-    assert_stock_conserved(&db.pool).await;
-}
-
-#[tokio::test]
-async fn lines_in_two_currencies_are_refused() {
-    let db = stocked().await;
-
-    let (why, detail) =
-        rejected(reserving(&db.pool, Uuid::new_v4(), &[("MUG", 1), ("EURO-MUG", 1)]).await);
-
-    assert_eq!(why, reason::CURRENCY_MISMATCH);
-    assert!(detail.contains("EUR") && detail.contains("USD"), "{detail}");
-    assert_eq!(available(&db.pool, "MUG").await, 5);
-    assert_eq!(available(&db.pool, "EURO-MUG").await, 5);
-}
-
-#[tokio::test]
-async fn empty_reservations_are_invalid() {
-    let db = stocked().await;
-
-    let (why, _) = rejected(reserving(&db.pool, Uuid::new_v4(), &[]).await);
-    assert_eq!(why, reason::INVALID_COMMAND);
+    assert_stock(&db.pool, &[("BOOK", 0)]).await;
 }
 
 /// A zero quantity is no `Quantity`: such a command does not decode, so it
@@ -219,8 +221,7 @@ async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
     let again = reserved(reserving(&db.pool, saga, &[("BOOK", 2)]).await);
 
     assert_eq!(again, first);
-    assert_eq!(available(&db.pool, "BOOK").await, 1);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("BOOK", 1)]).await;
 }
 
 #[tokio::test]
@@ -236,9 +237,7 @@ async fn release_gives_stock_back_once() {
         "second release is a no-op"
     );
 
-    assert_eq!(available(&db.pool, "APPLE").await, 10);
-    assert_eq!(available(&db.pool, "MUG").await, 5);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("APPLE", 10), ("MUG", 5)]).await;
 }
 
 #[tokio::test]
@@ -265,8 +264,7 @@ async fn a_refused_reserve_leaves_no_reservation_to_release() {
     rejected(reserving(&db.pool, saga, &[("BOOK", 99)]).await);
 
     assert!(!released(releasing(&db.pool, saga).await));
-    assert_eq!(available(&db.pool, "BOOK").await, 3);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("BOOK", 3)]).await;
 }
 
 #[tokio::test]
@@ -292,8 +290,7 @@ async fn concurrent_first_reserves_for_one_saga_hold_stock_once() {
     let outcome2 = racer.await.unwrap();
 
     assert_eq!(reserved(outcome2), reserved(outcome1));
-    assert_eq!(available(&db.pool, "MUG").await, 3);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 3)]).await;
 }
 
 /// True once some session of this database waits on a lock.
@@ -375,13 +372,7 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
         reserved.lines[0].unit_price_cents, 900,
         "the price the stock was taken at"
     );
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
-            .bind(saga)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(recorded, 900);
+    assert_eq!(recorded_price(&db.pool, saga).await, 900);
 }
 
 /// Runs `command` as the runtime does (inbox, one-statement path first);
@@ -398,6 +389,15 @@ async fn price_known(pool: &PgPool, sku: &str) {
         &Envelope::command(Uuid::new_v4(), 1, reserve(&[(sku, 1)])),
     )
     .await;
+}
+
+/// The unit price `saga`'s (one) reserved line was taken at.
+async fn recorded_price(pool: &PgPool, saga: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
+        .bind(saga)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 async fn inbox_rows(pool: &PgPool) -> i64 {
@@ -441,8 +441,7 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     // A retry (a new message) answers from the reservation.
     let retry = Envelope::command(command.saga_id, 2, command.payload.clone());
     assert_eq!(reserved(answered(&db.pool, &retry).await), reservation);
-    assert_eq!(available(&db.pool, "MUG").await, 3);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 3)]).await;
 }
 
 #[tokio::test]
@@ -467,8 +466,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
     let retry = Envelope::command(saga, 2, command.payload.clone());
     let (again, _) = rejected(answered(&db.pool, &retry).await);
     assert_eq!(again, reason::OUT_OF_STOCK);
-    assert_eq!(available(&db.pool, "MUG").await, 49);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 49)]).await;
 }
 
 #[tokio::test]
@@ -491,13 +489,7 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
             "attempt {attempt}"
         );
     }
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
-            .bind(saga)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(recorded, 900);
+    assert_eq!(recorded_price(&db.pool, saga).await, 900);
     assert_stock_conserved(&db.pool).await;
 }
 
@@ -561,8 +553,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
         .await,
     );
     assert_eq!(why, reason::ALREADY_COMPENSATED);
-    assert_eq!(available(&db.pool, "MUG").await, 5);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 5)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
