@@ -17,7 +17,7 @@ mod topology;
 use saga_protocol::messages::{Command, Outcome, PricedLine, Reserved, StepResult};
 use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::Envelope;
-use saga_testkit::{self as testing, TestDatabase};
+use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -65,6 +65,24 @@ pub async fn answered<H: Handler>(
     Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
         .expect("a recorded reply decodes")
         .payload
+}
+
+/// The worker binary at `path` set to serve `db` over `guard`'s private
+/// topology, its output discarded unless the test takes it, and killed
+/// when dropped.
+pub fn worker_binary(
+    path: &str,
+    db: &TestDatabase,
+    guard: &TopologyGuard,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(path);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("AMQP_URL", testing::amqp_url())
+        .env("AMQP_PREFIX", guard.topology.prefix())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
 }
 
 /// A reserved line as the inventory worker prices it.
