@@ -31,17 +31,18 @@ impl Status {
         }
     }
 
+    /// The status stored as `text`, read back through [`Status::as_str`].
     fn parse(text: &str) -> Result<Status, sqlx::Error> {
-        match text {
-            "active" => Ok(Status::Active),
-            "released" => Ok(Status::Released),
-            "refused" => Ok(Status::Refused),
+        [Status::Active, Status::Released, Status::Refused]
+            .into_iter()
+            .find(|status| status.as_str() == text)
             // A state this build cannot read: permanent, the command is
             // dead-lettered rather than retried.
-            other => Err(sqlx::Error::Decode(
-                format!("reservation status `{other}` is not one this worker knows").into(),
-            )),
-        }
+            .ok_or_else(|| {
+                sqlx::Error::Decode(
+                    format!("reservation status `{text}` is not one this worker knows").into(),
+                )
+            })
     }
 }
 

@@ -2,10 +2,8 @@
 
 use saga_protocol::envelope::DecodeError;
 use saga_protocol::messages::{
-    reason, Command, LineRequest, Outcome, ReleaseStock, Released, ReserveStock, Reserved,
-    StepResult,
+    reason, Command, Outcome, ReleaseStock, Released, Reserved, StepResult,
 };
-use saga_protocol::values::Quantity;
 use saga_protocol::Envelope;
 use saga_testkit::{eventually, TestDatabase};
 use sqlx::PgPool;
@@ -13,7 +11,7 @@ use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{handle_command, Handler};
 
-use crate::{handle, migrated, ok, priced_line, rejected, reserved};
+use crate::{handle, migrated, ok, priced_line, rejected, reserve_of, reserved};
 
 const CATALOGUE: &str = "\
 sku,name,on_hand,unit_price_cents,currency,tax_category
@@ -31,25 +29,13 @@ async fn stocked() -> TestDatabase {
     db
 }
 
-fn reserve(lines: &[(&str, u32)]) -> Command {
-    Command::Reserve(ReserveStock {
-        lines: lines
-            .iter()
-            .map(|(sku, quantity)| LineRequest {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(*quantity).unwrap(),
-            })
-            .collect(),
-    })
-}
-
 fn release() -> Command {
     Command::Release(ReleaseStock {})
 }
 
 /// What the inventory worker answers to reserving `lines` for `saga`.
 async fn reserving(pool: &PgPool, saga: Uuid, lines: &[(&str, u32)]) -> Outcome {
-    handle(&Inventory, pool, saga, reserve(lines)).await
+    handle(&Inventory, pool, saga, reserve_of(lines)).await
 }
 
 /// What the inventory worker answers to releasing `saga`'s stock.
@@ -124,32 +110,51 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
 #[tokio::test]
 async fn refused_reserves_take_nothing_and_say_why() {
     let db = stocked().await;
-    let refused: [(&[(&str, u32)], &str, &[&str], &[&str]); 4] = [
-        (
-            &[("APPLE", 2), ("BOOK", 4)],
-            reason::OUT_OF_STOCK,
-            &["BOOK"],
-            &["APPLE"],
-        ),
-        (
-            &[("APPLE", 1), ("GHOST", 1)],
-            reason::UNKNOWN_SKU,
-            &["GHOST"],
-            &[],
-        ),
-        (
-            &[("MUG", 1), ("EURO-MUG", 1)],
-            reason::CURRENCY_MISMATCH,
-            &["EUR", "USD"],
-            &[],
-        ),
-        (&[], reason::INVALID_COMMAND, &[], &[]),
+    /// A reserve's lines, why it is refused, and what its detail must and
+    /// must not name.
+    struct Refused {
+        lines: &'static [(&'static str, u32)],
+        why: &'static str,
+        named: &'static [&'static str],
+        unnamed: &'static [&'static str],
+    }
+    let refused = [
+        Refused {
+            lines: &[("APPLE", 2), ("BOOK", 4)],
+            why: reason::OUT_OF_STOCK,
+            named: &["BOOK"],
+            unnamed: &["APPLE"],
+        },
+        Refused {
+            lines: &[("APPLE", 1), ("GHOST", 1)],
+            why: reason::UNKNOWN_SKU,
+            named: &["GHOST"],
+            unnamed: &[],
+        },
+        Refused {
+            lines: &[("MUG", 1), ("EURO-MUG", 1)],
+            why: reason::CURRENCY_MISMATCH,
+            named: &["EUR", "USD"],
+            unnamed: &[],
+        },
+        Refused {
+            lines: &[],
+            why: reason::INVALID_COMMAND,
+            named: &[],
+            unnamed: &[],
+        },
     ];
 
-    for (lines, reason, named, unnamed) in refused {
-        let (why, detail) = rejected(reserving(&db.pool, Uuid::new_v4(), lines).await);
+    for Refused {
+        lines,
+        why,
+        named,
+        unnamed,
+    } in refused
+    {
+        let (reason, detail) = rejected(reserving(&db.pool, Uuid::new_v4(), lines).await);
 
-        assert_eq!(why, reason, "{lines:?}: {detail}");
+        assert_eq!(reason, why, "{lines:?}: {detail}");
         for name in named {
             assert!(detail.contains(name), "{lines:?} names {name}: {detail}");
         }
@@ -191,7 +196,7 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
 /// is dead-lettered as undecodable and never reaches the handler.
 #[test]
 fn a_zero_quantity_reservation_does_not_decode_naming_the_field() {
-    let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("BOOK", 1), ("MUG", 1)]));
+    let command = Envelope::command(Uuid::new_v4(), 1, reserve_of(&[("BOOK", 1), ("MUG", 1)]));
     let mut body: serde_json::Value = serde_json::from_slice(&command.encode()).unwrap();
     body["payload"]["lines"][1]["quantity"] = 0.into();
 
@@ -271,8 +276,8 @@ async fn a_refused_reserve_leaves_no_reservation_to_release() {
 async fn concurrent_first_reserves_for_one_saga_hold_stock_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
-    let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
+    let first = Envelope::command(saga, 1, reserve_of(&[("MUG", 2)]));
+    let second = Envelope::command(saga, 2, reserve_of(&[("MUG", 2)]));
 
     let mut tx1 = db.pool.begin().await.unwrap();
     let outcome1 = Inventory.handle(&mut tx1, &first).await.unwrap();
@@ -360,7 +365,9 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
         .unwrap();
     let pool = db.pool.clone();
     let reserving =
-        tokio::spawn(async move { handle(&Inventory, &pool, saga, reserve(&[("MUG", 2)])).await });
+        tokio::spawn(
+            async move { handle(&Inventory, &pool, saga, reserve_of(&[("MUG", 2)])).await },
+        );
     // The reserve reads the committed price (850), then waits on the row.
     assert!(eventually_blocked(&db.pool).await);
     blocker.commit().await.unwrap();
@@ -386,7 +393,7 @@ async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
 async fn price_known(pool: &PgPool, sku: &str) {
     answered(
         pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[(sku, 1)])),
+        &Envelope::command(Uuid::new_v4(), 1, reserve_of(&[(sku, 1)])),
     )
     .await;
 }
@@ -410,7 +417,7 @@ async fn inbox_rows(pool: &PgPool) -> i64 {
 #[tokio::test]
 async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     let db = stocked().await;
-    let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 2), ("APPLE", 1)]));
+    let command = Envelope::command(Uuid::new_v4(), 1, reserve_of(&[("MUG", 2), ("APPLE", 1)]));
 
     let first = handle_command(&Inventory, &db.pool, &command)
         .await
@@ -450,7 +457,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
     // Prices known: the one-statement path is tried and finds the stock short.
     price_known(&db.pool, "MUG").await;
     let saga = Uuid::new_v4();
-    let command = Envelope::command(saga, 1, reserve(&[("APPLE", 1), ("MUG", 5)]));
+    let command = Envelope::command(saga, 1, reserve_of(&[("APPLE", 1), ("MUG", 5)]));
 
     let (why, detail) = rejected(answered(&db.pool, &command).await);
 
@@ -482,7 +489,7 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
     for attempt in 1..=2 {
         // Seen stale by the first, remembered anew for the second.
         let saga = if attempt == 1 { saga } else { Uuid::new_v4() };
-        let command = Envelope::command(saga, 1, reserve(&[("MUG", 1)]));
+        let command = Envelope::command(saga, 1, reserve_of(&[("MUG", 1)]));
         let reservation = reserved(answered(&db.pool, &command).await);
         assert_eq!(
             reservation.lines[0].unit_price_cents, 900,
@@ -503,7 +510,7 @@ async fn concurrent_reserves_in_one_statement_each_never_oversell() {
         let pool = db.pool.clone();
         buyers.spawn(async move {
             let command =
-                Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1), ("APPLE", 1)]));
+                Envelope::command(Uuid::new_v4(), 1, reserve_of(&[("MUG", 1), ("APPLE", 1)]));
             answered(&pool, &command).await
         });
     }
@@ -532,7 +539,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
     reserved(
         answered(
             &db.pool,
-            &Envelope::command(saga, 1, reserve(&[("MUG", 2)])),
+            &Envelope::command(saga, 1, reserve_of(&[("MUG", 2)])),
         )
         .await,
     );
@@ -548,7 +555,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
     let (why, _) = rejected(
         answered(
             &db.pool,
-            &Envelope::command(late, 1, reserve(&[("MUG", 2)])),
+            &Envelope::command(late, 1, reserve_of(&[("MUG", 2)])),
         )
         .await,
     );
@@ -563,10 +570,10 @@ async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_t
     let saga = Uuid::new_v4();
     // The first attempt holds the saga's reservation (and the MUG row),
     // uncommitted, when the second tries its one statement.
-    let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
+    let first = Envelope::command(saga, 1, reserve_of(&[("MUG", 2)]));
     let mut tx = db.pool.begin().await.unwrap();
     let outcome1 = Inventory.handle(&mut tx, &first).await.unwrap();
-    let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
+    let second = Envelope::command(saga, 2, reserve_of(&[("MUG", 2)]));
     let racer = {
         let pool = db.pool.clone();
         tokio::spawn(async move { answered(&pool, &second).await })

@@ -14,7 +14,9 @@ mod schema;
 mod tax;
 mod topology;
 
-use saga_protocol::messages::{Command, Outcome, PricedLine, Reserved, StepResult};
+use saga_protocol::messages::{
+    ChargePayment, Command, LineRequest, Outcome, PricedLine, ReserveStock, Reserved, StepResult,
+};
 use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::Envelope;
 use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
@@ -83,6 +85,29 @@ pub fn worker_binary(
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
     command
+}
+
+/// A reserve of `lines`: (SKU, quantity).
+pub fn reserve_of(lines: &[(&str, u32)]) -> Command {
+    Command::Reserve(ReserveStock {
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| LineRequest {
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(*quantity).unwrap(),
+            })
+            .collect(),
+    })
+}
+
+/// A charge of `amount_cents` USD by `method`, for customer-1.
+pub fn charge_of(amount_cents: i64, method: &str) -> Command {
+    Command::Charge(ChargePayment {
+        amount_cents: Cents::new(amount_cents),
+        currency: "USD".parse().unwrap(),
+        payment_method: method.into(),
+        customer_id: "customer-1".parse().unwrap(),
+    })
 }
 
 /// A reserved line as the inventory worker prices it.

@@ -5,7 +5,7 @@
 //! that says what really moved.
 
 use saga_protocol::messages::{
-    reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
+    reason, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
 use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
@@ -20,7 +20,7 @@ use workers::payment::{
 };
 use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
 
-use crate::{answered, migrated, ok, rejected};
+use crate::{answered, charge_of, migrated, ok, rejected};
 
 /// The payment worker with the simulator booking into `pool`'s ledger.
 fn simulated_on(pool: &PgPool) -> Payment {
@@ -85,15 +85,6 @@ async fn saga_to_pay_through<P: PaymentProvider>(
     let db = payments().await;
     let payment = Payment::with_config(provider(&db.pool), PaymentConfig::simulated());
     (db, Uuid::new_v4(), payment)
-}
-
-fn charge(amount_cents: i64, method: &str) -> Command {
-    Command::Charge(ChargePayment {
-        amount_cents: Cents::new(amount_cents),
-        currency: "USD".parse().unwrap(),
-        payment_method: method.into(),
-        customer_id: "customer-1".parse().unwrap(),
-    })
 }
 
 fn refund() -> Command {
@@ -190,8 +181,8 @@ async fn find_payment_row(pool: &PgPool, saga: Uuid) -> Option<(String, i64, i64
 async fn sim_approve_charges_once_and_a_retry_replies_the_same_charge() {
     let (db, saga, payment) = saga_to_pay().await;
 
-    let first = charged(handle(&payment, &db.pool, saga, charge(2_499, "sim_approve")).await);
-    let again = charged(handle(&payment, &db.pool, saga, charge(2_499, "sim_approve")).await);
+    let first = charged(handle(&payment, &db.pool, saga, charge_of(2_499, "sim_approve")).await);
+    let again = charged(handle(&payment, &db.pool, saga, charge_of(2_499, "sim_approve")).await);
 
     assert_eq!(first.amount_cents, 2_499);
     assert_eq!(again, first, "same payment id and amount");
@@ -202,8 +193,8 @@ async fn sim_approve_charges_once_and_a_retry_replies_the_same_charge() {
 async fn sim_decline_is_refused_and_stays_refused() {
     let (db, saga, payment) = saga_to_pay().await;
 
-    let first = rejected(handle(&payment, &db.pool, saga, charge(100, "sim_decline")).await);
-    let again = rejected(handle(&payment, &db.pool, saga, charge(100, "sim_decline")).await);
+    let first = rejected(handle(&payment, &db.pool, saga, charge_of(100, "sim_decline")).await);
+    let again = rejected(handle(&payment, &db.pool, saga, charge_of(100, "sim_decline")).await);
 
     assert_eq!(first.0, reason::PAYMENT_DECLINED);
     assert_eq!(again, first);
@@ -219,7 +210,7 @@ async fn sim_decline_is_refused_and_stays_refused() {
 async fn an_unknown_payment_method_is_refused() {
     let (db, saga, payment) = saga_to_pay().await;
 
-    let (why, detail) = rejected(handle(&payment, &db.pool, saga, charge(100, "bitcoin")).await);
+    let (why, detail) = rejected(handle(&payment, &db.pool, saga, charge_of(100, "bitcoin")).await);
 
     assert_eq!(why, reason::INVALID_PAYMENT_METHOD);
     assert!(detail.contains("bitcoin"), "{detail}");
@@ -229,10 +220,10 @@ async fn an_unknown_payment_method_is_refused() {
 async fn sim_transient_2_fails_twice_then_charges_once() {
     let (db, saga, payment) = saga_to_pay().await;
 
-    transient(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
-    transient(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
-    let third = charged(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
-    let fourth = charged(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
+    transient(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
+    transient(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
+    let third = charged(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
+    let fourth = charged(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
 
     assert_eq!(fourth, third);
     assert_payment_row(&db.pool, saga, ("charged", 500, 0, 2)).await;
@@ -243,7 +234,7 @@ async fn sim_slow_answers_after_its_delay() {
     let (db, saga, payment) = saga_to_pay().await;
     let started = std::time::Instant::now();
 
-    charged(handle(&payment, &db.pool, saga, charge(100, "sim_slow_150")).await);
+    charged(handle(&payment, &db.pool, saga, charge_of(100, "sim_slow_150")).await);
 
     assert!(started.elapsed() >= std::time::Duration::from_millis(150));
 }
@@ -251,14 +242,15 @@ async fn sim_slow_answers_after_its_delay() {
 #[tokio::test]
 async fn refund_returns_the_charge_once() {
     let (db, saga, payment) = saga_to_pay().await;
-    charged(handle(&payment, &db.pool, saga, charge(1_234, "sim_approve")).await);
+    charged(handle(&payment, &db.pool, saga, charge_of(1_234, "sim_approve")).await);
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 1_234);
     // A retried refund reports the refund already made and moves nothing.
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 1_234);
     assert_payment_row(&db.pool, saga, ("refunded", 1_234, 1_234, 0)).await;
 
-    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(1_234, "sim_approve")).await);
+    let (why, _) =
+        rejected(handle(&payment, &db.pool, saga, charge_of(1_234, "sim_approve")).await);
     assert_eq!(
         why,
         reason::ALREADY_COMPENSATED,
@@ -271,7 +263,7 @@ async fn refund_before_charge_leaves_nothing_for_the_late_charge() {
     let (db, saga, payment) = saga_to_pay().await;
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
-    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(900, "sim_approve")).await);
+    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge_of(900, "sim_approve")).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
     assert_payment_row(&db.pool, saga, ("refunded", 0, 0, 0)).await;
@@ -280,10 +272,11 @@ async fn refund_before_charge_leaves_nothing_for_the_late_charge() {
 #[tokio::test]
 async fn refund_after_only_failed_attempts_closes_the_payment() {
     let (db, saga, payment) = saga_to_pay().await;
-    transient(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
+    transient(handle(&payment, &db.pool, saga, charge_of(700, "sim_transient_1")).await);
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
-    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
+    let (why, _) =
+        rejected(handle(&payment, &db.pool, saga, charge_of(700, "sim_transient_1")).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
     assert_eq!(payment_row(&db.pool, saga).await.1, 0, "nothing charged");
@@ -299,7 +292,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
             &payment,
             &db.pool,
             refunded_saga,
-            charge(300, "sim_approve"),
+            charge_of(300, "sim_approve"),
         )
         .await,
     );
@@ -308,7 +301,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
     outage::set(&mut conn, true).await.unwrap();
     assert!(outage::is_on(&mut conn).await.unwrap());
     let saga = Uuid::new_v4();
-    let error = transient(handle(&payment, &db.pool, saga, charge(300, "sim_approve")).await);
+    let error = transient(handle(&payment, &db.pool, saga, charge_of(300, "sim_approve")).await);
     assert_eq!(error, "payment provider outage");
     transient(handle(&payment, &db.pool, refunded_saga, refund()).await);
     assert_eq!(
@@ -319,7 +312,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
     assert_eq!(payment_row(&db.pool, refunded_saga).await.0, "charged");
 
     outage::set(&mut conn, false).await.unwrap();
-    charged(handle(&payment, &db.pool, saga, charge(300, "sim_approve")).await);
+    charged(handle(&payment, &db.pool, saga, charge_of(300, "sim_approve")).await);
     assert_eq!(refund_cents(&payment, &db.pool, refunded_saga).await, 300);
 }
 
@@ -328,7 +321,7 @@ async fn sim_down_is_always_transient() {
     let (db, saga, payment) = saga_to_pay().await;
 
     for _ in 0..3 {
-        transient(handle(&payment, &db.pool, saga, charge(100, "sim_down")).await);
+        transient(handle(&payment, &db.pool, saga, charge_of(100, "sim_down")).await);
     }
 
     assert_payment_row(&db.pool, saga, ("charging", 100, 0, 3)).await;
@@ -340,7 +333,7 @@ async fn the_ledger_shows_one_charge_and_one_refund_whatever_the_retries() {
     let (db, saga, payment) = saga_to_pay().await;
 
     for _ in 0..3 {
-        charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+        charged(handle(&payment, &db.pool, saga, charge_of(2_145, "sim_approve")).await);
     }
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
     for _ in 0..3 {
@@ -353,7 +346,7 @@ async fn the_ledger_shows_one_charge_and_one_refund_whatever_the_retries() {
 #[tokio::test]
 async fn a_lost_charge_answer_is_looked_up_by_key_not_charged_again() {
     let (db, saga, payment) = saga_to_pay().await;
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
 
     // The first delivery commits its intent and reaches the provider, then
     // its worker dies before recording the outcome.
@@ -362,8 +355,8 @@ async fn a_lost_charge_answer_is_looked_up_by_key_not_charged_again() {
 
     // The redelivery (and a later attempt) find the intent and ask the
     // provider by key.
-    let first = charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
-    let again = charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+    let first = charged(handle(&payment, &db.pool, saga, charge_of(2_145, "sim_approve")).await);
+    let again = charged(handle(&payment, &db.pool, saga, charge_of(2_145, "sim_approve")).await);
 
     assert_eq!(again, first);
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
@@ -382,7 +375,7 @@ async fn a_lost_charge_answer_is_looked_up_by_key_not_charged_again() {
 #[tokio::test]
 async fn a_refund_while_the_charge_is_at_the_provider_voids_it_there() {
     let (db, saga, payment) = saga_to_pay().await;
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
     let in_flight = on_its_way(&payment, &db.pool, &command).await;
 
     // The compensation overtakes the charge on its way to the provider.
@@ -396,7 +389,7 @@ async fn a_refund_while_the_charge_is_at_the_provider_voids_it_there() {
 #[tokio::test]
 async fn a_refund_after_the_charge_reached_the_provider_refunds_it() {
     let (db, saga, payment) = saga_to_pay().await;
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
     let in_flight = on_its_way(&payment, &db.pool, &command).await;
     // Approved at the provider; the answer is not recorded yet.
     let settlement = in_flight.run().await;
@@ -417,7 +410,7 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
     for amount in [0, -1, i64::MIN, 100_000_001, i64::MAX] {
         let saga = Uuid::new_v4();
         let (why, detail) =
-            rejected(handle(&payment, &db.pool, saga, charge(amount, "sim_approve")).await);
+            rejected(handle(&payment, &db.pool, saga, charge_of(amount, "sim_approve")).await);
         assert_eq!(why, reason::INVALID_AMOUNT, "{amount}: {detail}");
         assert!(detail.contains(&amount.to_string()), "{detail}");
         assert_eq!(find_payment_row(&db.pool, saga).await, None, "{amount}");
@@ -430,7 +423,7 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
             &payment,
             &db.pool,
             Uuid::new_v4(),
-            charge(100_000_000, "sim_approve"),
+            charge_of(100_000_000, "sim_approve"),
         )
         .await,
     );
@@ -446,7 +439,7 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
             &strict,
             &db.pool,
             Uuid::new_v4(),
-            charge(5_001, "sim_approve"),
+            charge_of(5_001, "sim_approve"),
         )
         .await,
     );
@@ -597,7 +590,7 @@ async fn payments_made_before_the_provider_ledger_are_refunded_after_the_upgrade
 #[tokio::test]
 async fn a_provider_that_lost_an_approved_charge_refunds_nothing_and_the_refund_retries() {
     let (db, saga, payment) = saga_to_pay().await;
-    charged(handle(&payment, &db.pool, saga, charge(1200, "sim_approve")).await);
+    charged(handle(&payment, &db.pool, saga, charge_of(1200, "sim_approve")).await);
     // The provider's books no longer hold the charge.
     sqlx::query("DELETE FROM provider_ledger WHERE saga_id = $1")
         .bind(saga)
@@ -619,7 +612,7 @@ async fn a_provider_that_lost_an_approved_charge_refunds_nothing_and_the_refund_
 async fn a_vanished_payment_intent_is_permanent_not_retried() {
     use saga_shared::failure::Classify;
     let (db, saga, payment) = saga_to_pay().await;
-    let envelope = Envelope::command(saga, 1, charge(700, "sim_approve"));
+    let envelope = Envelope::command(saga, 1, charge_of(700, "sim_approve"));
     let settlement = on_its_way(&payment, &db.pool, &envelope).await.run().await;
     // An operator's hand removes the intent while the call was out.
     sqlx::query("DELETE FROM payments WHERE saga_id = $1")
@@ -645,7 +638,7 @@ fn reply_of(body: &serde_json::Value) -> Outcome {
 #[tokio::test]
 async fn a_redelivered_charge_gets_the_reply_its_one_statement_recorded() {
     let (db, saga, payment) = saga_to_pay().await;
-    let command = Envelope::command(saga, 1, charge(1_999, "sim_approve"));
+    let command = Envelope::command(saga, 1, charge_of(1_999, "sim_approve"));
 
     let first = handle_command(&payment, &db.pool, &command).await.unwrap();
     let again = handle_command(&payment, &db.pool, &command).await.unwrap();
@@ -708,7 +701,7 @@ impl PaymentProvider for Twisted {
 #[tokio::test]
 async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement() {
     let (db, saga, payment) = saga_to_pay_with(Twist::RefundOvertakes).await;
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
 
     let body = handle_command(&payment, &db.pool, &command).await.unwrap();
 
@@ -732,7 +725,7 @@ async fn sim_methods_are_refused_unless_the_simulator_is_switched_on() {
     ] {
         let saga = Uuid::new_v4();
         let (why, detail) =
-            rejected(handle(&production, &db.pool, saga, charge(1_000, method)).await);
+            rejected(handle(&production, &db.pool, saga, charge_of(1_000, method)).await);
         assert_eq!(why, reason::INVALID_PAYMENT_METHOD, "{method}");
         assert!(detail.contains("PAYMENT_PROVIDER=simulator"), "{detail}");
         assert_eq!(
@@ -754,14 +747,14 @@ async fn sim_methods_are_refused_unless_the_simulator_is_switched_on() {
         PaymentConfig::from_source(&env).unwrap(),
     );
     let saga = Uuid::new_v4();
-    let charge = charged(handle(&switched, &db.pool, saga, charge(1_000, "sim_approve")).await);
+    let charge = charged(handle(&switched, &db.pool, saga, charge_of(1_000, "sim_approve")).await);
     assert_eq!(charge.amount_cents, 1_000);
 }
 
 #[tokio::test]
 async fn a_refund_keeps_the_charged_amount_and_records_the_refund_beside_it() {
     let (db, saga, payment) = saga_to_pay_with(Twist::ShortRefund(500)).await;
-    charged(handle(&payment, &db.pool, saga, charge(1_200, "sim_approve")).await);
+    charged(handle(&payment, &db.pool, saga, charge_of(1_200, "sim_approve")).await);
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 500);
 
@@ -771,7 +764,7 @@ async fn a_refund_keeps_the_charged_amount_and_records_the_refund_beside_it() {
     // A full refund of a recorded charge, and a voided one, as before.
     let full = Uuid::new_v4();
     let simulated = simulated_on(&db.pool);
-    charged(handle(&simulated, &db.pool, full, charge(1_200, "sim_approve")).await);
+    charged(handle(&simulated, &db.pool, full, charge_of(1_200, "sim_approve")).await);
     assert_eq!(refund_cents(&simulated, &db.pool, full).await, 1_200);
     assert_payment_row(&db.pool, full, ("refunded", 1_200, 1_200, 0)).await;
 }

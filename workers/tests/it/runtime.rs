@@ -8,8 +8,7 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Consumer;
-use saga_protocol::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
-use saga_protocol::values::{Cents, Quantity};
+use saga_protocol::messages::{Command, Outcome, Step, StepResult};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
 use saga_shared::traceparent;
@@ -21,7 +20,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{run_worker_until_stopped, Handler};
 use workers::WorkerError;
 
-use crate::{migrated, reserved, worker_binary};
+use crate::{charge_of, migrated, reserve_of, reserved, worker_binary};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -211,16 +210,7 @@ fn reserve_mugs(saga_id: Uuid, quantity: u32) -> Envelope<Command> {
 }
 
 fn reserve(saga_id: Uuid, sku: &str, quantity: u32) -> Envelope<Command> {
-    Envelope::command(
-        saga_id,
-        1,
-        Command::Reserve(ReserveStock {
-            lines: vec![LineRequest {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(quantity).unwrap(),
-            }],
-        }),
-    )
+    Envelope::command(saga_id, 1, reserve_of(&[(sku, quantity)]))
 }
 
 /// Makes the database refuse [`POISON`]'s reservations; the consumer of the
@@ -554,18 +544,7 @@ async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
 async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
     let mut harness = Harness::start().await;
     let saga = Uuid::new_v4();
-    let reserve = |attempt| {
-        Envelope::command(
-            saga,
-            attempt,
-            Command::Reserve(ReserveStock {
-                lines: vec![LineRequest {
-                    sku: "MUG".parse().unwrap(),
-                    quantity: Quantity::new(6).unwrap(),
-                }],
-            }),
-        )
-    };
+    let reserve = |attempt| Envelope::command(saga, attempt, reserve_of(&[("MUG", 6)]));
     // Attempt 1 is delayed; its deadline passes and attempt 2 is refused.
     let (first, second) = (reserve(1), reserve(2));
     harness.send(&second).await;
@@ -702,7 +681,6 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
-    use saga_protocol::messages::ChargePayment;
     use workers::payment::{self, Payment, PaymentConfig, Simulator};
 
     let db = migrated("payment_runtime", &payment::MIGRATOR).await;
@@ -711,18 +689,7 @@ async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
     let broker = Arc::new(connect(&guard, &stop).await);
     let mut replies = reply_copies(&broker, "test-replies").await;
     let charges: Vec<Envelope<Command>> = (0..8)
-        .map(|i| {
-            Envelope::command(
-                Uuid::new_v4(),
-                1,
-                Command::Charge(ChargePayment {
-                    amount_cents: Cents::new(100 + i),
-                    currency: "USD".parse().unwrap(),
-                    payment_method: "sim_approve".into(),
-                    customer_id: "c".parse().unwrap(),
-                }),
-            )
-        })
+        .map(|i| Envelope::command(Uuid::new_v4(), 1, charge_of(100 + i, "sim_approve")))
         .collect();
     for charge in &charges {
         send_command(&broker, charge).await;
