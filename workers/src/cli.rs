@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use saga_shared::broker::Broker;
 use saga_shared::config::{self, ConfigError};
@@ -33,34 +33,77 @@ pub enum Standard {
     Migrate,
 }
 
-/// Runs `standard` with its logging: `serve` (which reads its own
-/// configuration) until a signal, or `migrate` on `schema`.
-pub async fn run_standard<F>(
-    standard: Standard,
-    service: &str,
-    schema: &Schema,
-    serve: impl FnOnce() -> F,
-) -> ExitCode
-where
-    F: Future<Output = ExitCode>,
-{
-    if let Err(code) = init_logging(matches!(standard, Standard::Serve), service) {
-        return code;
-    }
-    match standard {
-        Standard::Migrate => schema::migrate_command(schema).await,
-        Standard::Serve => serve().await,
+/// A worker binary's command line: the [`Standard`] subcommands beside the
+/// binary's own `A`, none meaning `serve`. Its name and help are the
+/// binary's ([`Binary::run`]).
+#[derive(Parser)]
+#[command(version)]
+struct CommandLine<A: Subcommand> {
+    #[command(subcommand)]
+    action: Option<Action<A>>,
+}
+
+#[derive(Subcommand)]
+enum Action<A: Subcommand> {
+    #[command(flatten)]
+    Standard(Standard),
+    #[command(flatten)]
+    Own(A),
+}
+
+/// A worker binary: its help, and the schema whose service it is (its name
+/// on the command line, in the logs and in the traces).
+pub struct Binary {
+    pub about: &'static str,
+    pub long_about: &'static str,
+    pub schema: &'static Schema,
+}
+
+impl Binary {
+    /// Parses the command line (a bad one, `--help` or `--version` exits as
+    /// clap does) and runs what it asks: `serve` (which reads its own
+    /// configuration) until a signal, `migrate`, or the binary's `own`
+    /// subcommand.
+    pub async fn run<A, S, O>(
+        &self,
+        serve: impl FnOnce() -> S,
+        own: impl FnOnce(A) -> O,
+    ) -> ExitCode
+    where
+        A: Subcommand,
+        S: Future<Output = ExitCode>,
+        O: Future<Output = ExitCode>,
+    {
+        let mut command = CommandLine::<A>::command()
+            .name(self.schema.service)
+            .about(self.about)
+            .long_about(self.long_about);
+        let matches = command.get_matches_mut();
+        let action = CommandLine::<A>::from_arg_matches(&matches)
+            .unwrap_or_else(|error| error.format(&mut command).exit())
+            .action;
+        let standard = match action.unwrap_or(Action::Standard(Standard::Serve)) {
+            Action::Standard(standard) => standard,
+            Action::Own(action) => return own(action).await,
+        };
+        if let Err(code) = init_logging(matches!(standard, Standard::Serve), self.schema.service) {
+            return code;
+        }
+        match standard {
+            Standard::Migrate => schema::migrate_command(self.schema).await,
+            Standard::Serve => serve().await,
+        }
     }
 }
 
 /// An operator subcommand: logging that keeps its output its own, then
 /// `command` on the service's database ([`with_database`]).
-pub async fn operator<F, Fut>(service: &str, schema: &Schema, command: F) -> ExitCode
+pub async fn operator<F, Fut>(schema: &Schema, command: F) -> ExitCode
 where
     F: FnOnce(PgPool) -> Fut,
     Fut: Future<Output = Result<(), WorkerError>>,
 {
-    if let Err(code) = init_logging(false, service) {
+    if let Err(code) = init_logging(false, schema.service) {
         return code;
     }
     with_database(schema, command).await
@@ -68,13 +111,13 @@ where
 
 /// `import FILE`: `load` reads the opened file (named as given, for its
 /// error lines) into the database, and its summary is printed.
-pub async fn import<F, Fut, S>(service: &str, schema: &Schema, file: PathBuf, load: F) -> ExitCode
+pub async fn import<F, Fut, S>(schema: &Schema, file: PathBuf, load: F) -> ExitCode
 where
     F: FnOnce(PgPool, String, std::fs::File) -> Fut,
     Fut: Future<Output = Result<S, WorkerError>>,
     S: Display,
 {
-    operator(service, schema, |pool| async move {
+    operator(schema, |pool| async move {
         let input = open_input(&file)?;
         let summary = load(pool, file.display().to_string(), input).await?;
         println!("{summary}");

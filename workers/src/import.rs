@@ -133,6 +133,18 @@ pub struct ImportSummary {
     pub updated: u64,
 }
 
+impl ImportSummary {
+    /// The summary of `imported` rows of `what`, `updated` of which were
+    /// there before.
+    pub fn of(what: &'static str, imported: usize, updated: usize) -> Self {
+        ImportSummary {
+            what,
+            new: (imported - updated) as u64,
+            updated: updated as u64,
+        }
+    }
+}
+
 impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

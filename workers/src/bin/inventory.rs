@@ -4,30 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use workers::cli::{self, Standard};
+use clap::Subcommand;
+use workers::cli;
 use workers::inventory::{catalogue, Inventory, SCHEMA};
 
-#[derive(Parser)]
-#[command(
-    name = "inventory",
-    version,
-    about = "Inventory worker of the checkout saga: reserves and releases stock",
-    long_about = "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
-        With no subcommand it serves: it consumes inventory commands from RabbitMQ \
-        until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, \
-        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only \
-        DATABASE_URL."
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Action>,
-}
-
+/// The subcommands of this worker beside the standard ones.
 #[derive(Subcommand)]
-enum Action {
-    #[command(flatten)]
-    Standard(Standard),
+enum Own {
     /// Load a catalogue from CSV: sku,name,on_hand,unit_price_cents,currency,tax_category
     #[command(long_about = "Load a catalogue from a CSV file with the header\n\
         sku,name,on_hand,unit_price_cents,currency,tax_category\n\n\
@@ -44,27 +27,35 @@ enum Action {
     Export,
 }
 
+const BINARY: cli::Binary = cli::Binary {
+    about: "Inventory worker of the checkout saga: reserves and releases stock",
+    long_about: "Inventory worker of the checkout saga: reserves and releases stock.\n\n\
+        With no subcommand it serves: it consumes inventory commands from RabbitMQ \
+        until SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, \
+        PREFETCH, DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only \
+        DATABASE_URL.",
+    schema: &SCHEMA,
+};
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Args::parse().command;
-    match command.unwrap_or(Action::Standard(Standard::Serve)) {
-        Action::Standard(standard) => {
-            cli::run_standard(standard, "inventory", &SCHEMA, || {
-                cli::serve_from_env(&SCHEMA, |_pool| Inventory)
-            })
-            .await
-        }
-        Action::Import { file } => {
-            cli::import("inventory", &SCHEMA, file, |pool, name, input| async move {
-                catalogue::import(&pool, &name, input).await
-            })
-            .await
-        }
-        Action::Export => {
-            cli::operator("inventory", &SCHEMA, |pool| async move {
-                cli::write_stdout(&catalogue::export(&pool).await?)
-            })
-            .await
-        }
-    }
+    let serve = || cli::serve_from_env(&SCHEMA, |_pool| Inventory);
+    BINARY
+        .run(serve, |own| async move {
+            match own {
+                Own::Import { file } => {
+                    cli::import(&SCHEMA, file, |pool, name, input| async move {
+                        catalogue::import(&pool, &name, input).await
+                    })
+                    .await
+                }
+                Own::Export => {
+                    cli::operator(&SCHEMA, |pool| async move {
+                        cli::write_stdout(&catalogue::export(&pool).await?)
+                    })
+                    .await
+                }
+            }
+        })
+        .await
 }

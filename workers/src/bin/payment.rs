@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use saga_shared::config::{Environment, Source};
 use saga_shared::service_config::ServiceConfig;
-use workers::cli::{self, Standard};
+use workers::cli;
 use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, SCHEMA};
 use workers::retention::inbox_retention;
 
@@ -15,33 +15,9 @@ use workers::retention::inbox_retention;
 /// has connections.
 const DEFAULT_PAYMENT_PREFETCH: u16 = 64;
 
-#[derive(Parser)]
-#[command(
-    name = "payment",
-    version,
-    about = "Payment worker of the checkout saga: charges and refunds, once per saga",
-    long_about = "Payment worker of the checkout saga: charges and refunds, once per saga.\n\n\
-        The provider is a deterministic simulator chosen by payment method: sim_approve, \
-        sim_decline, sim_transient_N (N transient failures, then approved), sim_slow_MS \
-        (approved after MS milliseconds, at most 60 s), sim_down (always transient). It is a \
-        test double: the sim_* methods work only with PAYMENT_PROVIDER=simulator, and are \
-        refused invalid_payment_method otherwise.\n\n\
-        With no subcommand it serves: it consumes payment commands from RabbitMQ until \
-        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH \
-        (default 64 here: a charge waits on the provider holding no connection), \
-        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
-        default 100000000; larger or non-positive amounts are rejected invalid_amount), \
-        PAYMENT_PROVIDER (simulator, or unset), PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Action>,
-}
-
+/// The subcommands of this worker beside the standard ones.
 #[derive(Subcommand)]
-enum Action {
-    #[command(flatten)]
-    Standard(Standard),
+enum Own {
     /// Show or switch the rehearsed provider outage
     #[command(long_about = "Show or switch the rehearsed provider outage.\n\n\
         While it is on, every charge and refund that needs the provider answers \
@@ -67,13 +43,33 @@ enum Switch {
     Off,
 }
 
+const BINARY: cli::Binary = cli::Binary {
+    about: "Payment worker of the checkout saga: charges and refunds, once per saga",
+    long_about: "Payment worker of the checkout saga: charges and refunds, once per saga.\n\n\
+        The provider is a deterministic simulator chosen by payment method: sim_approve, \
+        sim_decline, sim_transient_N (N transient failures, then approved), sim_slow_MS \
+        (approved after MS milliseconds, at most 60 s), sim_down (always transient). It is a \
+        test double: the sim_* methods work only with PAYMENT_PROVIDER=simulator, and are \
+        refused invalid_payment_method otherwise.\n\n\
+        With no subcommand it serves: it consumes payment commands from RabbitMQ until \
+        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH \
+        (default 64 here: a charge waits on the provider holding no connection), \
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
+        default 100000000; larger or non-positive amounts are rejected invalid_amount), \
+        PAYMENT_PROVIDER (simulator, or unset), PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL.",
+    schema: &SCHEMA,
+};
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Args::parse().command;
-    match command.unwrap_or(Action::Standard(Standard::Serve)) {
-        Action::Standard(standard) => cli::run_standard(standard, "payment", &SCHEMA, serve).await,
-        Action::Ledger => {
-            cli::operator("payment", &SCHEMA, |pool| async move {
+    BINARY.run(serve, own).await
+}
+
+/// Runs one of this worker's own operator subcommands.
+async fn own(action: Own) -> ExitCode {
+    match action {
+        Own::Ledger => {
+            cli::operator(&SCHEMA, |pool| async move {
                 let mut csv =
                     String::from("saga_id,charges,charged_cents,refunds,refunded_cents\n");
                 for line in ledger(&pool).await? {
@@ -90,8 +86,8 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Action::Outage { state } => {
-            cli::operator("payment", &SCHEMA, |pool| async move {
+        Own::Outage { state } => {
+            cli::operator(&SCHEMA, |pool| async move {
                 let mut conn = pool.acquire().await?;
                 if let Some(state) = state {
                     outage::set(&mut conn, matches!(state, Switch::On)).await?;

@@ -4,31 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use workers::cli::{self, Standard};
+use clap::Subcommand;
+use workers::cli;
 use workers::tax::{rates, Tax, SCHEMA};
 
-#[derive(Parser)]
-#[command(
-    name = "tax",
-    version,
-    about = "Tax worker of the checkout saga: tax per line from ship-to and category",
-    long_about = "Tax worker of the checkout saga: tax per line from the ship-to country \
-        and region and the line's tax category. Rates are in basis points; each line's \
-        tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
-        With no subcommand it serves: it consumes tax commands from RabbitMQ until \
-        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH, \
-        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL."
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Action>,
-}
-
+/// The subcommands of this worker beside the standard ones.
 #[derive(Subcommand)]
-enum Action {
-    #[command(flatten)]
-    Standard(Standard),
+enum Own {
     /// Load tax rates from CSV: country,region,category,rate_bp
     #[command(long_about = "Load tax rates from a CSV file with the header\n\
         country,region,category,rate_bp\n\n\
@@ -42,21 +24,25 @@ enum Action {
     },
 }
 
+const BINARY: cli::Binary = cli::Binary {
+    about: "Tax worker of the checkout saga: tax per line from ship-to and category",
+    long_about: "Tax worker of the checkout saga: tax per line from the ship-to country \
+        and region and the line's tax category. Rates are in basis points; each line's \
+        tax is rounded half up to a whole minor unit, and the total is their sum.\n\n\
+        With no subcommand it serves: it consumes tax commands from RabbitMQ until \
+        SIGTERM or ctrl-c. Environment: DATABASE_URL, AMQP_URL, AMQP_CA_FILE, AMQP_PREFIX, PREFETCH, \
+        DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL.",
+    schema: &SCHEMA,
+};
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Args::parse().command;
-    match command.unwrap_or(Action::Standard(Standard::Serve)) {
-        Action::Standard(standard) => {
-            cli::run_standard(standard, "tax", &SCHEMA, || {
-                cli::serve_from_env(&SCHEMA, |_pool| Tax)
-            })
-            .await
-        }
-        Action::Import { file } => {
-            cli::import("tax", &SCHEMA, file, |pool, name, input| async move {
+    let serve = || cli::serve_from_env(&SCHEMA, |_pool| Tax);
+    BINARY
+        .run(serve, |Own::Import { file }| {
+            cli::import(&SCHEMA, file, |pool, name, input| async move {
                 rates::import(&pool, &name, input).await
             })
-            .await
-        }
-    }
+        })
+        .await
 }

@@ -127,12 +127,8 @@ pub async fn import(
     let updated = entries
         .iter()
         .filter(|e| held.contains_key(e.sku.as_str()))
-        .count() as u64;
-    Ok(ImportSummary {
-        what: "products",
-        new: entries.len() as u64 - updated,
-        updated,
-    })
+        .count();
+    Ok(ImportSummary::of("products", entries.len(), updated))
 }
 
 fn validate(source: &str, rows: &[Row]) -> Result<Vec<Entry>, WorkerError> {

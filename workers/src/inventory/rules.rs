@@ -210,34 +210,34 @@ mod tests {
         assert_eq!(reason, reason::INVALID_COMMAND);
     }
 
+    /// Each reserve refused as a whole, and what its detail names.
     #[test]
-    fn an_unknown_sku_refuses_the_whole_reserve() {
-        let (reason, detail) = refusal(decide(
-            &[line("MUG", 1), line("NOPE", 1)],
-            &[stock("MUG", 5, 850, "USD")],
-        ));
-        assert_eq!(reason, reason::UNKNOWN_SKU);
-        assert!(detail.contains("NOPE"), "{detail}");
-    }
-
-    #[test]
-    fn lines_in_two_currencies_are_refused() {
-        let (reason, detail) = refusal(decide(
-            &[line("MUG", 1), line("CUP", 1)],
-            &[stock("MUG", 5, 850, "USD"), stock("CUP", 5, 400, "EUR")],
-        ));
-        assert_eq!(reason, reason::CURRENCY_MISMATCH);
-        assert!(detail.contains("CUP in EUR"), "{detail}");
-    }
-
-    #[test]
-    fn stock_is_checked_against_the_sum_of_a_skus_lines() {
-        let (reason, detail) = refusal(decide(
-            &[line("MUG", 3), line("MUG", 3)],
-            &[stock("MUG", 5, 850, "USD")],
-        ));
-        assert_eq!(reason, reason::OUT_OF_STOCK);
-        assert!(detail.contains("wanted 6, available 5"), "{detail}");
+    fn refused_reserves_say_why_naming_what() {
+        let refused = [
+            (
+                vec![line("MUG", 1), line("NOPE", 1)],
+                vec![stock("MUG", 5, 850, "USD")],
+                reason::UNKNOWN_SKU,
+                "NOPE",
+            ),
+            (
+                vec![line("MUG", 1), line("CUP", 1)],
+                vec![stock("MUG", 5, 850, "USD"), stock("CUP", 5, 400, "EUR")],
+                reason::CURRENCY_MISMATCH,
+                "CUP in EUR",
+            ),
+            (
+                vec![line("MUG", 3), line("MUG", 3)],
+                vec![stock("MUG", 5, 850, "USD")],
+                reason::OUT_OF_STOCK,
+                "wanted 6, available 5",
+            ),
+        ];
+        for (lines, stock, why, named) in refused {
+            let (reason, detail) = refusal(decide(&lines, &stock));
+            assert_eq!(reason, why, "{detail}");
+            assert!(detail.contains(named), "{detail}");
+        }
     }
 
     #[test]

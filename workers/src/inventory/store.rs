@@ -6,7 +6,9 @@ use saga_protocol::messages::{reason, Command, Outcome, PricedLine, Reserved};
 use saga_protocol::values::{Cents, Sku};
 use saga_protocol::Envelope;
 use saga_shared::stored;
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use super::rules::{Stock, Take};
@@ -29,17 +31,18 @@ impl Status {
         }
     }
 
+    /// The status stored as `text`, read back through [`Status::as_str`].
     fn parse(text: &str) -> Result<Status, sqlx::Error> {
-        match text {
-            "active" => Ok(Status::Active),
-            "released" => Ok(Status::Released),
-            "refused" => Ok(Status::Refused),
+        [Status::Active, Status::Released, Status::Refused]
+            .into_iter()
+            .find(|status| status.as_str() == text)
             // A state this build cannot read: permanent, the command is
             // dead-lettered rather than retried.
-            other => Err(sqlx::Error::Decode(
-                format!("reservation status `{other}` is not one this worker knows").into(),
-            )),
-        }
+            .ok_or_else(|| {
+                sqlx::Error::Decode(
+                    format!("reservation status `{text}` is not one this worker knows").into(),
+                )
+            })
     }
 }
 
@@ -223,6 +226,94 @@ impl<'a> TakeColumns<'a> {
     }
 }
 
+/// The start of a statement that takes stock: `wanted`, the take's SKUs,
+/// quantities, prices and categories ($2 to $5); `$before` (CTEs ending in a
+/// comma, or nothing); `locked`, the newest versions of those product rows,
+/// locked in SKU order, where `$only` (an ` AND` condition, or nothing)
+/// allows; and `enough`, whether every one still has the stock, price,
+/// category and currency ($6) the take was decided on. Ends with a comma.
+macro_rules! stock_checked {
+    ($before:literal, $only:literal) => {
+        concat!(
+            "WITH wanted AS (
+             SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::text[])
+                 AS w (sku, quantity, unit_price_cents, tax_category)
+         ),",
+            $before,
+            "
+         locked AS (
+             SELECT p.sku, p.available, p.unit_price_cents, p.currency, p.tax_category
+             FROM products p
+             WHERE p.sku IN (SELECT sku FROM wanted)",
+            $only,
+            "
+             ORDER BY p.sku FOR UPDATE
+         ),
+         enough AS (
+             SELECT count(*) = (SELECT count(*) FROM wanted)
+                    AND coalesce(bool_and(
+                        l.available >= w.quantity
+                        AND l.unit_price_cents = w.unit_price_cents
+                        AND l.tax_category = w.tax_category
+                        AND l.currency = $6), false) AS ok
+             FROM wanted w JOIN locked l USING (sku)
+         ),"
+        )
+    };
+}
+
+/// The writes of a take, each only if `$when`: `taken`, the wanted stock
+/// out of `available`, and `lines`, the reservation's lines in request
+/// order ($7 to $11: positions, SKUs, quantities, prices, categories).
+macro_rules! stock_taken {
+    ($when:literal) => {
+        concat!(
+            "
+         taken AS (
+             UPDATE products p SET available = p.available - w.quantity
+             FROM wanted w
+             WHERE p.sku = w.sku AND ",
+            $when,
+            "
+             RETURNING p.sku
+         ),
+         lines AS (
+             INSERT INTO reservation_lines
+                 (saga_id, position, sku, quantity, unit_price_cents, tax_category)
+             SELECT $1, l.position, l.sku, l.quantity, l.unit_price_cents, l.tax_category
+             FROM unnest($7::int4[], $8::text[], $9::int4[], $10::int8[], $11::text[])
+                 AS l (position, sku, quantity, unit_price_cents, tax_category)
+             WHERE ",
+            $when,
+            "
+             RETURNING position
+         )"
+        )
+    };
+}
+
+/// `statement` ([`stock_checked`], [`stock_taken`]) with the binds of a
+/// take for `saga_id` ($1 to $11).
+fn take_statement<'q>(
+    statement: &'q str,
+    saga_id: Uuid,
+    take: &'q Take,
+    columns: &'q TakeColumns<'q>,
+) -> QueryScalar<'q, Postgres, bool, PgArguments> {
+    sqlx::query_scalar(statement)
+        .bind(saga_id)
+        .bind(&columns.skus)
+        .bind(&take.quantities)
+        .bind(&columns.unit_prices)
+        .bind(&take.tax_categories)
+        .bind(take.currency.as_str())
+        .bind(&columns.positions)
+        .bind(&columns.line_skus)
+        .bind(&columns.quantities)
+        .bind(&columns.prices)
+        .bind(&columns.categories)
+}
+
 /// Takes `take`'s stock and records the reservation, in one statement:
 /// all of it, if every SKU still has the stock, price and category it was
 /// decided on; otherwise nothing (`false`). The product rows are locked in
@@ -235,60 +326,21 @@ pub async fn take(
     let columns = TakeColumns::of(take);
     // `locked` waits for and reads each row's newest version; the UPDATE
     // below then finds the same versions, so it decrements what was checked.
-    sqlx::query_scalar(
-        "WITH wanted AS (
-             SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::text[])
-                 AS w (sku, quantity, unit_price_cents, tax_category)
-         ),
-         locked AS (
-             SELECT p.sku, p.available, p.unit_price_cents, p.currency, p.tax_category
-             FROM products p WHERE p.sku IN (SELECT sku FROM wanted)
-             ORDER BY p.sku FOR UPDATE
-         ),
-         enough AS (
-             SELECT count(*) = (SELECT count(*) FROM wanted)
-                    AND coalesce(bool_and(
-                        l.available >= w.quantity
-                        AND l.unit_price_cents = w.unit_price_cents
-                        AND l.tax_category = w.tax_category
-                        AND l.currency = $6), false) AS ok
-             FROM wanted w JOIN locked l USING (sku)
-         ),
-         taken AS (
-             UPDATE products p SET available = p.available - w.quantity
-             FROM wanted w
-             WHERE p.sku = w.sku AND (SELECT ok FROM enough)
-             RETURNING p.sku
-         ),
+    let statement = concat!(
+        stock_checked!("", ""),
+        "
          reserved AS (
              UPDATE reservations SET currency = $6
              WHERE saga_id = $1 AND (SELECT ok FROM enough)
              RETURNING saga_id
-         ),
-         lines AS (
-             INSERT INTO reservation_lines
-                 (saga_id, position, sku, quantity, unit_price_cents, tax_category)
-             SELECT $1, l.position, l.sku, l.quantity, l.unit_price_cents, l.tax_category
-             FROM unnest($7::int4[], $8::text[], $9::int4[], $10::int8[], $11::text[])
-                 AS l (position, sku, quantity, unit_price_cents, tax_category)
-             WHERE (SELECT ok FROM enough)
-             RETURNING position
-         )
-         SELECT ok FROM enough",
-    )
-    .bind(saga_id)
-    .bind(&columns.skus)
-    .bind(&take.quantities)
-    .bind(&columns.unit_prices)
-    .bind(&take.tax_categories)
-    .bind(take.currency.as_str())
-    .bind(&columns.positions)
-    .bind(&columns.line_skus)
-    .bind(&columns.quantities)
-    .bind(&columns.prices)
-    .bind(&columns.categories)
-    .fetch_one(&mut *conn)
-    .await
+         ),",
+        stock_taken!("(SELECT ok FROM enough)"),
+        "
+         SELECT ok FROM enough"
+    );
+    take_statement(statement, saga_id, take, &columns)
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// The stock of `skus` as committed, locking nothing: for pricing only.
@@ -333,30 +385,16 @@ pub async fn reserve_at_once(
     // versions (the rows stay locked), so it decrements what was checked.
     // Each write depends on the one before it through RETURNING, so none
     // happens unless every one before it did.
-    sqlx::query_scalar(
-        "WITH wanted AS (
-             SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::text[])
-                 AS w (sku, quantity, unit_price_cents, tax_category)
-         ),
+    let statement = concat!(
+        stock_checked!(
+            "
          fresh AS (
              SELECT NOT EXISTS (SELECT 1 FROM inbox WHERE message_id = $12)
                     AND NOT EXISTS (SELECT 1 FROM reservations WHERE saga_id = $1) AS ok
-         ),
-         locked AS (
-             SELECT p.sku, p.available, p.unit_price_cents, p.currency, p.tax_category
-             FROM products p
-             WHERE p.sku IN (SELECT sku FROM wanted) AND (SELECT ok FROM fresh)
-             ORDER BY p.sku FOR UPDATE
-         ),
-         enough AS (
-             SELECT count(*) = (SELECT count(*) FROM wanted)
-                    AND coalesce(bool_and(
-                        l.available >= w.quantity
-                        AND l.unit_price_cents = w.unit_price_cents
-                        AND l.tax_category = w.tax_category
-                        AND l.currency = $6), false) AS ok
-             FROM wanted w JOIN locked l USING (sku)
-         ),
+         ),",
+            " AND (SELECT ok FROM fresh)"
+        ),
+        "
          claimed AS (
              INSERT INTO inbox (message_id, saga_id, step, attempt, reply)
              SELECT $12, $1, $13, $14, $15 WHERE (SELECT ok FROM enough)
@@ -367,41 +405,18 @@ pub async fn reserve_at_once(
              INSERT INTO reservations (saga_id, status, currency)
              SELECT $1, 'active', $6 FROM claimed
              RETURNING saga_id
-         ),
-         taken AS (
-             UPDATE products p SET available = p.available - w.quantity
-             FROM wanted w
-             WHERE p.sku = w.sku AND EXISTS (SELECT 1 FROM reserved)
-             RETURNING p.sku
-         ),
-         lines AS (
-             INSERT INTO reservation_lines
-                 (saga_id, position, sku, quantity, unit_price_cents, tax_category)
-             SELECT $1, l.position, l.sku, l.quantity, l.unit_price_cents, l.tax_category
-             FROM unnest($7::int4[], $8::text[], $9::int4[], $10::int8[], $11::text[])
-                 AS l (position, sku, quantity, unit_price_cents, tax_category)
-             WHERE EXISTS (SELECT 1 FROM reserved)
-             RETURNING position
-         )
-         SELECT EXISTS (SELECT 1 FROM reserved)",
-    )
-    .bind(command.saga_id)
-    .bind(&columns.skus)
-    .bind(&take.quantities)
-    .bind(&columns.unit_prices)
-    .bind(&take.tax_categories)
-    .bind(take.currency.as_str())
-    .bind(&columns.positions)
-    .bind(&columns.line_skus)
-    .bind(&columns.quantities)
-    .bind(&columns.prices)
-    .bind(&columns.categories)
-    .bind(command.message_id)
-    .bind(command.step.routing_key())
-    .bind(command.attempt as i32)
-    .bind(reply)
-    .fetch_one(&mut *conn)
-    .await
+         ),",
+        stock_taken!("EXISTS (SELECT 1 FROM reserved)"),
+        "
+         SELECT EXISTS (SELECT 1 FROM reserved)"
+    );
+    take_statement(statement, command.saga_id, take, &columns)
+        .bind(command.message_id)
+        .bind(command.step.routing_key())
+        .bind(command.attempt as i32)
+        .bind(reply)
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// Leaves the saga's row as a refusal: a late earlier attempt must not

@@ -26,7 +26,7 @@ use super::provider::{
 };
 use super::rules::{self, ChargeVerdict, RefundVerdict};
 use super::simulator::Simulator;
-use super::store::{self, ApprovedCharge, ChargeSettled, PaymentRow, Status};
+use super::store::{self, ApprovedCharge, ChargeSettled, IntentWhen, PaymentRow, Status};
 use crate::inbox;
 use crate::runtime::{not_handled, AtOnce, Decision, ExternalCall, Handler, Settlement};
 
@@ -189,7 +189,7 @@ impl<P: PaymentProvider> Payment<P> {
         }
         // The common case, a first charge with the switch off, in one
         // statement; anything else is sorted out below as before.
-        if store::write_first_charge_intent(conn, saga_id, request).await? {
+        if store::write_charge_intent(conn, IntentWhen::NoRowAndNoOutage, saga_id, request).await? {
             return Ok(Decision::Call(self.charge_call(saga_id, request, true, 0)));
         }
         let existing = store::lock(conn, saga_id).await?;
@@ -203,7 +203,7 @@ impl<P: PaymentProvider> Payment<P> {
         if outage::is_on(conn).await? {
             return Ok(outage_transient());
         }
-        let fresh = store::write_charge_intent(conn, saga_id, request).await?;
+        let fresh = store::write_charge_intent(conn, IntentWhen::NoRow, saga_id, request).await?;
         if !fresh {
             // Another attempt wrote first; a refund's tombstone among them
             // must stop this charge before it reaches the provider.

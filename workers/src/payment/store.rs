@@ -5,7 +5,9 @@ use saga_protocol::messages::{ChargePayment, Command};
 use saga_protocol::values::{Cents, Currency, CustomerId};
 use saga_protocol::Envelope;
 use saga_shared::stored;
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,41 +115,51 @@ pub async fn locked(
     })
 }
 
-/// Writes the charge intent; `false` when a row was there first.
-pub async fn write_charge_intent(
-    conn: &mut PgConnection,
-    saga_id: Uuid,
-    request: &ChargePayment,
-) -> Result<bool, sqlx::Error> {
-    insert_charge_intent(
-        conn,
-        "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
-         VALUES ($1, 'charging', $2, $3, $4, $5)
-         ON CONFLICT (saga_id) DO NOTHING",
-        saga_id,
-        request,
-    )
-    .await
+/// When a charge intent is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntentWhen {
+    /// Unless a row was there first.
+    NoRow,
+    /// When the saga has no payment row yet and the outage switch is off,
+    /// in one statement: the common first charge. `false` says neither
+    /// which of the two stopped it; the caller then looks.
+    NoRowAndNoOutage,
 }
 
-/// Writes the charge intent when the saga has no payment row yet and the
-/// outage switch is off, in one statement: the common first charge. `false`
-/// says neither which of the two stopped it; the caller then looks.
-pub async fn write_first_charge_intent(
+impl IntentWhen {
+    /// The insert, which takes the saga id and the charge's amount,
+    /// currency, method and customer as $1 to $5.
+    fn insert(self) -> &'static str {
+        match self {
+            IntentWhen::NoRow => {
+                "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
+         VALUES ($1, 'charging', $2, $3, $4, $5)
+         ON CONFLICT (saga_id) DO NOTHING"
+            }
+            IntentWhen::NoRowAndNoOutage => {
+                "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
+         SELECT $1, 'charging', $2, $3, $4, $5
+         WHERE NOT coalesce((SELECT outage FROM provider_settings WHERE id), false)
+         ON CONFLICT (saga_id) DO NOTHING"
+            }
+        }
+    }
+}
+
+/// Writes the charge intent `when` says; `true` when it wrote it.
+pub async fn write_charge_intent(
     conn: &mut PgConnection,
+    when: IntentWhen,
     saga_id: Uuid,
     request: &ChargePayment,
 ) -> Result<bool, sqlx::Error> {
-    insert_charge_intent(
-        conn,
-        "INSERT INTO payments (saga_id, status, amount_cents, currency, payment_method, customer_id)
-         SELECT $1, 'charging', $2, $3, $4, $5
-         WHERE NOT coalesce((SELECT outage FROM provider_settings WHERE id), false)
-         ON CONFLICT (saga_id) DO NOTHING",
-        saga_id,
-        request,
-    )
-    .await
+    let statement = sqlx::query(when.insert())
+        .bind(saga_id)
+        .bind(request.amount_cents.get())
+        .bind(request.currency.as_str())
+        .bind(&request.payment_method)
+        .bind(request.customer_id.as_str());
+    wrote_the_row(conn, statement).await
 }
 
 /// A first charge's claim and intent in one statement: claims `command` in
@@ -282,24 +294,13 @@ pub async fn settle_charge_with_reply(
     query.fetch_one(&mut *conn).await
 }
 
-/// Runs `insert`, which takes the saga id and the charge's amount,
-/// currency, method and customer as $1 to $5; true when it wrote the row.
-async fn insert_charge_intent(
+/// Runs `statement`, which writes the saga's one payment row or nothing;
+/// whether it wrote it.
+async fn wrote_the_row(
     conn: &mut PgConnection,
-    insert: &'static str,
-    saga_id: Uuid,
-    request: &ChargePayment,
+    statement: Query<'_, Postgres, PgArguments>,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(insert)
-        .bind(saga_id)
-        .bind(request.amount_cents.get())
-        .bind(request.currency.as_str())
-        .bind(&request.payment_method)
-        .bind(request.customer_id.as_str())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    Ok(written == 1)
+    Ok(statement.execute(&mut *conn).await?.rows_affected() == 1)
 }
 
 /// Writes a `refunded` row with nothing charged, so that a late charge
@@ -308,15 +309,11 @@ pub async fn write_refund_tombstone(
     conn: &mut PgConnection,
     saga_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    let tombstone = sqlx::query(
         "INSERT INTO payments (saga_id, status) VALUES ($1, 'refunded')
          ON CONFLICT (saga_id) DO NOTHING",
-    )
-    .bind(saga_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1)
+    );
+    wrote_the_row(conn, tombstone.bind(saga_id)).await
 }
 
 pub async fn mark_refunding(conn: &mut PgConnection, saga_id: Uuid) -> Result<(), sqlx::Error> {
@@ -344,7 +341,7 @@ pub async fn record_charged(
     conn: &mut PgConnection,
     charge: &ApprovedCharge<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(
+    let statement = sqlx::query(
         "UPDATE payments SET status = 'charged', amount_cents = $2, currency = $3,
              payment_method = $4, customer_id = $5, provider_reference = $6,
              updated_at = now()
@@ -355,11 +352,8 @@ pub async fn record_charged(
     .bind(charge.currency.as_str())
     .bind(charge.payment_method)
     .bind(charge.customer_id.as_str())
-    .bind(charge.reference)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(written == 1)
+    .bind(charge.reference);
+    wrote_the_row(conn, statement).await
 }
 
 /// Records a declined charge on a payment still `charging`; `false` as for
@@ -370,18 +364,15 @@ pub async fn record_declined(
     reason: &str,
     detail: &str,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(
+    let statement = sqlx::query(
         "UPDATE payments SET status = 'declined', amount_cents = 0, rejection_reason = $2,
              rejection_detail = $3, updated_at = now()
          WHERE saga_id = $1 AND status = 'charging'",
     )
     .bind(saga_id)
     .bind(reason)
-    .bind(detail)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(written == 1)
+    .bind(detail);
+    wrote_the_row(conn, statement).await
 }
 
 /// Counts a transient provider failure on a payment still `charging`: what
@@ -391,15 +382,12 @@ pub async fn count_provider_failure(
     conn: &mut PgConnection,
     saga_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(
+    let statement = sqlx::query(
         "UPDATE payments SET transient_failures = transient_failures + 1, updated_at = now()
          WHERE saga_id = $1 AND status = 'charging'",
     )
-    .bind(saga_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(written == 1)
+    .bind(saga_id);
+    wrote_the_row(conn, statement).await
 }
 
 /// Records what a refund returned in `refunded_cents`. `amount_cents`

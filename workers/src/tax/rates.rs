@@ -111,12 +111,8 @@ pub async fn import(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let new = inserted.iter().filter(|new| **new).count() as u64;
-    Ok(ImportSummary {
-        what: "tax rates",
-        new,
-        updated: inserted.len() as u64 - new,
-    })
+    let updated = inserted.iter().filter(|new| !**new).count();
+    Ok(ImportSummary::of("tax rates", inserted.len(), updated))
 }
 
 fn validate(source: &str, rows: &[Row]) -> Result<Vec<Rate>, WorkerError> {

@@ -137,6 +137,17 @@ mod tests {
         }
     }
 
+    /// A request of one unit at 100 cents per category, the SKUs A, B, C...
+    fn one_each_in(categories: &[&str]) -> CalculateTax {
+        request(
+            categories
+                .iter()
+                .zip('A'..)
+                .map(|(category, sku)| line(&sku.to_string(), 1, 100, category))
+                .collect(),
+        )
+    }
+
     fn rates(pairs: &[(&str, u32)]) -> HashMap<String, u32> {
         pairs.iter().map(|(c, r)| (c.to_string(), *r)).collect()
     }
@@ -244,11 +255,7 @@ mod tests {
 
     #[test]
     fn the_categories_to_read_are_each_named_once_in_order() {
-        let request = request(vec![
-            line("A", 1, 100, "general"),
-            line("B", 1, 100, "food"),
-            line("C", 1, 100, "general"),
-        ]);
+        let request = one_each_in(&["general", "food", "general"]);
         assert_eq!(
             needed_categories(&request).unwrap(),
             vec!["food", "general"]
@@ -257,12 +264,7 @@ mod tests {
 
     #[test]
     fn a_category_without_a_rate_is_refused_naming_only_the_missing_ones() {
-        let request = request(vec![
-            line("A", 1, 100, "general"),
-            line("B", 1, 100, "wine"),
-            line("C", 1, 100, "books"),
-            line("D", 1, 100, "wine"),
-        ]);
+        let request = one_each_in(&["general", "wine", "books", "wine"]);
         let rates = rates(&[("general", 725)]);
 
         let (why, detail) = refusal(answer(&request, &Destination::new("us", "ny"), &rates));

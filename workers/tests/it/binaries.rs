@@ -25,6 +25,15 @@ fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("run the binary")
 }
 
+/// Asserts `output` is the operator's to fix: exit code 2 and one line of
+/// error that says `what`.
+fn assert_refused_in_one_line(output: &Output, what: &str, context: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{context}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{context}: {stderr}");
+    assert!(stderr.contains(what), "{context}: {stderr}");
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -99,13 +108,7 @@ fn a_missing_database_url_is_one_line_and_exit_code_2() {
         (PAYMENT, &["migrate"][..]),
     ] {
         let output = run(binary, args, &[]);
-        let stderr = text(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{binary} {args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{binary} {args:?}: {stderr}");
-        assert!(
-            stderr.contains("DATABASE_URL"),
-            "{binary} {args:?}: {stderr}"
-        );
+        assert_refused_in_one_line(&output, "DATABASE_URL", &format!("{binary} {args:?}"));
     }
 }
 
@@ -118,10 +121,7 @@ async fn inventory_import_and_export_through_the_binary() {
         "sku,name,on_hand,unit_price_cents,currency,tax_category\nMUG,Mug,5,850,USD,general\nBOWL,Bowl,lots,400,USD,kitchen\n",
     );
     let output = run(INVENTORY, &["import", bad.arg()], &env);
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("line 3, on_hand: `lots`"), "{stderr}");
+    assert_refused_in_one_line(&output, "line 3, on_hand: `lots`", "bad row");
 
     let output = run(INVENTORY, &["export"], &env);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -207,13 +207,7 @@ async fn migrate_through_the_binary_then_a_service_that_may_not_migrate() {
         &["migrate"],
         &[env[0], ("MIGRATE_STATEMENT_TIMEOUT", "15 minutes")],
     );
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("MIGRATE_STATEMENT_TIMEOUT is invalid"),
-        "{stderr}"
-    );
+    assert_refused_in_one_line(&output, "MIGRATE_STATEMENT_TIMEOUT is invalid", "migrate");
 
     // Where only `migrate` migrates, a service (and an operator command)
     // on a schema behind its build refuses in one line.

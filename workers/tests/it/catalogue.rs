@@ -1,14 +1,12 @@
 //! The catalogue's CSV import and export.
 
-use saga_protocol::messages::{Command, LineRequest, ReserveStock};
-use saga_protocol::values::Quantity;
 use sqlx::PgPool;
 use uuid::Uuid;
 use workers::import::ImportSummary;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::WorkerError;
 
-use crate::{handle, migrated, ok};
+use crate::{handle, migrated, ok, reserve_of};
 
 const HEADER: &str = "sku,name,on_hand,unit_price_cents,currency,tax_category\n";
 
@@ -57,12 +55,7 @@ async fn reimport_updates_products_and_keeps_what_reservations_hold() {
         &Inventory,
         &db.pool,
         Uuid::new_v4(),
-        Command::Reserve(ReserveStock {
-            lines: vec![LineRequest {
-                sku: "MUG".parse().unwrap(),
-                quantity: Quantity::new(2).unwrap(),
-            }],
-        }),
+        reserve_of(&[("MUG", 2)]),
     )
     .await);
 

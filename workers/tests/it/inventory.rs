@@ -2,10 +2,8 @@
 
 use saga_protocol::envelope::DecodeError;
 use saga_protocol::messages::{
-    reason, Command, LineRequest, Outcome, ReleaseStock, Released, ReserveStock, Reserved,
-    StepResult,
+    reason, Command, Outcome, ReleaseStock, Released, Reserved, StepResult,
 };
-use saga_protocol::values::Quantity;
 use saga_protocol::Envelope;
 use saga_testkit::{eventually, TestDatabase};
 use sqlx::PgPool;
@@ -13,7 +11,7 @@ use uuid::Uuid;
 use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{handle_command, Handler};
 
-use crate::{handle, migrated, ok, priced_line, rejected, reserved};
+use crate::{handle, migrated, ok, priced_line, rejected, reserve_of, reserved};
 
 const CATALOGUE: &str = "\
 sku,name,on_hand,unit_price_cents,currency,tax_category
@@ -31,25 +29,13 @@ async fn stocked() -> TestDatabase {
     db
 }
 
-fn reserve(lines: &[(&str, u32)]) -> Command {
-    Command::Reserve(ReserveStock {
-        lines: lines
-            .iter()
-            .map(|(sku, quantity)| LineRequest {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(*quantity).unwrap(),
-            })
-            .collect(),
-    })
-}
-
 fn release() -> Command {
     Command::Release(ReleaseStock {})
 }
 
 /// What the inventory worker answers to reserving `lines` for `saga`.
 async fn reserving(pool: &PgPool, saga: Uuid, lines: &[(&str, u32)]) -> Outcome {
-    handle(&Inventory, pool, saga, reserve(lines)).await
+    handle(&Inventory, pool, saga, reserve_of(lines)).await
 }
 
 /// What the inventory worker answers to releasing `saga`'s stock.
@@ -84,6 +70,14 @@ async fn assert_stock_conserved(pool: &PgPool) {
     );
 }
 
+/// Asserts what is available of each of `skus`, and that stock is conserved.
+async fn assert_stock(pool: &PgPool, skus: &[(&str, i32)]) {
+    for &(sku, expected) in skus {
+        assert_eq!(available(pool, sku).await, expected, "available {sku}");
+    }
+    assert_stock_conserved(pool).await;
+}
+
 fn released(outcome: Outcome) -> bool {
     match ok(outcome) {
         StepResult::Released(Released { released }) => released,
@@ -108,26 +102,74 @@ async fn reserve_holds_stock_and_prices_lines_in_request_order() {
             ],
         }
     );
-    assert_eq!(available(&db.pool, "MUG").await, 3);
-    assert_eq!(available(&db.pool, "APPLE").await, 6);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 3), ("APPLE", 6)]).await;
 }
 
+/// Each reserve refused as a whole, with what its detail must and must not
+/// name: all or nothing, so the stock stays as the catalogue has it.
 #[tokio::test]
-async fn out_of_stock_reserves_nothing_and_names_the_sku() {
+async fn refused_reserves_take_nothing_and_say_why() {
     let db = stocked().await;
+    /// A reserve's lines, why it is refused, and what its detail must and
+    /// must not name.
+    struct Refused {
+        lines: &'static [(&'static str, u32)],
+        why: &'static str,
+        named: &'static [&'static str],
+        unnamed: &'static [&'static str],
+    }
+    let refused = [
+        Refused {
+            lines: &[("APPLE", 2), ("BOOK", 4)],
+            why: reason::OUT_OF_STOCK,
+            named: &["BOOK"],
+            unnamed: &["APPLE"],
+        },
+        Refused {
+            lines: &[("APPLE", 1), ("GHOST", 1)],
+            why: reason::UNKNOWN_SKU,
+            named: &["GHOST"],
+            unnamed: &[],
+        },
+        Refused {
+            lines: &[("MUG", 1), ("EURO-MUG", 1)],
+            why: reason::CURRENCY_MISMATCH,
+            named: &["EUR", "USD"],
+            unnamed: &[],
+        },
+        Refused {
+            lines: &[],
+            why: reason::INVALID_COMMAND,
+            named: &[],
+            unnamed: &[],
+        },
+    ];
 
-    let (why, detail) =
-        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 2), ("BOOK", 4)]).await);
+    for Refused {
+        lines,
+        why,
+        named,
+        unnamed,
+    } in refused
+    {
+        let (reason, detail) = rejected(reserving(&db.pool, Uuid::new_v4(), lines).await);
 
-    assert_eq!(why, reason::OUT_OF_STOCK);
-    assert!(
-        detail.contains("BOOK") && !detail.contains("APPLE"),
-        "{detail}"
-    );
-    assert_eq!(available(&db.pool, "APPLE").await, 10, "all or nothing");
-    assert_eq!(available(&db.pool, "BOOK").await, 3);
-    assert_stock_conserved(&db.pool).await;
+        assert_eq!(reason, why, "{lines:?}: {detail}");
+        for name in named {
+            assert!(detail.contains(name), "{lines:?} names {name}: {detail}");
+        }
+        for name in unnamed {
+            assert!(
+                !detail.contains(name),
+                "{lines:?} leaves out {name}: {detail}"
+            );
+        }
+        assert_stock(
+            &db.pool,
+            &[("APPLE", 10), ("BOOK", 3), ("MUG", 5), ("EURO-MUG", 5)],
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -147,49 +189,14 @@ async fn a_sku_on_several_lines_is_checked_against_their_sum() {
     );
     let skus: Vec<&str> = reservation.lines.iter().map(|l| l.sku.as_str()).collect();
     assert_eq!(skus, ["BOOK", "MUG", "BOOK"]);
-    assert_eq!(available(&db.pool, "BOOK").await, 0);
-    assert_stock_conserved(&db.pool).await;
-}
-
-#[tokio::test]
-async fn unknown_sku_reserves_nothing_and_names_the_sku() {
-    let db = stocked().await;
-
-    let (why, detail) =
-        rejected(reserving(&db.pool, Uuid::new_v4(), &[("APPLE", 1), ("GHOST", 1)]).await);
-
-    assert_eq!(why, reason::UNKNOWN_SKU);
-    assert!(detail.contains("GHOST"), "{detail}");
-    assert_eq!(available(&db.pool, "APPLE").await, 10);
-    assert_stock_conserved(&db.pool).await;
-}
-
-#[tokio::test]
-async fn lines_in_two_currencies_are_refused() {
-    let db = stocked().await;
-
-    let (why, detail) =
-        rejected(reserving(&db.pool, Uuid::new_v4(), &[("MUG", 1), ("EURO-MUG", 1)]).await);
-
-    assert_eq!(why, reason::CURRENCY_MISMATCH);
-    assert!(detail.contains("EUR") && detail.contains("USD"), "{detail}");
-    assert_eq!(available(&db.pool, "MUG").await, 5);
-    assert_eq!(available(&db.pool, "EURO-MUG").await, 5);
-}
-
-#[tokio::test]
-async fn empty_reservations_are_invalid() {
-    let db = stocked().await;
-
-    let (why, _) = rejected(reserving(&db.pool, Uuid::new_v4(), &[]).await);
-    assert_eq!(why, reason::INVALID_COMMAND);
+    assert_stock(&db.pool, &[("BOOK", 0)]).await;
 }
 
 /// A zero quantity is no `Quantity`: such a command does not decode, so it
 /// is dead-lettered as undecodable and never reaches the handler.
 #[test]
 fn a_zero_quantity_reservation_does_not_decode_naming_the_field() {
-    let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("BOOK", 1), ("MUG", 1)]));
+    let command = Envelope::command(Uuid::new_v4(), 1, reserve_of(&[("BOOK", 1), ("MUG", 1)]));
     let mut body: serde_json::Value = serde_json::from_slice(&command.encode()).unwrap();
     body["payload"]["lines"][1]["quantity"] = 0.into();
 
@@ -219,8 +226,7 @@ async fn a_retried_reserve_replies_the_recorded_reservation_and_holds_once() {
     let again = reserved(reserving(&db.pool, saga, &[("BOOK", 2)]).await);
 
     assert_eq!(again, first);
-    assert_eq!(available(&db.pool, "BOOK").await, 1);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("BOOK", 1)]).await;
 }
 
 #[tokio::test]
@@ -236,9 +242,7 @@ async fn release_gives_stock_back_once() {
         "second release is a no-op"
     );
 
-    assert_eq!(available(&db.pool, "APPLE").await, 10);
-    assert_eq!(available(&db.pool, "MUG").await, 5);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("APPLE", 10), ("MUG", 5)]).await;
 }
 
 #[tokio::test]
@@ -265,16 +269,15 @@ async fn a_refused_reserve_leaves_no_reservation_to_release() {
     rejected(reserving(&db.pool, saga, &[("BOOK", 99)]).await);
 
     assert!(!released(releasing(&db.pool, saga).await));
-    assert_eq!(available(&db.pool, "BOOK").await, 3);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("BOOK", 3)]).await;
 }
 
 #[tokio::test]
 async fn concurrent_first_reserves_for_one_saga_hold_stock_once() {
     let db = stocked().await;
     let saga = Uuid::new_v4();
-    let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
-    let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
+    let first = Envelope::command(saga, 1, reserve_of(&[("MUG", 2)]));
+    let second = Envelope::command(saga, 2, reserve_of(&[("MUG", 2)]));
 
     let mut tx1 = db.pool.begin().await.unwrap();
     let outcome1 = Inventory.handle(&mut tx1, &first).await.unwrap();
@@ -292,8 +295,7 @@ async fn concurrent_first_reserves_for_one_saga_hold_stock_once() {
     let outcome2 = racer.await.unwrap();
 
     assert_eq!(reserved(outcome2), reserved(outcome1));
-    assert_eq!(available(&db.pool, "MUG").await, 3);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 3)]).await;
 }
 
 /// True once some session of this database waits on a lock.
@@ -363,7 +365,9 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
         .unwrap();
     let pool = db.pool.clone();
     let reserving =
-        tokio::spawn(async move { handle(&Inventory, &pool, saga, reserve(&[("MUG", 2)])).await });
+        tokio::spawn(
+            async move { handle(&Inventory, &pool, saga, reserve_of(&[("MUG", 2)])).await },
+        );
     // The reserve reads the committed price (850), then waits on the row.
     assert!(eventually_blocked(&db.pool).await);
     blocker.commit().await.unwrap();
@@ -375,13 +379,7 @@ async fn a_price_change_between_read_and_take_reserves_at_the_price_taken() {
         reserved.lines[0].unit_price_cents, 900,
         "the price the stock was taken at"
     );
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
-            .bind(saga)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(recorded, 900);
+    assert_eq!(recorded_price(&db.pool, saga).await, 900);
 }
 
 /// Runs `command` as the runtime does (inbox, one-statement path first);
@@ -395,9 +393,18 @@ async fn answered(pool: &PgPool, command: &Envelope<Command>) -> Outcome {
 async fn price_known(pool: &PgPool, sku: &str) {
     answered(
         pool,
-        &Envelope::command(Uuid::new_v4(), 1, reserve(&[(sku, 1)])),
+        &Envelope::command(Uuid::new_v4(), 1, reserve_of(&[(sku, 1)])),
     )
     .await;
+}
+
+/// The unit price `saga`'s (one) reserved line was taken at.
+async fn recorded_price(pool: &PgPool, saga: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
+        .bind(saga)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 async fn inbox_rows(pool: &PgPool) -> i64 {
@@ -410,7 +417,7 @@ async fn inbox_rows(pool: &PgPool) -> i64 {
 #[tokio::test]
 async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     let db = stocked().await;
-    let command = Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 2), ("APPLE", 1)]));
+    let command = Envelope::command(Uuid::new_v4(), 1, reserve_of(&[("MUG", 2), ("APPLE", 1)]));
 
     let first = handle_command(&Inventory, &db.pool, &command)
         .await
@@ -441,8 +448,7 @@ async fn a_redelivered_reserve_gets_the_reply_its_one_statement_recorded() {
     // A retry (a new message) answers from the reservation.
     let retry = Envelope::command(command.saga_id, 2, command.payload.clone());
     assert_eq!(reserved(answered(&db.pool, &retry).await), reservation);
-    assert_eq!(available(&db.pool, "MUG").await, 3);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 3)]).await;
 }
 
 #[tokio::test]
@@ -451,7 +457,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
     // Prices known: the one-statement path is tried and finds the stock short.
     price_known(&db.pool, "MUG").await;
     let saga = Uuid::new_v4();
-    let command = Envelope::command(saga, 1, reserve(&[("APPLE", 1), ("MUG", 5)]));
+    let command = Envelope::command(saga, 1, reserve_of(&[("APPLE", 1), ("MUG", 5)]));
 
     let (why, detail) = rejected(answered(&db.pool, &command).await);
 
@@ -467,8 +473,7 @@ async fn a_reserve_short_of_stock_is_refused_by_the_general_path_and_takes_nothi
     let retry = Envelope::command(saga, 2, command.payload.clone());
     let (again, _) = rejected(answered(&db.pool, &retry).await);
     assert_eq!(again, reason::OUT_OF_STOCK);
-    assert_eq!(available(&db.pool, "MUG").await, 49);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 49)]).await;
 }
 
 #[tokio::test]
@@ -484,20 +489,14 @@ async fn a_price_changed_since_it_was_read_is_answered_at_the_new_price() {
     for attempt in 1..=2 {
         // Seen stale by the first, remembered anew for the second.
         let saga = if attempt == 1 { saga } else { Uuid::new_v4() };
-        let command = Envelope::command(saga, 1, reserve(&[("MUG", 1)]));
+        let command = Envelope::command(saga, 1, reserve_of(&[("MUG", 1)]));
         let reservation = reserved(answered(&db.pool, &command).await);
         assert_eq!(
             reservation.lines[0].unit_price_cents, 900,
             "attempt {attempt}"
         );
     }
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT unit_price_cents FROM reservation_lines WHERE saga_id = $1")
-            .bind(saga)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(recorded, 900);
+    assert_eq!(recorded_price(&db.pool, saga).await, 900);
     assert_stock_conserved(&db.pool).await;
 }
 
@@ -511,7 +510,7 @@ async fn concurrent_reserves_in_one_statement_each_never_oversell() {
         let pool = db.pool.clone();
         buyers.spawn(async move {
             let command =
-                Envelope::command(Uuid::new_v4(), 1, reserve(&[("MUG", 1), ("APPLE", 1)]));
+                Envelope::command(Uuid::new_v4(), 1, reserve_of(&[("MUG", 1), ("APPLE", 1)]));
             answered(&pool, &command).await
         });
     }
@@ -540,7 +539,7 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
     reserved(
         answered(
             &db.pool,
-            &Envelope::command(saga, 1, reserve(&[("MUG", 2)])),
+            &Envelope::command(saga, 1, reserve_of(&[("MUG", 2)])),
         )
         .await,
     );
@@ -556,13 +555,12 @@ async fn a_release_gives_back_what_one_statement_reserved_and_a_late_reserve_hol
     let (why, _) = rejected(
         answered(
             &db.pool,
-            &Envelope::command(late, 1, reserve(&[("MUG", 2)])),
+            &Envelope::command(late, 1, reserve_of(&[("MUG", 2)])),
         )
         .await,
     );
     assert_eq!(why, reason::ALREADY_COMPENSATED);
-    assert_eq!(available(&db.pool, "MUG").await, 5);
-    assert_stock_conserved(&db.pool).await;
+    assert_stock(&db.pool, &[("MUG", 5)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,10 +570,10 @@ async fn a_one_statement_reserve_that_loses_the_race_for_its_saga_answers_what_t
     let saga = Uuid::new_v4();
     // The first attempt holds the saga's reservation (and the MUG row),
     // uncommitted, when the second tries its one statement.
-    let first = Envelope::command(saga, 1, reserve(&[("MUG", 2)]));
+    let first = Envelope::command(saga, 1, reserve_of(&[("MUG", 2)]));
     let mut tx = db.pool.begin().await.unwrap();
     let outcome1 = Inventory.handle(&mut tx, &first).await.unwrap();
-    let second = Envelope::command(saga, 2, reserve(&[("MUG", 2)]));
+    let second = Envelope::command(saga, 2, reserve_of(&[("MUG", 2)]));
     let racer = {
         let pool = db.pool.clone();
         tokio::spawn(async move { answered(&pool, &second).await })

@@ -14,10 +14,12 @@ mod schema;
 mod tax;
 mod topology;
 
-use saga_protocol::messages::{Command, Outcome, PricedLine, Reserved, StepResult};
+use saga_protocol::messages::{
+    ChargePayment, Command, LineRequest, Outcome, PricedLine, ReserveStock, Reserved, StepResult,
+};
 use saga_protocol::values::{Cents, Quantity};
 use saga_protocol::Envelope;
-use saga_testkit::{self as testing, TestDatabase};
+use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -65,6 +67,47 @@ pub async fn answered<H: Handler>(
     Envelope::<Outcome>::decode(&serde_json::to_vec(&body).unwrap())
         .expect("a recorded reply decodes")
         .payload
+}
+
+/// The worker binary at `path` set to serve `db` over `guard`'s private
+/// topology, its output discarded unless the test takes it, and killed
+/// when dropped.
+pub fn worker_binary(
+    path: &str,
+    db: &TestDatabase,
+    guard: &TopologyGuard,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(path);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("AMQP_URL", testing::amqp_url())
+        .env("AMQP_PREFIX", guard.topology.prefix())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// A reserve of `lines`: (SKU, quantity).
+pub fn reserve_of(lines: &[(&str, u32)]) -> Command {
+    Command::Reserve(ReserveStock {
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| LineRequest {
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(*quantity).unwrap(),
+            })
+            .collect(),
+    })
+}
+
+/// A charge of `amount_cents` USD by `method`, for customer-1.
+pub fn charge_of(amount_cents: i64, method: &str) -> Command {
+    Command::Charge(ChargePayment {
+        amount_cents: Cents::new(amount_cents),
+        currency: "USD".parse().unwrap(),
+        payment_method: method.into(),
+        customer_id: "customer-1".parse().unwrap(),
+    })
 }
 
 /// A reserved line as the inventory worker prices it.

@@ -5,7 +5,7 @@
 //! that says what really moved.
 
 use saga_protocol::messages::{
-    reason, ChargePayment, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
+    reason, Charged, Command, Outcome, RefundPayment, Refunded, StepResult,
 };
 use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
@@ -18,9 +18,9 @@ use workers::payment::{
     ledger, outage, IdempotencyKey, LedgerLine, Lookup, Payment, PaymentConfig, PaymentProvider,
     ProviderAnswer, Simulator, MIGRATOR,
 };
-use workers::runtime::{handle_command, Decision, Handler};
+use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
 
-use crate::{answered, migrated, ok, rejected};
+use crate::{answered, charge_of, migrated, ok, rejected};
 
 /// The payment worker with the simulator booking into `pool`'s ledger.
 fn simulated_on(pool: &PgPool) -> Payment {
@@ -61,13 +61,30 @@ async fn payments() -> TestDatabase {
     migrated("payment", &MIGRATOR).await
 }
 
-fn charge(amount_cents: i64, method: &str) -> Command {
-    Command::Charge(ChargePayment {
-        amount_cents: Cents::new(amount_cents),
-        currency: "USD".parse().unwrap(),
-        payment_method: method.into(),
-        customer_id: "customer-1".parse().unwrap(),
+/// A payments database, a saga of its own, and the payment worker with the
+/// simulator booking into that database's ledger.
+async fn saga_to_pay() -> (TestDatabase, Uuid, Payment) {
+    saga_to_pay_through(|pool| Simulator::new(pool.clone())).await
+}
+
+/// [`saga_to_pay`], but the simulator has `twist`.
+async fn saga_to_pay_with(twist: Twist) -> (TestDatabase, Uuid, Payment<Twisted>) {
+    saga_to_pay_through(|pool| Twisted {
+        simulator: Simulator::new(pool.clone()),
+        pool: pool.clone(),
+        twist,
     })
+    .await
+}
+
+/// [`saga_to_pay`], but the worker calls the provider `provider` makes on
+/// the database.
+async fn saga_to_pay_through<P: PaymentProvider>(
+    provider: impl FnOnce(&PgPool) -> P,
+) -> (TestDatabase, Uuid, Payment<P>) {
+    let db = payments().await;
+    let payment = Payment::with_config(provider(&db.pool), PaymentConfig::simulated());
+    (db, Uuid::new_v4(), payment)
 }
 
 fn refund() -> Command {
@@ -100,6 +117,48 @@ fn transient(outcome: Outcome) -> String {
     }
 }
 
+/// A charge's first phase as the runtime commits it: the intent recorded,
+/// the provider's call (returned) not made yet.
+async fn on_its_way<P: PaymentProvider>(
+    payment: &Payment<P>,
+    pool: &PgPool,
+    command: &Envelope<Command>,
+) -> ExternalCall {
+    let mut tx = pool.begin().await.unwrap();
+    let Decision::Call(call) = payment.decide(&mut tx, command).await.unwrap() else {
+        panic!("a first charge calls the provider");
+    };
+    tx.commit().await.unwrap();
+    call
+}
+
+/// A provider's answer recorded as the runtime's second phase does, in a
+/// transaction of its own; the reply's outcome.
+async fn settled(settlement: Settlement, pool: &PgPool) -> Outcome {
+    let mut tx = pool.begin().await.unwrap();
+    let outcome = settlement.settle(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    outcome
+}
+
+/// A refund overtook the charge: the payment is closed as refunded with
+/// nothing charged, and the provider booked nothing for the saga.
+async fn assert_nothing_moved(pool: &PgPool, saga: Uuid) {
+    assert_payment_row(pool, saga, ("refunded", 0, 0, 0)).await;
+    assert_eq!(
+        ledger_of(pool, saga).await,
+        line(saga, 0, 0),
+        "nothing moved"
+    );
+}
+
+/// Asserts a saga's payment row: (status, amount_cents, refunded_cents,
+/// transient_failures).
+async fn assert_payment_row(pool: &PgPool, saga: Uuid, expected: (&str, i64, i64, i32)) {
+    let (status, amount, refunded, failures) = payment_row(pool, saga).await;
+    assert_eq!((status.as_str(), amount, refunded, failures), expected);
+}
+
 /// (status, amount_cents, refunded_cents, transient_failures) of a saga's payment.
 async fn payment_row(pool: &PgPool, saga: Uuid) -> (String, i64, i64, i32) {
     find_payment_row(pool, saga)
@@ -120,29 +179,22 @@ async fn find_payment_row(pool: &PgPool, saga: Uuid) -> Option<(String, i64, i64
 
 #[tokio::test]
 async fn sim_approve_charges_once_and_a_retry_replies_the_same_charge() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
+    let (db, saga, payment) = saga_to_pay().await;
 
-    let first = charged(handle(&payment, &db.pool, saga, charge(2_499, "sim_approve")).await);
-    let again = charged(handle(&payment, &db.pool, saga, charge(2_499, "sim_approve")).await);
+    let first = charged(handle(&payment, &db.pool, saga, charge_of(2_499, "sim_approve")).await);
+    let again = charged(handle(&payment, &db.pool, saga, charge_of(2_499, "sim_approve")).await);
 
     assert_eq!(first.amount_cents, 2_499);
     assert_eq!(again, first, "same payment id and amount");
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("charged".into(), 2_499, 0, 0)
-    );
+    assert_payment_row(&db.pool, saga, ("charged", 2_499, 0, 0)).await;
 }
 
 #[tokio::test]
 async fn sim_decline_is_refused_and_stays_refused() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
+    let (db, saga, payment) = saga_to_pay().await;
 
-    let first = rejected(handle(&payment, &db.pool, saga, charge(100, "sim_decline")).await);
-    let again = rejected(handle(&payment, &db.pool, saga, charge(100, "sim_decline")).await);
+    let first = rejected(handle(&payment, &db.pool, saga, charge_of(100, "sim_decline")).await);
+    let again = rejected(handle(&payment, &db.pool, saga, charge_of(100, "sim_decline")).await);
 
     assert_eq!(first.0, reason::PAYMENT_DECLINED);
     assert_eq!(again, first);
@@ -156,17 +208,9 @@ async fn sim_decline_is_refused_and_stays_refused() {
 
 #[tokio::test]
 async fn an_unknown_payment_method_is_refused() {
-    let db = payments().await;
+    let (db, saga, payment) = saga_to_pay().await;
 
-    let (why, detail) = rejected(
-        handle(
-            &simulated_on(&db.pool),
-            &db.pool,
-            Uuid::new_v4(),
-            charge(100, "bitcoin"),
-        )
-        .await,
-    );
+    let (why, detail) = rejected(handle(&payment, &db.pool, saga, charge_of(100, "bitcoin")).await);
 
     assert_eq!(why, reason::INVALID_PAYMENT_METHOD);
     assert!(detail.contains("bitcoin"), "{detail}");
@@ -174,56 +218,39 @@ async fn an_unknown_payment_method_is_refused() {
 
 #[tokio::test]
 async fn sim_transient_2_fails_twice_then_charges_once() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
+    let (db, saga, payment) = saga_to_pay().await;
 
-    transient(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
-    transient(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
-    let third = charged(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
-    let fourth = charged(handle(&payment, &db.pool, saga, charge(500, "sim_transient_2")).await);
+    transient(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
+    transient(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
+    let third = charged(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
+    let fourth = charged(handle(&payment, &db.pool, saga, charge_of(500, "sim_transient_2")).await);
 
     assert_eq!(fourth, third);
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("charged".into(), 500, 0, 2)
-    );
+    assert_payment_row(&db.pool, saga, ("charged", 500, 0, 2)).await;
 }
 
 #[tokio::test]
 async fn sim_slow_answers_after_its_delay() {
-    let db = payments().await;
+    let (db, saga, payment) = saga_to_pay().await;
     let started = std::time::Instant::now();
 
-    charged(
-        handle(
-            &simulated_on(&db.pool),
-            &db.pool,
-            Uuid::new_v4(),
-            charge(100, "sim_slow_150"),
-        )
-        .await,
-    );
+    charged(handle(&payment, &db.pool, saga, charge_of(100, "sim_slow_150")).await);
 
     assert!(started.elapsed() >= std::time::Duration::from_millis(150));
 }
 
 #[tokio::test]
 async fn refund_returns_the_charge_once() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
-    charged(handle(&payment, &db.pool, saga, charge(1_234, "sim_approve")).await);
+    let (db, saga, payment) = saga_to_pay().await;
+    charged(handle(&payment, &db.pool, saga, charge_of(1_234, "sim_approve")).await);
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 1_234);
     // A retried refund reports the refund already made and moves nothing.
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 1_234);
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("refunded".into(), 1_234, 1_234, 0)
-    );
+    assert_payment_row(&db.pool, saga, ("refunded", 1_234, 1_234, 0)).await;
 
-    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(1_234, "sim_approve")).await);
+    let (why, _) =
+        rejected(handle(&payment, &db.pool, saga, charge_of(1_234, "sim_approve")).await);
     assert_eq!(
         why,
         reason::ALREADY_COMPENSATED,
@@ -233,29 +260,23 @@ async fn refund_returns_the_charge_once() {
 
 #[tokio::test]
 async fn refund_before_charge_leaves_nothing_for_the_late_charge() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
+    let (db, saga, payment) = saga_to_pay().await;
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
-    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(900, "sim_approve")).await);
+    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge_of(900, "sim_approve")).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("refunded".into(), 0, 0, 0)
-    );
+    assert_payment_row(&db.pool, saga, ("refunded", 0, 0, 0)).await;
 }
 
 #[tokio::test]
 async fn refund_after_only_failed_attempts_closes_the_payment() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
-    transient(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
+    let (db, saga, payment) = saga_to_pay().await;
+    transient(handle(&payment, &db.pool, saga, charge_of(700, "sim_transient_1")).await);
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
-    let (why, _) = rejected(handle(&payment, &db.pool, saga, charge(700, "sim_transient_1")).await);
+    let (why, _) =
+        rejected(handle(&payment, &db.pool, saga, charge_of(700, "sim_transient_1")).await);
 
     assert_eq!(why, reason::ALREADY_COMPENSATED);
     assert_eq!(payment_row(&db.pool, saga).await.1, 0, "nothing charged");
@@ -271,7 +292,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
             &payment,
             &db.pool,
             refunded_saga,
-            charge(300, "sim_approve"),
+            charge_of(300, "sim_approve"),
         )
         .await,
     );
@@ -280,7 +301,7 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
     outage::set(&mut conn, true).await.unwrap();
     assert!(outage::is_on(&mut conn).await.unwrap());
     let saga = Uuid::new_v4();
-    let error = transient(handle(&payment, &db.pool, saga, charge(300, "sim_approve")).await);
+    let error = transient(handle(&payment, &db.pool, saga, charge_of(300, "sim_approve")).await);
     assert_eq!(error, "payment provider outage");
     transient(handle(&payment, &db.pool, refunded_saga, refund()).await);
     assert_eq!(
@@ -291,35 +312,28 @@ async fn the_outage_switch_makes_charges_and_refunds_transient() {
     assert_eq!(payment_row(&db.pool, refunded_saga).await.0, "charged");
 
     outage::set(&mut conn, false).await.unwrap();
-    charged(handle(&payment, &db.pool, saga, charge(300, "sim_approve")).await);
+    charged(handle(&payment, &db.pool, saga, charge_of(300, "sim_approve")).await);
     assert_eq!(refund_cents(&payment, &db.pool, refunded_saga).await, 300);
 }
 
 #[tokio::test]
 async fn sim_down_is_always_transient() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
+    let (db, saga, payment) = saga_to_pay().await;
 
     for _ in 0..3 {
-        transient(handle(&payment, &db.pool, saga, charge(100, "sim_down")).await);
+        transient(handle(&payment, &db.pool, saga, charge_of(100, "sim_down")).await);
     }
 
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("charging".into(), 100, 0, 3)
-    );
+    assert_payment_row(&db.pool, saga, ("charging", 100, 0, 3)).await;
     assert_eq!(ledger_of(&db.pool, saga).await, None, "nothing booked");
 }
 
 #[tokio::test]
 async fn the_ledger_shows_one_charge_and_one_refund_whatever_the_retries() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
+    let (db, saga, payment) = saga_to_pay().await;
 
     for _ in 0..3 {
-        charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+        charged(handle(&payment, &db.pool, saga, charge_of(2_145, "sim_approve")).await);
     }
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
     for _ in 0..3 {
@@ -331,25 +345,18 @@ async fn the_ledger_shows_one_charge_and_one_refund_whatever_the_retries() {
 
 #[tokio::test]
 async fn a_lost_charge_answer_is_looked_up_by_key_not_charged_again() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let (db, saga, payment) = saga_to_pay().await;
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
 
     // The first delivery commits its intent and reaches the provider, then
     // its worker dies before recording the outcome.
-    let mut tx = db.pool.begin().await.unwrap();
-    let Decision::Call(call) = payment.decide(&mut tx, &command).await.unwrap() else {
-        panic!("a first charge calls the provider");
-    };
-    tx.commit().await.unwrap();
-    drop(call.run().await);
+    drop(on_its_way(&payment, &db.pool, &command).await.run().await);
     assert_eq!(payment_row(&db.pool, saga).await.0, "charging");
 
     // The redelivery (and a later attempt) find the intent and ask the
     // provider by key.
-    let first = charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
-    let again = charged(handle(&payment, &db.pool, saga, charge(2_145, "sim_approve")).await);
+    let first = charged(handle(&payment, &db.pool, saga, charge_of(2_145, "sim_approve")).await);
+    let again = charged(handle(&payment, &db.pool, saga, charge_of(2_145, "sim_approve")).await);
 
     assert_eq!(again, first);
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 0));
@@ -367,59 +374,31 @@ async fn a_lost_charge_answer_is_looked_up_by_key_not_charged_again() {
 
 #[tokio::test]
 async fn a_refund_while_the_charge_is_at_the_provider_voids_it_there() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
-    let mut tx = db.pool.begin().await.unwrap();
-    let Decision::Call(in_flight) = payment.decide(&mut tx, &command).await.unwrap() else {
-        panic!("a first charge calls the provider");
-    };
-    tx.commit().await.unwrap();
+    let (db, saga, payment) = saga_to_pay().await;
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
+    let in_flight = on_its_way(&payment, &db.pool, &command).await;
 
     // The compensation overtakes the charge on its way to the provider.
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 0);
-    let settlement = in_flight.run().await;
-    let mut tx = db.pool.begin().await.unwrap();
-    let late = settlement.settle(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let late = settled(in_flight.run().await, &db.pool).await;
 
     assert_eq!(rejected(late).0, reason::ALREADY_COMPENSATED);
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("refunded".into(), 0, 0, 0)
-    );
-    assert_eq!(
-        ledger_of(&db.pool, saga).await,
-        line(saga, 0, 0),
-        "nothing moved"
-    );
+    assert_nothing_moved(&db.pool, saga).await;
 }
 
 #[tokio::test]
 async fn a_refund_after_the_charge_reached_the_provider_refunds_it() {
-    let db = payments().await;
-    let saga = Uuid::new_v4();
-    let payment = simulated_on(&db.pool);
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
-    let mut tx = db.pool.begin().await.unwrap();
-    let Decision::Call(in_flight) = payment.decide(&mut tx, &command).await.unwrap() else {
-        panic!("a first charge calls the provider");
-    };
-    tx.commit().await.unwrap();
+    let (db, saga, payment) = saga_to_pay().await;
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
+    let in_flight = on_its_way(&payment, &db.pool, &command).await;
     // Approved at the provider; the answer is not recorded yet.
     let settlement = in_flight.run().await;
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 2_145);
-    let mut tx = db.pool.begin().await.unwrap();
-    let late = settlement.settle(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let late = settled(settlement, &db.pool).await;
 
     assert_eq!(rejected(late).0, reason::ALREADY_COMPENSATED);
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("refunded".into(), 2_145, 2_145, 0)
-    );
+    assert_payment_row(&db.pool, saga, ("refunded", 2_145, 2_145, 0)).await;
     assert_eq!(ledger_of(&db.pool, saga).await, line(saga, 2_145, 2_145));
 }
 
@@ -431,7 +410,7 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
     for amount in [0, -1, i64::MIN, 100_000_001, i64::MAX] {
         let saga = Uuid::new_v4();
         let (why, detail) =
-            rejected(handle(&payment, &db.pool, saga, charge(amount, "sim_approve")).await);
+            rejected(handle(&payment, &db.pool, saga, charge_of(amount, "sim_approve")).await);
         assert_eq!(why, reason::INVALID_AMOUNT, "{amount}: {detail}");
         assert!(detail.contains(&amount.to_string()), "{detail}");
         assert_eq!(find_payment_row(&db.pool, saga).await, None, "{amount}");
@@ -444,7 +423,7 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
             &payment,
             &db.pool,
             Uuid::new_v4(),
-            charge(100_000_000, "sim_approve"),
+            charge_of(100_000_000, "sim_approve"),
         )
         .await,
     );
@@ -460,23 +439,25 @@ async fn invalid_amounts_are_rejected_and_nothing_is_charged() {
             &strict,
             &db.pool,
             Uuid::new_v4(),
-            charge(5_001, "sim_approve"),
+            charge_of(5_001, "sim_approve"),
         )
         .await,
     );
     assert_eq!(why, reason::INVALID_AMOUNT);
 }
 
-fn charge_request(pool_saga: Uuid, amount_cents: i64, method: &str) -> ChargeRequest {
-    ChargeRequest {
-        key: IdempotencyKey::charge(pool_saga),
-        saga_id: pool_saga,
+/// The simulator's answer to an approvable charge of `amount_cents` for `saga`.
+async fn charge_at(provider: &Simulator, saga: Uuid, amount_cents: i64) -> ProviderAnswer {
+    let request = ChargeRequest {
+        key: IdempotencyKey::charge(saga),
+        saga_id: saga,
         amount_cents: Cents::new(amount_cents),
         currency: "USD".parse().unwrap(),
-        payment_method: method.into(),
+        payment_method: "sim_approve".into(),
         customer_id: "customer-1".parse().unwrap(),
         transient_failures: 0,
-    }
+    };
+    provider.charge(&request).await
 }
 
 #[tokio::test]
@@ -485,15 +466,9 @@ async fn the_simulator_honours_idempotency_keys() {
     let provider = Simulator::new(db.pool.clone());
     let saga = Uuid::new_v4();
 
-    let first = provider
-        .charge(&charge_request(saga, 700, "sim_approve"))
-        .await;
-    let again = provider
-        .charge(&charge_request(saga, 700, "sim_approve"))
-        .await;
-    let other = provider
-        .charge(&charge_request(saga, 701, "sim_approve"))
-        .await;
+    let first = charge_at(&provider, saga, 700).await;
+    let again = charge_at(&provider, saga, 700).await;
+    let other = charge_at(&provider, saga, 701).await;
 
     assert!(
         matches!(
@@ -535,9 +510,7 @@ async fn a_charge_key_voided_by_its_refund_is_declined() {
     };
 
     let cancelled = provider.refund(&refund).await;
-    let late = provider
-        .charge(&charge_request(saga, 700, "sim_approve"))
-        .await;
+    let late = charge_at(&provider, saga, 700).await;
 
     assert!(
         matches!(
@@ -616,10 +589,8 @@ async fn payments_made_before_the_provider_ledger_are_refunded_after_the_upgrade
 
 #[tokio::test]
 async fn a_provider_that_lost_an_approved_charge_refunds_nothing_and_the_refund_retries() {
-    let db = payments().await;
-    let payment = simulated_on(&db.pool);
-    let saga = Uuid::new_v4();
-    charged(handle(&payment, &db.pool, saga, charge(1200, "sim_approve")).await);
+    let (db, saga, payment) = saga_to_pay().await;
+    charged(handle(&payment, &db.pool, saga, charge_of(1200, "sim_approve")).await);
     // The provider's books no longer hold the charge.
     sqlx::query("DELETE FROM provider_ledger WHERE saga_id = $1")
         .bind(saga)
@@ -640,16 +611,9 @@ async fn a_provider_that_lost_an_approved_charge_refunds_nothing_and_the_refund_
 #[tokio::test]
 async fn a_vanished_payment_intent_is_permanent_not_retried() {
     use saga_shared::failure::Classify;
-    let db = payments().await;
-    let payment = Payment::with_config(Simulator::new(db.pool.clone()), PaymentConfig::simulated());
-    let saga = Uuid::new_v4();
-    let envelope = Envelope::command(saga, 1, charge(700, "sim_approve"));
-    let mut tx = db.pool.begin().await.unwrap();
-    let Decision::Call(call) = payment.decide(&mut tx, &envelope).await.unwrap() else {
-        panic!("a fresh charge calls the provider");
-    };
-    tx.commit().await.unwrap();
-    let settlement = call.run().await;
+    let (db, saga, payment) = saga_to_pay().await;
+    let envelope = Envelope::command(saga, 1, charge_of(700, "sim_approve"));
+    let settlement = on_its_way(&payment, &db.pool, &envelope).await.run().await;
     // An operator's hand removes the intent while the call was out.
     sqlx::query("DELETE FROM payments WHERE saga_id = $1")
         .bind(saga)
@@ -673,10 +637,8 @@ fn reply_of(body: &serde_json::Value) -> Outcome {
 
 #[tokio::test]
 async fn a_redelivered_charge_gets_the_reply_its_one_statement_recorded() {
-    let db = payments().await;
-    let payment = simulated_on(&db.pool);
-    let saga = Uuid::new_v4();
-    let command = Envelope::command(saga, 1, charge(1_999, "sim_approve"));
+    let (db, saga, payment) = saga_to_pay().await;
+    let command = Envelope::command(saga, 1, charge_of(1_999, "sim_approve"));
 
     let first = handle_command(&payment, &db.pool, &command).await.unwrap();
     let again = handle_command(&payment, &db.pool, &command).await.unwrap();
@@ -694,24 +656,41 @@ async fn a_redelivered_charge_gets_the_reply_its_one_statement_recorded() {
     assert_eq!(answered, (1, 1));
 }
 
-/// The simulator, but a refund of the saga reaches it (through the worker)
-/// while the charge is on its way: a compensation overtaking the charge.
-struct RefundOvertakes {
+/// The simulator with one of its answers changed by `twist`, for what it
+/// does not do by itself.
+struct Twisted {
     simulator: Simulator,
     pool: PgPool,
+    twist: Twist,
 }
 
-impl PaymentProvider for RefundOvertakes {
+enum Twist {
+    /// A refund of the saga reaches the provider (through the worker) while
+    /// the charge is on its way: a compensation overtaking the charge.
+    RefundOvertakes,
+    /// A refund returns only these cents of what was charged.
+    ShortRefund(i64),
+}
+
+impl PaymentProvider for Twisted {
     async fn charge(&self, request: &ChargeRequest) -> ProviderAnswer {
-        let refund = Envelope::command(request.saga_id, 1, refund());
-        handle_command(&simulated_on(&self.pool), &self.pool, &refund)
-            .await
-            .unwrap();
+        if let Twist::RefundOvertakes = self.twist {
+            let refund = Envelope::command(request.saga_id, 1, refund());
+            handle_command(&simulated_on(&self.pool), &self.pool, &refund)
+                .await
+                .unwrap();
+        }
         self.simulator.charge(request).await
     }
 
     async fn refund(&self, request: &RefundRequest) -> ProviderAnswer {
-        self.simulator.refund(request).await
+        match self.twist {
+            Twist::ShortRefund(refunds_cents) => ProviderAnswer::Approved {
+                reference: Uuid::new_v4(),
+                amount_cents: Cents::new(refunds_cents),
+            },
+            Twist::RefundOvertakes => self.simulator.refund(request).await,
+        }
     }
 
     async fn lookup(&self, key: &IdempotencyKey) -> Lookup {
@@ -721,29 +700,13 @@ impl PaymentProvider for RefundOvertakes {
 
 #[tokio::test]
 async fn a_refund_that_overtakes_the_call_wins_over_the_one_statement_settlement() {
-    let db = payments().await;
-    let payment = Payment::with_config(
-        RefundOvertakes {
-            simulator: Simulator::new(db.pool.clone()),
-            pool: db.pool.clone(),
-        },
-        PaymentConfig::simulated(),
-    );
-    let saga = Uuid::new_v4();
-    let command = Envelope::command(saga, 1, charge(2_145, "sim_approve"));
+    let (db, saga, payment) = saga_to_pay_with(Twist::RefundOvertakes).await;
+    let command = Envelope::command(saga, 1, charge_of(2_145, "sim_approve"));
 
     let body = handle_command(&payment, &db.pool, &command).await.unwrap();
 
     assert_eq!(rejected(reply_of(&body)).0, reason::ALREADY_COMPENSATED);
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("refunded".into(), 0, 0, 0)
-    );
-    assert_eq!(
-        ledger_of(&db.pool, saga).await,
-        line(saga, 0, 0),
-        "nothing moved"
-    );
+    assert_nothing_moved(&db.pool, saga).await;
     let again = handle_command(&payment, &db.pool, &command).await.unwrap();
     assert_eq!(again, body);
 }
@@ -762,7 +725,7 @@ async fn sim_methods_are_refused_unless_the_simulator_is_switched_on() {
     ] {
         let saga = Uuid::new_v4();
         let (why, detail) =
-            rejected(handle(&production, &db.pool, saga, charge(1_000, method)).await);
+            rejected(handle(&production, &db.pool, saga, charge_of(1_000, method)).await);
         assert_eq!(why, reason::INVALID_PAYMENT_METHOD, "{method}");
         assert!(detail.contains("PAYMENT_PROVIDER=simulator"), "{detail}");
         assert_eq!(
@@ -784,61 +747,24 @@ async fn sim_methods_are_refused_unless_the_simulator_is_switched_on() {
         PaymentConfig::from_source(&env).unwrap(),
     );
     let saga = Uuid::new_v4();
-    let charge = charged(handle(&switched, &db.pool, saga, charge(1_000, "sim_approve")).await);
+    let charge = charged(handle(&switched, &db.pool, saga, charge_of(1_000, "sim_approve")).await);
     assert_eq!(charge.amount_cents, 1_000);
-}
-
-/// The simulator, but a refund returns only part of what was charged.
-struct ShortRefund {
-    simulator: Simulator,
-    refunds_cents: i64,
-}
-
-impl PaymentProvider for ShortRefund {
-    async fn charge(&self, request: &ChargeRequest) -> ProviderAnswer {
-        self.simulator.charge(request).await
-    }
-
-    async fn refund(&self, _: &RefundRequest) -> ProviderAnswer {
-        ProviderAnswer::Approved {
-            reference: Uuid::new_v4(),
-            amount_cents: Cents::new(self.refunds_cents),
-        }
-    }
-
-    async fn lookup(&self, key: &IdempotencyKey) -> Lookup {
-        self.simulator.lookup(key).await
-    }
 }
 
 #[tokio::test]
 async fn a_refund_keeps_the_charged_amount_and_records_the_refund_beside_it() {
-    let db = payments().await;
-    let payment = Payment::with_config(
-        ShortRefund {
-            simulator: Simulator::new(db.pool.clone()),
-            refunds_cents: 500,
-        },
-        PaymentConfig::simulated(),
-    );
-    let saga = Uuid::new_v4();
-    charged(handle(&payment, &db.pool, saga, charge(1_200, "sim_approve")).await);
+    let (db, saga, payment) = saga_to_pay_with(Twist::ShortRefund(500)).await;
+    charged(handle(&payment, &db.pool, saga, charge_of(1_200, "sim_approve")).await);
 
     assert_eq!(refund_cents(&payment, &db.pool, saga).await, 500);
 
     // The books say 700 is still out, where overwriting the charge with the
     // refund netted them to zero.
-    assert_eq!(
-        payment_row(&db.pool, saga).await,
-        ("refunded".into(), 1_200, 500, 0)
-    );
+    assert_payment_row(&db.pool, saga, ("refunded", 1_200, 500, 0)).await;
     // A full refund of a recorded charge, and a voided one, as before.
     let full = Uuid::new_v4();
     let simulated = simulated_on(&db.pool);
-    charged(handle(&simulated, &db.pool, full, charge(1_200, "sim_approve")).await);
+    charged(handle(&simulated, &db.pool, full, charge_of(1_200, "sim_approve")).await);
     assert_eq!(refund_cents(&simulated, &db.pool, full).await, 1_200);
-    assert_eq!(
-        payment_row(&db.pool, full).await,
-        ("refunded".into(), 1_200, 1_200, 0)
-    );
+    assert_payment_row(&db.pool, full, ("refunded", 1_200, 1_200, 0)).await;
 }

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use saga_testkit::{self as testing, amqp_url, random_prefix, TopologyGuard};
+use saga_testkit::{self as testing, random_prefix, TopologyGuard};
 use sqlx::PgPool;
 use workers::tax::MIGRATOR;
 
-use crate::migrated;
+use crate::{migrated, worker_binary};
 
 /// `count` inbox rows received `days_ago` days ago.
 async fn inbox_rows(pool: &PgPool, count: i32, days_ago: i32) {
@@ -43,15 +43,10 @@ async fn the_worker_prunes_inbox_rows_past_their_retention_and_keeps_the_rest() 
     inbox_rows(&db.pool, 300, 4).await;
     inbox_rows(&db.pool, 200, 0).await;
     let guard = TopologyGuard::new(&random_prefix());
-    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_tax"))
-        .env("DATABASE_URL", &db.url)
-        .env("AMQP_URL", amqp_url())
-        .env("AMQP_PREFIX", guard.topology.prefix())
+    let mut service = worker_binary(env!("CARGO_BIN_EXE_tax"), &db, &guard)
         .env("INBOX_RETENTION_DAYS", "5")
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the tax binary");
 

@@ -9,8 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use saga_protocol::messages::{ChargePayment, Command, LineRequest, Outcome, ReserveStock};
-use saga_protocol::values::{Cents, Quantity};
+use saga_protocol::messages::{Command, Outcome};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_testkit::proxy::{Proxy, Side, Wire};
 use saga_testkit::TestDatabase;
@@ -21,7 +20,7 @@ use workers::inventory::{self, catalogue, Inventory};
 use workers::payment::{self, Payment, PaymentConfig, Simulator};
 use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
 
-use crate::migrated;
+use crate::{charge_of, migrated, reserve_of};
 
 /// Counts ReadyForQuery ('Z') messages from PostgreSQL on the proxy
 /// between the worker's pool and the server.
@@ -166,29 +165,11 @@ async fn round_trips<H: Handler>(
 }
 
 fn reserve_one(sku: &str) -> Envelope<Command> {
-    Envelope::command(
-        Uuid::new_v4(),
-        1,
-        Command::Reserve(ReserveStock {
-            lines: vec![LineRequest {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(1).unwrap(),
-            }],
-        }),
-    )
+    Envelope::command(Uuid::new_v4(), 1, reserve_of(&[(sku, 1)]))
 }
 
 fn charge(saga_id: Uuid) -> Envelope<Command> {
-    Envelope::command(
-        saga_id,
-        1,
-        Command::Charge(ChargePayment {
-            amount_cents: Cents::new(1250),
-            currency: "USD".parse().unwrap(),
-            payment_method: "sim_approve".into(),
-            customer_id: "customer-1".parse().unwrap(),
-        }),
-    )
+    Envelope::command(saga_id, 1, charge_of(1250, "sim_approve"))
 }
 
 /// Each handler runs a first command (the connection's statements are

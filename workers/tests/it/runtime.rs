@@ -8,8 +8,7 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Consumer;
-use saga_protocol::messages::{Command, LineRequest, Outcome, ReserveStock, Step, StepResult};
-use saga_protocol::values::{Cents, Quantity};
+use saga_protocol::messages::{Command, Outcome, Step, StepResult};
 use saga_protocol::{Envelope, WorkerKind};
 use saga_shared::broker::{header, Broker, Outgoing, ERROR_HEADER};
 use saga_shared::traceparent;
@@ -21,7 +20,7 @@ use workers::inventory::{catalogue, Inventory, MIGRATOR};
 use workers::runtime::{run_worker_until_stopped, Handler};
 use workers::WorkerError;
 
-use crate::{migrated, reserved};
+use crate::{charge_of, migrated, reserve_of, reserved, worker_binary};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -73,6 +72,39 @@ async fn send(broker: &Broker, routing_key: &str, message_id: Uuid, saga_id: Uui
         .expect("publish confirmed");
 }
 
+/// Publishes `command` as the orchestrator does.
+async fn send_command(broker: &Broker, command: &Envelope<Command>) {
+    let routing_key = command.step.routing_key();
+    send(
+        broker,
+        routing_key,
+        command.message_id,
+        command.saga_id,
+        command.encode(),
+    )
+    .await;
+}
+
+/// A connection to RabbitMQ declaring `guard`'s private topology.
+async fn connect(guard: &TopologyGuard, stop: &CancellationToken) -> Broker {
+    Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", stop)
+        .await
+        .expect("connect to RabbitMQ (is it running?)")
+}
+
+/// A database with the inventory's tables and [`CATALOGUE`].
+async fn stocked(label: &str) -> TestDatabase {
+    let db = migrated(label, &MIGRATOR).await;
+    catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
+        .await
+        .unwrap();
+    db
+}
+
+fn is_out_of_stock(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Rejected { reason, .. } if reason == "out_of_stock")
+}
+
 /// An inventory worker consuming a private prefix, and a test-owned queue
 /// that receives a copy of every reply.
 struct Harness {
@@ -98,17 +130,10 @@ impl Harness {
 
     /// Everything but the worker: commands sent now wait on its queue.
     async fn idle() -> Harness {
-        let db = migrated("inventory_runtime", &MIGRATOR).await;
-        catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
-            .await
-            .unwrap();
+        let db = stocked("inventory_runtime").await;
         let guard = TopologyGuard::new(&random_prefix());
         let stop = CancellationToken::new();
-        let broker = Arc::new(
-            Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
-                .await
-                .expect("connect to RabbitMQ (is it running?)"),
-        );
+        let broker = Arc::new(connect(&guard, &stop).await);
         let replies = reply_copies(&broker, "test-replies").await;
         Harness {
             db,
@@ -135,11 +160,17 @@ impl Harness {
     }
 
     async fn send(&self, command: &Envelope<Command>) {
+        send_command(&self.broker, command).await;
+    }
+
+    /// Publishes a reserve whose body is not JSON, as `message_id`.
+    async fn publish_not_json(&self, message_id: Uuid) {
+        let routing_key = Step::Reserve.routing_key();
         self.publish(
-            command.step.routing_key(),
-            command.message_id,
-            command.saga_id,
-            command.encode(),
+            routing_key,
+            message_id,
+            Uuid::new_v4(),
+            b"not json".to_vec(),
         )
         .await;
     }
@@ -179,16 +210,14 @@ fn reserve_mugs(saga_id: Uuid, quantity: u32) -> Envelope<Command> {
 }
 
 fn reserve(saga_id: Uuid, sku: &str, quantity: u32) -> Envelope<Command> {
-    Envelope::command(
-        saga_id,
-        1,
-        Command::Reserve(ReserveStock {
-            lines: vec![LineRequest {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(quantity).unwrap(),
-            }],
-        }),
-    )
+    Envelope::command(saga_id, 1, reserve_of(&[(sku, quantity)]))
+}
+
+/// Makes the database refuse [`POISON`]'s reservations; the consumer of the
+/// dead letters they become.
+async fn refuse_poison(harness: &Harness) -> Consumer {
+    refuse_in_database(&harness.db.pool, POISON).await;
+    dead_letter_consumer(&harness.broker).await
 }
 
 /// A product whose reservation the database refuses.
@@ -308,14 +337,7 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing() {
     let mut dead_letters = dead_letter_consumer(&harness.broker).await;
 
     let poison_id = Uuid::new_v4();
-    harness
-        .publish(
-            Step::Reserve.routing_key(),
-            poison_id,
-            Uuid::new_v4(),
-            b"not json".to_vec(),
-        )
-        .await;
+    harness.publish_not_json(poison_id).await;
     let command = reserve_mugs(Uuid::new_v4(), 1);
     harness.send(&command).await;
 
@@ -404,26 +426,15 @@ async fn a_command_that_keeps_crashing_its_handler_is_dead_lettered_by_the_deliv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
-    let db = migrated("inventory_serve", &MIGRATOR).await;
-    catalogue::import(&db.pool, "catalogue.csv", CATALOGUE.as_bytes())
-        .await
-        .unwrap();
+    let db = stocked("inventory_serve").await;
     let guard = TopologyGuard::new(&random_prefix());
-    let stop = CancellationToken::new();
-    let broker = Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
-        .await
-        .expect("connect to RabbitMQ (is it running?)");
+    let broker = connect(&guard, &CancellationToken::new()).await;
     let mut replies = reply_copies(&broker, "test-replies").await;
-    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_inventory"))
-        .env("DATABASE_URL", &db.url)
-        .env("AMQP_URL", amqp_url())
-        .env("AMQP_PREFIX", guard.topology.prefix())
+    let mut service = worker_binary(env!("CARGO_BIN_EXE_inventory"), &db, &guard)
         .env("RUST_LOG", "info")
         .env("LOG_FORMAT", "pretty")
         .env("SHUTDOWN_GRACE_SECONDS", "5")
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the inventory binary");
     // Its log, to show should it not stop.
@@ -435,14 +446,7 @@ async fn the_inventory_binary_serves_until_sigterm_and_exits_0() {
     });
 
     let command = reserve_mugs(Uuid::new_v4(), 2);
-    send(
-        &broker,
-        command.step.routing_key(),
-        command.message_id,
-        command.saga_id,
-        command.encode(),
-    )
-    .await;
+    send_command(&broker, &command).await;
     let reply = Envelope::<Outcome>::decode(&next_reply(&mut replies).await.data).unwrap();
     assert_eq!(reply.saga_id, command.saga_id);
     assert!(
@@ -503,8 +507,7 @@ async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
     // More of them than the worker's prefetch (4): held, they would pin
     // every slot and the good command behind them would never be answered.
     let mut harness = Harness::start().await;
-    refuse_in_database(&harness.db.pool, POISON).await;
-    let mut dead_letters = dead_letter_consumer(&harness.broker).await;
+    let mut dead_letters = refuse_poison(&harness).await;
     let mut poison = Vec::new();
     for _ in 0..6 {
         let command = reserve(Uuid::new_v4(), POISON, 1);
@@ -541,28 +544,13 @@ async fn commands_the_database_never_accepts_are_dead_lettered_not_held() {
 async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
     let mut harness = Harness::start().await;
     let saga = Uuid::new_v4();
-    let reserve = |attempt| {
-        Envelope::command(
-            saga,
-            attempt,
-            Command::Reserve(ReserveStock {
-                lines: vec![LineRequest {
-                    sku: "MUG".parse().unwrap(),
-                    quantity: Quantity::new(6).unwrap(),
-                }],
-            }),
-        )
-    };
+    let reserve = |attempt| Envelope::command(saga, attempt, reserve_of(&[("MUG", 6)]));
     // Attempt 1 is delayed; its deadline passes and attempt 2 is refused.
     let (first, second) = (reserve(1), reserve(2));
     harness.send(&second).await;
     let refused = harness.next_answer().await;
     assert_eq!(refused.attempt, 2);
-    assert!(
-        matches!(&refused.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
-        "{:?}",
-        refused.payload
-    );
+    assert!(is_out_of_stock(&refused.payload), "{:?}", refused.payload);
     // The saga ends compensated with nothing to release; then stock comes back.
     sqlx::query("UPDATE products SET on_hand = 10, available = 10 WHERE sku = 'MUG'")
         .execute(&harness.db.pool)
@@ -573,7 +561,7 @@ async fn a_late_earlier_reserve_holds_nothing_after_the_saga_was_refused() {
     let late = harness.next_answer().await;
     assert_eq!(late.attempt, 1);
     assert!(
-        matches!(&late.payload, Outcome::Rejected { reason, .. } if reason == "out_of_stock"),
+        is_out_of_stock(&late.payload),
         "the late attempt answers the saga's refusal: {:?}",
         late.payload
     );
@@ -645,8 +633,7 @@ async fn commands_that_are_ready_together_commit_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_fails_in_a_batch_fails_alone() {
     let mut harness = Harness::idle().await;
-    refuse_in_database(&harness.db.pool, POISON).await;
-    let mut dead_letters = dead_letter_consumer(&harness.broker).await;
+    let mut dead_letters = refuse_poison(&harness).await;
     let good: Vec<_> = (0..4).map(|_| reserve_mugs(Uuid::new_v4(), 1)).collect();
     // The database refuses this one's data in the middle of the batch; the
     // not-JSON one never reaches the database.
@@ -655,14 +642,7 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
     harness.send(&good[0]).await;
     harness.send(&good[1]).await;
     harness.send(&refused).await;
-    harness
-        .publish(
-            Step::Reserve.routing_key(),
-            garbage,
-            Uuid::new_v4(),
-            b"not json".to_vec(),
-        )
-        .await;
+    harness.publish_not_json(garbage).await;
     harness.send(&good[2]).await;
     harness.send(&good[3]).await;
     harness.run(Inventory, 16);
@@ -701,51 +681,21 @@ async fn a_command_that_fails_in_a_batch_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_charges_are_batched_through_both_phases_and_charged_once_each() {
-    use saga_protocol::messages::ChargePayment;
     use workers::payment::{self, Payment, PaymentConfig, Simulator};
 
     let db = migrated("payment_runtime", &payment::MIGRATOR).await;
     let guard = TopologyGuard::new(&random_prefix());
     let stop = CancellationToken::new();
-    let broker = Arc::new(
-        Broker::connect(&amqp_url(), guard.topology.clone(), "workers-it", &stop)
-            .await
-            .expect("connect to RabbitMQ (is it running?)"),
-    );
+    let broker = Arc::new(connect(&guard, &stop).await);
     let mut replies = reply_copies(&broker, "test-replies").await;
     let charges: Vec<Envelope<Command>> = (0..8)
-        .map(|i| {
-            Envelope::command(
-                Uuid::new_v4(),
-                1,
-                Command::Charge(ChargePayment {
-                    amount_cents: Cents::new(100 + i),
-                    currency: "USD".parse().unwrap(),
-                    payment_method: "sim_approve".into(),
-                    customer_id: "c".parse().unwrap(),
-                }),
-            )
-        })
+        .map(|i| Envelope::command(Uuid::new_v4(), 1, charge_of(100 + i, "sim_approve")))
         .collect();
     for charge in &charges {
-        send(
-            &broker,
-            charge.step.routing_key(),
-            charge.message_id,
-            charge.saga_id,
-            charge.encode(),
-        )
-        .await;
+        send_command(&broker, charge).await;
     }
     // A duplicate delivery among them is answered the same, charged once.
-    send(
-        &broker,
-        charges[0].step.routing_key(),
-        charges[0].message_id,
-        charges[0].saga_id,
-        charges[0].encode(),
-    )
-    .await;
+    send_command(&broker, &charges[0]).await;
     let worker = tokio::spawn(run_worker_until_stopped(
         Payment::with_config(Simulator::new(db.pool.clone()), PaymentConfig::simulated()),
         db.pool.clone(),

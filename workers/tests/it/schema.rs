@@ -14,6 +14,46 @@ async fn fresh(label: &str) -> TestDatabase {
     TestDatabase::create(label).await
 }
 
+/// A fresh database migrated to `schema` as this build has it.
+async fn migrated_to(label: &str, schema: &Schema) -> TestDatabase {
+    let db = fresh(label).await;
+    migrate(&db, schema).await;
+    db
+}
+
+/// Migrates `db` to `schema` as `migrate` does by default.
+async fn migrate(db: &TestDatabase, schema: &Schema) -> Status {
+    schema::migrate(&db.pool, schema, MigrateSettings::default())
+        .await
+        .expect("migrate")
+}
+
+/// What a service of `schema` starting on `db` gets from its schema, for
+/// each way it may start: only checking, or migrating too.
+async fn prepared_both_ways(
+    db: &TestDatabase,
+    schema: &Schema,
+) -> Vec<(OnStart, Result<Status, SchemaError>)> {
+    let mut prepared = Vec::new();
+    for on_start in [OnStart::Check, OnStart::Migrate(MigrateSettings::default())] {
+        prepared.push((on_start, schema::prepare(&db.pool, schema, on_start).await));
+    }
+    prepared
+}
+
+/// Why a service of `schema` that may only check refuses to start on `db`.
+async fn refused_check(db: &TestDatabase, schema: &Schema) -> String {
+    schema::prepare(&db.pool, schema, OnStart::Check)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+/// Asserts `said` begins with `start`; what follows it varies.
+fn assert_begins(said: &str, start: &str) {
+    assert!(said.starts_with(start), "{said}");
+}
+
 fn bounded(lock_timeout: Duration, statement_timeout: Duration) -> MigrateSettings {
     MigrateSettings {
         lock_timeout,
@@ -159,11 +199,8 @@ async fn two_migrations_at_once_both_succeed_and_apply_each_migration_once() {
 async fn a_service_that_may_not_migrate_refuses_a_schema_behind_it() {
     let db = fresh("schema_behind").await;
     let n = inventory::SCHEMA.build_version();
-    let error = schema::prepare(&db.pool, &inventory::SCHEMA, OnStart::Check)
-        .await
-        .unwrap_err();
     assert_eq!(
-        error.to_string(),
+        refused_check(&db, &inventory::SCHEMA).await,
         format!("inventory: database schema is at version 0, this build needs {n}: run `inventory migrate` first")
     );
 
@@ -174,11 +211,8 @@ async fn a_service_that_may_not_migrate_refuses_a_schema_behind_it() {
     )
     .await
     .expect("an older build migrates");
-    let error = schema::prepare(&db.pool, &inventory::SCHEMA, OnStart::Check)
-        .await
-        .unwrap_err();
     assert_eq!(
-        error.to_string(),
+        refused_check(&db, &inventory::SCHEMA).await,
         format!("inventory: database schema is at version 2, this build needs {n}: run `inventory migrate` first")
     );
 
@@ -194,31 +228,21 @@ async fn a_service_that_may_not_migrate_refuses_a_schema_behind_it() {
 
 #[tokio::test]
 async fn a_newer_schema_that_allows_this_build_lets_it_start() {
-    let db = fresh("schema_newer").await;
-    schema::migrate(&db.pool, &inventory::SCHEMA, MigrateSettings::default())
-        .await
-        .expect("migrate");
+    let db = migrated_to("schema_newer", &inventory::SCHEMA).await;
     let n = inventory::SCHEMA.build_version();
     apply_unknown(&db, n + 5).await;
 
-    for on_start in [OnStart::Check, OnStart::Migrate(MigrateSettings::default())] {
-        let status = schema::prepare(&db.pool, &inventory::SCHEMA, on_start)
-            .await
-            .unwrap_or_else(|e| panic!("{on_start:?}: {e}"));
+    for (on_start, prepared) in prepared_both_ways(&db, &inventory::SCHEMA).await {
+        let status = prepared.unwrap_or_else(|e| panic!("{on_start:?}: {e}"));
         assert_eq!(status.version, n + 5);
         assert!(status.applied.is_empty());
     }
-    let status = schema::migrate(&db.pool, &inventory::SCHEMA, MigrateSettings::default())
-        .await
-        .unwrap();
-    assert!(
-        status.report().starts_with(&format!(
-            "inventory: schema already at version {} (this build knows {n};",
-            n + 5
-        )),
-        "{}",
-        status.report()
+    let status = migrate(&db, &inventory::SCHEMA).await;
+    let already = format!(
+        "inventory: schema already at version {} (this build knows {n};",
+        n + 5
     );
+    assert_begins(&status.report(), &already);
 
     // A rollback to the build before this one: it knows less, and the
     // schema's floor (2 for inventory) still allows it.
@@ -230,10 +254,7 @@ async fn a_newer_schema_that_allows_this_build_lets_it_start() {
 
 #[tokio::test]
 async fn a_schema_that_requires_a_newer_build_refuses_this_one() {
-    let db = fresh("schema_floor").await;
-    schema::migrate(&db.pool, &tax::SCHEMA, MigrateSettings::default())
-        .await
-        .expect("migrate");
+    let db = migrated_to("schema_floor", &tax::SCHEMA).await;
     let n = tax::SCHEMA.build_version();
     apply_unknown(&db, n + 2).await;
     sqlx::query("UPDATE schema_compat SET min_reader_version = $1")
@@ -247,20 +268,15 @@ async fn a_schema_that_requires_a_newer_build_refuses_this_one() {
         n + 2,
         n + 2
     );
-    for on_start in [OnStart::Check, OnStart::Migrate(MigrateSettings::default())] {
-        let error = schema::prepare(&db.pool, &tax::SCHEMA, on_start)
-            .await
-            .unwrap_err();
+    for (on_start, prepared) in prepared_both_ways(&db, &tax::SCHEMA).await {
+        let error = prepared.unwrap_err();
         assert_eq!(error.to_string(), expected, "{on_start:?}");
     }
 }
 
 #[tokio::test]
 async fn a_migration_that_waits_for_a_table_lock_gives_up_and_can_be_run_again() {
-    let db = fresh("schema_lock_timeout").await;
-    schema::migrate(&db.pool, &inventory::SCHEMA, MigrateSettings::default())
-        .await
-        .expect("migrate");
+    let db = migrated_to("schema_lock_timeout", &inventory::SCHEMA).await;
     let n = inventory::SCHEMA.build_version();
     let next = with_extra(
         &inventory::SCHEMA,
@@ -289,13 +305,11 @@ async fn a_migration_that_waits_for_a_table_lock_gives_up_and_can_be_run_again()
         "{error:?}"
     );
     let line = error.to_string();
-    assert!(
-        line.starts_with(&format!(
-            "inventory: migration {} (inbox origin) waited 200ms (MIGRATE_LOCK_TIMEOUT) for a lock",
-            n + 1
-        )),
-        "{line}"
+    let waited = format!(
+        "inventory: migration {} (inbox origin) waited 200ms (MIGRATE_LOCK_TIMEOUT) for a lock",
+        n + 1
     );
+    assert_begins(&line, &waited);
     assert!(line.contains("it was rolled back"), "{line}");
     assert!(line.contains("run `inventory migrate` again"), "{line}");
     assert!(!line.contains('\n'), "{line}");
@@ -321,13 +335,11 @@ async fn a_migration_that_runs_too_long_is_cancelled_and_named() {
     let error = schema::migrate(&db.pool, &slow, settings)
         .await
         .unwrap_err();
-    assert!(
-        error.to_string().starts_with(&format!(
-            "tax: migration {} (slow backfill) ran for 300ms (MIGRATE_STATEMENT_TIMEOUT) and was cancelled",
-            n + 1
-        )),
-        "{error}"
+    let cancelled = format!(
+        "tax: migration {} (slow backfill) ran for 300ms (MIGRATE_STATEMENT_TIMEOUT) and was cancelled",
+        n + 1
     );
+    assert_begins(&error.to_string(), &cancelled);
     // The migrations before it are in; it is not.
     let status = schema::check(&db.pool, &tax::SCHEMA).await.unwrap();
     assert_eq!(status.version, n);
@@ -354,18 +366,13 @@ async fn a_migration_waits_for_another_one_no_longer_than_its_statement_timeout(
 
 #[tokio::test]
 async fn an_edited_migration_is_refused_in_one_line() {
-    let db = fresh("schema_checksum").await;
-    schema::migrate(&db.pool, &tax::SCHEMA, MigrateSettings::default())
-        .await
-        .expect("migrate");
+    let db = migrated_to("schema_checksum", &tax::SCHEMA).await;
     sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 2")
         .execute(&db.pool)
         .await
         .unwrap();
-    for on_start in [OnStart::Check, OnStart::Migrate(MigrateSettings::default())] {
-        let error = schema::prepare(&db.pool, &tax::SCHEMA, on_start)
-            .await
-            .unwrap_err();
+    for (on_start, prepared) in prepared_both_ways(&db, &tax::SCHEMA).await {
+        let error = prepared.unwrap_err();
         assert!(
             error.to_string().starts_with(
                 "tax: migration 2 (inbox received at) was applied from other contents than this build's file (checksum mismatch)"

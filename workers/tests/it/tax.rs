@@ -6,6 +6,7 @@ use saga_protocol::messages::{
 use saga_protocol::values::Cents;
 use saga_protocol::Envelope;
 use saga_testkit::TestDatabase;
+use sqlx::PgPool;
 use uuid::Uuid;
 use workers::runtime::{handle_batch, handle_command, Batched};
 use workers::tax::{rates, Tax, MIGRATOR};
@@ -40,6 +41,31 @@ fn calculate(country: &str, region: &str, lines: Vec<PricedLine>) -> Command {
     })
 }
 
+/// What the tax worker answers to taxing `lines` shipped to `country` and
+/// `region`, for a saga of its own.
+async fn calculating(
+    pool: &PgPool,
+    country: &str,
+    region: &str,
+    lines: Vec<PricedLine>,
+) -> Outcome {
+    handle(
+        &Tax,
+        pool,
+        Uuid::new_v4(),
+        calculate(country, region, lines),
+    )
+    .await
+}
+
+fn line_tax(sku: &str, rate_bp: u32, tax_cents: i64) -> LineTax {
+    LineTax {
+        sku: sku.parse().unwrap(),
+        rate_bp,
+        tax_cents: Cents::new(tax_cents),
+    }
+}
+
 fn taxed(result: StepResult) -> TaxCalculated {
     match result {
         StepResult::TaxCalculated(taxed) => taxed,
@@ -59,38 +85,16 @@ async fn tax_is_rounded_half_up_per_line_with_the_region_rate() {
         priced_line("D", 1, 1000, "general"),
     ];
 
-    let taxed = taxed(ok(handle(
-        &Tax,
-        &db.pool,
-        Uuid::new_v4(),
-        calculate("US", "CA", lines),
-    )
-    .await));
+    let taxed = taxed(ok(calculating(&db.pool, "US", "CA", lines).await));
 
     assert_eq!(
         taxed,
         TaxCalculated {
             lines: vec![
-                LineTax {
-                    sku: "A".parse().unwrap(),
-                    rate_bp: 725,
-                    tax_cents: Cents::new(73)
-                },
-                LineTax {
-                    sku: "B".parse().unwrap(),
-                    rate_bp: 725,
-                    tax_cents: Cents::new(72)
-                },
-                LineTax {
-                    sku: "C".parse().unwrap(),
-                    rate_bp: 0,
-                    tax_cents: Cents::new(0)
-                },
-                LineTax {
-                    sku: "D".parse().unwrap(),
-                    rate_bp: 725,
-                    tax_cents: Cents::new(73)
-                },
+                line_tax("A", 725, 73),
+                line_tax("B", 725, 72),
+                line_tax("C", 0, 0),
+                line_tax("D", 725, 73),
             ],
             // Per line; on the 2999 taxed subtotal it would be 217.
             tax_cents: Cents::new(218),
@@ -102,19 +106,9 @@ async fn tax_is_rounded_half_up_per_line_with_the_region_rate() {
 async fn rounding_is_per_line_not_on_the_total() {
     let db = with_rates().await;
     // 10 cents at 5% is 0.5 -> 1 per line; on the 30-cent total it would be 1.5 -> 2.
-    let lines = vec![
-        priced_line("A", 1, 10, "general"),
-        priced_line("B", 1, 10, "general"),
-        priced_line("C", 1, 10, "general"),
-    ];
+    let lines = ["A", "B", "C"].map(|sku| priced_line(sku, 1, 10, "general"));
 
-    let taxed = taxed(ok(handle(
-        &Tax,
-        &db.pool,
-        Uuid::new_v4(),
-        calculate("US", "", lines),
-    )
-    .await));
+    let taxed = taxed(ok(calculating(&db.pool, "US", "", lines.to_vec()).await));
 
     assert_eq!(taxed.tax_cents, 3);
     assert!(taxed
@@ -127,11 +121,11 @@ async fn rounding_is_per_line_not_on_the_total() {
 async fn an_unknown_region_falls_back_to_the_country_default_case_insensitively() {
     let db = with_rates().await;
 
-    let taxed = taxed(ok(handle(
-        &Tax,
+    let taxed = taxed(ok(calculating(
         &db.pool,
-        Uuid::new_v4(),
-        calculate("us", "ny", vec![priced_line("A", 1, 2000, "general")]),
+        "us",
+        "ny",
+        vec![priced_line("A", 1, 2000, "general")],
     )
     .await));
     assert_eq!(taxed.lines[0].rate_bp, 500);
@@ -145,11 +139,11 @@ async fn an_unknown_region_falls_back_to_the_country_default_case_insensitively(
 }
 
 async fn taxed_in(db: &TestDatabase, country: &str, region: &str) -> TaxCalculated {
-    taxed(ok(handle(
-        &Tax,
+    taxed(ok(calculating(
         &db.pool,
-        Uuid::new_v4(),
-        calculate(country, region, vec![priced_line("A", 1, 2000, "general")]),
+        country,
+        region,
+        vec![priced_line("A", 1, 2000, "general")],
     )
     .await))
 }
@@ -159,18 +153,14 @@ async fn no_rate_is_refused_naming_country_region_and_category() {
     let db = with_rates().await;
 
     let (why, detail) = rejected(
-        handle(
-            &Tax,
+        calculating(
             &db.pool,
-            Uuid::new_v4(),
-            calculate(
-                "US",
-                "NY",
-                vec![
-                    priced_line("A", 1, 100, "general"),
-                    priced_line("B", 1, 100, "food"),
-                ],
-            ),
+            "US",
+            "NY",
+            vec![
+                priced_line("A", 1, 100, "general"),
+                priced_line("B", 1, 100, "food"),
+            ],
         )
         .await,
     );
@@ -181,11 +171,11 @@ async fn no_rate_is_refused_naming_country_region_and_category() {
     );
 
     let (why, detail) = rejected(
-        handle(
-            &Tax,
+        calculating(
             &db.pool,
-            Uuid::new_v4(),
-            calculate("FR", "", vec![priced_line("A", 1, 100, "general")]),
+            "FR",
+            "",
+            vec![priced_line("A", 1, 100, "general")],
         )
         .await,
     );

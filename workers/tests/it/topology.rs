@@ -63,6 +63,18 @@ async fn a_new_build_starts_beside_queues_v0_2_declared() {
     starts_beside_queues_an_older_release_declared(true).await;
 }
 
+/// Connects declaring `topology`; the answer, accepted or refused, comes at
+/// once: not from a retry loop, as if RabbitMQ were away.
+async fn connect_at_once(topology: &Topology) -> Result<Broker, BrokerError> {
+    let stop = CancellationToken::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Broker::connect(&testing::amqp_url(), topology.clone(), "test", &stop),
+    )
+    .await
+    .expect("answered at once, not retried as if RabbitMQ were away")
+}
+
 async fn starts_beside_queues_an_older_release_declared(group_size: bool) {
     testing::init_tracing();
     let prefix = testing::random_prefix();
@@ -71,14 +83,9 @@ async fn starts_beside_queues_an_older_release_declared(group_size: bool) {
     let connection = connection().await;
     declare_as_release(&connection, &topology, group_size).await;
 
-    let stop = CancellationToken::new();
-    let broker = tokio::time::timeout(
-        Duration::from_secs(30),
-        Broker::connect(&testing::amqp_url(), topology.clone(), "test", &stop),
-    )
-    .await
-    .expect("connects at once, not in a retry loop")
-    .expect("the old queues are accepted as they are");
+    let broker = connect_at_once(&topology)
+        .await
+        .expect("the old queues are accepted as they are");
 
     // The old queue is bound and takes commands.
     broker
@@ -133,15 +140,10 @@ async fn a_conflicting_declaration_is_a_permanent_error_naming_what_conflicts() 
         .await
         .unwrap();
 
-    let stop = CancellationToken::new();
-    let error = tokio::time::timeout(
-        Duration::from_secs(30),
-        Broker::connect(&testing::amqp_url(), topology.clone(), "test", &stop),
-    )
-    .await
-    .expect("refused at once, not retried as if RabbitMQ were away")
-    .err()
-    .expect("a conflicting exchange refuses the connection");
+    let error = connect_at_once(&topology)
+        .await
+        .err()
+        .expect("a conflicting exchange refuses the connection");
     assert!(
         matches!(error, BrokerError::TopologyConflict(_)),
         "{error:?}"
