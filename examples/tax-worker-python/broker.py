@@ -45,31 +45,19 @@ class Refused(Exception):
 
 
 class Topology:
+    """The names of one prefix's exchanges and queues, as the orchestrator
+    declares them (saga-shared's topology)."""
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-
-    @property
-    def command_exchange(self) -> str:
-        return f"{self.prefix}checkout.commands"
-
-    @property
-    def reply_exchange(self) -> str:
-        return f"{self.prefix}checkout.replies"
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"{self.prefix}checkout.dead-letters"
+        self.command_exchange = f"{prefix}checkout.commands"
+        self.reply_exchange = f"{prefix}checkout.replies"
+        self.dead_letter_exchange = f"{prefix}checkout.dead-letters"
+        self.reply_queue = f"{prefix}orchestrator.replies"
+        self.dead_letter_queue = f"{prefix}checkout.dead-letters"
 
     def command_queue(self, kind: str) -> str:
         return f"{self.prefix}{kind}.commands"
-
-    @property
-    def reply_queue(self) -> str:
-        return f"{self.prefix}orchestrator.replies"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.prefix}checkout.dead-letters"
 
     def exchanges(self) -> list[tuple[str, str]]:
         return [
