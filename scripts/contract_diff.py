@@ -330,6 +330,19 @@ def keyed(root, branches):
     return out
 
 
+def kept(comparer, where, old, new, kind):
+    """(path, old entry, new entry) for each of the old document's `kind`s
+    (channels, operations) that the new one still has; each one it lost is
+    reported removed, in the old document's order."""
+    new_entries = new.get(f"{kind}s") or {}
+    for key, entry in (old.get(f"{kind}s") or {}).items():
+        here = f"{kind}s.{key}"
+        if key not in new_entries:
+            comparer.report(where, here, f"{kind} removed")
+            continue
+        yield here, entry, new_entries[key]
+
+
 def compare_asyncapi(comparer, old, new):
     where = "asyncapi"
     if old is None:
@@ -338,13 +351,7 @@ def compare_asyncapi(comparer, old, new):
         comparer.report(where, "", "document removed")
         return
 
-    old_channels, new_channels = old.get("channels") or {}, new.get("channels") or {}
-    for key, channel in old_channels.items():
-        here = f"channels.{key}"
-        if key not in new_channels:
-            comparer.report(where, here, "channel removed")
-            continue
-        other = new_channels[key]
+    for here, channel, other in kept(comparer, where, old, new, "channel"):
         if channel.get("address") != other.get("address"):
             comparer.report(
                 where, here, f"address {show(channel.get('address'))} -> {show(other.get('address'))}"
@@ -381,19 +388,14 @@ def compare_asyncapi(comparer, old, new):
             if message not in (other.get("messages") or {}):
                 comparer.report(where, f"{here}.messages.{message}", "message no longer on this channel")
 
-    old_ops, new_ops = old.get("operations") or {}, new.get("operations") or {}
-    for key, operation in old_ops.items():
-        here = f"operations.{key}"
-        if key not in new_ops:
-            comparer.report(where, here, "operation removed")
-            continue
+    for here, operation, other in kept(comparer, where, old, new, "operation"):
         for field in ("action", "channel"):
-            if operation.get(field) != new_ops[key].get(field):
+            if operation.get(field) != other.get(field):
                 comparer.report(
-                    where, f"{here}.{field}", f"{show(operation.get(field))} -> {show(new_ops[key].get(field))}"
+                    where, f"{here}.{field}", f"{show(operation.get(field))} -> {show(other.get(field))}"
                 )
         old_messages = [m.get("$ref") for m in operation.get("messages") or []]
-        new_messages = [m.get("$ref") for m in new_ops[key].get("messages") or []]
+        new_messages = [m.get("$ref") for m in other.get("messages") or []]
         for ref in old_messages:
             if ref not in new_messages:
                 comparer.report(where, here, f"message {ref} no longer sent or received")

@@ -49,42 +49,25 @@ Exit codes:
 
 /// The command line; every value may come from its environment variable
 /// instead. Values stay raw strings here so that [`Config::from_args`] can
-/// report a problem in one line naming the variable, without echoing it.
+/// report a problem in one line naming the variable, without echoing it;
+/// for the same reason `--help` never shows a variable's value (a URL holds
+/// a password).
 #[derive(Debug, clap::Parser)]
 #[command(name = "auditor", about = ABOUT, long_about = LONG_ABOUT, after_help = EXIT_CODES)]
+#[command(mut_args(|arg| arg.hide_env_values(true)))]
 pub struct Args {
     /// The orchestrator's database (its DATABASE_URL).
-    #[arg(
-        long,
-        env = "ORCHESTRATOR_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ORCHESTRATOR_DATABASE_URL", value_name = "URL")]
     pub orchestrator_database_url: Option<String>,
     /// The inventory worker's database (its DATABASE_URL).
-    #[arg(
-        long,
-        env = "INVENTORY_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "INVENTORY_DATABASE_URL", value_name = "URL")]
     pub inventory_database_url: Option<String>,
     /// The payment worker's database (its DATABASE_URL).
-    #[arg(
-        long,
-        env = "PAYMENT_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "PAYMENT_DATABASE_URL", value_name = "URL")]
     pub payment_database_url: Option<String>,
     /// How long past its deadline a saga may be before it counts as stuck
     /// (the deadline timer fires within a second or so) [default: 30].
-    #[arg(
-        long,
-        env = "AUDIT_DEADLINE_GRACE_SECONDS",
-        value_name = "SECONDS",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "AUDIT_DEADLINE_GRACE_SECONDS", value_name = "SECONDS")]
     pub deadline_grace_seconds: Option<String>,
 }
 
@@ -232,6 +215,20 @@ mod tests {
         }
         let config = Config::from_args(args(Some("postgres://u:hunter2@x/y"), None)).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn help_never_shows_a_variables_value() {
+        use clap::CommandFactory;
+        let command = Args::command();
+        let with_env: Vec<_> = command
+            .get_arguments()
+            .filter(|arg| arg.get_env().is_some())
+            .collect();
+        assert_eq!(with_env.len(), 4);
+        for arg in with_env {
+            assert!(arg.is_hide_env_values_set(), "{}", arg.get_id());
+        }
     }
 
     #[test]

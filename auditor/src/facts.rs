@@ -15,8 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::{Config, DatabaseUrl};
@@ -182,7 +182,7 @@ impl Reservation {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Payment {
     pub status: String,
     pub amount_cents: i64,
@@ -214,7 +214,7 @@ impl Payment {
 /// charges and refunds, counted and summed. The provider is a separate
 /// party, so this is the money that really moved, whatever the payment
 /// table says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct LedgerLine {
     pub charges: i64,
     pub charged_cents: i64,
@@ -484,52 +484,44 @@ async fn read_inventory(conn: &mut PgConnection) -> Result<Inventory, sqlx::Erro
 }
 
 async fn read_payments(conn: &mut PgConnection) -> Result<HashMap<Uuid, Payment>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, (Uuid, String, i64, i64, Option<String>)>(
+    read_by_saga(
+        conn,
         "SELECT saga_id, status, amount_cents, refunded_cents, currency FROM payments",
     )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(saga_id, status, amount_cents, refunded_cents, currency)| {
-                let payment = Payment {
-                    status,
-                    amount_cents,
-                    refunded_cents,
-                    currency,
-                };
-                (saga_id, payment)
-            },
-        )
-        .collect())
+    .await
 }
 
 async fn read_ledger(conn: &mut PgConnection) -> Result<HashMap<Uuid, LedgerLine>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, (Uuid, i64, i64, i64, i64)>(
+    read_by_saga(
+        conn,
         "SELECT saga_id,
-                count(*) FILTER (WHERE operation = 'charge' AND outcome = 'approved'),
-                coalesce(sum(amount_cents) FILTER (WHERE operation = 'charge' AND outcome = 'approved'), 0)::int8,
-                count(*) FILTER (WHERE operation = 'refund' AND outcome = 'approved'),
+                count(*) FILTER (WHERE operation = 'charge' AND outcome = 'approved') AS charges,
+                coalesce(sum(amount_cents) FILTER (WHERE operation = 'charge' AND outcome = 'approved'), 0)::int8
+                    AS charged_cents,
+                count(*) FILTER (WHERE operation = 'refund' AND outcome = 'approved') AS refunds,
                 coalesce(sum(amount_cents) FILTER (WHERE operation = 'refund' AND outcome = 'approved'), 0)::int8
+                    AS refunded_cents
          FROM provider_ledger GROUP BY saga_id",
     )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(saga_id, charges, charged_cents, refunds, refunded_cents)| {
-                let line = LedgerLine {
-                    charges,
-                    charged_cents,
-                    refunds,
-                    refunded_cents,
-                };
-                (saga_id, line)
-            },
-        )
-        .collect())
+    .await
+}
+
+/// One `T` per saga: the query's `saga_id` column is the key, the columns
+/// named like `T`'s fields its value (a saga has one row in each table read
+/// this way).
+async fn read_by_saga<T>(
+    conn: &mut PgConnection,
+    sql: &'static str,
+) -> Result<HashMap<Uuid, T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query(sql)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("saga_id")?, T::from_row(row)?)))
+        .collect()
 }
 
 /// Which of `ids` the orchestrator knows now.

@@ -63,15 +63,10 @@ pub async fn place_and_wait(
         .json(&shape.body(n))
         .send()
         .await?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(BenchError::Refused {
-            what: "POST /v1/checkouts",
-            status,
-            body: response.text().await.unwrap_or_default(),
-        });
-    }
-    let created: Value = response.json().await?;
+    let created: Value = succeeded(response, "POST /v1/checkouts")
+        .await?
+        .json()
+        .await?;
     let id = created["checkout_id"]
         .as_str()
         .ok_or(BenchError::Malformed("POST /v1/checkouts"))?
@@ -98,17 +93,31 @@ pub async fn place_and_wait(
                 continue;
             }
         }
-        if !status.is_success() {
-            return Err(BenchError::Refused {
-                what: "GET /v1/checkouts/{id}",
-                status,
-                body: response.text().await.unwrap_or_default(),
-            });
-        }
-        let view: Value = response.json().await?;
+        let view: Value = succeeded(response, "GET /v1/checkouts/{id}")
+            .await?
+            .json()
+            .await?;
         if let Some(status) = final_status(&view) {
             return Ok(status);
         }
+    }
+}
+
+/// `response` if it succeeded; otherwise `what` was refused, and its body
+/// says why.
+async fn succeeded(
+    response: reqwest::Response,
+    what: &'static str,
+) -> Result<reqwest::Response, BenchError> {
+    let status = response.status();
+    if status.is_success() {
+        Ok(response)
+    } else {
+        Err(BenchError::Refused {
+            what,
+            status,
+            body: response.text().await.unwrap_or_default(),
+        })
     }
 }
 

@@ -21,6 +21,28 @@ pub struct ProbeFigures {
     pub alone: LatencySummary,
 }
 
+impl ProbeFigures {
+    /// One line of the floor's report: `what` was measured, by how many
+    /// `clients`, and the latency `alone` is of.
+    fn write_line(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        what: &str,
+        clients: &str,
+        alone: &str,
+    ) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  {what}: {:.0}/s at {} {clients} ({}), {alone} p50 {:.2} ms p99 {:.2} ms",
+            self.loaded_rate,
+            self.clients,
+            self.loaded,
+            millis(self.alone.p50),
+            millis(self.alone.p99)
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct MachineFloor {
     pub step: ProbeFigures,
@@ -52,23 +74,13 @@ impl MachineFloor {
 
 impl std::fmt::Display for MachineFloor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
+        self.step
+            .write_line(f, "step transaction (one statement)", "clients", "alone")?;
+        self.message.write_line(
             f,
-            "  step transaction (one statement): {:.0}/s at {} clients ({}), alone p50 {:.2} ms p99 {:.2} ms",
-            self.step.loaded_rate,
-            self.step.clients,
-            self.step.loaded,
-            millis(self.step.alone.p50),
-            millis(self.step.alone.p99)
-        )?;
-        writeln!(
-            f,
-            "  confirmed message on a quorum queue: {:.0}/s at {} publishers ({}), publish-to-deliver alone p50 {:.2} ms p99 {:.2} ms",
-            self.message.loaded_rate,
-            self.message.clients,
-            self.message.loaded,
-            millis(self.message.alone.p50),
-            millis(self.message.alone.p99)
+            "confirmed message on a quorum queue",
+            "publishers",
+            "publish-to-deliver alone",
         )?;
         write!(
             f,

@@ -3,6 +3,8 @@
 //! beside them) never collide, and so that a kept run is easy to find.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 
 use anyhow::Context;
 use saga_shared::broker_users::worker_users;
@@ -156,15 +158,55 @@ impl Environment {
 
     pub async fn create_databases(&self) -> anyhow::Result<()> {
         let mut admin = self.admin().await?;
-        for service in SERVICES {
-            let name = self.database_name(service);
-            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                .execute(&mut admin)
-                .await
-                .with_context(|| format!("cannot create database {name}"))?;
-        }
+        self.each_database(&mut admin, "create", |name| {
+            format!("CREATE DATABASE \"{name}\"")
+        })
+        .await?;
         admin.close().await.ok();
         Ok(())
+    }
+
+    /// Runs `statement` (made from the database's name) for every service's
+    /// database, in [`SERVICES`] order; `verb` says what failed.
+    async fn each_database(
+        &self,
+        admin: &mut PgConnection,
+        verb: &str,
+        statement: impl Fn(&str) -> String,
+    ) -> anyhow::Result<()> {
+        for service in SERVICES {
+            let name = self.database_name(service);
+            sqlx::query(&statement(&name))
+                .execute(&mut *admin)
+                .await
+                .with_context(|| format!("cannot {verb} database {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `SERVICE SUBCOMMAND ARGS...` (the binary `program`) against this
+    /// run's database and broker, with all it prints written to `log`.
+    pub async fn run_service(
+        &self,
+        program: PathBuf,
+        service: &str,
+        subcommand: &str,
+        args: &[&Path],
+        log: &Path,
+    ) -> anyhow::Result<ExitStatus> {
+        let output = std::fs::File::create(log)?;
+        tokio::process::Command::new(program)
+            .arg(subcommand)
+            .args(args)
+            .env("DATABASE_URL", self.database_url(service))
+            .env("AMQP_URL", self.amqp_url())
+            .env("AMQP_PREFIX", &self.amqp_prefix)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .status()
+            .await
+            .with_context(|| format!("cannot run `{service} {subcommand}`"))
     }
 
     /// Drops the databases (ending any session left on them) and deletes the
@@ -174,13 +216,10 @@ impl Environment {
             .admin()
             .await
             .context("cannot drop the run's databases")?;
-        for service in SERVICES {
-            let name = self.database_name(service);
-            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .with_context(|| format!("cannot drop database {name}"))?;
-        }
+        self.each_database(&mut admin, "drop", |name| {
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+        })
+        .await?;
         admin.close().await.ok();
 
         let connection = self

@@ -13,6 +13,7 @@
 //! the seed.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -280,12 +281,10 @@ impl Faults {
                     "RabbitMQ: rabbitmqctl stop_app (start_app in {} ms after it)",
                     down.as_millis()
                 );
-                async {
-                    services.stop_rabbitmq().await?;
-                    tokio::time::sleep(down).await;
+                out_for(services.stop_rabbitmq(), down, async {
                     services.start_rabbitmq().await?;
                     services.wait_rabbitmq(BACK_BOUND).await
-                }
+                })
                 .await
             }
             (Server::Postgres, Servers::Local(services)) => {
@@ -304,12 +303,7 @@ impl Faults {
                     "PostgreSQL failover: SIGKILL the primary, promote the standby {} ms later",
                     pause.as_millis()
                 );
-                async {
-                    cluster.kill_primary().await?;
-                    tokio::time::sleep(pause).await;
-                    cluster.promote(BACK_BOUND).await
-                }
-                .await
+                out_for(cluster.kill_primary(), pause, cluster.promote(BACK_BOUND)).await
             }
             (server, servers) => Err(anyhow::anyhow!(
                 "no {server} fault on {}",
@@ -388,6 +382,18 @@ impl Faults {
             }
         }
     }
+}
+
+/// `down`, `pause`, then `up`: a server out for a while, as in a node
+/// restart or a failover. `up` is only started once the pause is over.
+async fn out_for(
+    down: impl Future<Output = anyhow::Result<()>>,
+    pause: Duration,
+    up: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    down.await?;
+    tokio::time::sleep(pause).await;
+    up.await
 }
 
 #[cfg(test)]

@@ -3,10 +3,9 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::api::Api;
 use crate::environment::{Environment, ServiceUsers};
@@ -133,19 +132,9 @@ pub async fn import(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let output = std::fs::File::create(&log)?;
-        let status = tokio::process::Command::new(bin_dir.join(service))
-            .arg("import")
-            .arg(file)
-            .env("DATABASE_URL", env.database_url(service))
-            .env("AMQP_URL", env.amqp_url())
-            .env("AMQP_PREFIX", &env.amqp_prefix)
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output)
-            .status()
-            .await
-            .with_context(|| format!("cannot run `{service} import`"))?;
+        let status = env
+            .run_service(bin_dir.join(service), service, "import", &[file], &log)
+            .await?;
         if status.success() {
             return Ok(());
         }

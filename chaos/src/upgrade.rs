@@ -6,11 +6,10 @@
 //! one only once the new process serves.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
 use lapin::options::QueueDeclareOptions;
@@ -168,18 +167,10 @@ impl Roller {
     /// `SERVICE migrate` against the service's database.
     async fn migrate(&self, service: &str) -> anyhow::Result<String> {
         let log = self.log_dir.join(format!("migrate-{service}.log"));
-        let output = std::fs::File::create(&log)?;
-        let status = tokio::process::Command::new(self.to.join(service))
-            .arg("migrate")
-            .env("DATABASE_URL", self.env.database_url(service))
-            .env("AMQP_URL", self.env.amqp_url())
-            .env("AMQP_PREFIX", &self.env.amqp_prefix)
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output)
-            .status()
-            .await
-            .with_context(|| format!("cannot run `{service} migrate`"))?;
+        let status = self
+            .env
+            .run_service(self.to.join(service), service, "migrate", &[], &log)
+            .await?;
         let said = std::fs::read_to_string(&log).unwrap_or_default();
         let last = said.lines().last().unwrap_or("").trim().to_owned();
         if !status.success() {

@@ -45,31 +45,19 @@ class Refused(Exception):
 
 
 class Topology:
+    """The names of one prefix's exchanges and queues, as the orchestrator
+    declares them (saga-shared's topology)."""
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-
-    @property
-    def command_exchange(self) -> str:
-        return f"{self.prefix}checkout.commands"
-
-    @property
-    def reply_exchange(self) -> str:
-        return f"{self.prefix}checkout.replies"
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"{self.prefix}checkout.dead-letters"
+        self.command_exchange = f"{prefix}checkout.commands"
+        self.reply_exchange = f"{prefix}checkout.replies"
+        self.dead_letter_exchange = f"{prefix}checkout.dead-letters"
+        self.reply_queue = f"{prefix}orchestrator.replies"
+        self.dead_letter_queue = f"{prefix}checkout.dead-letters"
 
     def command_queue(self, kind: str) -> str:
         return f"{self.prefix}{kind}.commands"
-
-    @property
-    def reply_queue(self) -> str:
-        return f"{self.prefix}orchestrator.replies"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.prefix}checkout.dead-letters"
 
     def exchanges(self) -> list[tuple[str, str]]:
         return [
@@ -259,27 +247,37 @@ class Broker:
         assert self.connection is not None
         channel = self.connection.channel()
         for name, kind in self.topology.exchanges():
-            try:
-                channel.exchange_declare(name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if not _is_not_found(error):
-                    raise
-                channel = self.connection.channel()
-                channel.exchange_declare(name, exchange_type=kind, durable=True)
-                log.info("declared exchange %s", name)
+            channel = self._unless_there(
+                channel,
+                f"exchange {name}",
+                lambda c: c.exchange_declare(name, passive=True),
+                lambda c: c.exchange_declare(name, exchange_type=kind, durable=True),
+            )
         for queue, exchange, key in self.topology.queues():
-            try:
-                channel.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if not _is_not_found(error):
-                    raise
-                channel = self.connection.channel()
+            channel = self._unless_there(
+                channel,
+                f"queue {queue}",
+                lambda c: c.queue_declare(queue, passive=True),
                 # `x-queue-type` alone, the one setting that can be neither
                 # a policy nor changed; the rest is the policy's.
-                channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
-                log.info("declared queue %s", queue)
+                lambda c: c.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"}),
+            )
             channel.queue_bind(queue, exchange, routing_key=key)
         channel.close()
+
+    def _unless_there(self, channel, what: str, check, create):
+        """Runs `check` (a passive declaration) on `channel`; if `what` is
+        not found, which closes that channel, runs `create` on a new one.
+        Returns the channel that is open now."""
+        try:
+            check(channel)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if not _is_not_found(error):
+                raise
+            channel = self.connection.channel()
+            create(channel)
+            log.info("declared %s", what)
+        return channel
 
     def publish(self, exchange: str, routing_key: str, body: bytes, properties) -> None:
         """Publishes and waits for the broker's confirm. A message the broker

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -80,24 +81,6 @@ impl Envelope<Command> {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        encode_with(self, self.payload.to_payload())
-    }
-
-    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let raw = decode_raw(body)?;
-        if raw.message_type != raw.step.routing_key() {
-            return Err(DecodeError::UnknownType(raw.message_type));
-        }
-        let payload = Command::from_payload(raw.step, raw.payload.clone()).map_err(|e| {
-            DecodeError::BadPayload {
-                message_type: raw.message_type.clone(),
-                error: e.to_string(),
-            }
-        })?;
-        Ok(with_payload(raw, payload))
-    }
-
     /// The reply to this command, for the same saga, step and attempt.
     pub fn reply(&self, outcome: Outcome) -> Envelope<Outcome> {
         Envelope {
@@ -113,23 +96,70 @@ impl Envelope<Command> {
     }
 }
 
-impl Envelope<Outcome> {
+/// What an envelope carries: a command or a reply. Its `type` follows
+/// from the step, and its JSON is a wire form that is read first and then
+/// typed by the step, so that every payload is encoded and decoded (and a
+/// body that is no such message refused) the same way.
+pub trait Payload: Sized {
+    type Wire: Serialize + DeserializeOwned;
+
+    /// The envelope's `type` for a payload of `step`.
+    fn message_type(step: Step) -> String;
+
+    fn to_wire(&self) -> Self::Wire;
+
+    fn from_wire(step: Step, wire: Self::Wire) -> serde_json::Result<Self>;
+}
+
+impl Payload for Command {
+    type Wire = serde_json::Value;
+
+    fn message_type(step: Step) -> String {
+        step.routing_key().to_owned()
+    }
+
+    fn to_wire(&self) -> serde_json::Value {
+        self.to_payload()
+    }
+
+    fn from_wire(step: Step, wire: serde_json::Value) -> serde_json::Result<Command> {
+        Command::from_payload(step, wire)
+    }
+}
+
+impl Payload for Outcome {
+    type Wire = ReplyPayload;
+
+    fn message_type(step: Step) -> String {
+        step.reply_type()
+    }
+
+    fn to_wire(&self) -> ReplyPayload {
+        self.to_payload()
+    }
+
+    fn from_wire(step: Step, wire: ReplyPayload) -> serde_json::Result<Outcome> {
+        Outcome::from_payload(step, wire)
+    }
+}
+
+impl<P: Payload> Envelope<P> {
     pub fn encode(&self) -> Vec<u8> {
-        encode_with(self, self.payload.to_payload())
+        encode_with(self, self.payload.to_wire())
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let raw = decode_raw(body)?;
-        if raw.message_type != raw.step.reply_type() {
+        if raw.message_type != P::message_type(raw.step) {
             return Err(DecodeError::UnknownType(raw.message_type));
         }
         let bad = |e: serde_json::Error| DecodeError::BadPayload {
             message_type: raw.message_type.clone(),
             error: e.to_string(),
         };
-        let wire: ReplyPayload = serde_json::from_value(raw.payload.clone()).map_err(bad)?;
-        let outcome = Outcome::from_payload(raw.step, wire).map_err(bad)?;
-        Ok(with_payload(raw, outcome))
+        let wire: P::Wire = serde_json::from_value(raw.payload.clone()).map_err(bad)?;
+        let payload = P::from_wire(raw.step, wire).map_err(bad)?;
+        Ok(with_payload(raw, payload))
     }
 }
 

@@ -161,6 +161,35 @@ pub struct ChargePayment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RefundPayment {}
 
+/// For an enum with one variant per step, each holding that step's payload
+/// (a command, a step's result): `step`, and its JSON (`$to`), written by
+/// variant and read back by step (`$from`). The variant-to-step pairs are
+/// listed once, so these three cannot disagree.
+macro_rules! per_step {
+    ($name:ident, $to:ident, $from:ident, $always:literal, { $($variant:ident => $step:ident,)+ }) => {
+        impl $name {
+            pub fn step(&self) -> Step {
+                match self {
+                    $($name::$variant(_) => Step::$step,)+
+                }
+            }
+
+            pub fn $to(&self) -> serde_json::Value {
+                let value = match self {
+                    $($name::$variant(payload) => serde_json::to_value(payload),)+
+                };
+                value.expect($always)
+            }
+
+            pub fn $from(step: Step, value: serde_json::Value) -> serde_json::Result<$name> {
+                Ok(match step {
+                    $(Step::$step => $name::$variant(serde_json::from_value(value)?),)+
+                })
+            }
+        }
+    };
+}
+
 /// A command, typed by its step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -171,38 +200,13 @@ pub enum Command {
     Refund(RefundPayment),
 }
 
-impl Command {
-    pub fn step(&self) -> Step {
-        match self {
-            Command::Reserve(_) => Step::Reserve,
-            Command::CalculateTax(_) => Step::CalculateTax,
-            Command::Charge(_) => Step::Charge,
-            Command::Release(_) => Step::Release,
-            Command::Refund(_) => Step::Refund,
-        }
-    }
-
-    pub fn to_payload(&self) -> serde_json::Value {
-        let value = match self {
-            Command::Reserve(c) => serde_json::to_value(c),
-            Command::CalculateTax(c) => serde_json::to_value(c),
-            Command::Charge(c) => serde_json::to_value(c),
-            Command::Release(c) => serde_json::to_value(c),
-            Command::Refund(c) => serde_json::to_value(c),
-        };
-        value.expect("command payloads always serialize")
-    }
-
-    pub fn from_payload(step: Step, payload: serde_json::Value) -> serde_json::Result<Command> {
-        Ok(match step {
-            Step::Reserve => Command::Reserve(serde_json::from_value(payload)?),
-            Step::CalculateTax => Command::CalculateTax(serde_json::from_value(payload)?),
-            Step::Charge => Command::Charge(serde_json::from_value(payload)?),
-            Step::Release => Command::Release(serde_json::from_value(payload)?),
-            Step::Refund => Command::Refund(serde_json::from_value(payload)?),
-        })
-    }
-}
+per_step!(Command, to_payload, from_payload, "command payloads always serialize", {
+    Reserve => Reserve,
+    CalculateTax => CalculateTax,
+    Charge => Charge,
+    Release => Release,
+    Refund => Refund,
+});
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reserved {
@@ -257,38 +261,13 @@ pub enum StepResult {
     Refunded(Refunded),
 }
 
-impl StepResult {
-    pub fn step(&self) -> Step {
-        match self {
-            StepResult::Reserved(_) => Step::Reserve,
-            StepResult::TaxCalculated(_) => Step::CalculateTax,
-            StepResult::Charged(_) => Step::Charge,
-            StepResult::Released(_) => Step::Release,
-            StepResult::Refunded(_) => Step::Refund,
-        }
-    }
-
-    pub fn to_value(&self) -> serde_json::Value {
-        let value = match self {
-            StepResult::Reserved(r) => serde_json::to_value(r),
-            StepResult::TaxCalculated(r) => serde_json::to_value(r),
-            StepResult::Charged(r) => serde_json::to_value(r),
-            StepResult::Released(r) => serde_json::to_value(r),
-            StepResult::Refunded(r) => serde_json::to_value(r),
-        };
-        value.expect("step results always serialize")
-    }
-
-    pub fn from_value(step: Step, value: serde_json::Value) -> serde_json::Result<StepResult> {
-        Ok(match step {
-            Step::Reserve => StepResult::Reserved(serde_json::from_value(value)?),
-            Step::CalculateTax => StepResult::TaxCalculated(serde_json::from_value(value)?),
-            Step::Charge => StepResult::Charged(serde_json::from_value(value)?),
-            Step::Release => StepResult::Released(serde_json::from_value(value)?),
-            Step::Refund => StepResult::Refunded(serde_json::from_value(value)?),
-        })
-    }
-}
+per_step!(StepResult, to_value, from_value, "step results always serialize", {
+    Reserved => Reserve,
+    TaxCalculated => CalculateTax,
+    Charged => Charge,
+    Released => Release,
+    Refunded => Refund,
+});
 
 /// Business reasons a step can refuse with. They are also the `reason` a
 /// client sees on a rejected checkout.

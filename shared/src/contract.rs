@@ -117,6 +117,33 @@ fn channel_message_refs(channel: &str, keys: impl IntoIterator<Item = String>) -
         .collect()
 }
 
+/// An AsyncAPI operation: `action` ("send" or "receive") of the messages
+/// `keys` on the channel `channel`.
+fn operation(
+    action: &str,
+    channel: &str,
+    summary: impl Into<String>,
+    keys: impl IntoIterator<Item = String>,
+    bindings: &Value,
+) -> Value {
+    json!({
+        "action": action,
+        "channel": { "$ref": format!("#/channels/{channel}") },
+        "summary": summary.into(),
+        "messages": channel_message_refs(channel, keys),
+        "bindings": bindings,
+    })
+}
+
+/// `operation`, answered on the replies channel with the messages `keys`.
+fn replied(mut operation: Value, keys: impl IntoIterator<Item = String>) -> Value {
+    operation["reply"] = json!({
+        "channel": { "$ref": "#/channels/replies" },
+        "messages": channel_message_refs("replies", keys),
+    });
+    operation
+}
+
 fn component_message_refs(keys: impl IntoIterator<Item = String>) -> Value {
     let map: Map<String, Value> = keys
         .into_iter()
@@ -277,17 +304,16 @@ fn asyncapi() -> Value {
         );
         operations.insert(
             format!("send{}", capitalized(&key)),
-            json!({
-                "action": "send",
-                "channel": { "$ref": format!("#/channels/{key}") },
-                "summary": format!("The orchestrator sends `{step}` (from its outbox, after a commit)."),
-                "messages": channel_message_refs(&key, [key.clone()]),
-                "bindings": publish,
-                "reply": {
-                    "channel": { "$ref": "#/channels/replies" },
-                    "messages": channel_message_refs("replies", [reply_key(step)]),
-                },
-            }),
+            replied(
+                operation(
+                    "send",
+                    &key,
+                    format!("The orchestrator sends `{step}` (from its outbox, after a commit)."),
+                    [key.clone()],
+                    &publish,
+                ),
+                [reply_key(step)],
+            ),
         );
     }
 
@@ -303,13 +329,13 @@ fn asyncapi() -> Value {
     );
     operations.insert(
         "sendReply".to_owned(),
-        json!({
-            "action": "send",
-            "channel": { "$ref": "#/channels/replies" },
-            "summary": "A worker answers a command: same saga_id, step and attempt, only after its database transaction committed; it acks the command once the reply is confirmed.",
-            "messages": channel_message_refs("replies", Step::ALL.into_iter().map(reply_key)),
-            "bindings": publish,
-        }),
+        operation(
+            "send",
+            "replies",
+            "A worker answers a command: same saga_id, step and attempt, only after its database transaction committed; it acks the command once the reply is confirmed.",
+            Step::ALL.into_iter().map(reply_key),
+            &publish,
+        ),
     );
 
     for worker in WorkerKind::ALL {
@@ -334,20 +360,19 @@ fn asyncapi() -> Value {
         );
         operations.insert(
             format!("receive{}", capitalized(&key)),
-            json!({
-                "action": "receive",
-                "channel": { "$ref": format!("#/channels/{key}") },
-                "summary": format!(
-                    "The {} worker takes its commands. A redelivered message_id gets the reply it got before; a body it cannot read is dead-lettered.",
-                    worker.as_str()
+            replied(
+                operation(
+                    "receive",
+                    &key,
+                    format!(
+                        "The {} worker takes its commands. A redelivered message_id gets the reply it got before; a body it cannot read is dead-lettered.",
+                        worker.as_str()
+                    ),
+                    steps,
+                    &consume,
                 ),
-                "messages": channel_message_refs(&key, steps),
-                "bindings": consume,
-                "reply": {
-                    "channel": { "$ref": "#/channels/replies" },
-                    "messages": channel_message_refs("replies", replies),
-                },
-            }),
+                replies,
+            ),
         );
     }
 
@@ -363,16 +388,13 @@ fn asyncapi() -> Value {
     );
     operations.insert(
         "receiveReplies".to_owned(),
-        json!({
-            "action": "receive",
-            "channel": { "$ref": "#/channels/orchestratorReplies" },
-            "summary": "The orchestrator takes replies; one for another attempt than the awaited one is recorded and ignored.",
-            "messages": channel_message_refs(
-                "orchestratorReplies",
-                Step::ALL.into_iter().map(reply_key),
-            ),
-            "bindings": consume,
-        }),
+        operation(
+            "receive",
+            "orchestratorReplies",
+            "The orchestrator takes replies; one for another attempt than the awaited one is recorded and ignored.",
+            Step::ALL.into_iter().map(reply_key),
+            &consume,
+        ),
     );
 
     messages.insert(
@@ -411,23 +433,23 @@ fn asyncapi() -> Value {
     );
     operations.insert(
         "sendDeadLetter".to_owned(),
-        json!({
-            "action": "send",
-            "channel": { "$ref": "#/channels/deadLetterExchange" },
-            "summary": "Any consumer takes a message it can never handle off its queue: it publishes a copy here, then acks the original.",
-            "messages": channel_message_refs("deadLetterExchange", ["deadLetter".to_owned()]),
-            "bindings": publish,
-        }),
+        operation(
+            "send",
+            "deadLetterExchange",
+            "Any consumer takes a message it can never handle off its queue: it publishes a copy here, then acks the original.",
+            ["deadLetter".to_owned()],
+            &publish,
+        ),
     );
     operations.insert(
         "receiveDeadLetters".to_owned(),
-        json!({
-            "action": "receive",
-            "channel": { "$ref": "#/channels/deadLetters" },
-            "summary": "The orchestrator records dead letters for the support API.",
-            "messages": channel_message_refs("deadLetters", ["deadLetter".to_owned()]),
-            "bindings": consume,
-        }),
+        operation(
+            "receive",
+            "deadLetters",
+            "The orchestrator records dead letters for the support API.",
+            ["deadLetter".to_owned()],
+            &consume,
+        ),
     );
 
     let traceparent_header = json!({

@@ -115,34 +115,32 @@ impl Topology {
             }
         }
 
-        for worker in WorkerKind::ALL {
-            let queue = self.command_queue(worker);
+        // Each queue with the one binding that feeds it.
+        let bindings = WorkerKind::ALL
+            .into_iter()
+            .map(|worker| {
+                (
+                    self.command_queue(worker),
+                    self.command_exchange(),
+                    Self::command_binding_key(worker),
+                )
+            })
+            .chain([
+                (
+                    self.reply_queue(),
+                    self.reply_exchange(),
+                    REPLY_ROUTING_KEY.to_owned(),
+                ),
+                (
+                    self.dead_letter_queue(),
+                    self.dead_letter_exchange(),
+                    String::new(),
+                ),
+            ]);
+        for (queue, exchange, key) in bindings {
             declare_queue(connection, &queue).await?;
-            bind(
-                &channel,
-                &queue,
-                &self.command_exchange(),
-                &Self::command_binding_key(worker),
-            )
-            .await?;
+            bind(&channel, &queue, &exchange, &key).await?;
         }
-        declare_queue(connection, &self.reply_queue()).await?;
-        bind(
-            &channel,
-            &self.reply_queue(),
-            &self.reply_exchange(),
-            REPLY_ROUTING_KEY,
-        )
-        .await?;
-
-        declare_queue(connection, &self.dead_letter_queue()).await?;
-        bind(
-            &channel,
-            &self.dead_letter_queue(),
-            &self.dead_letter_exchange(),
-            "",
-        )
-        .await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
@@ -151,54 +149,10 @@ impl Topology {
     /// permission), that every exchange and queue exists.
     async fn verify(&self, connection: &Connection) -> Result<(), TopologyError> {
         for exchange in self.exchanges() {
-            let channel = connection.create_channel().await?;
-            let passive = ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let checked = channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Direct,
-                    passive,
-                    FieldTable::default(),
-                )
-                .await;
-            match checked {
-                Ok(()) => {
-                    let _ = channel.close(200, "checked".into()).await;
-                }
-                Err(error) if reply_code(&error) == Some(404) => {
-                    return Err(TopologyError::Missing {
-                        kind: "exchange",
-                        name: exchange,
-                    })
-                }
-                Err(error) => return Err(TopologyError::judge("exchange", &exchange, error)),
-            }
+            check_exchange(connection, &exchange).await?;
         }
         for queue in self.queues() {
-            let channel = connection.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                durable: true,
-                ..Default::default()
-            };
-            match channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
-                Ok(_) => {
-                    let _ = channel.close(200, "checked".into()).await;
-                }
-                Err(error) if reply_code(&error) == Some(404) => {
-                    return Err(TopologyError::Missing {
-                        kind: "queue",
-                        name: queue,
-                    })
-                }
-                Err(error) => return Err(TopologyError::judge("queue", &queue, error)),
-            }
+            check_queue(connection, &queue).await?;
         }
         Ok(())
     }
@@ -353,24 +307,66 @@ fn conflicting_argument(detail: &str) -> String {
         .unwrap_or_else(|| "its declaration".to_owned())
 }
 
-/// A quorum queue, if it is not there yet: see [`Topology::declare`].
-async fn declare_queue(connection: &Connection, name: &str) -> Result<(), TopologyError> {
-    let check = connection.create_channel().await?;
+/// Checks that the exchange `name` exists, by a passive declaration (no
+/// permission needed) on a channel of its own: a 404 closes the channel.
+async fn check_exchange(connection: &Connection, name: &str) -> Result<(), TopologyError> {
+    let channel = connection.create_channel().await?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            passive,
+            FieldTable::default(),
+        )
+        .await;
+    found(&channel, "exchange", name, declared).await
+}
+
+/// As [`check_exchange`], for the queue `name`.
+async fn check_queue(connection: &Connection, name: &str) -> Result<(), TopologyError> {
+    let channel = connection.create_channel().await?;
     let passive = QueueDeclareOptions {
         passive: true,
         durable: true,
         ..Default::default()
     };
-    match check
+    let declared = channel
         .queue_declare(name.into(), passive, FieldTable::default())
         .await
-    {
-        Ok(_) => {
-            let _ = check.close(200, "checked".into()).await;
-            return Ok(());
+        .map(|_| ());
+    found(&channel, "queue", name, declared).await
+}
+
+/// What a passive declaration of the `kind` `name` answered: it is there
+/// (and the channel is done with), it is missing, or the broker objects.
+async fn found(
+    channel: &Channel,
+    kind: &'static str,
+    name: &str,
+    declared: Result<(), lapin::Error>,
+) -> Result<(), TopologyError> {
+    match declared {
+        Ok(()) => {
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(())
         }
-        Err(error) if reply_code(&error) == Some(404) => {}
-        Err(error) => return Err(TopologyError::judge("queue", name, error)),
+        Err(error) if reply_code(&error) == Some(404) => Err(TopologyError::Missing {
+            kind,
+            name: name.to_owned(),
+        }),
+        Err(error) => Err(TopologyError::judge(kind, name, error)),
+    }
+}
+
+/// A quorum queue, if it is not there yet: see [`Topology::declare`].
+async fn declare_queue(connection: &Connection, name: &str) -> Result<(), TopologyError> {
+    match check_queue(connection, name).await {
+        Err(TopologyError::Missing { .. }) => {}
+        checked => return checked,
     }
     let channel = connection.create_channel().await?;
     let args = creation_arguments();

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{bare_schema, Quantity};
+use super::{integer_value, Quantity};
 
 /// An amount of money in minor units. Every `i64` is one: whether an
 /// amount may be negative or zero is a business rule, checked where the
@@ -71,25 +71,7 @@ impl From<i64> for Cents {
     }
 }
 
-impl From<Cents> for i64 {
-    fn from(amount: Cents) -> i64 {
-        amount.0
-    }
-}
-
-impl PartialEq<i64> for Cents {
-    fn eq(&self, other: &i64) -> bool {
-        self.0 == *other
-    }
-}
-
-impl std::fmt::Display for Cents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-bare_schema!(Cents => i64);
+integer_value!(Cents => i64);
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_text, text_value, ValueError};
+use super::checked_text;
 
 /// 1 to 128 characters, not blank, no control characters. Opaque
 /// otherwise: the shop chooses its ids.
@@ -10,21 +10,12 @@ use super::{check_text, text_value, ValueError};
 #[serde(try_from = "String", into = "String")]
 pub struct CustomerId(String);
 
-impl CustomerId {
-    pub const MAX_CHARS: usize = 128;
-
-    pub fn parse(text: impl Into<String>) -> Result<CustomerId, ValueError> {
-        let text = text.into();
-        check_text("customer_id", &text, Self::MAX_CHARS)?;
-        Ok(CustomerId(text))
-    }
-}
-
-text_value!(CustomerId);
+checked_text!(CustomerId, "customer_id", 128);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::values::ValueError;
 
     #[test]
     fn takes_up_to_128_characters() {

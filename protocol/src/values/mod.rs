@@ -136,6 +136,51 @@ macro_rules! text_value {
     };
 }
 
+/// A free-text value held to [`check_text`]: its `MAX_CHARS` and its
+/// `parse`, named `what` in messages, and all that [`text_value!`] gives.
+macro_rules! checked_text {
+    ($name:ident, $what:literal, $max_chars:literal) => {
+        impl $name {
+            pub const MAX_CHARS: usize = $max_chars;
+
+            pub fn parse(text: impl Into<String>) -> Result<$name, $crate::values::ValueError> {
+                let text = text.into();
+                $crate::values::check_text($what, &text, Self::MAX_CHARS)?;
+                Ok($name(text))
+            }
+        }
+
+        $crate::values::text_value!($name);
+    };
+}
+
+/// What an integer value needs besides its own rule: the conversion back to
+/// its bare integer, comparison with a plain one, Display, and the bare
+/// integer's JSON Schema.
+macro_rules! integer_value {
+    ($name:ident => $inner:ty) => {
+        impl From<$name> for $inner {
+            fn from(value: $name) -> $inner {
+                value.0
+            }
+        }
+
+        impl PartialEq<$inner> for $name {
+            fn eq(&self, other: &$inner) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        $crate::values::bare_schema!($name => $inner);
+    };
+}
+
 /// A JSON Schema identical to `$inner`'s, so that schemas generated from
 /// the wire types do not change when a field becomes a value type.
 macro_rules! bare_schema {
@@ -161,6 +206,8 @@ macro_rules! bare_schema {
 }
 
 pub(crate) use bare_schema;
+pub(crate) use checked_text;
+pub(crate) use integer_value;
 pub(crate) use text_value;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{bare_schema, ValueError};
+use super::{integer_value, ValueError};
 
 /// At least 1: a line of zero units is no line. The upper bound is the
 /// HTTP API's business (it takes at most 10,000), not the value's.
@@ -34,25 +34,7 @@ impl TryFrom<u32> for Quantity {
     }
 }
 
-impl From<Quantity> for u32 {
-    fn from(quantity: Quantity) -> u32 {
-        quantity.0
-    }
-}
-
-impl PartialEq<u32> for Quantity {
-    fn eq(&self, other: &u32) -> bool {
-        self.0 == *other
-    }
-}
-
-impl std::fmt::Display for Quantity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-bare_schema!(Quantity => u32);
+integer_value!(Quantity => u32);
 
 #[cfg(test)]
 mod tests {

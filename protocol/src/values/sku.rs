@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_text, text_value, ValueError};
+use super::checked_text;
 
 /// 1 to 64 characters, not blank, no control characters: what the HTTP API
 /// and the catalogue import have always let in.
@@ -10,21 +10,12 @@ use super::{check_text, text_value, ValueError};
 #[serde(try_from = "String", into = "String")]
 pub struct Sku(String);
 
-impl Sku {
-    pub const MAX_CHARS: usize = 64;
-
-    pub fn parse(text: impl Into<String>) -> Result<Sku, ValueError> {
-        let text = text.into();
-        check_text("sku", &text, Self::MAX_CHARS)?;
-        Ok(Sku(text))
-    }
-}
-
-text_value!(Sku);
+checked_text!(Sku, "sku", 64);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::values::ValueError;
 
     #[test]
     fn takes_what_a_catalogue_holds() {

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use secrecy::ExposeSecret;
 
-use super::error::SchemaError;
 use super::migrations::Schema;
 use super::runner::migrate;
 use super::settings::MigrateSettings;
@@ -41,10 +40,7 @@ pub async fn migrate_command(schema: &Schema) -> ExitCode {
     let result = async {
         let pool = database::connect_for_command(url.expose_secret(), 1)
             .await
-            .map_err(|error| SchemaError::Database {
-                service: schema.service,
-                error,
-            })?;
+            .map_err(|error| schema.database_error(error))?;
         let result = migrate(&pool, schema, settings).await;
         pool.close().await;
         result

@@ -160,10 +160,7 @@ impl Status {
 /// Checks, without changing anything, that this build can run on the
 /// schema of `pool`'s database.
 pub async fn check(pool: &PgPool, schema: &Schema) -> Result<Status, SchemaError> {
-    let database = |error| SchemaError::Database {
-        service: schema.service,
-        error,
-    };
+    let database = |error| schema.database_error(error);
     let mut conn = pool.acquire().await.map_err(database)?;
     let state = State::read(&mut conn).await.map_err(database)?;
     verify_applied(schema, &state)?;

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use sqlx::migrate::{Migration, Migrator};
 
+use super::SchemaError;
+
 /// One service's schema: the service's name (in messages, and the command
 /// they tell the operator to run) and the migrations this build carries.
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +17,14 @@ pub struct Schema {
 impl Schema {
     pub const fn new(service: &'static str, migrator: &'static Migrator) -> Schema {
         Schema { service, migrator }
+    }
+
+    /// `error` from this service's database, named by the service.
+    pub(crate) fn database_error(&self, error: sqlx::Error) -> SchemaError {
+        SchemaError::Database {
+            service: self.service,
+            error,
+        }
     }
 
     /// The newest migration this build knows: the N of 1..N.

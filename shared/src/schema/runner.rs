@@ -29,10 +29,7 @@ pub async fn migrate(
     schema: &Schema,
     settings: MigrateSettings,
 ) -> Result<Status, SchemaError> {
-    let database = |error| SchemaError::Database {
-        service: schema.service,
-        error,
-    };
+    let database = |error| schema.database_error(error);
     // Detached: the session's settings and lock must never go back to the
     // pool. Ending the session releases both, whatever happened.
     let mut conn = pool.acquire().await.map_err(database)?.detach();
@@ -46,10 +43,7 @@ async fn migrate_on(
     schema: &Schema,
     settings: MigrateSettings,
 ) -> Result<Status, SchemaError> {
-    let database = |error| SchemaError::Database {
-        service: schema.service,
-        error,
-    };
+    let database = |error| schema.database_error(error);
     let failure = |error| migrate_failure(schema, settings, error);
     // Named, so that whoever looks at pg_stat_activity or pg_locks while a
     // migration waits sees what waits.
@@ -117,10 +111,7 @@ async fn take_migration_lock(
     schema: &Schema,
     settings: MigrateSettings,
 ) -> Result<(), SchemaError> {
-    let database = |error| SchemaError::Database {
-        service: schema.service,
-        error,
-    };
+    let database = |error| schema.database_error(error);
     let name: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&mut *conn)
         .await
