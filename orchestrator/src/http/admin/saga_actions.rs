@@ -10,7 +10,7 @@ use super::reason::reason_of;
 use super::saga_detail::{detail_of, SagaDetail};
 use super::saga_id::SagaId;
 use crate::http::auth::Actor;
-use crate::http::problem::ApiError;
+use crate::http::problem::{ApiError, Problem};
 use crate::http::AppState;
 use crate::saga::Action;
 
@@ -33,42 +33,61 @@ async fn act(
     Ok(Json(detail_of(state, id).await?))
 }
 
-#[utoipa::path(
-    post, path = "/v1/admin/sagas/{id}/retry", tag = "support", security(("bearer" = [])),
-    description = "Re-run the parked action.",
-    params(("id" = String, Path, description = "The saga (checkout) id")),
-    request_body = ActionBody,
-    responses(
-        (status = 200, description = "Done: the saga as it is now", body = SagaDetail),
-        (status = 409, description = "The saga is in a state this action does not apply to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The reason is missing or too long", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-    )
+/// What both actions answer: they differ only in what they do to the saga.
+#[derive(utoipa::IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "only documents the answers; the handlers build them"
 )]
-pub async fn retry(
-    actor: Actor,
-    State(state): State<AppState>,
-    SagaId(id): SagaId,
-    JsonBody(body): JsonBody<ActionBody>,
-) -> Result<Json<SagaDetail>, ApiError> {
-    act(&state, actor, id, body, Action::Retry).await
+enum ActionAnswers {
+    #[response(status = 200, description = "Done: the saga as it is now")]
+    Done(SagaDetail),
+    #[response(
+        status = 409,
+        description = "The saga is in a state this action does not apply to",
+        content_type = "application/problem+json"
+    )]
+    NotApplicable(Problem<'static>),
+    #[response(
+        status = 422,
+        description = "The reason is missing or too long",
+        content_type = "application/problem+json"
+    )]
+    Invalid(Problem<'static>),
 }
 
-#[utoipa::path(
-    post, path = "/v1/admin/sagas/{id}/cancel", tag = "support", security(("bearer" = [])),
-    description = "Compensate everything done, then cancelled.",
-    params(("id" = String, Path, description = "The saga (checkout) id")),
-    request_body = ActionBody,
-    responses(
-        (status = 200, description = "Done: the saga as it is now", body = SagaDetail),
-        (status = 409, description = "The saga is in a state this action does not apply to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The reason is missing or too long", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub async fn cancel(
-    actor: Actor,
-    State(state): State<AppState>,
-    SagaId(id): SagaId,
-    JsonBody(body): JsonBody<ActionBody>,
-) -> Result<Json<SagaDetail>, ApiError> {
-    act(&state, actor, id, body, Action::Cancel).await
+/// One route per action: utoipa documents a handler by its attribute, so
+/// the two are written once here and differ in their path, their
+/// description and the [`Action`] they take.
+macro_rules! action_route {
+    ($name:ident, $path:tt, $description:tt, $action:expr) => {
+        #[utoipa::path(
+                    post, path = $path, tag = "support", security(("bearer" = [])),
+                    description = $description,
+                    params(("id" = String, Path, description = "The saga (checkout) id")),
+                    request_body = ActionBody,
+                    responses(ActionAnswers)
+                )]
+        pub async fn $name(
+            actor: Actor,
+            State(state): State<AppState>,
+            SagaId(id): SagaId,
+            JsonBody(body): JsonBody<ActionBody>,
+        ) -> Result<Json<SagaDetail>, ApiError> {
+            act(&state, actor, id, body, $action).await
+        }
+    };
 }
+
+action_route!(
+    retry,
+    "/v1/admin/sagas/{id}/retry",
+    "Re-run the parked action.",
+    Action::Retry
+);
+action_route!(
+    cancel,
+    "/v1/admin/sagas/{id}/cancel",
+    "Compensate everything done, then cancelled.",
+    Action::Cancel
+);
