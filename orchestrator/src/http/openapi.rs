@@ -384,7 +384,8 @@ fn constrain_parameters(doc: &mut Value) {
 /// token refuses a request without a valid one, every route on one saga or
 /// client answers 404 for one that does not exist, every route that reads
 /// a JSON body refuses one that is not JSON, too large or declared
-/// otherwise.
+/// otherwise, every route with a query string refuses a parameter it
+/// cannot read (`CheckedQuery`).
 fn document_shared_answers(doc: &mut Value) {
     let problem = |description: &str| {
         json!({
@@ -433,6 +434,10 @@ fn document_shared_answers(doc: &mut Value) {
                 .iter()
                 .find(|(scheme, _)| secured_by(scheme))
                 .map(|(_, answer)| answer.clone());
+            let reads_query = operation
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|parameters| parameters.iter().any(|p| p["in"] == "query"));
             let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
@@ -444,6 +449,9 @@ fn document_shared_answers(doc: &mut Value) {
             }
             if let Some(answer) = unknown {
                 add_answer(responses, "404", answer.clone());
+            }
+            if reads_query {
+                add_answer(responses, "422", problem("A parameter is invalid"));
             }
             add_answer(responses, "503", unavailable.clone());
             if operation.get("requestBody").is_none() {

@@ -57,7 +57,6 @@ pub struct DeadLetterList {
     params(DeadLetterParams),
     responses(
         (status = 200, description = "Messages that could never be handled, newest first", body = DeadLetterList),
-        (status = 422, description = "A parameter is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn dead_letters(

@@ -43,7 +43,6 @@ pub struct RefusedCommandList {
     params(OutboxParams),
     responses(
         (status = 200, description = "Commands the broker refused (nacked, returned unroutable or never confirmed) that still wait in the outbox, oldest first", body = RefusedCommandList),
-        (status = 422, description = "A parameter is invalid", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn outbox(
