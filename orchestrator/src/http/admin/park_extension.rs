@@ -39,7 +39,7 @@ pub struct ParkExtended {
 #[utoipa::path(
     post, path = "/v1/admin/sagas/{id}/extend-park", tag = "support", security(("bearer" = [])),
     description = "Give a parked saga more time before PARKED_SAGA_TTL cancels it with compensation.",
-    params(("id" = String, Path, description = "The saga (checkout) id")),
+    params(SagaId),
     request_body = ExtendParkBody,
     responses(
         (status = 200, description = "Extended: when the park now ends, and the saga", body = ParkExtended),

@@ -37,7 +37,8 @@ async fn act(
 #[derive(utoipa::IntoResponses)]
 #[allow(
     dead_code,
-    reason = "only documents the answers; the handlers build them"
+    clippy::large_enum_variant,
+    reason = "never built: it only documents the answers, the handlers build them"
 )]
 enum ActionAnswers {
     #[response(status = 200, description = "Done: the saga as it is now")]
@@ -61,13 +62,7 @@ enum ActionAnswers {
 /// description and the [`Action`] they take.
 macro_rules! action_route {
     ($name:ident, $path:tt, $description:tt, $action:expr) => {
-        #[utoipa::path(
-                    post, path = $path, tag = "support", security(("bearer" = [])),
-                    description = $description,
-                    params(("id" = String, Path, description = "The saga (checkout) id")),
-                    request_body = ActionBody,
-                    responses(ActionAnswers)
-                )]
+        #[utoipa::path(post, path = $path, description = $description, tag = "support", security(("bearer" = [])), params(SagaId), request_body = ActionBody, responses(ActionAnswers))]
         pub async fn $name(
             actor: Actor,
             State(state): State<AppState>,

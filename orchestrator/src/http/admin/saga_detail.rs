@@ -97,7 +97,7 @@ pub(super) async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, 
 
 #[utoipa::path(
     get, path = "/v1/admin/sagas/{id}", tag = "support", security(("bearer" = [])),
-    params(("id" = String, Path, description = "The saga (checkout) id")),
+    params(SagaId),
     responses(
         (status = 200, description = "The saga, its steps and its timeline", body = SagaDetail),
     )

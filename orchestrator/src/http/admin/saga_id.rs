@@ -8,8 +8,15 @@ use uuid::Uuid;
 use crate::http::problem::ApiError;
 
 /// Extracted before the body, so that a route on an id that names no saga
-/// answers 404 whatever the body holds.
-pub struct SagaId(pub Uuid);
+/// answers 404 whatever the body holds. Documented as text: an id that is
+/// not a UUID names no saga (404), it is not an invalid request.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+pub struct SagaId(
+    /// The saga (checkout) id
+    #[param(value_type = String)]
+    pub Uuid,
+);
 
 impl<S: Send + Sync> FromRequestParts<S> for SagaId {
     type Rejection = Response;
