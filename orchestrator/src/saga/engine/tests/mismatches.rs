@@ -20,11 +20,7 @@ fn refunded(refunded_cents: i64) -> Outcome {
 /// Asserts that `t` parked `before` without applying anything, naming
 /// `field` in `error`.
 fn parked_on(before: &Saga, t: &Transition, field: &str, error: &str) {
-    assert_eq!(t.saga.status, SagaStatus::Suspended);
-    assert_eq!(
-        t.saga.status.client_status(),
-        crate::saga::ClientStatus::Pending
-    );
+    assert_status(&t.saga, SagaStatus::Suspended, ClientStatus::Pending);
     assert_eq!(t.saga.suspended_from, Some(before.status));
     assert!(t.effects.is_empty());
     assert_eq!(t.deadline(), Deadline::None);
@@ -145,7 +141,7 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
         (&[("A", 2), ("X", 1)], "[A×2, X×1]"),
     ];
     for (lines, got) in cases {
-        let saga = start(Uuid::nil(), request(), ctx()).saga;
+        let saga = started();
         let t = handle(&saga, reply(&saga, reserved(lines)), ctx());
         parked_on(
             &saga,
@@ -155,7 +151,7 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
         );
     }
     // The same lines in another order are the same reservation.
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     let t = handle(&saga, reply(&saga, reserved(&[("B", 1), ("A", 2)])), ctx());
     assert_eq!(t.mismatch, None);
     assert_eq!(sent_steps(&t), vec![(Step::CalculateTax, 1)]);
@@ -163,7 +159,7 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
 
 /// A saga awaiting its tax.
 fn at_tax() -> Saga {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx()).saga
 }
 
