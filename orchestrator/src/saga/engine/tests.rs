@@ -21,33 +21,43 @@ fn assert_status(saga: &Saga, status: SagaStatus, client: ClientStatus) {
 }
 
 fn ok_for(step: Step) -> Outcome {
-    Outcome::Ok(match step {
-        Step::Reserve => StepResult::Reserved(reservation((1_000, 2), 550)),
-        Step::CalculateTax => StepResult::TaxCalculated(TaxCalculated {
-            lines: vec![
-                LineTax {
-                    sku: "A".parse().unwrap(),
-                    rate_bp: 725,
-                    tax_cents: Cents::new(145),
-                },
-                LineTax {
-                    sku: "B".parse().unwrap(),
-                    rate_bp: 0,
-                    tax_cents: Cents::new(0),
-                },
-            ],
-            tax_cents: Cents::new(145),
-        }),
-        Step::Charge => StepResult::Charged(Charged {
-            payment_id: Uuid::nil(),
-            amount_cents: Cents::new(2_695),
-            currency: Some("USD".parse().unwrap()),
-        }),
-        Step::Release => StepResult::Released(Released { released: true }),
-        Step::Refund => StepResult::Refunded(Refunded {
-            refunded_cents: Cents::new(2_695),
-        }),
-    })
+    match step {
+        Step::Reserve => Outcome::Ok(StepResult::Reserved(reservation((1_000, 2), 550))),
+        Step::CalculateTax => tax(&[("A", 145), ("B", 0)], 145),
+        Step::Charge => charged(2_695, Some("USD")),
+        Step::Release => Outcome::Ok(StepResult::Released(Released { released: true })),
+        Step::Refund => refunded(2_695),
+    }
+}
+
+fn charged(amount_cents: i64, currency: Option<&str>) -> Outcome {
+    Outcome::Ok(StepResult::Charged(Charged {
+        payment_id: Uuid::nil(),
+        amount_cents: Cents::new(amount_cents),
+        currency: currency.map(|c| c.parse().unwrap()),
+    }))
+}
+
+fn refunded(refunded_cents: i64) -> Outcome {
+    Outcome::Ok(StepResult::Refunded(Refunded {
+        refunded_cents: Cents::new(refunded_cents),
+    }))
+}
+
+/// Tax of each `(sku, cents)` line, every one at 7.25 % (the engine reads
+/// only the cents).
+fn tax(lines: &[(&str, i64)], total: i64) -> Outcome {
+    Outcome::Ok(StepResult::TaxCalculated(TaxCalculated {
+        lines: lines
+            .iter()
+            .map(|(sku, tax_cents)| LineTax {
+                sku: sku.parse().unwrap(),
+                rate_bp: 725,
+                tax_cents: Cents::new(*tax_cents),
+            })
+            .collect(),
+        tax_cents: Cents::new(total),
+    }))
 }
 
 fn reply(saga: &Saga, outcome: Outcome) -> Event {

@@ -3,20 +3,6 @@
 
 use super::*;
 
-fn charged(amount_cents: i64, currency: Option<&str>) -> Outcome {
-    Outcome::Ok(StepResult::Charged(Charged {
-        payment_id: Uuid::nil(),
-        amount_cents: Cents::new(amount_cents),
-        currency: currency.map(|c| c.parse().unwrap()),
-    }))
-}
-
-fn refunded(refunded_cents: i64) -> Outcome {
-    Outcome::Ok(StepResult::Refunded(Refunded {
-        refunded_cents: Cents::new(refunded_cents),
-    }))
-}
-
 /// Asserts that `t` parked `before` without applying anything, naming
 /// `field` in `error`.
 fn parked_on(before: &Saga, t: &Transition, field: &str, error: &str) {
@@ -161,20 +147,6 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
 fn at_tax() -> Saga {
     let saga = started();
     handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx()).saga
-}
-
-fn tax(lines: &[(&str, i64)], total: i64) -> Outcome {
-    Outcome::Ok(StepResult::TaxCalculated(TaxCalculated {
-        lines: lines
-            .iter()
-            .map(|(sku, tax_cents)| LineTax {
-                sku: sku.parse().unwrap(),
-                rate_bp: 725,
-                tax_cents: Cents::new(*tax_cents),
-            })
-            .collect(),
-        tax_cents: Cents::new(total),
-    }))
 }
 
 #[test]
