@@ -22,7 +22,7 @@ fn assert_status(saga: &Saga, status: SagaStatus, client: ClientStatus) {
 
 fn ok_for(step: Step) -> Outcome {
     match step {
-        Step::Reserve => Outcome::Ok(StepResult::Reserved(reservation((1_000, 2), 550))),
+        Step::Reserve => reserved_priced(&[("A", 2, 1_000), ("B", 1, 550)]),
         Step::CalculateTax => tax(&[("A", 145), ("B", 0)], 145),
         Step::Charge => charged(2_695, Some("USD")),
         Step::Release => Outcome::Ok(StepResult::Released(Released { released: true })),
@@ -184,32 +184,24 @@ fn request_of_a(quantity: u32) -> CheckoutRequest {
 
 /// A reservation priced so that the money overflows an `i64` of cents.
 fn reserved_at(unit_price_cents: i64, quantity: u32) -> Outcome {
-    Outcome::Ok(StepResult::Reserved(reservation(
-        (unit_price_cents, quantity),
-        1,
-    )))
+    reserved_priced(&[("A", quantity, unit_price_cents), ("B", 1, 1)])
 }
 
-/// A reservation of the test request's lines: A at its price and
-/// quantity, one B at `b_cents`.
-fn reservation((a_cents, a_quantity): (i64, u32), b_cents: i64) -> Reserved {
-    Reserved {
+/// A reservation of `(sku, quantity, unit price in cents)` lines, in
+/// dollars (the engine reads no tax category).
+fn reserved_priced(lines: &[(&str, u32, i64)]) -> Outcome {
+    Outcome::Ok(StepResult::Reserved(Reserved {
         currency: "USD".parse().unwrap(),
-        lines: vec![
-            PricedLine {
-                sku: "A".parse().unwrap(),
-                quantity: Quantity::new(a_quantity).unwrap(),
-                unit_price_cents: Cents::new(a_cents),
-                tax_category: "clothing".into(),
-            },
-            PricedLine {
-                sku: "B".parse().unwrap(),
-                quantity: Quantity::new(1).unwrap(),
-                unit_price_cents: Cents::new(b_cents),
+        lines: lines
+            .iter()
+            .map(|&(sku, quantity, unit_price_cents)| PricedLine {
+                sku: sku.parse().unwrap(),
+                quantity: Quantity::new(quantity).unwrap(),
+                unit_price_cents: Cents::new(unit_price_cents),
                 tax_category: "books".into(),
-            },
-        ],
-    }
+            })
+            .collect(),
+    }))
 }
 
 #[test]

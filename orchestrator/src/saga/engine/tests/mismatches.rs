@@ -103,19 +103,13 @@ fn a_refund_is_judged_against_the_recorded_charge() {
     assert_eq!(t.mismatch, None);
 }
 
+/// A reservation of `(sku, quantity)` lines, at a dollar each.
 fn reserved(lines: &[(&str, u32)]) -> Outcome {
-    Outcome::Ok(StepResult::Reserved(Reserved {
-        currency: "USD".parse().unwrap(),
-        lines: lines
-            .iter()
-            .map(|(sku, quantity)| PricedLine {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(*quantity).unwrap(),
-                unit_price_cents: Cents::new(100),
-                tax_category: "books".into(),
-            })
-            .collect(),
-    }))
+    let priced: Vec<(&str, u32, i64)> = lines
+        .iter()
+        .map(|&(sku, quantity)| (sku, quantity, 100))
+        .collect();
+    reserved_priced(&priced)
 }
 
 #[test]
