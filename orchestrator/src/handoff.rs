@@ -12,13 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::broker::{Broker, Outgoing};
+use saga_shared::broker::{Broker, BrokerError, Outgoing};
 use saga_shared::traceparent;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::store::outbox::{Hand, Outbox};
+use crate::store::outbox::{Hand, Outbox, StoredCommand};
 pub use crate::store::outbox::{HandOff, Handed, LEASE};
 
 /// How long a batch waits for its confirms. A queue without a leader (its
@@ -155,24 +155,12 @@ async fn publish_handed(
     if committed_at + LEASE - LEASE_MARGIN <= Instant::now() || broker.blocked().is_some() {
         return left_to_relay(outbox, commands).await;
     }
-    let exchange = broker.topology().command_exchange();
-    let spans: Vec<tracing::Span> = commands.iter().map(handed_span).collect();
-    let messages: Vec<Outgoing> = commands
+    let spans: Vec<tracing::Span> = commands
         .iter()
-        .zip(&spans)
-        .map(|(command, span)| Outgoing {
-            exchange: exchange.clone(),
-            routing_key: command.routing_key.clone(),
-            body: command.body.clone().into_bytes(),
-            message_id: command.message_id,
-            saga_id: command.saga_id,
-            message_type: command.message_type.clone(),
-            traceparent: traceparent::of(span).unwrap_or_else(|| command.traceparent.clone()),
-        })
+        .map(|handed| publish_span(&handed.command, Some(handed.attempt), 0))
         .collect();
-    let publishing = std::time::Instant::now();
-    let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
-    metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
+    let results =
+        publish_with_confirms(broker, commands.iter().map(|c| &c.command).zip(&spans)).await;
     let (mut confirmed, mut unsent) = (Vec::new(), Vec::new());
     for ((command, result), span) in commands.into_iter().zip(results).zip(spans) {
         match result {
@@ -219,15 +207,48 @@ async fn left_to_relay(outbox: &Outbox, commands: Vec<Handed>) -> HandedPublish 
     }
 }
 
-/// A handed command's publish span: a child of the transition that wrote
-/// it, as for a claimed row.
-fn handed_span(command: &Handed) -> tracing::Span {
+/// Publishes committed commands, pipelined, each under its own publish
+/// span, and waits up to [`CONFIRM_WITHIN`] for their confirms: the
+/// handed path and the claiming path send the same messages.
+pub async fn publish_with_confirms<'a>(
+    broker: &Broker,
+    commands: impl Iterator<Item = (&'a StoredCommand, &'a tracing::Span)>,
+) -> Vec<Result<(), BrokerError>> {
+    let exchange = broker.topology().command_exchange();
+    let messages: Vec<Outgoing> = commands
+        .map(|(command, span)| Outgoing {
+            exchange: exchange.clone(),
+            routing_key: command.routing_key.clone(),
+            body: command.body.clone().into_bytes(),
+            message_id: command.message_id,
+            saga_id: command.saga_id,
+            message_type: command.message_type.clone(),
+            // The worker's span becomes a child of this publish.
+            traceparent: traceparent::of(span).unwrap_or_else(|| command.traceparent.clone()),
+        })
+        .collect();
+    let publishing = std::time::Instant::now();
+    let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
+    metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
+    results
+}
+
+/// One command's publish, from the pipelined send to its confirm: a child
+/// of the transition that wrote the row (its context is stored with the
+/// row), whichever instance and task publish it, however much later.
+/// `attempt`: the saga attempt it carries, `None` in a row an instance of
+/// the previous build wrote; a handed command was never refused.
+pub fn publish_span(
+    command: &StoredCommand,
+    attempt: Option<u32>,
+    publish_attempts: i32,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "publish",
         saga_id = %command.saga_id,
         routing_key = %command.routing_key,
-        attempt = command.attempt,
-        publish_attempts = 0,
+        attempt,
+        publish_attempts,
         outcome = tracing::field::Empty,
         error = tracing::field::Empty,
     );

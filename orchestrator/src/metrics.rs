@@ -234,31 +234,18 @@ fn round_trip(
 
 #[cfg(test)]
 mod tests {
-    use saga_protocol::messages::{LineRequest, Outcome, ShipTo};
-    use saga_protocol::values::Quantity;
+    use saga_protocol::messages::Outcome;
     use uuid::Uuid;
 
     use super::*;
     use crate::saga::{self, CheckoutRequest, Context, Event};
 
     fn awaiting_reserve(policies: &StepPolicies) -> Saga {
-        let request = CheckoutRequest {
-            customer_id: "c-1".parse().unwrap(),
-            items: vec![LineRequest {
-                sku: "A".parse().unwrap(),
-                quantity: Quantity::new(1).unwrap(),
-            }],
-            ship_to: ShipTo {
-                country: "US".into(),
-                region: "CA".into(),
-            },
-            payment_method: "sim_approve".into(),
-        };
         let ctx = Context {
             policies,
             jitter: 0.5,
         };
-        saga::start(Uuid::now_v7(), request, ctx).saga
+        saga::start(Uuid::now_v7(), CheckoutRequest::example(), ctx).saga
     }
 
     fn reply(saga: &Saga, attempt: u32, policies: &StepPolicies) -> Transition {

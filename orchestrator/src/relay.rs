@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use saga_shared::broker::{Backoff, Broker, BrokerError, Outgoing};
-use saga_shared::traceparent;
+use saga_shared::broker::{Backoff, Broker, BrokerError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::handoff::{Confirmed, CONFIRM_WITHIN};
+use crate::handoff::{publish_span, publish_with_confirms, Confirmed};
 use crate::saga::{Event, RetryPolicy};
 use crate::store::outbox::{Handed, OutboxRow, Parked, PutBack};
 use crate::store::{Store, StoreError};
@@ -157,25 +156,11 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<Relayed, RelayErr
             next_due: None,
         });
     }
-    let exchange = broker.topology().command_exchange();
-    let spans: Vec<tracing::Span> = rows.iter().map(publish_span).collect();
-    let messages: Vec<Outgoing> = rows
+    let spans: Vec<tracing::Span> = rows
         .iter()
-        .zip(&spans)
-        .map(|(row, span)| Outgoing {
-            exchange: exchange.clone(),
-            routing_key: row.routing_key.clone(),
-            body: row.body.clone().into_bytes(),
-            message_id: row.message_id,
-            saga_id: row.saga_id,
-            message_type: row.message_type.clone(),
-            // The worker's span becomes a child of this publish.
-            traceparent: traceparent::of(span).unwrap_or_else(|| row.traceparent.clone()),
-        })
+        .map(|row| publish_span(&row.command, row.attempt(), row.publish_attempts))
         .collect();
-    let publishing = std::time::Instant::now();
-    let results = broker.publish_all(&messages, CONFIRM_WITHIN).await;
-    metrics::histogram!(crate::metrics::RELAY_PUBLISH).record(publishing.elapsed().as_secs_f64());
+    let results = publish_with_confirms(broker, rows.iter().map(|r| &r.command).zip(&spans)).await;
 
     let mut sent = Vec::new();
     let mut refused = Vec::new();
@@ -252,14 +237,14 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<Relayed, RelayErr
     span.record("refused", refused.len());
     metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(sent.len() as u64);
     for r in &refused {
-        tracing::warn!(saga_id = %r.row.saga_id, routing_key = %r.row.routing_key, error = %r.error, "command refused by the broker; backing off");
-        metrics::counter!(crate::metrics::OUTBOX_REFUSED, "routing_key" => r.row.routing_key.clone())
+        tracing::warn!(saga_id = %r.row.command.saga_id, routing_key = %r.row.command.routing_key, error = %r.error, "command refused by the broker; backing off");
+        metrics::counter!(crate::metrics::OUTBOX_REFUSED, "routing_key" => r.row.command.routing_key.clone())
             .increment(1);
     }
     outbox.restart_deadlines(&sent).await;
     for r in refused.iter().filter(|r| r.park) {
         if let Err(error) = park(store, r).await {
-            tracing::error!(%error, saga_id = %r.row.saga_id, "cannot park the saga of a refused command; it stays in the outbox");
+            tracing::error!(%error, saga_id = %r.row.command.saga_id, "cannot park the saga of a refused command; it stays in the outbox");
         }
     }
     match broken {
@@ -271,23 +256,6 @@ async fn relay_batch(store: &Store, broker: &Broker) -> Result<Relayed, RelayErr
             next_due,
         }),
     }
-}
-
-/// One command's publish, from the pipelined send to its confirm: a child
-/// of the transition that wrote the row (its context is stored with the
-/// row), whichever instance and task publish it, however much later.
-fn publish_span(row: &OutboxRow) -> tracing::Span {
-    let span = tracing::info_span!(
-        "publish",
-        saga_id = %row.saga_id,
-        routing_key = %row.routing_key,
-        attempt = row.attempt(),
-        publish_attempts = row.publish_attempts,
-        outcome = tracing::field::Empty,
-        error = tracing::field::Empty,
-    );
-    traceparent::continue_from(&span, Some(&row.traceparent));
-    span
 }
 
 fn policy_for(store: &Store, row: &OutboxRow) -> RetryPolicy {
@@ -315,12 +283,12 @@ async fn park(store: &Store, refused: &Refused<'_>) -> Result<(), RelayError> {
     match parked {
         Parked::Gone => {}
         Parked::Parked => {
-            metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => row.routing_key.clone())
+            metrics::counter!(crate::metrics::OUTBOX_PARKED, "routing_key" => row.command.routing_key.clone())
                 .increment(1);
-            tracing::warn!(saga_id = %row.saga_id, routing_key = %row.routing_key, error = %refused.error, "saga parked: its command cannot be published");
+            tracing::warn!(saga_id = %row.command.saga_id, routing_key = %row.command.routing_key, error = %refused.error, "saga parked: its command cannot be published");
         }
         Parked::Dropped => {
-            tracing::warn!(saga_id = %row.saga_id, routing_key = %row.routing_key, "dropped a refused command its saga no longer awaits");
+            tracing::warn!(saga_id = %row.command.saga_id, routing_key = %row.command.routing_key, "dropped a refused command its saga no longer awaits");
         }
     }
     Ok(())

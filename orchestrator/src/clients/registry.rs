@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::rate::{Buckets, RateRefused};
-use super::{digest, ClientLimits, KeyDigest, LimitOverrides};
+use super::{digest, ClientLimits, KeyDigest};
 use crate::store::clients::ClientTable;
 
 /// How often an instance reloads the clients and beats its heartbeat.
@@ -80,15 +80,10 @@ impl Clients {
             .into_iter()
             .filter_map(|row| {
                 let digest = KeyDigest::try_from(row.key_sha256.as_slice()).ok()?;
-                let overrides = LimitOverrides {
-                    rate_per_second: row.rate_per_second,
-                    rate_burst: row.rate_burst.and_then(|n| u32::try_from(n).ok()),
-                    max_in_flight: row.max_in_flight.and_then(|n| u32::try_from(n).ok()),
-                };
                 Some(Known {
                     name: row.name,
                     digest,
-                    limits: overrides.over(&self.inner.defaults),
+                    limits: row.limits.overrides().over(&self.inner.defaults),
                 })
             })
             .collect();

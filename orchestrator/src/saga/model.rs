@@ -16,6 +16,32 @@ pub struct CheckoutRequest {
     pub payment_method: String,
 }
 
+#[cfg(test)]
+impl CheckoutRequest {
+    /// The checkout the unit tests run: two lines, shipped to California.
+    pub(crate) fn example() -> Self {
+        use saga_protocol::values::Quantity;
+        CheckoutRequest {
+            customer_id: "c-1".parse().unwrap(),
+            items: vec![
+                LineRequest {
+                    sku: "A".parse().unwrap(),
+                    quantity: Quantity::new(2).unwrap(),
+                },
+                LineRequest {
+                    sku: "B".parse().unwrap(),
+                    quantity: Quantity::new(1).unwrap(),
+                },
+            ],
+            ship_to: ShipTo {
+                country: "US".into(),
+                region: "CA".into(),
+            },
+            payment_method: "sim_approve".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {

@@ -2,7 +2,9 @@
 //! their rates.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use super::Store;
@@ -16,21 +18,34 @@ pub const IN_FLIGHT: &str = "('running', 'compensating', 'suspended')";
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientRow {
     pub name: String,
-    pub rate_per_second: Option<f64>,
-    pub rate_burst: Option<i64>,
-    pub max_in_flight: Option<i64>,
+    #[sqlx(flatten)]
+    pub limits: LimitColumns,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub in_flight: i64,
 }
 
-impl ClientRow {
+/// A client's own limits as its row holds them (`NULL`: the default).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LimitColumns {
+    pub rate_per_second: Option<f64>,
+    pub rate_burst: Option<i64>,
+    pub max_in_flight: Option<i64>,
+}
+
+impl LimitColumns {
     pub fn overrides(&self) -> LimitOverrides {
         LimitOverrides {
             rate_per_second: self.rate_per_second,
             rate_burst: self.rate_burst.and_then(|n| u32::try_from(n).ok()),
             max_in_flight: self.max_in_flight.and_then(|n| u32::try_from(n).ok()),
         }
+    }
+}
+
+impl ClientRow {
+    pub fn overrides(&self) -> LimitOverrides {
+        self.limits.overrides()
     }
 
     pub fn limits(&self, defaults: &ClientLimits) -> ClientLimits {
@@ -43,9 +58,8 @@ impl ClientRow {
 pub struct ActiveRow {
     pub name: String,
     pub key_sha256: Vec<u8>,
-    pub rate_per_second: Option<f64>,
-    pub rate_burst: Option<i64>,
-    pub max_in_flight: Option<i64>,
+    #[sqlx(flatten)]
+    pub limits: LimitColumns,
 }
 
 const COLUMNS: &str = "c.name, c.rate_per_second, c.rate_burst, c.max_in_flight, c.created_at, \
@@ -123,18 +137,13 @@ impl ClientTable {
         key: &KeyDigest,
         limits: &LimitOverrides,
     ) -> Result<Option<ClientRow>, sqlx::Error> {
-        sqlx::query_as(&format!(
+        let statement = format!(
             "INSERT INTO checkout_clients AS c (name, key_sha256, rate_per_second, rate_burst, max_in_flight)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING
              RETURNING {COLUMNS}, 0::int8 AS in_flight"
-        ))
-        .bind(name)
-        .bind(&key[..])
-        .bind(limits.rate_per_second)
-        .bind(limits.rate_burst.map(i64::from))
-        .bind(limits.max_in_flight.map(i64::from))
-        .fetch_optional(&self.pool)
-        .await
+        );
+        let query = sqlx::query_as(&statement).bind(name).bind(&key[..]);
+        bind_limits(query, limits).fetch_optional(&self.pool).await
     }
 
     /// Sets the limits given, leaving the others as they are.
@@ -143,19 +152,16 @@ impl ClientTable {
         name: &str,
         limits: &LimitOverrides,
     ) -> Result<Option<ClientRow>, sqlx::Error> {
-        sqlx::query_as(&format!(
+        let statement = format!(
             "UPDATE checkout_clients c SET rate_per_second = coalesce($2, rate_per_second),
                     rate_burst = coalesce($3, rate_burst), max_in_flight = coalesce($4, max_in_flight)
              WHERE name = $1
              RETURNING {COLUMNS}, {} AS in_flight",
             in_flight_of("c")
-        ))
-        .bind(name)
-        .bind(limits.rate_per_second)
-        .bind(limits.rate_burst.map(i64::from))
-        .bind(limits.max_in_flight.map(i64::from))
-        .fetch_optional(&self.pool)
-        .await
+        );
+        bind_limits(sqlx::query_as(&statement).bind(name), limits)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     pub async fn revoke(&self, name: &str) -> Result<Option<ClientRow>, sqlx::Error> {
@@ -197,4 +203,16 @@ impl ClientTable {
             .await?;
         Ok(())
     }
+}
+
+/// Binds `limits` as their columns hold them (counts as `int8`): the rate,
+/// the burst, then the most in flight.
+fn bind_limits<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
+    limits: &LimitOverrides,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    query
+        .bind(limits.rate_per_second)
+        .bind(limits.rate_burst.map(i64::from))
+        .bind(limits.max_in_flight.map(i64::from))
 }

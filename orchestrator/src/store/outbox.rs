@@ -21,15 +21,23 @@ use crate::saga::Event;
 /// command an instance died holding is sent soon by another.
 pub const LEASE: Duration = Duration::from_secs(3);
 
-/// A command committed with its transition, as the relay publishes it.
-#[derive(Debug, Clone)]
-pub struct Handed {
+/// A command as its outbox row holds it and the broker receives it, the
+/// same whether handed over by its commit or claimed by the relay.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredCommand {
     pub message_id: Uuid,
     pub saga_id: Uuid,
     pub routing_key: String,
     pub message_type: String,
     pub body: String,
+    /// The writing span's context, which the publish span continues.
     pub traceparent: String,
+}
+
+/// A command committed with its transition, as the relay publishes it.
+#[derive(Debug, Clone)]
+pub struct Handed {
+    pub command: StoredCommand,
     pub attempt: u32,
 }
 
@@ -84,12 +92,8 @@ pub struct OutboxRow {
     /// Milliseconds until the first row this batch did not claim is due,
     /// the same in every row (`None` when no other row is there).
     pub next_due_ms: Option<f64>,
-    pub message_id: Uuid,
-    pub saga_id: Uuid,
-    pub routing_key: String,
-    pub message_type: String,
-    pub body: String,
-    pub traceparent: String,
+    #[sqlx(flatten)]
+    pub command: StoredCommand,
     /// `None` in a row an instance of the previous build wrote.
     pub attempt: Option<i32>,
     pub publish_attempts: i32,
@@ -100,14 +104,14 @@ pub struct OutboxRow {
 
 impl OutboxRow {
     pub fn step(&self) -> Option<Step> {
-        Step::from_routing_key(&self.routing_key)
+        Step::from_routing_key(&self.command.routing_key)
     }
 
     /// The saga attempt the command carries.
     pub fn attempt(&self) -> Option<u32> {
         match self.attempt {
             Some(attempt) => u32::try_from(attempt).ok(),
-            None => Envelope::<Command>::decode(self.body.as_bytes())
+            None => Envelope::<Command>::decode(self.command.body.as_bytes())
                 .ok()
                 .map(|envelope| envelope.attempt),
         }
@@ -209,8 +213,12 @@ impl Outbox {
         }
         let deleted =
             sqlx::query("DELETE FROM outbox WHERE saga_id = ANY($1) AND message_id = ANY($2)")
-                .bind(rows.iter().map(|c| c.saga_id).collect::<Vec<_>>())
-                .bind(rows.iter().map(|c| c.message_id).collect::<Vec<_>>())
+                .bind(rows.iter().map(|c| c.command.saga_id).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|c| c.command.message_id)
+                        .collect::<Vec<_>>(),
+                )
                 .execute(&self.pool)
                 .await;
         if let Err(error) = deleted {
@@ -226,8 +234,18 @@ impl Outbox {
             "UPDATE outbox SET not_before = now()
              WHERE saga_id = ANY($1) AND message_id = ANY($2)",
         )
-        .bind(commands.iter().map(|c| c.saga_id).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.message_id).collect::<Vec<_>>())
+        .bind(
+            commands
+                .iter()
+                .map(|c| c.command.saga_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            commands
+                .iter()
+                .map(|c| c.command.message_id)
+                .collect::<Vec<_>>(),
+        )
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -243,7 +261,7 @@ impl Outbox {
     pub async fn restart_deadlines(&self, rows: &[&OutboxRow]) {
         let (ids, waits): (Vec<Uuid>, Vec<i64>) = rows
             .iter()
-            .filter_map(|row| Some((row.saga_id, row.deadline_ms?)))
+            .filter_map(|row| Some((row.command.saga_id, row.deadline_ms?)))
             .unzip();
         if ids.is_empty() {
             return;
@@ -370,12 +388,13 @@ impl Back {
     /// `refusal`: the broker's error and the backoff, for a refused row.
     fn push(&mut self, row: &OutboxRow, refusal: Option<(String, i64)>) {
         self.id.push(row.id);
-        self.message_id.push(row.message_id);
-        self.saga_id.push(row.saga_id);
-        self.routing_key.push(row.routing_key.clone());
-        self.message_type.push(row.message_type.clone());
-        self.body.push(row.body.clone());
-        self.traceparent.push(row.traceparent.clone());
+        let command = &row.command;
+        self.message_id.push(command.message_id);
+        self.saga_id.push(command.saga_id);
+        self.routing_key.push(command.routing_key.clone());
+        self.message_type.push(command.message_type.clone());
+        self.body.push(command.body.clone());
+        self.traceparent.push(command.traceparent.clone());
         self.not_before.push(row.not_before);
         self.created_at.push(row.created_at);
         self.deadline_ms.push(row.stored_deadline_ms);
@@ -468,7 +487,7 @@ impl Store {
         let parked = self
             .park_unpublishable(
                 &mut tx,
-                row.saga_id,
+                row.command.saga_id,
                 event(u32::try_from(tries).unwrap_or(0)),
             )
             .await?;

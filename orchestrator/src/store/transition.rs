@@ -5,7 +5,7 @@ use saga_protocol::Envelope;
 use saga_shared::traceparent;
 use uuid::Uuid;
 
-use super::outbox::{HandOff, Handed, LEASE};
+use super::outbox::{HandOff, Handed, StoredCommand, LEASE};
 use crate::saga::{Deadline, Effect, Saga, Transition};
 
 /// The timeline and outbox inserts of a transition, as CTEs after a `saga`
@@ -172,12 +172,14 @@ impl TransitionRows {
             let trace = traceparent::for_message(t.saga.id);
             let delay = if lease && delay.is_zero() {
                 rows.handoff.commands.push(Handed {
-                    message_id: envelope.message_id,
-                    saga_id: t.saga.id,
-                    routing_key: envelope.step.routing_key().to_owned(),
-                    message_type: envelope.message_type.clone(),
-                    body: body.clone(),
-                    traceparent: trace.clone(),
+                    command: StoredCommand {
+                        message_id: envelope.message_id,
+                        saga_id: t.saga.id,
+                        routing_key: envelope.step.routing_key().to_owned(),
+                        message_type: envelope.message_type.clone(),
+                        body: body.clone(),
+                        traceparent: trace.clone(),
+                    },
                     attempt: *attempt,
                 });
                 LEASE

@@ -1,80 +1,63 @@
 use proptest::prelude::*;
 use saga_protocol::messages::{
-    reason, Charged, LineRequest, LineTax, PricedLine, Refunded, Released, Reserved, ShipTo,
-    TaxCalculated,
+    reason, Charged, LineTax, PricedLine, Refunded, Released, Reserved, TaxCalculated,
 };
 use saga_protocol::values::{Cents, Quantity};
 
 use std::sync::LazyLock;
 
 use super::*;
-use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
+use crate::saga::{ClientStatus, OnExhausted, RetryPolicy, StepPolicies};
 
-fn request() -> CheckoutRequest {
-    CheckoutRequest {
-        customer_id: "c-1".parse().unwrap(),
-        items: vec![
-            LineRequest {
-                sku: "A".parse().unwrap(),
-                quantity: Quantity::new(2).unwrap(),
-            },
-            LineRequest {
-                sku: "B".parse().unwrap(),
-                quantity: Quantity::new(1).unwrap(),
-            },
-        ],
-        ship_to: ShipTo {
-            country: "US".into(),
-            region: "CA".into(),
-        },
-        payment_method: "sim_approve".into(),
-    }
+/// A saga awaiting its reservation.
+fn started() -> Saga {
+    start(Uuid::nil(), CheckoutRequest::example(), ctx()).saga
+}
+
+/// Asserts the saga's status, and what its client is told of it.
+fn assert_status(saga: &Saga, status: SagaStatus, client: ClientStatus) {
+    assert_eq!(saga.status, status);
+    assert_eq!(saga.status.client_status(), client);
 }
 
 fn ok_for(step: Step) -> Outcome {
-    Outcome::Ok(match step {
-        Step::Reserve => StepResult::Reserved(Reserved {
-            currency: "USD".parse().unwrap(),
-            lines: vec![
-                PricedLine {
-                    sku: "A".parse().unwrap(),
-                    quantity: Quantity::new(2).unwrap(),
-                    unit_price_cents: Cents::new(1_000),
-                    tax_category: "clothing".into(),
-                },
-                PricedLine {
-                    sku: "B".parse().unwrap(),
-                    quantity: Quantity::new(1).unwrap(),
-                    unit_price_cents: Cents::new(550),
-                    tax_category: "books".into(),
-                },
-            ],
-        }),
-        Step::CalculateTax => StepResult::TaxCalculated(TaxCalculated {
-            lines: vec![
-                LineTax {
-                    sku: "A".parse().unwrap(),
-                    rate_bp: 725,
-                    tax_cents: Cents::new(145),
-                },
-                LineTax {
-                    sku: "B".parse().unwrap(),
-                    rate_bp: 0,
-                    tax_cents: Cents::new(0),
-                },
-            ],
-            tax_cents: Cents::new(145),
-        }),
-        Step::Charge => StepResult::Charged(Charged {
-            payment_id: Uuid::nil(),
-            amount_cents: Cents::new(2_695),
-            currency: Some("USD".parse().unwrap()),
-        }),
-        Step::Release => StepResult::Released(Released { released: true }),
-        Step::Refund => StepResult::Refunded(Refunded {
-            refunded_cents: Cents::new(2_695),
-        }),
-    })
+    match step {
+        Step::Reserve => reserved_priced(&[("A", 2, 1_000), ("B", 1, 550)]),
+        Step::CalculateTax => tax(&[("A", 145), ("B", 0)], 145),
+        Step::Charge => charged(2_695, Some("USD")),
+        Step::Release => Outcome::Ok(StepResult::Released(Released { released: true })),
+        Step::Refund => refunded(2_695),
+    }
+}
+
+fn charged(amount_cents: i64, currency: Option<&str>) -> Outcome {
+    Outcome::Ok(StepResult::Charged(Charged {
+        payment_id: Uuid::nil(),
+        amount_cents: Cents::new(amount_cents),
+        currency: currency.map(|c| c.parse().unwrap()),
+    }))
+}
+
+fn refunded(refunded_cents: i64) -> Outcome {
+    Outcome::Ok(StepResult::Refunded(Refunded {
+        refunded_cents: Cents::new(refunded_cents),
+    }))
+}
+
+/// Tax of each `(sku, cents)` line, every one at 7.25 % (the engine reads
+/// only the cents).
+fn tax(lines: &[(&str, i64)], total: i64) -> Outcome {
+    Outcome::Ok(StepResult::TaxCalculated(TaxCalculated {
+        lines: lines
+            .iter()
+            .map(|(sku, tax_cents)| LineTax {
+                sku: sku.parse().unwrap(),
+                rate_bp: 725,
+                tax_cents: Cents::new(*tax_cents),
+            })
+            .collect(),
+        tax_cents: Cents::new(total),
+    }))
 }
 
 fn reply(saga: &Saga, outcome: Outcome) -> Event {
@@ -107,15 +90,33 @@ static POLICIES: LazyLock<StepPolicies> = LazyLock::new(|| StepPolicies::uniform
 
 /// The test policies, with the backoff's jitter at its middle.
 fn ctx() -> Context<'static> {
+    ctx_with(&POLICIES)
+}
+
+/// `policies`, with the backoff's jitter at its middle.
+fn ctx_with(policies: &StepPolicies) -> Context<'_> {
     Context {
-        policies: &POLICIES,
+        policies,
         jitter: 0.5,
     }
 }
 
+/// The test policies, but a charge that exhausts its `max_attempts`
+/// compensates rather than parks.
+fn charge_compensates(max_attempts: u32) -> StepPolicies {
+    StepPolicies::uniform(policy()).with(
+        Step::Charge,
+        RetryPolicy {
+            max_attempts,
+            on_exhausted: OnExhausted::Compensate,
+            ..policy()
+        },
+    )
+}
+
 #[test]
 fn start_reserves_the_requested_lines() {
-    let t = start(Uuid::nil(), request(), ctx());
+    let t = start(Uuid::nil(), CheckoutRequest::example(), ctx());
     assert_eq!(t.saga.status, SagaStatus::Running);
     assert_eq!(sent_steps(&t), vec![(Step::Reserve, 1)]);
     let Effect::Send {
@@ -125,12 +126,12 @@ fn start_reserves_the_requested_lines() {
     else {
         panic!()
     };
-    assert_eq!(r.lines, request().items);
+    assert_eq!(r.lines, CheckoutRequest::example().items);
 }
 
 #[test]
 fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
-    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
+    let mut saga = started();
     let t = handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx());
     assert_eq!(sent_steps(&t), vec![(Step::CalculateTax, 1)]);
     saga = t.saga;
@@ -147,76 +148,59 @@ fn happy_path_completes_with_totals_and_charges_subtotal_plus_tax() {
     saga = t.saga;
     let t = handle(&saga, reply(&saga, ok_for(Step::Charge)), ctx());
     assert!(t.effects.is_empty());
-    assert_eq!(t.saga.status, SagaStatus::Completed);
+    assert_status(&t.saga, SagaStatus::Completed, ClientStatus::Completed);
     assert_eq!(t.saga.subtotal_cents(), Some(Cents::new(2_550)));
     assert_eq!(t.saga.tax_cents(), Some(Cents::new(145)));
     assert_eq!(t.saga.total_cents(), Some(Cents::new(2_695)));
-    assert_eq!(
-        t.saga.status.client_status(),
-        crate::saga::ClientStatus::Completed
-    );
 }
 
 #[test]
 fn rejected_reserve_compensates_nothing() {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     let t = handle(
         &saga,
         reply(&saga, Outcome::rejected(reason::OUT_OF_STOCK, "A")),
         ctx(),
     );
     assert!(t.effects.is_empty());
-    assert_eq!(t.saga.status, SagaStatus::Compensated);
+    assert_status(&t.saga, SagaStatus::Compensated, ClientStatus::Rejected);
     assert_eq!(t.saga.reason.as_deref(), Some(reason::OUT_OF_STOCK));
-    assert_eq!(
-        t.saga.status.client_status(),
-        crate::saga::ClientStatus::Rejected
-    );
 }
 
 #[test]
 fn declined_charge_releases_the_stock_then_is_rejected() {
-    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
-    for step in [Step::Reserve, Step::CalculateTax] {
-        saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
-    }
-    let t = handle(
-        &saga,
-        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
-        ctx(),
-    );
-    assert_eq!(t.saga.status, SagaStatus::Compensating);
-    assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
-    let t = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), ctx());
+    let saga = releasing();
+    let t = handle(&saga, reply(&saga, ok_for(Step::Release)), ctx());
     assert_eq!(t.saga.status, SagaStatus::Compensated);
     assert_eq!(t.saga.reason.as_deref(), Some(reason::PAYMENT_DECLINED));
 }
 
 /// The test request with `quantity` of its SKU A.
 fn request_of_a(quantity: u32) -> CheckoutRequest {
-    let mut request = request();
+    let mut request = CheckoutRequest::example();
     request.items[0].quantity = Quantity::new(quantity).unwrap();
     request
 }
 
 /// A reservation priced so that the money overflows an `i64` of cents.
 fn reserved_at(unit_price_cents: i64, quantity: u32) -> Outcome {
+    reserved_priced(&[("A", quantity, unit_price_cents), ("B", 1, 1)])
+}
+
+/// A reservation of `(sku, quantity, unit price in cents)` lines, in
+/// dollars (the engine reads no tax category).
+fn reserved_priced(lines: &[(&str, u32, i64)]) -> Outcome {
     Outcome::Ok(StepResult::Reserved(Reserved {
         currency: "USD".parse().unwrap(),
-        lines: vec![
-            PricedLine {
-                sku: "A".parse().unwrap(),
+        lines: lines
+            .iter()
+            .map(|&(sku, quantity, unit_price_cents)| PricedLine {
+                sku: sku.parse().unwrap(),
                 quantity: Quantity::new(quantity).unwrap(),
                 unit_price_cents: Cents::new(unit_price_cents),
-                tax_category: "clothing".into(),
-            },
-            PricedLine {
-                sku: "B".parse().unwrap(),
-                quantity: Quantity::new(1).unwrap(),
-                unit_price_cents: Cents::new(1),
                 tax_category: "books".into(),
-            },
-        ],
+            })
+            .collect(),
     }))
 }
 
@@ -234,11 +218,7 @@ fn a_subtotal_that_overflows_is_rejected_and_the_stock_released() {
         assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
         assert_eq!(t.saga.subtotal_cents(), None);
         let t = handle(&t.saga, reply(&t.saga, ok_for(Step::Release)), ctx());
-        assert_eq!(t.saga.status, SagaStatus::Compensated);
-        assert_eq!(
-            t.saga.status.client_status(),
-            crate::saga::ClientStatus::Rejected
-        );
+        assert_status(&t.saga, SagaStatus::Compensated, ClientStatus::Rejected);
     }
 }
 
@@ -256,7 +236,7 @@ fn a_total_that_overflows_is_rejected_before_any_charge() {
 
 #[test]
 fn transient_retries_with_backoff_then_suspends() {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     let t = handle(
         &saga,
         reply(&saga, Outcome::Transient { error: "db".into() }),
@@ -266,7 +246,7 @@ fn transient_retries_with_backoff_then_suspends() {
         t.effects,
         vec![Effect::Send {
             command: Command::Reserve(ReserveStock {
-                lines: request().items
+                lines: CheckoutRequest::example().items
             }),
             attempt: 2,
             // Full jitter at 0.5 of the first backoff ceiling (200 ms).
@@ -286,18 +266,14 @@ fn transient_retries_with_backoff_then_suspends() {
         ctx(),
     );
     assert!(t.effects.is_empty());
-    assert_eq!(t.saga.status, SagaStatus::Suspended);
+    assert_status(&t.saga, SagaStatus::Suspended, ClientStatus::Pending);
     assert_eq!(t.saga.current, Some(Step::Reserve));
     assert!(t.saga.last_error.as_deref().unwrap().contains("db"));
-    assert_eq!(
-        t.saga.status.client_status(),
-        crate::saga::ClientStatus::Pending
-    );
 }
 
 #[test]
 fn stale_and_duplicate_replies_change_nothing_but_the_timeline() {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     let after = handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx()).saga;
     // The same reserve reply again, and a reply for an old attempt.
     for event in [
@@ -322,16 +298,7 @@ fn stale_and_duplicate_replies_change_nothing_but_the_timeline() {
 
 #[test]
 fn a_refusing_compensation_parks_the_saga() {
-    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
-    for step in [Step::Reserve, Step::CalculateTax] {
-        saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
-    }
-    saga = handle(
-        &saga,
-        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "")),
-        ctx(),
-    )
-    .saga;
+    let saga = releasing();
     let t = handle(&saga, reply(&saga, Outcome::rejected("weird", "")), ctx());
     assert_eq!(t.saga.status, SagaStatus::Suspended);
     assert_eq!(t.saga.compensations, vec![Step::Release]);
@@ -345,12 +312,25 @@ fn transient() -> Outcome {
 
 /// A saga awaiting its charge.
 fn at_charge() -> Saga {
-    let mut saga = start(Uuid::nil(), request(), ctx()).saga;
+    let mut saga = started();
     for step in [Step::Reserve, Step::CalculateTax] {
         saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
     }
     assert_eq!(saga.current, Some(Step::Charge));
     saga
+}
+
+/// A saga whose charge was declined, releasing its stock.
+fn releasing() -> Saga {
+    let saga = at_charge();
+    let t = handle(
+        &saga,
+        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
+        ctx(),
+    );
+    assert_eq!(t.saga.status, SagaStatus::Compensating);
+    assert_eq!(sent_steps(&t), vec![(Step::Release, 1)]);
+    t.saga
 }
 
 /// A saga whose charge exhausted its attempts (transient each time).
@@ -379,17 +359,18 @@ fn every_attempt_is_in_the_timeline_with_its_backoff_and_deadline() {
     assert_eq!(t.deadline(), Deadline::In(Duration::from_millis(10_100)));
 }
 
+/// The first charge attempt's deadline, missed.
+fn first_charge_missed() -> Event {
+    Event::DeadlineMissed {
+        step: Step::Charge,
+        attempt: 1,
+    }
+}
+
 #[test]
 fn a_missed_deadline_retries_and_a_late_reply_changes_nothing() {
     let saga = at_charge();
-    let t = handle(
-        &saga,
-        Event::DeadlineMissed {
-            step: Step::Charge,
-            attempt: 1,
-        },
-        ctx(),
-    );
+    let t = handle(&saga, first_charge_missed(), ctx());
     assert_eq!(t.history[0].event, "deadline_missed");
     assert_eq!(sent_steps(&t), vec![(Step::Charge, 2)]);
     assert!(t
@@ -412,14 +393,7 @@ fn a_missed_deadline_retries_and_a_late_reply_changes_nothing() {
     assert_eq!(late.history[0].event, "late_ok");
     assert_eq!(late.deadline(), Deadline::Unchanged);
     // A deadline for an attempt no longer awaited does nothing at all.
-    let stale = handle(
-        &t.saga,
-        Event::DeadlineMissed {
-            step: Step::Charge,
-            attempt: 1,
-        },
-        ctx(),
-    );
+    let stale = handle(&t.saga, first_charge_missed(), ctx());
     assert_eq!(stale.saga, t.saga);
     assert!(stale.history.is_empty() && stale.effects.is_empty());
 }
@@ -431,35 +405,15 @@ fn an_exhausted_forward_step_parks_with_its_last_error() {
     assert_eq!(saga.suspended_from, Some(SagaStatus::Running));
     assert_eq!(saga.phase(), Some(crate::saga::Phase::Forward));
     assert_eq!(saga.last_error.as_deref(), Some("provider unavailable"));
-    assert_eq!(
-        saga.status.client_status(),
-        crate::saga::ClientStatus::Pending
-    );
+    assert_status(&saga, SagaStatus::Suspended, ClientStatus::Pending);
 }
 
 #[test]
 fn a_step_set_to_compensate_undoes_itself_and_what_came_before() {
-    let policies = StepPolicies::uniform(policy()).with(
-        Step::Charge,
-        RetryPolicy {
-            max_attempts: 1,
-            on_exhausted: OnExhausted::Compensate,
-            ..policy()
-        },
-    );
-    let ctx = Context {
-        policies: &policies,
-        jitter: 0.5,
-    };
+    let policies = charge_compensates(1);
+    let ctx = ctx_with(&policies);
     let saga = at_charge();
-    let t = handle(
-        &saga,
-        Event::DeadlineMissed {
-            step: Step::Charge,
-            attempt: 1,
-        },
-        ctx,
-    );
+    let t = handle(&saga, first_charge_missed(), ctx);
     assert_eq!(t.saga.status, SagaStatus::Compensating);
     // The charge may have happened: refund it, then release the stock.
     assert_eq!(t.saga.compensations, vec![Step::Refund, Step::Release]);
@@ -497,11 +451,18 @@ fn retry_starts_a_new_series_of_attempts_from_the_parked_step() {
     assert_eq!(handle(&saga, late, ctx()).saga, saga);
     let saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
     assert_eq!(saga.status, SagaStatus::Suspended);
-    let saga = act(&saga, Action::Retry, "alice", "again", ctx())
+    let saga = retried_then_ok(&saga, Step::Charge);
+    assert_eq!(saga.status, SagaStatus::Completed);
+}
+
+/// Support retries the parked `saga`, and the `step` it sends again
+/// succeeds.
+fn retried_then_ok(saga: &Saga, step: Step) -> Saga {
+    let saga = act(saga, Action::Retry, "alice", "again", ctx())
         .unwrap()
         .saga;
-    let saga = handle(&saga, reply(&saga, ok_for(Step::Charge)), ctx()).saga;
-    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(saga.current, Some(step));
+    handle(&saga, reply(&saga, ok_for(step)), ctx()).saga
 }
 
 #[test]
@@ -514,16 +475,12 @@ fn cancel_of_a_parked_saga_compensates_everything_then_is_cancelled() {
     for step in [Step::Refund, Step::Release] {
         saga = handle(&saga, reply(&saga, ok_for(step)), ctx()).saga;
     }
-    assert_eq!(saga.status, SagaStatus::Cancelled);
-    assert_eq!(
-        saga.status.client_status(),
-        crate::saga::ClientStatus::Cancelled
-    );
+    assert_status(&saga, SagaStatus::Cancelled, ClientStatus::Cancelled);
 }
 
 #[test]
 fn cancel_of_a_running_saga_undoes_the_step_in_flight_too() {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     let t = act(&saga, Action::Cancel, "bob", "fraud", ctx()).unwrap();
     // The reserve may land after the release: the worker's tombstone makes
     // it hold nothing.
@@ -541,13 +498,7 @@ fn cancel_of_a_running_saga_undoes_the_step_in_flight_too() {
 
 #[test]
 fn a_parked_compensation_is_retried_not_cancelled() {
-    let mut saga = at_charge();
-    saga = handle(
-        &saga,
-        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
-        ctx(),
-    )
-    .saga;
+    let mut saga = releasing();
     for _ in 0..3 {
         saga = handle(&saga, reply(&saga, transient()), ctx()).saga;
     }
@@ -592,17 +543,8 @@ fn publish_failed(saga: &Saga, attempt: u32) -> Event {
 fn a_command_the_broker_keeps_refusing_parks_its_saga_for_support() {
     // Even a step set to compensate parks: compensating would publish into
     // the same broker.
-    let policies = StepPolicies::uniform(policy()).with(
-        Step::Charge,
-        RetryPolicy {
-            on_exhausted: OnExhausted::Compensate,
-            ..policy()
-        },
-    );
-    let ctx = Context {
-        policies: &policies,
-        jitter: 0.5,
-    };
+    let policies = charge_compensates(policy().max_attempts);
+    let ctx = ctx_with(&policies);
     let saga = at_charge();
     let t = handle(&saga, publish_failed(&saga, 1), ctx);
     assert_eq!(t.saga.status, SagaStatus::Suspended);
@@ -634,21 +576,12 @@ fn a_command_the_broker_keeps_refusing_parks_its_saga_for_support() {
 
 #[test]
 fn a_refused_compensation_parks_in_the_compensating_phase() {
-    let saga = at_charge();
-    let saga = handle(
-        &saga,
-        reply(&saga, Outcome::rejected(reason::PAYMENT_DECLINED, "no")),
-        ctx(),
-    )
-    .saga;
+    let saga = releasing();
     assert_eq!(saga.current, Some(Step::Release));
     let t = handle(&saga, publish_failed(&saga, 1), ctx());
     assert_eq!(t.saga.status, SagaStatus::Suspended);
     assert_eq!(t.saga.phase(), Some(crate::saga::Phase::Compensating));
-    let saga = act(&t.saga, Action::Retry, "bob", "fixed", ctx())
-        .unwrap()
-        .saga;
-    let saga = handle(&saga, reply(&saga, ok_for(Step::Release)), ctx()).saga;
+    let saga = retried_then_ok(&t.saga, Step::Release);
     assert_eq!(saga.status, SagaStatus::Compensated);
 }
 
@@ -694,7 +627,7 @@ proptest! {
     #[test]
     fn any_reply_sequence_ends_consistently(answers in proptest::collection::vec(answer(), 0..40)) {
         let policy = policy();
-        let t = start(Uuid::nil(), request(), ctx());
+        let t = start(Uuid::nil(), CheckoutRequest::example(), ctx());
         let mut sent: Vec<(Step, u32)> = sent_steps(&t);
         let mut saga = t.saga;
         let mut script = answers.into_iter();

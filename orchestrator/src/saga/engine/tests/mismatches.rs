@@ -3,28 +3,10 @@
 
 use super::*;
 
-fn charged(amount_cents: i64, currency: Option<&str>) -> Outcome {
-    Outcome::Ok(StepResult::Charged(Charged {
-        payment_id: Uuid::nil(),
-        amount_cents: Cents::new(amount_cents),
-        currency: currency.map(|c| c.parse().unwrap()),
-    }))
-}
-
-fn refunded(refunded_cents: i64) -> Outcome {
-    Outcome::Ok(StepResult::Refunded(Refunded {
-        refunded_cents: Cents::new(refunded_cents),
-    }))
-}
-
 /// Asserts that `t` parked `before` without applying anything, naming
 /// `field` in `error`.
 fn parked_on(before: &Saga, t: &Transition, field: &str, error: &str) {
-    assert_eq!(t.saga.status, SagaStatus::Suspended);
-    assert_eq!(
-        t.saga.status.client_status(),
-        crate::saga::ClientStatus::Pending
-    );
+    assert_status(&t.saga, SagaStatus::Suspended, ClientStatus::Pending);
     assert_eq!(t.saga.suspended_from, Some(before.status));
     assert!(t.effects.is_empty());
     assert_eq!(t.deadline(), Deadline::None);
@@ -121,19 +103,13 @@ fn a_refund_is_judged_against_the_recorded_charge() {
     assert_eq!(t.mismatch, None);
 }
 
+/// A reservation of `(sku, quantity)` lines, at a dollar each.
 fn reserved(lines: &[(&str, u32)]) -> Outcome {
-    Outcome::Ok(StepResult::Reserved(Reserved {
-        currency: "USD".parse().unwrap(),
-        lines: lines
-            .iter()
-            .map(|(sku, quantity)| PricedLine {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(*quantity).unwrap(),
-                unit_price_cents: Cents::new(100),
-                tax_category: "books".into(),
-            })
-            .collect(),
-    }))
+    let priced: Vec<(&str, u32, i64)> = lines
+        .iter()
+        .map(|&(sku, quantity)| (sku, quantity, 100))
+        .collect();
+    reserved_priced(&priced)
 }
 
 #[test]
@@ -145,7 +121,7 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
         (&[("A", 2), ("X", 1)], "[A×2, X×1]"),
     ];
     for (lines, got) in cases {
-        let saga = start(Uuid::nil(), request(), ctx()).saga;
+        let saga = started();
         let t = handle(&saga, reply(&saga, reserved(lines)), ctx());
         parked_on(
             &saga,
@@ -155,7 +131,7 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
         );
     }
     // The same lines in another order are the same reservation.
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     let t = handle(&saga, reply(&saga, reserved(&[("B", 1), ("A", 2)])), ctx());
     assert_eq!(t.mismatch, None);
     assert_eq!(sent_steps(&t), vec![(Step::CalculateTax, 1)]);
@@ -163,22 +139,8 @@ fn a_reservation_must_cover_exactly_the_requested_lines() {
 
 /// A saga awaiting its tax.
 fn at_tax() -> Saga {
-    let saga = start(Uuid::nil(), request(), ctx()).saga;
+    let saga = started();
     handle(&saga, reply(&saga, ok_for(Step::Reserve)), ctx()).saga
-}
-
-fn tax(lines: &[(&str, i64)], total: i64) -> Outcome {
-    Outcome::Ok(StepResult::TaxCalculated(TaxCalculated {
-        lines: lines
-            .iter()
-            .map(|(sku, tax_cents)| LineTax {
-                sku: sku.parse().unwrap(),
-                rate_bp: 725,
-                tax_cents: Cents::new(*tax_cents),
-            })
-            .collect(),
-        tax_cents: Cents::new(total),
-    }))
 }
 
 #[test]
