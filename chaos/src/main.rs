@@ -41,7 +41,7 @@ use crate::environment::Environment;
 use crate::events::event;
 use crate::faults::{Faults, Restart, Servers};
 use crate::processes::Fleet;
-use crate::report::{Evidence, Plan, Report};
+use crate::report::{Disruption, Evidence, Plan, Report};
 use crate::services::Services;
 
 /// SIGTERM grace of the services at the end: they finish in-flight work.
@@ -445,11 +445,13 @@ async fn run(
             cluster: settings.cluster_script.is_some(),
         },
         Evidence {
-            chaos_lasted,
+            disruption: Disruption {
+                chaos_lasted,
+                kills: fleet.kills(),
+                restarts,
+                unexpected_exits: fleet.unexpected_exits().to_vec(),
+            },
             driving,
-            kills: fleet.kills(),
-            restarts,
-            unexpected_exits: fleet.unexpected_exits().to_vec(),
             drain,
             sagas,
             lookups,

@@ -30,13 +30,20 @@ pub struct Plan {
     pub cluster: bool,
 }
 
-/// Everything gathered after the drain, before it is judged.
-pub struct Evidence {
+/// What the chaos did to the processes and servers: gathered once, and
+/// reported as it was.
+#[derive(Debug)]
+pub struct Disruption {
     pub chaos_lasted: Duration,
-    pub driving: Driving,
     pub kills: Vec<(String, u32)>,
     pub restarts: Vec<Restart>,
     pub unexpected_exits: Vec<UnexpectedExit>,
+}
+
+/// Everything gathered after the drain, before it is judged.
+pub struct Evidence {
+    pub disruption: Disruption,
+    pub driving: Driving,
     pub drain: Drain,
     pub sagas: Vec<SagaRow>,
     pub lookups: HashMap<Uuid, Lookup>,
@@ -51,10 +58,7 @@ pub struct Evidence {
 pub struct Report {
     pub plan: Plan,
     pub machine: String,
-    pub chaos_lasted: Duration,
-    pub kills: Vec<(String, u32)>,
-    pub restarts: Vec<Restart>,
-    pub unexpected_exits: Vec<UnexpectedExit>,
+    pub disruption: Disruption,
     pub driven: usize,
     pub not_started: usize,
     pub accepted: usize,
@@ -86,20 +90,7 @@ pub struct Report {
 
 impl Report {
     pub fn judge(plan: Plan, evidence: Evidence) -> Report {
-        let Evidence {
-            chaos_lasted,
-            driving,
-            kills,
-            restarts,
-            unexpected_exits,
-            drain,
-            sagas,
-            lookups,
-            timeline,
-            dead_letters,
-            audit,
-            roll,
-        } = evidence;
+        let sagas = &evidence.sagas;
         let by_key: HashMap<&str, &SagaRow> = sagas
             .iter()
             .filter_map(|row| Some((row.idempotency_key.as_deref()?, row)))
@@ -109,12 +100,9 @@ impl Report {
         let mut report = Report {
             plan,
             machine: machine(),
-            chaos_lasted,
-            kills,
-            restarts,
-            unexpected_exits,
-            driven: driving.driven.len(),
-            not_started: driving.not_started,
+            disruption: evidence.disruption,
+            driven: evidence.driving.driven.len(),
+            not_started: evidence.driving.not_started,
             accepted: 0,
             accepted_after_retry: 0,
             refused: Vec::new(),
@@ -122,20 +110,20 @@ impl Report {
             invalid: Vec::new(),
             outcomes: BTreeMap::new(),
             unexpected_outcomes: BTreeMap::new(),
-            drain,
+            drain: evidence.drain,
             lost: Vec::new(),
             unanswered: Vec::new(),
             stuck: Vec::new(),
             doubled: Vec::new(),
-            timeline,
-            dead_letters,
-            audit,
-            roll,
+            timeline: evidence.timeline,
+            dead_letters: evidence.dead_letters,
+            audit: evidence.audit,
+            roll: evidence.roll,
             parked: 0,
         };
 
         let mut our_keys: HashSet<&str> = HashSet::new();
-        for driven in &driving.driven {
+        for driven in &evidence.driving.driven {
             let key = driven.planned.key.as_str();
             our_keys.insert(key);
             let id = match &driven.posted {
@@ -170,7 +158,7 @@ impl Report {
                     "key {key}: the client was given {id}, the database has no saga for the key"
                 )),
             }
-            let outcome = report.outcome(id, &lookups, &by_id);
+            let outcome = report.outcome(id, &evidence.lookups, &by_id);
             if outcome != driven.planned.kind.expected() {
                 *report
                     .unexpected_outcomes
@@ -181,13 +169,18 @@ impl Report {
             }
             *report.outcomes.entry(outcome).or_default() += 1;
         }
-        let probe_ids: HashSet<Uuid> = report.restarts.iter().filter_map(|r| r.probe).collect();
+        let probe_ids: HashSet<Uuid> = report
+            .disruption
+            .restarts
+            .iter()
+            .filter_map(|r| r.probe)
+            .collect();
         for probe in &probe_ids {
             // The probes must not be lost either; their outcome is in the
             // restart's line.
-            let _ = report.outcome(*probe, &lookups, &by_id);
+            let _ = report.outcome(*probe, &evidence.lookups, &by_id);
         }
-        for row in &sagas {
+        for row in sagas {
             let ours = row
                 .idempotency_key
                 .as_deref()
@@ -255,10 +248,17 @@ impl Report {
             self.unanswered.len(),
             "checkouts no orchestrator would show",
         );
-        fail(self.unexpected_exits.len(), "processes exited on their own");
+        fail(
+            self.disruption.unexpected_exits.len(),
+            "processes exited on their own",
+        );
         fail(self.invalid.len(), "requests answered 4xx");
         fail(
-            self.restarts.iter().filter(|r| r.failure.is_some()).count(),
+            self.disruption
+                .restarts
+                .iter()
+                .filter(|r| r.failure.is_some())
+                .count(),
             "server faults not recovered from",
         );
         if !self.audit.ran() {
@@ -322,7 +322,7 @@ impl fmt::Display for Report {
             }
         )?;
         writeln!(f, "logs: {}", p.run_dir)?;
-        writeln!(f, "chaos lasted {}", seconds(self.chaos_lasted))?;
+        writeln!(f, "chaos lasted {}", seconds(self.disruption.chaos_lasted))?;
         if let Some((roll, cost)) = &self.roll {
             writeln!(f)?;
             for line in upgrade::describe(roll, cost.as_ref()) {
@@ -330,14 +330,14 @@ impl fmt::Display for Report {
             }
         }
 
-        let total: u32 = self.kills.iter().map(|(_, n)| n).sum();
+        let total: u32 = self.disruption.kills.iter().map(|(_, n)| n).sum();
         writeln!(f, "\nSIGKILLs: {total}")?;
-        for (name, count) in &self.kills {
+        for (name, count) in &self.disruption.kills {
             writeln!(f, "  {name:<16} {count}")?;
         }
         if p.service_restarts {
             writeln!(f, "\nserver faults (times from the fault's command):")?;
-            if self.restarts.is_empty() {
+            if self.disruption.restarts.is_empty() {
                 writeln!(f, "  none (the chaos ended before the first was due)")?;
             }
             if p.cluster {
@@ -347,7 +347,7 @@ impl fmt::Display for Report {
                      \"answering\" is when the node is back)"
                 )?;
             }
-            for r in &self.restarts {
+            for r in &self.disruption.restarts {
                 let back = r.back_after.map(seconds).unwrap_or("-".into());
                 let recovered = r.recovered_after.map(seconds).unwrap_or("-".into());
                 write!(
@@ -364,9 +364,9 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "\nprocesses that exited on their own: {}",
-            self.unexpected_exits.len()
+            self.disruption.unexpected_exits.len()
         )?;
-        for exit in &self.unexpected_exits {
+        for exit in &self.disruption.unexpected_exits {
             writeln!(
                 f,
                 "  {}: {} ({})",

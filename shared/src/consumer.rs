@@ -68,40 +68,16 @@ impl Batching {
         max: 1,
         at_once: None,
     };
-}
 
-/// As [`run_consumer_until_stopped`], but hands `handle` every delivery
-/// that is already there when one arrives (at most [`MAX_BATCH`] and the
-/// free share of `prefetch`). It never waits to fill a batch: a lone
-/// delivery is handled at once, alone. `handle` owns every delivery's ack
-/// or nack; should it panic, the whole batch is requeued (no ack was sent
-/// for any of it, as acks follow the batch's commit and confirms).
-pub async fn run_batch_consumer_until_stopped<F, Fut>(
-    broker: &Broker,
-    queue: &str,
-    consumer_tag: &str,
-    prefetch: u16,
-    stop: &CancellationToken,
-    handle: F,
-) -> Result<(), BrokerError>
-where
-    F: Fn(Vec<Delivery>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let batching = Batching {
+    /// Every delivery that is already there when one arrives (at most
+    /// [`MAX_BATCH`] and the free share of `prefetch`). It never waits to
+    /// fill a batch: a lone delivery is handled at once, alone. Should the
+    /// handler panic, the whole batch is requeued (no ack was sent for any
+    /// of it, as acks follow the batch's commit and confirms).
+    pub const WHAT_IS_THERE: Batching = Batching {
         max: MAX_BATCH,
         at_once: None,
     };
-    run_batches_until_stopped(
-        broker,
-        queue,
-        consumer_tag,
-        prefetch,
-        batching,
-        stop,
-        handle,
-    )
-    .await
 }
 
 /// The one consuming loop: batches of what is already there, as

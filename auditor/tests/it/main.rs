@@ -392,6 +392,16 @@ fn assert_only(output: &Output, invariant: &str, saga: Option<Uuid>, sku: Option
     assert!(stdout.trim_end().ends_with(&summary), "{all}");
 }
 
+/// The auditor's output on a consistent world after `statements` ran in
+/// the one of its databases that `database` picks.
+async fn audit_after(database: fn(&World) -> &TestDatabase, statements: &[&str]) -> Output {
+    let world = World::consistent().await;
+    for statement in statements {
+        world.execute(database(&world), statement).await;
+    }
+    world.run(&[]).await
+}
+
 #[tokio::test]
 async fn a_consistent_world_passes() {
     let world = World::consistent().await;
@@ -406,22 +416,16 @@ async fn a_consistent_world_passes() {
 
 #[tokio::test]
 async fn completed_reserved() {
-    let world = World::consistent().await;
     // One more sku-b held than requested, with stock still adding up.
-    world
-        .execute(
-            &world.inventory,
+    let output = audit_after(
+        |world| &world.inventory,
+        &[
             "UPDATE reservation_lines SET quantity = 2
              WHERE saga_id = '00000000-0000-0000-0000-000000000001' AND sku = 'sku-b'",
-        )
-        .await;
-    world
-        .execute(
-            &world.inventory,
             "UPDATE products SET available = available - 1 WHERE sku = 'sku-b'",
-        )
-        .await;
-    let output = world.run(&[]).await;
+        ],
+    )
+    .await;
     assert_only(
         &output,
         "completed-reserved",
@@ -433,15 +437,12 @@ async fn completed_reserved() {
 
 #[tokio::test]
 async fn completed_charged() {
-    let world = World::consistent().await;
-    world
-        .execute(
-            &world.payment,
-            "UPDATE payments SET amount_cents = 2 * amount_cents
-             WHERE saga_id = '00000000-0000-0000-0000-000000000001'",
-        )
-        .await;
-    let output = world.run(&[]).await;
+    let output = audit_after(
+        |world| &world.payment,
+        &["UPDATE payments SET amount_cents = 2 * amount_cents
+             WHERE saga_id = '00000000-0000-0000-0000-000000000001'"],
+    )
+    .await;
     assert_only(&output, "completed-charged", Some(COMPLETED), None);
     // 2 x 1000 + 250, plus 10% tax per line.
     assert_reports(&output, "expected charge 2475 USD cents (subtotal 2250 + tax 225), found charged 4950 USD refunded 0");
@@ -462,16 +463,15 @@ async fn a_doubled_charge_in_the_provider_ledger() {
 
 #[tokio::test]
 async fn a_charge_at_the_provider_for_a_rejected_saga() {
-    let world = World::consistent().await;
     // The payment table says declined, yet the provider took the money.
-    world
-        .execute(
-            &world.payment,
+    let output = audit_after(
+        |world| &world.payment,
+        &[
             "UPDATE provider_ledger SET outcome = 'approved', amount_cents = 550
              WHERE saga_id = '00000000-0000-0000-0000-000000000002'",
-        )
-        .await;
-    let output = world.run(&[]).await;
+        ],
+    )
+    .await;
     assert_only(&output, "ledger-net-zero", Some(COMPENSATED), None);
     assert_reports(&output, "status compensated, yet the provider's ledger shows 1 charges of 550 cents, 0 refunds of 0 cents (net 550)");
 }
@@ -493,28 +493,22 @@ async fn money_moved_at_the_provider_for_an_unknown_saga() {
 
 #[tokio::test]
 async fn undone_holds_nothing() {
-    let world = World::consistent().await;
-    world
-        .execute(
-            &world.payment,
-            "UPDATE payments SET status = 'charged', refunded_cents = 0
-             WHERE saga_id = '00000000-0000-0000-0000-000000000003'",
-        )
-        .await;
-    let output = world.run(&[]).await;
+    let output = audit_after(
+        |world| &world.payment,
+        &["UPDATE payments SET status = 'charged', refunded_cents = 0
+             WHERE saga_id = '00000000-0000-0000-0000-000000000003'"],
+    )
+    .await;
     assert_only(&output, "undone-holds-nothing", Some(CANCELLED), None);
 }
 
 #[tokio::test]
 async fn stock_conserved() {
-    let world = World::consistent().await;
-    world
-        .execute(
-            &world.inventory,
-            "UPDATE products SET available = available - 1 WHERE sku = 'sku-a'",
-        )
-        .await;
-    let output = world.run(&[]).await;
+    let output = audit_after(
+        |world| &world.inventory,
+        &["UPDATE products SET available = available - 1 WHERE sku = 'sku-a'"],
+    )
+    .await;
     assert_only(&output, "stock-conserved", None, Some("sku-a"));
 }
 
@@ -545,22 +539,16 @@ async fn not_stuck() {
 
 #[tokio::test]
 async fn idempotency_unique() {
-    let world = World::consistent().await;
     // The unique index would refuse this; the auditor must not rely on it.
-    world
-        .execute(
-            &world.orchestrator,
+    let output = audit_after(
+        |world| &world.orchestrator,
+        &[
             "ALTER TABLE sagas DROP CONSTRAINT sagas_idempotency_key_key",
-        )
-        .await;
-    world
-        .execute(
-            &world.orchestrator,
             "UPDATE sagas SET idempotency_key = 'key-00000000-0000-0000-0000-000000000001'
              WHERE id = '00000000-0000-0000-0000-000000000006'",
-        )
-        .await;
-    let output = world.run(&[]).await;
+        ],
+    )
+    .await;
     assert_only(&output, "idempotency-unique", Some(COMPLETED), None);
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use orchestrator::saga::StepPolicies;
 
-use crate::system::{order, Setup, System};
+use crate::system::{count_sagas, order, Setup, System};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -54,14 +54,9 @@ async fn a_broker_outage_loses_and_doubles_nothing() {
     // deadline moves on rather than burning attempts.
     let uuids: Vec<uuid::Uuid> = during.iter().map(|id| id.parse().unwrap()).collect();
     testing::eventually("deadlines pushed back twice", PATIENCE, || async {
-        let pushed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sagas WHERE id = ANY($1)
-             AND deadline_at > created_at + interval '2500 milliseconds'",
-        )
-        .bind(&uuids)
-        .fetch_one(&system.orchestrator_db.pool)
-        .await
-        .unwrap();
+        let pool = &system.orchestrator_db.pool;
+        let pushed_back = "deadline_at > created_at + interval '2500 milliseconds'";
+        let pushed = count_sagas(pool, &uuids, pushed_back).await;
         (pushed == 10).then_some(())
     })
     .await;

@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use saga_testkit as testing;
 
 use crate::crashes::{bin_dir, charge_compensated_after_one_second, Deployment, PATIENCE};
-use crate::system::order;
+use crate::system::{count_sagas, order};
 
 /// `payment ledger`, the provider's side, without its header.
 async fn ledger(deployment: &Deployment) -> Vec<String> {
@@ -55,6 +55,8 @@ async fn payment_status(deployment: &Deployment) -> Vec<String> {
 
 /// Where a payment worker killed at its failpoint left the money.
 struct Crash {
+    /// The `PAYMENT_FAILPOINT` the worker aborts at.
+    failpoint: &'static str,
     /// The provider's ledger row of the saga past its id (charges,
     /// charged, refunds, refunded): the money moved there.
     ledger: &'static str,
@@ -62,17 +64,25 @@ struct Crash {
     recorded: &'static str,
 }
 
-/// Places one TSHIRT checkout paid with `payment_method`, waits for the
-/// payment worker to die as `crash` says, restarts it, and checks that the
-/// saga ends `ends` with the provider's ledger unchanged (the money moved
-/// once) and the payment `settled`.
+/// Starts a deployment (the orchestrator with the `orchestrator`
+/// settings) whose payment worker aborts at `crash.failpoint`, places one
+/// TSHIRT checkout paid with `payment_method`, waits for the payment worker
+/// to die as `crash` says, restarts it, and checks that the saga ends `ends`
+/// with the provider's ledger unchanged (the money moved once) and the
+/// payment `settled`.
 async fn restarted_after(
-    mut deployment: Deployment,
+    orchestrator: Vec<(&'static str, String)>,
     payment_method: &str,
     crash: Crash,
     ends: &str,
     settled: (&str, i64, i64),
 ) {
+    let failpoint = ("PAYMENT_FAILPOINT", crash.failpoint.to_owned());
+    let mut deployment = Deployment::start_with(HashMap::from([
+        ("payment", vec![failpoint]),
+        ("orchestrator", orchestrator),
+    ]))
+    .await;
     let id = deployment
         .place(&order(&[("TSHIRT", 1)], payment_method))
         .await;
@@ -101,15 +111,14 @@ async fn restarted_after(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_the_provider_charged_charges_once_after_restart() {
-    let failpoint = ("PAYMENT_FAILPOINT", "after_provider_charge".to_owned());
-    let deployment = Deployment::start_with(HashMap::from([("payment", vec![failpoint])])).await;
     // The provider took the money; the worker never recorded it.
     let crash = Crash {
+        failpoint: "after_provider_charge",
         ledger: "1,2145,0,0",
         recorded: "charging",
     };
     let charged = ("charged", 2_145, 0);
-    restarted_after(deployment, "sim_approve", crash, "completed", charged).await;
+    restarted_after(Vec::new(), "sim_approve", crash, "completed", charged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,18 +126,20 @@ async fn a_worker_killed_after_the_provider_refunded_refunds_once_after_restart(
     // The charge outlives its deadline and the saga compensates at once:
     // the refund arrives while the charge is still at the provider.
     let orchestrator = charge_compensated_after_one_second();
-    let failpoint = ("PAYMENT_FAILPOINT", "after_provider_refund".to_owned());
-    let deployment = Deployment::start_with(HashMap::from([
-        ("payment", vec![failpoint]),
-        ("orchestrator", orchestrator),
-    ]))
-    .await;
     let crash = Crash {
+        failpoint: "after_provider_refund",
         ledger: "1,2145,1,2145",
         recorded: "refunding",
     };
     let refunded = ("refunded", 2_145, 2_145);
-    restarted_after(deployment, "sim_slow_3000", crash, "compensated", refunded).await;
+    restarted_after(
+        orchestrator,
+        "sim_slow_3000",
+        crash,
+        "compensated",
+        refunded,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,13 +207,8 @@ async fn thirty_two_slow_charges_pin_no_connection_and_others_keep_completing() 
         (status == "completed").then_some(())
     })
     .await;
-    let slow_open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sagas WHERE id::text = ANY($1) AND status <> 'completed'",
-    )
-    .bind(&slow_ids)
-    .fetch_one(&orchestrator)
-    .await
-    .unwrap();
+    let slow_uuids: Vec<uuid::Uuid> = slow_ids.iter().map(|id| id.parse().unwrap()).collect();
+    let slow_open = count_sagas(&orchestrator, &slow_uuids, "status <> 'completed'").await;
 
     assert!(
         slow_open > 0,

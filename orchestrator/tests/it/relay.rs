@@ -19,7 +19,7 @@ use saga_testkit::metrics::scrape;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::system::{order, System};
+use crate::system::{count_sagas, order, System};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -179,14 +179,8 @@ async fn a_queue_that_refuses_every_publish_parks_only_its_sagas_until_support_r
         futures::future::join_all((0..3).map(|_| system.place(&tshirt))).await;
     testing::eventually("charges being retried", PATIENCE, || async {
         let uuids: Vec<uuid::Uuid> = charging.iter().map(|id| id.parse().unwrap()).collect();
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sagas WHERE id = ANY($1)
-             AND current_step = 'payment.charge' AND attempt >= 2",
-        )
-        .bind(&uuids)
-        .fetch_one(&system.orchestrator_db.pool)
-        .await
-        .unwrap();
+        let retried = "current_step = 'payment.charge' AND attempt >= 2";
+        let n = count_sagas(&system.orchestrator_db.pool, &uuids, retried).await;
         (n == 3).then_some(())
     })
     .await;

@@ -17,7 +17,7 @@ use saga_testkit::{self as testing, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::system::{order, System};
+use crate::system::{count_sagas, order, System};
 
 pub async fn create(store: &Store) -> Uuid {
     let body = serde_json::to_vec(&order(&[("BOOK", 1)], "sim_approve")).unwrap();
@@ -190,13 +190,7 @@ async fn ready_replies_commit_in_fewer_transactions_and_a_stray_is_dead_lettered
     system.start_orchestrator().await;
 
     testing::eventually("every saga rejected", Duration::from_secs(30), || async {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sagas WHERE id = ANY($1) AND status = 'compensated'",
-        )
-        .bind(&ids)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let done = count_sagas(&pool, &ids, "status = 'compensated'").await;
         (done == ids.len() as i64).then_some(())
     })
     .await;

@@ -35,17 +35,7 @@ async fn whole_table(pool: &sqlx::PgPool) -> Vec<(SagaStatus, i64)> {
             .fetch_all(pool)
             .await
             .unwrap();
-    let mut counts: Vec<(SagaStatus, i64)> = [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Suspended,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Cancelled,
-    ]
-    .into_iter()
-    .map(|s| (s, 0))
-    .collect();
+    let mut counts: Vec<(SagaStatus, i64)> = SagaStatus::ALL.into_iter().map(|s| (s, 0)).collect();
     for (status, n) in rows {
         counts
             .iter_mut()

@@ -892,6 +892,16 @@ impl System {
     }
 }
 
+/// How many of the sagas `ids` meet `condition`, SQL over their `sagas` row.
+pub async fn count_sagas(pool: &sqlx::PgPool, ids: &[uuid::Uuid], condition: &str) -> i64 {
+    let query = format!("SELECT count(*) FROM sagas WHERE id = ANY($1) AND {condition}");
+    sqlx::query_scalar(&query)
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 pub fn order(items: &[(&str, u32)], payment_method: &str) -> Value {
     json!({
         "customer_id": "customer-1",

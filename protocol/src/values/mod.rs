@@ -214,6 +214,65 @@ pub(crate) use text_value;
 mod tests {
     use super::*;
 
+    /// What [`checked_text!`] promises of a value named `what` of at most
+    /// `max` characters, shown with `sample`, one of its valid texts.
+    fn holds_to_check_text<T>(what: &'static str, max: usize, sample: &str)
+    where
+        T: TryFrom<String, Error = ValueError>
+            + AsRef<str>
+            + std::fmt::Debug
+            + PartialEq
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + schemars::JsonSchema,
+    {
+        let parse = |text: &str| T::try_from(text.to_owned());
+        let value = parse(sample).unwrap();
+        assert_eq!(value.as_ref(), sample);
+        assert!(parse(&"x".repeat(max)).is_ok());
+        assert_eq!(
+            parse(&"x".repeat(max + 1)),
+            Err(ValueError::TooLong {
+                what,
+                max,
+                chars: max + 1
+            })
+        );
+        for blank in ["", " ", "  "] {
+            assert_eq!(parse(blank), Err(ValueError::Blank { what }), "{blank:?}");
+        }
+        for control in ["a\nb", "A\u{7}"] {
+            assert_eq!(
+                parse(control),
+                Err(ValueError::ControlCharacter { what }),
+                "{control:?}"
+            );
+        }
+
+        // The bare string on the wire, checked on the way in.
+        assert_eq!(
+            serde_json::to_value(&value).unwrap(),
+            serde_json::json!(sample)
+        );
+        assert_eq!(
+            serde_json::from_value::<T>(serde_json::json!(sample)).unwrap(),
+            value
+        );
+        let error = serde_json::from_str::<T>(r#""""#).unwrap_err();
+        let blank = format!("{what} must not be blank");
+        assert!(error.to_string().contains(&blank), "{error}");
+        let error = serde_json::from_str::<T>(r#""\u0000""#).unwrap_err();
+        assert!(error.to_string().contains(what), "{error}");
+        assert!(serde_json::from_str::<T>("1").is_err());
+        assert_eq!(schemars::schema_for!(T), schemars::schema_for!(String));
+    }
+
+    #[test]
+    fn each_checked_text_holds_to_its_rule_and_is_a_bare_string() {
+        holds_to_check_text::<Sku>("sku", 64, "SKU-TSHIRT");
+        holds_to_check_text::<CustomerId>("customer_id", 128, "cust-1");
+    }
+
     #[test]
     fn text_problems_are_told_in_order() {
         assert_eq!(

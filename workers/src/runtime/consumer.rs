@@ -9,7 +9,7 @@ use lapin::message::Delivery;
 use saga_protocol::messages::Command;
 use saga_protocol::Envelope;
 use saga_shared::broker::{header, Broker};
-use saga_shared::consumer::{dead_letter, run_batch_consumer_until_stopped};
+use saga_shared::consumer::{dead_letter, run_batches_until_stopped, Batching};
 use saga_shared::traceparent;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,8 @@ pub async fn run_worker_until_stopped<H: Handler>(
         let (ctx, stop) = (ctx.clone(), stop.clone());
         async move { process(&ctx, deliveries, &stop).await }
     };
-    run_batch_consumer_until_stopped(&broker, &queue, &tag, prefetch, &stop, handle).await?;
+    let batching = Batching::WHAT_IS_THERE;
+    run_batches_until_stopped(&broker, &queue, &tag, prefetch, batching, &stop, handle).await?;
     Ok(())
 }
 
