@@ -96,40 +96,9 @@ impl Sources {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SagaStatus {
-    Running,
-    Compensating,
-    Suspended,
-    Completed,
-    Compensated,
-    Cancelled,
-}
-
-impl SagaStatus {
-    fn parse(text: &str) -> Option<SagaStatus> {
-        Some(match text {
-            "running" => SagaStatus::Running,
-            "compensating" => SagaStatus::Compensating,
-            "suspended" => SagaStatus::Suspended,
-            "completed" => SagaStatus::Completed,
-            "compensated" => SagaStatus::Compensated,
-            "cancelled" => SagaStatus::Cancelled,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Suspended => "suspended",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::Cancelled => "cancelled",
-        }
-    }
-}
+/// The auditor reads a saga's `status` column with the one definition of
+/// the statuses every reader shares.
+pub use saga_protocol::status::SagaStatus;
 
 /// Quantities per SKU: a request or reservation may name a SKU on several
 /// lines, and only the total per SKU matters.

@@ -1,6 +1,7 @@
 //! The saga's state, as stored (JSON) and as the engine sees it.
 
 use saga_protocol::messages::{Charged, LineRequest, Reserved, ShipTo, TaxCalculated};
+pub use saga_protocol::status::{ClientStatus, SagaStatus};
 use saga_protocol::values::{Cents, Currency, CustomerId};
 use saga_protocol::Step;
 use serde::{Deserialize, Serialize};
@@ -40,72 +41,6 @@ impl CheckoutRequest {
             payment_method: "sim_approve".into(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SagaStatus {
-    /// Forward steps in progress.
-    Running,
-    /// Undoing completed steps in reverse order.
-    Compensating,
-    /// Parked for support: an action exhausted its attempts.
-    Suspended,
-    Completed,
-    /// Rejected, and every completed step undone.
-    Compensated,
-    Cancelled,
-}
-
-impl SagaStatus {
-    /// Every status, in the order the contract and the metrics list them.
-    pub const ALL: [SagaStatus; 6] = [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Suspended,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::Cancelled,
-    ];
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Suspended => "suspended",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn client_status(self) -> ClientStatus {
-        match self {
-            SagaStatus::Running | SagaStatus::Compensating | SagaStatus::Suspended => {
-                ClientStatus::Pending
-            }
-            SagaStatus::Completed => ClientStatus::Completed,
-            SagaStatus::Compensated => ClientStatus::Rejected,
-            SagaStatus::Cancelled => ClientStatus::Cancelled,
-        }
-    }
-}
-
-/// What a checkout client sees: a suspended saga is still `pending`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientStatus {
-    Pending,
-    Completed,
-    Rejected,
-    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

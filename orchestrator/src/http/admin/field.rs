@@ -8,11 +8,9 @@ use crate::http::problem::FieldError;
 use crate::saga::{Phase, SagaStatus};
 
 pub(super) fn parse_status(text: &str) -> Result<SagaStatus, FieldError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
-        FieldError::new(
-            "status",
-            "must be one of running, compensating, suspended, completed, compensated, cancelled",
-        )
+    SagaStatus::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = SagaStatus::ALL.iter().map(|s| s.as_str()).collect();
+        FieldError::new("status", format!("must be one of {}", known.join(", ")))
     })
 }
 
