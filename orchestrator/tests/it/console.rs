@@ -102,9 +102,9 @@ impl Browser {
             .send_keys(token)
             .await
             .expect("type the token");
-        browser.click(Locator::Id("login")).await;
         browser
-            .wait_for(
+            .click_then_wait_for(
+                "login",
                 "the console after login",
                 Locator::Css("#app-view:not([hidden])"),
             )
@@ -120,6 +120,13 @@ impl Browser {
             .click()
             .await
             .expect("a click");
+    }
+
+    /// Clicks `#id`, then waits for what the click brings: the console
+    /// answers a click asynchronously, so every click is read this way.
+    pub async fn click_then_wait_for(&self, id: &str, what: &str, locator: Locator<'_>) -> Element {
+        self.click(Locator::Id(id)).await;
+        self.wait_for(what, locator).await
     }
 
     /// Types `text` into the field `#id`.
@@ -212,10 +219,13 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
     browser.log_in(base_url, token).await;
 
     // The saga's dead letter is listed, with a link to the saga.
-    browser.click(Locator::Id("dead-letters-refresh")).await;
     let dead = format!(r#"#dead-letters .dead-letter-saga[data-id="{saga_id}"]"#);
     browser
-        .wait_for("the saga's dead letter", Locator::Css(&dead))
+        .click_then_wait_for(
+            "dead-letters-refresh",
+            "the saga's dead letter",
+            Locator::Css(&dead),
+        )
         .await;
 
     // The list filtered by status; wait for the rows that answer that filter
@@ -225,10 +235,13 @@ pub async fn retry_in_console(base_url: &str, token: &str, saga_id: &str) {
         .select_by_value("suspended")
         .await
         .expect("select suspended");
-    browser.click(Locator::Id("filter-apply")).await;
     let link = format!(r#"#sagas[data-query*="status=suspended"] .saga-link[data-id="{saga_id}"]"#);
     browser
-        .wait_for("the saga among the suspended ones", Locator::Css(&link))
+        .click_then_wait_for(
+            "filter-apply",
+            "the saga among the suspended ones",
+            Locator::Css(&link),
+        )
         .await
         .click()
         .await
@@ -392,9 +405,9 @@ async fn the_console_retries_exactly_the_group_it_showed() {
     let later = system.park_each(&book, 1).await;
     system.outage(false).await;
     browser.type_into("bulk-reason", "provider back").await;
-    browser.click(Locator::Id("bulk-confirm")).await;
     browser
-        .wait_for(
+        .click_then_wait_for(
+            "bulk-confirm",
             "the bulk retry's answer",
             Locator::XPath("//*[@id='bulk-result' and normalize-space()!='']"),
         )
@@ -479,10 +492,10 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     // Search by customer: exactly Alice's checkout, with its customer,
     // total and age.
     browser.type_into("filter-q", CUSTOMER).await;
-    browser.click(Locator::Id("filter-apply")).await;
     let found = format!(r#"#sagas[data-query*="q={CUSTOMER}"] .saga-link[data-id="{alice}"]"#);
     browser
-        .wait_for(
+        .click_then_wait_for(
+            "filter-apply",
             "Alice's checkout found by her customer id",
             Locator::Css(&found),
         )
@@ -518,9 +531,9 @@ async fn the_console_finds_a_customer_and_shows_an_outage_in_counts_and_chart() 
     }
 
     // The pause switch stops the refreshing and says so.
-    browser.click(Locator::Id("auto-refresh")).await;
     browser
-        .wait_for(
+        .click_then_wait_for(
+            "auto-refresh",
             "the console to say it is paused",
             Locator::XPath("//*[@id='refreshed-at' and starts-with(normalize-space(), 'paused')]"),
         )
