@@ -256,10 +256,7 @@ mod tests {
             Uuid::new_v4(),
             1,
             Command::Reserve(ReserveStock {
-                lines: vec![LineRequest {
-                    sku: "BOOK".parse().unwrap(),
-                    quantity: Quantity::ONE,
-                }],
+                lines: vec![LineRequest::parse("BOOK", 1).unwrap()],
             }),
         );
         let body: serde_json::Value = serde_json::from_slice(&sent.encode()).unwrap();
@@ -316,10 +313,7 @@ mod tests {
         let commands = [
             (
                 Command::Reserve(ReserveStock {
-                    lines: vec![LineRequest {
-                        sku: "BOOK".parse().unwrap(),
-                        quantity: Quantity::ONE,
-                    }],
+                    lines: vec![LineRequest::parse("BOOK", 1).unwrap()],
                 }),
                 vec!["payload", "lines", "0"],
             ),

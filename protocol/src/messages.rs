@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::text::printable;
-use crate::values::{Cents, Currency, CustomerId, Quantity, Sku};
+use crate::values::{Cents, Currency, CustomerId, Quantity, Sku, ValueError};
 
 /// Which worker kind a command is for; each has one durable quorum queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,6 +111,17 @@ pub struct LineRequest {
     pub sku: Sku,
     #[schema(value_type = u32)]
     pub quantity: Quantity,
+}
+
+impl LineRequest {
+    /// A line from its SKU's text and a count of units, each checked as
+    /// when a message decodes.
+    pub fn parse(sku: &str, units: u32) -> Result<LineRequest, ValueError> {
+        Ok(LineRequest {
+            sku: Sku::parse(sku)?,
+            quantity: Quantity::new(units)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

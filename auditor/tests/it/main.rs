@@ -60,10 +60,7 @@ fn saga(id: Uuid, status: SagaStatus, items: &[(&str, u32)], progress: &[Step]) 
             customer_id: "c-1".parse().unwrap(),
             items: items
                 .iter()
-                .map(|(sku, quantity)| LineRequest {
-                    sku: sku.parse().unwrap(),
-                    quantity: Quantity::new(*quantity).unwrap(),
-                })
+                .map(|(sku, quantity)| LineRequest::parse(sku, *quantity).unwrap())
                 .collect(),
             ship_to: ShipTo {
                 country: "US".into(),
@@ -560,14 +557,7 @@ async fn orphan_reservation_and_payment() {
     // Released with lines: it once held stock, so it is no tombstone, yet
     // holds nothing now, so only the orphan check can see it.
     world
-        .reserve(
-            orphan,
-            false,
-            &[LineRequest {
-                sku: "sku-a".parse().unwrap(),
-                quantity: Quantity::ONE,
-            }],
-        )
+        .reserve(orphan, false, &[LineRequest::parse("sku-a", 1).unwrap()])
         .await;
     world.reserve(tombstone, false, &[]).await;
     let output = world.run(&[]).await;

@@ -21,18 +21,11 @@ pub struct CheckoutRequest {
 impl CheckoutRequest {
     /// The checkout the unit tests run: two lines, shipped to California.
     pub(crate) fn example() -> Self {
-        use saga_protocol::values::Quantity;
         CheckoutRequest {
             customer_id: "c-1".parse().unwrap(),
             items: vec![
-                LineRequest {
-                    sku: "A".parse().unwrap(),
-                    quantity: Quantity::new(2).unwrap(),
-                },
-                LineRequest {
-                    sku: "B".parse().unwrap(),
-                    quantity: Quantity::new(1).unwrap(),
-                },
+                LineRequest::parse("A", 2).unwrap(),
+                LineRequest::parse("B", 1).unwrap(),
             ],
             ship_to: ShipTo {
                 country: "US".into(),

@@ -89,10 +89,7 @@ fn priced(sku: &str) -> PricedLine {
 fn commands() -> Vec<Command> {
     vec![
         Command::Reserve(ReserveStock {
-            lines: vec![LineRequest {
-                sku: "BOOK".parse().unwrap(),
-                quantity: Quantity::new(2).unwrap(),
-            }],
+            lines: vec![LineRequest::parse("BOOK", 2).unwrap()],
         }),
         Command::CalculateTax(CalculateTax {
             ship_to: ShipTo {

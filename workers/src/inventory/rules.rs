@@ -174,15 +174,11 @@ pub fn take_if_stocked(lines: &[LineRequest], prices: &[Stock]) -> Option<Take> 
 
 #[cfg(test)]
 mod tests {
-    use saga_protocol::values::Quantity;
 
     use super::*;
 
     fn line(sku: &str, quantity: u32) -> LineRequest {
-        LineRequest {
-            sku: sku.parse().unwrap(),
-            quantity: Quantity::new(quantity).unwrap(),
-        }
+        LineRequest::parse(sku, quantity).unwrap()
     }
 
     fn stock(sku: &str, available: i32, price: i64, currency: &str) -> Stock {

@@ -92,10 +92,7 @@ pub fn reserve_of(lines: &[(&str, u32)]) -> Command {
     Command::Reserve(ReserveStock {
         lines: lines
             .iter()
-            .map(|(sku, quantity)| LineRequest {
-                sku: sku.parse().unwrap(),
-                quantity: Quantity::new(*quantity).unwrap(),
-            })
+            .map(|(sku, quantity)| LineRequest::parse(sku, *quantity).unwrap())
             .collect(),
     })
 }
