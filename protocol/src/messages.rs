@@ -289,6 +289,9 @@ pub mod reason {
     pub const NO_TAX_RATE: &str = "no_tax_rate";
     pub const PAYMENT_DECLINED: &str = "payment_declined";
     pub const INVALID_PAYMENT_METHOD: &str = "invalid_payment_method";
+    /// The card needs the customer to authenticate (3-D Secure), which a
+    /// checkout that is already placed cannot ask for.
+    pub const PAYMENT_REQUIRES_ACTION: &str = "payment_requires_action";
     /// A charge of 0 or less, above the payment worker's maximum, or a total
     /// the orchestrator cannot compute without overflowing.
     pub const INVALID_AMOUNT: &str = "invalid_amount";

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod database;
+pub mod localstripe;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
@@ -15,6 +16,7 @@ pub mod waiting;
 
 pub use broker::{reply_copies, BrokerUsers, TopologyGuard};
 pub use database::TestDatabase;
+pub use localstripe::LocalStripe;
 pub use process::ServiceCommand;
 pub use proxy::Proxy;
 pub use waiting::{eventually, within};

@@ -1,5 +1,5 @@
-//! The payment worker: serves charges and refunds through the payment
-//! simulator, and flips the rehearsed provider outage for operators.
+//! The payment worker: serves charges and refunds through Stripe or the
+//! payment simulator, and flips the rehearsed provider outage for operators.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,8 @@ use clap::{Subcommand, ValueEnum};
 use saga_shared::config::{Environment, Source};
 use saga_shared::service_config::ServiceConfig;
 use workers::cli;
-use workers::payment::{ledger, outage, Payment, PaymentConfig, Simulator, SCHEMA};
+use workers::payment::stripe::{Stripe, StripeConfig};
+use workers::payment::{ledger, outage, Payment, PaymentConfig, ProviderKind, Simulator, SCHEMA};
 use workers::retention::inbox_retention;
 
 /// Payment commands spend their time waiting on the provider holding no
@@ -46,7 +47,11 @@ enum Switch {
 const BINARY: cli::Binary = cli::Binary {
     about: "Payment worker of the checkout saga: charges and refunds, once per saga",
     long_about: "Payment worker of the checkout saga: charges and refunds, once per saga.\n\n\
-        The provider is a deterministic simulator chosen by payment method: sim_approve, \
+        PAYMENT_PROVIDER=stripe charges through Stripe's API: payment methods are PaymentMethod \
+        ids (pm_...) the storefront made with Stripe.js; STRIPE_SECRET_KEY (required), \
+        STRIPE_API_BASE (default https://api.stripe.com), STRIPE_TIMEOUT_MS (default 10000), \
+        STRIPE_CURRENCIES (comma-separated; unset: any); see docs/payments.md.\n\n\
+        Otherwise the provider is a deterministic simulator chosen by payment method: sim_approve, \
         sim_decline, sim_transient_N (N transient failures, then approved), sim_slow_MS \
         (approved after MS milliseconds, at most 60 s), sim_down (always transient). It is a \
         test double: the sim_* methods work only with PAYMENT_PROVIDER=simulator, and are \
@@ -56,7 +61,7 @@ const BINARY: cli::Binary = cli::Binary {
         (default 64 here: a charge waits on the provider holding no connection), \
         DATABASE_POOL_SIZE, SHUTDOWN_GRACE_SECONDS, MIGRATE_ON_START (false: only check the schema; see migrate), MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, PAYMENT_MAX_AMOUNT_CENTS (largest charge, \
         default 100000000; larger or non-positive amounts are rejected invalid_amount), \
-        PAYMENT_PROVIDER (simulator, or unset), PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL.",
+        PAYMENT_PROVIDER (stripe, simulator, or unset), PAYMENT_FAILPOINT (tests only), RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME (traces over OTLP http/protobuf, off when unset). The operator subcommands need only DATABASE_URL.",
     schema: &SCHEMA,
 };
 
@@ -112,14 +117,32 @@ async fn serve() -> ExitCode {
         Ok(configs) => configs,
         Err(error) => return cli::config_error(error),
     };
-    if !payment.simulator {
-        tracing::warn!("PAYMENT_PROVIDER is not `simulator`: the sim_* payment methods are refused invalid_payment_method");
-    }
     if Environment
         .get("PREFETCH")
         .is_none_or(|v| v.trim().is_empty())
     {
         service.prefetch = DEFAULT_PAYMENT_PREFETCH;
+    }
+    if payment.provider == ProviderKind::Stripe {
+        let (stripe, client) = match StripeConfig::from_source(&Environment)
+            .and_then(|stripe| stripe.client().map(|client| (stripe, client)))
+        {
+            Ok(configured) => configured,
+            Err(error) => return cli::config_error(error),
+        };
+        tracing::info!(api_base = %stripe.api_base, "charging through Stripe");
+        return cli::exit_code(
+            cli::serve(service, retention, &SCHEMA, |pool| {
+                let provider = Stripe::new(client, pool, stripe.currencies);
+                #[cfg(feature = "failpoints")]
+                let provider = provider.with_failpoint(payment.failpoint);
+                Payment::with_config(provider, payment)
+            })
+            .await,
+        );
+    }
+    if !payment.simulator() {
+        tracing::warn!("PAYMENT_PROVIDER is not `simulator`: the sim_* payment methods are refused invalid_payment_method");
     }
     cli::exit_code(
         cli::serve(service, retention, &SCHEMA, |pool| {

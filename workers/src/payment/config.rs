@@ -10,6 +10,8 @@ pub const DEFAULT_MAX_AMOUNT_CENTS: i64 = 100_000_000;
 #[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failpoint {
+    /// Stripe: after the PaymentIntent is created, before its id is recorded.
+    AfterProviderCreate,
     AfterProviderCharge,
     AfterProviderRefund,
 }
@@ -20,12 +22,23 @@ pub struct PaymentConfig {
     pub max_amount_cents: i64,
     #[cfg(feature = "failpoints")]
     pub failpoint: Option<Failpoint>,
-    /// `PAYMENT_PROVIDER=simulator`: the `sim_*` payment methods work.
-    /// Off by default, where they are refused `invalid_payment_method`:
-    /// the simulator is a test double, and a client that may choose
-    /// `sim_down` or `sim_slow_60000` chooses how long stock stays held
-    /// and payment slots stay busy.
-    pub simulator: bool,
+    /// Which provider charges (`PAYMENT_PROVIDER`).
+    pub provider: ProviderKind,
+}
+
+/// `PAYMENT_PROVIDER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderKind {
+    /// Unset: the simulator's ledger backs the worker, but its `sim_*`
+    /// methods are refused `invalid_payment_method`: it is a test double,
+    /// and a client that may choose `sim_down` or `sim_slow_60000` chooses
+    /// how long stock stays held and payment slots stay busy.
+    #[default]
+    Unset,
+    /// `simulator`: the `sim_*` payment methods work.
+    Simulator,
+    /// `stripe`: Stripe's API (`STRIPE_*`), methods are `pm_...` ids.
+    Stripe,
 }
 
 impl Default for PaymentConfig {
@@ -34,19 +47,21 @@ impl Default for PaymentConfig {
             max_amount_cents: DEFAULT_MAX_AMOUNT_CENTS,
             #[cfg(feature = "failpoints")]
             failpoint: None,
-            simulator: false,
+            provider: ProviderKind::Unset,
         }
     }
 }
 
-/// The value of `PAYMENT_PROVIDER` that enables the simulator.
-pub const SIMULATOR: &str = "simulator";
-
 impl PaymentConfig {
+    /// Whether the `sim_*` payment methods work.
+    pub fn simulator(&self) -> bool {
+        self.provider == ProviderKind::Simulator
+    }
+
     /// The defaults with the simulator on, as tests and rehearsals run.
     pub fn simulated() -> Self {
         PaymentConfig {
-            simulator: true,
+            provider: ProviderKind::Simulator,
             ..PaymentConfig::default()
         }
     }
@@ -65,13 +80,14 @@ impl PaymentConfig {
         #[cfg(feature = "failpoints")]
         let failpoint = match source.get("PAYMENT_FAILPOINT").as_deref().map(str::trim) {
             None | Some("") => None,
+            Some("after_provider_create") => Some(Failpoint::AfterProviderCreate),
             Some("after_provider_charge") => Some(Failpoint::AfterProviderCharge),
             Some("after_provider_refund") => Some(Failpoint::AfterProviderRefund),
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: "PAYMENT_FAILPOINT",
                     reason: format!(
-                        "`{other}`: must be after_provider_charge or after_provider_refund (tests only)"
+                        "`{other}`: must be after_provider_create, after_provider_charge or after_provider_refund (tests only)"
                     ),
                 })
             }
@@ -91,14 +107,15 @@ impl PaymentConfig {
                 ),
             });
         }
-        let simulator = match source.get("PAYMENT_PROVIDER").as_deref().map(str::trim) {
-            None | Some("") => false,
-            Some(SIMULATOR) => true,
+        let provider = match source.get("PAYMENT_PROVIDER").as_deref().map(str::trim) {
+            None | Some("") => ProviderKind::Unset,
+            Some("simulator") => ProviderKind::Simulator,
+            Some("stripe") => ProviderKind::Stripe,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: "PAYMENT_PROVIDER",
                     reason: format!(
-                        "`{other}`: the one provider that ships is `simulator` (a test double); leave it unset to refuse the sim_* methods"
+                        "`{other}`: must be `stripe` (STRIPE_SECRET_KEY, docs/payments.md) or `simulator` (a test double); unset refuses the sim_* methods"
                     ),
                 })
             }
@@ -107,7 +124,7 @@ impl PaymentConfig {
             max_amount_cents,
             #[cfg(feature = "failpoints")]
             failpoint,
-            simulator,
+            provider,
         })
     }
 }
@@ -147,14 +164,16 @@ mod tests {
 
     #[test]
     fn the_simulator_is_on_only_when_asked_for() {
-        assert!(!config(&[]).unwrap().simulator);
-        assert!(!config(&[("PAYMENT_PROVIDER", "")]).unwrap().simulator);
-        assert!(
-            config(&[("PAYMENT_PROVIDER", "simulator")])
-                .unwrap()
-                .simulator
+        assert!(!config(&[]).unwrap().simulator());
+        assert!(!config(&[("PAYMENT_PROVIDER", "")]).unwrap().simulator());
+        assert!(config(&[("PAYMENT_PROVIDER", "simulator")])
+            .unwrap()
+            .simulator());
+        assert_eq!(
+            config(&[("PAYMENT_PROVIDER", "stripe")]).unwrap().provider,
+            ProviderKind::Stripe
         );
-        let error = config(&[("PAYMENT_PROVIDER", "stripe")])
+        let error = config(&[("PAYMENT_PROVIDER", "paypal")])
             .unwrap_err()
             .to_string();
         assert!(error.contains("PAYMENT_PROVIDER"), "{error}");

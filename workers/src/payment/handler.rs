@@ -170,7 +170,7 @@ impl<P: PaymentProvider> Payment<P> {
         {
             return Some(Outcome::rejected(reason::INVALID_AMOUNT, why));
         }
-        rules::simulator_refused(&request.payment_method, self.config.simulator)
+        rules::simulator_refused(&request.payment_method, self.config.simulator())
             .map(|why| Outcome::rejected(reason::INVALID_PAYMENT_METHOD, why))
     }
 

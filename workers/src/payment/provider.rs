@@ -73,6 +73,12 @@ pub enum ProviderAnswer {
     Declined { reason: String },
     /// The provider does not know this payment method.
     UnsupportedMethod { method: String },
+    /// A final no for a reason of its own (`reason` is one of
+    /// `saga_protocol::messages::reason`): nothing moved.
+    Refused {
+        reason: &'static str,
+        detail: String,
+    },
     /// The key was used before for another amount: the provider refuses,
     /// and moved nothing for this request.
     KeyReused { error: String },

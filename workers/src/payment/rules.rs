@@ -69,6 +69,7 @@ pub fn charge_verdict(answer: ProviderAnswer) -> ChargeVerdict {
             reason: reason::INVALID_PAYMENT_METHOD,
             detail: format!("payment method `{method}` is not supported"),
         },
+        ProviderAnswer::Refused { reason, detail } => ChargeVerdict::Declined { reason, detail },
         // The key may hold an approved charge of the other amount, so this
         // is no definite "nothing moved" (a rejection would skip the
         // refund): the saga parks for support if it never clears.
@@ -124,6 +125,7 @@ pub fn refund_verdict(answer: ProviderAnswer, charged_cents: Option<Cents>) -> R
         ProviderAnswer::UnsupportedMethod { method } => {
             refused(format!("method `{method}` is not supported"))
         }
+        ProviderAnswer::Refused { detail, .. } => refused(detail),
     }
 }
 

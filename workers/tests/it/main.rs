@@ -11,6 +11,7 @@ mod retention;
 mod round_trips;
 mod runtime;
 mod schema;
+mod stripe;
 mod tax;
 mod topology;
 
@@ -23,7 +24,8 @@ use saga_testkit::{self as testing, TestDatabase, TopologyGuard};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use uuid::Uuid;
-use workers::runtime::{handle_command, Handler};
+use workers::payment::{Payment, PaymentProvider};
+use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
 
 /// A fresh database with `migrator`'s tables.
 pub async fn migrated(label: &str, migrator: &'static Migrator) -> TestDatabase {
@@ -139,4 +141,28 @@ pub fn rejected(outcome: Outcome) -> (String, String) {
         Outcome::Rejected { reason, detail } => (reason, detail),
         other => panic!("expected rejected, got {other:?}"),
     }
+}
+
+/// A charge's first phase as the runtime commits it: the intent recorded,
+/// the provider's call (returned) not made yet.
+pub async fn on_its_way<P: PaymentProvider>(
+    payment: &Payment<P>,
+    pool: &PgPool,
+    command: &Envelope<Command>,
+) -> ExternalCall {
+    let mut tx = pool.begin().await.unwrap();
+    let Decision::Call(call) = payment.decide(&mut tx, command).await.unwrap() else {
+        panic!("a first charge calls the provider");
+    };
+    tx.commit().await.unwrap();
+    call
+}
+
+/// A provider's answer recorded as the runtime's second phase does, in a
+/// transaction of its own; the reply's outcome.
+pub async fn settled(settlement: Settlement, pool: &PgPool) -> Outcome {
+    let mut tx = pool.begin().await.unwrap();
+    let outcome = settlement.settle(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    outcome
 }

@@ -18,9 +18,9 @@ use workers::payment::{
     ledger, outage, IdempotencyKey, LedgerLine, Lookup, Payment, PaymentConfig, PaymentProvider,
     ProviderAnswer, Simulator, MIGRATOR,
 };
-use workers::runtime::{handle_command, Decision, ExternalCall, Handler, Settlement};
+use workers::runtime::handle_command;
 
-use crate::{answered, charge_of, migrated, ok, rejected};
+use crate::{answered, charge_of, migrated, ok, on_its_way, rejected, settled};
 
 /// The payment worker with the simulator booking into `pool`'s ledger.
 fn simulated_on(pool: &PgPool) -> Payment {
@@ -115,30 +115,6 @@ fn transient(outcome: Outcome) -> String {
         Outcome::Transient { error } => error,
         other => panic!("expected transient, got {other:?}"),
     }
-}
-
-/// A charge's first phase as the runtime commits it: the intent recorded,
-/// the provider's call (returned) not made yet.
-async fn on_its_way<P: PaymentProvider>(
-    payment: &Payment<P>,
-    pool: &PgPool,
-    command: &Envelope<Command>,
-) -> ExternalCall {
-    let mut tx = pool.begin().await.unwrap();
-    let Decision::Call(call) = payment.decide(&mut tx, command).await.unwrap() else {
-        panic!("a first charge calls the provider");
-    };
-    tx.commit().await.unwrap();
-    call
-}
-
-/// A provider's answer recorded as the runtime's second phase does, in a
-/// transaction of its own; the reply's outcome.
-async fn settled(settlement: Settlement, pool: &PgPool) -> Outcome {
-    let mut tx = pool.begin().await.unwrap();
-    let outcome = settlement.settle(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
-    outcome
 }
 
 /// A refund overtook the charge: the payment is closed as refunded with
