@@ -35,6 +35,14 @@ Invariants checked:
   orphan-payment,       money moved at the provider, for a saga the
   orphan-ledger         orchestrator does not know
   saga-readable         every saga's status and stored state can be read
+  orphan-intent         (--provider stripe) a confirmed PaymentIntent the payment
+                        books do not record: a second charge
+
+With --provider stripe, the provider's side is read from Stripe (every
+PaymentIntent and refund, page by page; STRIPE_SECRET_KEY, STRIPE_API_BASE)
+instead of the simulator's ledger; --cancel-orphans cancels the unconfirmed
+PaymentIntents a worker created but never recorded (they moved nothing),
+the one write this tool makes, at the provider only.
 
 It only reads: every database is read in one READ ONLY, REPEATABLE READ
 transaction, the orchestrator's first, so that a live system yields no false
@@ -52,7 +60,7 @@ Exit codes:
 /// report a problem in one line naming the variable, without echoing it;
 /// for the same reason `--help` never shows a variable's value (a URL holds
 /// a password).
-#[derive(Debug, clap::Parser)]
+#[derive(Debug, Default, clap::Parser)]
 #[command(name = "auditor", about = ABOUT, long_about = LONG_ABOUT, after_help = EXIT_CODES)]
 #[command(mut_args(|arg| arg.hide_env_values(true)))]
 pub struct Args {
@@ -69,6 +77,20 @@ pub struct Args {
     /// (the deadline timer fires within a second or so) [default: 30].
     #[arg(long, env = "AUDIT_DEADLINE_GRACE_SECONDS", value_name = "SECONDS")]
     pub deadline_grace_seconds: Option<String>,
+    /// Where the provider's books are read: `simulator` (its ledger in the
+    /// payment database) or `stripe` [default: simulator].
+    #[arg(long, env = "AUDIT_PROVIDER", value_name = "PROVIDER")]
+    pub provider: Option<String>,
+    /// Stripe's API (with --provider stripe) [default: https://api.stripe.com].
+    #[arg(long, env = "STRIPE_API_BASE", value_name = "URL")]
+    pub stripe_api_base: Option<String>,
+    /// The Stripe secret key (with --provider stripe); set it in the
+    /// environment rather than on a command line others can read.
+    #[arg(long, env = "STRIPE_SECRET_KEY", value_name = "KEY")]
+    pub stripe_secret_key: Option<String>,
+    /// Cancel unconfirmed orphan PaymentIntents (with --provider stripe).
+    #[arg(long)]
+    pub cancel_orphans: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,10 +128,85 @@ pub struct Config {
     pub inventory: DatabaseUrl,
     pub payment: DatabaseUrl,
     pub deadline_grace: Duration,
+    /// `None`: the simulator's ledger.
+    pub stripe: Option<StripeSettings>,
+}
+
+/// `--provider stripe`.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub api_base: String,
+    pub secret_key: SecretString,
+    pub cancel_orphans: bool,
+}
+
+/// Stripe answers a list page in well under this.
+const STRIPE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl StripeSettings {
+    pub fn client(&self) -> Result<saga_stripe::Client, ConfigError> {
+        saga_stripe::Client::new(&self.api_base, self.secret_key.clone(), STRIPE_TIMEOUT).map_err(
+            |error| match error {
+                saga_stripe::ClientError::SecretKey(reason) => ConfigError::Invalid {
+                    name: "STRIPE_SECRET_KEY",
+                    flag: "stripe-secret-key",
+                    reason,
+                },
+                saga_stripe::ClientError::ApiBase(reason)
+                | saga_stripe::ClientError::Build(reason) => ConfigError::Invalid {
+                    name: "STRIPE_API_BASE",
+                    flag: "stripe-api-base",
+                    reason,
+                },
+            },
+        )
+    }
+}
+
+fn stripe(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
+    match args.provider.as_deref().map(str::trim) {
+        None | Some("") | Some("simulator") => Ok(None),
+        Some("stripe") => {
+            let secret_key = match args.stripe_secret_key.as_deref().map(str::trim) {
+                Some(key) if !key.is_empty() => SecretString::from(key.to_owned()),
+                _ => {
+                    return Err(ConfigError::Missing {
+                        name: "STRIPE_SECRET_KEY",
+                        flag: "stripe-secret-key",
+                        hint: "--provider stripe reads Stripe with the account's secret key",
+                    })
+                }
+            };
+            let settings = StripeSettings {
+                api_base: args
+                    .stripe_api_base
+                    .clone()
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| saga_stripe::DEFAULT_API_BASE.to_owned()),
+                secret_key,
+                cancel_orphans: args.cancel_orphans,
+            };
+            settings.client()?;
+            Ok(Some(settings))
+        }
+        Some(other) => Err(ConfigError::Invalid {
+            name: "AUDIT_PROVIDER",
+            flag: "provider",
+            reason: format!("`{other}`: must be simulator or stripe"),
+        }),
+    }
 }
 
 impl Config {
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        if args.cancel_orphans && args.provider.as_deref().map(str::trim) != Some("stripe") {
+            return Err(ConfigError::Invalid {
+                name: "AUDIT_PROVIDER",
+                flag: "provider",
+                reason: "--cancel-orphans needs --provider stripe".to_owned(),
+            });
+        }
+        let stripe = stripe(&args)?;
         Ok(Config {
             orchestrator: database_url(
                 args.orchestrator_database_url,
@@ -129,7 +226,8 @@ impl Config {
                 "payment-database-url",
                 "the payment worker's PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/payment",
             )?,
-            deadline_grace: grace(args.deadline_grace_seconds)?,
+            deadline_grace: grace(args.deadline_grace_seconds.clone())?,
+            stripe,
         })
     }
 }
@@ -185,6 +283,7 @@ mod tests {
             inventory_database_url: Some("postgres://localhost/inventory".into()),
             payment_database_url: Some("postgres://localhost/payment".into()),
             deadline_grace_seconds: grace.map(str::to_owned),
+            ..Args::default()
         }
     }
 
@@ -225,10 +324,42 @@ mod tests {
             .get_arguments()
             .filter(|arg| arg.get_env().is_some())
             .collect();
-        assert_eq!(with_env.len(), 4);
+        assert_eq!(with_env.len(), 7);
         for arg in with_env {
             assert!(arg.is_hide_env_values_set(), "{}", arg.get_id());
         }
+    }
+
+    #[test]
+    fn stripe_needs_its_key_and_never_echoes_it() {
+        let mut stripe = args(Some("postgres://x/o"), None);
+        stripe.provider = Some("stripe".into());
+        let err = Config::from_args(stripe).unwrap_err().to_string();
+        assert!(err.starts_with("STRIPE_SECRET_KEY"), "{err}");
+
+        let mut stripe = args(Some("postgres://x/o"), None);
+        stripe.provider = Some("stripe".into());
+        stripe.stripe_secret_key = Some("pk_live_hunter2".into());
+        let err = Config::from_args(stripe).unwrap_err().to_string();
+        assert!(
+            err.starts_with("STRIPE_SECRET_KEY") && !err.contains("hunter2"),
+            "{err}"
+        );
+
+        let mut orphans = args(Some("postgres://x/o"), None);
+        orphans.cancel_orphans = true;
+        let err = Config::from_args(orphans).unwrap_err().to_string();
+        assert!(
+            err.contains("--cancel-orphans needs --provider stripe"),
+            "{err}"
+        );
+
+        let mut paypal = args(Some("postgres://x/o"), None);
+        paypal.provider = Some("paypal".into());
+        assert!(Config::from_args(paypal)
+            .unwrap_err()
+            .to_string()
+            .starts_with("AUDIT_PROVIDER"));
     }
 
     #[test]

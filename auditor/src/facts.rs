@@ -57,6 +57,9 @@ pub enum AuditError {
         #[source]
         source: sqlx::Error,
     },
+    /// The provider's books (`--provider stripe`) could not be read.
+    #[error("could not read the provider's books")]
+    Provider(#[source] crate::stripe::StripeReadError),
 }
 
 fn read_error(database: Database) -> impl FnOnce(sqlx::Error) -> AuditError {
@@ -491,6 +494,24 @@ where
         .iter()
         .map(|row| Ok((row.try_get("saga_id")?, T::from_row(row)?)))
         .collect()
+}
+
+/// Adds to `facts.created_since` the sagas of ledger lines (read from the
+/// provider after the orchestrator's snapshot) that the orchestrator knows
+/// now, so that money moved for a saga created meanwhile is no orphan.
+pub async fn recheck_unknown(sources: &Sources, facts: &mut Facts) -> Result<(), AuditError> {
+    let known: HashSet<Uuid> = facts.sagas.iter().map(|s| s.id).collect();
+    let unknown: Vec<Uuid> = facts
+        .ledger
+        .keys()
+        .filter(|id| !known.contains(id) && !facts.created_since.contains(id))
+        .copied()
+        .collect();
+    let found = recheck(&sources.orchestrator, &unknown)
+        .await
+        .map_err(read_error(Database::Orchestrator))?;
+    facts.created_since.extend(found);
+    Ok(())
 }
 
 /// Which of `ids` the orchestrator knows now.

@@ -26,6 +26,8 @@ pub enum Invariant {
     LedgerNetZero,
     /// Money moved at the provider for a saga nobody knows.
     OrphanLedger,
+    /// A confirmed PaymentIntent the payment books do not record.
+    OrphanIntent,
     /// Not one of the design's invariants, but a saga whose status or state
     /// cannot be read cannot be checked, and must not pass silently.
     SagaReadable,
@@ -45,6 +47,7 @@ impl Invariant {
             Invariant::LedgerCharged => "ledger-charged",
             Invariant::LedgerNetZero => "ledger-net-zero",
             Invariant::OrphanLedger => "orphan-ledger",
+            Invariant::OrphanIntent => "orphan-intent",
             Invariant::SagaReadable => "saga-readable",
         }
     }
@@ -380,6 +383,21 @@ fn orphans(facts: &Facts, found: &mut Vec<Violation>) {
             found.push(Violation::saga(Invariant::OrphanLedger, *id, facts));
         }
     }
+}
+
+/// A confirmed PaymentIntent our books do not record is money moved twice
+/// (or by someone else in the saga's name).
+pub fn confirmed_orphans(orphans: &[crate::stripe::Orphan]) -> Vec<Violation> {
+    orphans
+        .iter()
+        .map(|orphan| {
+            let facts = format!(
+                "PaymentIntent {} is {} for {}, yet the payment books record another or none",
+                orphan.intent, orphan.status, orphan.amount
+            );
+            Violation::saga(Invariant::OrphanIntent, orphan.saga, facts)
+        })
+        .collect()
 }
 
 /// `sku-a x2, sku-b x1`, or `nothing`.

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use auditor::{audit, Config, Sources};
+use auditor::{audit_with, Config, Sources};
 use clap::Parser;
 
 const VIOLATIONS: u8 = 1;
@@ -19,8 +19,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(CONFIGURATION);
         }
     };
+    let stripe = match config.stripe.as_ref().map(|stripe| {
+        stripe.client().map(|client| auditor::stripe::StripeAudit {
+            client,
+            cancel_orphans: stripe.cancel_orphans,
+        })
+    }) {
+        None => None,
+        Some(Ok(stripe)) => Some(stripe),
+        Some(Err(error)) => {
+            eprintln!("auditor: {error}");
+            return ExitCode::from(CONFIGURATION);
+        }
+    };
     let report = match Sources::connect(&config).await {
-        Ok(sources) => audit(&sources).await,
+        Ok(sources) => audit_with(&sources, stripe.as_ref()).await,
         Err(error) => Err(error),
     };
     match report {

@@ -44,6 +44,33 @@ impl Summary {
 pub struct Report {
     pub violations: Vec<Violation>,
     pub summary: Summary,
+    /// What is worth saying that is no violation: orphans cancelled or
+    /// left, PaymentIntents of other systems.
+    pub notes: Vec<String>,
+}
+
+/// The notes of a `--provider stripe` audit.
+pub fn stripe_notes(books: &crate::stripe::StripeBooks) -> Vec<String> {
+    let mut notes = Vec::new();
+    for orphan in &books.cancelled {
+        notes.push(format!(
+            "CANCELLED orphan PaymentIntent {} saga={} (unconfirmed, {} never moved)",
+            orphan.intent, orphan.saga, orphan.amount
+        ));
+    }
+    for orphan in &books.unconfirmed_orphans {
+        notes.push(format!(
+            "ORPHAN unconfirmed PaymentIntent {} saga={} ({}, nothing moved; --cancel-orphans cancels it)",
+            orphan.intent, orphan.saga, orphan.status
+        ));
+    }
+    if books.foreign > 0 {
+        notes.push(format!(
+            "NOTE {} PaymentIntents carry no saga_id: not this system's, not audited",
+            books.foreign
+        ));
+    }
+    notes
 }
 
 impl Report {
@@ -72,6 +99,9 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for violation in &self.violations {
             writeln!(f, "{violation}")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "{note}")?;
         }
         let s = &self.summary;
         writeln!(
@@ -122,6 +152,7 @@ mod tests {
                 skus: 2,
                 ..Summary::default()
             },
+            notes: Vec::new(),
         };
         assert_eq!(
             report.to_string(),

@@ -246,7 +246,7 @@ async fn run(args: &BenchArgs, names: &[String]) -> anyhow::Result<()> {
         orchestrator_database_url: Some(urls[0].clone()),
         inventory_database_url: Some(urls[1].clone()),
         payment_database_url: Some(urls[2].clone()),
-        deadline_grace_seconds: None,
+        ..Args::default()
     })?;
     let sources = Sources::connect(&config).await?;
     let mut timings = Vec::new();

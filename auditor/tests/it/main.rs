@@ -585,7 +585,7 @@ async fn the_library_audits_through_read_only_sessions() {
         orchestrator_database_url: Some(world.orchestrator.url.clone()),
         inventory_database_url: Some(world.inventory.url.clone()),
         payment_database_url: Some(world.payment.url.clone()),
-        deadline_grace_seconds: None,
+        ..auditor::config::Args::default()
     })
     .unwrap();
     let sources = auditor::Sources::connect(&config).await.unwrap();
