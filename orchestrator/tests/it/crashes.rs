@@ -174,16 +174,48 @@ impl Deployment {
             .unwrap()
     }
 
-    pub async fn stop(mut self) {
-        let report = auditor::audit(&auditor::Sources {
+    /// The checkout `id` as its client sees it.
+    pub async fn checkout(&self, id: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/checkouts/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Units of `sku` available to sell.
+    pub async fn available(&self, sku: &str) -> i32 {
+        sqlx::query_scalar("SELECT available FROM products WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.databases["inventory"].pool)
+            .await
+            .unwrap()
+    }
+
+    /// The auditor's report, the provider's side read from `stripe` when
+    /// given (the simulator's ledger otherwise).
+    pub async fn audit(&self, stripe: Option<&auditor::stripe::StripeAudit>) -> auditor::Report {
+        let sources = auditor::Sources {
             orchestrator: self.databases["orchestrator"].pool.clone(),
             inventory: self.databases["inventory"].pool.clone(),
             payment: self.databases["payment"].pool.clone(),
             deadline_grace: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
-        assert!(report.is_clean(), "{:#?}", report.violations);
+        };
+        auditor::audit_with(&sources, stripe).await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.stop_audited(None).await;
+    }
+
+    /// Audits (clean, or the test fails), then stops every service with
+    /// SIGTERM, each of which must exit 0.
+    pub async fn stop_audited(mut self, stripe: Option<&auditor::stripe::StripeAudit>) {
+        let report = self.audit(stripe).await;
+        assert!(report.is_clean(), "{report}");
         for service in SERVICES {
             if self.processes.contains_key(service) {
                 let (status, _) = self.terminate(service).await;

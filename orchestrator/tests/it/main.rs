@@ -36,6 +36,7 @@ mod run_command;
 mod saga_tally;
 mod sagactl;
 mod search;
+mod stripe;
 mod support_api;
 mod support_input;
 mod system;
