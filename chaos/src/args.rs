@@ -106,6 +106,14 @@ pub struct Args {
     /// API on 15681].
     #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
     pub management_url: Option<String>,
+    /// Who charges: `simulator`, or `stripe` (a local Stripe server at
+    /// --stripe-api-base, which `scripts/chaos --provider stripe` starts:
+    /// localstripe) [default: simulator].
+    #[arg(long, value_name = "PROVIDER", default_value = "simulator")]
+    pub provider: String,
+    /// With --provider stripe: the local Stripe server.
+    #[arg(long, env = "STRIPE_API_BASE", value_name = "URL")]
+    pub stripe_api_base: Option<String>,
 }
 
 const LOCAL_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -136,6 +144,11 @@ pub struct Settings {
     pub pg_admin_url: String,
     pub amqp_url: String,
     pub management_url: Option<String>,
+    /// `--provider stripe`: its server and PaymentMethods, made by
+    /// [`Settings::prepare_stripe`].
+    pub stripe: Option<crate::stripe::StripeRun>,
+    /// `--provider stripe`: the server's URL, until prepared.
+    pub stripe_api_base: Option<String>,
 }
 
 impl Settings {
@@ -203,6 +216,21 @@ impl Settings {
                 );
             }
         }
+        let stripe_api_base = match args.provider.as_str() {
+            "simulator" => None,
+            "stripe" => {
+                let Some(base) = args.stripe_api_base.clone() else {
+                    bail!("--provider stripe needs --stripe-api-base (scripts/chaos --provider stripe starts localstripe and passes it)");
+                };
+                // A run never charges real money.
+                ensure_local("STRIPE_API_BASE", &base)?;
+                if args.upgrade_from.is_some() {
+                    bail!("--provider stripe does not combine with --upgrade-from: releases before v0.6.0 have no Stripe");
+                }
+                Some(base)
+            }
+            other => bail!("--provider must be simulator or stripe, got `{other}`"),
+        };
         if let Some(from) = &args.upgrade_from {
             if args.cluster {
                 bail!("--upgrade-from runs on this machine's servers, not with --cluster");
@@ -231,7 +259,17 @@ impl Settings {
             pg_admin_url,
             amqp_url,
             management_url,
+            stripe: None,
+            stripe_api_base,
         })
+    }
+
+    /// With `--provider stripe`: makes the run's PaymentMethods.
+    pub async fn prepare_stripe(&mut self) -> anyhow::Result<()> {
+        if let Some(base) = &self.stripe_api_base {
+            self.stripe = Some(crate::stripe::StripeRun::prepare(base).await?);
+        }
+        Ok(())
     }
 }
 

@@ -166,7 +166,12 @@ impl Audit {
 
 /// Runs the auditor binary on the orchestrator, inventory and payment
 /// databases; its whole output is kept in `output`.
-pub async fn audit(bin_dir: &Path, env: &Environment, output: &Path) -> Audit {
+pub async fn audit(
+    bin_dir: &Path,
+    env: &Environment,
+    stripe: Option<&crate::stripe::StripeRun>,
+    output: &Path,
+) -> Audit {
     let mut urls = Vec::new();
     for service in ["orchestrator", "inventory", "payment"] {
         match env.primary_database_url(service).await {
@@ -184,6 +189,7 @@ pub async fn audit(bin_dir: &Path, env: &Environment, output: &Path) -> Audit {
         .env("ORCHESTRATOR_DATABASE_URL", &urls[0])
         .env("INVENTORY_DATABASE_URL", &urls[1])
         .env("PAYMENT_DATABASE_URL", &urls[2])
+        .envs(stripe.map(|s| s.auditor_env()).unwrap_or_default())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -153,6 +153,8 @@ pub struct Faults {
     /// `None` with --no-service-restarts.
     pub servers: Option<Servers>,
     pub run_id: String,
+    /// What the probes pay with.
+    pub methods: workload::Methods,
     pub seed: u64,
     /// How long the chaos is planned to last; the server restarts are placed
     /// at a third and two thirds of it.
@@ -347,7 +349,7 @@ impl Faults {
     /// the fault's command.
     async fn probe(&self, restart: &mut Restart, at: usize, issued: Instant, from: Instant) {
         let server = restart.server;
-        let probe = workload::probe(&self.run_id, &server.label(at));
+        let probe = workload::probe(&self.run_id, &server.label(at), &self.methods);
         let id = match self.api.post_checkout(&probe, 0, PROBE_BOUND).await {
             Posted::Accepted { id, .. } => id,
             Posted::Refused { last_error, .. } => {

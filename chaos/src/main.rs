@@ -19,6 +19,7 @@ mod processes;
 mod report;
 mod services;
 mod setup;
+mod stripe;
 mod upgrade;
 mod workload;
 
@@ -81,13 +82,17 @@ impl Chaos {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = match Settings::from_args(Args::parse()) {
+    let mut settings = match Settings::from_args(Args::parse()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("chaos: {error:#}");
             return ExitCode::from(2);
         }
     };
+    if let Err(error) = settings.prepare_stripe().await {
+        eprintln!("chaos: {error:#}");
+        return ExitCode::from(2);
+    }
     events::start();
     if let Some(run_id) = &settings.remove {
         let env = Environment::new(
@@ -169,6 +174,7 @@ async fn main() -> ExitCode {
         &admin_token,
         &client_key,
         users.as_ref(),
+        settings.stripe.as_ref(),
     );
     // The release rolled from starts as it was deployed: migrating at start
     // (a release with `migrate` would otherwise refuse the fresh databases).
@@ -284,7 +290,16 @@ async fn run(
     );
 
     // The chaos: checkouts driven while faults are injected.
-    let plan = workload::plan(settings.checkouts, settings.seed, &settings.run_id);
+    let methods = match &settings.stripe {
+        Some(stripe) => workload::Methods::stripe(&stripe.approve, &stripe.decline),
+        None => workload::Methods::simulator(),
+    };
+    let plan = workload::plan(
+        settings.checkouts,
+        settings.seed,
+        &settings.run_id,
+        &methods,
+    );
     let over = chaos.over.clone();
     let progress = Arc::new(driver::Progress::default());
     let chaos_started = Instant::now();
@@ -317,6 +332,7 @@ async fn run(
                     api: api.clone(),
                     servers: services,
                     run_id: settings.run_id.clone(),
+                    methods: methods.clone(),
                     seed: settings.seed,
                     span: settings.seconds,
                 }
@@ -427,6 +443,7 @@ async fn run(
     let audit = checks::audit(
         &settings.bin_dir,
         env,
+        settings.stripe.as_ref(),
         &settings.run_dir.join("auditor.txt"),
     )
     .await;

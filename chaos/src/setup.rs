@@ -44,6 +44,7 @@ pub fn specs(
     admin_token: &str,
     client_key: &str,
     users: Option<&ServiceUsers>,
+    stripe: Option<&crate::stripe::StripeRun>,
 ) -> Vec<Spec> {
     let common = |service: &str, pool: u32| {
         let amqp_url = users
@@ -71,7 +72,14 @@ pub fn specs(
             specs.push(Spec {
                 name: format!("{worker}-{copy}"),
                 binary: bin_dir.join(worker),
-                env: common(worker, WORKER_POOL),
+                env: match (worker, stripe) {
+                    ("payment", Some(stripe)) => {
+                        let mut env = common(worker, WORKER_POOL);
+                        env.extend(stripe.payment_env());
+                        env
+                    }
+                    _ => common(worker, WORKER_POOL),
+                },
             });
         }
     }

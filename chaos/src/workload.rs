@@ -88,14 +88,51 @@ pub const STEP_DEADLINE_MS: u64 = 3000;
 const SLOW_WITHIN_MS: u64 = 200;
 const SLOW_PAST_MS: u64 = 4000;
 
+/// The payment method each kind of checkout pays with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Methods {
+    approve: String,
+    decline: String,
+    transient: String,
+    slow_within: String,
+    slow_past: String,
+}
+
+impl Methods {
+    /// The simulator's behaviours, one per kind.
+    pub fn simulator() -> Methods {
+        Methods {
+            approve: "sim_approve".into(),
+            decline: "sim_decline".into(),
+            transient: "sim_transient_2".into(),
+            slow_within: format!("sim_slow_{SLOW_WITHIN_MS}"),
+            slow_past: format!("sim_slow_{SLOW_PAST_MS}"),
+        }
+    }
+
+    /// Stripe's PaymentMethods: a card that approves and one that declines.
+    /// A real provider has no slow or flaky card to ask for, so those
+    /// kinds pay with the approving one (and still complete); the faults
+    /// bring the slowness and the failures.
+    pub fn stripe(approve: &str, decline: &str) -> Methods {
+        Methods {
+            approve: approve.to_owned(),
+            decline: decline.to_owned(),
+            transient: approve.to_owned(),
+            slow_within: approve.to_owned(),
+            slow_past: approve.to_owned(),
+        }
+    }
+}
+
 impl Kind {
-    fn payment_method(self) -> String {
+    fn payment_method(self, methods: &Methods) -> String {
         match self {
-            Kind::Approve | Kind::OutOfStock => "sim_approve".into(),
-            Kind::Decline => "sim_decline".into(),
-            Kind::Transient => "sim_transient_2".into(),
-            Kind::SlowWithinDeadline => format!("sim_slow_{SLOW_WITHIN_MS}"),
-            Kind::SlowPastDeadline => format!("sim_slow_{SLOW_PAST_MS}"),
+            Kind::Approve | Kind::OutOfStock => methods.approve.clone(),
+            Kind::Decline => methods.decline.clone(),
+            Kind::Transient => methods.transient.clone(),
+            Kind::SlowWithinDeadline => methods.slow_within.clone(),
+            Kind::SlowPastDeadline => methods.slow_past.clone(),
         }
     }
 
@@ -134,7 +171,7 @@ pub struct Planned {
     pub body: Value,
 }
 
-pub fn plan(count: usize, seed: u64, run_id: &str) -> Vec<Planned> {
+pub fn plan(count: usize, seed: u64, run_id: &str, methods: &Methods) -> Vec<Planned> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..count)
         .map(|index| {
@@ -158,7 +195,7 @@ pub fn plan(count: usize, seed: u64, run_id: &str) -> Vec<Planned> {
                     "customer_id": format!("chaos-{}", index % 97),
                     "items": items,
                     "ship_to": {"country": country, "region": region},
-                    "payment_method": kind.payment_method(),
+                    "payment_method": kind.payment_method(methods),
                 }),
             }
         })
@@ -178,7 +215,7 @@ fn pick_kind(rng: &mut StdRng) -> Kind {
 }
 
 /// The checkout that measures a recovery: the plainest one that completes.
-pub fn probe(run_id: &str, label: &str) -> Planned {
+pub fn probe(run_id: &str, label: &str, methods: &Methods) -> Planned {
     Planned {
         index: usize::MAX,
         kind: Kind::Approve,
@@ -187,7 +224,7 @@ pub fn probe(run_id: &str, label: &str) -> Planned {
             "customer_id": "chaos-probe",
             "items": [{"sku": PLENTIFUL[0].0, "quantity": 1}],
             "ship_to": {"country": "US", "region": "CA"},
-            "payment_method": "sim_approve",
+            "payment_method": Kind::Approve.payment_method(methods),
         }),
     }
 }
@@ -198,8 +235,8 @@ mod tests {
 
     #[test]
     fn the_plan_is_a_function_of_the_seed() {
-        let a = plan(200, 7, "r");
-        let b = plan(200, 7, "r");
+        let a = plan(200, 7, "r", &Methods::simulator());
+        let b = plan(200, 7, "r", &Methods::simulator());
         assert_eq!(
             a.iter().map(|p| (&p.body, &p.key)).collect::<Vec<_>>(),
             b.iter().map(|p| (&p.body, &p.key)).collect::<Vec<_>>()
