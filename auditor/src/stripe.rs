@@ -52,32 +52,6 @@ pub struct StripeBooks {
     pub foreign: usize,
 }
 
-async fn all_intents(client: &Client) -> Result<Vec<PaymentIntent>, StripeError> {
-    let mut all: Vec<PaymentIntent> = Vec::new();
-    loop {
-        let after = all.last().map(|intent| intent.id.clone());
-        let page = client.list_intents(after.as_deref()).await?;
-        let more = page.has_more && !page.data.is_empty();
-        all.extend(page.data);
-        if !more {
-            return Ok(all);
-        }
-    }
-}
-
-async fn all_refunds(client: &Client) -> Result<Vec<Refund>, StripeError> {
-    let mut all: Vec<Refund> = Vec::new();
-    loop {
-        let after = all.last().map(|refund| refund.id.clone());
-        let page = client.list_refunds(after.as_deref()).await?;
-        let more = page.has_more && !page.data.is_empty();
-        all.extend(page.data);
-        if !more {
-            return Ok(all);
-        }
-    }
-}
-
 /// What the payment books record per saga: its PaymentIntent id, if any.
 /// Read after Stripe is listed: a PaymentIntent confirmed by then was
 /// recorded before its confirmation, so it is in this read.
@@ -104,8 +78,8 @@ pub async fn read(
     payment: &PgPool,
     now_seconds: i64,
 ) -> Result<StripeBooks, StripeReadError> {
-    let intents = all_intents(&stripe.client).await?;
-    let refunds = all_refunds(&stripe.client).await?;
+    let intents = stripe.client.all_intents().await?;
+    let refunds = stripe.client.all_refunds().await?;
     let recorded = recorded_intents(payment).await?;
     let mut books = sort(&intents, &refunds, &recorded, now_seconds);
     if stripe.cancel_orphans {

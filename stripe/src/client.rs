@@ -31,10 +31,10 @@ pub enum ClientError {
 
 /// One page of a list, oldest or newest first as the server lists.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ListPage<T> {
-    pub data: Vec<T>,
+struct ListPage<T> {
+    data: Vec<T>,
     #[serde(default)]
-    pub has_more: bool,
+    has_more: bool,
 }
 
 pub struct Client {
@@ -208,32 +208,36 @@ impl Client {
         self.send(request).await
     }
 
-    /// One page of PaymentIntents (100), after the one `starting_after`.
-    pub async fn list_intents(
-        &self,
-        starting_after: Option<&str>,
-    ) -> Result<ListPage<PaymentIntent>, StripeError> {
-        self.list("/v1/payment_intents", starting_after).await
+    /// Every PaymentIntent of the account, page by page (100 a page, by
+    /// `starting_after`).
+    pub async fn all_intents(&self) -> Result<Vec<PaymentIntent>, StripeError> {
+        self.all("/v1/payment_intents", |intent: &PaymentIntent| &intent.id)
+            .await
     }
 
-    /// One page of refunds, as [`Client::list_intents`].
-    pub async fn list_refunds(
-        &self,
-        starting_after: Option<&str>,
-    ) -> Result<ListPage<Refund>, StripeError> {
-        self.list("/v1/refunds", starting_after).await
+    /// Every refund of the account, as [`Client::all_intents`].
+    pub async fn all_refunds(&self) -> Result<Vec<Refund>, StripeError> {
+        self.all("/v1/refunds", |refund: &Refund| &refund.id).await
     }
 
-    async fn list<T: DeserializeOwned>(
+    async fn all<T: DeserializeOwned>(
         &self,
         path: &str,
-        starting_after: Option<&str>,
-    ) -> Result<ListPage<T>, StripeError> {
-        let mut query = vec![("limit", "100".to_owned())];
-        if let Some(after) = starting_after {
-            query.push(("starting_after", checked_id(after)?.to_owned()));
+        id: impl Fn(&T) -> &String,
+    ) -> Result<Vec<T>, StripeError> {
+        let mut all: Vec<T> = Vec::new();
+        loop {
+            let mut query = vec![("limit", "100".to_owned())];
+            if let Some(last) = all.last() {
+                query.push(("starting_after", checked_id(id(last))?.to_owned()));
+            }
+            let page: ListPage<T> = self.send(self.get(path).query(&query)).await?;
+            let more = page.has_more && !page.data.is_empty();
+            all.extend(page.data);
+            if !more {
+                return Ok(all);
+            }
         }
-        self.send(self.get(path).query(&query)).await
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {

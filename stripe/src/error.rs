@@ -54,16 +54,17 @@ struct ErrorBody {
     error: ErrorFields,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct ErrorFields {
+/// Also what a PaymentIntent's `last_payment_error` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct ErrorFields {
     #[serde(default)]
-    code: Option<String>,
+    pub(crate) code: Option<String>,
     #[serde(default)]
-    decline_code: Option<String>,
+    pub(crate) decline_code: Option<String>,
     #[serde(default)]
-    message: Option<String>,
+    pub(crate) message: Option<String>,
     #[serde(default)]
-    param: Option<String>,
+    pub(crate) param: Option<String>,
 }
 
 /// Longest piece of a server's text kept in an error: it ends up in a

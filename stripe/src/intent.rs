@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use crate::error::ErrorFields;
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PaymentIntent {
     pub id: String,
@@ -23,7 +25,7 @@ pub struct PaymentIntent {
     #[serde(default)]
     latest_charge: Option<ChargeField>,
     #[serde(default)]
-    last_payment_error: Option<PaymentError>,
+    last_payment_error: Option<ErrorFields>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,16 +39,6 @@ enum ChargeField {
 struct Charge {
     #[serde(default)]
     amount_refunded: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-struct PaymentError {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    decline_code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 /// What a PaymentIntent's status means to a charge.

@@ -9,6 +9,6 @@ mod client;
 mod error;
 mod intent;
 
-pub use client::{Client, ClientError, ListPage, NewIntent, DEFAULT_API_BASE};
+pub use client::{Client, ClientError, NewIntent, DEFAULT_API_BASE};
 pub use error::StripeError;
 pub use intent::{IntentStatus, PaymentIntent, Refund};

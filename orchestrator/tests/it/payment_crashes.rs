@@ -31,7 +31,7 @@ async fn ledger(deployment: &Deployment) -> Vec<String> {
 }
 
 /// Waits for the payment process to die at its failpoint.
-async fn aborted(deployment: &mut Deployment) {
+pub async fn aborted(deployment: &mut Deployment) {
     let mut child = deployment.processes.remove("payment").unwrap();
     let status = tokio::time::timeout(PATIENCE, child.wait())
         .await

@@ -4,7 +4,6 @@
 //! whatever is killed or away, and the auditor reconciling with Stripe.
 
 use std::collections::HashMap;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use auditor::stripe::StripeAudit;
@@ -14,6 +13,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::crashes::{charge_compensated_after_one_second, Deployment, PATIENCE};
+use crate::payment_crashes::aborted;
 use crate::system::order;
 
 /// One TSHIRT shipped to CA, as the other suites price it.
@@ -80,28 +80,46 @@ async fn refunded(server: &LocalStripe, intent: &Value) -> (usize, i64) {
     )
 }
 
-/// Waits for the payment process to die at its failpoint.
-async fn aborted(deployment: &mut Deployment) {
-    let mut child = deployment.processes.remove("payment").unwrap();
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("the payment worker reaches its failpoint")
-        .unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGABRT),
-        "aborted at the failpoint: {status}"
-    );
-}
-
-/// Restarts the payment worker without its failpoint.
-fn restart_without_failpoint(deployment: &mut Deployment) {
+/// Restarts the payment worker without its failpoint, waits until the
+/// checkout `id` (the deployment's one) ends `ends`, and returns its
+/// PaymentIntents.
+async fn restarted(
+    deployment: &mut Deployment,
+    server: &LocalStripe,
+    id: &str,
+    ends: &str,
+) -> Vec<Value> {
     deployment
         .env
         .get_mut("payment")
         .unwrap()
         .retain(|(name, _)| *name != "PAYMENT_FAILPOINT");
     deployment.spawn("payment");
+    let statuses_by = deployment.settle().await;
+    assert_eq!(statuses_by.get(ends), Some(&1), "{statuses_by:?}");
+    intents_of(server, id).await
+}
+
+/// A TSHIRT checkout paid with an approving card, placed on a deployment
+/// whose payment worker aborts at `failpoint`, and that worker dead there.
+async fn crashed_at(
+    failpoint: &str,
+    orchestrator: Vec<(&'static str, String)>,
+) -> (LocalStripe, Deployment, String) {
+    let server = LocalStripe::start().await;
+    let failpoint = vec![("PAYMENT_FAILPOINT", failpoint.to_owned())];
+    let mut deployment = deployment(&server, failpoint, orchestrator).await;
+    let method = server.payment_method(cards::APPROVES).await;
+    let id = deployment.place(&order(&[("TSHIRT", 1)], &method)).await;
+    aborted(&mut deployment).await;
+    (server, deployment, id)
+}
+
+/// Stops the deployment once the auditor, reading Stripe, finds it clean.
+async fn stop_audited(deployment: Deployment, server: &LocalStripe) {
+    deployment
+        .stop_audited(Some(&auditing(server, false)))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,9 +138,7 @@ async fn a_checkout_completes_with_one_succeeded_payment_intent_of_the_total() {
     assert_eq!(intents[0]["currency"], "usd");
     assert_eq!(intents[0]["payment_method"], method.as_str());
     assert_eq!(refunded(&server, &intents[0]).await, (0, 0));
-    deployment
-        .stop_audited(Some(&auditing(&server, false)))
-        .await;
+    stop_audited(deployment, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,23 +164,18 @@ async fn a_declined_card_rejects_the_checkout_and_releases_the_stock() {
         ["requires_payment_method"]
     );
     assert!(server.refunds().await.is_empty());
-    deployment
-        .stop_audited(Some(&auditing(&server, false)))
-        .await;
+    stop_audited(deployment, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensation_after_a_charge_refunds_the_whole_amount() {
     // The worker dies once the money moved, before it records it; the
     // charge misses its one-second deadline and the saga compensates.
-    let server = LocalStripe::start().await;
-    let failpoint = vec![("PAYMENT_FAILPOINT", "after_provider_charge".to_owned())];
-    let mut deployment =
-        deployment(&server, failpoint, charge_compensated_after_one_second()).await;
-    let method = server.payment_method(cards::APPROVES).await;
-
-    let id = deployment.place(&order(&[("TSHIRT", 1)], &method)).await;
-    aborted(&mut deployment).await;
+    let (server, mut deployment, id) = crashed_at(
+        "after_provider_charge",
+        charge_compensated_after_one_second(),
+    )
+    .await;
     // Back only once the charge's deadline passed and the saga gave up on it.
     let sagas = &deployment.databases["orchestrator"].pool;
     saga_testkit::eventually("the saga compensating", PATIENCE, || async {
@@ -175,11 +186,7 @@ async fn a_compensation_after_a_charge_refunds_the_whole_amount() {
         (status == "compensating").then_some(())
     })
     .await;
-    restart_without_failpoint(&mut deployment);
-    let statuses_by = deployment.settle().await;
-
-    assert_eq!(statuses_by.get("compensated"), Some(&1), "{statuses_by:?}");
-    let intents = intents_of(&server, &id).await;
+    let intents = restarted(&mut deployment, &server, &id, "compensated").await;
     assert_eq!(
         statuses(&intents),
         ["succeeded"],
@@ -194,29 +201,17 @@ async fn a_compensation_after_a_charge_refunds_the_whole_amount() {
         deployment.payments().await,
         vec![("refunded".to_owned(), TOTAL, TOTAL)]
     );
-    deployment
-        .stop_audited(Some(&auditing(&server, false)))
-        .await;
+    stop_audited(deployment, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_confirming_charges_once_after_restart() {
-    let server = LocalStripe::start().await;
-    let failpoint = vec![("PAYMENT_FAILPOINT", "after_provider_charge".to_owned())];
-    let mut deployment = deployment(&server, failpoint, Vec::new()).await;
-    let method = server.payment_method(cards::APPROVES).await;
-
-    let id = deployment.place(&order(&[("TSHIRT", 1)], &method)).await;
-    aborted(&mut deployment).await;
+    let (server, mut deployment, id) = crashed_at("after_provider_charge", Vec::new()).await;
     assert_eq!(
         deployment.payments().await,
         vec![("charging".to_owned(), TOTAL, 0)]
     );
-    restart_without_failpoint(&mut deployment);
-    let statuses_by = deployment.settle().await;
-
-    assert_eq!(statuses_by.get("completed"), Some(&1), "{statuses_by:?}");
-    let intents = intents_of(&server, &id).await;
+    let intents = restarted(&mut deployment, &server, &id, "completed").await;
     assert_eq!(
         statuses(&intents),
         ["succeeded"],
@@ -226,25 +221,13 @@ async fn a_worker_killed_after_confirming_charges_once_after_restart() {
         deployment.payments().await,
         vec![("charged".to_owned(), TOTAL, 0)]
     );
-    deployment
-        .stop_audited(Some(&auditing(&server, false)))
-        .await;
+    stop_audited(deployment, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_before_recording_its_intent_leaves_an_orphan_the_auditor_cancels() {
-    let server = LocalStripe::start().await;
-    let failpoint = vec![("PAYMENT_FAILPOINT", "after_provider_create".to_owned())];
-    let mut deployment = deployment(&server, failpoint, Vec::new()).await;
-    let method = server.payment_method(cards::APPROVES).await;
-
-    let id = deployment.place(&order(&[("TSHIRT", 1)], &method)).await;
-    aborted(&mut deployment).await;
-    restart_without_failpoint(&mut deployment);
-    let statuses_by = deployment.settle().await;
-
-    assert_eq!(statuses_by.get("completed"), Some(&1), "{statuses_by:?}");
-    let intents = intents_of(&server, &id).await;
+    let (server, mut deployment, id) = crashed_at("after_provider_create", Vec::new()).await;
+    let intents = restarted(&mut deployment, &server, &id, "completed").await;
     assert_eq!(
         statuses(&intents),
         ["requires_confirmation", "succeeded"],
@@ -281,9 +264,7 @@ async fn a_worker_killed_before_recording_its_intent_leaves_an_orphan_the_audito
         statuses(&intents_of(&server, &id).await),
         ["canceled", "succeeded"]
     );
-    deployment
-        .stop_audited(Some(&auditing(&server, false)))
-        .await;
+    stop_audited(deployment, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +309,5 @@ async fn stripe_away_for_ten_seconds_delays_the_checkouts_and_doubles_nothing() 
         let intents = intents_of(&server, id).await;
         assert_eq!(statuses(&intents), ["succeeded"], "{id}: {intents:#?}");
     }
-    deployment
-        .stop_audited(Some(&auditing(&server, false)))
-        .await;
+    stop_audited(deployment, &server).await;
 }

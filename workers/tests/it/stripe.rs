@@ -45,6 +45,13 @@ async fn setup() -> Setup {
     }
 }
 
+/// A setup, a saga of its own, and a PaymentMethod of the test card `card`.
+async fn paying_with(card: &str) -> (Setup, Uuid, String) {
+    let setup = setup().await;
+    let method = setup.server.payment_method(card).await;
+    (setup, Uuid::new_v4(), method)
+}
+
 async fn handle(setup: &Setup, saga: Uuid, command: Command) -> Outcome {
     answered(
         &setup.payment,
@@ -93,9 +100,7 @@ async fn recorded_intent(pool: &PgPool, saga: Uuid) -> Option<String> {
 
 #[tokio::test]
 async fn a_charge_is_one_succeeded_payment_intent_and_a_repeat_charges_nothing_more() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (setup, saga, method) = paying_with(cards::APPROVES).await;
 
     let first = charge(&setup, saga, &method).await;
     let again = charge(&setup, saga, &method).await;
@@ -121,9 +126,7 @@ async fn a_charge_is_one_succeeded_payment_intent_and_a_repeat_charges_nothing_m
 
 #[tokio::test]
 async fn a_declined_card_is_rejected_with_stripes_code_and_moves_nothing() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::DECLINES).await;
+    let (setup, saga, method) = paying_with(cards::DECLINES).await;
 
     let (why, detail) = rejected(charge(&setup, saga, &method).await);
 
@@ -137,9 +140,7 @@ async fn a_declined_card_is_rejected_with_stripes_code_and_moves_nothing() {
 
 #[tokio::test]
 async fn a_card_that_needs_3d_secure_is_rejected_and_its_intent_let_go() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::REQUIRES_ACTION).await;
+    let (setup, saga, method) = paying_with(cards::REQUIRES_ACTION).await;
 
     let (why, _) = rejected(charge(&setup, saga, &method).await);
 
@@ -169,9 +170,7 @@ async fn a_method_that_is_no_payment_method_id_is_refused_before_stripe_is_asked
 
 #[tokio::test]
 async fn a_refund_after_a_charge_returns_the_whole_amount_once() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (setup, saga, method) = paying_with(cards::APPROVES).await;
     ok(charge(&setup, saga, &method).await);
 
     assert_eq!(refund(&setup, saga).await, AMOUNT);
@@ -190,9 +189,7 @@ async fn a_refund_after_a_charge_returns_the_whole_amount_once() {
 
 #[tokio::test]
 async fn a_refund_before_the_charge_leaves_nothing_for_the_late_charge_to_take() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (setup, saga, method) = paying_with(cards::APPROVES).await;
 
     assert_eq!(refund(&setup, saga).await, 0);
     let (why, _) = rejected(charge(&setup, saga, &method).await);
@@ -207,9 +204,7 @@ async fn a_refund_before_the_charge_leaves_nothing_for_the_late_charge_to_take()
 /// recording) is never confirmed.
 #[tokio::test]
 async fn a_resumed_charge_confirms_the_recorded_intent_and_never_an_unrecorded_one() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (setup, saga, method) = paying_with(cards::APPROVES).await;
     let http = reqwest::Client::new();
     let create = |metadata: &'static str| {
         let form = [
@@ -256,9 +251,7 @@ async fn a_resumed_charge_confirms_the_recorded_intent_and_never_an_unrecorded_o
 
 #[tokio::test]
 async fn stripe_away_is_transient_and_the_charge_goes_through_once_it_is_back() {
-    let mut setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (mut setup, saga, method) = paying_with(cards::APPROVES).await;
     setup.server.stop().await;
 
     let error = match charge(&setup, saga, &method).await {
@@ -277,9 +270,7 @@ async fn stripe_away_is_transient_and_the_charge_goes_through_once_it_is_back() 
 
 #[tokio::test]
 async fn a_refund_that_overtakes_the_charge_leaves_it_nothing_to_confirm() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (setup, saga, method) = paying_with(cards::APPROVES).await;
     let command = Envelope::command(saga, 1, charge_of(AMOUNT, &method));
     let in_flight = on_its_way(&setup.payment, &setup.db.pool, &command).await;
 
@@ -299,9 +290,7 @@ async fn a_refund_that_overtakes_the_charge_leaves_it_nothing_to_confirm() {
 
 #[tokio::test]
 async fn a_refund_after_the_charge_reached_stripe_refunds_it_whole() {
-    let setup = setup().await;
-    let saga = Uuid::new_v4();
-    let method = setup.server.payment_method(cards::APPROVES).await;
+    let (setup, saga, method) = paying_with(cards::APPROVES).await;
     let command = Envelope::command(saga, 1, charge_of(AMOUNT, &method));
     // Confirmed at Stripe; the answer is not recorded yet.
     let settlement = on_its_way(&setup.payment, &setup.db.pool, &command)
