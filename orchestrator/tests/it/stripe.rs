@@ -137,6 +137,7 @@ async fn a_checkout_completes_with_one_succeeded_payment_intent_of_the_total() {
     assert_eq!(intents[0]["amount"], TOTAL);
     assert_eq!(intents[0]["currency"], "usd");
     assert_eq!(intents[0]["payment_method"], method.as_str());
+    assert_eq!(intents[0]["metadata"]["checkout_id"], id.as_str());
     assert_eq!(refunded(&server, &intents[0]).await, (0, 0));
     stop_audited(deployment, &server).await;
 }

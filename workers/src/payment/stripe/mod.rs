@@ -165,7 +165,9 @@ impl Stripe {
             amount: request.amount_cents.get(),
             currency: &currency,
             payment_method: &request.payment_method,
-            metadata: &[("saga_id", &saga_id)],
+            // The checkout's id is its saga's: both names, for whoever
+            // searches Stripe's dashboard by either.
+            metadata: &[("saga_id", &saga_id), ("checkout_id", &saga_id)],
         };
         let created = match self
             .client
