@@ -12,6 +12,10 @@ use std::future::Future;
 use saga_protocol::values::{Cents, Currency, CustomerId};
 use uuid::Uuid;
 
+/// The reason a charge gets when a refund voided it first, whichever
+/// provider it goes to.
+pub const VOIDED: &str = "the charge was cancelled by its refund before it arrived";
+
 /// One per saga and operation: `charge:<saga_id>`, `refund:<saga_id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);

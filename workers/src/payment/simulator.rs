@@ -26,8 +26,7 @@ use super::provider::{
 /// that is down.
 pub const MAX_SLOW: Duration = Duration::from_secs(60);
 
-/// The reason a charge gets when its key was voided by a refund first.
-pub const VOIDED: &str = "the charge was cancelled by its refund before it arrived";
+pub use super::provider::VOIDED;
 
 #[derive(Debug, Clone)]
 pub struct Simulator {

@@ -24,10 +24,9 @@ use uuid::Uuid;
 #[cfg(feature = "failpoints")]
 use super::config::Failpoint;
 use super::provider::{
-    ChargeRequest, IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer, RefundRequest,
+    ChargeRequest, IdempotencyKey, Lookup, PaymentProvider, ProviderAnswer, RefundRequest, VOIDED,
 };
 use super::provider_intent::{self, Recorded};
-use super::simulator::VOIDED;
 pub use config::StripeConfig;
 
 #[derive(Debug, Clone)]
