@@ -2,13 +2,16 @@
 //!
 //! Live sagas (running, compensating, suspended) are few: they are counted
 //! each time through the `(status, id)` index. Finished sagas only grow,
-//! and a finished saga never changes status again, so they are counted
-//! once and then only where new ones can appear: ids are UUIDv7, ordered
-//! by creation, and below the oldest live saga (less a margin for a saga
-//! created but not yet committed) every saga is finished for good. That
-//! settled part is counted once and kept; each count reads the finished
-//! sagas above it only, a range of the primary key.
+//! and a finished saga never changes status again, so each is counted once.
+//! Ids are UUIDv7, ordered by creation: a cut-off follows the clock (less a
+//! margin for a saga created but not yet committed), and each count reads
+//! only the sagas the cut-off passed since the last one, a range of the
+//! primary key. The finished ones among them are settled for good; the
+//! live ones (a saga parked for days, a slow compensation) are kept by id
+//! and looked up by id at each count until they finish. So one old parked
+//! saga costs one lookup, never a recount of everything after it.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
@@ -31,11 +34,14 @@ const FINISHED: [SagaStatus; 3] = [
     SagaStatus::Cancelled,
 ];
 
-/// The finished sagas below `settled_below`, counted for good.
+/// The finished sagas below `settled_below`, counted for good, and the
+/// live ones below it, waiting to finish.
 #[derive(Debug)]
 pub struct SagaTally {
     settled_below: Uuid,
     settled: Vec<(String, i64)>,
+    /// Sagas below the cut-off that were live when it passed them.
+    waiting: HashSet<Uuid>,
     uncommitted_margin: Duration,
 }
 
@@ -52,8 +58,15 @@ impl SagaTally {
         SagaTally {
             settled_below: Uuid::nil(),
             settled: Vec::new(),
+            waiting: HashSet::new(),
             uncommitted_margin: margin,
         }
+    }
+
+    /// Below this id every saga is counted for good or waited for by id:
+    /// it follows the clock, whatever is still live below it.
+    pub fn cut_off(&self) -> Uuid {
+        self.settled_below
     }
 
     /// Sagas in each status now. One statement, so one snapshot: a saga
@@ -61,33 +74,32 @@ impl SagaTally {
     pub async fn count(&mut self, pool: &PgPool) -> Result<Vec<(SagaStatus, i64)>, sqlx::Error> {
         let live: Vec<&str> = LIVE.iter().map(|s| s.as_str()).collect();
         let finished: Vec<&str> = FINISHED.iter().map(|s| s.as_str()).collect();
-        let rows: Vec<(String, Option<String>, i64, Option<Uuid>)> = sqlx::query_as(
-            "WITH live AS (
-                 SELECT status, count(*) AS n FROM sagas WHERE status = ANY($1) GROUP BY status
-             ), mark AS (
-                 -- The oldest live saga: the first id of each live status
-                 -- in the (status, id) index.
-                 SELECT greatest($3::uuid, least(
-                     (SELECT o.id FROM unnest($1::text[]) AS l(status),
-                          LATERAL (SELECT id FROM sagas WHERE sagas.status = l.status
-                                   ORDER BY id LIMIT 1) o
-                      ORDER BY o.id LIMIT 1),
-                     $4::uuid)) AS below
-             )
-             SELECT 'live', status, n, NULL::uuid FROM live
+        let below = self
+            .settled_below
+            .max(uuid_v7_floor(SystemTime::now() - self.uncommitted_margin));
+        let waiting: Vec<Uuid> = self.waiting.iter().copied().collect();
+        // Each part reads an index range or a list of ids, never the
+        // history below the last cut-off.
+        let rows: Vec<(String, String, i64, Option<Uuid>)> = sqlx::query_as(
+            "SELECT 'live', status, count(*), NULL::uuid FROM sagas
+             WHERE status = ANY($1) GROUP BY status
              UNION ALL
-             SELECT 'settled', status, count(*), NULL FROM sagas, mark
-             WHERE id >= $3 AND id < mark.below AND status = ANY($2) GROUP BY status
+             SELECT 'settled', status, count(*), NULL FROM sagas
+             WHERE id >= $3 AND id < $4 AND status = ANY($2) GROUP BY status
              UNION ALL
-             SELECT 'recent', status, count(*), NULL FROM sagas, mark
-             WHERE id >= mark.below AND status = ANY($2) GROUP BY status
+             SELECT 'waiting', status, 0, id FROM sagas
+             WHERE id >= $3 AND id < $4 AND status = ANY($1)
              UNION ALL
-             SELECT 'mark', NULL, 0, below FROM mark",
+             SELECT 'recent', status, count(*), NULL FROM sagas
+             WHERE id >= $4 AND status = ANY($2) GROUP BY status
+             UNION ALL
+             SELECT 'was_waiting', status, 0, id FROM sagas WHERE id = ANY($5)",
         )
         .bind(&live)
         .bind(&finished)
         .bind(self.settled_below)
-        .bind(uuid_v7_floor(SystemTime::now() - self.uncommitted_margin))
+        .bind(below)
+        .bind(&waiting)
         .fetch_all(pool)
         .await?;
         let mut counts: Vec<(SagaStatus, i64)> = LIVE
@@ -101,16 +113,28 @@ impl SagaTally {
             }
         };
         let mut settled = self.settled.clone();
-        let mut below = self.settled_below;
-        for (kind, status, n, mark) in rows {
-            match (kind.as_str(), status) {
-                ("settled", Some(status)) => match settled.iter_mut().find(|(s, _)| *s == status) {
-                    Some((_, count)) => *count += n,
-                    None => settled.push((status, n)),
-                },
-                ("mark", _) => below = mark.unwrap_or(below),
-                (_, Some(status)) => add(&status, n),
-                _ => {}
+        let mut settle =
+            |status: String, n: i64| match settled.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, count)) => *count += n,
+                None => settled.push((status, n)),
+            };
+        // A waited-for saga that is gone (an operator's hand) stops being
+        // waited for; one still live stays.
+        let mut still_waiting = HashSet::new();
+        for (kind, status, n, id) in rows {
+            match (kind.as_str(), id) {
+                ("settled", _) => settle(status, n),
+                ("waiting", Some(id)) => {
+                    still_waiting.insert(id);
+                }
+                ("was_waiting", Some(id)) => {
+                    if FINISHED.iter().any(|s| s.as_str() == status) {
+                        settle(status, 1);
+                    } else {
+                        still_waiting.insert(id);
+                    }
+                }
+                _ => add(&status, n),
             }
         }
         for (status, n) in &settled {
@@ -119,6 +143,7 @@ impl SagaTally {
         // Kept only once the whole count succeeded.
         self.settled = settled;
         self.settled_below = below;
+        self.waiting = still_waiting;
         Ok(counts)
     }
 }

@@ -4,10 +4,28 @@
 use orchestrator::saga::SagaStatus;
 use orchestrator::store::saga_tally::SagaTally;
 use saga_testkit::TestDatabase;
+use std::time::Duration;
+
 use uuid::Uuid;
 
 async fn insert(pool: &sqlx::PgPool, status: &str) -> Uuid {
-    let id = Uuid::now_v7();
+    insert_with_id(pool, status, Uuid::now_v7()).await
+}
+
+/// A saga created `ago`, as its UUIDv7 id says.
+async fn insert_created(pool: &sqlx::PgPool, status: &str, ago: std::time::Duration) -> Uuid {
+    let since_epoch = (std::time::SystemTime::now() - ago)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    ));
+    insert_with_id(pool, status, id).await
+}
+
+async fn insert_with_id(pool: &sqlx::PgPool, status: &str, id: Uuid) -> Uuid {
     sqlx::query(
         "INSERT INTO sagas (id, status, current_step, attempt, state, request_hash)
          VALUES ($1, $2, NULL, 0, '{}'::jsonb, 'h')",
@@ -78,6 +96,36 @@ async fn the_tally_counts_what_a_whole_table_count_would() {
     set(pool, running[2], "completed").await;
     set(pool, newest, "completed").await;
     // Twice: the second count starts from what the first settled.
+    for _ in 0..2 {
+        assert_eq!(tally.count(pool).await.unwrap(), whole_table(pool).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_parked_saga_does_not_hold_the_cut_off_back() {
+    let db = TestDatabase::create("orchestrator").await;
+    orchestrator::app::MIGRATOR.run(&db.pool).await.unwrap();
+    let pool = &db.pool;
+    let mut tally = SagaTally::with_margin(std::time::Duration::ZERO);
+    // Parked a day ago, and still waiting for support; finished ones since.
+    let parked = insert_created(pool, "suspended", Duration::from_secs(86_400)).await;
+    let mut newest = Uuid::nil();
+    for status in ["completed", "compensated", "completed", "cancelled"] {
+        newest = insert_created(pool, status, Duration::from_secs(1)).await;
+    }
+
+    assert_eq!(tally.count(pool).await.unwrap(), whole_table(pool).await);
+    // Everything finished since the parked saga is settled: the next
+    // count reads none of it again.
+    assert!(
+        tally.cut_off() > newest,
+        "cut-off {} held back",
+        tally.cut_off()
+    );
+
+    insert(pool, "completed").await;
+    assert_eq!(tally.count(pool).await.unwrap(), whole_table(pool).await);
+    set(pool, parked, "cancelled").await;
     for _ in 0..2 {
         assert_eq!(tally.count(pool).await.unwrap(), whole_table(pool).await);
     }
