@@ -5,6 +5,7 @@ pub mod clients;
 pub mod dead_letters;
 mod deadlines;
 mod final_notice;
+pub mod id_time;
 pub mod outbox;
 mod parked;
 mod reply_batch;

@@ -12,16 +12,13 @@
 //! saga costs one lookup, never a recount of everything after it.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::id_time::{uuid_v7_floor, UNCOMMITTED_MARGIN};
 use crate::saga::SagaStatus;
-
-/// Longest a saga's id can precede its commit: its id is drawn at POST,
-/// and the request times out long before this.
-const UNCOMMITTED_MARGIN: Duration = Duration::from_secs(120);
 
 const LIVE: [SagaStatus; 3] = [
     SagaStatus::Running,
@@ -145,36 +142,5 @@ impl SagaTally {
         self.settled_below = below;
         self.waiting = still_waiting;
         Ok(counts)
-    }
-}
-
-/// The smallest UUIDv7 of the millisecond `at`.
-fn uuid_v7_floor(at: SystemTime) -> Uuid {
-    let ms = at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    bytes[6] = 0x70;
-    bytes[8] = 0x80;
-    Uuid::from_bytes(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_floor_of_a_millisecond_precedes_every_id_drawn_in_it() {
-        let at = SystemTime::now();
-        let floor = uuid_v7_floor(at);
-        assert_eq!(floor.get_version_num(), 7);
-        let drawn = Uuid::now_v7();
-        assert!(floor <= drawn, "{floor} > {drawn}");
-        assert!(uuid_v7_floor(at + Duration::from_millis(1)) > floor);
-        // An id drawn a millisecond before is below it.
-        let earlier = uuid_v7_floor(at - Duration::from_millis(1));
-        assert!(earlier < floor);
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Row, SagaRecord, Store, StoreError};
+use super::{id_time, Row, SagaRecord, Store, StoreError};
 use crate::saga::{ClientStatus, Phase, SagaStatus};
 
 /// The largest page a list returns.
@@ -160,11 +160,21 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
             .push(" AND last_error ILIKE ")
             .push_bind(like_pattern(error));
     }
+    // Each time bound is also a bound on ids (UUIDv7), which the primary
+    // key answers: the history outside the window is never read.
     if let Some(after) = filter.created_after {
-        query.push(" AND created_at >= ").push_bind(after);
+        query
+            .push(" AND created_at >= ")
+            .push_bind(after)
+            .push(" AND id >= ")
+            .push_bind(id_time::lowest_id_created_from(after));
     }
     if let Some(before) = filter.created_before {
-        query.push(" AND created_at < ").push_bind(before);
+        query
+            .push(" AND created_at < ")
+            .push_bind(before)
+            .push(" AND id < ")
+            .push_bind(id_time::id_above_created_before(before));
     }
     if let Some(text) = &filter.search {
         query
@@ -196,15 +206,17 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &SagaFilter) {
 }
 
 /// An idempotency key as a client sent it: stored as `<client>:<key>` since
-/// clients exist, bare before. Each candidate is an exact match on the
-/// unique index; there are as many as clients.
+/// clients exist, bare before. The candidates (as many as clients, plus
+/// the bare key) are computed once into an array, so the match is one
+/// lookup each on the unique index, also inside an `OR` with other
+/// indexed conditions; a subquery there would make it a walk of the table.
 fn push_key_match(query: &mut QueryBuilder<'_, Postgres>, key: &str) {
     query
-        .push("(idempotency_key = ")
+        .push("idempotency_key = ANY(ARRAY(SELECT name || ':' || ")
         .push_bind(key.to_owned())
-        .push(" OR idempotency_key IN (SELECT name || ':' || ")
+        .push("::text FROM checkout_clients) || ")
         .push_bind(key.to_owned())
-        .push("::text FROM checkout_clients))");
+        .push("::text)");
 }
 
 impl Store {
