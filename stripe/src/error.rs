@@ -71,7 +71,7 @@ pub(crate) struct ErrorFields {
 /// saga's timeline and in logs.
 const MAX_MESSAGE: usize = 300;
 
-fn clipped(text: &str) -> String {
+pub(crate) fn clipped(text: &str) -> String {
     let text = text.trim();
     let mut end = text.len().min(MAX_MESSAGE);
     while !text.is_char_boundary(end) {

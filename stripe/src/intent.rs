@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::error::ErrorFields;
+use crate::error::{clipped, ErrorFields};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PaymentIntent {
@@ -87,7 +87,9 @@ impl PaymentIntent {
         }
     }
 
-    /// Why the last confirmation failed, as `code (decline_code): message`.
+    /// Why the last confirmation failed, as `code (decline_code): message`,
+    /// clipped and printable: it is the server's text, and it ends up in a
+    /// saga's timeline.
     pub fn failure(&self) -> String {
         let error = self.last_payment_error.clone().unwrap_or_default();
         let code = error.code.unwrap_or_else(|| "payment_failed".to_owned());
@@ -96,7 +98,7 @@ impl PaymentIntent {
             .map(|d| format!(" ({d})"))
             .unwrap_or_default();
         let message = error.message.map(|m| format!(": {m}")).unwrap_or_default();
-        format!("{code}{decline}{message}")
+        clipped(&format!("{code}{decline}{message}"))
     }
 
     /// Stripe's decline code, or its error code when it gives none.
@@ -153,6 +155,19 @@ mod tests {
             "card_declined (insufficient_funds): No."
         );
         assert_eq!(declined.decline_code(), Some("insufficient_funds"));
+    }
+
+    #[test]
+    fn a_servers_failure_text_is_clipped_and_printable() {
+        let long = format!("\u{1b}[31m{}", "x".repeat(1000));
+        let declined: PaymentIntent = serde_json::from_value(serde_json::json!({
+            "id": "pi_1", "status": "requires_payment_method", "amount": 1, "currency": "usd",
+            "last_payment_error": {"code": "card_declined", "message": long}
+        }))
+        .unwrap();
+        let failure = declined.failure();
+        assert!(failure.len() <= 300, "{}", failure.len());
+        assert!(!failure.contains('\u{1b}'));
     }
 
     #[test]
