@@ -311,11 +311,16 @@ async fn a_refund_failing_during_an_outage_parks_while_compensating_then_a_retry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_pending_across_an_orchestrator_restart_all_run() {
-    // Slow backoff so the retries are still waiting when the orchestrator stops.
+    // Slow backoff so that retries are still waiting when the orchestrator
+    // has stopped. Full jitter draws each delay uniformly below the cap:
+    // with a cap of 1 s, a stop that took over a second under a loaded CI
+    // let every retry fall due (and go out) first, and the precondition
+    // below failed. Below 5 s, all 100 falling due within even 3 s has a
+    // chance of 0.6^100.
     let slow = RetryPolicy {
         max_attempts: 50,
-        base_delay: Duration::from_millis(1_000),
-        max_delay: Duration::from_millis(1_000),
+        base_delay: Duration::from_millis(5_000),
+        max_delay: Duration::from_millis(5_000),
         ..RetryPolicy::default()
     };
     let mut system = System::start_with(StepPolicies::uniform(slow)).await;
