@@ -75,10 +75,9 @@ pub enum ProviderAnswer {
     },
     /// A final no, e.g. a declined card or a charge voided by its refund.
     Declined { reason: String },
-    /// The provider does not know this payment method.
-    UnsupportedMethod { method: String },
     /// A final no for a reason of its own (`reason` is one of
-    /// `saga_protocol::messages::reason`): nothing moved.
+    /// `saga_protocol::messages::reason`; an unknown payment method is
+    /// `invalid_payment_method`): nothing moved.
     Refused {
         reason: &'static str,
         detail: String,

@@ -65,10 +65,6 @@ pub fn charge_verdict(answer: ProviderAnswer) -> ChargeVerdict {
             reason: reason::PAYMENT_DECLINED,
             detail,
         },
-        ProviderAnswer::UnsupportedMethod { method } => ChargeVerdict::Declined {
-            reason: reason::INVALID_PAYMENT_METHOD,
-            detail: format!("payment method `{method}` is not supported"),
-        },
         ProviderAnswer::Refused { reason, detail } => ChargeVerdict::Declined { reason, detail },
         // The key may hold an approved charge of the other amount, so this
         // is no definite "nothing moved" (a rejection would skip the
@@ -122,9 +118,6 @@ pub fn refund_verdict(answer: ProviderAnswer, charged_cents: Option<Cents>) -> R
         ProviderAnswer::Transient { error } => RefundVerdict::Open { error },
         ProviderAnswer::Declined { reason } => refused(reason),
         ProviderAnswer::KeyReused { error } => refused(error),
-        ProviderAnswer::UnsupportedMethod { method } => {
-            refused(format!("method `{method}` is not supported"))
-        }
         ProviderAnswer::Refused { detail, .. } => refused(detail),
     }
 }
@@ -168,8 +161,9 @@ mod tests {
                 amount_cents: Cents::new(700)
             }
         );
-        let declined = charge_verdict(ProviderAnswer::UnsupportedMethod {
-            method: "cash".into(),
+        let declined = charge_verdict(ProviderAnswer::Refused {
+            reason: reason::INVALID_PAYMENT_METHOD,
+            detail: "payment method `cash` is not supported".into(),
         });
         assert!(matches!(
             declined,

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use saga_protocol::messages::reason;
 use saga_protocol::values::{Cents, Currency};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -291,8 +292,12 @@ impl Simulator {
 impl PaymentProvider for Simulator {
     async fn charge(&self, request: &ChargeRequest) -> ProviderAnswer {
         let Some(behaviour) = Behaviour::of(&request.payment_method) else {
-            return ProviderAnswer::UnsupportedMethod {
-                method: request.payment_method.clone(),
+            return ProviderAnswer::Refused {
+                reason: reason::INVALID_PAYMENT_METHOD,
+                detail: format!(
+                    "payment method `{}` is not supported",
+                    request.payment_method
+                ),
             };
         };
         let booked = match behaviour {
