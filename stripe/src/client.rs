@@ -143,7 +143,7 @@ impl Client {
         intent: &NewIntent<'_>,
         idempotency_key: &str,
     ) -> Result<PaymentIntent, StripeError> {
-        let mut form = vec![
+        let fields = vec![
             ("amount".to_owned(), intent.amount.to_string()),
             ("currency".to_owned(), intent.currency.to_owned()),
             (
@@ -152,14 +152,13 @@ impl Client {
             ),
             ("confirm".to_owned(), "false".to_owned()),
         ];
-        for (key, value) in intent.metadata {
-            form.push((format!("metadata[{key}]"), (*value).to_owned()));
-        }
-        let request = self
-            .post("/v1/payment_intents")
-            .header("Idempotency-Key", idempotency_key)
-            .form(&form);
-        self.send(request).await
+        self.post_keyed(
+            "/v1/payment_intents",
+            idempotency_key,
+            fields,
+            intent.metadata,
+        )
+        .await
     }
 
     /// Confirms the PaymentIntent `id`: the money moves now, or the card
@@ -191,20 +190,33 @@ impl Client {
         idempotency_key: &str,
         metadata: &[(&str, &str)],
     ) -> Result<Refund, StripeError> {
-        let mut form = vec![
+        let fields = vec![
             (
                 "payment_intent".to_owned(),
                 checked_id(intent_id)?.to_owned(),
             ),
             ("amount".to_owned(), amount.to_string()),
         ];
+        self.post_keyed("/v1/refunds", idempotency_key, fields, metadata)
+            .await
+    }
+
+    /// A POST that may move money: `fields` and `metadata[...]` as a form,
+    /// under `idempotency_key`.
+    async fn post_keyed<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        mut fields: Vec<(String, String)>,
+        metadata: &[(&str, &str)],
+    ) -> Result<T, StripeError> {
         for (key, value) in metadata {
-            form.push((format!("metadata[{key}]"), (*value).to_owned()));
+            fields.push((format!("metadata[{key}]"), (*value).to_owned()));
         }
         let request = self
-            .post("/v1/refunds")
+            .post(path)
             .header("Idempotency-Key", idempotency_key)
-            .form(&form);
+            .form(&fields);
         self.send(request).await
     }
 

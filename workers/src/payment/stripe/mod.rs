@@ -119,14 +119,8 @@ impl PaymentProvider for Stripe {
         }
         match provider_intent::recorded(&self.books, request.saga_id).await {
             Err(error) => books_unavailable(error),
-            Ok(Recorded::Void) => ProviderAnswer::Declined {
-                reason: VOIDED.to_owned(),
-            },
-            Ok(Recorded::Intent(id)) => match self.client.retrieve(&id).await {
-                Ok(intent) => self.answer(intent, request, true).await,
-                Err(error) => unavailable("retrieving the PaymentIntent", error),
-            },
             Ok(Recorded::Nothing) => self.create_and_confirm(request).await,
+            Ok(recorded) => self.resume(recorded, request).await,
         }
     }
 
@@ -215,16 +209,25 @@ impl Stripe {
                 if let Err(error) = self.client.cancel(&created.id).await {
                     tracing::warn!(intent = %created.id, %error, "an unused PaymentIntent was not cancelled; the auditor will");
                 }
-                match other {
-                    Recorded::Intent(id) => match self.client.retrieve(&id).await {
-                        Ok(intent) => self.answer(intent, request, true).await,
-                        Err(error) => unavailable("retrieving the PaymentIntent", error),
-                    },
-                    _ => ProviderAnswer::Declined {
-                        reason: VOIDED.to_owned(),
-                    },
-                }
+                self.resume(other, request).await
             }
+        }
+    }
+
+    /// What the books' record answers a charge: the recorded PaymentIntent
+    /// as it is now (confirmed if it still waits for that), or the void a
+    /// refund left.
+    async fn resume(&self, recorded: Recorded, request: &ChargeRequest) -> ProviderAnswer {
+        match recorded {
+            Recorded::Intent(id) => match self.client.retrieve(&id).await {
+                Ok(intent) => self.answer(intent, request, true).await,
+                Err(error) => unavailable("retrieving the PaymentIntent", error),
+            },
+            Recorded::Void => ProviderAnswer::Declined {
+                reason: VOIDED.to_owned(),
+            },
+            // Only ever read before a write: a write leaves an id or the void.
+            Recorded::Nothing => transient("no PaymentIntent is recorded for the charge"),
         }
     }
 
