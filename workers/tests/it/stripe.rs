@@ -154,14 +154,12 @@ async fn a_card_that_needs_3d_secure_is_rejected_and_its_intent_let_go() {
 #[tokio::test]
 async fn a_method_that_is_no_payment_method_id_is_refused_before_stripe_is_asked() {
     let setup = setup().await;
-    let saga = Uuid::new_v4();
 
     for method in ["4242424242424242", "card_123", "pm_nonexistent"] {
         let saga = Uuid::new_v4();
         let (why, detail) = rejected(charge(&setup, saga, method).await);
         assert_eq!(why, reason::INVALID_PAYMENT_METHOD, "{method}: {detail}");
     }
-    assert!(intents_of(&setup.server, saga).await.is_empty());
     assert!(
         setup.server.intents().await.is_empty(),
         "no PaymentIntent was made"
@@ -280,12 +278,9 @@ async fn a_refund_that_overtakes_the_charge_leaves_it_nothing_to_confirm() {
 
     assert_eq!(rejected(late).0, reason::ALREADY_COMPENSATED);
     let intents = intents_of(&setup.server, saga).await;
-    assert!(
-        statuses(&intents)
-            .iter()
-            .all(|status| *status == "canceled"),
-        "nothing confirmed: {intents:#?}"
-    );
+    // The charge reads the refund's mark before it makes a PaymentIntent:
+    // none was made, so none can be confirmed.
+    assert!(intents.is_empty(), "nothing made: {intents:#?}");
 }
 
 #[tokio::test]
@@ -309,4 +304,54 @@ async fn a_refund_after_the_charge_reached_stripe_refunds_it_whole() {
     let refunds = setup.server.refunds().await;
     assert_eq!(refunds.len(), 1);
     assert_eq!(refunds[0]["amount"], AMOUNT);
+}
+
+/// The books' PaymentIntent id is written once: the first write wins, so a
+/// charge whose PaymentIntent was made while a refund voided the saga (or
+/// while another attempt recorded its own) learns it must not confirm.
+#[tokio::test]
+async fn the_first_record_of_a_payment_intent_wins_and_a_void_stops_a_late_one() {
+    use workers::payment::provider_intent::{self, Recorded};
+    let setup = setup().await;
+    let pool = &setup.db.pool;
+    let (voided, recorded) = (Uuid::new_v4(), Uuid::new_v4());
+    for saga in [voided, recorded] {
+        sqlx::query(
+            "INSERT INTO payments (saga_id, status, amount_cents) VALUES ($1, 'charging', 1)",
+        )
+        .bind(saga)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    assert_eq!(
+        provider_intent::void(pool, voided).await.unwrap(),
+        Recorded::Void
+    );
+    assert_eq!(
+        provider_intent::record(pool, voided, "pi_late")
+            .await
+            .unwrap(),
+        Recorded::Void,
+        "a PaymentIntent made after the void is not recorded"
+    );
+    let first = Recorded::Intent("pi_first".to_owned());
+    assert_eq!(
+        provider_intent::record(pool, recorded, "pi_first")
+            .await
+            .unwrap(),
+        first
+    );
+    assert_eq!(
+        provider_intent::record(pool, recorded, "pi_second")
+            .await
+            .unwrap(),
+        first
+    );
+    assert_eq!(provider_intent::void(pool, recorded).await.unwrap(), first);
+    assert_eq!(
+        provider_intent::recorded(pool, recorded).await.unwrap(),
+        first
+    );
 }
