@@ -224,6 +224,18 @@ pub struct Facts {
     pub payments: HashMap<Uuid, Payment>,
     /// The provider's ledger per saga.
     pub ledger: HashMap<Uuid, LedgerLine>,
+    /// The orchestrator's retention horizon: a saga below it that is gone
+    /// was archived, and the records it left in the workers' databases are
+    /// no orphans.
+    pub archived_below: Option<Uuid>,
+}
+
+impl Facts {
+    /// Whether saga `id`, not in the orchestrator's database, may have been
+    /// archived there.
+    pub fn may_be_archived(&self, id: &Uuid) -> bool {
+        self.archived_below.is_some_and(|below| *id < below)
+    }
 }
 
 /// A read-only transaction whose snapshot is taken now: PostgreSQL takes a
@@ -252,11 +264,14 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
         .await
         .map_err(read_error(Database::Payment))?;
 
-    let ((sagas, with_outbox), (products, reservations), (payments, ledger)) = tokio::try_join!(
+    let (((sagas, with_outbox), archived_below), (products, reservations), (payments, ledger)) = tokio::try_join!(
         async {
-            read_orchestrator(&mut orchestrator)
-                .await
-                .map_err(read_error(Database::Orchestrator))
+            async {
+                let sagas = read_orchestrator(&mut orchestrator).await?;
+                Ok((sagas, read_horizon(&mut orchestrator).await?))
+            }
+            .await
+            .map_err(read_error(Database::Orchestrator))
         },
         async {
             read_inventory(&mut inventory)
@@ -309,7 +324,21 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
         reservations,
         payments,
         ledger,
+        archived_below,
     })
+}
+
+/// How far retention has archived, on a schema that keeps it.
+async fn read_horizon(conn: &mut PgConnection) -> Result<Option<Uuid>, sqlx::Error> {
+    let kept: bool = sqlx::query_scalar("SELECT to_regclass('retention_horizon') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !kept {
+        return Ok(None);
+    }
+    sqlx::query_scalar("SELECT archived_below FROM retention_horizon")
+        .fetch_optional(&mut *conn)
+        .await
 }
 
 async fn read_orchestrator(

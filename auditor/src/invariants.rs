@@ -350,7 +350,9 @@ fn idempotency_unique(sagas: &[Saga], found: &mut Vec<Violation>) {
 
 fn orphans(facts: &Facts, found: &mut Vec<Violation>) {
     let known: HashSet<Uuid> = facts.sagas.iter().map(|s| s.id).collect();
-    let exists = |id: &Uuid| known.contains(id) || facts.created_since.contains(id);
+    let exists = |id: &Uuid| {
+        known.contains(id) || facts.created_since.contains(id) || facts.may_be_archived(id)
+    };
     for (id, reservation) in &facts.reservations {
         if !reservation.is_tombstone() && !exists(id) {
             let status = if reservation.active {

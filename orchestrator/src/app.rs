@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::{Archive, ArchiveError};
 use crate::clients::{run_registry_until_stopped, Clients};
 use crate::config::Config;
 use crate::dead_letters::run_dead_letter_recorder_until_stopped;
@@ -21,6 +22,7 @@ use crate::http::{self, AppState, Routes};
 use crate::listener::{run_listener_until_stopped, Waiters};
 use crate::relay::run_relay_until_stopped;
 use crate::replies::run_reply_consumer_until_stopped;
+use crate::retention::run_retention_until_stopped;
 use crate::store::Store;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
@@ -34,6 +36,8 @@ pub enum StartError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("ARCHIVE: {0}")]
+    Archive(#[from] ArchiveError),
     #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: SocketAddr,
@@ -136,6 +140,15 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
             stop.clone(),
         ));
     }
+    if let Some(retention) = config.retention.retention() {
+        let archive = Archive::open(&config.retention.archive)?;
+        tasks.spawn(run_retention_until_stopped(
+            store.clone(),
+            archive,
+            retention,
+            stop.clone(),
+        ));
+    }
     tasks.spawn(run_dead_letter_recorder_until_stopped(
         store.clone(),
         broker.clone(),
@@ -176,6 +189,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
         gauges,
         limits: config.http,
         parked_saga_ttl: config.parked_saga_ttl,
+        retention: config.retention.clone(),
     };
     let public = match admin_listener {
         Some(_) => Routes::Public,

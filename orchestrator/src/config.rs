@@ -10,6 +10,7 @@ use saga_shared::service_config::ServiceConfig;
 use crate::admin_tokens::AdminTokens;
 use crate::clients::{ClientLimits, SeededKeys};
 use crate::reply_senders::ReplySenders;
+use crate::retention::RetentionConfig;
 use crate::saga::{OnExhausted, RetryPolicy, StepPolicies};
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct Config {
     /// `PARKED_SAGA_TTL` (default 24h; `0`: never): a saga suspended longer
     /// than this (plus what support added) is cancelled with compensation.
     pub parked_saga_ttl: Option<Duration>,
+    /// `RETENTION_DAYS`, `ARCHIVE`: when finished sagas go to the archive.
+    pub retention: RetentionConfig,
 }
 
 /// A parked saga holds its stock until a person acts: a day is long enough
@@ -293,6 +296,7 @@ impl Config {
             client_keys: SeededKeys::from_source(source)?,
             client_limits: ClientLimits::from_source(source)?,
             parked_saga_ttl: parked_saga_ttl(source)?,
+            retention: RetentionConfig::from_source(source)?,
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod admin_tokens;
 pub mod app;
+pub mod archive;
 mod batch_timer;
 pub mod checkout_view;
 pub mod clients;
@@ -20,5 +21,6 @@ pub mod parked;
 pub mod relay;
 pub mod replies;
 pub mod reply_senders;
+pub mod retention;
 pub mod saga;
 pub mod store;

@@ -60,6 +60,7 @@ fn world() -> Facts {
         ],
         with_outbox: HashSet::new(),
         created_since: HashSet::new(),
+        archived_below: None,
         products: [
             (
                 "a",
@@ -246,6 +247,21 @@ fn orphans_are_reported_but_tombstones_are_not() {
     // Created after the orchestrator's snapshot: not an orphan.
     facts.created_since.insert(id(9));
     assert_eq!(names(&facts), vec![]);
+}
+
+#[test]
+fn the_records_of_an_archived_saga_are_no_orphans_but_those_above_the_horizon_are() {
+    let mut facts = world();
+    facts.reservations.insert(id(9), held(true));
+    facts.payments.insert(id(9), payment("charged", 100, 0));
+    facts.ledger.insert(id(9), booked(1, 100, 0, 0));
+    facts.reservations.insert(id(20), held(false));
+    facts.archived_below = Some(id(10));
+    assert_eq!(
+        names(&facts),
+        vec![("orphan-reservation", Some(id(20)), None)]
+    );
+    assert_eq!(crate::Summary::of(&facts).archived, 1);
 }
 
 #[test]

@@ -602,6 +602,7 @@ async fn the_library_audits_through_read_only_sessions() {
             suspended: 1,
             in_flight: 2,
             skus: 2,
+            archived: 0,
         }
     );
     let write = sqlx::query("DELETE FROM payments")

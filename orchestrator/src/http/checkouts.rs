@@ -98,7 +98,7 @@ pub struct GetParams {
     params(("id" = String, Path, description = "The checkout id"), GetParams),
     responses(
         (status = 200, description = "The checkout", body = CheckoutView),
-        (status = 404, description = "No such checkout (or another client's)", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such checkout (or another client's): `not-found`; or `past-retention`: the id is older than the retention (`RETENTION_DAYS`), so the checkout, if it existed and finished, was archived", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable (`unavailable`), no database connection came free in time (`overloaded`: retry after `Retry-After` seconds), too many long-polls wait already (`too-many-waiters`, with `Retry-After`), or the request timed out (`timeout`)", body = crate::http::problem::Problem, content_type = "application/problem+json", headers(("Retry-After" = u16, description = "With `overloaded` or `too-many-waiters`: seconds to wait before retrying"))),
     )
@@ -145,7 +145,11 @@ async fn read_or_wait(
             .store
             .get_for_client(saga_id, client)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no checkout with id `{saga_id}`")))?;
+            .ok_or_else(|| {
+                state.not_found(saga_id, || {
+                    ApiError::NotFound(format!("no checkout with id `{saga_id}`"))
+                })
+            })?;
         Ok::<_, ApiError>(CheckoutView::from(&record))
     };
     if wait == 0 {

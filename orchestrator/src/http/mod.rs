@@ -48,6 +48,21 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// `PARKED_SAGA_TTL`; `None`: parks never expire.
     pub parked_saga_ttl: Option<std::time::Duration>,
+    /// `RETENTION_DAYS`: a saga missing and older than this was archived.
+    pub retention: crate::retention::RetentionConfig,
+}
+
+impl AppState {
+    /// Why saga `id` is not found: past the retention, or simply unknown.
+    pub fn not_found(&self, id: uuid::Uuid, unknown: impl FnOnce() -> ApiError) -> ApiError {
+        match (
+            crate::archive::id_time(id).filter(|created| self.retention.is_past(*created)),
+            self.retention.days,
+        ) {
+            (Some(_), Some(days)) => ApiError::PastRetention { id, days },
+            _ => unknown(),
+        }
+    }
 }
 
 /// Which routes a listener serves.

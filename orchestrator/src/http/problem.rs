@@ -35,6 +35,11 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     NotFound(String),
+    /// Not here, and created before the retention: if it finished, it was
+    /// archived. Said from the id alone, so it tells no one whether it was
+    /// theirs, or existed at all.
+    #[error("no checkout with id `{id}` is kept: finished checkouts are archived {days} days after they were created, and this id is older; support can read it back from the archive")]
+    PastRetention { id: uuid::Uuid, days: u32 },
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
     #[error("{0}")]
@@ -135,6 +140,9 @@ impl IntoResponse for ApiError {
                 "Payload too large",
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::PastRetention { .. } => {
+                (StatusCode::NOT_FOUND, "past-retention", "Past retention")
+            }
             ApiError::IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

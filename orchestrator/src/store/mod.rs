@@ -9,6 +9,7 @@ pub mod id_time;
 pub mod outbox;
 mod parked;
 mod reply_batch;
+pub mod retention;
 mod saga_cache;
 pub mod saga_tally;
 mod support;

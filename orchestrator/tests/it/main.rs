@@ -32,6 +32,7 @@ mod relay;
 mod reply_batches;
 mod reply_mismatch;
 mod reply_senders;
+mod retention;
 mod run_command;
 mod saga_tally;
 mod sagactl;

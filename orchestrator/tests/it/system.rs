@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use orchestrator::archive::ArchiveLocation;
 use orchestrator::clients::{ClientLimits, Clients, SeededKeys};
 use orchestrator::config::{Config, HttpLimits};
 use orchestrator::http::auth::AdminTokens;
 use orchestrator::listener::Waiters;
 use orchestrator::reply_senders::ReplySenders;
+use orchestrator::retention::RetentionConfig;
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_protocol::WorkerKind;
 use saga_shared::broker::Broker;
@@ -18,6 +20,7 @@ use saga_testkit::{self as testing, Proxy, TestDatabase, TopologyGuard};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 use workers::runtime::{run_worker_until_stopped, Handler};
 
 pub struct System {
@@ -33,6 +36,8 @@ pub struct System {
     policies: StepPolicies,
     http_limits: HttpLimits,
     parked_saga_ttl: Option<Duration>,
+    /// `RETENTION_DAYS` and `ARCHIVE` (a folder of this system's own).
+    pub retention: RetentionConfig,
     /// The long-polls of the orchestrator instance at `base_url`.
     pub waiters: Arc<Waiters>,
     /// Where the instance at `base_url` serves the support API (the same
@@ -214,6 +219,8 @@ pub struct Setup {
     pub without_workers: bool,
     /// `PARKED_SAGA_TTL`; by default parks never expire within a test.
     pub parked_saga_ttl: Option<Duration>,
+    /// `RETENTION_DAYS`; by default nothing is archived within a test.
+    pub retention_days: Option<u32>,
 }
 
 impl System {
@@ -319,6 +326,12 @@ impl System {
             policies: setup.policies,
             http_limits: setup.http_limits,
             parked_saga_ttl: setup.parked_saga_ttl,
+            retention: RetentionConfig {
+                days: setup.retention_days,
+                archive: ArchiveLocation::Folder(
+                    std::env::temp_dir().join(format!("checkout-archive-{}", Uuid::new_v4())),
+                ),
+            },
             waiters: Waiters::new(1),
             database_url_for: Box::new(move |db: &TestDatabase| match database_port {
                 Some(port) => db.url.replacen(":5432", &format!(":{port}"), 1),
@@ -503,6 +516,7 @@ impl System {
             client_keys: SeededKeys::parse(&client_keys()).unwrap(),
             client_limits: self.client_limits,
             parked_saga_ttl: self.parked_saga_ttl,
+            retention: self.retention.clone(),
         };
         let stop = CancellationToken::new();
         let running = orchestrator::app::start(config, stop.clone())

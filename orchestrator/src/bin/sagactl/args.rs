@@ -111,6 +111,25 @@ pub enum Command {
     /// The checkout clients: their keys and limits.
     #[command(subcommand)]
     Clients(ClientsCommand),
+    /// Sagas past their retention (RETENTION_DAYS), read back from the
+    /// archive the orchestrator wrote them to.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ArchiveCommand {
+    /// Show one archived saga: its stored row and its timeline. Reads the
+    /// archive directly, not the orchestrator: exit code 3 if it is not there.
+    #[command(after_help = EXIT_CODES)]
+    Find {
+        /// The saga id (the checkout id).
+        id: Uuid,
+        /// The orchestrator's ARCHIVE: a folder, or s3://BUCKET[/PREFIX]
+        /// (with the usual AWS_* variables).
+        #[arg(long, env = "ARCHIVE", default_value = "archive")]
+        archive: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,7 +1,8 @@
 //! `sagactl`: the support API (docs/admin-api.md) from a terminal.
 //!
 //! A plain HTTP client of a running orchestrator, not of its database or
-//! its library types: it works against any deployment, and reads answers
+//! its library types (but for `archive`, which reads the archive's files
+//! as the orchestrator wrote them): it works against any deployment, and reads answers
 //! as loose JSON so a field the server adds later breaks nothing. The
 //! readable form is for people; `--json` passes the server's body through
 //! untouched for scripts, and the exit code says what kind of failure it
@@ -18,12 +19,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::{json, Map, Value};
 
-use args::{page_query, ActionArgs, Cli, ClientsCommand, Command};
+use args::{page_query, ActionArgs, ArchiveCommand, Cli, ClientsCommand, Command};
 use client::{Api, Request};
 use failure::Failure;
 use render::{
-    render_acted, render_bulk, render_client, render_clients, render_dead_letters, render_extended,
-    render_failures, render_list, render_new_client, render_outbox, render_saga,
+    render_acted, render_archived, render_bulk, render_client, render_clients, render_dead_letters,
+    render_extended, render_failures, render_list, render_new_client, render_outbox, render_saga,
 };
 
 /// What to ask for, and how to show the answer to a person.
@@ -78,6 +79,8 @@ fn plan(command: Command) -> (Request, fn(&Value) -> String) {
             let request = Request::get(&["v1", "admin", "outbox"]).with_query(args.query());
             (request, render_outbox)
         }
+        // Read from the archive, before any request is planned.
+        Command::Archive(_) => unreachable!("`archive` asks no API"),
         Command::Clients(command) => {
             const CLIENTS: [&str; 3] = ["v1", "admin", "clients"];
             match command {
@@ -139,6 +142,14 @@ fn action(name: &str, args: ActionArgs) -> (Request, fn(&Value) -> String) {
 }
 
 async fn run(cli: Cli) -> Result<String, Failure> {
+    if let Command::Archive(ArchiveCommand::Find { id, archive }) = &cli.command {
+        let record = archived(*id, archive).await?;
+        return Ok(if cli.global.json {
+            format!("{record}\n")
+        } else {
+            render_archived(&record)
+        });
+    }
     let api = Api::new(&cli.global)?;
     let (request, render) = plan(cli.command);
     let (raw, answer) = api.send(request).await?;
@@ -147,6 +158,40 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     } else {
         render(&answer)
     })
+}
+
+/// Saga `id` from the archive at `location`.
+async fn archived(id: uuid::Uuid, location: &str) -> Result<Value, Failure> {
+    use orchestrator::archive::{Archive, ArchiveLocation};
+    let variables = std::collections::HashMap::from([("ARCHIVE".to_owned(), location.to_owned())]);
+    let location = ArchiveLocation::from_source(&variables)
+        .map_err(|error| Failure::new(2, "Bad archive", error.to_string()))?;
+    if let ArchiveLocation::Folder(folder) = &location {
+        if !folder.is_dir() {
+            return Err(Failure::new(
+                2,
+                "Bad archive",
+                format!(
+                    "{} is not a folder (--archive, or ARCHIVE)",
+                    folder.display()
+                ),
+            ));
+        }
+    }
+    let archive = Archive::open(&location)
+        .map_err(|error| Failure::new(7, "Archive unreadable", error.to_string()))?;
+    match archive.find_saga(id).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(Failure::new(
+            3,
+            "Not found",
+            format!(
+                "no saga with id `{id}` in the archive at {}",
+                archive.location()
+            ),
+        )),
+        Err(error) => Err(Failure::new(7, "Archive unreadable", error.to_string())),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

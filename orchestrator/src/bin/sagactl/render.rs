@@ -212,8 +212,14 @@ pub fn render_saga(saga: &Value) -> String {
     for (key, value) in &fields {
         out.push_str(&format!("{key:<width$}  {value}\n"));
     }
-    out.push_str("\ntimeline:\n");
-    let rows: Vec<Vec<String>> = saga["timeline"]
+    out.push_str(&render_timeline(&saga["timeline"]));
+    out
+}
+
+/// A saga's timeline, as the support API and the archive both give it.
+fn render_timeline(entries: &Value) -> String {
+    let mut out = String::from("\ntimeline:\n");
+    let rows: Vec<Vec<String>> = entries
         .as_array()
         .into_iter()
         .flatten()
@@ -253,6 +259,29 @@ pub fn render_saga(saga: &Value) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
+    out
+}
+
+/// A saga as the archive keeps it: its stored row and timeline.
+pub fn render_archived(record: &Value) -> String {
+    let saga = &record["saga"];
+    let dead_letters = record["dead_letters"].as_array().map_or(0, Vec::len);
+    let fields = [
+        ("saga", text(&saga["id"])),
+        ("status", text(&saga["status"])),
+        ("last error", text(&saga["last_error"])),
+        ("client", text(&saga["client"])),
+        ("created", time(&saga["created_at"], false)),
+        ("updated", time(&saga["updated_at"], false)),
+        ("archived", time(&record["archived_at"], false)),
+        ("dead letters", dead_letters.to_string()),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in &fields {
+        out.push_str(&format!("{key:<width$}  {value}\n"));
+    }
+    out.push_str(&render_timeline(&record["events"]));
     out
 }
 

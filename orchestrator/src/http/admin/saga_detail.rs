@@ -71,7 +71,7 @@ pub(super) async fn detail_of(state: &AppState, id: Uuid) -> Result<SagaDetail, 
         .store
         .get(id)
         .await?
-        .ok_or(StoreError::UnknownSaga(id))?;
+        .ok_or_else(|| state.not_found(id, || StoreError::UnknownSaga(id).into()))?;
     let (timeline, deadline_at) =
         tokio::try_join!(state.store.timeline(id), state.store.deadline_of(id))?;
     let saga = &record.saga;
