@@ -252,7 +252,7 @@ fn orphans_are_reported_but_tombstones_are_not() {
 #[test]
 fn the_records_of_an_archived_saga_are_no_orphans_but_those_above_the_horizon_are() {
     let mut facts = world();
-    facts.reservations.insert(id(9), held(true));
+    facts.reservations.insert(id(9), held(false));
     facts.payments.insert(id(9), payment("charged", 100, 0));
     facts.ledger.insert(id(9), booked(1, 100, 0, 0));
     facts.reservations.insert(id(20), held(false));
