@@ -228,6 +228,10 @@ pub struct Facts {
     /// was archived, and the records it left in the workers' databases are
     /// no orphans.
     pub archived_below: Option<Uuid>,
+    /// The workers' retention horizons: a saga below one may have lost its
+    /// reservation, or its payment and ledger lines, to that retention.
+    pub reservations_kept_from: Option<Uuid>,
+    pub payments_kept_from: Option<Uuid>,
 }
 
 impl Facts {
@@ -235,6 +239,17 @@ impl Facts {
     /// archived there.
     pub fn may_be_archived(&self, id: &Uuid) -> bool {
         self.archived_below.is_some_and(|below| *id < below)
+    }
+
+    /// Whether saga `id` may have lost its reservation to retention.
+    pub fn reservation_may_be_pruned(&self, id: &Uuid) -> bool {
+        self.reservations_kept_from.is_some_and(|from| *id < from)
+    }
+
+    /// Whether saga `id` may have lost its payment and ledger lines to
+    /// retention.
+    pub fn payment_may_be_pruned(&self, id: &Uuid) -> bool {
+        self.payments_kept_from.is_some_and(|from| *id < from)
     }
 }
 
@@ -264,25 +279,36 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
         .await
         .map_err(read_error(Database::Payment))?;
 
-    let (((sagas, with_outbox), archived_below), (products, reservations), (payments, ledger)) = tokio::try_join!(
+    let (
+        ((sagas, with_outbox), archived_below),
+        ((products, reservations), reservations_kept_from),
+        ((payments, ledger), payments_kept_from),
+    ) = tokio::try_join!(
         async {
             async {
                 let sagas = read_orchestrator(&mut orchestrator).await?;
-                Ok((sagas, read_horizon(&mut orchestrator).await?))
+                Ok((
+                    sagas,
+                    read_horizon(&mut orchestrator, "archived_below").await?,
+                ))
             }
             .await
             .map_err(read_error(Database::Orchestrator))
         },
         async {
-            read_inventory(&mut inventory)
-                .await
-                .map_err(read_error(Database::Inventory))
+            async {
+                let read = read_inventory(&mut inventory).await?;
+                Ok((read, read_horizon(&mut inventory, "deleted_below").await?))
+            }
+            .await
+            .map_err(read_error(Database::Inventory))
         },
         async {
             async {
                 let payments = read_payments(&mut payment).await?;
                 let ledger = read_ledger(&mut payment).await?;
-                Ok((payments, ledger))
+                let horizon = read_horizon(&mut payment, "deleted_below").await?;
+                Ok(((payments, ledger), horizon))
             }
             .await
             .map_err(read_error(Database::Payment))
@@ -325,18 +351,24 @@ pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
         payments,
         ledger,
         archived_below,
+        reservations_kept_from,
+        payments_kept_from,
     })
 }
 
-/// How far retention has archived, on a schema that keeps it.
-async fn read_horizon(conn: &mut PgConnection) -> Result<Option<Uuid>, sqlx::Error> {
+/// How far retention has gone (`column` of `retention_horizon`), on a
+/// schema that keeps it.
+async fn read_horizon(
+    conn: &mut PgConnection,
+    column: &'static str,
+) -> Result<Option<Uuid>, sqlx::Error> {
     let kept: bool = sqlx::query_scalar("SELECT to_regclass('retention_horizon') IS NOT NULL")
         .fetch_one(&mut *conn)
         .await?;
     if !kept {
         return Ok(None);
     }
-    sqlx::query_scalar("SELECT archived_below FROM retention_horizon")
+    sqlx::query_scalar(&format!("SELECT {column} FROM retention_horizon"))
         .fetch_optional(&mut *conn)
         .await
 }

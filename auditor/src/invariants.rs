@@ -93,9 +93,14 @@ pub fn check(facts: &Facts, grace: Duration) -> Vec<Violation> {
         let ledger = facts.ledger.get(&saga.id).copied().unwrap_or_default();
         match status {
             SagaStatus::Completed => {
-                completed_reserved(saga.id, &state.requested, reservation, &mut found);
-                completed_charged(saga.id, state, payment, &mut found);
-                ledger_charged(saga.id, state, ledger, &mut found);
+                if reservation.is_some() || !facts.reservation_may_be_pruned(&saga.id) {
+                    completed_reserved(saga.id, &state.requested, reservation, &mut found);
+                }
+                // Money records go together, past their own retention.
+                if payment.is_some() || !facts.payment_may_be_pruned(&saga.id) {
+                    completed_charged(saga.id, state, payment, &mut found);
+                    ledger_charged(saga.id, state, ledger, &mut found);
+                }
             }
             SagaStatus::Compensated | SagaStatus::Cancelled => {
                 undone_holds_nothing(saga.id, status, reservation, payment, &mut found);

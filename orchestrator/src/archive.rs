@@ -16,9 +16,8 @@
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use object_store::aws::AmazonS3Builder;
@@ -26,6 +25,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, WriteMultipart};
 use saga_shared::config::{ConfigError, Source};
+use saga_shared::saga_id::drawn_at;
 use uuid::Uuid;
 
 /// Parts of a day a reader looks through before it gives up: far more than
@@ -304,17 +304,7 @@ impl DayWriter {
 
 /// The UTC day a UUIDv7 was drawn.
 pub fn saga_day(id: Uuid) -> Option<NaiveDate> {
-    Some(id_time(id)?.date_naive())
-}
-
-/// When a UUIDv7 was drawn.
-pub fn id_time(id: Uuid) -> Option<DateTime<Utc>> {
-    if id.get_version_num() != 7 {
-        return None;
-    }
-    let (seconds, nanos) = id.get_timestamp()?.to_unix();
-    let at = UNIX_EPOCH + Duration::new(seconds, nanos);
-    Some(DateTime::<Utc>::from(at))
+    Some(drawn_at(id)?.date_naive())
 }
 
 #[cfg(test)]
@@ -327,6 +317,7 @@ mod tests {
 
     #[test]
     fn a_saga_is_filed_under_the_day_its_id_was_drawn() {
+        use chrono::{DateTime, Utc};
         let at = DateTime::parse_from_rfc3339("2026-01-31T23:59:59.900Z")
             .unwrap()
             .with_timezone(&Utc);

@@ -12,6 +12,7 @@ pub mod contract;
 pub mod database;
 pub mod failure;
 pub mod queue_policies;
+pub mod saga_id;
 pub mod schema;
 pub mod service_config;
 pub mod shutdown;

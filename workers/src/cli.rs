@@ -19,7 +19,7 @@ use saga_shared::{database, shutdown, telemetry, tls};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
-use crate::retention::{inbox_retention, run_inbox_pruning_until_stopped};
+use crate::retention::{run_retention_until_stopped, Retention};
 use crate::runtime::{run_worker_until_stopped, Handler};
 use crate::WorkerError;
 
@@ -129,7 +129,7 @@ where
 /// Runs a worker service until SIGTERM or ctrl-c.
 pub async fn serve<H: Handler>(
     config: ServiceConfig,
-    inbox_retention: Duration,
+    retention: Retention,
     schema: &Schema,
     handler: impl FnOnce(PgPool) -> H,
 ) -> Result<(), WorkerError> {
@@ -150,9 +150,9 @@ pub async fn serve<H: Handler>(
         .await?,
     );
     saga_shared::broker_commands::ensure_at_start(&config, broker.topology()).await;
-    let pruning = tokio::spawn(run_inbox_pruning_until_stopped(
+    let pruning = tokio::spawn(run_retention_until_stopped(
         pool.clone(),
-        inbox_retention,
+        retention,
         stop.clone(),
     ));
     let work = run_worker_until_stopped(
@@ -249,8 +249,12 @@ pub async fn serve_from_env<H: Handler>(
     schema: &Schema,
     handler: impl FnOnce(PgPool) -> H,
 ) -> ExitCode {
-    let config = ServiceConfig::from_env()
-        .and_then(|service| Ok((service, inbox_retention(&config::Environment)?)));
+    let config = ServiceConfig::from_env().and_then(|service| {
+        Ok((
+            service,
+            Retention::from_source(&config::Environment, H::KIND)?,
+        ))
+    });
     match config {
         Ok((service, retention)) => exit_code(serve(service, retention, schema, handler).await),
         Err(error) => config_error(error),

@@ -61,6 +61,8 @@ fn world() -> Facts {
         with_outbox: HashSet::new(),
         created_since: HashSet::new(),
         archived_below: None,
+        reservations_kept_from: None,
+        payments_kept_from: None,
         products: [
             (
                 "a",
@@ -247,6 +249,37 @@ fn orphans_are_reported_but_tombstones_are_not() {
     // Created after the orchestrator's snapshot: not an orphan.
     facts.created_since.insert(id(9));
     assert_eq!(names(&facts), vec![]);
+}
+
+#[test]
+fn a_completed_saga_may_lack_the_records_the_workers_retention_pruned() {
+    let mut facts = world();
+    // As inventory's retention does: the reservation's stock shipped.
+    facts.reservations.remove(&id(1));
+    facts.products.get_mut("a").unwrap().on_hand -= 2;
+    facts.products.get_mut("b").unwrap().on_hand -= 1;
+    facts.payments.remove(&id(1));
+    facts.ledger.remove(&id(1));
+    assert_eq!(
+        names(&facts),
+        vec![
+            ("completed-reserved", Some(id(1)), None),
+            ("completed-charged", Some(id(1)), None),
+            ("ledger-charged", Some(id(1)), None),
+        ]
+    );
+    facts.reservations_kept_from = Some(id(2));
+    facts.payments_kept_from = Some(id(2));
+    assert_eq!(names(&facts), vec![]);
+    // Below the horizon, what is kept is still checked.
+    facts.payments.insert(id(1), payment("charged", 1, 0));
+    assert_eq!(
+        names(&facts),
+        vec![
+            ("completed-charged", Some(id(1)), None),
+            ("ledger-charged", Some(id(1)), None),
+        ]
+    );
 }
 
 #[test]

@@ -4,12 +4,13 @@
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use saga_protocol::WorkerKind;
 use saga_shared::config::{Environment, Source};
 use saga_shared::service_config::ServiceConfig;
 use workers::cli;
 use workers::payment::stripe::{Stripe, StripeConfig};
 use workers::payment::{ledger, outage, Payment, PaymentConfig, ProviderKind, Simulator, SCHEMA};
-use workers::retention::inbox_retention;
+use workers::retention::Retention;
 
 /// Payment commands spend their time waiting on the provider holding no
 /// database connection, so a copy can have more in flight than its pool
@@ -111,7 +112,7 @@ async fn serve() -> ExitCode {
         Ok((
             service,
             PaymentConfig::from_source(&Environment)?,
-            inbox_retention(&Environment)?,
+            Retention::from_source(&Environment, WorkerKind::Payment)?,
         ))
     }) {
         Ok(configs) => configs,

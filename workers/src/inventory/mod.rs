@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod handler;
 pub mod prices;
 pub mod reservation;
+pub mod retention;
 pub mod rules;
 pub mod store;
 

@@ -7,6 +7,7 @@ pub mod handler;
 pub mod outage;
 pub mod provider;
 pub mod provider_intent;
+pub mod retention;
 pub mod rules;
 pub mod simulator;
 pub mod store;
