@@ -46,6 +46,9 @@ enum Action {
     Topology,
     /// Create each service's own RabbitMQ user where missing, with least-privilege permissions; print their AMQP_URLs once
     #[command(long_about = BROKER_USERS_HELP)]
+    /// Archive and delete now what passed its retention (RETENTION_DAYS, ARCHIVE), as every instance does hourly; then exit
+    #[command(long_about = ARCHIVE_HELP)]
+    Archive,
     BrokerUsers {
         /// Users are named <BASE>-orchestrator, <BASE>-inventory, <BASE>-tax and <BASE>-payment
         #[arg(long, default_value = "checkout")]
@@ -60,6 +63,10 @@ const BROKER_USERS_HELP: &str = "Create each service's own RabbitMQ user where m
 
 The orchestrator's user declares the topology, writes commands and reads replies; a worker's user reads only its command queue and writes only replies. Run as an administrator: AMQP_URL's user must be tagged administrator on the management API (RABBITMQ_MANAGEMENT_URL unless RabbitMQ listens on 5672). A new user gets a random password, printed once as <SERVICE>_AMQP_URL=...; an existing user keeps its password, and its permissions are set to this build's. The last line is WORKER_USERS for the orchestrator, which then dead-letters a reply from any other user. Exit code 0; 2 for a configuration error; 1 when the broker refuses.";
 
+const ARCHIVE_HELP: &str = "Archive and delete now what passed its retention, as every running instance does at start and then hourly; then exit.
+
+Finished sagas created and finished more than RETENTION_DAYS (default 90) ago are written to ARCHIVE (a folder, default `archive`, or s3://BUCKET/PREFIX with the AWS_* variables) as gzip JSON lines, one file per day, with their timelines and dead letters, then deleted in small batches; so are dead letters no saga holds. Safe while the system serves checkouts: one instance archives at a time (another waits for the next run), no batch holds a lock for long, and SIGTERM or ctrl-c stops between batches with nothing lost. Needs DATABASE_URL. Prints what it archived. Exit code 0; 2 for a configuration error; 1 when the database or the archive fails.";
+
 const TOPOLOGY_HELP: &str = "Declare what is missing on the broker and set the queue policies to this build's, then exit.
 
 The deploy step for the broker, as `migrate` is for the database: exchanges, queues and bindings under AMQP_PREFIX are declared where missing (an existing queue is used as it is), and the queue policy <AMQP_PREFIX>checkout-work-queues (delivery limit, dead-letter exchange) is set to this build's through RabbitMQ's management API, overwriting an older release's. Services create a missing policy at start but never overwrite one. Needs AMQP_URL, AMQP_PREFIX and, unless RabbitMQ listens on AMQP's own port 5672 (then its management API is taken to be on 15672 with the same user), RABBITMQ_MANAGEMENT_URL. Exit code 0; 2 for a configuration error; 1 when the broker refuses.";
@@ -70,6 +77,10 @@ async fn main() -> ExitCode {
     if let Some(Action::Migrate) = cli.command {
         telemetry::init("warn");
         return schema::migrate_command(&app::SCHEMA).await;
+    }
+    if let Some(Action::Archive) = cli.command {
+        telemetry::init("warn");
+        return orchestrator::retention::archive_command().await;
     }
     if let Some(Action::Topology) = cli.command {
         telemetry::init("warn");

@@ -10,11 +10,13 @@
 //! archived on the day its retention passes after it finishes.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use saga_shared::broker::Backoff;
 use saga_shared::config::{parsed_or, ConfigError, Source};
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -86,6 +88,56 @@ pub struct Archived {
     pub files: Vec<String>,
     /// Another instance had the turn: this one did nothing.
     pub skipped: bool,
+}
+
+/// `orchestrator archive`: one run now, stopped between batches by SIGTERM
+/// or ctrl-c.
+pub async fn archive_command() -> ExitCode {
+    let env = saga_shared::config::Environment;
+    let config = saga_shared::database::url(&env).and_then(|url| {
+        let retention = RetentionConfig::from_source(&env)?;
+        Ok((url, retention))
+    });
+    let (url, config) = match config {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(retention) = config.retention() else {
+        println!("RETENTION_DAYS=0: everything is kept; nothing to archive");
+        return ExitCode::SUCCESS;
+    };
+    let run = async {
+        let archive = Archive::open(&config.archive)?;
+        let pool = saga_shared::database::connect_for_command(url.expose_secret(), 2)
+            .await
+            .map_err(StoreError::from)?;
+        let store = Store::new(pool, Default::default());
+        let stop = saga_shared::shutdown::on_signal();
+        archive_past_retention(&store, &archive, retention, &stop).await
+    };
+    match run.await {
+        Ok(archived) if archived.skipped => {
+            println!("another instance is archiving now; nothing done");
+            ExitCode::SUCCESS
+        }
+        Ok(archived) => {
+            println!(
+                "archived {} sagas and {} dead letters into {} files at {}",
+                archived.sagas,
+                archived.dead_letters,
+                archived.files.len(),
+                config.archive
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Archives at start, then every hour, until `stop`.
