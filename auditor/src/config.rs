@@ -38,6 +38,12 @@ Invariants checked:
   orphan-intent         (--provider stripe) a confirmed PaymentIntent the payment
                         books do not record: a second charge
 
+By default every saga is audited, a slice at a time (memory stays that of
+a slice, whatever the history). With --watermark FILE only what changed
+since the last clean run is, so that it can run every minute; stock and
+idempotency keys are then left to full audits. A saga archived by
+retention is not audited; records the workers keep of it are not orphans.
+
 With --provider stripe, the provider's side is read from Stripe (every
 PaymentIntent and refund, page by page; STRIPE_SECRET_KEY, STRIPE_API_BASE)
 instead of the simulator's ledger; --cancel-orphans cancels the unconfirmed
@@ -91,6 +97,17 @@ pub struct Args {
     /// Cancel unconfirmed orphan PaymentIntents (with --provider stripe).
     #[arg(long)]
     pub cancel_orphans: bool,
+    /// Audit incrementally: only what changed since the time in FILE (with
+    /// a margin), then write this audit's time there if it found nothing.
+    /// Without FILE yet, a full audit that starts it. Stock and idempotency
+    /// keys are checked by full audits only.
+    #[arg(long, env = "AUDIT_WATERMARK_FILE", value_name = "FILE")]
+    pub watermark: Option<std::path::PathBuf>,
+    /// Write the result as Prometheus metrics to FILE (a node exporter's
+    /// textfile collector reads it): violations by invariant, sagas
+    /// audited, when, how long, and whether every database was read.
+    #[arg(long, env = "AUDIT_METRICS_FILE", value_name = "FILE")]
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,6 +147,9 @@ pub struct Config {
     pub deadline_grace: Duration,
     /// `None`: the simulator's ledger.
     pub stripe: Option<StripeSettings>,
+    /// `--watermark`: incremental audits from this file's time.
+    pub watermark: Option<std::path::PathBuf>,
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 /// `--provider stripe`.
@@ -228,6 +248,8 @@ impl Config {
             )?,
             deadline_grace: grace(args.deadline_grace_seconds.clone())?,
             stripe,
+            watermark: args.watermark,
+            metrics_file: args.metrics_file,
         })
     }
 }
@@ -324,7 +346,7 @@ mod tests {
             .get_arguments()
             .filter(|arg| arg.get_env().is_some())
             .collect();
-        assert_eq!(with_env.len(), 7);
+        assert_eq!(with_env.len(), 9);
         for arg in with_env {
             assert!(arg.is_hide_env_values_set(), "{}", arg.get_id());
         }

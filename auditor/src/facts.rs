@@ -1,13 +1,5 @@
-//! Loading: every fact the invariants need, read in a few bulk queries (never
-//! one per saga) into maps that the checks walk in memory.
-//!
-//! There is no snapshot across databases, so the order of reads is what keeps
-//! a live system from raising false alarms. The orchestrator's snapshot is
-//! taken first: whatever a saga's final status promises (stock held, money
-//! charged or returned) committed in a worker database before that status
-//! did, so the worker snapshots taken after it see it. A reservation or
-//! payment whose saga the orchestrator's snapshot does not know may belong to
-//! a saga created since; those few ids are looked up again afterwards.
+//! The facts the invariants check, for one slice of sagas at a time (read
+//! by [`crate::snapshots`]), and the databases they come from.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -15,8 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::config::{Config, DatabaseUrl};
@@ -253,168 +244,6 @@ impl Facts {
     }
 }
 
-/// A read-only transaction whose snapshot is taken now: PostgreSQL takes a
-/// REPEATABLE READ snapshot at the first statement, not at BEGIN.
-async fn snapshot(
-    pool: &PgPool,
-) -> Result<(Transaction<'static, Postgres>, DateTime<Utc>), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let now = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *tx)
-        .await?;
-    Ok((tx, now))
-}
-
-pub async fn load(sources: &Sources) -> Result<Facts, AuditError> {
-    let (mut orchestrator, now) = snapshot(&sources.orchestrator)
-        .await
-        .map_err(read_error(Database::Orchestrator))?;
-    let (mut inventory, _) = snapshot(&sources.inventory)
-        .await
-        .map_err(read_error(Database::Inventory))?;
-    let (mut payment, _) = snapshot(&sources.payment)
-        .await
-        .map_err(read_error(Database::Payment))?;
-
-    let (
-        ((sagas, with_outbox), archived_below),
-        ((products, reservations), reservations_kept_from),
-        ((payments, ledger), payments_kept_from),
-    ) = tokio::try_join!(
-        async {
-            async {
-                let sagas = read_orchestrator(&mut orchestrator).await?;
-                Ok((
-                    sagas,
-                    read_horizon(&mut orchestrator, "archived_below").await?,
-                ))
-            }
-            .await
-            .map_err(read_error(Database::Orchestrator))
-        },
-        async {
-            async {
-                let read = read_inventory(&mut inventory).await?;
-                Ok((read, read_horizon(&mut inventory, "deleted_below").await?))
-            }
-            .await
-            .map_err(read_error(Database::Inventory))
-        },
-        async {
-            async {
-                let payments = read_payments(&mut payment).await?;
-                let ledger = read_ledger(&mut payment).await?;
-                let horizon = read_horizon(&mut payment, "deleted_below").await?;
-                Ok(((payments, ledger), horizon))
-            }
-            .await
-            .map_err(read_error(Database::Payment))
-        },
-    )?;
-    // Read-only: nothing to commit.
-    drop((orchestrator, inventory, payment));
-
-    let known: HashSet<Uuid> = sagas.iter().map(|s| s.id).collect();
-    let unknown: Vec<Uuid> = reservations
-        .iter()
-        .filter(|(_, r)| !r.is_tombstone())
-        .map(|(id, _)| id)
-        .chain(
-            payments
-                .iter()
-                .filter(|(_, p)| !p.is_tombstone())
-                .map(|(id, _)| id),
-        )
-        .chain(
-            ledger
-                .iter()
-                .filter(|(_, l)| !l.moved_nothing())
-                .map(|(id, _)| id),
-        )
-        .filter(|id| !known.contains(id))
-        .copied()
-        .collect();
-    let created_since = recheck(&sources.orchestrator, &unknown)
-        .await
-        .map_err(read_error(Database::Orchestrator))?;
-
-    Ok(Facts {
-        now,
-        sagas,
-        with_outbox,
-        created_since,
-        products,
-        reservations,
-        payments,
-        ledger,
-        archived_below,
-        reservations_kept_from,
-        payments_kept_from,
-    })
-}
-
-/// How far retention has gone (`column` of `retention_horizon`), on a
-/// schema that keeps it.
-async fn read_horizon(
-    conn: &mut PgConnection,
-    column: &'static str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let kept: bool = sqlx::query_scalar("SELECT to_regclass('retention_horizon') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !kept {
-        return Ok(None);
-    }
-    sqlx::query_scalar(&format!("SELECT {column} FROM retention_horizon"))
-        .fetch_optional(&mut *conn)
-        .await
-}
-
-async fn read_orchestrator(
-    conn: &mut PgConnection,
-) -> Result<(Vec<Saga>, HashSet<Uuid>), sqlx::Error> {
-    // Only the parts of the state the checks need leave the server.
-    let rows: Vec<SagaRow> = sqlx::query_as(
-        "SELECT id, status, idempotency_key, deadline_at,
-                state->'request'->'items' AS items, state->'reserved' AS reserved,
-                state->'tax'->'tax_cents' AS tax_cents
-         FROM sagas ORDER BY id",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let sagas = rows
-        .into_iter()
-        .map(|row| Saga {
-            id: row.id,
-            status: SagaStatus::parse(&row.status)
-                .ok_or_else(|| format!("unknown status `{}`", row.status)),
-            state: saga_state(row.items, row.reserved, row.tax_cents),
-            idempotency_key: row.idempotency_key,
-            deadline_at: row.deadline_at,
-        })
-        .collect();
-    let with_outbox = sqlx::query_scalar("SELECT DISTINCT saga_id FROM outbox")
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-    Ok((sagas, with_outbox))
-}
-
-#[derive(sqlx::FromRow)]
-struct SagaRow {
-    id: Uuid,
-    status: String,
-    idempotency_key: Option<String>,
-    deadline_at: Option<DateTime<Utc>>,
-    items: Option<Value>,
-    reserved: Option<Value>,
-    tax_cents: Option<Value>,
-}
-
 /// The shapes of the engine's stored state (`orchestrator::saga::Saga`),
 /// reduced to what is checked; unknown fields are ignored.
 #[derive(Deserialize)]
@@ -435,7 +264,7 @@ struct PricedLine {
     unit_price_cents: i64,
 }
 
-fn saga_state(
+pub(crate) fn saga_state(
     items: Option<Value>,
     reserved: Option<Value>,
     tax: Option<Value>,
@@ -470,122 +299,6 @@ fn saga_state(
         reserved,
         tax_cents,
     })
-}
-
-type Inventory = (BTreeMap<String, Product>, HashMap<Uuid, Reservation>);
-
-async fn read_inventory(conn: &mut PgConnection) -> Result<Inventory, sqlx::Error> {
-    let products =
-        sqlx::query_as::<_, (String, i32, i32)>("SELECT sku, on_hand, available FROM products")
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|(sku, on_hand, available)| {
-                let product = Product {
-                    on_hand: on_hand.into(),
-                    available: available.into(),
-                };
-                (sku, product)
-            })
-            .collect();
-    let mut reservations: HashMap<Uuid, Reservation> =
-        sqlx::query_as::<_, (Uuid, String)>("SELECT saga_id, status FROM reservations")
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|(saga_id, status)| {
-                let reservation = Reservation {
-                    active: status == "active",
-                    lines: Quantities::new(),
-                };
-                (saga_id, reservation)
-            })
-            .collect();
-    // Summed per SKU by the server: fewer rows, and it is the sum that counts.
-    let lines = sqlx::query_as::<_, (Uuid, String, i64)>(
-        "SELECT saga_id, sku, sum(quantity)::int8 FROM reservation_lines GROUP BY saga_id, sku",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    for (saga_id, sku, quantity) in lines {
-        // Lines reference their reservation (a foreign key), so it is there.
-        if let Some(reservation) = reservations.get_mut(&saga_id) {
-            reservation.lines.insert(sku, quantity);
-        }
-    }
-    Ok((products, reservations))
-}
-
-async fn read_payments(conn: &mut PgConnection) -> Result<HashMap<Uuid, Payment>, sqlx::Error> {
-    read_by_saga(
-        conn,
-        "SELECT saga_id, status, amount_cents, refunded_cents, currency FROM payments",
-    )
-    .await
-}
-
-async fn read_ledger(conn: &mut PgConnection) -> Result<HashMap<Uuid, LedgerLine>, sqlx::Error> {
-    read_by_saga(
-        conn,
-        "SELECT saga_id,
-                count(*) FILTER (WHERE operation = 'charge' AND outcome = 'approved') AS charges,
-                coalesce(sum(amount_cents) FILTER (WHERE operation = 'charge' AND outcome = 'approved'), 0)::int8
-                    AS charged_cents,
-                count(*) FILTER (WHERE operation = 'refund' AND outcome = 'approved') AS refunds,
-                coalesce(sum(amount_cents) FILTER (WHERE operation = 'refund' AND outcome = 'approved'), 0)::int8
-                    AS refunded_cents
-         FROM provider_ledger GROUP BY saga_id",
-    )
-    .await
-}
-
-/// One `T` per saga: the query's `saga_id` column is the key, the columns
-/// named like `T`'s fields its value (a saga has one row in each table read
-/// this way).
-async fn read_by_saga<T>(
-    conn: &mut PgConnection,
-    sql: &'static str,
-) -> Result<HashMap<Uuid, T>, sqlx::Error>
-where
-    T: for<'r> sqlx::FromRow<'r, PgRow>,
-{
-    sqlx::query(sql)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get("saga_id")?, T::from_row(row)?)))
-        .collect()
-}
-
-/// Adds to `facts.created_since` the sagas of ledger lines (read from the
-/// provider after the orchestrator's snapshot) that the orchestrator knows
-/// now, so that money moved for a saga created meanwhile is no orphan.
-pub async fn recheck_unknown(sources: &Sources, facts: &mut Facts) -> Result<(), AuditError> {
-    let known: HashSet<Uuid> = facts.sagas.iter().map(|s| s.id).collect();
-    let unknown: Vec<Uuid> = facts
-        .ledger
-        .keys()
-        .filter(|id| !known.contains(id) && !facts.created_since.contains(id))
-        .copied()
-        .collect();
-    let found = recheck(&sources.orchestrator, &unknown)
-        .await
-        .map_err(read_error(Database::Orchestrator))?;
-    facts.created_since.extend(found);
-    Ok(())
-}
-
-/// Which of `ids` the orchestrator knows now.
-async fn recheck(pool: &PgPool, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let (mut tx, _) = snapshot(pool).await?;
-    let found = sqlx::query_scalar("SELECT id FROM sagas WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-    Ok(found.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::facts::{Facts, LedgerLine, Payment, Quantities, Reservation, Saga, SagaStatus};
+use crate::facts::{
+    Facts, LedgerLine, Payment, Product, Quantities, Reservation, Saga, SagaStatus,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
@@ -34,6 +36,22 @@ pub enum Invariant {
 }
 
 impl Invariant {
+    pub const ALL: [Invariant; 13] = [
+        Invariant::CompletedReserved,
+        Invariant::CompletedCharged,
+        Invariant::UndoneHoldsNothing,
+        Invariant::StockConserved,
+        Invariant::NotStuck,
+        Invariant::IdempotencyUnique,
+        Invariant::OrphanReservation,
+        Invariant::OrphanPayment,
+        Invariant::LedgerCharged,
+        Invariant::LedgerNetZero,
+        Invariant::OrphanLedger,
+        Invariant::OrphanIntent,
+        Invariant::SagaReadable,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Invariant::CompletedReserved => "completed-reserved",
@@ -74,7 +92,25 @@ impl Violation {
 }
 
 /// Every violation in `facts`, ordered by invariant, saga and SKU.
+/// Every invariant over `facts`, all in memory (the whole history, or a
+/// test's world).
 pub fn check(facts: &Facts, grace: Duration) -> Vec<Violation> {
+    let mut found = check_sagas(facts, grace);
+    let mut held: BTreeMap<String, i64> = BTreeMap::new();
+    for reservation in facts.reservations.values().filter(|r| r.active) {
+        for (sku, quantity) in &reservation.lines {
+            *held.entry(sku.clone()).or_default() += quantity;
+        }
+    }
+    found.extend(check_stock(&facts.products, held));
+    found.extend(check_keys(&shared_keys(&facts.sagas)));
+    found.sort();
+    found
+}
+
+/// The invariants of each saga in `facts`, and of the records `facts`
+/// holds for sagas it does not: what a slice of the history can tell.
+pub fn check_sagas(facts: &Facts, grace: Duration) -> Vec<Violation> {
     let mut found = Vec::new();
     for saga in &facts.sagas {
         let (status, state) = match (&saga.status, &saga.state) {
@@ -120,8 +156,6 @@ pub fn check(facts: &Facts, grace: Duration) -> Vec<Violation> {
             SagaStatus::Suspended => {}
         }
     }
-    stock_conserved(facts, &mut found);
-    idempotency_unique(&facts.sagas, &mut found);
     orphans(facts, &mut found);
     found.sort();
     found
@@ -303,15 +337,14 @@ fn not_stuck(
     found.push(Violation::saga(Invariant::NotStuck, saga.id, facts));
 }
 
-fn stock_conserved(facts: &Facts, found: &mut Vec<Violation>) {
-    let mut held: BTreeMap<&str, i64> = BTreeMap::new();
-    for reservation in facts.reservations.values().filter(|r| r.active) {
-        for (sku, quantity) in &reservation.lines {
-            *held.entry(sku).or_default() += quantity;
-        }
-    }
-    for (sku, product) in &facts.products {
-        let held = held.remove(sku.as_str()).unwrap_or(0);
+/// Per SKU: on hand = available + `held` by active reservations.
+pub fn check_stock(
+    products: &BTreeMap<String, Product>,
+    mut held: BTreeMap<String, i64>,
+) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for (sku, product) in products {
+        let held = held.remove(sku).unwrap_or(0);
         if product.on_hand != product.available + held {
             found.push(Violation {
                 invariant: Invariant::StockConserved,
@@ -331,26 +364,39 @@ fn stock_conserved(facts: &Facts, found: &mut Vec<Violation>) {
         found.push(Violation {
             invariant: Invariant::StockConserved,
             saga: None,
-            sku: Some(sku.to_owned()),
+            sku: Some(sku),
             facts: format!("active reservations hold {held} of a SKU with no product row"),
         });
     }
+    found
 }
 
-fn idempotency_unique(sagas: &[Saga], found: &mut Vec<Violation>) {
+/// The idempotency keys `sagas` share, with their sagas in id order.
+fn shared_keys(sagas: &[Saga]) -> Vec<(String, Vec<Uuid>)> {
     let mut by_key: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
     for saga in sagas {
         if let Some(key) = &saga.idempotency_key {
             by_key.entry(key).or_default().push(saga.id);
         }
     }
-    for (key, ids) in by_key.into_iter().filter(|(_, ids)| ids.len() > 1) {
+    by_key
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|(key, ids)| (key.to_owned(), ids))
+        .collect()
+}
+
+/// No idempotency key belongs to two sagas.
+pub fn check_keys(shared: &[(String, Vec<Uuid>)]) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for (key, ids) in shared {
         let mut facts = format!("idempotency key {key:?} belongs to {} sagas:", ids.len());
-        for id in &ids {
+        for id in ids {
             let _ = write!(facts, " {id}");
         }
         found.push(Violation::saga(Invariant::IdempotencyUnique, ids[0], facts));
     }
+    found
 }
 
 fn orphans(facts: &Facts, found: &mut Vec<Violation>) {

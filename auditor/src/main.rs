@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use auditor::{audit_with, Config, Sources};
+use auditor::{run_state, Config, Scope, Sources};
 use clap::Parser;
 
 const VIOLATIONS: u8 = 1;
@@ -32,18 +32,42 @@ async fn main() -> ExitCode {
             return ExitCode::from(CONFIGURATION);
         }
     };
+    let scope = match config.watermark.as_deref().map(run_state::scope_from) {
+        None => Scope::Full,
+        Some(Ok(scope)) => scope,
+        Some(Err(error)) => {
+            eprintln!("auditor: AUDIT_WATERMARK_FILE (or --watermark): {error}");
+            return ExitCode::from(CONFIGURATION);
+        }
+    };
+    let started = std::time::Instant::now();
     let report = match Sources::connect(&config).await {
-        Ok(sources) => audit_with(&sources, stripe.as_ref()).await,
+        Ok(sources) => auditor::audit::run(&sources, stripe.as_ref(), scope).await,
         Err(error) => Err(error),
     };
+    if let Some(path) = &config.metrics_file {
+        let text = run_state::metrics_text(
+            report.as_ref().ok(),
+            chrono::Utc::now(),
+            started.elapsed().as_secs_f64(),
+        );
+        if let Err(error) = run_state::save_metrics(path, &text) {
+            eprintln!("auditor: AUDIT_METRICS_FILE (or --metrics-file): {error}");
+        }
+    }
     match report {
         Ok(report) => {
             print!("{report}");
-            if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(VIOLATIONS)
+            if !report.is_clean() {
+                return ExitCode::from(VIOLATIONS);
             }
+            if let Some(path) = &config.watermark {
+                if let Err(error) = run_state::save_watermark(path, &report) {
+                    eprintln!("auditor: AUDIT_WATERMARK_FILE (or --watermark): {error}");
+                    return ExitCode::from(CONFIGURATION);
+                }
+            }
+            ExitCode::SUCCESS
         }
         Err(error) => {
             // The database's own words are in the source; sqlx repeats them

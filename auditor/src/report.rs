@@ -22,6 +22,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Adds the counts of another slice of the same audit.
+    pub fn add(&mut self, other: &Summary) {
+        self.sagas += other.sagas;
+        self.completed += other.completed;
+        self.compensated += other.compensated;
+        self.cancelled += other.cancelled;
+        self.suspended += other.suspended;
+        self.in_flight += other.in_flight;
+        self.skus += other.skus;
+        self.archived += other.archived;
+    }
+
     pub fn of(facts: &Facts) -> Summary {
         let mut summary = Summary {
             sagas: facts.sagas.len(),
@@ -59,6 +71,10 @@ pub struct Report {
     /// What is worth saying that is no violation: orphans cancelled or
     /// left, PaymentIntents of other systems.
     pub notes: Vec<String>,
+    /// The orchestrator's clock at its snapshot: the next incremental
+    /// audit's watermark.
+    pub as_of: chrono::DateTime<chrono::Utc>,
+    pub scope: crate::Scope,
 }
 
 /// The notes of a `--provider stripe` audit.
@@ -123,9 +139,16 @@ impl fmt::Display for Report {
                 s.archived
             )?;
         }
+        let what = match self.scope {
+            crate::Scope::Full => String::new(),
+            crate::Scope::Since(watermark) => format!(
+                " changed since {} (stock and keys: full audits only)",
+                watermark.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        };
         writeln!(
             f,
-            "audited {} sagas (completed {}, compensated {}, cancelled {}, suspended {}, \
+            "audited {} sagas{what} (completed {}, compensated {}, cancelled {}, suspended {}, \
              in flight {}), {} skus: {} violations",
             s.sagas,
             s.completed,
@@ -172,6 +195,8 @@ mod tests {
                 ..Summary::default()
             },
             notes: Vec::new(),
+            as_of: chrono::Utc::now(),
+            scope: crate::Scope::Full,
         };
         assert_eq!(
             report.to_string(),

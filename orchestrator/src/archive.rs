@@ -24,8 +24,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, WriteMultipart};
+use saga_protocol::saga_id::drawn_at;
 use saga_shared::config::{ConfigError, Source};
-use saga_shared::saga_id::drawn_at;
 use uuid::Uuid;
 
 /// Parts of a day a reader looks through before it gives up: far more than

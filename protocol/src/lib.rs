@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod messages;
+pub mod saga_id;
 pub mod status;
 pub mod text;
 pub mod values;

@@ -12,7 +12,6 @@ pub mod contract;
 pub mod database;
 pub mod failure;
 pub mod queue_policies;
-pub mod saga_id;
 pub mod schema;
 pub mod service_config;
 pub mod shutdown;

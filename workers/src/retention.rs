@@ -16,10 +16,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use saga_protocol::saga_id::uuid_v7_floor;
 use saga_protocol::WorkerKind;
 use saga_shared::broker::Backoff;
 use saga_shared::config::{parsed_or, ConfigError, Source};
-use saga_shared::saga_id::uuid_v7_floor;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use auditor::config::Args;
-use auditor::{audit, Config, Sources};
+use auditor::{audit, Config, Scope, Sources};
 use clap::Parser;
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -34,35 +34,69 @@ struct BenchArgs {
         hide_env_values = true
     )]
     admin_url: String,
+    /// How many of the sagas were made in the last day (the rest over the
+    /// year before): what an incremental audit over a day reads.
+    #[arg(long, default_value_t = 10_000)]
+    last_day: i32,
     /// Leave the databases in place and print their URLs, to run `auditor`
     /// on them by hand.
     #[arg(long)]
     keep: bool,
 }
 
-/// Saga `i` of `$1`: 70% completed, 15% compensated (payment declined), 5%
-/// cancelled (refunded), 5% suspended at the charge, 5% running with a live
-/// deadline. Two lines over 1000 SKUs; tax is 10% per line, rounded down.
+/// Saga `i` of `$1`, made at `at_ms` (`$2` is now, in epoch milliseconds):
+/// the `$3` newest over the last day, the rest over the year before it, as
+/// a store with a year of history holds them; ids are UUIDv7 of that time.
+/// 70% completed, 15% compensated (payment declined), 5% cancelled
+/// (refunded), and among the last day's 5% suspended at the charge and 5%
+/// running with a live deadline (older ones finished long ago: completed).
+/// Two lines over 1000 SKUs; tax is 10% per line, rounded down.
 const SAGAS: &str = "(
     SELECT *, q1 * p1 / 10 AS t1, q2 * p2 / 10 AS t2,
-           q1 * p1 + q2 * p2 + q1 * p1 / 10 + q2 * p2 / 10 AS total
+           q1 * p1 + q2 * p2 + q1 * p1 / 10 + q2 * p2 / 10 AS total,
+           to_timestamp(at_ms / 1000.0) AS at
     FROM (
-        SELECT i, md5('bench-saga-' || i)::uuid AS saga_id,
+        SELECT *, (lpad(to_hex(at_ms), 12, '0') || '7' || substr(md5('bench-saga-' || i), 1, 3)
+                   || '8' || substr(md5('bench-saga-' || i), 4, 15))::uuid AS saga_id
+        FROM (
+        SELECT i, CASE WHEN i <= $3 THEN $2::int8 - i::int8 * 86400000 / greatest($3, 1)
+                       ELSE $2::int8 - 86400000 - (i - $3)::int8 * 31536000000 / greatest($1 - $3, 1)
+                  END AS at_ms,
                CASE WHEN i % 20 < 14 THEN 'completed' WHEN i % 20 < 17 THEN 'compensated'
-                    WHEN i % 20 < 18 THEN 'cancelled' WHEN i % 20 < 19 THEN 'suspended'
+                    WHEN i % 20 < 18 THEN 'cancelled' WHEN i > $3 THEN 'completed'
+                    WHEN i % 20 < 19 THEN 'suspended'
                     ELSE 'running' END AS status,
                'sku-' || lpad((i % 1000)::text, 4, '0') AS sku1, 1 + i % 3 AS q1,
                100 + (i % 1000 % 50) * 10 AS p1,
                'sku-' || lpad(((i * 7 + 1) % 1000)::text, 4, '0') AS sku2, 1 + i % 2 AS q2,
                100 + ((i * 7 + 1) % 1000 % 50) * 10 AS p2
         FROM generate_series(1, $1) AS i
+        ) AS t
     ) AS g
 ) AS s";
 
-async fn fill_orchestrator(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
+/// What every database derives its sagas from.
+#[derive(Clone, Copy)]
+struct Fill {
+    sagas: i32,
+    now_ms: i64,
+    recent: i32,
+}
+
+fn bound<'q>(
+    sql: &'q str,
+    fill: Fill,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(fill.sagas)
+        .bind(fill.now_ms)
+        .bind(fill.recent)
+}
+
+async fn fill_orchestrator(pool: &PgPool, fill: Fill) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO sagas (id, status, current_step, attempt, state, idempotency_key,
-                            request_hash, deadline_at)
+                            request_hash, deadline_at, created_at, updated_at)
          SELECT saga_id, status, current, 1, jsonb_build_object(
                     'id', saga_id, 'status', status,
                     'request', jsonb_build_object(
@@ -91,16 +125,16 @@ async fn fill_orchestrator(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
                     'reason', CASE WHEN status = 'compensated' THEN 'payment_declined' END,
                     'detail', NULL, 'last_error', NULL),
                 'bench-' || i, 'hash',
-                CASE WHEN status = 'running' THEN now() + interval '1 hour' END
+                CASE WHEN status = 'running' THEN now() + interval '1 hour' END, at, at
          FROM {SAGAS},
               LATERAL (SELECT CASE WHEN status IN ('running', 'suspended')
                                    THEN 'payment.charge' END AS current) AS c"
     );
-    sqlx::query(&sql).bind(sagas).execute(pool).await?;
+    bound(&sql, fill).execute(pool).await?;
     Ok(())
 }
 
-async fn fill_inventory(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
+async fn fill_inventory(pool: &PgPool, fill: Fill) -> sqlx::Result<()> {
     // Plenty of stock, then on hand raised by what active reservations hold.
     sqlx::query(
         "INSERT INTO products (sku, name, on_hand, available, unit_price_cents, currency,
@@ -117,7 +151,7 @@ async fn fill_inventory(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
                               ELSE 'active' END, 'USD'
          FROM {SAGAS}"
     );
-    sqlx::query(&reservations).bind(sagas).execute(pool).await?;
+    bound(&reservations, fill).execute(pool).await?;
     let lines = format!(
         "INSERT INTO reservation_lines (saga_id, position, sku, quantity, unit_price_cents,
                                         tax_category)
@@ -126,7 +160,7 @@ async fn fill_inventory(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
               LATERAL (VALUES (0, sku1, q1, p1), (1, sku2, q2, p2))
                   AS l(position, sku, quantity, price)"
     );
-    sqlx::query(&lines).bind(sagas).execute(pool).await?;
+    bound(&lines, fill).execute(pool).await?;
     sqlx::query(
         "UPDATE products AS p SET on_hand = p.on_hand + h.quantity
          FROM (SELECT sku, sum(quantity)::int4 AS quantity
@@ -139,7 +173,7 @@ async fn fill_inventory(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
     Ok(())
 }
 
-async fn fill_payment(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
+async fn fill_payment(pool: &PgPool, fill: Fill) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO payments (saga_id, status, amount_cents, refunded_cents, currency,
                                payment_method, customer_id, provider_reference,
@@ -156,7 +190,7 @@ async fn fill_payment(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
          FROM {SAGAS}
          WHERE status <> 'running'"
     );
-    sqlx::query(&sql).bind(sagas).execute(pool).await?;
+    bound(&sql, fill).execute(pool).await?;
     // The provider's ledger: a charge per completed or cancelled saga, and
     // the refund of each cancelled one.
     let ledger = format!(
@@ -168,8 +202,20 @@ async fn fill_payment(pool: &PgPool, sagas: i32) -> sqlx::Result<()> {
               LATERAL (VALUES ('charge'), ('refund')) AS o(operation)
          WHERE status = 'completed' AND o.operation = 'charge' OR status = 'cancelled'"
     );
-    sqlx::query(&ledger).bind(sagas).execute(pool).await?;
+    bound(&ledger, fill).execute(pool).await?;
     Ok(())
+}
+
+/// The most memory this process has held (VmHWM), as the kernel counts it.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.1} MiB", kib as f64 / 1024.0))
+        })
+        .unwrap_or_else(|| "unknown (no /proc)".to_owned())
 }
 
 /// `admin` with its database name replaced by `name`.
@@ -224,10 +270,15 @@ async fn run(args: &BenchArgs, names: &[String]) -> anyhow::Result<()> {
         migrator.run(&pool).await?;
         pools.push(pool);
     }
+    let fill = Fill {
+        sagas: args.sagas,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        recent: args.last_day.min(args.sagas),
+    };
     tokio::try_join!(
-        fill_orchestrator(&pools[0], args.sagas),
-        fill_inventory(&pools[1], args.sagas),
-        fill_payment(&pools[2], args.sagas),
+        fill_orchestrator(&pools[0], fill),
+        fill_inventory(&pools[1], fill),
+        fill_payment(&pools[2], fill),
     )
     .context("fill the databases")?;
     for pool in &pools {
@@ -263,10 +314,25 @@ async fn run(args: &BenchArgs, names: &[String]) -> anyhow::Result<()> {
     }
     let best = timings.iter().min().copied().unwrap_or(Duration::ZERO);
     println!(
-        "audit of {} sagas: best {:.3} s over {} runs",
+        "full audit of {} sagas: best {:.3} s over {} runs, peak memory {}",
         args.sagas,
         best.as_secs_f64(),
-        args.runs
+        args.runs,
+        peak_memory()
+    );
+    // Incremental, over the last day, as a cron every minute would after a
+    // day's outage (the most it ever reads).
+    let since = Scope::Since(chrono::Utc::now() - chrono::Duration::days(1));
+    let started = Instant::now();
+    let report = auditor::audit::run(&sources, None, since).await?;
+    print!(
+        "incremental audit over the last day: {:.3} s, {}",
+        started.elapsed().as_secs_f64(),
+        report
+    );
+    anyhow::ensure!(
+        report.is_clean(),
+        "the generated sagas should be consistent"
     );
     if args.keep {
         println!(

@@ -684,3 +684,142 @@ async fn help_explains_the_checks_and_exit_codes() {
         assert!(help.contains(expected), "{expected}\n{help}");
     }
 }
+
+/// The library's sources over the world's databases.
+async fn sources(world: &World) -> auditor::Sources {
+    let config = auditor::Config::from_args(auditor::config::Args {
+        orchestrator_database_url: Some(world.orchestrator.url.clone()),
+        inventory_database_url: Some(world.inventory.url.clone()),
+        payment_database_url: Some(world.payment.url.clone()),
+        ..auditor::config::Args::default()
+    })
+    .unwrap();
+    auditor::Sources::connect(&config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_full_audit_in_slices_of_two_finds_what_one_slice_finds() {
+    let world = World::consistent().await;
+    // Records between the sagas' ids (the cancelled saga gone, its records
+    // left) and above them all, and a saga whose charge is wrong: each must
+    // be seen with its own slice.
+    for table in ["saga_events WHERE saga_id", "sagas WHERE id"] {
+        world
+            .execute(
+                &world.orchestrator,
+                &format!("DELETE FROM {table} = '00000000-0000-0000-0000-000000000003'"),
+            )
+            .await;
+    }
+    let above = Uuid::from_u128(0x99);
+    world.pay(above, "charged", 500, 0).await;
+    world
+        .execute(
+            &world.payment,
+            "UPDATE payments SET amount_cents = amount_cents + 1
+             WHERE saga_id = '00000000-0000-0000-0000-000000000001'",
+        )
+        .await;
+    let sources = sources(&world).await;
+    let whole = auditor::audit::run_in_slices(&sources, None, auditor::Scope::Full, 5_000)
+        .await
+        .unwrap();
+    let sliced = auditor::audit::run_in_slices(&sources, None, auditor::Scope::Full, 2)
+        .await
+        .unwrap();
+    let names = |report: &auditor::Report| -> Vec<(String, Option<Uuid>)> {
+        report
+            .violations
+            .iter()
+            .map(|v| (v.invariant.name().to_owned(), v.saga))
+            .collect()
+    };
+    assert_eq!(
+        names(&whole),
+        vec![
+            ("completed-charged".to_owned(), Some(COMPLETED)),
+            ("orphan-reservation".to_owned(), Some(CANCELLED)),
+            ("orphan-payment".to_owned(), Some(CANCELLED)),
+            ("orphan-payment".to_owned(), Some(above)),
+            ("orphan-ledger".to_owned(), Some(CANCELLED)),
+            ("orphan-ledger".to_owned(), Some(above)),
+        ]
+    );
+    assert_eq!(names(&sliced), names(&whole));
+    assert_eq!(sliced.summary, whole.summary);
+}
+
+#[tokio::test]
+async fn an_incremental_audit_reads_what_changed_since_its_watermark_and_exports_its_result() {
+    let world = World::consistent().await;
+    let folder = std::env::temp_dir().join(format!("audit-it-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let watermark = folder.join("watermark");
+    let metrics = folder.join("audit.prom");
+    let files = [
+        ("AUDIT_WATERMARK_FILE", watermark.to_str().unwrap()),
+        ("AUDIT_METRICS_FILE", metrics.to_str().unwrap()),
+    ];
+
+    // No watermark yet: a full audit, which starts one.
+    let output = world.run(&files).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_reports(&output, "audited 7 sagas (");
+    let first = std::fs::read_to_string(&watermark).unwrap();
+
+    // The finished sagas finished a day ago: only the live ones are read.
+    world
+        .execute(
+            &world.orchestrator,
+            "UPDATE sagas SET updated_at = now() - interval '1 day'
+             WHERE status IN ('completed', 'compensated', 'cancelled')",
+        )
+        .await;
+    let output = world.run(&files).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_reports(&output, "audited 3 sagas changed since");
+    let second = std::fs::read_to_string(&watermark).unwrap();
+    assert!(second > first, "{first} then {second}");
+
+    // A saga that finishes now with a wrong charge is found, and the
+    // watermark stays, so the next run finds it again.
+    world
+        .execute(
+            &world.orchestrator,
+            "UPDATE sagas SET updated_at = now() WHERE id = '00000000-0000-0000-0000-000000000001'",
+        )
+        .await;
+    world
+        .execute(
+            &world.payment,
+            "UPDATE payments SET amount_cents = amount_cents + 1
+             WHERE saga_id = '00000000-0000-0000-0000-000000000001'",
+        )
+        .await;
+    for _ in 0..2 {
+        let output = world.run(&files).await;
+        assert_only(&output, "completed-charged", Some(COMPLETED), None);
+        assert_reports(&output, "audited 4 sagas changed since");
+        assert_eq!(std::fs::read_to_string(&watermark).unwrap(), second);
+    }
+    let exported = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        exported.contains("checkout_audit_violations{invariant=\"completed-charged\"} 1\n"),
+        "{exported}"
+    );
+    assert!(
+        exported.contains("checkout_audit_sagas{scope=\"incremental\"} 4\n"),
+        "{exported}"
+    );
+    assert!(
+        exported.contains("checkout_audit_success 1\n"),
+        "{exported}"
+    );
+
+    // A watermark file that says nothing useful is a configuration error.
+    std::fs::write(&watermark, "soon").unwrap();
+    let output = world.run(&files).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert_reports(&output, "AUDIT_WATERMARK_FILE");
+    std::fs::remove_dir_all(folder).unwrap();
+}

@@ -56,7 +56,7 @@ impl AppState {
     /// Why saga `id` is not found: past the retention, or simply unknown.
     pub fn not_found(&self, id: uuid::Uuid, unknown: impl FnOnce() -> ApiError) -> ApiError {
         match (
-            saga_shared::saga_id::drawn_at(id).filter(|created| self.retention.is_past(*created)),
+            saga_protocol::saga_id::drawn_at(id).filter(|created| self.retention.is_past(*created)),
             self.retention.days,
         ) {
             (Some(_), Some(days)) => ApiError::PastRetention { id, days },

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-pub use saga_shared::saga_id::uuid_v7_floor;
+pub use saga_protocol::saga_id::uuid_v7_floor;
 use uuid::Uuid;
 
 /// Longest a saga's id can precede its commit (its id is drawn at POST,

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use saga_protocol::saga_id::uuid_v7_floor;
 use saga_protocol::WorkerKind;
-use saga_shared::saga_id::uuid_v7_floor;
 use saga_testkit::{self as testing, random_prefix, TopologyGuard};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
