@@ -24,7 +24,9 @@ use saga_shared::{schema, shutdown, telemetry, tls};
 /// STEP_BACKOFF_MAX_MS, STEP_DEADLINE_MS, STEP_ON_EXHAUSTED (and the same
 /// per step, e.g. STEP_PAYMENT_CHARGE_DEADLINE_MS), MIGRATE_ON_START
 /// (default true; false: only check the schema, see `migrate`),
-/// MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RUST_LOG, LOG_FORMAT.
+/// MIGRATE_LOCK_TIMEOUT, MIGRATE_STATEMENT_TIMEOUT, RETENTION_DAYS (default
+/// 90; 0 keeps everything), ARCHIVE (a folder, default `archive`, or
+/// s3://BUCKET/PREFIX), RUST_LOG, LOG_FORMAT.
 /// Traces go over OTLP (http/protobuf) when OTEL_EXPORTER_OTLP_ENDPOINT is
 /// set; OTEL_SERVICE_NAME names the service (default `orchestrator`).
 #[derive(Parser)]
