@@ -122,23 +122,20 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Opens the archive; a folder is made if missing.
+    /// Opens the archive. A folder is made only when the first file is
+    /// written, so an instance with nothing to archive leaves none behind.
     pub fn open(location: &ArchiveLocation) -> Result<Self, ArchiveError> {
         let described = location.to_string();
         let (store, root): (Arc<dyn ObjectStore>, Path) = match location {
             ArchiveLocation::Folder(folder) => {
-                let io = |error| ArchiveError::Io {
+                let absolute = std::path::absolute(folder).map_err(|error| ArchiveError::Io {
                     location: described.clone(),
                     error,
-                };
-                std::fs::create_dir_all(folder).map_err(io)?;
-                let store = LocalFileSystem::new_with_prefix(folder).map_err(|error| {
-                    ArchiveError::Store {
-                        location: described.clone(),
-                        error,
-                    }
                 })?;
-                (Arc::new(store), Path::default())
+                // Rooted at `/` with the folder as the path: the store makes
+                // the folders a file needs as it writes it.
+                let root = Path::from(absolute.to_string_lossy().as_ref());
+                (Arc::new(LocalFileSystem::new()), root)
             }
             ArchiveLocation::Bucket(url) => {
                 let store = AmazonS3Builder::from_env()
