@@ -119,12 +119,23 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
     location: String,
+    /// How a stored path reads for a person: `/` or `s3://BUCKET/`.
+    scheme: String,
 }
 
 impl Archive {
     /// Opens the archive. A folder is made only when the first file is
     /// written, so an instance with nothing to archive leaves none behind.
     pub fn open(location: &ArchiveLocation) -> Result<Self, ArchiveError> {
+        Self::open_with(location, &[])
+    }
+
+    /// [`Archive::open`], a bucket's `AWS_*` settings taken from `aws` where
+    /// given there, from the environment otherwise.
+    pub fn open_with(
+        location: &ArchiveLocation,
+        aws: &[(&str, String)],
+    ) -> Result<Self, ArchiveError> {
         let described = location.to_string();
         let (store, root): (Arc<dyn ObjectStore>, Path) = match location {
             ArchiveLocation::Folder(folder) => {
@@ -138,13 +149,21 @@ impl Archive {
                 (Arc::new(LocalFileSystem::new()), root)
             }
             ArchiveLocation::Bucket(url) => {
-                let store = AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(|error| ArchiveError::Store {
-                        location: described.clone(),
-                        error,
-                    })?;
+                let mut builder = AmazonS3Builder::from_env().with_url(url);
+                for (name, value) in aws {
+                    let key =
+                        name.to_ascii_lowercase()
+                            .parse()
+                            .map_err(|error| ArchiveError::Store {
+                                location: described.clone(),
+                                error,
+                            })?;
+                    builder = builder.with_config(key, value);
+                }
+                let store = builder.build().map_err(|error| ArchiveError::Store {
+                    location: described.clone(),
+                    error,
+                })?;
                 let prefix = url
                     .trim_start_matches("s3://")
                     .split_once('/')
@@ -153,10 +172,18 @@ impl Archive {
                 (Arc::new(store), Path::from(prefix))
             }
         };
+        let scheme = match location {
+            ArchiveLocation::Folder(_) => "/".to_owned(),
+            ArchiveLocation::Bucket(url) => {
+                let bucket = url.trim_start_matches("s3://").split('/').next();
+                format!("s3://{}/", bucket.unwrap_or_default())
+            }
+        };
         Ok(Archive {
             store,
             root,
             location: described,
+            scheme,
         })
     }
 
@@ -277,7 +304,8 @@ impl DayWriter {
         self.records
     }
 
-    /// Completes the part: once this returns, it is stored durably.
+    /// Completes the part: once this returns, it is stored durably. Its
+    /// name, as a path or an `s3://` URL.
     pub async fn finish(mut self) -> Result<String, ArchiveError> {
         let rest = self.encoder.finish().map_err(|error| ArchiveError::Io {
             location: self.archive.location.clone(),
@@ -288,7 +316,7 @@ impl DayWriter {
             .finish()
             .await
             .map_err(|e| self.archive.store_error(e))?;
-        Ok(format!("{}/{}", self.archive.location, self.path))
+        Ok(format!("{}{}", self.archive.scheme, self.path))
     }
 
     /// Drops what was written: nothing appears under the part's name.

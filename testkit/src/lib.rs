@@ -12,6 +12,7 @@ pub mod localstripe;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+pub mod s3;
 pub mod waiting;
 
 pub use broker::{reply_copies, BrokerUsers, TopologyGuard};
@@ -19,6 +20,7 @@ pub use database::TestDatabase;
 pub use localstripe::LocalStripe;
 pub use process::ServiceCommand;
 pub use proxy::Proxy;
+pub use s3::LocalS3;
 pub use waiting::{eventually, within};
 
 /// A server URL with rights to create databases (`TEST_DATABASE_URL`).

@@ -207,3 +207,35 @@ async fn one_instance_archives_at_a_time() {
     system.stop().await;
     let _ = std::fs::remove_dir_all(folder);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_in_a_bucket_is_written_and_read_back_as_a_folder_is() {
+    let s3 = saga_testkit::LocalS3::start().await;
+    s3.bucket("checkout-archive").await;
+    let location = ArchiveLocation::Bucket("s3://checkout-archive/eu-shop".to_owned());
+    let aws = s3.env();
+    let archive = Archive::open_with(&location, &aws).unwrap();
+    let system = System::start().await;
+    let completed = system.checkout(&order(&[("MUG", 1)], "sim_approve")).await;
+    let id = completed["checkout_id"].as_str().unwrap().to_owned();
+    let store = Store::new(system.orchestrator_db.pool.clone(), StepPolicies::default());
+    let archived = archive_now(&store, &archive).await;
+    assert_eq!(archived.sagas, 1, "{archived:?}");
+    assert!(
+        archived.files[0].starts_with("s3://checkout-archive/eu-shop/sagas/"),
+        "{archived:?}"
+    );
+
+    // Support reads it back from the bucket with sagactl, as from a folder.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"))
+        .args(["archive", "find", &id, "--json"])
+        .env("ARCHIVE", "s3://checkout-archive/eu-shop")
+        .envs(aws.iter().map(|(name, value)| (*name, value.as_str())))
+        .output()
+        .await
+        .expect("sagactl runs");
+    let record: serde_json::Value = serde_json::from_str(&saga_testkit::succeeded(&out)).unwrap();
+    assert_eq!(record["saga"]["status"], "completed");
+    assert_eq!(record["saga"]["id"], id.as_str());
+    system.stop_without_audit().await;
+}
