@@ -4,6 +4,9 @@
 //! floor, the closed loop one at a time and at a concurrency, then the open
 //! loop stepping up arrival rates until latency or errors break, and writes
 //! a CSV and an SVG plot. `closed`, `open` and `floor` run one part alone.
+//! `idle` measures the system's CPU with no traffic, `history` loads a
+//! year of finished checkouts behind a running system, and `compare` puts
+//! two runs side by side (`scripts/bench --history N` uses all three).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +23,7 @@ use bench::schedule::parse_rates;
 use bench::service_usage::{parse_watched, WatchedProcess};
 use bench::step::{Load, StepReport};
 use bench::verdict::{highest_held, Limits, Verdict};
-use bench::{closed_loop, floor_broker, floor_postgres, open_loop, plot};
+use bench::{closed_loop, compare, floor_broker, floor_postgres, history, idle, open_loop, plot};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -52,6 +55,10 @@ enum Command {
         open: OpenArgs,
         #[command(flatten)]
         output: Output,
+        /// Leave the floor out (a second run on the same machine: it has
+        /// not changed).
+        #[arg(long)]
+        skip_floor: bool,
     },
     /// Closed loop: `--count` checkouts, `--concurrency` in flight.
     Closed {
@@ -75,6 +82,61 @@ enum Command {
     Floor {
         #[command(flatten)]
         floor: FloorArgs,
+    },
+    /// CPU with no traffic: the whole machine, each `--pid`, PostgreSQL
+    /// (every postgres process) and RabbitMQ (beam.smp).
+    Idle {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// A service process to report, as NAME=PID (repeat, or separate
+        /// with commas).
+        #[arg(long = "pid", value_delimiter = ',', value_parser = parse_watched)]
+        pids: Vec<WatchedProcess>,
+        /// The orchestrator's database: first wait (up to
+        /// `--settle-seconds`) until no saga is in flight and the outbox is
+        /// empty, then checkpoint, so that the end of a run is not measured.
+        #[arg(long)]
+        orchestrator_url: Option<String>,
+        #[arg(long, default_value_t = 60.0)]
+        settle_seconds: f64,
+        /// Also report the PostgreSQL processes serving databases whose
+        /// name starts with this (the system's own, on a shared server).
+        #[arg(long)]
+        database_prefix: Option<String>,
+        /// A folder to write idle.csv into.
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
+    /// Loads about `--count` finished sagas of history, spread over the
+    /// past year, into the four databases of a running system: copies of
+    /// the sagas that finished there in the last day (a bench run's).
+    History {
+        /// Sagas to load (rounded up to a whole number of copies of each
+        /// finished saga).
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        orchestrator_url: String,
+        #[arg(long)]
+        inventory_url: String,
+        #[arg(long)]
+        tax_url: String,
+        #[arg(long)]
+        payment_url: String,
+        /// The workers' INBOX_RETENTION_DAYS: older inbox rows are not made.
+        #[arg(long, default_value_t = 7)]
+        inbox_days: u32,
+    },
+    /// Two runs' results side by side (`steps.csv` and `idle.csv` of each).
+    Compare {
+        #[arg(long)]
+        fresh: PathBuf,
+        #[arg(long)]
+        history: PathBuf,
+        /// The history run's column heading.
+        #[arg(long, default_value = "with history")]
+        label: String,
     },
 }
 
@@ -246,6 +308,59 @@ async fn run(command: Command) -> Result<bool, BenchError> {
             finish(&output, &steps, None, open.limits().held_p99)?;
             Ok(ok)
         }
+        Command::Idle {
+            seconds: length,
+            pids,
+            orchestrator_url,
+            settle_seconds,
+            database_prefix,
+            results,
+        } => {
+            let length = seconds(length, "--seconds")?;
+            if let Some(url) = orchestrator_url {
+                idle::settle(&url, seconds(settle_seconds, "--settle-seconds")?).await?;
+            }
+            eprintln!("  [idle] {length:?} without traffic");
+            let report = idle::measure(&pids, length, database_prefix.as_deref()).await;
+            println!("{report}");
+            if let Some(folder) = results {
+                idle::write_csv(&folder, &report)?;
+            }
+            Ok(true)
+        }
+        Command::History {
+            count,
+            orchestrator_url,
+            inventory_url,
+            tax_url,
+            payment_url,
+            inbox_days,
+        } => {
+            let databases = history::Databases {
+                orchestrator: orchestrator_url,
+                inventory: inventory_url,
+                tax: tax_url,
+                payment: payment_url,
+            };
+            let plan = history::HistoryPlan {
+                count,
+                now_ms: history::now_ms(),
+                inbox_days,
+            };
+            let report = history::load(&databases, plan).await?;
+            print!("{report}");
+            Ok(true)
+        }
+        Command::Compare {
+            fresh,
+            history,
+            label,
+        } => {
+            let fresh = compare::read_run(&fresh)?;
+            let history = compare::read_run(&history)?;
+            print!("{}", compare::table(&fresh, &history, &label));
+            Ok(true)
+        }
         Command::Run {
             target,
             floor,
@@ -253,10 +368,16 @@ async fn run(command: Command) -> Result<bool, BenchError> {
             sequential,
             open,
             output,
+            skip_floor,
         } => {
-            println!("== machine floor (PostgreSQL and RabbitMQ alone)");
-            let floor = measure_floor(&floor).await?;
-            println!("{floor}");
+            let floor = if skip_floor {
+                None
+            } else {
+                println!("== machine floor (PostgreSQL and RabbitMQ alone)");
+                let floor = measure_floor(&floor).await?;
+                println!("{floor}");
+                Some(floor)
+            };
             println!("== closed loop, one at a time");
             let one = run_closed(&target, sequential, 1).await?;
             println!("== closed loop, {} in flight", closed.concurrency);
@@ -267,21 +388,30 @@ async fn run(command: Command) -> Result<bool, BenchError> {
             let ok = ok && first_step_served(&open_steps);
 
             println!("== summary");
+            let alone = floor.as_ref().map_or(String::new(), |floor| {
+                format!(
+                    " (the floor allows about {:.1} ms)",
+                    millis(floor.checkout_alone())
+                )
+            });
             println!(
-                "one at a time: p50 {:.1} ms, p99 {:.1} ms (the floor allows about {:.1} ms)",
+                "one at a time: p50 {:.1} ms, p99 {:.1} ms{alone}",
                 millis(one.latency.p50),
                 millis(one.latency.p99),
-                millis(floor.checkout_alone())
             );
+            let share = floor.as_ref().map_or(String::new(), |floor| {
+                format!(
+                    ", {:.0}% of the {:.0}/s the machine allows",
+                    floor.share(many.achieved_rate) * 100.0,
+                    floor.checkouts_per_second()
+                )
+            });
             println!(
-                "closed loop at {} in flight: {:.0} checkouts/s, {:.0}% of the {:.0}/s the machine allows",
-                closed.concurrency,
-                many.achieved_rate,
-                floor.share(many.achieved_rate) * 100.0,
-                floor.checkouts_per_second()
+                "closed loop at {} in flight: {:.0} checkouts/s{share}",
+                closed.concurrency, many.achieved_rate,
             );
             let held = summarise_open(&open_steps, &open);
-            if let Some(rate) = held {
+            if let (Some(rate), Some(floor)) = (held, &floor) {
                 println!(
                     "open loop: the highest rate held is {:.0}% of what the machine allows",
                     floor.share(rate) * 100.0
@@ -289,7 +419,7 @@ async fn run(command: Command) -> Result<bool, BenchError> {
             }
             let mut steps = vec![one, many];
             steps.extend(open_steps);
-            finish(&output, &steps, Some(&floor), open.limits().held_p99)?;
+            finish(&output, &steps, floor.as_ref(), open.limits().held_p99)?;
             Ok(ok)
         }
     }

@@ -64,7 +64,7 @@ pub fn machine_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-fn ticks_per_second() -> f64 {
+pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {
@@ -74,20 +74,50 @@ fn ticks_per_second() -> f64 {
     }
 }
 
+/// The machine's busy cores between two readings of [`machine_ticks`]:
+/// busy jiffies over all jiffies, times the cores.
+pub fn busy_cores(start: Option<(u64, u64)>, end: Option<(u64, u64)>) -> Option<f64> {
+    match (start, end) {
+        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            Some(busy1.saturating_sub(busy0) as f64 / (total1 - total0) as f64 * cores)
+        }
+        _ => None,
+    }
+}
+
 /// The servers a checkout uses, by the name the report prints and their
 /// processes' command name (`/proc/<pid>/comm`): every backend of each.
 pub const SERVERS: [(&str, &str); 2] = [("postgresql", "postgres"), ("rabbitmq", "beam.smp")];
 
 /// CPU ticks of every process whose command name is `comm`, by pid.
 fn ticks_of_every(comm: &str) -> HashMap<u32, u64> {
+    ticks_of_matching(|pid| read_process(pid, "comm").is_some_and(|c| c.trim_end() == comm))
+}
+
+/// CPU ticks of every process `matches` picks by pid, by pid.
+pub fn ticks_of_matching(matches: impl Fn(u32) -> bool) -> HashMap<u32, u64> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return HashMap::new();
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| read_process(pid, "comm").is_some_and(|c| c.trim_end() == comm))
+        .filter(|&pid| matches(pid))
         .filter_map(|pid| Some((pid, cpu_ticks(&read_process(pid, "stat")?)?)))
         .collect()
+}
+
+/// The CPU ticks process `pid` has used, if it runs.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    read_process(pid, "stat").as_deref().and_then(cpu_ticks)
+}
+
+/// The busy and total jiffies of the whole machine now.
+pub fn machine_ticks_now() -> Option<(u64, u64)> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .as_deref()
+        .and_then(machine_ticks)
 }
 
 /// Ticks a group of processes used between two readings. A process that
@@ -105,7 +135,7 @@ pub fn group_ticks_used(start: &HashMap<u32, u64>, end: &HashMap<u32, u64>) -> O
     )
 }
 
-fn read_process(pid: u32, file: &str) -> Option<String> {
+pub fn read_process(pid: u32, file: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
 }
 
@@ -166,10 +196,7 @@ impl UsageSampler {
             groups,
             started: Instant::now(),
             start_ticks,
-            machine_start: std::fs::read_to_string("/proc/stat")
-                .ok()
-                .as_deref()
-                .and_then(machine_ticks),
+            machine_start: machine_ticks_now(),
         };
         sampler.sample();
         sampler
@@ -228,19 +255,7 @@ impl UsageSampler {
                 })
             }))
             .collect();
-        let machine_cores = match (
-            self.machine_start,
-            std::fs::read_to_string("/proc/stat")
-                .ok()
-                .as_deref()
-                .and_then(machine_ticks),
-        ) {
-            (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-                Some((busy1 - busy0) as f64 / (total1 - total0) as f64 * cores)
-            }
-            _ => None,
-        };
+        let machine_cores = busy_cores(self.machine_start, machine_ticks_now());
         StepUsage {
             processes,
             machine_cores,
