@@ -222,7 +222,6 @@ impl Archive {
                         upload: WriteMultipart::new_with_chunk_size(upload, CHUNK),
                         encoder: GzEncoder::new(Vec::with_capacity(CHUNK), Compression::default()),
                         path,
-                        records: 0,
                         archive: self.clone(),
                     });
                 }
@@ -274,7 +273,6 @@ pub struct DayWriter {
     upload: WriteMultipart,
     encoder: GzEncoder<Vec<u8>>,
     path: Path,
-    records: usize,
     archive: Archive,
 }
 
@@ -287,7 +285,6 @@ impl DayWriter {
         };
         self.encoder.write_all(line.as_bytes()).map_err(io)?;
         self.encoder.write_all(b"\n").map_err(io)?;
-        self.records += 1;
         if self.encoder.get_ref().len() >= CHUNK {
             // Bounded memory: at most a couple of chunks in flight.
             self.upload
@@ -298,10 +295,6 @@ impl DayWriter {
             self.upload.write(&compressed);
         }
         Ok(())
-    }
-
-    pub fn records(&self) -> usize {
-        self.records
     }
 
     /// Completes the part: once this returns, it is stored durably. Its
