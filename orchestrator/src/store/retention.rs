@@ -5,7 +5,6 @@
 //! again; every delete is a short transaction of its own.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -22,14 +21,18 @@ fn finished() -> Vec<&'static str> {
         .collect()
 }
 
-/// The instance's turn to archive, held by a connection of its own (not the
-/// pool's: a pooled connection would keep the lock after the run).
-pub struct RetentionTurn(PgConnection);
+/// The instance's turn to archive: a pooled connection holding the lock,
+/// within the pool's budget. It is unlocked before it goes back; should a
+/// run be dropped midway, the pool closes the idle session within seconds,
+/// and with it the lock.
+pub struct RetentionTurn(sqlx::pool::PoolConnection<sqlx::Postgres>);
 
 impl RetentionTurn {
-    pub async fn end(self) {
-        // Closing the session releases its advisory lock.
-        let _ = self.0.close().await;
+    pub async fn end(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(RETENTION_LOCK)
+            .execute(&mut *self.0)
+            .await;
     }
 }
 
@@ -46,17 +49,12 @@ pub struct DeadLetterRecord {
 impl Store {
     /// This instance's turn to archive, or `None` while another has it.
     pub async fn retention_turn(&self) -> Result<Option<RetentionTurn>, StoreError> {
-        let mut connection = self.pool.acquire().await?.detach();
+        let mut connection = self.pool.acquire().await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RETENTION_LOCK)
-            .fetch_one(&mut connection)
+            .fetch_one(&mut *connection)
             .await?;
-        if got {
-            Ok(Some(RetentionTurn(connection)))
-        } else {
-            let _ = connection.close().await;
-            Ok(None)
-        }
+        Ok(got.then_some(RetentionTurn(connection)))
     }
 
     /// Records how far this run may go, before it deletes anything; never
