@@ -220,7 +220,9 @@ impl Archive {
                         .map_err(|e| self.store_error(e))?;
                     return Ok(DayWriter {
                         upload: WriteMultipart::new_with_chunk_size(upload, CHUNK),
-                        encoder: GzEncoder::new(Vec::with_capacity(CHUNK), Compression::default()),
+                        // The fastest level: a fifth larger than the default, several times
+                        // cheaper, and retention shares the cores with checkouts.
+                        encoder: GzEncoder::new(Vec::with_capacity(CHUNK), Compression::fast()),
                         path,
                         archive: self.clone(),
                     });

@@ -22,16 +22,20 @@ use uuid::Uuid;
 
 use crate::archive::{saga_day, Archive, ArchiveError, ArchiveLocation, Kind};
 use crate::store::id_time::uuid_v7_floor;
-use crate::store::retention::DeadLetterRecord;
+use crate::store::retention::{DeadLetterRecord, RetentionTurn};
 use crate::store::{Store, StoreError};
 
 /// How often an instance looks for what passed its retention.
 const EVERY: Duration = Duration::from_secs(60 * 60);
 /// Sagas read per statement while a day is written.
-const PAGE: i64 = 1_000;
+const PAGE: i64 = 500;
 /// Sagas deleted per transaction, with their timelines (about ten rows
 /// each): a few milliseconds of row locks on rows nobody else wants.
-const DELETE_BATCH: usize = 500;
+const DELETE_BATCH: usize = 250;
+/// Retention works one part of its run's time and rests the others, so
+/// that a backlog of millions goes while checkouts flow: it competes for
+/// the same cores and disk, and every step of it is short.
+const REST_PARTS_PER_WORK_PART: u32 = 5;
 const DEFAULT_DAYS: u32 = 90;
 const MAX_DAYS: u32 = 36_500;
 
@@ -187,20 +191,20 @@ pub async fn archive_past_retention(
     retention: Duration,
     stop: &CancellationToken,
 ) -> Result<Archived, RetentionError> {
-    let Some(turn) = store.retention_turn().await? else {
+    let Some(mut turn) = store.retention_turn().await? else {
         return Ok(Archived {
             skipped: true,
             ..Archived::default()
         });
     };
     let mut archived = Archived::default();
-    let outcome = archive_with_turn(store, archive, retention, stop, &mut archived).await;
+    let outcome = archive_with_turn(&mut turn, archive, retention, stop, &mut archived).await;
     turn.end().await;
     outcome.map(|()| archived)
 }
 
 async fn archive_with_turn(
-    store: &Store,
+    turn: &mut RetentionTurn,
     archive: &Archive,
     retention: Duration,
     stop: &CancellationToken,
@@ -209,11 +213,11 @@ async fn archive_with_turn(
     let cut_off = SystemTime::now() - retention;
     let finished_before = DateTime::<Utc>::from(cut_off);
     let created_below = uuid_v7_floor(cut_off);
-    store
-        .advance_retention_horizon(created_below, finished_before)
+    let mut pacer = Pacer::start();
+    turn.advance_retention_horizon(created_below, finished_before)
         .await?;
     while !stop.is_cancelled() {
-        let Some(oldest) = store
+        let Some(oldest) = turn
             .oldest_archivable_saga(created_below, finished_before)
             .await?
         else {
@@ -225,33 +229,38 @@ async fn archive_with_turn(
         };
         let from = day_start(day);
         let below = day_start(day.succ_opt().unwrap_or(day)).min(created_below);
-        let (ids, file) =
-            write_day_of_sagas(store, archive, day, from, below, finished_before, stop).await?;
+        let (ids, file) = write_day_of_sagas(
+            turn,
+            archive,
+            (day, from, below),
+            finished_before,
+            &mut pacer,
+            stop,
+        )
+        .await?;
         let Some(file) = file else { break };
         archived.files.push(file);
         for batch in ids.chunks(DELETE_BATCH) {
-            let started = Instant::now();
-            archived.sagas += store.delete_archived_sagas(batch).await?;
+            archived.sagas += turn.delete_archived_sagas(batch).await?;
             if stop.is_cancelled() {
                 // The rest are archived already; the next run writes them
                 // into a further part and deletes them then.
                 return Ok(());
             }
-            pace(started.elapsed(), stop).await;
+            pacer.rest(stop).await;
         }
     }
-    archive_dead_letters(store, archive, finished_before, stop, archived).await
+    archive_dead_letters(turn, archive, finished_before, &mut pacer, stop, archived).await
 }
 
 /// Writes one part of `day` with every archivable saga in `[from, below)`;
 /// the ids it holds, and the part (none when stopped first).
 async fn write_day_of_sagas(
-    store: &Store,
+    turn: &mut RetentionTurn,
     archive: &Archive,
-    day: NaiveDate,
-    from: Uuid,
-    below: Uuid,
+    (day, from, below): (NaiveDate, Uuid, Uuid),
     finished_before: DateTime<Utc>,
+    pacer: &mut Pacer,
     stop: &CancellationToken,
 ) -> Result<(Vec<Uuid>, Option<String>), RetentionError> {
     let mut writer = archive.writer(Kind::Sagas, day).await?;
@@ -262,13 +271,14 @@ async fn write_day_of_sagas(
             writer.abort().await;
             return Ok((Vec::new(), None));
         }
-        let page = store
+        let page = turn
             .archivable_sagas(from, below, after, finished_before, PAGE)
             .await?;
         for (id, line) in &page {
             writer.push(line).await?;
             ids.push(*id);
         }
+        pacer.rest(stop).await;
         match page.last() {
             Some((last, _)) if page.len() as i64 == PAGE => after = *last,
             _ => break,
@@ -279,15 +289,16 @@ async fn write_day_of_sagas(
 }
 
 async fn archive_dead_letters(
-    store: &Store,
+    turn: &mut RetentionTurn,
     archive: &Archive,
     received_before: DateTime<Utc>,
+    pacer: &mut Pacer,
     stop: &CancellationToken,
     archived: &mut Archived,
 ) -> Result<(), RetentionError> {
     let mut after = 0;
     while !stop.is_cancelled() {
-        let page = store.dead_letters_from_oldest(after, PAGE).await?;
+        let page = turn.dead_letters_from_oldest(after, PAGE).await?;
         // The old end of the table, up to the first one inside retention.
         let old: Vec<_> = page
             .iter()
@@ -309,7 +320,8 @@ async fn archive_dead_letters(
             }
             archived.files.push(writer.finish().await?);
             let keys: Vec<i64> = letters.iter().map(|letter| letter.key).collect();
-            archived.dead_letters += store.delete_dead_letters(&keys).await?;
+            archived.dead_letters += turn.delete_dead_letters(&keys).await?;
+            pacer.rest(stop).await;
         }
         if old.len() < page.len() || (page.len() as i64) < PAGE {
             break;
@@ -318,12 +330,27 @@ async fn archive_dead_letters(
     Ok(())
 }
 
-/// Waits as long as the batch took: retention never has more than half of
-/// one connection's time.
-async fn pace(took: Duration, stop: &CancellationToken) {
-    tokio::select! {
-        _ = tokio::time::sleep(took) => {}
-        _ = stop.cancelled() => {}
+/// Measures retention's work since it last rested, and rests
+/// `REST_PARTS_PER_WORK_PART` times as long: the run's reads, compression,
+/// uploads and deletes all count.
+struct Pacer {
+    since: Instant,
+}
+
+impl Pacer {
+    fn start() -> Self {
+        Pacer {
+            since: Instant::now(),
+        }
+    }
+
+    async fn rest(&mut self, stop: &CancellationToken) {
+        let worked = self.since.elapsed();
+        tokio::select! {
+            _ = tokio::time::sleep(worked * REST_PARTS_PER_WORK_PART) => {}
+            _ = stop.cancelled() => {}
+        }
+        self.since = Instant::now();
     }
 }
 

@@ -5,6 +5,8 @@
 //! again; every delete is a short transaction of its own.
 
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Postgres};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -21,46 +23,38 @@ fn finished() -> Vec<&'static str> {
         .collect()
 }
 
-/// The instance's turn to archive: a pooled connection holding the lock,
-/// within the pool's budget. It is unlocked before it goes back; should a
-/// run be dropped midway, the pool closes the idle session within seconds,
-/// and with it the lock.
-pub struct RetentionTurn(sqlx::pool::PoolConnection<sqlx::Postgres>);
+/// The instance's turn to archive: one pooled connection, holding the lock,
+/// on which the whole run reads and deletes. Taking a second connection
+/// while holding this one could wait on a pool that every other task
+/// shares (a pool of two would starve), so the turn never does. It is
+/// unlocked before it goes back to the pool; a turn dropped midway closes
+/// its connection instead, and the session's end frees the lock.
+pub struct RetentionTurn {
+    connection: PoolConnection<Postgres>,
+    unlocked: bool,
+}
 
-impl RetentionTurn {
-    pub async fn end(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(RETENTION_LOCK)
-            .execute(&mut *self.0)
-            .await;
+impl Drop for RetentionTurn {
+    fn drop(&mut self) {
+        if !self.unlocked {
+            self.connection.close_on_drop();
+        }
     }
 }
 
-/// A dead letter as the archive keeps it.
-#[derive(sqlx::FromRow)]
-pub struct DeadLetterRecord {
-    pub key: i64,
-    pub at: DateTime<Utc>,
-    pub line: String,
-    /// A saga still here holds it.
-    pub held: bool,
-}
-
-impl Store {
-    /// This instance's turn to archive, or `None` while another has it.
-    pub async fn retention_turn(&self) -> Result<Option<RetentionTurn>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+impl RetentionTurn {
+    pub async fn end(mut self) {
+        self.unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(RETENTION_LOCK)
-            .fetch_one(&mut *connection)
-            .await?;
-        Ok(got.then_some(RetentionTurn(connection)))
+            .execute(&mut *self.connection)
+            .await
+            .is_ok();
     }
 
     /// Records how far this run may go, before it deletes anything; never
     /// moves back (a run with a longer retention changes nothing).
     pub async fn advance_retention_horizon(
-        &self,
+        &mut self,
         archived_below: Uuid,
         finished_before: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -74,7 +68,7 @@ impl Store {
         )
         .bind(archived_below)
         .bind(finished_before)
-        .execute(&self.pool)
+        .execute(&mut *self.connection)
         .await?;
         Ok(())
     }
@@ -83,7 +77,7 @@ impl Store {
     /// `finished_before`. Below the bound only sagas not archived yet are
     /// left: the few still live, and those past their retention.
     pub async fn oldest_archivable_saga(
-        &self,
+        &mut self,
         created_below: Uuid,
         finished_before: DateTime<Utc>,
     ) -> Result<Option<Uuid>, StoreError> {
@@ -95,7 +89,7 @@ impl Store {
         .bind(created_below)
         .bind(finished())
         .bind(finished_before)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.connection)
         .await?)
     }
 
@@ -103,7 +97,7 @@ impl Store {
     /// `after`, in id order, each as its archive record: the saga's row,
     /// its timeline and its dead letters.
     pub async fn archivable_sagas(
-        &self,
+        &mut self,
         from: Uuid,
         below: Uuid,
         after: Uuid,
@@ -129,14 +123,14 @@ impl Store {
         .bind(finished())
         .bind(finished_before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.connection)
         .await?)
     }
 
     /// Deletes archived sagas with their timelines and dead letters, in one
     /// short transaction; how many sagas went.
-    pub async fn delete_archived_sagas(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn delete_archived_sagas(&mut self, ids: &[Uuid]) -> Result<u64, StoreError> {
+        let mut tx = self.connection.begin().await?;
         sqlx::query("DELETE FROM saga_events WHERE saga_id = ANY($1)")
             .bind(ids)
             .execute(&mut *tx)
@@ -161,7 +155,7 @@ impl Store {
     /// reads the old end of the table and stops at the first one inside
     /// the retention: what retention keeps short is all it reads.
     pub async fn dead_letters_from_oldest(
-        &self,
+        &mut self,
         after: i64,
         limit: i64,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
@@ -174,15 +168,40 @@ impl Store {
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.connection)
         .await?)
     }
 
-    pub async fn delete_dead_letters(&self, keys: &[i64]) -> Result<u64, StoreError> {
+    pub async fn delete_dead_letters(&mut self, keys: &[i64]) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
             .bind(keys)
-            .execute(&self.pool)
+            .execute(&mut *self.connection)
             .await?
             .rows_affected())
+    }
+}
+
+/// A dead letter as the archive keeps it.
+#[derive(sqlx::FromRow)]
+pub struct DeadLetterRecord {
+    pub key: i64,
+    pub at: DateTime<Utc>,
+    pub line: String,
+    /// A saga still here holds it.
+    pub held: bool,
+}
+
+impl Store {
+    /// This instance's turn to archive, or `None` while another has it.
+    pub async fn retention_turn(&self) -> Result<Option<RetentionTurn>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RETENTION_LOCK)
+            .fetch_one(&mut *connection)
+            .await?;
+        Ok(got.then_some(RetentionTurn {
+            connection,
+            unlocked: false,
+        }))
     }
 }
