@@ -10,6 +10,12 @@
 //! live ones (a saga parked for days, a slow compensation) are kept by id
 //! and looked up by id at each count until they finish. So one old parked
 //! saga costs one lookup, never a recount of everything after it.
+//!
+//! Retention deletes finished sagas long after they were counted, from
+//! whichever instance has its turn, and adds each to `archived_sagas` in
+//! the same transaction. Every count reads that table in its statement:
+//! what was archived since this tally's first count leaves its settled
+//! counts, so every instance counts what the table holds.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -39,6 +45,9 @@ pub struct SagaTally {
     settled: Vec<(String, i64)>,
     /// Sagas below the cut-off that were live when it passed them.
     waiting: HashSet<Uuid>,
+    /// `archived_sagas` as the first count read it: its whole-table count
+    /// never saw those.
+    archived_at_first_count: Option<Vec<(String, i64)>>,
     uncommitted_margin: Duration,
 }
 
@@ -56,6 +65,7 @@ impl SagaTally {
             settled_below: Uuid::nil(),
             settled: Vec::new(),
             waiting: HashSet::new(),
+            archived_at_first_count: None,
             uncommitted_margin: margin,
         }
     }
@@ -90,7 +100,9 @@ impl SagaTally {
              SELECT 'recent', status, count(*), NULL FROM sagas
              WHERE id >= $4 AND status = ANY($2) GROUP BY status
              UNION ALL
-             SELECT 'was_waiting', status, 0, id FROM sagas WHERE id = ANY($5)",
+             SELECT 'was_waiting', status, 0, id FROM sagas WHERE id = ANY($5)
+             UNION ALL
+             SELECT 'archived', status, sagas, NULL FROM archived_sagas",
         )
         .bind(&live)
         .bind(&finished)
@@ -118,9 +130,11 @@ impl SagaTally {
         // A waited-for saga that is gone (an operator's hand) stops being
         // waited for; one still live stays.
         let mut still_waiting = HashSet::new();
+        let mut archived = Vec::new();
         for (kind, status, n, id) in rows {
             match (kind.as_str(), id) {
                 ("settled", _) => settle(status, n),
+                ("archived", _) => archived.push((status, n)),
                 ("waiting", Some(id)) => {
                     still_waiting.insert(id);
                 }
@@ -134,10 +148,25 @@ impl SagaTally {
                 _ => add(&status, n),
             }
         }
+        let archived_at_first_count = self
+            .archived_at_first_count
+            .clone()
+            .unwrap_or_else(|| archived.clone());
+        let before = |status: &str| {
+            archived_at_first_count
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n)
+        };
         for (status, n) in &settled {
-            add(status, *n);
+            let archived_since = archived
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, now)| now - before(status));
+            add(status, *n - archived_since);
         }
         // Kept only once the whole count succeeded.
+        self.archived_at_first_count = Some(archived_at_first_count);
         self.settled = settled;
         self.settled_below = below;
         self.waiting = still_waiting;

@@ -1,10 +1,14 @@
 //! The saga gauges' counts equal a count of the whole table, count after
 //! count, while sagas start, finish and park.
 
-use orchestrator::saga::SagaStatus;
+use orchestrator::archive::{Archive, ArchiveLocation};
+use orchestrator::retention::archive_past_retention;
+use orchestrator::saga::{SagaStatus, StepPolicies};
 use orchestrator::store::saga_tally::SagaTally;
+use orchestrator::store::Store;
 use saga_testkit::TestDatabase;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use uuid::Uuid;
 
@@ -129,4 +133,61 @@ async fn an_old_parked_saga_does_not_hold_the_cut_off_back() {
     for _ in 0..2 {
         assert_eq!(tally.count(pool).await.unwrap(), whole_table(pool).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_retention_archives_leaves_the_counts_of_every_instance() {
+    let db = TestDatabase::create("orchestrator").await;
+    orchestrator::app::MIGRATOR.run(&db.pool).await.unwrap();
+    let pool = &db.pool;
+    let year = Duration::from_secs(365 * 86_400);
+    for status in ["completed", "completed", "compensated", "cancelled"] {
+        insert_created(pool, status, year).await;
+    }
+    let parked_long_ago = insert_created(pool, "suspended", year).await;
+    // Finished a year ago as well.
+    sqlx::query("UPDATE sagas SET updated_at = now() - interval '365 days'")
+        .execute(pool)
+        .await
+        .unwrap();
+    insert(pool, "completed").await;
+    // One instance counted them all before retention ran.
+    let mut counted_before = SagaTally::with_margin(Duration::ZERO);
+    assert_eq!(
+        counted_before.count(pool).await.unwrap(),
+        whole_table(pool).await
+    );
+
+    // A retention of 30 days archives the four finished a year ago; the
+    // parked one stays, however old.
+    let folder = std::env::temp_dir().join(format!("tally-archive-{}", Uuid::now_v7()));
+    let archive = Archive::open(&ArchiveLocation::Folder(folder.clone())).unwrap();
+    let store = Store::new(pool.clone(), StepPolicies::default());
+    let archived = archive_past_retention(
+        &store,
+        &archive,
+        Duration::from_secs(30 * 86_400),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(archived.sagas, 4, "{archived:?}");
+    let now = whole_table(pool).await;
+    assert_eq!(
+        now.iter()
+            .filter(|(status, _)| status.is_final())
+            .map(|(_, n)| n)
+            .sum::<i64>(),
+        1
+    );
+    assert_eq!(counted_before.count(pool).await.unwrap(), now);
+    // So does one started since, and both keep counting what is there.
+    let mut started_after = SagaTally::with_margin(Duration::ZERO);
+    assert_eq!(started_after.count(pool).await.unwrap(), now);
+    set(pool, parked_long_ago, "cancelled").await;
+    insert(pool, "compensated").await;
+    for tally in [&mut counted_before, &mut started_after] {
+        assert_eq!(tally.count(pool).await.unwrap(), whole_table(pool).await);
+    }
+    let _ = std::fs::remove_dir_all(folder);
 }
