@@ -146,6 +146,7 @@ pub async fn start(config: Config, stop: CancellationToken) -> Result<Running, S
             store.clone(),
             archive,
             retention,
+            config.retention.pace,
             stop.clone(),
         ));
     }

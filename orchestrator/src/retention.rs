@@ -32,19 +32,49 @@ const PAGE: i64 = 500;
 /// Sagas deleted per transaction, with their timelines (about ten rows
 /// each): a few milliseconds of row locks on rows nobody else wants.
 const DELETE_BATCH: usize = 250;
-/// Retention works one part of its run's time and rests the others, so
+/// Retention works a small share of its run's time and rests the rest, so
 /// that a backlog of millions goes while checkouts flow: it competes for
 /// the same cores and disk, and every step of it is short.
-const REST_PARTS_PER_WORK_PART: u32 = 5;
+const DEFAULT_BUSY_PERCENT: u32 = 5;
 const DEFAULT_DAYS: u32 = 90;
 const MAX_DAYS: u32 = 36_500;
 
-/// `RETENTION_DAYS` (default 90; `0`: keep everything) and `ARCHIVE`.
+/// `RETENTION_DAYS` (default 90; `0`: keep everything), `ARCHIVE` and
+/// `RETENTION_BUSY_PERCENT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionConfig {
     /// `None`: nothing is archived or deleted.
     pub days: Option<u32>,
     pub archive: ArchiveLocation,
+    pub pace: Pace,
+}
+
+/// The share of its run's time retention works (`RETENTION_BUSY_PERCENT`,
+/// 1 to 100, default 5): after each step it rests until its work is that
+/// share of the time since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    busy_percent: u32,
+}
+
+impl Pace {
+    /// No rest at all: for tests, and a quiet hour's `orchestrator archive`.
+    pub const FLAT_OUT: Pace = Pace { busy_percent: 100 };
+
+    fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let busy_percent = parsed_or(source, "RETENTION_BUSY_PERCENT", DEFAULT_BUSY_PERCENT)?;
+        if !(1..=100).contains(&busy_percent) {
+            return Err(ConfigError::Invalid {
+                name: "RETENTION_BUSY_PERCENT",
+                reason: format!("{busy_percent}: must be from 1 to 100 (% of the run's time)"),
+            });
+        }
+        Ok(Pace { busy_percent })
+    }
+
+    fn rest_after(self, worked: Duration) -> Duration {
+        worked * (100 - self.busy_percent) / self.busy_percent
+    }
 }
 
 impl RetentionConfig {
@@ -59,6 +89,7 @@ impl RetentionConfig {
         Ok(RetentionConfig {
             days: (days > 0).then_some(days),
             archive: ArchiveLocation::from_source(source)?,
+            pace: Pace::from_source(source)?,
         })
     }
 
@@ -120,7 +151,7 @@ pub async fn archive_command() -> ExitCode {
             .map_err(StoreError::from)?;
         let store = Store::new(pool, Default::default());
         let stop = saga_shared::shutdown::on_signal();
-        archive_past_retention(&store, &archive, retention, &stop).await
+        archive_past_retention(&store, &archive, retention, config.pace, &stop).await
     };
     match run.await {
         Ok(archived) if archived.skipped => {
@@ -149,11 +180,12 @@ pub async fn run_retention_until_stopped(
     store: Store,
     archive: Archive,
     retention: Duration,
+    pace: Pace,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::holding();
     loop {
-        let wait = match archive_past_retention(&store, &archive, retention, &stop).await {
+        let wait = match archive_past_retention(&store, &archive, retention, pace, &stop).await {
             Ok(archived) => {
                 if archived.sagas + archived.dead_letters > 0 {
                     tracing::info!(
@@ -189,6 +221,7 @@ pub async fn archive_past_retention(
     store: &Store,
     archive: &Archive,
     retention: Duration,
+    pace: Pace,
     stop: &CancellationToken,
 ) -> Result<Archived, RetentionError> {
     let Some(mut turn) = store.retention_turn().await? else {
@@ -198,7 +231,7 @@ pub async fn archive_past_retention(
         });
     };
     let mut archived = Archived::default();
-    let outcome = archive_with_turn(&mut turn, archive, retention, stop, &mut archived).await;
+    let outcome = archive_with_turn(&mut turn, archive, retention, pace, stop, &mut archived).await;
     turn.end().await;
     outcome.map(|()| archived)
 }
@@ -207,13 +240,14 @@ async fn archive_with_turn(
     turn: &mut RetentionTurn,
     archive: &Archive,
     retention: Duration,
+    pace: Pace,
     stop: &CancellationToken,
     archived: &mut Archived,
 ) -> Result<(), RetentionError> {
     let cut_off = SystemTime::now() - retention;
     let finished_before = DateTime::<Utc>::from(cut_off);
     let created_below = uuid_v7_floor(cut_off);
-    let mut pacer = Pacer::start();
+    let mut pacer = Pacer::start(pace);
     turn.advance_retention_horizon(created_below, finished_before)
         .await?;
     while !stop.is_cancelled() {
@@ -330,25 +364,29 @@ async fn archive_dead_letters(
     Ok(())
 }
 
-/// Measures retention's work since it last rested, and rests
-/// `REST_PARTS_PER_WORK_PART` times as long: the run's reads, compression,
-/// uploads and deletes all count.
+/// Measures retention's work since it last rested, and rests as long as
+/// its pace asks: the run's reads, compression, uploads and deletes all
+/// count.
 struct Pacer {
+    pace: Pace,
     since: Instant,
 }
 
 impl Pacer {
-    fn start() -> Self {
+    fn start(pace: Pace) -> Self {
         Pacer {
+            pace,
             since: Instant::now(),
         }
     }
 
     async fn rest(&mut self, stop: &CancellationToken) {
-        let worked = self.since.elapsed();
-        tokio::select! {
-            _ = tokio::time::sleep(worked * REST_PARTS_PER_WORK_PART) => {}
-            _ = stop.cancelled() => {}
+        let rest = self.pace.rest_after(self.since.elapsed());
+        if !rest.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = stop.cancelled() => {}
+            }
         }
         self.since = Instant::now();
     }
@@ -371,6 +409,17 @@ mod tests {
         assert_eq!(config(&[]).unwrap().days, Some(90));
         assert_eq!(config(&[("RETENTION_DAYS", "0")]).unwrap().days, None);
         assert_eq!(config(&[("RETENTION_DAYS", "30")]).unwrap().days, Some(30));
+        assert_eq!(config(&[]).unwrap().pace, Pace { busy_percent: 5 });
+        assert_eq!(
+            config(&[("RETENTION_BUSY_PERCENT", "100")]).unwrap().pace,
+            Pace::FLAT_OUT
+        );
+        for bad in ["0", "101", "half"] {
+            let error = config(&[("RETENTION_BUSY_PERCENT", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("RETENTION_BUSY_PERCENT"), "{error}");
+        }
         for bad in ["-1", "ninety", "100000"] {
             let error = config(&[("RETENTION_DAYS", bad)]).unwrap_err().to_string();
             assert!(error.contains("RETENTION_DAYS"), "{bad}: {error}");

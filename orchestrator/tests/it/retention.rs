@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use orchestrator::archive::{Archive, ArchiveLocation};
-use orchestrator::retention::{archive_past_retention, Archived};
+use orchestrator::retention::{archive_past_retention, Archived, Pace};
 use orchestrator::saga::StepPolicies;
 use orchestrator::store::id_time::uuid_v7_floor;
 use orchestrator::store::Store;
@@ -44,10 +44,15 @@ async fn count(system: &System, sql: &str, ids: &[Uuid]) -> i64 {
 /// (at its start) has let go of the turn.
 async fn archive_now(store: &Store, archive: &Archive) -> Archived {
     saga_testkit::eventually("the retention turn", Duration::from_secs(30), || async {
-        let archived =
-            archive_past_retention(store, archive, Duration::ZERO, &CancellationToken::new())
-                .await
-                .unwrap();
+        let archived = archive_past_retention(
+            store,
+            archive,
+            Duration::ZERO,
+            Pace::FLAT_OUT,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         (!archived.skipped).then_some(archived)
     })
     .await
@@ -193,15 +198,26 @@ async fn one_instance_archives_at_a_time() {
         .unwrap()
         .expect("the first takes the turn");
     let archive = Archive::open(&system.retention.archive).unwrap();
-    let skipped =
-        archive_past_retention(&store, &archive, Duration::ZERO, &CancellationToken::new())
-            .await
-            .unwrap();
+    let skipped = archive_past_retention(
+        &store,
+        &archive,
+        Duration::ZERO,
+        Pace::FLAT_OUT,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert!(skipped.skipped);
     turn.end().await;
-    let ran = archive_past_retention(&store, &archive, Duration::ZERO, &CancellationToken::new())
-        .await
-        .unwrap();
+    let ran = archive_past_retention(
+        &store,
+        &archive,
+        Duration::ZERO,
+        Pace::FLAT_OUT,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert!(!ran.skipped);
     let folder = folder(&system);
     system.stop().await;

@@ -2,7 +2,7 @@
 //! count, while sagas start, finish and park.
 
 use orchestrator::archive::{Archive, ArchiveLocation};
-use orchestrator::retention::archive_past_retention;
+use orchestrator::retention::{archive_past_retention, Pace};
 use orchestrator::saga::{SagaStatus, StepPolicies};
 use orchestrator::store::saga_tally::SagaTally;
 use orchestrator::store::Store;
@@ -167,6 +167,7 @@ async fn what_retention_archives_leaves_the_counts_of_every_instance() {
         &store,
         &archive,
         Duration::from_secs(30 * 86_400),
+        Pace::FLAT_OUT,
         &CancellationToken::new(),
     )
     .await

@@ -9,7 +9,7 @@ use orchestrator::config::{Config, HttpLimits};
 use orchestrator::http::auth::AdminTokens;
 use orchestrator::listener::Waiters;
 use orchestrator::reply_senders::ReplySenders;
-use orchestrator::retention::RetentionConfig;
+use orchestrator::retention::{Pace, RetentionConfig};
 use orchestrator::saga::{RetryPolicy, StepPolicies};
 use saga_protocol::WorkerKind;
 use saga_shared::broker::Broker;
@@ -331,6 +331,7 @@ impl System {
                 archive: ArchiveLocation::Folder(
                     std::env::temp_dir().join(format!("checkout-archive-{}", Uuid::new_v4())),
                 ),
+                pace: Pace::FLAT_OUT,
             },
             waiters: Waiters::new(1),
             database_url_for: Box::new(move |db: &TestDatabase| match database_port {
