@@ -149,6 +149,8 @@ pub fn table(fresh: &RunFigures, history: &RunFigures, history_label: &str) -> S
     for name in names {
         let label = if name == "machine" {
             "idle CPU, machine-wide (cores)".to_owned()
+        } else if name == "system" {
+            "idle CPU, the system's processes".to_owned()
         } else {
             format!("idle CPU, {name}")
         };

@@ -62,11 +62,24 @@ pub struct IdleReport {
 }
 
 impl IdleReport {
-    /// `idle.csv`: `name,cpu_cores`, the machine first.
+    /// The system's own processes: the services, every PostgreSQL and
+    /// RabbitMQ process (not the `postgres <prefix>*` part, already in
+    /// PostgreSQL's). The machine-wide figure also holds whatever else the
+    /// machine runs; `None` if any of them could not be read.
+    pub fn system_cores(&self) -> Option<f64> {
+        self.processes
+            .iter()
+            .filter(|(name, _)| !name.ends_with('*'))
+            .map(|(_, cores)| *cores)
+            .sum()
+    }
+
+    /// `idle.csv`: `name,cpu_cores`, the machine and the system first.
     pub fn csv(&self) -> String {
         let figure = |cores: Option<f64>| cores.map_or(String::new(), |c| format!("{c:.4}"));
         let mut text = String::from("name,cpu_cores\n");
         text.push_str(&format!("machine,{}\n", figure(self.machine_cores)));
+        text.push_str(&format!("system,{}\n", figure(self.system_cores())));
         for (name, cores) in &self.processes {
             text.push_str(&format!("{name},{}\n", figure(*cores)));
         }
@@ -79,8 +92,9 @@ impl std::fmt::Display for IdleReport {
         let figure = |cores: Option<f64>| cores.map_or("?".to_owned(), |c| format!("{c:.3}"));
         write!(
             f,
-            "idle: {} cores machine-wide (",
-            figure(self.machine_cores)
+            "idle: {} cores machine-wide, {} the system's processes (",
+            figure(self.machine_cores),
+            figure(self.system_cores())
         )?;
         for (i, (name, cores)) in self.processes.iter().enumerate() {
             if i > 0 {
@@ -220,15 +234,34 @@ mod tests {
     fn the_line_names_every_process_and_the_stretch() {
         assert_eq!(
             report().to_string(),
-            "idle: 0.031 cores machine-wide (orchestrator 0.004, inventory ?, postgres 0.012) over 30 s"
+            "idle: 0.031 cores machine-wide, ? the system's processes (orchestrator 0.004, inventory ?, postgres 0.012) over 30 s"
         );
+    }
+
+    #[test]
+    fn the_system_is_its_services_and_servers_counted_once() {
+        let report = IdleReport {
+            seconds: 30.0,
+            machine_cores: Some(0.05),
+            processes: vec![
+                ("orchestrator".into(), Some(0.002)),
+                ("postgres".into(), Some(0.010)),
+                ("postgres bench1_*".into(), Some(0.008)),
+                ("rabbitmq".into(), Some(0.020)),
+            ],
+        };
+        let system = report.system_cores().unwrap();
+        assert!((system - 0.032).abs() < 1e-9, "{system}");
+        assert!(report
+            .csv()
+            .starts_with("name,cpu_cores\nmachine,0.0500\nsystem,0.0320\n"));
     }
 
     #[test]
     fn the_csv_puts_the_machine_first_and_leaves_unread_figures_empty() {
         assert_eq!(
             report().csv(),
-            "name,cpu_cores\nmachine,0.0312\norchestrator,0.0040\ninventory,\npostgres,0.0123\n"
+            "name,cpu_cores\nmachine,0.0312\nsystem,\norchestrator,0.0040\ninventory,\npostgres,0.0123\n"
         );
     }
 
