@@ -27,11 +27,15 @@ use crate::store::{Store, StoreError};
 
 /// How often an instance looks for what passed its retention.
 const EVERY: Duration = Duration::from_secs(60 * 60);
-/// Sagas read per statement while a day is written.
-const PAGE: i64 = 500;
-/// Sagas deleted per transaction, with their timelines (about ten rows
-/// each): a few milliseconds of row locks on rows nobody else wants.
-const DELETE_BATCH: usize = 250;
+/// Sagas read per statement while a day is written. Each step is a burst
+/// of one core's work beside the checkouts: a few milliseconds, shorter
+/// than a checkout, so that one overlapping it loses little. (Pages of 500
+/// took about 60 ms, and checkouts' p99 rose by a third even at 5%.)
+const PAGE: i64 = 100;
+/// Sagas deleted per statement, with their timelines (about ten rows
+/// each): a few milliseconds of work and of row locks on rows nobody else
+/// wants.
+const DELETE_BATCH: usize = 50;
 /// Retention works a small share of its run's time and rests the rest, so
 /// that a backlog of millions goes while checkouts flow: it competes for
 /// the same cores and disk, and every step of it is short.
