@@ -15,18 +15,41 @@ pub struct RunFigures {
     pub highest_held: Option<f64>,
     /// `machine` first, then each process, in cores.
     pub idle: Vec<(String, Option<f64>)>,
+    /// The machine's floor as this run measured it (checkouts per second
+    /// the box allows, one alone in ms): two halves of a run minutes apart
+    /// are only comparable as far as the machine under them held still.
+    pub floor: Option<(f64, f64)>,
 }
 
 /// Reads a run's folder: `steps.csv` (as `checkout-bench run` writes it)
-/// and, if present, `idle.csv`.
+/// and, if present, `idle.csv` and `floor.csv`.
 pub fn read_run(folder: &Path) -> Result<RunFigures, BenchError> {
     let steps = std::fs::read_to_string(folder.join("steps.csv"))?;
-    let idle = match std::fs::read_to_string(folder.join("idle.csv")) {
-        Ok(text) => Some(text),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(error) => return Err(error.into()),
+    let optional = |name: &str| match std::fs::read_to_string(folder.join(name)) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
     };
-    figures(&steps, idle.as_deref())
+    let mut run = figures(&steps, optional("idle.csv")?.as_deref())?;
+    if let Some(floor) = optional("floor.csv")? {
+        run.floor = floor_figures(&floor)?;
+    }
+    Ok(run)
+}
+
+/// The header and row `floor.csv` holds.
+pub fn floor_csv(checkouts_per_second: f64, alone_ms: f64) -> String {
+    format!("checkouts_per_second,alone_ms\n{checkouts_per_second:.1},{alone_ms:.2}\n")
+}
+
+fn floor_figures(text: &str) -> Result<Option<(f64, f64)>, BenchError> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let Some(record) = reader.records().next() else {
+        return Ok(None);
+    };
+    let record = record?;
+    let number = |i: usize| record.get(i).and_then(|t| t.parse::<f64>().ok());
+    Ok(number(0).zip(number(1)))
 }
 
 /// The figures of a run from the text of its files. The closed-loop rows
@@ -105,7 +128,24 @@ pub fn table(fresh: &RunFigures, history: &RunFigures, history_label: &str) -> S
     let change = change_at(1);
     let change_cores = change_at(3);
     let in_flight = fresh.closed.or(history.closed).map_or(0, |(n, _)| n);
-    let mut rows: Vec<[String; 4]> = vec![
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    if fresh.floor.is_some() || history.floor.is_some() {
+        let rate_of = |run: &RunFigures| run.floor.map(|(r, _)| r);
+        let alone_of = |run: &RunFigures| run.floor.map(|(_, a)| a);
+        rows.push([
+            "machine floor, checkouts/s".into(),
+            rate(rate_of(fresh)),
+            rate(rate_of(history)),
+            change(rate_of(fresh), rate_of(history)),
+        ]);
+        rows.push([
+            "machine floor, one alone".into(),
+            ms(alone_of(fresh)),
+            ms(alone_of(history)),
+            change(alone_of(fresh), alone_of(history)),
+        ]);
+    }
+    rows.extend([
         [
             "one at a time, p50".into(),
             ms(fresh.one_p50_ms),
@@ -132,7 +172,7 @@ pub fn table(fresh: &RunFigures, history: &RunFigures, history_label: &str) -> S
                 .map_or("none".into(), |r| rate(Some(r))),
             change(fresh.highest_held, history.highest_held),
         ],
-    ];
+    ]);
     // Every process either run measured idle, in the fresh run's order.
     let mut names: Vec<&str> = fresh.idle.iter().map(|(n, _)| n.as_str()).collect();
     for (name, _) in &history.idle {
@@ -227,6 +267,25 @@ open,,300,3000,2900,100,162.00,7100.000,8300.000,9300.000,9300.000,9300.000,brok
         assert_eq!(run.closed, None);
         assert_eq!(run.highest_held, None);
         assert!(run.idle.is_empty());
+    }
+
+    #[test]
+    fn the_floor_of_each_half_heads_the_table_when_both_measured_it() {
+        let mut fresh = figures(STEPS, None).unwrap();
+        let mut history = fresh.clone();
+        fresh.floor = floor_figures(&floor_csv(944.0, 10.2)).unwrap();
+        history.floor = floor_figures(&floor_csv(441.3, 20.4)).unwrap();
+        let text = table(&fresh, &history, "with history");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "machine floor, checkouts/s      944/s         441/s    -53%"
+        );
+        assert_eq!(
+            lines[2],
+            "machine floor, one alone      10.2 ms       20.4 ms   +100%"
+        );
+        assert!(lines[3].starts_with("one at a time, p50"));
     }
 
     #[test]

@@ -515,6 +515,12 @@ fn finish(
         None => results_folder(Path::new("bench-results"))?,
     };
     write_csv(&folder.join("steps.csv"), steps)?;
+    if let Some(floor) = floor {
+        std::fs::write(
+            folder.join("floor.csv"),
+            compare::floor_csv(floor.checkouts_per_second(), millis(floor.checkout_alone())),
+        )?;
+    }
     let title = match floor {
         Some(floor) => format!(
             "checkout latency vs throughput (machine allows about {:.0}/s)",
